@@ -1,0 +1,185 @@
+//! The control thread: a tokio current-thread runtime running openraft and
+//! serving the requests that `Metadata` handles send from any thread.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, Fatal, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::log_store::LogStore;
+use crate::network::NoNetworkFactory;
+use crate::state_machine::{Placement, Published, StateMachine};
+use crate::types::{MetaConfig, MetaError, MetaRequest, MetaResponse, Raft, TopicMeta};
+
+/// Requests queued from handles to the control thread.
+pub const REQUESTS_MAX: usize = 1024;
+/// Raft writes in flight at once on the control thread (openraft batches
+/// them into one append + fsync).
+pub const WRITES_INFLIGHT_MAX: usize = 256;
+/// How long `start` waits for leadership and the replayed state machine.
+pub(crate) const START_TIMEOUT_MS: u64 = 30_000;
+/// Entries between snapshots, and entries kept after one (for a future
+/// lagging follower). Together they bound the in-memory log.
+const SNAPSHOT_LOGS_SINCE_LAST: u64 = 2000;
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 200;
+
+pub(crate) type Reply = oneshot::Sender<Result<Arc<TopicMeta>, MetaError>>;
+
+/// A request from a handle: the log entry to propose and where to answer.
+pub(crate) struct Command {
+    pub request: MetaRequest,
+    pub reply: Reply,
+}
+
+/// Everything the control thread needs, moved into it.
+pub(crate) struct ControlArgs {
+    pub cfg: MetaConfig,
+    pub published: Arc<Published>,
+    pub commands: mpsc::Receiver<Command>,
+    pub stop: oneshot::Receiver<()>,
+    pub ready: std::sync::mpsc::SyncSender<Result<(), MetaError>>,
+}
+
+/// Body of the "sluice-control" thread.
+pub(crate) fn run(args: ControlArgs) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = args.ready.send(Err(MetaError::Internal(format!("tokio runtime: {e}"))));
+            return;
+        }
+    };
+    runtime.block_on(control_main(args));
+}
+
+async fn control_main(args: ControlArgs) {
+    let ControlArgs { cfg, published, commands, stop, ready } = args;
+    let raft = match boot(&cfg, Arc::clone(&published)).await {
+        Ok(raft) => raft,
+        Err(e) => {
+            published.close();
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    serve(&raft, commands, stop).await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "metadata: raft shutdown");
+    }
+    published.close();
+    tracing::info!(node_id = cfg.node_id, "metadata: control thread stopped");
+}
+
+fn raft_config() -> Result<Arc<Config>, MetaError> {
+    let config = Config {
+        cluster_name: "sluice-metadata".to_string(),
+        heartbeat_interval: 100,
+        election_timeout_min: 300,
+        election_timeout_max: 600,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        ..Config::default()
+    };
+    config.validate().map(Arc::new).map_err(|e| MetaError::Internal(format!("raft config: {e}")))
+}
+
+/// Opens storage, starts openraft, initializes a new group, and waits until
+/// this node leads and has applied its whole log.
+async fn boot(cfg: &MetaConfig, published: Arc<Published>) -> Result<Raft, MetaError> {
+    let dir = cfg.data_dir.join("raft");
+    let storage = |e: std::io::Error| MetaError::Storage(format!("{}: {e}", dir.display()));
+    std::fs::create_dir_all(&dir).map_err(storage)?;
+    let (log, report) = LogStore::open(&dir).map_err(storage)?;
+    let limits = Placement {
+        node_id: cfg.node_id,
+        shards: cfg.shards,
+        partitions_per_shard_max: cfg.partitions_per_shard_max,
+    };
+    let sm = StateMachine::open(dir.clone(), limits, published, report.last_index).map_err(storage)?;
+    let network = NoNetworkFactory { node_id: cfg.node_id };
+    let raft = Raft::new(cfg.node_id, raft_config()?, network, log, sm).await.map_err(internal)?;
+    if !raft.is_initialized().await.map_err(internal)? {
+        let members = BTreeMap::from([(cfg.node_id, BasicNode::default())]);
+        raft.initialize(members).await.map_err(internal)?;
+        tracing::info!(node_id = cfg.node_id, "metadata: new one-voter raft group initialized");
+    }
+    wait_ready(&raft, cfg.node_id).await?;
+    let version = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+    tracing::info!(
+        node_id = cfg.node_id,
+        entries = report.entries,
+        torn_bytes = report.torn_bytes,
+        version,
+        dir = %dir.display(),
+        "metadata: raft leader ready"
+    );
+    Ok(raft)
+}
+
+async fn wait_ready(raft: &Raft, node_id: u64) -> Result<(), MetaError> {
+    let timeout = Duration::from_millis(START_TIMEOUT_MS);
+    let ready = raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| {
+                m.current_leader == Some(node_id)
+                    && m.last_applied.is_some()
+                    && m.last_applied.map(|l| l.index) == m.last_log_index
+            },
+            "leader with the log applied",
+        )
+        .await;
+    ready.map(|_| ()).map_err(|e| MetaError::Internal(format!("metadata start: {e}")))
+}
+
+fn internal(e: impl std::fmt::Display) -> MetaError {
+    MetaError::Internal(e.to_string())
+}
+
+/// Serves commands until told to stop or every handle is gone.
+async fn serve(raft: &Raft, mut commands: mpsc::Receiver<Command>, mut stop: oneshot::Receiver<()>) {
+    let inflight = Arc::new(Semaphore::new(WRITES_INFLIGHT_MAX));
+    loop {
+        let command = tokio::select! {
+            _ = &mut stop => break,
+            command = commands.recv() => match command {
+                Some(command) => command,
+                None => break,
+            },
+        };
+        let Ok(permit) = Arc::clone(&inflight).acquire_owned().await else {
+            break;
+        };
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let result = write(&raft, command.request).await;
+            // The asker may have gone away; nothing to do then.
+            let _ = command.reply.send(result);
+            drop(permit);
+        });
+    }
+    // Queued commands are dropped: their askers see `ShuttingDown`.
+    commands.close();
+}
+
+/// Proposes one entry and waits until it is committed and applied.
+async fn write(raft: &Raft, request: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
+    match raft.client_write(request).await {
+        Ok(response) => match response.data {
+            MetaResponse::Topic(result) => result,
+            MetaResponse::None => Err(MetaError::Internal("no topic in the write response".into())),
+        },
+        Err(RaftError::Fatal(Fatal::Stopped)) => Err(MetaError::ShuttingDown),
+        Err(RaftError::Fatal(Fatal::StorageError(e))) => Err(MetaError::Storage(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(MetaError::Internal(e.to_string())),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(MetaError::Internal(format!("not the metadata leader: {f}")))
+        }
+        Err(RaftError::APIError(e)) => Err(MetaError::Internal(e.to_string())),
+    }
+}

@@ -1,0 +1,112 @@
+//! Snapshot file of the metadata state machine.
+//!
+//! `data_dir/raft/snapshot` (replaced atomically: temp + fsync + rename +
+//! directory fsync), integers little-endian:
+//!
+//! ```text
+//! magic "SLSNAP01" (8 bytes)
+//! frame: JSON of openraft's SnapshotMeta (last log id, membership, id)
+//! frame: rkyv 0.8 archive of Vec<TopicMeta>  (the snapshot data proper)
+//! ```
+//!
+//! Frames are `durable`'s length + CRC32C frames. The bytes openraft moves
+//! around as `SnapshotData` are the rkyv archive alone.
+
+use std::io;
+use std::path::Path;
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::durable;
+use crate::types::{SnapshotMeta, TopicMeta};
+
+const SNAPSHOT_FILE: &str = "snapshot";
+const MAGIC: &[u8; 8] = b"SLSNAP01";
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Serializes the topics to the rkyv archive that is the snapshot data.
+#[allow(clippy::ptr_arg)] // rkyv serializes a sized `Vec`, not a slice.
+pub(crate) fn encode_topics(topics: &Vec<TopicMeta>) -> io::Result<Vec<u8>> {
+    let bytes = rkyv::to_bytes::<rancor::Error>(topics).map_err(|e| invalid(e.to_string()))?;
+    Ok(bytes.to_vec())
+}
+
+/// Validates and deserializes a snapshot data archive.
+pub(crate) fn decode_topics(data: &[u8]) -> io::Result<Vec<TopicMeta>> {
+    // rkyv reads in place and needs the archive aligned.
+    let mut aligned = AlignedVec::<16>::with_capacity(data.len());
+    aligned.extend_from_slice(data);
+    rkyv::from_bytes::<Vec<TopicMeta>, rancor::Error>(&aligned).map_err(|e| invalid(e.to_string()))
+}
+
+/// Writes the snapshot file durably.
+pub(crate) fn write(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(MAGIC.len() + meta_json.len() + data.len() + 16);
+    buf.extend_from_slice(MAGIC);
+    durable::frame_encode(&mut buf, &meta_json);
+    durable::frame_encode(&mut buf, data);
+    durable::write_atomic(dir, SNAPSHOT_FILE, &buf)
+}
+
+/// Reads the snapshot file: `None` if there is none. Damage is an error:
+/// the log before the snapshot may be purged, so it cannot be skipped.
+pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    let Some(bytes) = durable::read_optional(dir, SNAPSHOT_FILE)? else {
+        return Ok(None);
+    };
+    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| invalid("snapshot: bad magic"))?;
+    let (meta_json, used) = durable::frame_decode(rest).ok_or_else(|| invalid("snapshot: bad meta frame"))?;
+    let (data, used_data) = durable::frame_decode(&rest[used..]).ok_or_else(|| invalid("snapshot: bad data frame"))?;
+    if used + used_data != rest.len() {
+        return Err(invalid("snapshot: trailing bytes"));
+    }
+    let meta: SnapshotMeta = serde_json::from_slice(meta_json).map_err(|e| invalid(e.to_string()))?;
+    Ok(Some((meta, data.to_vec())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::types::PartitionMeta;
+
+    fn topic(name: &str) -> TopicMeta {
+        let configs = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
+        let partitions = vec![PartitionMeta { shard: 1, leader: 7 }, PartitionMeta { shard: 0, leader: 7 }];
+        TopicMeta { name: name.into(), id: [9; 16], partitions, configs, created_ms: 1234 }
+    }
+
+    #[test]
+    fn topics_round_trip_through_rkyv() {
+        let topics = vec![topic("a"), topic("b")];
+        let data = encode_topics(&topics).expect("encode");
+        assert_eq!(decode_topics(&data).expect("decode"), topics);
+        let mut bad = data.clone();
+        bad.truncate(bad.len() / 2);
+        assert!(decode_topics(&bad).is_err());
+    }
+
+    #[test]
+    fn file_round_trip_and_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(read(dir.path()).expect("read").is_none());
+        let meta = SnapshotMeta::default();
+        let data = encode_topics(&vec![topic("x")]).expect("encode");
+        write(dir.path(), &meta, &data).expect("write");
+        let (meta2, data2) = read(dir.path()).expect("read").expect("some");
+        assert_eq!(meta2, meta);
+        assert_eq!(data2, data);
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&path).expect("bytes");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).expect("write damaged");
+        assert!(read(dir.path()).is_err());
+    }
+}
