@@ -23,8 +23,15 @@ pub const WRITES_INFLIGHT_MAX: usize = 256;
 pub(crate) const START_TIMEOUT_MS: u64 = 30_000;
 /// Entries between snapshots, and entries kept after one (for a future
 /// lagging follower). Together they bound the in-memory log.
+#[cfg(not(test))]
 const SNAPSHOT_LOGS_SINCE_LAST: u64 = 2000;
+#[cfg(not(test))]
 const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 200;
+// Unit tests snapshot and purge often so those paths run.
+#[cfg(test)]
+const SNAPSHOT_LOGS_SINCE_LAST: u64 = 100;
+#[cfg(test)]
+const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 10;
 
 pub(crate) type Reply = oneshot::Sender<Result<Arc<TopicMeta>, MetaError>>;
 

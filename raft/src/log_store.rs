@@ -261,3 +261,65 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.lock().purge(log_id).map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn entry(index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 7), index), payload: EntryPayload::Blank }
+    }
+
+    fn indexes(store: &LogStore) -> Vec<u64> {
+        store.lock().entries.keys().copied().collect()
+    }
+
+    #[test]
+    fn append_truncate_purge_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, report) = LogStore::open(dir.path()).expect("open");
+        assert_eq!(report, LogOpenReport { entries: 0, torn_bytes: 0, last_index: None });
+        store.lock().append((1..=10).map(entry).collect()).expect("append");
+        store.lock().truncate(8).expect("truncate");
+        assert_eq!(indexes(&store), (1..=7).collect::<Vec<_>>());
+        store.lock().append(vec![entry(8)]).expect("append after truncate");
+        store.lock().purge(entry(3).log_id).expect("purge");
+        assert_eq!(indexes(&store), (4..=8).collect::<Vec<_>>());
+        let state = store.lock().log_state();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(3));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(8));
+        drop(store);
+
+        let (store, report) = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(report, LogOpenReport { entries: 5, torn_bytes: 0, last_index: Some(8) });
+        assert_eq!(indexes(&store), (4..=8).collect::<Vec<_>>());
+        store.lock().purge(entry(8).log_id).expect("purge all");
+        let state = store.lock().log_state();
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(8), "last log id falls back to purged");
+        store.lock().append(vec![entry(9)]).expect("append after full purge");
+    }
+
+    #[test]
+    fn torn_tail_is_cut_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, _) = LogStore::open(dir.path()).expect("open");
+        store.lock().append((1..=3).map(entry).collect()).expect("append");
+        let len = store.lock().file_len;
+        drop(store);
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.truncate(bytes.len() - 1);
+        std::fs::write(&path, &bytes).expect("write torn");
+        let (store, report) = LogStore::open(dir.path()).expect("reopen");
+        assert_eq!(report.entries, 2);
+        assert!(report.torn_bytes > 0);
+        assert_eq!(std::fs::metadata(&path).expect("meta").len(), store.lock().file_len);
+        assert!(store.lock().file_len < len);
+        store.lock().append(vec![entry(3)]).expect("re-append");
+        drop(store);
+        let (_, report) = LogStore::open(dir.path()).expect("reopen again");
+        assert_eq!(report, LogOpenReport { entries: 3, torn_bytes: 0, last_index: Some(3) });
+    }
+}
