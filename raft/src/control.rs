@@ -21,17 +21,19 @@ pub const REQUESTS_MAX: usize = 1024;
 pub const WRITES_INFLIGHT_MAX: usize = 256;
 /// How long `start` waits for leadership and the replayed state machine.
 pub(crate) const START_TIMEOUT_MS: u64 = 30_000;
-/// Entries between snapshots, and entries kept after one (for a future
-/// lagging follower). Together they bound the in-memory log.
-#[cfg(not(test))]
-const SNAPSHOT_LOGS_SINCE_LAST: u64 = 2000;
-#[cfg(not(test))]
-const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 200;
-// Unit tests snapshot and purge often so those paths run.
-#[cfg(test)]
-const SNAPSHOT_LOGS_SINCE_LAST: u64 = 100;
-#[cfg(test)]
-const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 10;
+/// Knobs that are constants in production and small in tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// Entries between snapshots.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept after a snapshot (for a future lagging follower).
+    /// With the above, this bounds the in-memory log.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Tuning {
+    pub(crate) const DEFAULT: Tuning = Tuning { snapshot_logs_since_last: 2000, logs_kept_after_snapshot: 200 };
+}
 
 pub(crate) type Reply = oneshot::Sender<Result<Arc<TopicMeta>, MetaError>>;
 
@@ -44,6 +46,7 @@ pub(crate) struct Command {
 /// Everything the control thread needs, moved into it.
 pub(crate) struct ControlArgs {
     pub cfg: MetaConfig,
+    pub tuning: Tuning,
     pub published: Arc<Published>,
     pub commands: mpsc::Receiver<Command>,
     pub stop: oneshot::Receiver<()>,
@@ -64,8 +67,8 @@ pub(crate) fn run(args: ControlArgs) {
 }
 
 async fn control_main(args: ControlArgs) {
-    let ControlArgs { cfg, published, commands, stop, ready } = args;
-    let raft = match boot(&cfg, Arc::clone(&published)).await {
+    let ControlArgs { cfg, tuning, published, commands, stop, ready } = args;
+    let raft = match boot(&cfg, tuning, Arc::clone(&published)).await {
         Ok(raft) => raft,
         Err(e) => {
             published.close();
@@ -82,14 +85,15 @@ async fn control_main(args: ControlArgs) {
     tracing::info!(node_id = cfg.node_id, "metadata: control thread stopped");
 }
 
-fn raft_config() -> Result<Arc<Config>, MetaError> {
+fn raft_config(tuning: Tuning) -> Result<Arc<Config>, MetaError> {
     let config = Config {
         cluster_name: "sluice-metadata".to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
-        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        // Metadata, not data: a lost leader is noticed within a second or two.
+        heartbeat_interval: 250,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(tuning.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: tuning.logs_kept_after_snapshot,
         ..Config::default()
     };
     config.validate().map(Arc::new).map_err(|e| MetaError::Internal(format!("raft config: {e}")))
@@ -97,7 +101,7 @@ fn raft_config() -> Result<Arc<Config>, MetaError> {
 
 /// Opens storage, starts openraft, initializes a new group, and waits until
 /// this node leads and has applied its whole log.
-async fn boot(cfg: &MetaConfig, published: Arc<Published>) -> Result<Raft, MetaError> {
+async fn boot(cfg: &MetaConfig, tuning: Tuning, published: Arc<Published>) -> Result<Raft, MetaError> {
     let dir = cfg.data_dir.join("raft");
     let storage = |e: std::io::Error| MetaError::Storage(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(storage)?;
@@ -109,13 +113,14 @@ async fn boot(cfg: &MetaConfig, published: Arc<Published>) -> Result<Raft, MetaE
     };
     let sm = StateMachine::open(dir.clone(), limits, published, report.last_index).map_err(storage)?;
     let network = NoNetworkFactory { node_id: cfg.node_id };
-    let raft = Raft::new(cfg.node_id, raft_config()?, network, log, sm).await.map_err(internal)?;
+    let raft = Raft::new(cfg.node_id, raft_config(tuning)?, network, log, sm).await.map_err(internal)?;
     if !raft.is_initialized().await.map_err(internal)? {
         let members = BTreeMap::from([(cfg.node_id, BasicNode::default())]);
         raft.initialize(members).await.map_err(internal)?;
         tracing::info!(node_id = cfg.node_id, "metadata: new one-voter raft group initialized");
     }
     wait_ready(&raft, cfg.node_id).await?;
+    quiet_if_alone(&raft, cfg.node_id);
     let version = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
     tracing::info!(
         node_id = cfg.node_id,
@@ -142,6 +147,22 @@ async fn wait_ready(raft: &Raft, node_id: u64) -> Result<(), MetaError> {
         )
         .await;
     ready.map(|_| ()).map_err(|e| MetaError::Internal(format!("metadata start: {e}")))
+}
+
+/// A lone voter that leads has nothing to time out: no peers to heartbeat,
+/// no election to start. Turning openraft's tick off keeps an idle node
+/// idle (openraft's tick timer still wakes, but does no work and logs
+/// nothing). A group with other voters keeps ticking.
+fn quiet_if_alone(raft: &Raft, node_id: u64) {
+    let alone = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().voter_ids().eq([node_id])
+    };
+    if alone {
+        raft.runtime_config().tick(false);
+        tracing::debug!(node_id, "metadata: one-voter group, raft tick disabled");
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> MetaError {

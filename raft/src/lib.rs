@@ -65,7 +65,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
-use crate::control::{Command, ControlArgs};
+use crate::control::{Command, ControlArgs, Tuning};
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
     MetaConfig, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, TopicMeta, TopicSpec, TypeConfig,
@@ -107,6 +107,10 @@ impl Metadata {
     /// Blocks the calling thread until then: call it before starting the
     /// shard executors.
     pub fn start(cfg: MetaConfig) -> Result<Metadata, MetaError> {
+        Metadata::start_tuned(cfg, Tuning::DEFAULT)
+    }
+
+    fn start_tuned(cfg: MetaConfig, tuning: Tuning) -> Result<Metadata, MetaError> {
         if cfg.shards == 0 || cfg.partitions_per_shard_max == 0 {
             return Err(MetaError::Internal("shards and partitions_per_shard_max must be > 0".into()));
         }
@@ -119,7 +123,7 @@ impl Metadata {
         let (commands_tx, commands) = mpsc::channel(REQUESTS_MAX);
         let (stop_tx, stop) = oneshot::channel();
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-        let args = ControlArgs { cfg, published: Arc::clone(&published), commands, stop, ready: ready_tx };
+        let args = ControlArgs { cfg, tuning, published: Arc::clone(&published), commands, stop, ready: ready_tx };
         let thread = std::thread::Builder::new()
             .name(CONTROL_THREAD_NAME.to_string())
             .spawn(move || control::run(args))
@@ -221,6 +225,13 @@ mod tests {
     fn start(dir: &Path, shards: u32, per_shard: u32) -> Metadata {
         init_logs();
         Metadata::start(config(dir, shards, per_shard)).expect("metadata starts")
+    }
+
+    /// Snapshots every 100 entries so snapshot and purge paths run.
+    fn start_snapshotting(dir: &Path, shards: u32, per_shard: u32) -> Metadata {
+        init_logs();
+        let tuning = Tuning { snapshot_logs_since_last: 100, logs_kept_after_snapshot: 10 };
+        Metadata::start_tuned(config(dir, shards, per_shard), tuning).expect("metadata starts")
     }
 
     fn spec(name: &str, partitions: u32) -> TopicSpec {
@@ -332,7 +343,7 @@ mod tests {
     #[test]
     fn snapshot_and_purge_survive_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let meta = start(dir.path(), 4, 1000);
+        let meta = start_snapshotting(dir.path(), 4, 1000);
         for i in 0..300 {
             create(&meta, &format!("t{i:03}"), 1 + i % 3).expect("create");
         }
@@ -341,7 +352,7 @@ mod tests {
         let raft_dir = dir.path().join("raft");
         assert!(raft_dir.join("snapshot").exists(), "a snapshot was built");
         assert!(raft_dir.join("purged").exists(), "the log was purged");
-        let meta = start(dir.path(), 4, 1000);
+        let meta = start_snapshotting(dir.path(), 4, 1000);
         let after = meta.view();
         assert_eq!(after.topics, before.topics);
         assert!(after.version >= before.version);
@@ -401,6 +412,19 @@ mod tests {
         };
         meta.shutdown();
         waiter.join().expect("released by shutdown");
+    }
+
+    #[test]
+    fn idle_node_does_no_visible_work() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start(dir.path(), 1, 10);
+        let version = meta.view().version;
+        let log_len = || std::fs::metadata(dir.path().join("raft").join("log")).expect("log").len();
+        let before = log_len();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(meta.view().version, version, "no entries while idle");
+        assert_eq!(log_len(), before, "no log writes while idle");
+        meta.shutdown();
     }
 
     #[test]

@@ -250,8 +250,12 @@ impl StateMachine {
                 MetaResponse::None
             }
             EntryPayload::Normal(req) => {
+                let action = match req {
+                    MetaRequest::CreateTopic { .. } => "created",
+                    MetaRequest::DeleteTopic { .. } => "deleted",
+                };
                 let result = self.apply_request(req);
-                self.log_result(log_id, &result);
+                self.log_result(log_id, action, &result);
                 MetaResponse::Topic(result)
             }
         }
@@ -267,12 +271,15 @@ impl StateMachine {
         }
     }
 
-    fn log_result(&self, log_id: LogId, result: &Result<Arc<TopicMeta>, MetaError>) {
-        let replay = self.replay_until.is_some_and(|r| log_id.index <= r);
+    fn log_result(&self, log_id: LogId, action: &str, result: &Result<Arc<TopicMeta>, MetaError>) {
+        let index = log_id.index;
+        let replay = self.replay_until.is_some_and(|r| index <= r);
         match result {
-            Ok(t) if !replay => tracing::info!(topic = %t.name, partitions = t.partitions.len(), index = log_id.index, "metadata: topic changed"),
-            Ok(t) => tracing::debug!(topic = %t.name, index = log_id.index, "metadata: topic replayed"),
-            Err(e) => tracing::debug!(error = %e, index = log_id.index, "metadata: request rejected"),
+            Ok(t) if !replay => {
+                tracing::info!(topic = %t.name, partitions = t.partitions.len(), index, "metadata: topic {action}")
+            }
+            Ok(t) => tracing::debug!(topic = %t.name, index, "metadata: replayed topic {action}"),
+            Err(e) => tracing::debug!(error = %e, index, "metadata: request rejected"),
         }
     }
 
