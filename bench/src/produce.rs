@@ -1,0 +1,462 @@
+//! `produce`: producer throughput and produce latency.
+//!
+//! Two modes:
+//! - closed loop (no `--rate`): send as fast as the client allows, keeping at
+//!   most `--in-flight-max` records unacknowledged; latency is measured from
+//!   the actual send.
+//! - open loop (`--rate R`): record `seq` is due at `seq / R` seconds; its
+//!   latency is measured from that intended time, so a stalled broker shows
+//!   up in the percentiles instead of slowing the load down (coordinated
+//!   omission corrected).
+//!
+//! Records whose (intended) send time falls in the warm-up are sent but not
+//! counted. The producer is a `BaseProducer` polled only from the sending
+//! thread, so delivery callbacks run on that thread and the lock around the
+//! delivery state is never contended.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use hdrhistogram::Histogram;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
+
+use crate::args::{CommonArgs, DRAIN_SECONDS_MAX};
+use crate::client::{ensure_topic, ErrorProbe};
+use crate::control::{stop_requested, Progress};
+use crate::payload::{filler, new_run_id, Header};
+use crate::report::{emit, new_latency_histogram, record_latency_us, Outputs, Summary};
+
+// The delivery opaque carries a u64 nanosecond timestamp in a usize.
+const _: () = assert!(usize::BITS == 64, "sluice-bench needs a 64-bit target");
+
+/// Sends between two non-blocking polls of the delivery queue.
+const SENDS_PER_POLL: u64 = 256;
+/// Longest pause of the open-loop pacer before it checks the clock again.
+const PACER_SLEEP_MAX: Duration = Duration::from_millis(1);
+/// Drain time left after Ctrl-C.
+const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
+const RATE_PER_SEC_MAX: f64 = 50_000_000.0;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Fixed send rate in records/s (open loop); omit for maximum throughput.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// Most records sent but not yet acknowledged at any time.
+    #[arg(long = "in-flight-max", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub in_flight_records_max: u64,
+}
+
+pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
+    let rate: f64 = text.parse().with_context(|| format!("not a number: {text:?}"))?;
+    if !rate.is_finite() || rate <= 0.0 || rate > RATE_PER_SEC_MAX {
+        bail!("rate must be within (0, {RATE_PER_SEC_MAX}] records/s, got {rate}");
+    }
+    Ok(rate)
+}
+
+/// What one producer run does; shared with `e2e` and `consume --fill`.
+#[derive(Clone)]
+pub struct ProducerPlan {
+    pub topic: String,
+    pub record_bytes: usize,
+    pub rate_per_sec: Option<f64>,
+    pub in_flight_records_max: u64,
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub records_max: u64,
+    pub run_id: u32,
+    /// Time zero of the run: intended send times count from here.
+    pub origin: Instant,
+    /// A counter shown on the progress line (e.g. records received).
+    pub progress_extra: Option<(&'static str, Arc<AtomicU64>)>,
+}
+
+impl ProducerPlan {
+    pub fn new(common: &CommonArgs, rate_per_sec: Option<f64>, in_flight_records_max: u64) -> ProducerPlan {
+        ProducerPlan {
+            topic: common.topic.clone(),
+            record_bytes: common.record_bytes as usize,
+            rate_per_sec,
+            in_flight_records_max,
+            warmup: common.warmup(),
+            measure: common.measure(),
+            records_max: common.records_max,
+            run_id: new_run_id(),
+            origin: Instant::now(),
+            progress_extra: None,
+        }
+    }
+
+    fn send_end_ns(&self) -> u64 {
+        duration_ns(self.warmup + self.measure)
+    }
+
+    fn hard_deadline(&self) -> Instant {
+        self.origin + self.warmup + self.measure + Duration::from_secs(DRAIN_SECONDS_MAX)
+    }
+
+    /// Intended send time of record `seq` in open loop.
+    fn intended_ns(&self, seq: u64, rate_per_sec: f64) -> u64 {
+        (seq as f64 * 1e9 / rate_per_sec) as u64
+    }
+}
+
+/// What a producer run measured.
+pub struct ProduceOutcome {
+    pub sent: u64,
+    pub acked_total: u64,
+    pub acked_measured: u64,
+    pub failed: u64,
+    pub first_failure: Option<String>,
+    /// Records neither acknowledged nor failed when the deadline passed.
+    pub unfinished: u64,
+    pub queue_full_waits: u64,
+    pub latency: Histogram<u64>,
+    pub seconds: f64,
+    pub interrupted: bool,
+}
+
+#[derive(Default)]
+struct DeliveryState {
+    acked_total: u64,
+    acked_measured: u64,
+    failed: u64,
+    first_failure: Option<String>,
+    last_measured_ack_ns: u64,
+}
+
+/// Producer context: turns delivery reports into counts and latencies.
+struct DeliveryProbe {
+    origin: Instant,
+    measure_from_ns: u64,
+    completed: AtomicU64,
+    state: Mutex<(DeliveryState, Histogram<u64>)>,
+    errors: ErrorProbe,
+}
+
+impl DeliveryProbe {
+    fn lock(&self) -> MutexGuard<'_, (DeliveryState, Histogram<u64>)> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn on_ack(&self, intended_ns: u64) {
+        let now_ns = elapsed_ns(self.origin);
+        let mut guard = self.lock();
+        let (state, hist) = &mut *guard;
+        state.acked_total += 1;
+        if intended_ns >= self.measure_from_ns {
+            state.acked_measured += 1;
+            state.last_measured_ack_ns = state.last_measured_ack_ns.max(now_ns);
+            record_latency_us(hist, now_ns.saturating_sub(intended_ns) / 1_000);
+        }
+    }
+
+    fn on_failure(&self, error: &KafkaError) {
+        let mut guard = self.lock();
+        guard.0.failed += 1;
+        if guard.0.first_failure.is_none() {
+            guard.0.first_failure = Some(error.to_string());
+        }
+    }
+}
+
+impl ClientContext for DeliveryProbe {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.errors.on_error(&error, reason);
+    }
+}
+
+impl ProducerContext for DeliveryProbe {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, intended_ns: usize) {
+        match result {
+            Ok(_) => self.on_ack(intended_ns as u64),
+            Err((error, _)) => self.on_failure(error),
+        }
+        self.completed.fetch_add(1, Ordering::Release);
+    }
+}
+
+type BenchProducer = BaseProducer<DeliveryProbe>;
+
+pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
+    let common = &args.common;
+    ensure_topic(common)?;
+    let plan = ProducerPlan::new(common, args.rate, args.in_flight_records_max);
+    let outcome = run_producer(common, &plan)?;
+    let mode = match args.rate {
+        Some(rate) => format!("open loop, rate={rate}/s"),
+        None => format!("closed loop, in_flight_max={}", args.in_flight_records_max),
+    };
+    let mut summary = Summary::new("produce", format!("{mode}; {}", common.describe()));
+    fill_summary(&mut summary, &outcome, &plan);
+    emit(&summary, &Outputs::of(common))?;
+    check_delivered(&outcome)
+}
+
+/// Puts a producer outcome into a summary as the main figures.
+pub fn fill_summary(summary: &mut Summary, outcome: &ProduceOutcome, plan: &ProducerPlan) {
+    summary.seconds = outcome.seconds;
+    summary.messages = outcome.acked_measured;
+    summary.bytes = outcome.acked_measured * plan.record_bytes as u64;
+    summary.latency = Some(outcome.latency.clone());
+    summary.interrupted = outcome.interrupted;
+    put_producer_counts(summary, outcome, plan);
+}
+
+pub fn put_producer_counts(summary: &mut Summary, outcome: &ProduceOutcome, plan: &ProducerPlan) {
+    summary.put("warmup_seconds", plan.warmup.as_secs_f64());
+    summary.put("records_sent", outcome.sent);
+    summary.put("messages_total_acked", outcome.acked_total);
+    summary.put("records_failed", outcome.failed);
+    summary.put("records_unfinished", outcome.unfinished);
+    summary.put("queue_full_waits", outcome.queue_full_waits);
+    if let Some(rate) = plan.rate_per_sec {
+        summary.put("rate_target", rate);
+    }
+    if let Some(failure) = &outcome.first_failure {
+        summary.put("first_failure", failure.clone());
+    }
+}
+
+/// Fails when any record was not acknowledged.
+pub fn check_delivered(outcome: &ProduceOutcome) -> anyhow::Result<()> {
+    if outcome.failed > 0 || outcome.unfinished > 0 {
+        bail!(
+            "{} records failed and {} were unacknowledged at the deadline (first failure: {})",
+            outcome.failed,
+            outcome.unfinished,
+            outcome.first_failure.as_deref().unwrap_or("none")
+        );
+    }
+    Ok(())
+}
+
+/// Runs the producer: warm-up, measured window, then drain.
+pub fn run_producer(common: &CommonArgs, plan: &ProducerPlan) -> anyhow::Result<ProduceOutcome> {
+    assert!(plan.record_bytes > 0 && plan.in_flight_records_max > 0);
+    let probe = DeliveryProbe {
+        origin: plan.origin,
+        measure_from_ns: duration_ns(plan.warmup),
+        completed: AtomicU64::new(0),
+        state: Mutex::new((DeliveryState::default(), new_latency_histogram())),
+        errors: ErrorProbe::default(),
+    };
+    let producer: BenchProducer =
+        common.producer_config().create_with_context(probe).context("creating producer")?;
+    let mut progress = Progress::new("produce", plan.origin);
+    let sent = send_loop(&producer, plan, &mut progress)?;
+    let send_window_ns = sent.stopped_at_ns.saturating_sub(duration_ns(plan.warmup));
+    let unfinished = drain(&producer, plan, sent.count, &mut progress);
+    let outcome = collect(&producer, sent, unfinished, send_window_ns);
+    assert!(outcome.acked_total + outcome.failed + outcome.unfinished == outcome.sent);
+    Ok(outcome)
+}
+
+struct Sent {
+    count: u64,
+    queue_full_waits: u64,
+    stopped_at_ns: u64,
+    interrupted: bool,
+}
+
+fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progress) -> anyhow::Result<Sent> {
+    let mut payload = filler(plan.record_bytes, u64::from(plan.run_id));
+    let mut sent = Sent { count: 0, queue_full_waits: 0, stopped_at_ns: 0, interrupted: false };
+    let end_ns = plan.send_end_ns();
+    while sent.count < plan.records_max {
+        if stop_requested() {
+            sent.interrupted = true;
+            break;
+        }
+        let now_ns = elapsed_ns(plan.origin);
+        let completed = producer.context().completed.load(Ordering::Acquire);
+        progress.tick(completed, || progress_detail(plan, sent.count, completed));
+        if sent.count - completed >= plan.in_flight_records_max {
+            producer.poll(Duration::from_millis(1));
+            continue;
+        }
+        let intended_ns = match next_send(plan, sent.count, now_ns, end_ns) {
+            NextSend::Now(ns) => ns,
+            NextSend::Wait(wait) => {
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(wait.min(PACER_SLEEP_MAX));
+                continue;
+            }
+            NextSend::Done => break,
+        };
+        Header { run_id: plan.run_id, seq: sent.count, sent_ns: intended_ns }.write(&mut payload);
+        if !send_one(producer, plan, &payload, intended_ns, &mut sent.queue_full_waits)? {
+            break;
+        }
+        sent.count += 1;
+        if sent.count % SENDS_PER_POLL == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    sent.stopped_at_ns = elapsed_ns(plan.origin).min(end_ns);
+    Ok(sent)
+}
+
+enum NextSend {
+    Now(u64),
+    Wait(Duration),
+    Done,
+}
+
+/// When the next record goes out: now (closed loop), at its slot (open
+/// loop), or never (the window is over).
+fn next_send(plan: &ProducerPlan, seq: u64, now_ns: u64, end_ns: u64) -> NextSend {
+    match plan.rate_per_sec {
+        None if now_ns >= end_ns => NextSend::Done,
+        None => NextSend::Now(now_ns),
+        Some(rate) => {
+            let due_ns = plan.intended_ns(seq, rate);
+            if due_ns >= end_ns {
+                NextSend::Done
+            } else if due_ns > now_ns {
+                NextSend::Wait(Duration::from_nanos(due_ns - now_ns))
+            } else {
+                NextSend::Now(due_ns)
+            }
+        }
+    }
+}
+
+/// Enqueues one record, waiting while librdkafka's queue is full. Returns
+/// false when the run must stop (deadline or Ctrl-C) before it fit.
+fn send_one(
+    producer: &BenchProducer,
+    plan: &ProducerPlan,
+    payload: &[u8],
+    intended_ns: u64,
+    queue_full_waits: &mut u64,
+) -> anyhow::Result<bool> {
+    let deadline = plan.hard_deadline();
+    loop {
+        let record = BaseRecord::<(), [u8], usize>::with_opaque_to(&plan.topic, intended_ns as usize)
+            .payload(payload);
+        match producer.send(record) {
+            Ok(()) => return Ok(true),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                *queue_full_waits += 1;
+                producer.poll(Duration::from_millis(1));
+                if stop_requested() || Instant::now() >= deadline {
+                    return Ok(false);
+                }
+            }
+            Err((error, _)) => bail!("send to {}: {error}", plan.topic),
+        }
+    }
+}
+
+/// Polls until every sent record is acknowledged or failed, or the deadline
+/// passes; returns how many are still outstanding.
+fn drain(producer: &BenchProducer, plan: &ProducerPlan, sent: u64, progress: &mut Progress) -> u64 {
+    let mut deadline = plan.hard_deadline();
+    loop {
+        let completed = producer.context().completed.load(Ordering::Acquire);
+        if completed >= sent || Instant::now() >= deadline {
+            return sent.saturating_sub(completed);
+        }
+        if stop_requested() {
+            deadline = deadline.min(Instant::now() + DRAIN_AFTER_STOP);
+        }
+        progress.tick(completed, || format!("draining, {} outstanding", sent - completed));
+        producer.poll(Duration::from_millis(10));
+    }
+}
+
+fn collect(producer: &BenchProducer, sent: Sent, unfinished: u64, send_window_ns: u64) -> ProduceOutcome {
+    let probe = producer.context();
+    let guard = probe.lock();
+    let (state, hist) = &*guard;
+    let measure_from_ns = probe.measure_from_ns;
+    let ack_window_ns = state.last_measured_ack_ns.saturating_sub(measure_from_ns);
+    let window_ns = if state.acked_measured > 0 { send_window_ns.max(ack_window_ns) } else { send_window_ns };
+    ProduceOutcome {
+        sent: sent.count,
+        acked_total: state.acked_total,
+        acked_measured: state.acked_measured,
+        failed: state.failed,
+        first_failure: state.first_failure.clone(),
+        unfinished,
+        queue_full_waits: sent.queue_full_waits,
+        latency: hist.clone(),
+        seconds: window_ns as f64 / 1e9,
+        interrupted: sent.interrupted,
+    }
+}
+
+fn progress_detail(plan: &ProducerPlan, sent: u64, completed: u64) -> String {
+    let extra = match &plan.progress_extra {
+        Some((label, counter)) => format!(" {label}={}", counter.load(Ordering::Relaxed)),
+        None => String::new(),
+    };
+    format!("acked+failed; sent={sent} in_flight={}{extra}", sent - completed)
+}
+
+pub fn elapsed_ns(origin: Instant) -> u64 {
+    duration_ns(origin.elapsed())
+}
+
+pub fn duration_ns(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ProduceArgs,
+    }
+
+    fn plan(rate: Option<f64>) -> ProducerPlan {
+        let cli = Cli::parse_from(["t", "--seconds", "1", "--warmup-seconds", "0"]);
+        ProducerPlan::new(&cli.args.common, rate, 10)
+    }
+
+    #[test]
+    fn open_loop_slots_follow_the_rate() {
+        let p = plan(Some(1000.0));
+        let end_ns = p.send_end_ns();
+        assert!(matches!(next_send(&p, 0, 0, end_ns), NextSend::Now(0)));
+        assert!(matches!(next_send(&p, 5, 5_000_000, end_ns), NextSend::Now(5_000_000)));
+        // Behind schedule: sent now, latency still counted from the slot.
+        assert!(matches!(next_send(&p, 5, 9_000_000, end_ns), NextSend::Now(5_000_000)));
+        match next_send(&p, 5, 4_000_000, end_ns) {
+            NextSend::Wait(w) => assert_eq!(w, Duration::from_millis(1)),
+            _ => panic!("expected a wait"),
+        }
+        assert!(matches!(next_send(&p, 1000, 0, end_ns), NextSend::Done));
+    }
+
+    #[test]
+    fn closed_loop_sends_until_the_window_ends() {
+        let p = plan(None);
+        let end_ns = p.send_end_ns();
+        assert!(matches!(next_send(&p, 7, 123, end_ns), NextSend::Now(123)));
+        assert!(matches!(next_send(&p, 7, end_ns, end_ns), NextSend::Done));
+    }
+
+    #[test]
+    fn rate_is_validated() {
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("inf").is_err());
+        assert_eq!(parse_rate("2500").expect("valid"), 2500.0);
+    }
+}
