@@ -1,0 +1,480 @@
+//! The shard's state and its life cycle: start (WAL open, mesh join,
+//! recovery), the inbox tasks, the metadata watcher, routing helpers,
+//! ListOffsets, topic readiness, stats and close. Produce and fetch live in
+//! `produce` and `fetch`.
+//!
+//! Runs on one executor; all state is `Rc`/`RefCell`/`Cell`, and no borrow
+//! is held across an await.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::Task;
+use hdrhistogram::Histogram;
+use sluice_raft::{Metadata, MetadataView, TopicMeta};
+use sluice_wal::{Wal, WalConfig};
+use tracing::{debug, info, trace, warn};
+
+use crate::budget::{Budget, BudgetLimits};
+use crate::entry::{self, PartitionKey, KIND_BATCHES};
+use crate::mesh::{FetchKey, Peers, ShardMesh, ShardMsg};
+use crate::partition::Partition;
+use crate::stats::{latency_histogram, Counters, ShardStats};
+use crate::tail::TailCache;
+use crate::waiters::{run_deadlines, sleep_until, WaitSlot, Waiters};
+use crate::{ListOffsetsPartition, ListOffsetsResult, ShardConfig, ShardError};
+
+pub(crate) struct Engine {
+    pub cfg: ShardConfig,
+    pub meta: Metadata,
+    pub node_id: u64,
+    pub wal: Wal,
+    pub budget: Rc<Budget>,
+    pub waiters: Rc<Waiters>,
+    pub parts: RefCell<HashMap<PartitionKey, Partition>>,
+    pub tail: RefCell<TailCache>,
+    pub peers: Option<Peers>,
+    pub applied_version: Cell<u64>,
+    /// `await_topic_ready` requests parked until a version is applied.
+    version_waiters: RefCell<Vec<(u64, oneshot::Sender<u64>)>>,
+    /// Cancel slots of fetches served for other shards.
+    pub fetch_cancels: RefCell<HashMap<FetchKey, Rc<WaitSlot>>>,
+    pub fetch_seq: Cell<u64>,
+    tasks: RefCell<Vec<Task<()>>>,
+    pub closing: Cell<bool>,
+    pub counters: RefCell<Counters>,
+    pub produce_latency_us: RefCell<Histogram<u64>>,
+    pub fetch_latency_us: RefCell<Histogram<u64>>,
+    last_warn: Cell<Option<Instant>>,
+}
+
+impl Engine {
+    pub async fn start(cfg: ShardConfig, mesh: ShardMesh, meta: Metadata) -> Result<Rc<Engine>, ShardError> {
+        validate(&cfg, &mesh)?;
+        let wal_cfg = wal_config(&cfg);
+        let (wal, report) = Wal::open(wal_cfg).await.map_err(|e| ShardError::Storage(format!("opening the WAL: {e}")))?;
+        info!(shard = cfg.shard_id, segments = report.segments, torn_bytes = report.torn_bytes_dropped, "shard WAL opened");
+        let (peers, inboxes) = if cfg.shards > 1 {
+            let (peers, inboxes) = Peers::join(mesh).await?;
+            peers.say_hello(cfg.shard_id).await?;
+            (Some(peers), inboxes)
+        } else {
+            (None, Vec::new())
+        };
+        let engine = Rc::new(Engine::new(cfg, meta, wal, peers));
+        engine.spawn(run_deadlines(engine.waiters.clone()));
+        let view = engine.meta.view();
+        engine.apply_view(&view);
+        engine.recover().await?;
+        for (peer, rx) in inboxes {
+            engine.spawn(run_inbox(engine.clone(), peer, rx));
+        }
+        engine.await_mesh_ready().await?;
+        engine.spawn(watch_metadata(engine.clone()));
+        Ok(engine)
+    }
+
+    fn new(cfg: ShardConfig, meta: Metadata, wal: Wal, peers: Option<Peers>) -> Engine {
+        let limits = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max);
+        Engine {
+            node_id: meta.view().node_id,
+            meta,
+            wal,
+            budget: Budget::new(limits),
+            waiters: Waiters::new(cfg.fetch_waiters_max),
+            parts: RefCell::new(HashMap::new()),
+            tail: RefCell::new(TailCache::default()),
+            peers,
+            applied_version: Cell::new(0),
+            version_waiters: RefCell::new(Vec::new()),
+            fetch_cancels: RefCell::new(HashMap::new()),
+            fetch_seq: Cell::new(0),
+            tasks: RefCell::new(Vec::new()),
+            closing: Cell::new(false),
+            counters: RefCell::new(Counters::default()),
+            produce_latency_us: RefCell::new(latency_histogram()),
+            fetch_latency_us: RefCell::new(latency_histogram()),
+            last_warn: Cell::new(None),
+            cfg,
+        }
+    }
+
+    fn spawn(&self, fut: impl Future<Output = ()> + 'static) {
+        self.tasks.borrow_mut().push(glommio::spawn_local(fut));
+    }
+
+    pub fn id(&self) -> u32 {
+        self.cfg.shard_id
+    }
+
+    /// Waits until every peer said hello (bounded by `remote_reply_timeout_ms`).
+    async fn await_mesh_ready(&self) -> Result<(), ShardError> {
+        let Some(peers) = &self.peers else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
+        while !peers.is_ready() {
+            if self.until(peers.ready.wait(), deadline).await.is_none() {
+                return Err(ShardError::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds every partition's index from the WAL, from its start.
+    async fn recover(&self) -> Result<(), ShardError> {
+        let started = Instant::now();
+        let mut reader = self.wal.reader(self.wal.start());
+        let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
+        while let Some(next) = reader.next().await {
+            let e = next.map_err(|e| ShardError::Storage(format!("recovering the WAL: {e}")))?;
+            if e.kind != KIND_BATCHES {
+                skipped += 1;
+                continue;
+            }
+            let (header, records) = match entry::decode(&e.payload) {
+                Ok(x) => x,
+                Err(reason) => {
+                    damaged += 1;
+                    warn!(shard = self.id(), position = e.position.0, %reason, "undecodable WAL entry skipped");
+                    continue;
+                }
+            };
+            let mut parts = self.parts.borrow_mut();
+            let pushed = parts.get_mut(&header.key).map(|p| p.push_recovered(&header, records.len() as u32, e.position));
+            match pushed {
+                Some(Ok(())) => entries += 1,
+                Some(Err(reason)) => {
+                    damaged += 1;
+                    warn!(shard = self.id(), position = e.position.0, %reason, "out-of-order WAL entry skipped");
+                }
+                None => skipped += 1,
+            }
+        }
+        self.check_partitions();
+        let mut c = self.counters.borrow_mut();
+        c.recovered_entries = entries;
+        c.recovery_skipped_entries = skipped + damaged;
+        let ms = started.elapsed().as_millis() as u64;
+        info!(shard = self.id(), entries, skipped, damaged, partitions = self.parts.borrow().len(), ms, "shard recovered");
+        Ok(())
+    }
+
+    fn check_partitions(&self) {
+        for p in self.parts.borrow().values() {
+            if let Err(e) = p.check() {
+                panic!("partition {:?} violates its invariants: {e}", p.key);
+            }
+        }
+    }
+
+    /// Creates the partitions placed on this shard and drops those whose
+    /// topic is gone. Runs on the watcher task (and once at start).
+    pub fn apply_view(&self, view: &MetadataView) {
+        let me = self.id();
+        let mut live = HashSet::new();
+        let mut created = 0u64;
+        let gone: Vec<PartitionKey> = {
+            let mut parts = self.parts.borrow_mut();
+            for t in view.topics.values() {
+                for (i, pm) in t.partitions.iter().enumerate() {
+                    if pm.shard != me {
+                        continue;
+                    }
+                    let key = PartitionKey { topic_id: t.id, partition: i as u32 };
+                    live.insert(key);
+                    parts.entry(key).or_insert_with(|| {
+                        created += 1;
+                        Partition::new(key)
+                    });
+                }
+            }
+            let gone: Vec<PartitionKey> = parts.keys().filter(|k| !live.contains(*k)).copied().collect();
+            gone.iter().for_each(|k| {
+                parts.remove(k);
+            });
+            gone
+        };
+        for k in &gone {
+            self.tail.borrow_mut().forget(k);
+            self.waiters.notify(k);
+        }
+        {
+            let mut c = self.counters.borrow_mut();
+            c.partitions_created += created;
+            c.partitions_deleted += gone.len() as u64;
+        }
+        assert!(view.version >= self.applied_version.get(), "metadata versions never go back");
+        self.applied_version.set(view.version);
+        self.release_version_waiters();
+        if created > 0 || !gone.is_empty() {
+            info!(shard = me, version = view.version, created, deleted = gone.len(), "shard applied metadata");
+        }
+    }
+
+    fn release_version_waiters(&self) {
+        let applied = self.applied_version.get();
+        let mut waiters = self.version_waiters.borrow_mut();
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *waiters).into_iter().partition(|(v, _)| *v <= applied);
+        *waiters = keep;
+        drop(waiters);
+        for (_, reply) in done {
+            let _ = reply.send(applied);
+        }
+    }
+
+    /// Answers `reply` once metadata `version` is applied on this shard.
+    pub fn version_waiter(&self, version: u64, reply: oneshot::Sender<u64>) {
+        let applied = self.applied_version.get();
+        if applied >= version {
+            let _ = reply.send(applied);
+            return;
+        }
+        let mut waiters = self.version_waiters.borrow_mut();
+        if waiters.len() >= self.cfg.version_waiters_max {
+            return; // Dropping `reply` tells the requester: busy.
+        }
+        waiters.push((version, reply));
+    }
+
+    pub async fn await_topic_ready(&self, topic: &Arc<TopicMeta>) -> Result<(), ShardError> {
+        let view = self.meta.view();
+        if view.topics.get(&topic.name).is_none_or(|t| t.id != topic.id) {
+            return Err(ShardError::UnknownTopicOrPartition);
+        }
+        let owners: BTreeSet<u32> = topic.partitions.iter().map(|p| p.shard).collect();
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.topic_ready_timeout_ms);
+        let waits = owners.into_iter().map(|o| self.await_version_on(o, view.version, deadline));
+        for r in futures::future::join_all(waits).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    async fn await_version_on(&self, owner: u32, version: u64, deadline: Instant) -> Result<(), ShardError> {
+        let (tx, rx) = oneshot::channel();
+        if owner == self.id() {
+            self.version_waiter(version, tx);
+            return match self.until(rx, deadline).await {
+                Some(Ok(_)) => Ok(()),
+                Some(Err(_)) => Err(ShardError::Busy),
+                None => Err(ShardError::Timeout),
+            };
+        }
+        self.call(owner, ShardMsg::AwaitVersion { version, reply: tx }, rx, deadline).await.map(|_| ())
+    }
+
+    /// The shard owning a partition, or why it cannot be served here.
+    pub fn owner_of(&self, topic: &TopicMeta, partition: i32) -> Result<u32, ShardError> {
+        let pm = usize::try_from(partition)
+            .ok()
+            .and_then(|p| topic.partitions.get(p))
+            .ok_or(ShardError::UnknownTopicOrPartition)?;
+        if pm.leader != self.node_id || pm.shard >= self.cfg.shards {
+            return Err(ShardError::NotLeader);
+        }
+        Ok(pm.shard)
+    }
+
+    pub fn key_of(topic: &TopicMeta, partition: i32) -> Result<PartitionKey, ShardError> {
+        let partition = u32::try_from(partition).map_err(|_| ShardError::UnknownTopicOrPartition)?;
+        Ok(PartitionKey { topic_id: topic.id, partition })
+    }
+
+    /// Resolves with `fut`'s output, or `None` once `deadline` passes.
+    pub async fn until<F: Future>(&self, fut: F, deadline: Instant) -> Option<F::Output> {
+        let fut = std::pin::pin!(fut);
+        let sleep = std::pin::pin!(sleep_until(&self.waiters, deadline));
+        match select(fut, sleep).await {
+            Either::Left((v, _)) => Some(v),
+            Either::Right(_) => None,
+        }
+    }
+
+    /// Sends a request to another shard and waits for its answer.
+    pub async fn call<T>(&self, owner: u32, msg: ShardMsg, rx: oneshot::Receiver<T>, deadline: Instant) -> Result<T, ShardError> {
+        let Some(peers) = &self.peers else {
+            return Err(ShardError::NotLeader);
+        };
+        self.counters.borrow_mut().remote_sent += 1;
+        let exchange = async {
+            peers.send(owner, msg).await?;
+            rx.await.map_err(|_| ShardError::ShuttingDown)
+        };
+        match self.until(exchange, deadline).await {
+            Some(r) => r,
+            None => {
+                self.counters.borrow_mut().remote_timeouts += 1;
+                Err(ShardError::Timeout)
+            }
+        }
+    }
+
+    pub async fn list_offsets(&self, req: ListOffsetsPartition) -> ListOffsetsResult {
+        self.counters.borrow_mut().list_offsets_requests += 1;
+        let owner = match self.owner_of(&req.topic, req.partition) {
+            Ok(o) => o,
+            Err(e) => return ListOffsetsResult::failed(e),
+        };
+        if owner == self.id() {
+            return self.list_offsets_owner(&req);
+        }
+        let (tx, rx) = oneshot::channel();
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
+        self.call(owner, ShardMsg::ListOffsets { req, reply: tx }, rx, deadline)
+            .await
+            .unwrap_or_else(ListOffsetsResult::failed)
+    }
+
+    /// ListOffsets on the owning shard, at stored-entry granularity.
+    pub fn list_offsets_owner(&self, req: &ListOffsetsPartition) -> ListOffsetsResult {
+        let parts = self.parts.borrow();
+        let Some(p) = Engine::key_of(&req.topic, req.partition).ok().and_then(|k| parts.get(&k)) else {
+            return ListOffsetsResult::failed(ShardError::UnknownTopicOrPartition);
+        };
+        let found = |b: Option<&crate::partition::StoredBatch>| match b {
+            Some(b) => (b.base_offset, b.max_timestamp),
+            None => (-1, -1),
+        };
+        let (offset, timestamp) = match req.timestamp {
+            -2 => (p.log_start_offset, -1),
+            -1 => (p.high_watermark, -1),
+            -3 => found(p.max_timestamp()),
+            ts => found(p.by_timestamp(ts)),
+        };
+        ListOffsetsResult { error: None, offset, timestamp }
+    }
+
+    /// Handles one message from another shard. Only local work: never sends
+    /// on the mesh (answers go on oneshots).
+    fn serve(self: &Rc<Self>, peer: usize, msg: ShardMsg) {
+        if !matches!(msg, ShardMsg::Hello { .. } | ShardMsg::CancelFetch { .. }) {
+            self.counters.borrow_mut().remote_served += 1;
+        }
+        match msg {
+            ShardMsg::Hello { shard_id } => {
+                if let Some(p) = &self.peers {
+                    p.hello(peer, shard_id);
+                }
+            }
+            ShardMsg::Produce { req, reply } => self.produce_owner(req, reply),
+            ShardMsg::Fetch { key, req, reply } => self.serve_fetch(key, req, reply),
+            ShardMsg::CancelFetch { key } => {
+                if let Some(slot) = self.fetch_cancels.borrow().get(&key) {
+                    slot.cancel();
+                }
+            }
+            ShardMsg::ListOffsets { req, reply } => {
+                let _ = reply.send(self.list_offsets_owner(&req));
+            }
+            ShardMsg::AwaitVersion { version, reply } => self.version_waiter(version, reply),
+        }
+    }
+
+    /// A warning at most once per second per shard (storage errors can
+    /// repeat per request).
+    pub fn warn_rate_limited(&self, what: &str, error: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        if self.last_warn.get().is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+            trace!(shard = self.id(), what, %error, "repeated");
+            return;
+        }
+        self.last_warn.set(Some(now));
+        warn!(shard = self.id(), what, %error, "shard storage error");
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        let parts = self.parts.borrow();
+        let tail = self.tail.borrow();
+        ShardStats {
+            shard_id: self.id(),
+            partitions: parts.len() as u64,
+            partition_struct_bytes: std::mem::size_of::<Partition>() as u64,
+            index_entries: parts.values().map(|p| p.batches.len() as u64).sum(),
+            tail_cache_entries: tail.len() as u64,
+            tail_cache_evictions: tail.evictions,
+            applied_metadata_version: self.applied_version.get(),
+            counters: self.counters.borrow().clone(),
+            waiters: self.waiters.stats(),
+            pools: self.budget.stats(),
+            mesh_full_waits: self.peers.as_ref().map_or(0, |p| p.full_waits.get()),
+            wal: self.wal.stats(),
+            produce_latency_us: self.produce_latency_us.borrow().clone(),
+            fetch_latency_us: self.fetch_latency_us.borrow().clone(),
+        }
+    }
+
+    pub async fn close(&self) {
+        if self.closing.replace(true) {
+            return;
+        }
+        self.waiters.fire_all();
+        self.version_waiters.borrow_mut().clear();
+        let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+        for t in tasks {
+            t.cancel().await;
+        }
+        if let Some(p) = &self.peers {
+            p.close();
+        }
+        if let Err(e) = self.wal.clone().close().await {
+            warn!(shard = self.id(), error = %e, "closing the shard WAL");
+        }
+        debug!(shard = self.id(), "shard closed");
+    }
+}
+
+fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {
+    if cfg.shards == 0 || cfg.shard_id >= cfg.shards {
+        return Err(ShardError::Config(format!("shard id {} with {} shards", cfg.shard_id, cfg.shards)));
+    }
+    if mesh.shards() != cfg.shards {
+        return Err(ShardError::Config(format!("mesh of {} shards, config says {}", mesh.shards(), cfg.shards)));
+    }
+    let inflight = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max).produce_inflight_bytes_max;
+    if inflight < u64::from(cfg.wal.entry_bytes_max) {
+        return Err(ShardError::Config(format!(
+            "memory_bytes_max {} leaves {inflight} bytes for in-flight produce, below one WAL entry ({})",
+            cfg.memory_bytes_max, cfg.wal.entry_bytes_max
+        )));
+    }
+    Ok(())
+}
+
+fn wal_config(cfg: &ShardConfig) -> WalConfig {
+    let mut w = WalConfig::new(cfg.data_dir.join(format!("shard-{}", cfg.shard_id)).join("wal"));
+    w.segment_bytes = cfg.wal.segment_bytes;
+    w.queue_bytes_max = cfg.wal.queue_bytes_max;
+    w.commit_bytes_max = cfg.wal.commit_bytes_max;
+    w.entry_bytes_max = cfg.wal.entry_bytes_max;
+    w.sync_mode = cfg.wal.sync_mode;
+    w
+}
+
+/// One inbox task per peer shard.
+async fn run_inbox(engine: Rc<Engine>, peer: usize, rx: ConnectedReceiver<ShardMsg>) {
+    while let Some(msg) = rx.recv().await {
+        engine.serve(peer, msg);
+    }
+    debug!(shard = engine.id(), peer, "shard inbox closed");
+}
+
+/// The shard's one metadata watcher: applies every new metadata version.
+async fn watch_metadata(engine: Rc<Engine>) {
+    loop {
+        let applied = engine.applied_version.get();
+        let view = engine.meta.changed(applied).await;
+        if view.version <= applied {
+            debug!(shard = engine.id(), "metadata service stopped; watcher ends");
+            return;
+        }
+        engine.apply_view(&view);
+    }
+}

@@ -1,0 +1,335 @@
+//! Fetch: whole stored entries from the one containing `fetch_offset`, up to
+//! `partition_max_bytes` and the request's `max_bytes` (the first batch of
+//! the response is returned even when larger, as Kafka does).
+//!
+//! Long poll: an owner shard plans its partitions from the in-memory index
+//! (no I/O); when the plan is below `min_bytes` it registers ONE waiter in
+//! the shard's `Waiters` (woken by growth of any of its partitions or by its
+//! deadline) and plans again. Only the final plan is materialized: tail
+//! cache hits are cloned `Bytes`, older entries are read from the WAL
+//! (charged to the `FetchResponse` pool while the fetch runs).
+//!
+//! Across shards: the origin sends one sub-fetch per owner shard; each owner
+//! waits up to `max_wait_ms` for its partitions to reach `min_bytes`. As soon
+//! as the answers received reach `min_bytes` (or carry an error) the origin
+//! cancels the other owners' waits (`CancelFetch`), merges the answers in
+//! request order and trims them to `max_bytes`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use futures::stream::{FuturesUnordered, StreamExt};
+use sluice_wal::Position;
+use tracing::trace;
+
+use crate::budget::Pool;
+use crate::engine::Engine;
+use crate::entry::{self, PartitionKey};
+use crate::mesh::{FetchKey, OwnerFetch, ShardMsg};
+use crate::partition::Partition;
+use crate::waiters::WaitSlot;
+use crate::{FetchPartition, FetchPartitionResult, FetchRequest, ShardError};
+
+/// Where the bytes of one planned entry come from.
+enum Source {
+    Cached(Bytes),
+    Wal { position: Position, base_offset: i64, bytes: u32 },
+}
+
+/// One partition's planned answer.
+struct PartPlan {
+    key: Option<PartitionKey>,
+    result: FetchPartitionResult,
+    sources: Vec<Source>,
+}
+
+impl Engine {
+    pub async fn fetch(self: &Rc<Self>, req: FetchRequest) -> Vec<FetchPartitionResult> {
+        let started = Instant::now();
+        {
+            let mut c = self.counters.borrow_mut();
+            c.fetch_requests += 1;
+            c.fetch_partitions += req.partitions.len() as u64;
+        }
+        let results = self.fetch_routed(req).await;
+        let bytes: u64 = results.iter().map(FetchPartitionResult::records_bytes).sum();
+        self.counters.borrow_mut().fetch_bytes += bytes;
+        let us = started.elapsed().as_micros() as u64;
+        self.fetch_latency_us.borrow_mut().saturating_record(us.max(1));
+        results
+    }
+
+    async fn fetch_routed(self: &Rc<Self>, req: FetchRequest) -> Vec<FetchPartitionResult> {
+        let mut out: Vec<Option<FetchPartitionResult>> = (0..req.partitions.len()).map(|_| None).collect();
+        let mut groups: BTreeMap<u32, (Vec<usize>, Vec<FetchPartition>)> = BTreeMap::new();
+        for (i, fp) in req.partitions.into_iter().enumerate() {
+            match self.owner_of(&fp.topic, fp.partition) {
+                Ok(owner) => {
+                    let g = groups.entry(owner).or_default();
+                    g.0.push(i);
+                    g.1.push(fp);
+                }
+                Err(e) => out[i] = Some(FetchPartitionResult::failed(e)),
+            }
+        }
+        let seq = self.fetch_seq.get();
+        self.fetch_seq.set(seq + 1);
+        let key = FetchKey { origin: self.id(), seq };
+        let local_slot = WaitSlot::new();
+        let mut remaining: BTreeSet<u32> = groups.keys().copied().collect();
+        let mut pending = FuturesUnordered::new();
+        for (owner, (idx, partitions)) in groups {
+            let sub = OwnerFetch { partitions, max_wait_ms: req.max_wait_ms, min_bytes: req.min_bytes, max_bytes: req.max_bytes };
+            let slot = local_slot.clone();
+            pending.push(async move { (owner, idx, self.sub_fetch(owner, key, sub, &slot).await) });
+        }
+        let (mut bytes, mut cancelled) = (0u64, false);
+        while let Some((owner, idx, results)) = pending.next().await {
+            remaining.remove(&owner);
+            bytes += results.iter().map(FetchPartitionResult::records_bytes).sum::<u64>();
+            let error = results.iter().any(|r| r.error.is_some());
+            for (i, r) in idx.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+            if !cancelled && !remaining.is_empty() && (bytes >= u64::from(req.min_bytes) || error) {
+                cancelled = true;
+                self.cancel_fetch(key, &local_slot, &remaining).await;
+            }
+        }
+        let missing = || FetchPartitionResult::failed(ShardError::Storage("no answer from the owning shard".into()));
+        let mut results: Vec<FetchPartitionResult> = out.into_iter().map(|r| r.unwrap_or_else(missing)).collect();
+        trim_to_max_bytes(&mut results, req.max_bytes);
+        results
+    }
+
+    /// Fetches one owner's partitions, locally or over the mesh.
+    async fn sub_fetch(&self, owner: u32, key: FetchKey, sub: OwnerFetch, slot: &Rc<WaitSlot>) -> Vec<FetchPartitionResult> {
+        let n = sub.partitions.len();
+        if owner == self.id() {
+            return self.fetch_owner(&sub, slot).await;
+        }
+        let wait_ms = u64::from(sub.max_wait_ms) + self.cfg.remote_reply_timeout_ms;
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
+        let (tx, rx) = oneshot::channel();
+        match self.call(owner, ShardMsg::Fetch { key, req: sub, reply: tx }, rx, deadline).await {
+            Ok(v) if v.len() == n => v,
+            Ok(v) => vec![FetchPartitionResult::failed(ShardError::Storage(format!("{} answers for {n} partitions", v.len()))); n],
+            Err(e) => vec![FetchPartitionResult::failed(e); n],
+        }
+    }
+
+    async fn cancel_fetch(&self, key: FetchKey, local_slot: &Rc<WaitSlot>, owners: &BTreeSet<u32>) {
+        for &owner in owners {
+            if owner == self.id() {
+                local_slot.cancel();
+            } else if let Some(peers) = &self.peers {
+                let _ = peers.send(owner, ShardMsg::CancelFetch { key }).await;
+            }
+        }
+    }
+
+    /// A fetch sent by another shard: registers its cancel slot at once (in
+    /// the inbox, before any later `CancelFetch` is read), serves it in a task.
+    pub fn serve_fetch(self: &Rc<Self>, key: FetchKey, mut req: OwnerFetch, reply: oneshot::Sender<Vec<FetchPartitionResult>>) {
+        let slot = WaitSlot::new();
+        {
+            let mut cancels = self.fetch_cancels.borrow_mut();
+            if cancels.len() >= self.cfg.fetch_waiters_max {
+                req.max_wait_ms = 0; // Bounded: answer without waiting.
+            } else {
+                cancels.insert(key, slot.clone());
+            }
+        }
+        let engine = self.clone();
+        glommio::spawn_local(async move {
+            let results = engine.fetch_owner(&req, &slot).await;
+            engine.fetch_cancels.borrow_mut().remove(&key);
+            let _ = reply.send(results);
+        })
+        .detach();
+    }
+
+    /// The long-poll loop of an owner shard.
+    pub async fn fetch_owner(&self, req: &OwnerFetch, slot: &Rc<WaitSlot>) -> Vec<FetchPartitionResult> {
+        let deadline = Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms));
+        let mut waited = false;
+        loop {
+            let (plans, bytes, error) = self.plan_fetch(req);
+            let enough = bytes >= u64::from(req.min_bytes) || error;
+            let stop = slot.is_cancelled() || self.closing.get() || Instant::now() >= deadline;
+            if enough || stop {
+                return self.materialize(plans).await;
+            }
+            let keys: Vec<PartitionKey> = plans.iter().filter_map(|p| p.key).collect();
+            let Some(_guard) = self.waiters.register(slot, keys, deadline) else {
+                return self.materialize(plans).await;
+            };
+            if !waited {
+                waited = true;
+                self.counters.borrow_mut().fetch_long_polls += 1;
+            }
+            slot.wait().await;
+        }
+    }
+
+    /// Plans every partition from the index: no I/O, no await.
+    fn plan_fetch(&self, req: &OwnerFetch) -> (Vec<PartPlan>, u64, bool) {
+        let parts = self.parts.borrow();
+        let mut plans = Vec::with_capacity(req.partitions.len());
+        let (mut bytes, mut error) = (0u64, false);
+        for fp in &req.partitions {
+            let left = u64::from(req.max_bytes).saturating_sub(bytes);
+            let plan = plan_partition(&parts, fp, bytes == 0, left);
+            bytes += plan.sources.iter().map(source_bytes).sum::<u64>();
+            error |= plan.result.error.is_some();
+            plans.push(plan);
+        }
+        (plans, bytes, error)
+    }
+
+    /// Turns plans into results: cached batches are cloned, the others read
+    /// from the WAL within the `FetchResponse` pool.
+    async fn materialize(&self, plans: Vec<PartPlan>) -> Vec<FetchPartitionResult> {
+        let mut held = Vec::new();
+        let mut out: Vec<FetchPartitionResult> = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let mut result = plan.result;
+            for source in plan.sources {
+                let (position, base_offset, bytes) = match source {
+                    Source::Cached(b) => {
+                        self.counters.borrow_mut().fetch_tail_hits += 1;
+                        result.records.push(b);
+                        continue;
+                    }
+                    Source::Wal { position, base_offset, bytes } => (position, base_offset, bytes),
+                };
+                let Some(reservation) = self.budget.try_reserve(Pool::FetchResponse, u64::from(bytes)) else {
+                    self.counters.borrow_mut().fetch_busy += 1;
+                    let nothing_yet = result.records.is_empty() && out.iter().all(|r| r.records.is_empty());
+                    if nothing_yet {
+                        result.error = Some(ShardError::Busy);
+                    }
+                    break;
+                };
+                held.push(reservation);
+                let key = plan.key.expect("only known partitions have sources");
+                match self.read_stored(key, position, base_offset).await {
+                    Ok(b) => result.records.push(b),
+                    Err(e) => {
+                        self.warn_rate_limited("WAL read", &e);
+                        if result.records.is_empty() {
+                            result.error = Some(e);
+                        }
+                        break;
+                    }
+                }
+            }
+            out.push(result);
+        }
+        out
+    }
+
+    /// Reads one entry back from the WAL and checks it is the one indexed.
+    async fn read_stored(&self, key: PartitionKey, position: Position, base_offset: i64) -> Result<Bytes, ShardError> {
+        self.counters.borrow_mut().fetch_wal_reads += 1;
+        let e = self.wal.read(position).await.map_err(|e| ShardError::Storage(e.to_string()))?;
+        let (header, records) = entry::decode(&e.payload).map_err(ShardError::Storage)?;
+        if header.key != key || header.base_offset != base_offset {
+            return Err(ShardError::Storage(format!(
+                "WAL position {} holds offset {} of another partition, expected {base_offset}",
+                position.0, header.base_offset
+            )));
+        }
+        trace!(shard = self.id(), partition = key.partition, base_offset, "fetch read from the WAL");
+        Ok(records)
+    }
+}
+
+fn source_bytes(s: &Source) -> u64 {
+    match s {
+        Source::Cached(b) => b.len() as u64,
+        Source::Wal { bytes, .. } => u64::from(*bytes),
+    }
+}
+
+/// Plans one partition: entries from the one holding `fetch_offset`, below
+/// the high watermark, within `partition_max_bytes` and `left`.
+fn plan_partition(parts: &HashMap<PartitionKey, Partition>, fp: &FetchPartition, response_empty: bool, left: u64) -> PartPlan {
+    let failed = |e| PartPlan { key: None, result: FetchPartitionResult::failed(e), sources: Vec::new() };
+    let Some((key, p)) = Engine::key_of(&fp.topic, fp.partition).ok().and_then(|k| parts.get(&k).map(|p| (k, p))) else {
+        return failed(ShardError::UnknownTopicOrPartition);
+    };
+    let mut result = FetchPartitionResult {
+        error: None,
+        high_watermark: p.high_watermark,
+        last_stable_offset: p.high_watermark,
+        log_start_offset: p.log_start_offset,
+        records: Vec::new(),
+    };
+    if fp.fetch_offset < p.log_start_offset || fp.fetch_offset > p.high_watermark {
+        result.error = Some(ShardError::OffsetOutOfRange);
+        return PartPlan { key: None, result, sources: Vec::new() };
+    }
+    let limit = u64::from(fp.partition_max_bytes).min(left);
+    let mut sources = Vec::new();
+    let mut bytes = 0u64;
+    for b in &p.durable()[p.locate(fp.fetch_offset)..] {
+        let size = u64::from(b.bytes);
+        let first_of_response = response_empty && bytes == 0;
+        if bytes + size > limit && !first_of_response {
+            break;
+        }
+        bytes += size;
+        sources.push(match (&b.cached, b.position) {
+            (Some(c), _) => Source::Cached(c.clone()),
+            (None, Some(position)) => Source::Wal { position, base_offset: b.base_offset, bytes: b.bytes },
+            (None, None) => unreachable!("durable entries have a position (Partition::check)"),
+        });
+    }
+    PartPlan { key: Some(key), result, sources }
+}
+
+/// Keeps whole batches in request order while the response stays within
+/// `max_bytes`; the first batch is always kept.
+fn trim_to_max_bytes(results: &mut [FetchPartitionResult], max_bytes: u32) {
+    let (mut total, mut full) = (0u64, false);
+    for r in results.iter_mut() {
+        let mut keep = 0;
+        for b in &r.records {
+            let size = b.len() as u64;
+            if full || (total > 0 && total + size > u64::from(max_bytes)) {
+                full = true;
+                break;
+            }
+            total += size;
+            keep += 1;
+        }
+        r.records.truncate(keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(sizes: &[usize]) -> FetchPartitionResult {
+        let mut r = FetchPartitionResult::failed(ShardError::Timeout);
+        r.error = None;
+        r.records = sizes.iter().map(|&n| Bytes::from(vec![0u8; n])).collect();
+        r
+    }
+
+    #[test]
+    fn trim_keeps_first_batch_and_order() {
+        let mut rs = vec![result(&[]), result(&[500, 10]), result(&[5])];
+        trim_to_max_bytes(&mut rs, 100);
+        assert_eq!(rs[1].records.len(), 1, "first batch kept even when larger");
+        assert!(rs[2].records.is_empty(), "nothing after the response is full");
+        let mut rs = vec![result(&[40, 40]), result(&[20, 1])];
+        trim_to_max_bytes(&mut rs, 100);
+        assert_eq!((rs[0].records.len(), rs[1].records.len()), (2, 1));
+    }
+}

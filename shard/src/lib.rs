@@ -1,0 +1,302 @@
+//! `sluice-shard`: the per-core data plane of a Sluice node.
+//!
+//! # Role
+//!
+//! One `Shard` per glommio executor (one per data core; shards may be
+//! over-committed, unpinned, on fewer cores). A shard owns its WAL at
+//! `data_dir/shard-{id}/wal` and the partitions the metadata places on it
+//! (`PartitionMeta::shard == id`). "The WAL is the log": record batches of
+//! all the shard's partitions are WAL entries (format in `entry`), each
+//! partition keeps a sparse in-memory index of its entries (`partition`),
+//! recent batches are served from a tail cache (`tail`), older ones are read
+//! back from the WAL.
+//!
+//! The broker front end calls `produce`, `fetch` and `list_offsets` on the
+//! shard that owns the connection; work for a partition of another shard is
+//! sent to it over the shard mesh (`mesh`: glommio's bounded SPSC channels,
+//! batches travel as `Bytes`, answers come back on oneshot channels).
+//!
+//! # Tasks per shard (none per partition)
+//!
+//! One inbox task per peer shard, one metadata watcher, one deadline task
+//! with one timer (`waiters`), the WAL's batcher, and one short-lived task
+//! per in-flight produce (it waits for durability and advances the high
+//! watermark even if the requester went away).
+//!
+//! # Invariants
+//!
+//! - Offsets are assigned and `Wal::append` is called in the same
+//!   synchronous section: WAL order == offset order within a partition.
+//! - `log_start_offset <= high_watermark <= next_offset`; the high watermark
+//!   covers durable entries only; acks=1/-1 are answered after durability.
+//! - Every byte that grows with load is reserved in the shard's `Budget`
+//!   first (in-flight produce, tail cache, fetch reads); refusals answer
+//!   `ShardError::Busy`. Queues are bounded (`SHARD_INBOX_MESSAGES_MAX`,
+//!   `fetch_waiters_max`, `version_waiters_max`).
+//! - Shard state is `Rc`/`RefCell`/`Cell`, never borrowed across an await;
+//!   no lock exists. Hot paths log at `trace!`.
+
+mod batch;
+mod budget;
+mod engine;
+mod entry;
+mod fetch;
+mod mesh;
+mod partition;
+mod produce;
+mod stats;
+mod tail;
+mod waiters;
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use sluice_raft::{Metadata, MetadataView, TopicMeta};
+
+pub use crate::batch::{ATTRIBUTE_LOG_APPEND_TIME, BATCH_HEADER_BYTES, MAX_MESSAGE_BYTES_DEFAULT};
+pub use crate::budget::PoolStats;
+pub use crate::entry::{ENTRY_HEADER_BYTES, KIND_BATCHES};
+pub use crate::mesh::{new_mesh, ShardMesh, ShardMsg, SHARD_INBOX_MESSAGES_MAX};
+pub use crate::stats::ShardStats;
+pub use crate::waiters::WaitersStats;
+pub use sluice_wal::SyncMode;
+
+/// Tuning of the shard's WAL (its directory is chosen by the shard).
+#[derive(Clone, Debug)]
+pub struct WalTuning {
+    pub segment_bytes: u64,
+    pub queue_bytes_max: u64,
+    pub commit_bytes_max: u64,
+    pub entry_bytes_max: u32,
+    pub sync_mode: SyncMode,
+}
+
+impl Default for WalTuning {
+    fn default() -> WalTuning {
+        use sluice_wal::WalConfig as W;
+        WalTuning {
+            segment_bytes: W::SEGMENT_BYTES_DEFAULT,
+            queue_bytes_max: W::QUEUE_BYTES_MAX_DEFAULT,
+            commit_bytes_max: W::COMMIT_BYTES_MAX_DEFAULT,
+            entry_bytes_max: W::ENTRY_BYTES_MAX_DEFAULT,
+            sync_mode: SyncMode::Fdatasync,
+        }
+    }
+}
+
+/// Settings of one shard.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub shard_id: u32,
+    pub shards: u32,
+    /// The node's data directory; the shard uses `data_dir/shard-{id}/`.
+    pub data_dir: PathBuf,
+    /// Upper bound of the tail cache (also at most half of the memory).
+    pub tail_cache_bytes_max: u64,
+    /// The shard's memory budget, split into pools (see `budget`).
+    pub memory_bytes_max: u64,
+    pub wal: WalTuning,
+    /// Long-poll fetches and deadlines waiting at once; more are answered
+    /// at once (without waiting).
+    pub fetch_waiters_max: usize,
+    /// `await_topic_ready` requests parked on this shard at once.
+    pub version_waiters_max: usize,
+    /// How long `await_topic_ready` waits for the owning shards.
+    pub topic_ready_timeout_ms: u64,
+    /// Extra time an answer from another shard may take beyond the
+    /// request's own wait (`max_wait_ms` for fetches).
+    pub remote_reply_timeout_ms: u64,
+}
+
+impl ShardConfig {
+    pub const TAIL_CACHE_BYTES_MAX_DEFAULT: u64 = 64 << 20;
+    pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 512 << 20;
+    pub const FETCH_WAITERS_MAX_DEFAULT: usize = 10_000;
+    pub const VERSION_WAITERS_MAX_DEFAULT: usize = 1024;
+
+    pub fn new(shard_id: u32, shards: u32, data_dir: impl Into<PathBuf>) -> ShardConfig {
+        ShardConfig {
+            shard_id,
+            shards,
+            data_dir: data_dir.into(),
+            tail_cache_bytes_max: Self::TAIL_CACHE_BYTES_MAX_DEFAULT,
+            memory_bytes_max: Self::MEMORY_BYTES_MAX_DEFAULT,
+            wal: WalTuning::default(),
+            fetch_waiters_max: Self::FETCH_WAITERS_MAX_DEFAULT,
+            version_waiters_max: Self::VERSION_WAITERS_MAX_DEFAULT,
+            topic_ready_timeout_ms: 10_000,
+            remote_reply_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Errors of the data plane. The broker maps them to Kafka error codes in
+/// one place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("unknown topic or partition")]
+    UnknownTopicOrPartition,
+    #[error("corrupt record batch: {0}")]
+    CorruptMessage(String),
+    #[error("record batch of {bytes} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge { bytes: u64, max: u64 },
+    #[error("invalid record batch: {0}")]
+    InvalidRecord(String),
+    #[error("fetch offset out of range")]
+    OffsetOutOfRange,
+    #[error("this node does not lead the partition")]
+    NotLeader,
+    #[error("timed out")]
+    Timeout,
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// A memory pool or bounded queue is full; retriable.
+    #[error("shard is busy (memory budget or queue full), retry later")]
+    Busy,
+    #[error("shard is shutting down")]
+    ShuttingDown,
+    #[error("invalid shard configuration: {0}")]
+    Config(String),
+}
+
+/// Produce to one partition.
+#[derive(Clone, Debug)]
+pub struct ProducePartition {
+    pub topic: Arc<TopicMeta>,
+    pub partition: i32,
+    pub records: bytes::Bytes,
+    pub acks: i16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducePartitionResult {
+    pub error: Option<ShardError>,
+    pub base_offset: i64,
+    /// The time stamped on the batches for LogAppendTime topics, else -1.
+    pub log_append_time_ms: i64,
+    pub log_start_offset: i64,
+}
+
+impl ProducePartitionResult {
+    pub fn failed(error: ShardError) -> ProducePartitionResult {
+        ProducePartitionResult { error: Some(error), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub partitions: Vec<FetchPartition>,
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    pub max_bytes: u32,
+    /// 0 read_uncommitted, 1 read_committed (the same here: no transactions).
+    pub isolation_level: i8,
+}
+
+#[derive(Clone, Debug)]
+pub struct FetchPartition {
+    pub topic: Arc<TopicMeta>,
+    pub partition: i32,
+    pub fetch_offset: i64,
+    pub partition_max_bytes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchPartitionResult {
+    pub error: Option<ShardError>,
+    pub high_watermark: i64,
+    /// Equal to the high watermark (no transactions).
+    pub last_stable_offset: i64,
+    pub log_start_offset: i64,
+    /// Whole stored batches, to be concatenated by the front end.
+    pub records: Vec<bytes::Bytes>,
+}
+
+impl FetchPartitionResult {
+    pub fn failed(error: ShardError) -> FetchPartitionResult {
+        FetchPartitionResult { error: Some(error), high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, records: Vec::new() }
+    }
+
+    pub fn records_bytes(&self) -> u64 {
+        self.records.iter().map(|b| b.len() as u64).sum()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ListOffsetsPartition {
+    pub topic: Arc<TopicMeta>,
+    pub partition: i32,
+    /// -2 earliest, -1 latest, -3 max timestamp, otherwise a timestamp (ms).
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOffsetsResult {
+    pub error: Option<ShardError>,
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+impl ListOffsetsResult {
+    pub fn failed(error: ShardError) -> ListOffsetsResult {
+        ListOffsetsResult { error: Some(error), offset: -1, timestamp: -1 }
+    }
+}
+
+/// The shard of one executor. `!Send`: created and used on its executor.
+pub struct Shard {
+    core: Rc<engine::Engine>,
+}
+
+impl Shard {
+    /// Joins the mesh, opens the shard's WAL and recovers its partitions from
+    /// it, starts the inbox tasks, the deadline task and the metadata watcher.
+    pub async fn start(cfg: ShardConfig, mesh: ShardMesh, meta: Metadata) -> Result<Rc<Shard>, ShardError> {
+        let core = engine::Engine::start(cfg, mesh, meta).await?;
+        Ok(Rc::new(Shard { core }))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.core.cfg.shard_id
+    }
+
+    pub fn metadata(&self) -> Arc<MetadataView> {
+        self.core.meta.view()
+    }
+
+    /// Resolves when every shard that owns a partition of the topic has
+    /// applied a metadata version that includes it.
+    pub async fn await_topic_ready(&self, topic: &Arc<TopicMeta>) -> Result<(), ShardError> {
+        self.core.await_topic_ready(topic).await
+    }
+
+    /// Routes to the owning shard and resolves with the partition result.
+    /// acks=1/-1: after the batches are durable; acks=0: once queued.
+    pub async fn produce(&self, req: ProducePartition) -> ProducePartitionResult {
+        self.core.produce(req).await
+    }
+
+    /// Long-poll fetch over any number of partitions on any shards.
+    pub async fn fetch(&self, req: FetchRequest) -> Vec<FetchPartitionResult> {
+        self.core.fetch(req).await
+    }
+
+    /// EARLIEST(-2), LATEST(-1), MAX_TIMESTAMP(-3) or by timestamp, at batch
+    /// granularity: the base offset and max timestamp of the first stored
+    /// entry whose max timestamp is >= the target.
+    pub async fn list_offsets(&self, req: ListOffsetsPartition) -> ListOffsetsResult {
+        self.core.list_offsets(req).await
+    }
+
+    /// Counters, pools and latency histograms of this shard.
+    pub fn stats(&self) -> ShardStats {
+        self.core.stats()
+    }
+
+    /// Stops the shard's tasks, releases waiting fetches and closes the WAL
+    /// (queued appends are written first).
+    pub async fn close(&self) {
+        self.core.close().await
+    }
+}

@@ -1,0 +1,67 @@
+//! Per-shard counters and latency histograms. `Shard::stats` returns them
+//! as plain data (`ShardStats`); the broker exports them. Counters are
+//! plain integers on the shard's core; nothing here logs.
+
+use hdrhistogram::Histogram;
+use sluice_wal::WalStats;
+
+use crate::budget::PoolStats;
+use crate::waiters::WaitersStats;
+
+/// Highest latency the histograms record (60 s), in microseconds.
+const LATENCY_US_MAX: u64 = 60_000_000;
+
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("static histogram bounds")
+}
+
+/// Counters kept by the shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub produce_requests: u64,
+    pub produce_errors: u64,
+    pub produce_busy: u64,
+    pub produce_bytes: u64,
+    pub produce_records_offsets: u64,
+    pub fetch_requests: u64,
+    pub fetch_partitions: u64,
+    pub fetch_bytes: u64,
+    pub fetch_long_polls: u64,
+    pub fetch_tail_hits: u64,
+    pub fetch_wal_reads: u64,
+    pub fetch_busy: u64,
+    pub list_offsets_requests: u64,
+    /// Requests this shard sent to other shards / served for them.
+    pub remote_sent: u64,
+    pub remote_served: u64,
+    pub remote_timeouts: u64,
+    pub recovered_entries: u64,
+    /// WAL entries of unknown (deleted) partitions or unknown kinds.
+    pub recovery_skipped_entries: u64,
+    pub partitions_created: u64,
+    pub partitions_deleted: u64,
+}
+
+/// A snapshot of one shard's observability state.
+#[derive(Clone, Debug)]
+pub struct ShardStats {
+    pub shard_id: u32,
+    pub partitions: u64,
+    /// In-memory size of one idle partition struct, bytes.
+    pub partition_struct_bytes: u64,
+    /// Index entries (stored WAL entries) over all partitions.
+    pub index_entries: u64,
+    pub tail_cache_entries: u64,
+    pub tail_cache_evictions: u64,
+    pub applied_metadata_version: u64,
+    pub counters: Counters,
+    pub waiters: WaitersStats,
+    pub pools: Vec<PoolStats>,
+    /// Mesh sends that found the peer's channel full.
+    pub mesh_full_waits: u64,
+    pub wal: WalStats,
+    /// Produce latency at the requesting shard (to durability for acks != 0).
+    pub produce_latency_us: Histogram<u64>,
+    /// Fetch latency at the requesting shard, long-poll waits included.
+    pub fetch_latency_us: Histogram<u64>,
+}
