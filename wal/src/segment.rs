@@ -42,37 +42,46 @@ fn open_options(sync: SyncMode, create: bool) -> OpenOptions {
     o
 }
 
-/// Creates a segment atomically: written and preallocated under a temporary
-/// name, synced, then renamed into place and the directory synced. A crash
-/// leaves either no segment or a whole one (and perhaps a `.tmp` to remove).
+/// Creates a segment atomically: preallocated and given its header under a
+/// temporary name, synced, then renamed into place and the directory synced.
+/// A crash leaves either no segment or a whole one (and perhaps a `.tmp`,
+/// removed by `list`). This runs blocking syscalls on the shard's thread,
+/// once per segment (64 MiB by default).
+///
+/// The file is prepared with std and only then opened for DMA: glommio probes
+/// io_uring IOPOLL support per device with a read at offset 0, and an empty
+/// file answers that probe falsely, so the first file it opens on a device
+/// must hold data.
 pub(crate) async fn create(dir: &Path, base: u64, segment_bytes: u64, sync: SyncMode) -> Result<Segment, WalError> {
     assert!(segment_bytes > SEGMENT_HEADER_BYTES);
     let path = dir.join(format::segment_file_name(base));
     let tmp = path.with_extension("wal.tmp");
-    let file = open_options(sync, true)
-        .dma_open(&tmp)
-        .await
-        .map_err(|e| WalError::glommio("creating", &tmp, e))?;
-    let prepared = prepare(&file, &tmp, base, segment_bytes).await;
-    if let Err(e) = prepared {
-        let _ = file.close().await;
+    if let Err(e) = prepare(&tmp, base, segment_bytes) {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     std::fs::rename(&tmp, &path).map_err(|e| WalError::io("renaming", &tmp, e))?;
     sync_dir(dir)?;
+    let file = open_options(sync, false).dma_open(&path).await.map_err(|e| WalError::glommio("opening", &path, e))?;
     Ok(Segment { base, capacity: segment_bytes - SEGMENT_HEADER_BYTES, file: Rc::new(file), path })
 }
 
-async fn prepare(file: &DmaFile, path: &Path, base: u64, segment_bytes: u64) -> Result<(), WalError> {
-    file.pre_allocate(segment_bytes, false).await.map_err(|e| WalError::glommio("preallocating", path, e))?;
-    let mut block = file.alloc_dma_buffer(SEGMENT_HEADER_BYTES as usize);
-    block.as_bytes_mut().copy_from_slice(&format::encode_segment_header(base));
-    let written = file.write_at(block, 0).await.map_err(|e| WalError::glommio("writing header", path, e))?;
-    if written as u64 != SEGMENT_HEADER_BYTES {
-        return Err(WalError::NoSpace { path: path.to_owned() });
+fn prepare(path: &Path, base: u64, segment_bytes: u64) -> Result<(), WalError> {
+    use std::os::unix::fs::FileExt;
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|e| WalError::io("creating", path, e))?;
+    // SAFETY: `f` is an open file descriptor owned by this function.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, segment_bytes as libc::off_t) };
+    if rc != 0 {
+        return Err(WalError::io("preallocating", path, std::io::Error::last_os_error()));
     }
-    file.fdatasync().await.map_err(|e| WalError::glommio("syncing", path, e))
+    f.write_all_at(&format::encode_segment_header(base), 0).map_err(|e| WalError::io("writing header", path, e))?;
+    f.sync_all().map_err(|e| WalError::io("syncing", path, e))
 }
 
 /// Opens an existing segment and checks its header.
