@@ -120,6 +120,8 @@ pub struct ProduceOutcome {
     /// Records neither acknowledged nor failed when the deadline passed.
     pub unfinished: u64,
     pub queue_full_waits: u64,
+    /// Client-level errors librdkafka reported (connection loss, ...).
+    pub client_errors: u64,
     pub latency: Histogram<u64>,
     pub seconds: f64,
     pub interrupted: bool,
@@ -221,6 +223,7 @@ pub fn put_producer_counts(summary: &mut Summary, outcome: &ProduceOutcome, plan
     summary.put("records_failed", outcome.failed);
     summary.put("records_unfinished", outcome.unfinished);
     summary.put("queue_full_waits", outcome.queue_full_waits);
+    summary.put("client_errors", outcome.client_errors);
     if let Some(rate) = plan.rate_per_sec {
         summary.put("rate_target", rate);
     }
@@ -392,6 +395,7 @@ fn collect(producer: &BenchProducer, sent: Sent, unfinished: u64, send_window_ns
         first_failure: state.first_failure.clone(),
         unfinished,
         queue_full_waits: sent.queue_full_waits,
+        client_errors: probe.errors.count(),
         latency: hist.clone(),
         seconds: window_ns as f64 / 1e9,
         interrupted: sent.interrupted,
