@@ -1,0 +1,84 @@
+//! Admin HTTP server on its own small thread ("sluice-admin", a tokio
+//! current-thread runtime with hyper 1). Serves `GET /healthz` -> 200 "ok";
+//! everything else is 404. Never runs on a shard core's executor.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+/// Admin connections served at once; further ones wait in the backlog.
+const ADMIN_CONNECTIONS_MAX: usize = 64;
+
+pub struct AdminHandle {
+    pub addr: SocketAddr,
+    thread: JoinHandle<()>,
+}
+
+impl AdminHandle {
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("admin thread panicked");
+        }
+    }
+}
+
+/// Binds `addr` now (so a bad address fails start-up) and serves on a new
+/// thread until `stop` turns true.
+pub fn start(addr: SocketAddr, stop: watch::Receiver<bool>) -> anyhow::Result<AdminHandle> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("--admin-listen {addr}: cannot bind"))?;
+    listener.set_nonblocking(true).context("admin listener")?;
+    let addr = listener.local_addr().context("admin listener")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().context("admin runtime")?;
+    let thread = std::thread::Builder::new()
+        .name("sluice-admin".into())
+        .spawn(move || rt.block_on(serve(listener, stop)))
+        .context("spawning the admin thread")?;
+    Ok(AdminHandle { addr, thread })
+}
+
+async fn serve(listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => return tracing::error!(error = %e, "admin listener unusable"),
+    };
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(permit) = permit else { return };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        tokio::task::spawn(async move {
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(route));
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, "ok"),
+        _ => (StatusCode::NOT_FOUND, "not found"),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    Ok(resp)
+}

@@ -1,0 +1,109 @@
+//! The one place where data-plane and metadata errors become Kafka error
+//! codes. Handlers never pick a code for a `ShardError` or `MetaError`
+//! themselves.
+
+use kafka_protocol::ResponseError;
+use sluice_raft::MetaError;
+
+use crate::plane::ShardError;
+
+/// Kafka error code of a data-plane error.
+pub fn shard_error_code(e: &ShardError) -> i16 {
+    let code = match e {
+        ShardError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+        ShardError::CorruptMessage(_) => ResponseError::CorruptMessage,
+        ShardError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+        ShardError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        ShardError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
+        ShardError::NotLeader => ResponseError::NotLeaderOrFollower,
+        ShardError::Timeout => ResponseError::RequestTimedOut,
+        ShardError::Storage(_) => ResponseError::KafkaStorageError,
+        // Budget exhausted: retriable; the client backs off and retries.
+        ShardError::Busy => ResponseError::ThrottlingQuotaExceeded,
+        #[allow(unreachable_patterns)]
+        _ => ResponseError::UnknownServerError,
+    };
+    code.code()
+}
+
+/// Kafka error code of a metadata error.
+pub fn meta_error_code(e: &MetaError) -> i16 {
+    let code = match e {
+        MetaError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+        MetaError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+        MetaError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+        MetaError::PartitionLimit { .. } => ResponseError::PolicyViolation,
+        MetaError::ShuttingDown => ResponseError::BrokerNotAvailable,
+        MetaError::Storage(_) => ResponseError::KafkaStorageError,
+        MetaError::Internal(_) => ResponseError::UnknownServerError,
+    };
+    code.code()
+}
+
+/// Kafka error codes the front end decides by itself (request validation).
+pub mod codes {
+    use kafka_protocol::ResponseError;
+
+    pub const NONE: i16 = 0;
+    pub fn corrupt_message() -> i16 {
+        ResponseError::CorruptMessage.code()
+    }
+    pub fn unknown_topic_or_partition() -> i16 {
+        ResponseError::UnknownTopicOrPartition.code()
+    }
+    pub fn invalid_topic() -> i16 {
+        ResponseError::InvalidTopicException.code()
+    }
+    pub fn invalid_required_acks() -> i16 {
+        ResponseError::InvalidRequiredAcks.code()
+    }
+    pub fn unsupported_version() -> i16 {
+        ResponseError::UnsupportedVersion.code()
+    }
+    pub fn unsupported_for_message_format() -> i16 {
+        ResponseError::UnsupportedForMessageFormat.code()
+    }
+    pub fn topic_already_exists() -> i16 {
+        ResponseError::TopicAlreadyExists.code()
+    }
+    pub fn invalid_partitions() -> i16 {
+        ResponseError::InvalidPartitions.code()
+    }
+    pub fn invalid_replication_factor() -> i16 {
+        ResponseError::InvalidReplicationFactor.code()
+    }
+    pub fn invalid_replica_assignment() -> i16 {
+        ResponseError::InvalidReplicaAssignment.code()
+    }
+    pub fn request_timed_out() -> i16 {
+        ResponseError::RequestTimedOut.code()
+    }
+    pub fn fetch_session_id_not_found() -> i16 {
+        ResponseError::FetchSessionIdNotFound.code()
+    }
+    pub fn unknown_topic_id() -> i16 {
+        ResponseError::UnknownTopicId.code()
+    }
+    pub fn transactional_id_authorization_failed() -> i16 {
+        ResponseError::TransactionalIdAuthorizationFailed.code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_kafka() {
+        assert_eq!(shard_error_code(&ShardError::UnknownTopicOrPartition), 3);
+        assert_eq!(shard_error_code(&ShardError::CorruptMessage("crc".into())), 2);
+        assert_eq!(shard_error_code(&ShardError::OffsetOutOfRange), 1);
+        assert_eq!(shard_error_code(&ShardError::NotLeader), 6);
+        assert_eq!(meta_error_code(&MetaError::TopicExists("t".into())), 36);
+        assert_eq!(meta_error_code(&MetaError::InvalidPartitions("0".into())), 37);
+        assert_eq!(codes::invalid_topic(), 17);
+        assert_eq!(codes::unsupported_version(), 35);
+        assert_eq!(codes::invalid_required_acks(), 21);
+        assert_eq!(codes::unsupported_for_message_format(), 43);
+    }
+}

@@ -1,0 +1,138 @@
+//! Fetch (key 1), versions 0-12 (topics by name). No fetch sessions: every
+//! response carries session id 0, which tells clients to send full fetch
+//! requests; a request naming a session id gets FETCH_SESSION_ID_NOT_FOUND.
+//! The long poll (max_wait_ms / min_bytes) lives in the data plane; stored
+//! batches come back whole and are concatenated here.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+
+use super::Ctx;
+use crate::errors::{codes, shard_error_code};
+use crate::plane::{self, FetchPartitionResult};
+
+/// Longest long poll served, whatever the client asks.
+const MAX_WAIT_MS_MAX: u32 = 60_000;
+
+/// Where one requested partition's answer comes from.
+enum Slot {
+    Plane(usize),
+    Error(i16),
+}
+
+pub async fn handle(req: FetchRequest, version: i16, ctx: &Ctx) -> FetchResponse {
+    let mut resp = FetchResponse::default();
+    if version >= 7 && req.session_id != 0 {
+        resp.error_code = codes::fetch_session_id_not_found();
+        return resp;
+    }
+    let max_wait_ms = u32::try_from(req.max_wait_ms).unwrap_or(0).min(MAX_WAIT_MS_MAX);
+    let (slots, partitions) = plan(&req, ctx);
+    let results = if partitions.is_empty() {
+        if slots.iter().all(|(_, s)| s.is_empty()) {
+            glommio::timer::sleep(Duration::from_millis(u64::from(max_wait_ms))).await;
+        }
+        Vec::new()
+    } else {
+        let max_bytes = if version >= 3 { req.max_bytes } else { i32::MAX };
+        let plane_req = plane::FetchRequest {
+            partitions,
+            max_wait_ms,
+            min_bytes: u32::try_from(req.min_bytes).unwrap_or(0),
+            max_bytes: u32::try_from(max_bytes).unwrap_or(0),
+            isolation_level: req.isolation_level,
+        };
+        ctx.shard.fetch(plane_req).await
+    };
+    resp.responses = assemble(&req, slots, results);
+    resp
+}
+
+type Slots = Vec<(usize, Vec<Slot>)>;
+
+fn plan(req: &FetchRequest, ctx: &Ctx) -> (Slots, Vec<plane::FetchPartition>) {
+    let mut partitions = Vec::new();
+    let mut slots = Vec::with_capacity(req.topics.len());
+    for (ti, t) in req.topics.iter().enumerate() {
+        let topic = ctx.topic(t.topic.0.as_str());
+        let mut topic_slots = Vec::with_capacity(t.partitions.len());
+        for p in &t.partitions {
+            let Some(topic) = topic.clone() else {
+                topic_slots.push(Slot::Error(codes::unknown_topic_or_partition()));
+                continue;
+            };
+            topic_slots.push(Slot::Plane(partitions.len()));
+            partitions.push(plane::FetchPartition {
+                topic,
+                partition: p.partition,
+                fetch_offset: p.fetch_offset,
+                partition_max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
+            });
+        }
+        slots.push((ti, topic_slots));
+    }
+    (slots, partitions)
+}
+
+fn assemble(req: &FetchRequest, slots: Slots, results: Vec<FetchPartitionResult>) -> Vec<FetchableTopicResponse> {
+    let mut results: Vec<Option<FetchPartitionResult>> = results.into_iter().map(Some).collect();
+    slots
+        .into_iter()
+        .map(|(ti, topic_slots)| {
+            let t = &req.topics[ti];
+            let mut out = FetchableTopicResponse::default();
+            out.topic = t.topic.clone();
+            out.partitions = t
+                .partitions
+                .iter()
+                .zip(topic_slots)
+                .map(|(p, slot)| match slot {
+                    Slot::Plane(i) => match results.get_mut(i).and_then(Option::take) {
+                        Some(r) => partition_data(p.partition, r),
+                        None => error_data(p.partition, kafka_protocol::ResponseError::UnknownServerError.code()),
+                    },
+                    Slot::Error(code) => error_data(p.partition, code),
+                })
+                .collect();
+            out
+        })
+        .collect()
+}
+
+fn partition_data(partition: i32, r: FetchPartitionResult) -> PartitionData {
+    if let Some(e) = &r.error {
+        let mut d = error_data(partition, shard_error_code(e));
+        d.high_watermark = r.high_watermark;
+        d.log_start_offset = r.log_start_offset;
+        return d;
+    }
+    let mut d = PartitionData::default();
+    d.partition_index = partition;
+    d.high_watermark = r.high_watermark;
+    d.last_stable_offset = r.last_stable_offset;
+    d.log_start_offset = r.log_start_offset;
+    d.aborted_transactions = Some(Vec::new());
+    d.records = Some(concat(r.records));
+    d
+}
+
+fn concat(mut batches: Vec<Bytes>) -> Bytes {
+    if batches.len() == 1 {
+        return batches.pop().unwrap_or_default();
+    }
+    let mut out = BytesMut::with_capacity(batches.iter().map(Bytes::len).sum());
+    batches.iter().for_each(|b| out.extend_from_slice(b));
+    out.freeze()
+}
+
+fn error_data(partition: i32, error_code: i16) -> PartitionData {
+    let mut d = PartitionData::default();
+    d.partition_index = partition;
+    d.error_code = error_code;
+    d.high_watermark = -1;
+    d.records = Some(Bytes::new());
+    d
+}

@@ -1,0 +1,72 @@
+//! `sluice`: the broker process of Sluice, a Kafka-compatible message broker.
+//!
+//! # Role
+//! CLI and configuration (`config`), start-up and shutdown (`server`), the
+//! Kafka protocol front end (`connection` + `handlers`, codecs from the
+//! `kafka-protocol` crate), the mapping of internal errors to Kafka codes
+//! (`errors`) and the admin HTTP server (`admin`). The data plane
+//! (partitions, WAL) is `sluice-shard` behind `plane`; metadata is
+//! `sluice-raft`.
+//!
+//! # Threads and cores
+//! - main thread: start-up, then waits for SIGTERM/SIGINT;
+//! - `sluice-control`: the metadata service (Raft, tokio current-thread);
+//! - `sluice-shard-N`: one glommio executor per shard (pinned to core N+1
+//!   with `--pin-cores`), each with its own SO_REUSEPORT Kafka listener and
+//!   the connections it accepted;
+//! - `sluice-admin`: admin HTTP (tokio current-thread).
+//!
+//! # Invariants
+//! - Connection and shard state is core-local (`Rc`); nothing is shared
+//!   across shards except the read-only `NodeInfo` and the metadata handle.
+//! - Responses on a connection leave in request order; acks=0 produces get
+//!   none.
+//! - Bad input never panics: it gets a Kafka error code, or the connection
+//!   is closed with a rate-limited warning.
+//! - Frames are bounded by `--request-max-bytes`, connections per shard by
+//!   `CONNECTIONS_PER_SHARD_MAX`.
+//! - Per-request logging is `trace!`.
+
+mod admin;
+mod config;
+mod connection;
+mod errors;
+mod handlers;
+mod plane;
+mod server;
+
+use clap::{CommandFactory, FromArgMatches};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Cli, Command, Settings, StartArgs};
+
+fn main() -> std::process::ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let Command::Start(args) = cli.command;
+    let Some(("start", sub)) = matches.subcommand() else {
+        unreachable!("clap only accepts the start subcommand");
+    };
+    match start(args, sub) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(args: StartArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    let settings = Settings::resolve(args.merge_file(matches)?)?;
+    // openraft logs every election step at info; keep it at warn unless the
+    // filter names it (a later directive for the same target wins).
+    let directives = format!("openraft=warn,{}", settings.log_level);
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(directives));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    server::run(settings)
+}

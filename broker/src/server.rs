@@ -1,0 +1,236 @@
+//! Start-up and shutdown of a node.
+//!
+//! Order: metadata (control thread) -> shard mesh -> one OS thread per shard
+//! running a glommio `LocalExecutor` (start the shard, bind the Kafka
+//! listener with SO_REUSEPORT, accept) -> admin HTTP thread -> one `info`
+//! line when ready. SIGTERM/SIGINT: every shard stops accepting and closes
+//! its data plane (WAL close), the admin server and the control thread
+//! stop, and the process exits 0.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::future::{select, Either};
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+use sluice_raft::{MetaConfig, Metadata};
+use tokio::sync::watch;
+
+use crate::config::{cores, Settings};
+use crate::connection::{self, ConnLimits};
+use crate::handlers::{Ctx, NodeInfo};
+use crate::plane::{self, Shard, ShardMesh};
+
+/// io_uring registered buffer memory per shard executor. glommio's default
+/// (10 MiB) exceeds RLIMIT_MEMLOCK (8 MiB) on common hosts once there are
+/// several shards; 1 MiB each keeps 7 shards under that limit.
+pub const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
+/// Open Kafka connections per shard; further ones are closed at accept.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
+/// How long shutdown waits for a shard thread to finish.
+const SHARD_STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Runs a node until SIGTERM/SIGINT.
+pub fn run(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("--data-dir: cannot create {}", settings.data_dir.display()))?;
+    let (stop_tx, _stop_rx) = watch::channel(false);
+    let signalled = stop_tx.clone();
+    ctrlc::set_handler(move || {
+        signalled.send_replace(true);
+    })
+    .context("installing the SIGTERM/SIGINT handler")?;
+    let meta = Metadata::start(MetaConfig {
+        data_dir: settings.data_dir.clone(),
+        node_id: u64::try_from(settings.node_id).unwrap_or(0),
+        shards: settings.shards,
+        partitions_per_shard_max: settings.partitions_per_shard_max(),
+    })
+    .context("starting the metadata service")?;
+    let result = serve(&settings, &meta, &stop_tx);
+    stop_tx.send_replace(true);
+    meta.shutdown();
+    result
+}
+
+fn serve(settings: &Settings, meta: &Metadata, stop_tx: &watch::Sender<bool>) -> anyhow::Result<()> {
+    let stop = stop_tx.subscribe();
+    let node = Arc::new(NodeInfo {
+        node_id: settings.node_id,
+        advertised_host: settings.advertised_host.clone(),
+        advertised_port: settings.advertised_port,
+        cluster_id: format!("sluice-{}", settings.node_id),
+        default_partitions: settings.default_partitions,
+        auto_create_topics: settings.auto_create_topics,
+    });
+    let mesh = plane::new_mesh(settings.shards);
+    let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
+    let mut shards = Vec::new();
+    for id in 0..settings.shards {
+        let args = ShardArgs {
+            id,
+            settings: settings.clone(),
+            mesh: mesh.clone(),
+            meta: meta.clone(),
+            node: Arc::clone(&node),
+            stop: stop.clone(),
+            ready: ready_tx.clone(),
+        };
+        shards.push(spawn_shard(args)?);
+    }
+    drop(ready_tx);
+    let started = wait_ready(&ready_rx, settings.shards);
+    let admin = match started {
+        Ok(()) => crate::admin::start(settings.admin_listen, stop.clone()),
+        Err(e) => Err(e),
+    };
+    if let Ok(admin) = &admin {
+        tracing::info!(
+            kafka = %settings.listen,
+            advertised = format!("{}:{}", settings.advertised_host, settings.advertised_port),
+            admin = %admin.addr,
+            shards = settings.shards,
+            pinned = settings.pin_cores,
+            data_dir = %settings.data_dir.display(),
+            "sluice ready"
+        );
+        wait_stop(stop.clone());
+        tracing::info!("stopping: closing listeners and shards");
+    }
+    stop_tx.send_replace(true);
+    join_shards(shards);
+    let admin = admin?;
+    admin.join();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn wait_ready(ready: &std_mpsc::Receiver<Result<u32, String>>, shards: u32) -> anyhow::Result<()> {
+    for _ in 0..shards {
+        match ready.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("a shard thread exited during start-up"),
+        }
+    }
+    Ok(())
+}
+
+fn wait_stop(mut stop: watch::Receiver<bool>) {
+    let rt = tokio::runtime::Builder::new_current_thread().build();
+    match rt {
+        Ok(rt) => rt.block_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }),
+        Err(e) => tracing::error!(error = %e, "cannot wait for signals; stopping"),
+    }
+}
+
+fn join_shards(shards: Vec<glommio::ExecutorJoinHandle<()>>) {
+    let deadline = std::time::Instant::now() + SHARD_STOP_WAIT;
+    for handle in shards {
+        // ExecutorJoinHandle::join blocks; shards stop promptly once `stop` flips.
+        if std::time::Instant::now() > deadline {
+            tracing::error!("shard did not stop in time");
+            break;
+        }
+        if let Err(e) = handle.join() {
+            tracing::error!(error = %e, "shard thread failed");
+        }
+    }
+}
+
+struct ShardArgs {
+    id: u32,
+    settings: Settings,
+    mesh: ShardMesh,
+    meta: Metadata,
+    node: Arc<NodeInfo>,
+    stop: watch::Receiver<bool>,
+    ready: std_mpsc::Sender<Result<u32, String>>,
+}
+
+fn placement(settings: &Settings, id: u32) -> Placement {
+    if !settings.pin_cores {
+        return Placement::Unbound;
+    }
+    // Core 0 keeps the control thread when there is room for it.
+    let cores = cores() as usize;
+    let core = if cores > settings.shards as usize { id as usize + 1 } else { id as usize % cores };
+    Placement::Fixed(core)
+}
+
+fn spawn_shard(args: ShardArgs) -> anyhow::Result<glommio::ExecutorJoinHandle<()>> {
+    let name = format!("sluice-shard-{}", args.id);
+    LocalExecutorBuilder::new(placement(&args.settings, args.id))
+        .name(&name)
+        .io_memory(SHARD_IO_MEMORY_BYTES)
+        .spawn(move || shard_main(args))
+        .map_err(|e| anyhow::anyhow!("starting executor {name}: {e}"))
+}
+
+async fn shard_main(args: ShardArgs) {
+    let ShardArgs { id, settings, mesh, meta, node, stop, ready } = args;
+    let cfg = plane::shard_config(&settings, id);
+    let shard = match Shard::start(cfg, mesh, meta.clone()).await {
+        Ok(shard) => shard,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id}: start failed: {e}")));
+            return;
+        }
+    };
+    let listener = match TcpListener::bind(settings.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("--listen {}: cannot bind: {e}", settings.listen)));
+            shard.close().await;
+            return;
+        }
+    };
+    let _ = ready.send(Ok(id));
+    let ctx = Rc::new(Ctx { shard: Rc::clone(&shard), meta, node });
+    let limits = Rc::new(ConnLimits { request_max_bytes: settings.request_max_bytes });
+    accept_loop(listener, ctx, limits, stop).await;
+    shard.close().await;
+    tracing::debug!(shard = id, "shard stopped");
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>, limits: Rc<ConnLimits>, mut stop: watch::Receiver<bool>) {
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let accepted = {
+            let stopped = std::pin::pin!(stop.changed());
+            match select(std::pin::pin!(listener.accept()), stopped).await {
+                Either::Left((accepted, _)) => accepted,
+                Either::Right(_) => return,
+            }
+        };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        if open.get() >= CONNECTIONS_PER_SHARD_MAX {
+            tracing::debug!("connection limit reached; closing new connection");
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_default();
+        let (ctx, limits, open) = (Rc::clone(&ctx), Rc::clone(&limits), Rc::clone(&open));
+        open.set(open.get() + 1);
+        glommio::spawn_local(async move {
+            connection::serve(stream, peer, &ctx, &limits).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}
