@@ -32,7 +32,10 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
-    pub(crate) const DEFAULT: Tuning = Tuning { snapshot_logs_since_last: 2000, logs_kept_after_snapshot: 200 };
+    pub(crate) const DEFAULT: Tuning = Tuning {
+        snapshot_logs_since_last: 2000,
+        logs_kept_after_snapshot: 200,
+    };
 }
 
 pub(crate) type Reply = oneshot::Sender<Result<Arc<TopicMeta>, MetaError>>;
@@ -55,11 +58,15 @@ pub(crate) struct ControlArgs {
 
 /// Body of the "sluice-control" thread.
 pub(crate) fn run(args: ControlArgs) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = args.ready.send(Err(MetaError::Internal(format!("tokio runtime: {e}"))));
+            let _ = args
+                .ready
+                .send(Err(MetaError::Internal(format!("tokio runtime: {e}"))));
             return;
         }
     };
@@ -67,7 +74,14 @@ pub(crate) fn run(args: ControlArgs) {
 }
 
 async fn control_main(args: ControlArgs) {
-    let ControlArgs { cfg, tuning, published, commands, stop, ready } = args;
+    let ControlArgs {
+        cfg,
+        tuning,
+        published,
+        commands,
+        stop,
+        ready,
+    } = args;
     let raft = match boot(&cfg, tuning, Arc::clone(&published)).await {
         Ok(raft) => raft,
         Err(e) => {
@@ -96,12 +110,19 @@ fn raft_config(tuning: Tuning) -> Result<Arc<Config>, MetaError> {
         max_in_snapshot_log_to_keep: tuning.logs_kept_after_snapshot,
         ..Config::default()
     };
-    config.validate().map(Arc::new).map_err(|e| MetaError::Internal(format!("raft config: {e}")))
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| MetaError::Internal(format!("raft config: {e}")))
 }
 
 /// Opens storage, starts openraft, initializes a new group, and waits until
 /// this node leads and has applied its whole log.
-async fn boot(cfg: &MetaConfig, tuning: Tuning, published: Arc<Published>) -> Result<Raft, MetaError> {
+async fn boot(
+    cfg: &MetaConfig,
+    tuning: Tuning,
+    published: Arc<Published>,
+) -> Result<Raft, MetaError> {
     let dir = cfg.data_dir.join("raft");
     let storage = |e: std::io::Error| MetaError::Storage(format!("{}: {e}", dir.display()));
     std::fs::create_dir_all(&dir).map_err(storage)?;
@@ -111,13 +132,21 @@ async fn boot(cfg: &MetaConfig, tuning: Tuning, published: Arc<Published>) -> Re
         shards: cfg.shards,
         partitions_per_shard_max: cfg.partitions_per_shard_max,
     };
-    let sm = StateMachine::open(dir.clone(), limits, published, report.last_index).map_err(storage)?;
-    let network = NoNetworkFactory { node_id: cfg.node_id };
-    let raft = Raft::new(cfg.node_id, raft_config(tuning)?, network, log, sm).await.map_err(internal)?;
+    let sm =
+        StateMachine::open(dir.clone(), limits, published, report.last_index).map_err(storage)?;
+    let network = NoNetworkFactory {
+        node_id: cfg.node_id,
+    };
+    let raft = Raft::new(cfg.node_id, raft_config(tuning)?, network, log, sm)
+        .await
+        .map_err(internal)?;
     if !raft.is_initialized().await.map_err(internal)? {
         let members = BTreeMap::from([(cfg.node_id, BasicNode::default())]);
         raft.initialize(members).await.map_err(internal)?;
-        tracing::info!(node_id = cfg.node_id, "metadata: new one-voter raft group initialized");
+        tracing::info!(
+            node_id = cfg.node_id,
+            "metadata: new one-voter raft group initialized"
+        );
     }
     wait_ready(&raft, cfg.node_id).await?;
     quiet_if_alone(&raft, cfg.node_id);
@@ -146,7 +175,9 @@ async fn wait_ready(raft: &Raft, node_id: u64) -> Result<(), MetaError> {
             "leader with the log applied",
         )
         .await;
-    ready.map(|_| ()).map_err(|e| MetaError::Internal(format!("metadata start: {e}")))
+    ready
+        .map(|_| ())
+        .map_err(|e| MetaError::Internal(format!("metadata start: {e}")))
 }
 
 /// A lone voter that leads has nothing to time out: no peers to heartbeat,
@@ -170,7 +201,11 @@ fn internal(e: impl std::fmt::Display) -> MetaError {
 }
 
 /// Serves commands until told to stop or every handle is gone.
-async fn serve(raft: &Raft, mut commands: mpsc::Receiver<Command>, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    raft: &Raft,
+    mut commands: mpsc::Receiver<Command>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let inflight = Arc::new(Semaphore::new(WRITES_INFLIGHT_MAX));
     loop {
         let command = tokio::select! {

@@ -24,7 +24,10 @@ pub(crate) const FRAME_HEADER_BYTES: usize = 8;
 /// Appends one frame holding `payload` to `out`.
 pub(crate) fn frame_encode(out: &mut Vec<u8>, payload: &[u8]) {
     let len = u32::try_from(payload.len()).expect("frame payload fits u32");
-    assert!(len <= FRAME_BYTES_MAX, "frame payload {len} bytes over the maximum");
+    assert!(
+        len <= FRAME_BYTES_MAX,
+        "frame payload {len} bytes over the maximum"
+    );
     let crc = crc32c::crc32c(payload);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
@@ -57,7 +60,11 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// file, fsync it, rename it over the target, fsync the directory.
 pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
@@ -75,7 +82,11 @@ pub(crate) fn read_optional(dir: &Path, name: &str) -> io::Result<Option<Vec<u8>
 }
 
 /// Writes `value` as one framed JSON record to `dir/name` (atomically).
-pub(crate) fn write_record<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> io::Result<()> {
+pub(crate) fn write_record<T: serde::Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+) -> io::Result<()> {
     let payload = serde_json::to_vec(value).map_err(io::Error::other)?;
     let mut buf = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     frame_encode(&mut buf, &payload);
@@ -85,7 +96,10 @@ pub(crate) fn write_record<T: serde::Serialize>(dir: &Path, name: &str, value: &
 /// Reads a record written by `write_record`. A missing file is `None`; a
 /// damaged one is an error (these files are only ever replaced by rename,
 /// so damage is not a torn append but corruption).
-pub(crate) fn read_record<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
+pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+) -> io::Result<Option<T>> {
     let Some(bytes) = read_optional(dir, name)? else {
         return Ok(None);
     };
@@ -94,7 +108,9 @@ pub(crate) fn read_record<T: serde::de::DeserializeOwned>(dir: &Path, name: &str
     if used != bytes.len() {
         return Err(corrupt());
     }
-    serde_json::from_slice(payload).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(payload)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 #[cfg(test)]

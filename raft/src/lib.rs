@@ -46,6 +46,29 @@
 //!   start-up and topic changes are `info`.
 //! - Only the control thread writes metadata.
 //!
+//! # Use from a shard
+//!
+//! `Metadata::start` blocks (it waits for leadership): call it on the main
+//! thread before the shard executors start, then move a clone into each:
+//!
+//! ```text
+//! let meta = Metadata::start(cfg)?;              // main thread
+//! let m = meta.clone();                          // into the glommio executor
+//! glommio::spawn_local(async move {
+//!     let mut view = m.view();
+//!     loop {                                     // routing-table follower
+//!         let next = m.changed(view.version).await;
+//!         if next.version == view.version { break }  // service shut down
+//!         view = next;
+//!         // ... rebuild this shard's routing from `view` ...
+//!     }
+//! });
+//! let topic = m.create_topic(spec).await?;       // from any glommio task
+//! ```
+//!
+//! `shutdown` joins the control thread: call it from the thread that
+//! started the service, after the shards stop.
+//!
 //! On-disk formats are documented in `log_store`, `snapshot` and `durable`.
 //! Snapshot data is an rkyv 0.8 archive; log entries are JSON (openraft's
 //! own types are serde, not rkyv) inside length + CRC32C frames.
@@ -64,11 +87,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::control::{Command, ControlArgs, Tuning};
+pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
-    MetaConfig, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, TopicMeta, TopicSpec, TypeConfig,
+    MetaConfig, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, TopicMeta,
+    TopicSpec, TypeConfig,
 };
 
 /// Name of the control thread.
@@ -94,7 +118,9 @@ struct Control {
 
 impl std::fmt::Debug for Metadata {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metadata").field("version", &self.view().version).finish()
+        f.debug_struct("Metadata")
+            .field("version", &self.view().version)
+            .finish()
     }
 }
 
@@ -112,7 +138,9 @@ impl Metadata {
 
     fn start_tuned(cfg: MetaConfig, tuning: Tuning) -> Result<Metadata, MetaError> {
         if cfg.shards == 0 || cfg.partitions_per_shard_max == 0 {
-            return Err(MetaError::Internal("shards and partitions_per_shard_max must be > 0".into()));
+            return Err(MetaError::Internal(
+                "shards and partitions_per_shard_max must be > 0".into(),
+            ));
         }
         let limits = Placement {
             node_id: cfg.node_id,
@@ -123,18 +151,37 @@ impl Metadata {
         let (commands_tx, commands) = mpsc::channel(REQUESTS_MAX);
         let (stop_tx, stop) = oneshot::channel();
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-        let args = ControlArgs { cfg, tuning, published: Arc::clone(&published), commands, stop, ready: ready_tx };
+        let args = ControlArgs {
+            cfg,
+            tuning,
+            published: Arc::clone(&published),
+            commands,
+            stop,
+            ready: ready_tx,
+        };
         let thread = std::thread::Builder::new()
             .name(CONTROL_THREAD_NAME.to_string())
             .spawn(move || control::run(args))
             .map_err(|e| MetaError::Internal(format!("spawn {CONTROL_THREAD_NAME}: {e}")))?;
-        let started = ready.recv().unwrap_or_else(|_| Err(MetaError::Internal("control thread died".into())));
+        let started = ready
+            .recv()
+            .unwrap_or_else(|_| Err(MetaError::Internal("control thread died".into())));
         if let Err(e) = started {
             let _ = thread.join();
             return Err(e);
         }
-        let control = Mutex::new(Some(Control { stop: stop_tx, thread }));
-        Ok(Metadata { inner: Arc::new(Inner { published, commands: commands_tx, limits, control }) })
+        let control = Mutex::new(Some(Control {
+            stop: stop_tx,
+            thread,
+        }));
+        Ok(Metadata {
+            inner: Arc::new(Inner {
+                published,
+                commands: commands_tx,
+                limits,
+                control,
+            }),
+        })
     }
 
     /// One Raft entry; resolves once committed and applied. Placement: each
@@ -158,7 +205,10 @@ impl Metadata {
 
     /// One Raft entry removing the topic; resolves with what was removed.
     pub async fn delete_topic(&self, name: &str) -> Result<Arc<TopicMeta>, MetaError> {
-        self.propose(MetaRequest::DeleteTopic { name: name.to_string() }).await
+        self.propose(MetaRequest::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await
     }
 
     /// Latest applied metadata: an `Arc` clone of an immutable view.
@@ -176,7 +226,12 @@ impl Metadata {
     /// Stops the control thread cleanly and waits for it (idempotent).
     /// Requests in flight resolve with `MetaError::ShuttingDown`.
     pub fn shutdown(&self) {
-        let control = self.inner.control.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let control = self
+            .inner
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let Some(Control { stop, thread }) = control else {
             return;
         };
@@ -192,13 +247,19 @@ impl Metadata {
     async fn propose(&self, request: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
         let (reply, answer) = oneshot::channel();
         let command = Command { request, reply };
-        self.inner.commands.send(command).await.map_err(|_| MetaError::ShuttingDown)?;
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| MetaError::ShuttingDown)?;
         answer.await.unwrap_or(Err(MetaError::ShuttingDown))
     }
 }
 
 fn now_ms() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -215,11 +276,19 @@ mod tests {
     fn init_logs() {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
     }
 
     fn config(dir: &Path, shards: u32, per_shard: u32) -> MetaConfig {
-        MetaConfig { data_dir: dir.to_path_buf(), node_id: 7, shards, partitions_per_shard_max: per_shard }
+        MetaConfig {
+            data_dir: dir.to_path_buf(),
+            node_id: 7,
+            shards,
+            partitions_per_shard_max: per_shard,
+        }
     }
 
     fn start(dir: &Path, shards: u32, per_shard: u32) -> Metadata {
@@ -230,13 +299,20 @@ mod tests {
     /// Snapshots every 100 entries so snapshot and purge paths run.
     fn start_snapshotting(dir: &Path, shards: u32, per_shard: u32) -> Metadata {
         init_logs();
-        let tuning = Tuning { snapshot_logs_since_last: 100, logs_kept_after_snapshot: 10 };
+        let tuning = Tuning {
+            snapshot_logs_since_last: 100,
+            logs_kept_after_snapshot: 10,
+        };
         Metadata::start_tuned(config(dir, shards, per_shard), tuning).expect("metadata starts")
     }
 
     fn spec(name: &str, partitions: u32) -> TopicSpec {
         let configs = BTreeMap::from([("cleanup.policy".to_string(), "delete".to_string())]);
-        TopicSpec { name: name.to_string(), partitions, configs }
+        TopicSpec {
+            name: name.to_string(),
+            partitions,
+            configs,
+        }
     }
 
     fn create(meta: &Metadata, name: &str, partitions: u32) -> Result<Arc<TopicMeta>, MetaError> {
@@ -259,14 +335,20 @@ mod tests {
         assert!(a.partitions.iter().all(|p| p.leader == 7));
         assert_ne!(a.id, b.id);
         assert_eq!(a.id[6] >> 4, 4, "uuid v4");
-        assert_eq!(a.configs.get("cleanup.policy").map(String::as_str), Some("delete"));
+        assert_eq!(
+            a.configs.get("cleanup.policy").map(String::as_str),
+            Some("delete")
+        );
         let view = meta.view();
         assert_eq!(view.node_id, 7);
         assert_eq!(view.version, v0 + 2);
         assert_eq!(view.topics.keys().collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(view.topics["a"], a);
         let mut load = [0u32; 4];
-        view.topics.values().flat_map(|t| &t.partitions).for_each(|p| load[p.shard as usize] += 1);
+        view.topics
+            .values()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| load[p.shard as usize] += 1);
         assert_eq!(load, [3, 2, 2, 2]);
         meta.shutdown();
     }
@@ -276,7 +358,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = start(dir.path(), 2, 10);
         create(&meta, "dup", 1).expect("first");
-        assert_eq!(create(&meta, "dup", 1), Err(MetaError::TopicExists("dup".into())));
+        assert_eq!(
+            create(&meta, "dup", 1),
+            Err(MetaError::TopicExists("dup".into()))
+        );
         // Two concurrent proposals both pass the proposer's check; apply decides.
         let (x, y) = block_on(futures::future::join(
             meta.create_topic(spec("race", 2)),
@@ -294,11 +379,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = start(dir.path(), 2, 2);
         let t = create(&meta, "gone", 4).expect("create");
-        assert!(matches!(create(&meta, "other", 1), Err(MetaError::PartitionLimit { .. })));
+        assert!(matches!(
+            create(&meta, "other", 1),
+            Err(MetaError::PartitionLimit { .. })
+        ));
         let deleted = block_on(meta.delete_topic("gone")).expect("delete");
         assert_eq!(deleted, t);
         assert!(!meta.view().topics.contains_key("gone"));
-        assert_eq!(block_on(meta.delete_topic("gone")), Err(MetaError::UnknownTopic("gone".into())));
+        assert_eq!(
+            block_on(meta.delete_topic("gone")),
+            Err(MetaError::UnknownTopic("gone".into()))
+        );
         create(&meta, "other", 4).expect("space was freed");
         meta.shutdown();
     }
@@ -307,11 +398,23 @@ mod tests {
     fn partition_limits() {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = start(dir.path(), 2, 3);
-        assert!(matches!(create(&meta, "zero", 0), Err(MetaError::InvalidPartitions(_))));
-        assert!(matches!(create(&meta, "huge", 7), Err(MetaError::InvalidPartitions(_))));
+        assert!(matches!(
+            create(&meta, "zero", 0),
+            Err(MetaError::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            create(&meta, "huge", 7),
+            Err(MetaError::InvalidPartitions(_))
+        ));
         create(&meta, "four", 4).expect("four");
         let err = create(&meta, "three", 3).expect_err("over the limit");
-        assert_eq!(err, MetaError::PartitionLimit { limit: 6, requested: 3 });
+        assert_eq!(
+            err,
+            MetaError::PartitionLimit {
+                limit: 6,
+                requested: 3
+            }
+        );
         assert!(err.to_string().contains("limit of 6"), "{err}");
         assert!(!meta.view().topics.contains_key("three"));
         create(&meta, "two", 2).expect("fits exactly");
@@ -332,10 +435,19 @@ mod tests {
 
         let meta = start(dir.path(), 3, 10);
         let after = meta.view();
-        assert!(after.version >= before.version, "{} >= {}", after.version, before.version);
+        assert!(
+            after.version >= before.version,
+            "{} >= {}",
+            after.version,
+            before.version
+        );
         assert_eq!(after.topics, before.topics);
         let next = create(&meta, "next", 3).expect("create after restart");
-        assert_eq!(shards_of(&next), vec![0, 1, 2], "placement state survived the restart");
+        assert_eq!(
+            shards_of(&next),
+            vec![0, 1, 2],
+            "placement state survived the restart"
+        );
         assert!(meta.view().version > after.version);
         meta.shutdown();
     }
@@ -371,7 +483,10 @@ mod tests {
         let log = dir.path().join("raft").join("log");
         let len = std::fs::metadata(&log).expect("log").len();
         // Cut into the last frame ("last"'s entry) and add garbage.
-        let file = std::fs::OpenOptions::new().write(true).open(&log).expect("open");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open");
         file.set_len(len - 3).expect("cut");
         drop(file);
         let mut bytes = std::fs::read(&log).expect("read");
@@ -419,7 +534,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = start(dir.path(), 1, 10);
         let version = meta.view().version;
-        let log_len = || std::fs::metadata(dir.path().join("raft").join("log")).expect("log").len();
+        let log_len = || {
+            std::fs::metadata(dir.path().join("raft").join("log"))
+                .expect("log")
+                .len()
+        };
         let before = log_len();
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(meta.view().version, version, "no entries while idle");

@@ -85,7 +85,12 @@ impl LogStore {
         let last_purged: Option<LogId> = durable::read_record(dir, PURGED_FILE)?;
         let vote: Option<Vote> = durable::read_record(dir, VOTE_FILE)?;
         let path = dir.join(LOG_FILE);
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
         let bytes = std::fs::read(&path)?;
         let (entries, valid_len) = decode_log(&bytes, last_purged.map(|l| l.index))?;
         let torn_bytes = bytes.len() as u64 - valid_len;
@@ -98,10 +103,26 @@ impl LogStore {
         let report = LogOpenReport {
             entries: entries.len() as u64,
             torn_bytes,
-            last_index: entries.keys().next_back().copied().or(last_purged.map(|l| l.index)),
+            last_index: entries
+                .keys()
+                .next_back()
+                .copied()
+                .or(last_purged.map(|l| l.index)),
         };
-        let inner = LogInner { dir: dir.to_path_buf(), file, file_len: valid_len, entries, last_purged, vote };
-        Ok((LogStore { inner: Arc::new(Mutex::new(inner)) }, report))
+        let inner = LogInner {
+            dir: dir.to_path_buf(),
+            file,
+            file_len: valid_len,
+            entries,
+            last_purged,
+            vote,
+        };
+        Ok((
+            LogStore {
+                inner: Arc::new(Mutex::new(inner)),
+            },
+            report,
+        ))
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -118,8 +139,12 @@ fn decode_log(bytes: &[u8], purged_index: Option<u64>) -> io::Result<(BTreeMap<u
     let mut pos = 0usize;
     let mut prev: Option<u64> = None;
     while let Some((payload, used)) = durable::frame_decode(&bytes[pos..]) {
-        let entry: Entry = serde_json::from_slice(payload)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("raft log at {pos}: {e}")))?;
+        let entry: Entry = serde_json::from_slice(payload).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("raft log at {pos}: {e}"),
+            )
+        })?;
         let index = entry.log_id.index;
         if prev.is_some_and(|p| p + 1 != index) {
             let msg = format!("raft log at {pos}: index {index} after {prev:?}");
@@ -127,7 +152,13 @@ fn decode_log(bytes: &[u8], purged_index: Option<u64>) -> io::Result<(BTreeMap<u
         }
         prev = Some(index);
         if purged_index.map_or(true, |p| index > p) {
-            entries.insert(index, Stored { offset: pos as u64, entry });
+            entries.insert(
+                index,
+                Stored {
+                    offset: pos as u64,
+                    entry,
+                },
+            );
         }
         pos += used;
     }
@@ -141,7 +172,10 @@ impl LogInner {
         for entry in &entries {
             if let Some((&last, _)) = self.entries.iter().next_back() {
                 let expected = offsets.len() as u64 + last + 1;
-                assert_eq!(entry.log_id.index, expected, "raft log append must be contiguous");
+                assert_eq!(
+                    entry.log_id.index, expected,
+                    "raft log append must be contiguous"
+                );
             }
             offsets.push(self.file_len + buf.len() as u64);
             let payload = serde_json::to_vec(entry).map_err(io::Error::other)?;
@@ -152,7 +186,8 @@ impl LogInner {
         self.file_len += buf.len() as u64;
         for (entry, offset) in entries.into_iter().zip(offsets) {
             tracing::debug!(log_id = %entry.log_id, "raft log: appended");
-            self.entries.insert(entry.log_id.index, Stored { offset, entry });
+            self.entries
+                .insert(entry.log_id.index, Stored { offset, entry });
         }
         Ok(())
     }
@@ -188,14 +223,20 @@ impl LogInner {
             durable::frame_encode(&mut buf, &payload);
         }
         durable::write_atomic(&self.dir, LOG_FILE, &buf)?;
-        self.file = OpenOptions::new().read(true).write(true).open(self.dir.join(LOG_FILE))?;
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.dir.join(LOG_FILE))?;
         self.file_len = buf.len() as u64;
         Ok(())
     }
 
     fn log_state(&self) -> LogState<TypeConfig> {
         let last = self.entries.values().next_back().map(|s| s.entry.log_id);
-        LogState { last_purged_log_id: self.last_purged, last_log_id: last.or(self.last_purged) }
+        LogState {
+            last_purged_log_id: self.last_purged,
+            last_log_id: last.or(self.last_purged),
+        }
     }
 }
 
@@ -205,7 +246,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
         let inner = self.lock();
-        Ok(inner.entries.range(range).map(|(_, s)| s.entry.clone()).collect())
+        Ok(inner
+            .entries
+            .range(range)
+            .map(|(_, s)| s.entry.clone())
+            .collect())
     }
 }
 
@@ -222,7 +267,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let mut inner = self.lock();
-        durable::write_record(&inner.dir, VOTE_FILE, vote).map_err(|e| StorageIOError::write_vote(io_err(e)))?;
+        durable::write_record(&inner.dir, VOTE_FILE, vote)
+            .map_err(|e| StorageIOError::write_vote(io_err(e)))?;
         tracing::debug!(%vote, "raft: vote saved");
         inner.vote = Some(*vote);
         Ok(())
@@ -232,7 +278,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().vote)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -244,7 +294,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             }
             Err(e) => {
-                let err = StorageIOError::write_logs(io_err(io::Error::new(e.kind(), e.to_string())));
+                let err =
+                    StorageIOError::write_logs(io_err(io::Error::new(e.kind(), e.to_string())));
                 callback.log_io_completed(Err(e));
                 Err(err.into())
             }
@@ -253,12 +304,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "raft log: truncate");
-        self.lock().truncate(log_id.index).map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+        self.lock()
+            .truncate(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         tracing::debug!(%log_id, "raft log: purge");
-        self.lock().purge(log_id).map_err(|e| StorageIOError::write_logs(io_err(e)).into())
+        self.lock()
+            .purge(log_id)
+            .map_err(|e| StorageIOError::write_logs(io_err(e)).into())
     }
 }
 
@@ -269,7 +324,10 @@ mod tests {
     use super::*;
 
     fn entry(index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(1, 7), index), payload: EntryPayload::Blank }
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 7), index),
+            payload: EntryPayload::Blank,
+        }
     }
 
     fn indexes(store: &LogStore) -> Vec<u64> {
@@ -280,11 +338,24 @@ mod tests {
     fn append_truncate_purge_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, report) = LogStore::open(dir.path()).expect("open");
-        assert_eq!(report, LogOpenReport { entries: 0, torn_bytes: 0, last_index: None });
-        store.lock().append((1..=10).map(entry).collect()).expect("append");
+        assert_eq!(
+            report,
+            LogOpenReport {
+                entries: 0,
+                torn_bytes: 0,
+                last_index: None
+            }
+        );
+        store
+            .lock()
+            .append((1..=10).map(entry).collect())
+            .expect("append");
         store.lock().truncate(8).expect("truncate");
         assert_eq!(indexes(&store), (1..=7).collect::<Vec<_>>());
-        store.lock().append(vec![entry(8)]).expect("append after truncate");
+        store
+            .lock()
+            .append(vec![entry(8)])
+            .expect("append after truncate");
         store.lock().purge(entry(3).log_id).expect("purge");
         assert_eq!(indexes(&store), (4..=8).collect::<Vec<_>>());
         let state = store.lock().log_state();
@@ -293,19 +364,36 @@ mod tests {
         drop(store);
 
         let (store, report) = LogStore::open(dir.path()).expect("reopen");
-        assert_eq!(report, LogOpenReport { entries: 5, torn_bytes: 0, last_index: Some(8) });
+        assert_eq!(
+            report,
+            LogOpenReport {
+                entries: 5,
+                torn_bytes: 0,
+                last_index: Some(8)
+            }
+        );
         assert_eq!(indexes(&store), (4..=8).collect::<Vec<_>>());
         store.lock().purge(entry(8).log_id).expect("purge all");
         let state = store.lock().log_state();
-        assert_eq!(state.last_log_id.map(|l| l.index), Some(8), "last log id falls back to purged");
-        store.lock().append(vec![entry(9)]).expect("append after full purge");
+        assert_eq!(
+            state.last_log_id.map(|l| l.index),
+            Some(8),
+            "last log id falls back to purged"
+        );
+        store
+            .lock()
+            .append(vec![entry(9)])
+            .expect("append after full purge");
     }
 
     #[test]
     fn torn_tail_is_cut_on_open() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, _) = LogStore::open(dir.path()).expect("open");
-        store.lock().append((1..=3).map(entry).collect()).expect("append");
+        store
+            .lock()
+            .append((1..=3).map(entry).collect())
+            .expect("append");
         let len = store.lock().file_len;
         drop(store);
         let path = dir.path().join(LOG_FILE);
@@ -315,11 +403,21 @@ mod tests {
         let (store, report) = LogStore::open(dir.path()).expect("reopen");
         assert_eq!(report.entries, 2);
         assert!(report.torn_bytes > 0);
-        assert_eq!(std::fs::metadata(&path).expect("meta").len(), store.lock().file_len);
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").len(),
+            store.lock().file_len
+        );
         assert!(store.lock().file_len < len);
         store.lock().append(vec![entry(3)]).expect("re-append");
         drop(store);
         let (_, report) = LogStore::open(dir.path()).expect("reopen again");
-        assert_eq!(report, LogOpenReport { entries: 3, torn_bytes: 0, last_index: Some(3) });
+        assert_eq!(
+            report,
+            LogOpenReport {
+                entries: 3,
+                torn_bytes: 0,
+                last_index: Some(3)
+            }
+        );
     }
 }

@@ -12,8 +12,8 @@
 use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use openraft::{RaftNetwork, RaftNetworkFactory};
 
@@ -41,7 +41,10 @@ pub(crate) struct NoNetworkClient {
 
 impl NoNetworkClient {
     fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, Node, E> {
-        RPCError::Unreachable(Unreachable::new(&NoNetwork { from: self.from, target: self.target }))
+        RPCError::Unreachable(Unreachable::new(&NoNetwork {
+            from: self.from,
+            target: self.target,
+        }))
     }
 }
 
@@ -54,7 +57,10 @@ impl RaftNetworkFactory<TypeConfig> for NoNetworkFactory {
         } else {
             tracing::debug!(target, "raft: no network, peer unreachable");
         }
-        NoNetworkClient { from: self.node_id, target }
+        NoNetworkClient {
+            from: self.node_id,
+            target,
+        }
     }
 }
 
@@ -71,8 +77,10 @@ impl RaftNetwork<TypeConfig> for NoNetworkClient {
         &mut self,
         _rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         Err(self.unreachable())
     }
 

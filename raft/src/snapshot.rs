@@ -59,13 +59,18 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
     let Some(bytes) = durable::read_optional(dir, SNAPSHOT_FILE)? else {
         return Ok(None);
     };
-    let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(|| invalid("snapshot: bad magic"))?;
-    let (meta_json, used) = durable::frame_decode(rest).ok_or_else(|| invalid("snapshot: bad meta frame"))?;
-    let (data, used_data) = durable::frame_decode(&rest[used..]).ok_or_else(|| invalid("snapshot: bad data frame"))?;
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or_else(|| invalid("snapshot: bad magic"))?;
+    let (meta_json, used) =
+        durable::frame_decode(rest).ok_or_else(|| invalid("snapshot: bad meta frame"))?;
+    let (data, used_data) =
+        durable::frame_decode(&rest[used..]).ok_or_else(|| invalid("snapshot: bad data frame"))?;
     if used + used_data != rest.len() {
         return Err(invalid("snapshot: trailing bytes"));
     }
-    let meta: SnapshotMeta = serde_json::from_slice(meta_json).map_err(|e| invalid(e.to_string()))?;
+    let meta: SnapshotMeta =
+        serde_json::from_slice(meta_json).map_err(|e| invalid(e.to_string()))?;
     Ok(Some((meta, data.to_vec())))
 }
 
@@ -78,8 +83,23 @@ mod tests {
 
     fn topic(name: &str) -> TopicMeta {
         let configs = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
-        let partitions = vec![PartitionMeta { shard: 1, leader: 7 }, PartitionMeta { shard: 0, leader: 7 }];
-        TopicMeta { name: name.into(), id: [9; 16], partitions, configs, created_ms: 1234 }
+        let partitions = vec![
+            PartitionMeta {
+                shard: 1,
+                leader: 7,
+            },
+            PartitionMeta {
+                shard: 0,
+                leader: 7,
+            },
+        ];
+        TopicMeta {
+            name: name.into(),
+            id: [9; 16],
+            partitions,
+            configs,
+            created_ms: 1234,
+        }
     }
 
     #[test]

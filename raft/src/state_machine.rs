@@ -25,8 +25,8 @@ use tokio::sync::watch;
 
 use crate::snapshot;
 use crate::types::{
-    Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, SnapshotData, SnapshotMeta,
-    StorageError, StoredMembership, TopicMeta, TypeConfig,
+    Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, SnapshotData,
+    SnapshotMeta, StorageError, StoredMembership, TopicMeta, TypeConfig,
 };
 
 /// The applied view, shared between the control thread (writer) and every
@@ -40,9 +40,16 @@ pub(crate) struct Published {
 
 impl Published {
     pub(crate) fn new(node_id: u64) -> Published {
-        let view = MetadataView { node_id, ..MetadataView::default() };
+        let view = MetadataView {
+            node_id,
+            ..MetadataView::default()
+        };
         let (version_tx, _) = watch::channel(0);
-        Published { view: ArcSwap::from_pointee(view), version_tx, closed: AtomicBool::new(false) }
+        Published {
+            view: ArcSwap::from_pointee(view),
+            version_tx,
+            closed: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn view(&self) -> Arc<MetadataView> {
@@ -51,7 +58,10 @@ impl Published {
 
     fn publish(&self, view: MetadataView) {
         let version = view.version;
-        assert!(version >= self.view.load().version, "metadata version must not go back");
+        assert!(
+            version >= self.view.load().version,
+            "metadata version must not go back"
+        );
         self.view.store(Arc::new(view));
         self.version_tx.send_replace(version);
     }
@@ -130,11 +140,17 @@ impl Data {
     fn charge(&mut self, topic: &TopicMeta, sign: i64) {
         for p in &topic.partitions {
             if let Some(load) = self.shard_load.get_mut(p.shard as usize) {
-                *load = load.checked_add_signed(sign).expect("shard load within bounds");
+                *load = load
+                    .checked_add_signed(sign)
+                    .expect("shard load within bounds");
             }
         }
         let n = topic.partitions.len() as u64;
-        self.partitions_total = if sign > 0 { self.partitions_total + n } else { self.partitions_total - n };
+        self.partitions_total = if sign > 0 {
+            self.partitions_total + n
+        } else {
+            self.partitions_total - n
+        };
     }
 
     fn create(&mut self, limits: &Placement, req: CreateArgs) -> Result<Arc<TopicMeta>, MetaError> {
@@ -147,7 +163,9 @@ impl Data {
         if self.partitions_total + requested > limit {
             return Err(MetaError::PartitionLimit { limit, requested });
         }
-        let partitions = (0..req.partitions).map(|_| self.place_one(limits.node_id)).collect();
+        let partitions = (0..req.partitions)
+            .map(|_| self.place_one(limits.node_id))
+            .collect();
         let topic = TopicMeta {
             name: req.name,
             id: req.id,
@@ -170,18 +188,28 @@ impl Data {
             .min_by_key(|(i, load)| (**load, *i))
             .expect("at least one shard");
         *load += 1;
-        PartitionMeta { shard: shard as u32, leader }
+        PartitionMeta {
+            shard: shard as u32,
+            leader,
+        }
     }
 
     fn delete(&mut self, name: &str) -> Result<Arc<TopicMeta>, MetaError> {
-        let topic = self.topics.remove(name).ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        let topic = self
+            .topics
+            .remove(name)
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
         self.charge(&topic, -1);
         Ok(topic)
     }
 
     fn view(&self, node_id: u64) -> MetadataView {
         let version = self.last_applied.map_or(0, |l| l.index);
-        MetadataView { version, node_id, topics: self.topics.clone() }
+        MetadataView {
+            version,
+            node_id,
+            topics: self.topics.clone(),
+        }
     }
 }
 
@@ -198,7 +226,9 @@ struct CreateArgs {
 pub(crate) fn validate_partitions(partitions: u32, limits: &Placement) -> Result<(), MetaError> {
     let limit = limits.partitions_max();
     if partitions == 0 {
-        return Err(MetaError::InvalidPartitions("a topic needs at least 1 partition".into()));
+        return Err(MetaError::InvalidPartitions(
+            "a topic needs at least 1 partition".into(),
+        ));
     }
     if u64::from(partitions) > limit {
         let msg = format!("{partitions} partitions exceed the node limit of {limit}");
@@ -232,11 +262,19 @@ impl StateMachine {
     ) -> io::Result<StateMachine> {
         assert!(limits.shards > 0, "at least one shard");
         let data = match snapshot::read(&dir)? {
-            Some((meta, bytes)) => Data::from_snapshot(limits.shards, &meta, snapshot::decode_topics(&bytes)?),
+            Some((meta, bytes)) => {
+                Data::from_snapshot(limits.shards, &meta, snapshot::decode_topics(&bytes)?)
+            }
             None => Data::new(limits.shards),
         };
         published.publish(data.view(limits.node_id));
-        Ok(StateMachine { dir, limits, data, published, replay_until })
+        Ok(StateMachine {
+            dir,
+            limits,
+            data,
+            published,
+            replay_until,
+        })
     }
 
     fn apply_one(&mut self, entry: Entry) -> MetaResponse {
@@ -263,8 +301,20 @@ impl StateMachine {
 
     fn apply_request(&mut self, req: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
         match req {
-            MetaRequest::CreateTopic { name, id, partitions, configs, created_ms } => {
-                let args = CreateArgs { name, id, partitions, configs, created_ms };
+            MetaRequest::CreateTopic {
+                name,
+                id,
+                partitions,
+                configs,
+                created_ms,
+            } => {
+                let args = CreateArgs {
+                    name,
+                    id,
+                    partitions,
+                    configs,
+                    created_ms,
+                };
                 self.data.create(&self.limits, args)
             }
             MetaRequest::DeleteTopic { name } => self.data.delete(&name),
@@ -284,7 +334,10 @@ impl StateMachine {
     }
 
     fn snapshot_builder(&self) -> SnapshotBuilder {
-        SnapshotBuilder { dir: self.dir.clone(), data: self.data.clone() }
+        SnapshotBuilder {
+            dir: self.dir.clone(),
+            data: self.data.clone(),
+        }
     }
 }
 
@@ -297,15 +350,31 @@ pub(crate) struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let topics: Vec<TopicMeta> = self.data.topics.values().map(|t| TopicMeta::clone(t)).collect();
-        let bytes = snapshot::encode_topics(&topics).map_err(|e| StorageIOError::write_snapshot(None, sm_err(e)))?;
+        let topics: Vec<TopicMeta> = self
+            .data
+            .topics
+            .values()
+            .map(|t| TopicMeta::clone(t))
+            .collect();
+        let bytes = snapshot::encode_topics(&topics)
+            .map_err(|e| StorageIOError::write_snapshot(None, sm_err(e)))?;
         let last = self.data.last_applied;
-        let snapshot_id = last.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id, l.index));
-        let meta = SnapshotMeta { last_log_id: last, last_membership: self.data.membership.clone(), snapshot_id };
+        let snapshot_id = last.map_or_else(
+            || "empty".to_string(),
+            |l| format!("{}-{}", l.leader_id, l.index),
+        );
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.data.membership.clone(),
+            snapshot_id,
+        };
         snapshot::write(&self.dir, &meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), sm_err(e)))?;
         tracing::debug!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "metadata: snapshot written");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
     }
 }
 
@@ -336,9 +405,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Box<SnapshotData>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        data: Box<SnapshotData>,
+    ) -> Result<(), StorageError> {
         let bytes = data.into_inner();
-        let read_err = |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), sm_err(e));
+        let read_err =
+            |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), sm_err(e));
         let topics = snapshot::decode_topics(&bytes).map_err(read_err)?;
         snapshot::write(&self.dir, meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), sm_err(e)))?;
@@ -349,8 +423,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let found = snapshot::read(&self.dir).map_err(|e| StorageIOError::read_snapshot(None, sm_err(e)))?;
-        Ok(found.map(|(meta, bytes)| Snapshot { meta, snapshot: Box::new(Cursor::new(bytes)) }))
+        let found = snapshot::read(&self.dir)
+            .map_err(|e| StorageIOError::read_snapshot(None, sm_err(e)))?;
+        Ok(found.map(|(meta, bytes)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        }))
     }
 }
 
@@ -359,11 +437,21 @@ mod tests {
     use super::*;
 
     fn limits(shards: u32, per_shard: u32) -> Placement {
-        Placement { node_id: 1, shards, partitions_per_shard_max: per_shard }
+        Placement {
+            node_id: 1,
+            shards,
+            partitions_per_shard_max: per_shard,
+        }
     }
 
     fn args(name: &str, partitions: u32) -> CreateArgs {
-        CreateArgs { name: name.into(), id: [1; 16], partitions, configs: BTreeMap::new(), created_ms: 0 }
+        CreateArgs {
+            name: name.into(),
+            id: [1; 16],
+            partitions,
+            configs: BTreeMap::new(),
+            created_ms: 0,
+        }
     }
 
     #[test]
@@ -371,9 +459,15 @@ mod tests {
         let l = limits(3, 100);
         let mut d = Data::new(3);
         let a = d.create(&l, args("a", 2)).expect("a");
-        assert_eq!(a.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            a.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         let b = d.create(&l, args("b", 4)).expect("b");
-        assert_eq!(b.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(), vec![2, 0, 1, 2]);
+        assert_eq!(
+            b.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            vec![2, 0, 1, 2]
+        );
         assert_eq!(d.shard_load, vec![2, 2, 2]);
         d.delete("a").expect("delete a");
         assert_eq!(d.shard_load, vec![1, 1, 2]);
@@ -386,14 +480,35 @@ mod tests {
     fn limits_and_duplicates() {
         let l = limits(2, 3);
         let mut d = Data::new(2);
-        assert!(matches!(d.create(&l, args("z", 0)), Err(MetaError::InvalidPartitions(_))));
-        assert!(matches!(d.create(&l, args("z", 7)), Err(MetaError::InvalidPartitions(_))));
+        assert!(matches!(
+            d.create(&l, args("z", 0)),
+            Err(MetaError::InvalidPartitions(_))
+        ));
+        assert!(matches!(
+            d.create(&l, args("z", 7)),
+            Err(MetaError::InvalidPartitions(_))
+        ));
         d.create(&l, args("a", 4)).expect("a");
-        assert_eq!(d.create(&l, args("a", 1)), Err(MetaError::TopicExists("a".into())));
+        assert_eq!(
+            d.create(&l, args("a", 1)),
+            Err(MetaError::TopicExists("a".into()))
+        );
         let err = d.create(&l, args("b", 3)).expect_err("over the limit");
-        assert_eq!(err, MetaError::PartitionLimit { limit: 6, requested: 3 });
-        assert!(err.to_string().contains('6'), "message names the limit: {err}");
+        assert_eq!(
+            err,
+            MetaError::PartitionLimit {
+                limit: 6,
+                requested: 3
+            }
+        );
+        assert!(
+            err.to_string().contains('6'),
+            "message names the limit: {err}"
+        );
         d.create(&l, args("b", 2)).expect("exactly at the limit");
-        assert_eq!(d.delete("nope"), Err(MetaError::UnknownTopic("nope".into())));
+        assert_eq!(
+            d.delete("nope"),
+            Err(MetaError::UnknownTopic("nope".into()))
+        );
     }
 }

@@ -92,9 +92,7 @@ pub enum MetaError {
     UnknownTopic(String),
     #[error("invalid partition count: {0}")]
     InvalidPartitions(String),
-    #[error(
-        "partition limit of {limit} per node reached: {requested} more partitions do not fit"
-    )]
+    #[error("partition limit of {limit} per node reached: {requested} more partitions do not fit")]
     PartitionLimit { limit: u64, requested: u64 },
     #[error("metadata service is shutting down")]
     ShuttingDown,
