@@ -90,10 +90,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
-pub use crate::types::{
-    MetaConfig, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, TopicMeta,
-    TopicSpec, TypeConfig,
-};
+use crate::types::MetaRequest;
+pub use crate::types::{MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec};
 
 /// Name of the control thread.
 pub const CONTROL_THREAD_NAME: &str = "sluice-control";
