@@ -43,7 +43,8 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let marks = watermarks(&consumer, &common.topic, &partitions)?;
     assign_from_low(&consumer, &common.topic, &marks)?;
     let read = read_until_end(&consumer, common, &marks);
-    let mut summary = Summary::new("consume", common.describe());
+    let settings = format!("topic={} bootstrap={} partitions read={}", common.topic, common.bootstrap, marks.len());
+    let mut summary = Summary::new("consume", settings);
     fill_summary(&mut summary, &read, common);
     emit(&summary, &Outputs::of(common))
 }
@@ -144,7 +145,7 @@ fn read_until_end(consumer: &BenchConsumer, common: &CommonArgs, marks: &[Waterm
             Some(Err(error)) => read.on_error(&error),
             None => {}
         }
-        progress.tick(read.total, || format!("records, {} to go", positions.remaining));
+        progress.tick(read.total, || format!("records read, {} to go", positions.remaining));
     }
     read
 }

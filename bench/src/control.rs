@@ -65,7 +65,7 @@ impl Progress {
         let elapsed = now.duration_since(self.at_last).as_secs_f64().max(1e-9);
         let rate = count.saturating_sub(self.count_last) as f64 / elapsed;
         eprintln!(
-            "[{:>7.1}s] {} {:>12.0}/s total={} {}",
+            "[{:>7.1}s] {} {:>10.0}/s, {} {}",
             now.duration_since(self.origin).as_secs_f64(),
             self.label,
             rate,

@@ -153,7 +153,7 @@ fn create_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> anyh
             Ok(Created::AlreadyExisted) => creation.existed += 1,
             Err(error) => creation.failed.push(format!("{error:#}")),
         }
-        progress.tick(creation.latency.len(), || format!("topics of {}", layout.names.len()));
+        progress.tick(creation.latency.len(), || format!("topics created of {}", layout.names.len()));
     }
     creation.seconds = start.elapsed().as_secs_f64();
     Ok(creation)

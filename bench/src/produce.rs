@@ -375,7 +375,7 @@ fn drain(producer: &BenchProducer, plan: &ProducerPlan, sent: u64, progress: &mu
         if stop_requested() {
             deadline = deadline.min(Instant::now() + DRAIN_AFTER_STOP);
         }
-        progress.tick(completed, || format!("draining, {} outstanding", sent - completed));
+        progress.tick(completed, || format!("completed, draining {} outstanding", sent - completed));
         producer.poll(Duration::from_millis(10));
     }
 }
@@ -407,7 +407,7 @@ fn progress_detail(plan: &ProducerPlan, sent: u64, completed: u64) -> String {
         Some((label, counter)) => format!(" {label}={}", counter.load(Ordering::Relaxed)),
         None => String::new(),
     };
-    format!("acked+failed; sent={sent} in_flight={}{extra}", sent - completed)
+    format!("completed (acked or failed), sent={sent} in_flight={}{extra}", sent - completed)
 }
 
 pub fn elapsed_ns(origin: Instant) -> u64 {

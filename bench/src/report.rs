@@ -137,15 +137,15 @@ impl Summary {
         if self.interrupted {
             let _ = writeln!(out, "   interrupted: figures cover the run until Ctrl-C");
         }
-        let _ = writeln!(out, "   seconds        {:>14.3}", self.seconds);
-        let _ = writeln!(out, "   records        {:>14}", self.messages);
-        let _ = writeln!(out, "   records/s      {:>14.1}", self.msgs_per_sec());
-        let _ = writeln!(out, "   MB/s           {:>14.3}", self.mb_per_sec());
+        let _ = writeln!(out, "   {:<30} {:>14.3}", "seconds", self.seconds);
+        let _ = writeln!(out, "   {:<30} {:>14}", "records", self.messages);
+        let _ = writeln!(out, "   {:<30} {:>14.1}", "records/s", self.msgs_per_sec());
+        let _ = writeln!(out, "   {:<30} {:>14.3}", "MB/s", self.mb_per_sec());
         if let Some(hist) = &self.latency {
             out.push_str(&latency_lines("latency", &LatencySummary::of(hist)));
         }
         for (key, value) in &self.extra {
-            let _ = writeln!(out, "   {key:<14} {:>14}", compact(value));
+            let _ = writeln!(out, "   {key:<30} {:>14}", compact(value));
         }
         out
     }
