@@ -246,7 +246,7 @@ impl Engine {
 
     pub async fn await_topic_ready(&self, topic: &Arc<TopicMeta>) -> Result<(), ShardError> {
         let view = self.meta.view();
-        if view.topics.get(&topic.name).is_none_or(|t| t.id != topic.id) {
+        if !view.topics.get(&topic.name).is_some_and(|t| t.id == topic.id) {
             return Err(ShardError::UnknownTopicOrPartition);
         }
         let owners: BTreeSet<u32> = topic.partitions.iter().map(|p| p.shard).collect();

@@ -124,7 +124,7 @@ impl Waiters {
         }
         st.by_deadline.insert((deadline, id));
         st.by_id.insert(id, Registered { slot: slot.clone(), keys, deadline });
-        if st.armed.is_none_or(|armed| deadline < armed) {
+        if st.armed.map_or(true, |armed| deadline < armed) {
             st.rearm = true;
             if let Some(w) = st.timer_waker.take() {
                 w.wake();
