@@ -269,14 +269,18 @@ fn plan_partition(parts: &HashMap<PartitionKey, Partition>, fp: &FetchPartition,
         log_start_offset: p.log_start_offset,
         records: Vec::new(),
     };
-    if fp.fetch_offset < p.log_start_offset || fp.fetch_offset > p.high_watermark {
+    // Kafka's rule: out of range below the log start or beyond the log end;
+    // offsets between the high watermark and the log end just see nothing yet.
+    if fp.fetch_offset < p.log_start_offset || fp.fetch_offset > p.next_offset {
         result.error = Some(ShardError::OffsetOutOfRange);
         return PartPlan { key: None, result, sources: Vec::new() };
     }
     let limit = u64::from(fp.partition_max_bytes).min(left);
     let mut sources = Vec::new();
     let mut bytes = 0u64;
-    for b in &p.durable()[p.locate(fp.fetch_offset)..] {
+    let durable = p.durable();
+    let start = p.locate(fp.fetch_offset).min(durable.len());
+    for b in &durable[start..] {
         let size = u64::from(b.bytes);
         let first_of_response = response_empty && bytes == 0;
         if bytes + size > limit && !first_of_response {
@@ -320,6 +324,43 @@ mod tests {
         r.error = None;
         r.records = sizes.iter().map(|&n| Bytes::from(vec![0u8; n])).collect();
         r
+    }
+
+    fn topic() -> std::sync::Arc<sluice_raft::TopicMeta> {
+        std::sync::Arc::new(sluice_raft::TopicMeta {
+            name: "t".into(),
+            id: [3; 16],
+            partitions: vec![sluice_raft::PartitionMeta { shard: 0, leader: 1 }],
+            configs: Default::default(),
+            created_ms: 0,
+        })
+    }
+
+    fn plan(parts: &HashMap<PartitionKey, Partition>, offset: i64, max: u32, first: bool) -> PartPlan {
+        let fp = FetchPartition { topic: topic(), partition: 0, fetch_offset: offset, partition_max_bytes: max };
+        plan_partition(parts, &fp, first, u64::MAX)
+    }
+
+    #[test]
+    fn plan_serves_durable_entries_only_and_checks_range() {
+        let key = PartitionKey { topic_id: [3; 16], partition: 0 };
+        let mut p = Partition::new(key);
+        let a = p.assign(2, 0, Bytes::from(vec![1u8; 100]));
+        p.assign(3, 0, Bytes::from(vec![2u8; 100]));
+        p.assign(1, 0, Bytes::from(vec![3u8; 100]));
+        p.mark_durable(a, Position(0));
+        let mut parts = HashMap::new();
+        parts.insert(key, p);
+        let r = plan(&parts, 0, 1000, true);
+        assert_eq!((r.result.high_watermark, r.sources.len()), (2, 1));
+        let r = plan(&parts, 4, 1000, true);
+        assert!(r.result.error.is_none() && r.sources.is_empty(), "between hw and log end: nothing yet");
+        assert_eq!(plan(&parts, 7, 1000, true).result.error, Some(ShardError::OffsetOutOfRange));
+        parts.get_mut(&key).expect("p").mark_durable(2, Position(10));
+        parts.get_mut(&key).expect("p").mark_durable(5, Position(20));
+        assert_eq!(plan(&parts, 3, 250, true).sources.len(), 2, "entry holding offset 3 onwards, within 250 bytes");
+        assert_eq!(plan(&parts, 0, 50, true).sources.len(), 1, "first batch of the response even if larger");
+        assert_eq!(plan(&parts, 0, 50, false).sources.len(), 0);
     }
 
     #[test]

@@ -87,7 +87,7 @@ impl Partition {
             self.high_watermark = b.last_offset + 1;
             i += 1;
         }
-        debug_assert!(self.check().is_ok());
+        assert!(self.log_start_offset <= self.high_watermark && self.high_watermark <= self.next_offset);
         self.high_watermark != before
     }
 
