@@ -166,6 +166,17 @@ fn encode(correlation_id: i32, key: ApiKey, version: i16, body: &ResponseKind) -
     Ok(buf.freeze())
 }
 
+/// Runs one request frame (without its size prefix) through the handling
+/// of a connection; `None` when no response is due.
+#[cfg(test)]
+pub async fn serve_frame_for_tests(frame: Bytes, ctx: &Ctx, _limits: &ConnLimits) -> Option<Bytes> {
+    match handle_frame(frame, ctx).await {
+        Ok(Outcome::Reply(bytes)) => Some(bytes),
+        Ok(Outcome::Silent) => None,
+        Err(close) => panic!("connection closed: {close:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

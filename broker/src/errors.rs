@@ -20,8 +20,9 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
         ShardError::Storage(_) => ResponseError::KafkaStorageError,
         // Budget exhausted: retriable; the client backs off and retries.
         ShardError::Busy => ResponseError::ThrottlingQuotaExceeded,
-        #[allow(unreachable_patterns)]
-        _ => ResponseError::UnknownServerError,
+        // Like a Kafka broker going down: the client refreshes metadata and retries.
+        ShardError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+        ShardError::Config(_) => ResponseError::UnknownServerError,
     };
     code.code()
 }

@@ -34,6 +34,8 @@ mod errors;
 mod handlers;
 mod plane;
 mod server;
+#[cfg(test)]
+mod wire_tests;
 
 use clap::{CommandFactory, FromArgMatches};
 use tracing_subscriber::EnvFilter;

@@ -1,0 +1,330 @@
+//! Test harness: runs the real `sluice` binary on free loopback ports with
+//! a temporary data dir, and kills it on drop. Helpers for rdkafka clients
+//! and for raw Kafka frames over a std `TcpStream`.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A free loopback port (bound then released; the broker binds it next).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running broker process.
+pub struct Broker {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    starts: usize,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// A broker with `shards` shards on a fresh data dir.
+    pub fn start(shards: u32) -> Broker {
+        Broker::start_with(shards, &[])
+    }
+
+    /// A broker with extra command-line arguments.
+    pub fn start_with(shards: u32, extra: &[&str]) -> Broker {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut b = Broker::launch(&dir, free_port(), shards, extra);
+        b._tmp = Some(tmp);
+        b
+    }
+
+    fn launch(dir: &Path, port: u16, shards: u32, extra: &[&str]) -> Broker {
+        let admin_port = free_port();
+        let mut args: Vec<String> = vec![
+            "start".into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin_port}"),
+            "--shards".into(),
+            shards.to_string(),
+            "--memory".into(),
+            format!("{}MiB", 256 * shards),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.parent().expect("parent").join(format!("sluice-{port}.log"));
+        let mut b = Broker { child: None, port, admin_port, data_dir: dir.to_path_buf(), log, args, starts: 0, _tmp: None };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(self.data_dir.parent().expect("parent")).expect("mkdir");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(&self.args)
+            .env("RUST_LOG", "info,sluice=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        self.child = Some(child);
+        self.starts += 1;
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
+                panic!("sluice exited during start-up ({status}):\n{}", self.log_text());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.log_text().matches("sluice ready").count() >= self.starts {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sluice did not start in time:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no cleanup by the broker.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let pid = i32::try_from(c.id()).expect("pid");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = c.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("sluice did not stop on SIGTERM:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the binary again on the same data dir and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- sluice log ----\n{}", self.log_text());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- rdkafka
+
+pub fn client_config(b: &Broker) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", b.bootstrap())
+        .set("broker.address.family", "v4")
+        .set("socket.timeout.ms", "10000")
+        .set("message.timeout.ms", "20000");
+    c
+}
+
+pub fn producer(b: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut c = client_config(b);
+    c.set("linger.ms", "5");
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create().expect("producer")
+}
+
+pub fn consumer(b: &Broker) -> BaseConsumer {
+    let mut c = client_config(b);
+    c.set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+    c.create().expect("consumer")
+}
+
+/// Creates a topic through the admin API (CreateTopics) and waits for it.
+pub fn create_topic(b: &Broker, name: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = client_config(b).create().expect("admin");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = futures::executor::block_on(admin.create_topics([&topic], &opts)).expect("create_topics");
+    for r in results {
+        r.unwrap_or_else(|(t, e)| panic!("create {t}: {e}"));
+    }
+}
+
+/// Sends `(partition, key, value, timestamp)` records and returns the
+/// acknowledged `(partition, offset)` of each, in order.
+pub fn produce_all(p: &FutureProducer, topic: &str, records: &[(i32, String, String, Option<i64>)]) -> Vec<(i32, i64)> {
+    let futures: Vec<_> = records
+        .iter()
+        .map(|(partition, key, value, ts)| {
+            let mut r = FutureRecord::to(topic).partition(*partition).key(key.as_str()).payload(value.as_str());
+            if let Some(ts) = ts {
+                r = r.timestamp(*ts);
+            }
+            p.send_result(r).map_err(|(e, _)| e).expect("enqueue")
+        })
+        .collect();
+    futures
+        .into_iter()
+        .map(|f| {
+            let delivery = futures::executor::block_on(f).expect("delivery future canceled");
+            let d = delivery.unwrap_or_else(|(e, _)| panic!("delivery failed: {e}"));
+            (d.partition, d.offset)
+        })
+        .collect()
+}
+
+/// One consumed record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: String,
+    pub timestamp: Option<i64>,
+}
+
+/// Reads every partition of `topic` from the beginning until `expected`
+/// records arrived (or the timeout passed).
+pub fn consume_all(b: &Broker, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<Consumed> {
+    let c = consumer(b);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+    }
+    c.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < expected && Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push(Consumed {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                timestamp: m.timestamp().to_millis(),
+            }),
+            Some(Err(e)) => panic!("consume error: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// A healthy client still works: produce one record and read it back.
+pub fn assert_healthy(b: &Broker) {
+    let topic = "healthcheck";
+    let p = producer(b, &[("acks", "all")]);
+    let value = format!("alive-{}", Instant::now().elapsed().as_nanos());
+    let acked = produce_all(&p, topic, &[(0, "k".into(), value.clone(), None)]);
+    let offset = acked[0].1;
+    let got = consume_all(b, topic, 1, usize::try_from(offset + 1).expect("offset"), Duration::from_secs(20));
+    assert!(got.iter().any(|m| m.offset == offset && m.value == value), "healthy client did not read its record back");
+}
+
+// ---------------------------------------------------------------- raw frames
+
+/// Encodes a request frame (size prefix, header, body).
+pub fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = correlation_id;
+    header.client_id = Some(StrBytes::from_static_str("raw-test"));
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    header.encode(&mut buf, key.request_header_version(version)).expect("header");
+    body.encode(&mut buf, version).expect("body");
+    let size = i32::try_from(buf.len() - 4).expect("size");
+    buf[..4].copy_from_slice(&size.to_be_bytes());
+    buf.to_vec()
+}
+
+pub fn connect(b: &Broker) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", b.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s
+}
+
+/// Reads one response frame; `None` when the broker closed the connection.
+pub fn read_response(s: &mut TcpStream) -> Option<Bytes> {
+    let mut size = [0u8; 4];
+    match s.read_exact(&mut size) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+        Err(e) => panic!("read: {e}"),
+    }
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut body).expect("response body");
+    Some(Bytes::from(body))
+}
+
+/// Sends a request and decodes the response of the same version.
+pub fn call<Req: Encodable, Resp: Decodable>(s: &mut TcpStream, key: ApiKey, version: i16, req: &Req) -> Resp {
+    s.write_all(&request_frame(key, version, 7, req)).expect("write");
+    let mut bytes = read_response(s).expect("a response, not a closed connection");
+    let header = ResponseHeader::decode(&mut bytes, key.response_header_version(version)).expect("response header");
+    assert_eq!(header.correlation_id, 7);
+    let resp = Resp::decode(&mut bytes, version).expect("response body");
+    assert!(!bytes.has_remaining(), "trailing bytes in response");
+    resp
+}
+
+/// Asserts the broker closes `s` (reads EOF) within the read timeout.
+pub fn assert_closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => panic!("expected the connection to be closed, got bytes"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("expected a closed connection, got {e}"),
+        }
+    }
+}
