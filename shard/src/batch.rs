@@ -52,9 +52,15 @@ pub struct RecordsSummary {
 /// Checks every batch in `records`: framing, magic, size, CRC32C, offsets.
 pub fn validate(records: &[u8], max_batch_bytes: u64) -> Result<RecordsSummary, ShardError> {
     if records.is_empty() {
-        return Err(ShardError::InvalidRecord("produce request without record batches".into()));
+        return Err(ShardError::InvalidRecord(
+            "produce request without record batches".into(),
+        ));
     }
-    let mut summary = RecordsSummary { batches: 0, offsets: 0, max_timestamp: i64::MIN };
+    let mut summary = RecordsSummary {
+        batches: 0,
+        offsets: 0,
+        max_timestamp: i64::MIN,
+    };
     let mut at = 0usize;
     while at < records.len() {
         let bytes = validate_one(&records[at..], max_batch_bytes)?;
@@ -73,16 +79,24 @@ pub fn validate(records: &[u8], max_batch_bytes: u64) -> Result<RecordsSummary, 
 fn validate_one(rest: &[u8], max_batch_bytes: u64) -> Result<usize, ShardError> {
     let corrupt = |m: String| Err(ShardError::CorruptMessage(m));
     if rest.len() < LOG_OVERHEAD_BYTES {
-        return corrupt(format!("truncated batch: {} bytes left, header needs {LOG_OVERHEAD_BYTES}", rest.len()));
+        return corrupt(format!(
+            "truncated batch: {} bytes left, header needs {LOG_OVERHEAD_BYTES}",
+            rest.len()
+        ));
     }
     let batch_length = read_i32(rest, LENGTH_AT);
     let min_length = (BATCH_HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
     if batch_length < min_length {
-        return corrupt(format!("batchLength {batch_length} is below the v2 header size {min_length}"));
+        return corrupt(format!(
+            "batchLength {batch_length} is below the v2 header size {min_length}"
+        ));
     }
     let bytes = LOG_OVERHEAD_BYTES + batch_length as usize;
     if bytes > rest.len() {
-        return corrupt(format!("truncated batch: batchLength says {bytes} bytes, {} present", rest.len()));
+        return corrupt(format!(
+            "truncated batch: batchLength says {bytes} bytes, {} present",
+            rest.len()
+        ));
     }
     let batch = &rest[..bytes];
     let magic = batch[MAGIC_AT] as i8;
@@ -90,12 +104,17 @@ fn validate_one(rest: &[u8], max_batch_bytes: u64) -> Result<usize, ShardError> 
         return corrupt(format!("record batch magic {magic}, only 2 is supported"));
     }
     if bytes as u64 > max_batch_bytes {
-        return Err(ShardError::MessageTooLarge { bytes: bytes as u64, max: max_batch_bytes });
+        return Err(ShardError::MessageTooLarge {
+            bytes: bytes as u64,
+            max: max_batch_bytes,
+        });
     }
     let stored = read_u32(batch, CRC_AT);
     let computed = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
     if stored != computed {
-        return corrupt(format!("record batch CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}"));
+        return corrupt(format!(
+            "record batch CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}"
+        ));
     }
     check_counts(batch)?;
     Ok(bytes)
@@ -105,7 +124,9 @@ fn check_counts(batch: &[u8]) -> Result<(), ShardError> {
     let last_offset_delta = read_i32(batch, LAST_OFFSET_DELTA_AT);
     let record_count = read_i32(batch, RECORD_COUNT_AT);
     if record_count <= 0 {
-        return Err(ShardError::InvalidRecord(format!("record batch with recordCount {record_count}")));
+        return Err(ShardError::InvalidRecord(format!(
+            "record batch with recordCount {record_count}"
+        )));
     }
     if i64::from(last_offset_delta) + 1 != i64::from(record_count) {
         return Err(ShardError::InvalidRecord(format!(
@@ -237,7 +258,14 @@ mod tests {
     fn valid_batch_passes() {
         let b = batch(3, 1_700_000_000_000, b"hello");
         let s = validate(&b, MAX).expect("valid");
-        assert_eq!(s, RecordsSummary { batches: 1, offsets: 3, max_timestamp: 1_700_000_000_000 });
+        assert_eq!(
+            s,
+            RecordsSummary {
+                batches: 1,
+                offsets: 3,
+                max_timestamp: 1_700_000_000_000
+            }
+        );
     }
 
     #[test]
@@ -245,7 +273,14 @@ mod tests {
         let mut b = batch(2, 10, b"a");
         b.extend_from_slice(&batch(5, 20, b"bb"));
         let s = validate(&b, MAX).expect("valid");
-        assert_eq!(s, RecordsSummary { batches: 2, offsets: 7, max_timestamp: 20 });
+        assert_eq!(
+            s,
+            RecordsSummary {
+                batches: 2,
+                offsets: 7,
+                max_timestamp: 20
+            }
+        );
         let last = patch(&mut b, 100, None);
         assert_eq!(last, 106);
         let first_len = batch(2, 10, b"a").len();
@@ -259,46 +294,71 @@ mod tests {
         let mut b = batch(1, 0, b"x");
         let last = b.len() - 1;
         b[last] ^= 0xFF;
-        assert!(matches!(validate(&b, MAX), Err(ShardError::CorruptMessage(m)) if m.contains("CRC")));
+        assert!(
+            matches!(validate(&b, MAX), Err(ShardError::CorruptMessage(m)) if m.contains("CRC"))
+        );
     }
 
     #[test]
     fn bad_magic_is_corrupt() {
         let mut b = batch(1, 0, b"x");
         b[MAGIC_AT] = 1;
-        assert!(matches!(validate(&b, MAX), Err(ShardError::CorruptMessage(m)) if m.contains("magic")));
+        assert!(
+            matches!(validate(&b, MAX), Err(ShardError::CorruptMessage(m)) if m.contains("magic"))
+        );
     }
 
     #[test]
     fn truncated_is_corrupt() {
         let b = batch(2, 0, b"xyz");
         for cut in [1, 11, 12, 40, b.len() - 1] {
-            assert!(matches!(validate(&b[..cut], MAX), Err(ShardError::CorruptMessage(_))), "cut at {cut}");
+            assert!(
+                matches!(validate(&b[..cut], MAX), Err(ShardError::CorruptMessage(_))),
+                "cut at {cut}"
+            );
         }
         let mut two = b.clone();
         two.extend_from_slice(&b[..20]);
-        assert!(matches!(validate(&two, MAX), Err(ShardError::CorruptMessage(_))));
+        assert!(matches!(
+            validate(&two, MAX),
+            Err(ShardError::CorruptMessage(_))
+        ));
         let mut short_length = b.clone();
         short_length[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&10i32.to_be_bytes());
-        assert!(matches!(validate(&short_length, MAX), Err(ShardError::CorruptMessage(_))));
+        assert!(matches!(
+            validate(&short_length, MAX),
+            Err(ShardError::CorruptMessage(_))
+        ));
     }
 
     #[test]
     fn too_large_is_refused() {
         let b = batch(1, 0, &vec![7u8; 2000]);
         let got = validate(&b, 1000);
-        assert_eq!(got, Err(ShardError::MessageTooLarge { bytes: b.len() as u64, max: 1000 }));
+        assert_eq!(
+            got,
+            Err(ShardError::MessageTooLarge {
+                bytes: b.len() as u64,
+                max: 1000
+            })
+        );
         validate(&b, b.len() as u64).expect("exactly at the limit");
     }
 
     #[test]
     fn empty_and_inconsistent_are_invalid() {
-        assert!(matches!(validate(&[], MAX), Err(ShardError::InvalidRecord(_))));
+        assert!(matches!(
+            validate(&[], MAX),
+            Err(ShardError::InvalidRecord(_))
+        ));
         let mut b = batch(2, 0, b"x");
         b[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4].copy_from_slice(&5i32.to_be_bytes());
         let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
         b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(validate(&b, MAX), Err(ShardError::InvalidRecord(_))));
+        assert!(matches!(
+            validate(&b, MAX),
+            Err(ShardError::InvalidRecord(_))
+        ));
     }
 
     #[test]
@@ -308,7 +368,11 @@ mod tests {
         let last = patch(&mut b, 1_000_000_007, None);
         assert_eq!(last, 1_000_000_010);
         assert_eq!(base_offset(&b), 1_000_000_007);
-        assert_eq!(read_u32(&b, CRC_AT), crc_before, "baseOffset is outside the CRC");
+        assert_eq!(
+            read_u32(&b, CRC_AT),
+            crc_before,
+            "baseOffset is outside the CRC"
+        );
         assert!(crc_ok(&b));
     }
 
@@ -316,7 +380,10 @@ mod tests {
     fn log_append_time_sets_bit_timestamp_and_crc() {
         let mut b = batch(2, 55, b"payload");
         patch(&mut b, 9, Some(123_456));
-        assert_eq!(read_i16(&b, ATTRIBUTES_AT) & ATTRIBUTE_LOG_APPEND_TIME, ATTRIBUTE_LOG_APPEND_TIME);
+        assert_eq!(
+            read_i16(&b, ATTRIBUTES_AT) & ATTRIBUTE_LOG_APPEND_TIME,
+            ATTRIBUTE_LOG_APPEND_TIME
+        );
         assert_eq!(read_i64(&b, MAX_TIMESTAMP_AT), 123_456);
         assert!(crc_ok(&b));
         assert_eq!(validate(&b, MAX).expect("valid").max_timestamp, 123_456);

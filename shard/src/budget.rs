@@ -85,7 +85,10 @@ pub struct PoolStats {
 
 impl Budget {
     pub fn new(limits: BudgetLimits) -> Rc<Budget> {
-        Rc::new(Budget { limits, pools: Default::default() })
+        Rc::new(Budget {
+            limits,
+            pools: Default::default(),
+        })
     }
 
     /// Charges `bytes` to `pool` if they fit under its limit.
@@ -98,7 +101,11 @@ impl Budget {
         }
         p.used_bytes.set(used + bytes);
         p.peak_bytes.set(p.peak_bytes.get().max(used + bytes));
-        Some(Reservation { budget: self.clone(), pool, bytes })
+        Some(Reservation {
+            budget: self.clone(),
+            pool,
+            bytes,
+        })
     }
 
     /// Whether `bytes` more would fit now (does not count a refusal).
@@ -118,7 +125,11 @@ impl Budget {
     fn release(&self, pool: Pool, bytes: u64) {
         let p = &self.pools[pool as usize];
         let used = p.used_bytes.get();
-        assert!(used >= bytes, "pool {} releases {bytes} bytes, holds {used}", pool.name());
+        assert!(
+            used >= bytes,
+            "pool {} releases {bytes} bytes, holds {used}",
+            pool.name()
+        );
         p.used_bytes.set(used - bytes);
     }
 
@@ -168,7 +179,9 @@ mod tests {
         assert_eq!(b.max(Pool::TailCache), 500);
         let r1 = b.try_reserve(Pool::ProduceInflight, 200).expect("fits");
         assert!(b.try_reserve(Pool::ProduceInflight, 51).is_none());
-        let r2 = b.try_reserve(Pool::ProduceInflight, 50).expect("fits exactly");
+        let r2 = b
+            .try_reserve(Pool::ProduceInflight, 50)
+            .expect("fits exactly");
         assert_eq!(b.used(Pool::ProduceInflight), 250);
         drop(r1);
         drop(r2);

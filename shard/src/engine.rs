@@ -56,11 +56,22 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub async fn start(cfg: ShardConfig, mesh: ShardMesh, meta: Metadata) -> Result<Rc<Engine>, ShardError> {
+    pub async fn start(
+        cfg: ShardConfig,
+        mesh: ShardMesh,
+        meta: Metadata,
+    ) -> Result<Rc<Engine>, ShardError> {
         validate(&cfg, &mesh)?;
         let wal_cfg = wal_config(&cfg);
-        let (wal, report) = Wal::open(wal_cfg).await.map_err(|e| ShardError::Storage(format!("opening the WAL: {e}")))?;
-        info!(shard = cfg.shard_id, segments = report.segments, torn_bytes = report.torn_bytes_dropped, "shard WAL opened");
+        let (wal, report) = Wal::open(wal_cfg)
+            .await
+            .map_err(|e| ShardError::Storage(format!("opening the WAL: {e}")))?;
+        info!(
+            shard = cfg.shard_id,
+            segments = report.segments,
+            torn_bytes = report.torn_bytes_dropped,
+            "shard WAL opened"
+        );
         let (peers, inboxes) = if cfg.shards > 1 {
             let (peers, inboxes) = Peers::join(mesh).await?;
             peers.say_hello(cfg.shard_id).await?;
@@ -148,7 +159,9 @@ impl Engine {
                 }
             };
             let mut parts = self.parts.borrow_mut();
-            let pushed = parts.get_mut(&header.key).map(|p| p.push_recovered(&header, records.len() as u32, e.position));
+            let pushed = parts
+                .get_mut(&header.key)
+                .map(|p| p.push_recovered(&header, records.len() as u32, e.position));
             match pushed {
                 Some(Ok(())) => entries += 1,
                 Some(Err(reason)) => {
@@ -163,7 +176,15 @@ impl Engine {
         c.recovered_entries = entries;
         c.recovery_skipped_entries = skipped + damaged;
         let ms = started.elapsed().as_millis() as u64;
-        info!(shard = self.id(), entries, skipped, damaged, partitions = self.parts.borrow().len(), ms, "shard recovered");
+        info!(
+            shard = self.id(),
+            entries,
+            skipped,
+            damaged,
+            partitions = self.parts.borrow().len(),
+            ms,
+            "shard recovered"
+        );
         Ok(())
     }
 
@@ -188,7 +209,10 @@ impl Engine {
                     if pm.shard != me {
                         continue;
                     }
-                    let key = PartitionKey { topic_id: t.id, partition: i as u32 };
+                    let key = PartitionKey {
+                        topic_id: t.id,
+                        partition: i as u32,
+                    };
                     live.insert(key);
                     parts.entry(key).or_insert_with(|| {
                         created += 1;
@@ -196,7 +220,11 @@ impl Engine {
                     });
                 }
             }
-            let gone: Vec<PartitionKey> = parts.keys().filter(|k| !live.contains(*k)).copied().collect();
+            let gone: Vec<PartitionKey> = parts
+                .keys()
+                .filter(|k| !live.contains(*k))
+                .copied()
+                .collect();
             gone.iter().for_each(|k| {
                 parts.remove(k);
             });
@@ -211,18 +239,29 @@ impl Engine {
             c.partitions_created += created;
             c.partitions_deleted += gone.len() as u64;
         }
-        assert!(view.version >= self.applied_version.get(), "metadata versions never go back");
+        assert!(
+            view.version >= self.applied_version.get(),
+            "metadata versions never go back"
+        );
         self.applied_version.set(view.version);
         self.release_version_waiters();
         if created > 0 || !gone.is_empty() {
-            info!(shard = me, version = view.version, created, deleted = gone.len(), "shard applied metadata");
+            info!(
+                shard = me,
+                version = view.version,
+                created,
+                deleted = gone.len(),
+                "shard applied metadata"
+            );
         }
     }
 
     fn release_version_waiters(&self) {
         let applied = self.applied_version.get();
         let mut waiters = self.version_waiters.borrow_mut();
-        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *waiters).into_iter().partition(|(v, _)| *v <= applied);
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut *waiters)
+            .into_iter()
+            .partition(|(v, _)| *v <= applied);
         *waiters = keep;
         drop(waiters);
         for (_, reply) in done {
@@ -246,19 +285,30 @@ impl Engine {
 
     pub async fn await_topic_ready(&self, topic: &Arc<TopicMeta>) -> Result<(), ShardError> {
         let view = self.meta.view();
-        if !view.topics.get(&topic.name).is_some_and(|t| t.id == topic.id) {
+        if !view
+            .topics
+            .get(&topic.name)
+            .is_some_and(|t| t.id == topic.id)
+        {
             return Err(ShardError::UnknownTopicOrPartition);
         }
         let owners: BTreeSet<u32> = topic.partitions.iter().map(|p| p.shard).collect();
         let deadline = Instant::now() + Duration::from_millis(self.cfg.topic_ready_timeout_ms);
-        let waits = owners.into_iter().map(|o| self.await_version_on(o, view.version, deadline));
+        let waits = owners
+            .into_iter()
+            .map(|o| self.await_version_on(o, view.version, deadline));
         for r in futures::future::join_all(waits).await {
             r?;
         }
         Ok(())
     }
 
-    async fn await_version_on(&self, owner: u32, version: u64, deadline: Instant) -> Result<(), ShardError> {
+    async fn await_version_on(
+        &self,
+        owner: u32,
+        version: u64,
+        deadline: Instant,
+    ) -> Result<(), ShardError> {
         let (tx, rx) = oneshot::channel();
         if owner == self.id() {
             self.version_waiter(version, tx);
@@ -268,7 +318,14 @@ impl Engine {
                 None => Err(ShardError::Timeout),
             };
         }
-        self.call(owner, ShardMsg::AwaitVersion { version, reply: tx }, rx, deadline).await.map(|_| ())
+        self.call(
+            owner,
+            ShardMsg::AwaitVersion { version, reply: tx },
+            rx,
+            deadline,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// The shard owning a partition, or why it cannot be served here.
@@ -284,8 +341,12 @@ impl Engine {
     }
 
     pub fn key_of(topic: &TopicMeta, partition: i32) -> Result<PartitionKey, ShardError> {
-        let partition = u32::try_from(partition).map_err(|_| ShardError::UnknownTopicOrPartition)?;
-        Ok(PartitionKey { topic_id: topic.id, partition })
+        let partition =
+            u32::try_from(partition).map_err(|_| ShardError::UnknownTopicOrPartition)?;
+        Ok(PartitionKey {
+            topic_id: topic.id,
+            partition,
+        })
     }
 
     /// Resolves with `fut`'s output, or `None` once `deadline` passes.
@@ -299,7 +360,13 @@ impl Engine {
     }
 
     /// Sends a request to another shard and waits for its answer.
-    pub async fn call<T>(&self, owner: u32, msg: ShardMsg, rx: oneshot::Receiver<T>, deadline: Instant) -> Result<T, ShardError> {
+    pub async fn call<T>(
+        &self,
+        owner: u32,
+        msg: ShardMsg,
+        rx: oneshot::Receiver<T>,
+        deadline: Instant,
+    ) -> Result<T, ShardError> {
         let Some(peers) = &self.peers else {
             return Err(ShardError::NotLeader);
         };
@@ -328,15 +395,23 @@ impl Engine {
         }
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
-        self.call(owner, ShardMsg::ListOffsets { req, reply: tx }, rx, deadline)
-            .await
-            .unwrap_or_else(ListOffsetsResult::failed)
+        self.call(
+            owner,
+            ShardMsg::ListOffsets { req, reply: tx },
+            rx,
+            deadline,
+        )
+        .await
+        .unwrap_or_else(ListOffsetsResult::failed)
     }
 
     /// ListOffsets on the owning shard, at stored-entry granularity.
     pub fn list_offsets_owner(&self, req: &ListOffsetsPartition) -> ListOffsetsResult {
         let parts = self.parts.borrow();
-        let Some(p) = Engine::key_of(&req.topic, req.partition).ok().and_then(|k| parts.get(&k)) else {
+        let Some(p) = Engine::key_of(&req.topic, req.partition)
+            .ok()
+            .and_then(|k| parts.get(&k))
+        else {
             return ListOffsetsResult::failed(ShardError::UnknownTopicOrPartition);
         };
         let found = |b: Option<&crate::partition::StoredBatch>| match b {
@@ -349,7 +424,11 @@ impl Engine {
             -3 => found(p.max_timestamp()),
             ts => found(p.by_timestamp(ts)),
         };
-        ListOffsetsResult { error: None, offset, timestamp }
+        ListOffsetsResult {
+            error: None,
+            offset,
+            timestamp,
+        }
     }
 
     /// Handles one message from another shard. Only local work: never sends
@@ -382,7 +461,11 @@ impl Engine {
     /// repeat per request).
     pub fn warn_rate_limited(&self, what: &str, error: &dyn std::fmt::Display) {
         let now = Instant::now();
-        if self.last_warn.get().is_some_and(|t| now.duration_since(t) < Duration::from_secs(1)) {
+        if self
+            .last_warn
+            .get()
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
             trace!(shard = self.id(), what, %error, "repeated");
             return;
         }
@@ -433,12 +516,20 @@ impl Engine {
 
 fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {
     if cfg.shards == 0 || cfg.shard_id >= cfg.shards {
-        return Err(ShardError::Config(format!("shard id {} with {} shards", cfg.shard_id, cfg.shards)));
+        return Err(ShardError::Config(format!(
+            "shard id {} with {} shards",
+            cfg.shard_id, cfg.shards
+        )));
     }
     if mesh.shards() != cfg.shards {
-        return Err(ShardError::Config(format!("mesh of {} shards, config says {}", mesh.shards(), cfg.shards)));
+        return Err(ShardError::Config(format!(
+            "mesh of {} shards, config says {}",
+            mesh.shards(),
+            cfg.shards
+        )));
     }
-    let inflight = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max).produce_inflight_bytes_max;
+    let inflight = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max)
+        .produce_inflight_bytes_max;
     if inflight < u64::from(cfg.wal.entry_bytes_max) {
         return Err(ShardError::Config(format!(
             "memory_bytes_max {} leaves {inflight} bytes for in-flight produce, below one WAL entry ({})",
@@ -449,7 +540,11 @@ fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {
 }
 
 fn wal_config(cfg: &ShardConfig) -> WalConfig {
-    let mut w = WalConfig::new(cfg.data_dir.join(format!("shard-{}", cfg.shard_id)).join("wal"));
+    let mut w = WalConfig::new(
+        cfg.data_dir
+            .join(format!("shard-{}", cfg.shard_id))
+            .join("wal"),
+    );
     w.segment_bytes = cfg.wal.segment_bytes;
     w.queue_bytes_max = cfg.wal.queue_bytes_max;
     w.commit_bytes_max = cfg.wal.commit_bytes_max;
@@ -472,7 +567,10 @@ async fn watch_metadata(engine: Rc<Engine>) {
         let applied = engine.applied_version.get();
         let view = engine.meta.changed(applied).await;
         if view.version <= applied {
-            debug!(shard = engine.id(), "metadata service stopped; watcher ends");
+            debug!(
+                shard = engine.id(),
+                "metadata service stopped; watcher ends"
+            );
             return;
         }
         engine.apply_view(&view);

@@ -67,7 +67,10 @@ pub fn encode(header: &EntryHeader, records: &[u8]) -> BytesMut {
 /// and the record batches (a slice of `payload`, no copy).
 pub fn decode(payload: &Bytes) -> Result<(EntryHeader, Bytes), String> {
     if payload.len() < ENTRY_HEADER_BYTES + batch::LOG_OVERHEAD_BYTES {
-        return Err(format!("entry of {} bytes is shorter than its header", payload.len()));
+        return Err(format!(
+            "entry of {} bytes is shorter than its header",
+            payload.len()
+        ));
     }
     if payload[0] != FORMAT_VERSION {
         return Err(format!("unknown entry format version {}", payload[0]));
@@ -76,13 +79,17 @@ pub fn decode(payload: &Bytes) -> Result<(EntryHeader, Bytes), String> {
     topic_id.copy_from_slice(&payload[1..17]);
     let partition = u32::from_be_bytes([payload[17], payload[18], payload[19], payload[20]]);
     let header = EntryHeader {
-        key: PartitionKey { topic_id, partition },
+        key: PartitionKey {
+            topic_id,
+            partition,
+        },
         base_offset: read_i64(payload, 21),
         last_offset: read_i64(payload, 29),
         max_timestamp: read_i64(payload, 37),
     };
     let records = payload.slice(ENTRY_HEADER_BYTES..);
-    if batch::base_offset(&records) != header.base_offset || header.last_offset < header.base_offset {
+    if batch::base_offset(&records) != header.base_offset || header.last_offset < header.base_offset
+    {
         return Err(format!(
             "entry header offsets {}..={} disagree with its first batch at {}",
             header.base_offset,
@@ -106,10 +113,18 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let key = PartitionKey { topic_id: [9; 16], partition: 7 };
+        let key = PartitionKey {
+            topic_id: [9; 16],
+            partition: 7,
+        };
         let mut records = testing::batch(3, 42, b"v");
         batch::patch(&mut records, 10, None);
-        let header = EntryHeader { key, base_offset: 10, last_offset: 12, max_timestamp: 42 };
+        let header = EntryHeader {
+            key,
+            base_offset: 10,
+            last_offset: 12,
+            max_timestamp: 42,
+        };
         let payload = encode(&header, &records).freeze();
         let (h, r) = decode(&payload).expect("decodes");
         assert_eq!(h, header);
@@ -118,9 +133,17 @@ mod tests {
 
     #[test]
     fn mismatch_and_short_are_errors() {
-        let key = PartitionKey { topic_id: [1; 16], partition: 0 };
+        let key = PartitionKey {
+            topic_id: [1; 16],
+            partition: 0,
+        };
         let records = testing::batch(1, 0, b"v"); // baseOffset 0
-        let header = EntryHeader { key, base_offset: 5, last_offset: 5, max_timestamp: 0 };
+        let header = EntryHeader {
+            key,
+            base_offset: 5,
+            last_offset: 5,
+            max_timestamp: 0,
+        };
         let payload = encode(&header, &records).freeze();
         assert!(decode(&payload).is_err());
         assert!(decode(&payload.slice(..30)).is_err());

@@ -36,7 +36,11 @@ use crate::{FetchPartition, FetchPartitionResult, FetchRequest, ShardError};
 /// Where the bytes of one planned entry come from.
 enum Source {
     Cached(Bytes),
-    Wal { position: Position, base_offset: i64, bytes: u32 },
+    Wal {
+        position: Position,
+        base_offset: i64,
+        bytes: u32,
+    },
 }
 
 /// One partition's planned answer.
@@ -55,15 +59,21 @@ impl Engine {
             c.fetch_partitions += req.partitions.len() as u64;
         }
         let results = self.fetch_routed(req).await;
-        let bytes: u64 = results.iter().map(FetchPartitionResult::records_bytes).sum();
+        let bytes: u64 = results
+            .iter()
+            .map(FetchPartitionResult::records_bytes)
+            .sum();
         self.counters.borrow_mut().fetch_bytes += bytes;
         let us = started.elapsed().as_micros() as u64;
-        self.fetch_latency_us.borrow_mut().saturating_record(us.max(1));
+        self.fetch_latency_us
+            .borrow_mut()
+            .saturating_record(us.max(1));
         results
     }
 
     async fn fetch_routed(self: &Rc<Self>, req: FetchRequest) -> Vec<FetchPartitionResult> {
-        let mut out: Vec<Option<FetchPartitionResult>> = (0..req.partitions.len()).map(|_| None).collect();
+        let mut out: Vec<Option<FetchPartitionResult>> =
+            (0..req.partitions.len()).map(|_| None).collect();
         let mut groups: BTreeMap<u32, (Vec<usize>, Vec<FetchPartition>)> = BTreeMap::new();
         for (i, fp) in req.partitions.into_iter().enumerate() {
             match self.owner_of(&fp.topic, fp.partition) {
@@ -77,19 +87,30 @@ impl Engine {
         }
         let seq = self.fetch_seq.get();
         self.fetch_seq.set(seq + 1);
-        let key = FetchKey { origin: self.id(), seq };
+        let key = FetchKey {
+            origin: self.id(),
+            seq,
+        };
         let local_slot = WaitSlot::new();
         let mut remaining: BTreeSet<u32> = groups.keys().copied().collect();
         let mut pending = FuturesUnordered::new();
         for (owner, (idx, partitions)) in groups {
-            let sub = OwnerFetch { partitions, max_wait_ms: req.max_wait_ms, min_bytes: req.min_bytes, max_bytes: req.max_bytes };
+            let sub = OwnerFetch {
+                partitions,
+                max_wait_ms: req.max_wait_ms,
+                min_bytes: req.min_bytes,
+                max_bytes: req.max_bytes,
+            };
             let slot = local_slot.clone();
             pending.push(async move { (owner, idx, self.sub_fetch(owner, key, sub, &slot).await) });
         }
         let (mut bytes, mut cancelled) = (0u64, false);
         while let Some((owner, idx, results)) = pending.next().await {
             remaining.remove(&owner);
-            bytes += results.iter().map(FetchPartitionResult::records_bytes).sum::<u64>();
+            bytes += results
+                .iter()
+                .map(FetchPartitionResult::records_bytes)
+                .sum::<u64>();
             let error = results.iter().any(|r| r.error.is_some());
             for (i, r) in idx.into_iter().zip(results) {
                 out[i] = Some(r);
@@ -99,14 +120,25 @@ impl Engine {
                 self.cancel_fetch(key, &local_slot, &remaining).await;
             }
         }
-        let missing = || FetchPartitionResult::failed(ShardError::Storage("no answer from the owning shard".into()));
-        let mut results: Vec<FetchPartitionResult> = out.into_iter().map(|r| r.unwrap_or_else(missing)).collect();
+        let missing = || {
+            FetchPartitionResult::failed(ShardError::Storage(
+                "no answer from the owning shard".into(),
+            ))
+        };
+        let mut results: Vec<FetchPartitionResult> =
+            out.into_iter().map(|r| r.unwrap_or_else(missing)).collect();
         trim_to_max_bytes(&mut results, req.max_bytes);
         results
     }
 
     /// Fetches one owner's partitions, locally or over the mesh.
-    async fn sub_fetch(&self, owner: u32, key: FetchKey, sub: OwnerFetch, slot: &Rc<WaitSlot>) -> Vec<FetchPartitionResult> {
+    async fn sub_fetch(
+        &self,
+        owner: u32,
+        key: FetchKey,
+        sub: OwnerFetch,
+        slot: &Rc<WaitSlot>,
+    ) -> Vec<FetchPartitionResult> {
         let n = sub.partitions.len();
         if owner == self.id() {
             return self.fetch_owner(&sub, slot).await;
@@ -114,9 +146,27 @@ impl Engine {
         let wait_ms = u64::from(sub.max_wait_ms) + self.cfg.remote_reply_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let (tx, rx) = oneshot::channel();
-        match self.call(owner, ShardMsg::Fetch { key, req: sub, reply: tx }, rx, deadline).await {
+        match self
+            .call(
+                owner,
+                ShardMsg::Fetch {
+                    key,
+                    req: sub,
+                    reply: tx,
+                },
+                rx,
+                deadline,
+            )
+            .await
+        {
             Ok(v) if v.len() == n => v,
-            Ok(v) => vec![FetchPartitionResult::failed(ShardError::Storage(format!("{} answers for {n} partitions", v.len()))); n],
+            Ok(v) => vec![
+                FetchPartitionResult::failed(ShardError::Storage(format!(
+                    "{} answers for {n} partitions",
+                    v.len()
+                )));
+                n
+            ],
             Err(e) => vec![FetchPartitionResult::failed(e); n],
         }
     }
@@ -133,7 +183,12 @@ impl Engine {
 
     /// A fetch sent by another shard: registers its cancel slot at once (in
     /// the inbox, before any later `CancelFetch` is read), serves it in a task.
-    pub fn serve_fetch(self: &Rc<Self>, key: FetchKey, mut req: OwnerFetch, reply: oneshot::Sender<Vec<FetchPartitionResult>>) {
+    pub fn serve_fetch(
+        self: &Rc<Self>,
+        key: FetchKey,
+        mut req: OwnerFetch,
+        reply: oneshot::Sender<Vec<FetchPartitionResult>>,
+    ) {
         let slot = WaitSlot::new();
         {
             let mut cancels = self.fetch_cancels.borrow_mut();
@@ -153,7 +208,11 @@ impl Engine {
     }
 
     /// The long-poll loop of an owner shard.
-    pub async fn fetch_owner(&self, req: &OwnerFetch, slot: &Rc<WaitSlot>) -> Vec<FetchPartitionResult> {
+    pub async fn fetch_owner(
+        &self,
+        req: &OwnerFetch,
+        slot: &Rc<WaitSlot>,
+    ) -> Vec<FetchPartitionResult> {
         let deadline = Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms));
         let mut waited = false;
         loop {
@@ -204,11 +263,19 @@ impl Engine {
                         result.records.push(b);
                         continue;
                     }
-                    Source::Wal { position, base_offset, bytes } => (position, base_offset, bytes),
+                    Source::Wal {
+                        position,
+                        base_offset,
+                        bytes,
+                    } => (position, base_offset, bytes),
                 };
-                let Some(reservation) = self.budget.try_reserve(Pool::FetchResponse, u64::from(bytes)) else {
+                let Some(reservation) = self
+                    .budget
+                    .try_reserve(Pool::FetchResponse, u64::from(bytes))
+                else {
                     self.counters.borrow_mut().fetch_busy += 1;
-                    let nothing_yet = result.records.is_empty() && out.iter().all(|r| r.records.is_empty());
+                    let nothing_yet =
+                        result.records.is_empty() && out.iter().all(|r| r.records.is_empty());
                     if nothing_yet {
                         result.error = Some(ShardError::Busy);
                     }
@@ -233,9 +300,18 @@ impl Engine {
     }
 
     /// Reads one entry back from the WAL and checks it is the one indexed.
-    async fn read_stored(&self, key: PartitionKey, position: Position, base_offset: i64) -> Result<Bytes, ShardError> {
+    async fn read_stored(
+        &self,
+        key: PartitionKey,
+        position: Position,
+        base_offset: i64,
+    ) -> Result<Bytes, ShardError> {
         self.counters.borrow_mut().fetch_wal_reads += 1;
-        let e = self.wal.read(position).await.map_err(|e| ShardError::Storage(e.to_string()))?;
+        let e = self
+            .wal
+            .read(position)
+            .await
+            .map_err(|e| ShardError::Storage(e.to_string()))?;
         let (header, records) = entry::decode(&e.payload).map_err(ShardError::Storage)?;
         if header.key != key || header.base_offset != base_offset {
             return Err(ShardError::Storage(format!(
@@ -243,7 +319,12 @@ impl Engine {
                 position.0, header.base_offset
             )));
         }
-        trace!(shard = self.id(), partition = key.partition, base_offset, "fetch read from the WAL");
+        trace!(
+            shard = self.id(),
+            partition = key.partition,
+            base_offset,
+            "fetch read from the WAL"
+        );
         Ok(records)
     }
 }
@@ -257,9 +338,21 @@ fn source_bytes(s: &Source) -> u64 {
 
 /// Plans one partition: entries from the one holding `fetch_offset`, below
 /// the high watermark, within `partition_max_bytes` and `left`.
-fn plan_partition(parts: &HashMap<PartitionKey, Partition>, fp: &FetchPartition, response_empty: bool, left: u64) -> PartPlan {
-    let failed = |e| PartPlan { key: None, result: FetchPartitionResult::failed(e), sources: Vec::new() };
-    let Some((key, p)) = Engine::key_of(&fp.topic, fp.partition).ok().and_then(|k| parts.get(&k).map(|p| (k, p))) else {
+fn plan_partition(
+    parts: &HashMap<PartitionKey, Partition>,
+    fp: &FetchPartition,
+    response_empty: bool,
+    left: u64,
+) -> PartPlan {
+    let failed = |e| PartPlan {
+        key: None,
+        result: FetchPartitionResult::failed(e),
+        sources: Vec::new(),
+    };
+    let Some((key, p)) = Engine::key_of(&fp.topic, fp.partition)
+        .ok()
+        .and_then(|k| parts.get(&k).map(|p| (k, p)))
+    else {
         return failed(ShardError::UnknownTopicOrPartition);
     };
     let mut result = FetchPartitionResult {
@@ -273,7 +366,11 @@ fn plan_partition(parts: &HashMap<PartitionKey, Partition>, fp: &FetchPartition,
     // offsets between the high watermark and the log end just see nothing yet.
     if fp.fetch_offset < p.log_start_offset || fp.fetch_offset > p.next_offset {
         result.error = Some(ShardError::OffsetOutOfRange);
-        return PartPlan { key: None, result, sources: Vec::new() };
+        return PartPlan {
+            key: None,
+            result,
+            sources: Vec::new(),
+        };
     }
     let limit = u64::from(fp.partition_max_bytes).min(left);
     let mut sources = Vec::new();
@@ -289,11 +386,19 @@ fn plan_partition(parts: &HashMap<PartitionKey, Partition>, fp: &FetchPartition,
         bytes += size;
         sources.push(match (&b.cached, b.position) {
             (Some(c), _) => Source::Cached(c.clone()),
-            (None, Some(position)) => Source::Wal { position, base_offset: b.base_offset, bytes: b.bytes },
+            (None, Some(position)) => Source::Wal {
+                position,
+                base_offset: b.base_offset,
+                bytes: b.bytes,
+            },
             (None, None) => unreachable!("durable entries have a position (Partition::check)"),
         });
     }
-    PartPlan { key: Some(key), result, sources }
+    PartPlan {
+        key: Some(key),
+        result,
+        sources,
+    }
 }
 
 /// Keeps whole batches in request order while the response stays within
@@ -330,20 +435,36 @@ mod tests {
         std::sync::Arc::new(sluice_raft::TopicMeta {
             name: "t".into(),
             id: [3; 16],
-            partitions: vec![sluice_raft::PartitionMeta { shard: 0, leader: 1 }],
+            partitions: vec![sluice_raft::PartitionMeta {
+                shard: 0,
+                leader: 1,
+            }],
             configs: Default::default(),
             created_ms: 0,
         })
     }
 
-    fn plan(parts: &HashMap<PartitionKey, Partition>, offset: i64, max: u32, first: bool) -> PartPlan {
-        let fp = FetchPartition { topic: topic(), partition: 0, fetch_offset: offset, partition_max_bytes: max };
+    fn plan(
+        parts: &HashMap<PartitionKey, Partition>,
+        offset: i64,
+        max: u32,
+        first: bool,
+    ) -> PartPlan {
+        let fp = FetchPartition {
+            topic: topic(),
+            partition: 0,
+            fetch_offset: offset,
+            partition_max_bytes: max,
+        };
         plan_partition(parts, &fp, first, u64::MAX)
     }
 
     #[test]
     fn plan_serves_durable_entries_only_and_checks_range() {
-        let key = PartitionKey { topic_id: [3; 16], partition: 0 };
+        let key = PartitionKey {
+            topic_id: [3; 16],
+            partition: 0,
+        };
         let mut p = Partition::new(key);
         let a = p.assign(2, 0, Bytes::from(vec![1u8; 100]));
         p.assign(3, 0, Bytes::from(vec![2u8; 100]));
@@ -354,12 +475,32 @@ mod tests {
         let r = plan(&parts, 0, 1000, true);
         assert_eq!((r.result.high_watermark, r.sources.len()), (2, 1));
         let r = plan(&parts, 4, 1000, true);
-        assert!(r.result.error.is_none() && r.sources.is_empty(), "between hw and log end: nothing yet");
-        assert_eq!(plan(&parts, 7, 1000, true).result.error, Some(ShardError::OffsetOutOfRange));
-        parts.get_mut(&key).expect("p").mark_durable(2, Position(10));
-        parts.get_mut(&key).expect("p").mark_durable(5, Position(20));
-        assert_eq!(plan(&parts, 3, 250, true).sources.len(), 2, "entry holding offset 3 onwards, within 250 bytes");
-        assert_eq!(plan(&parts, 0, 50, true).sources.len(), 1, "first batch of the response even if larger");
+        assert!(
+            r.result.error.is_none() && r.sources.is_empty(),
+            "between hw and log end: nothing yet"
+        );
+        assert_eq!(
+            plan(&parts, 7, 1000, true).result.error,
+            Some(ShardError::OffsetOutOfRange)
+        );
+        parts
+            .get_mut(&key)
+            .expect("p")
+            .mark_durable(2, Position(10));
+        parts
+            .get_mut(&key)
+            .expect("p")
+            .mark_durable(5, Position(20));
+        assert_eq!(
+            plan(&parts, 3, 250, true).sources.len(),
+            2,
+            "entry holding offset 3 onwards, within 250 bytes"
+        );
+        assert_eq!(
+            plan(&parts, 0, 50, true).sources.len(),
+            1,
+            "first batch of the response even if larger"
+        );
         assert_eq!(plan(&parts, 0, 50, false).sources.len(), 0);
     }
 
@@ -368,7 +509,10 @@ mod tests {
         let mut rs = vec![result(&[]), result(&[500, 10]), result(&[5])];
         trim_to_max_bytes(&mut rs, 100);
         assert_eq!(rs[1].records.len(), 1, "first batch kept even when larger");
-        assert!(rs[2].records.is_empty(), "nothing after the response is full");
+        assert!(
+            rs[2].records.is_empty(),
+            "nothing after the response is full"
+        );
         let mut rs = vec![result(&[40, 40]), result(&[20, 1])];
         trim_to_max_bytes(&mut rs, 100);
         assert_eq!((rs[0].records.len(), rs[1].records.len()), (2, 1));

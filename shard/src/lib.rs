@@ -180,7 +180,12 @@ pub struct ProducePartitionResult {
 
 impl ProducePartitionResult {
     pub fn failed(error: ShardError) -> ProducePartitionResult {
-        ProducePartitionResult { error: Some(error), base_offset: -1, log_append_time_ms: -1, log_start_offset: -1 }
+        ProducePartitionResult {
+            error: Some(error),
+            base_offset: -1,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        }
     }
 }
 
@@ -215,7 +220,13 @@ pub struct FetchPartitionResult {
 
 impl FetchPartitionResult {
     pub fn failed(error: ShardError) -> FetchPartitionResult {
-        FetchPartitionResult { error: Some(error), high_watermark: -1, last_stable_offset: -1, log_start_offset: -1, records: Vec::new() }
+        FetchPartitionResult {
+            error: Some(error),
+            high_watermark: -1,
+            last_stable_offset: -1,
+            log_start_offset: -1,
+            records: Vec::new(),
+        }
     }
 
     pub fn records_bytes(&self) -> u64 {
@@ -240,7 +251,11 @@ pub struct ListOffsetsResult {
 
 impl ListOffsetsResult {
     pub fn failed(error: ShardError) -> ListOffsetsResult {
-        ListOffsetsResult { error: Some(error), offset: -1, timestamp: -1 }
+        ListOffsetsResult {
+            error: Some(error),
+            offset: -1,
+            timestamp: -1,
+        }
     }
 }
 
@@ -252,7 +267,11 @@ pub struct Shard {
 impl Shard {
     /// Joins the mesh, opens the shard's WAL and recovers its partitions from
     /// it, starts the inbox tasks, the deadline task and the metadata watcher.
-    pub async fn start(cfg: ShardConfig, mesh: ShardMesh, meta: Metadata) -> Result<Rc<Shard>, ShardError> {
+    pub async fn start(
+        cfg: ShardConfig,
+        mesh: ShardMesh,
+        meta: Metadata,
+    ) -> Result<Rc<Shard>, ShardError> {
         let core = engine::Engine::start(cfg, mesh, meta).await?;
         Ok(Rc::new(Shard { core }))
     }

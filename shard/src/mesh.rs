@@ -21,7 +21,10 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
 
 use crate::waiters::WaitSlot;
-use crate::{FetchPartition, FetchPartitionResult, ListOffsetsPartition, ListOffsetsResult, ProducePartition, ProducePartitionResult, ShardError};
+use crate::{
+    FetchPartition, FetchPartitionResult, ListOffsetsPartition, ListOffsetsResult,
+    ProducePartition, ProducePartitionResult, ShardError,
+};
 
 /// Messages per channel between two shards.
 pub const SHARD_INBOX_MESSAGES_MAX: usize = 1024;
@@ -43,7 +46,10 @@ impl ShardMesh {
 /// Creates the mesh for `shards` shards (>= 1).
 pub fn new_mesh(shards: u32) -> ShardMesh {
     assert!(shards >= 1, "a node has at least one shard");
-    ShardMesh { builder: MeshBuilder::full(shards as usize, SHARD_INBOX_MESSAGES_MAX), shards }
+    ShardMesh {
+        builder: MeshBuilder::full(shards as usize, SHARD_INBOX_MESSAGES_MAX),
+        shards,
+    }
 }
 
 /// Identifies one fetch across shards, so its origin can cancel the waits of
@@ -65,13 +71,30 @@ pub struct OwnerFetch {
 
 /// A request from one shard to another.
 pub enum ShardMsg {
-    Hello { shard_id: u32 },
-    Produce { req: ProducePartition, reply: oneshot::Sender<ProducePartitionResult> },
-    Fetch { key: FetchKey, req: OwnerFetch, reply: oneshot::Sender<Vec<FetchPartitionResult>> },
-    CancelFetch { key: FetchKey },
-    ListOffsets { req: ListOffsetsPartition, reply: oneshot::Sender<ListOffsetsResult> },
+    Hello {
+        shard_id: u32,
+    },
+    Produce {
+        req: ProducePartition,
+        reply: oneshot::Sender<ProducePartitionResult>,
+    },
+    Fetch {
+        key: FetchKey,
+        req: OwnerFetch,
+        reply: oneshot::Sender<Vec<FetchPartitionResult>>,
+    },
+    CancelFetch {
+        key: FetchKey,
+    },
+    ListOffsets {
+        req: ListOffsetsPartition,
+        reply: oneshot::Sender<ListOffsetsResult>,
+    },
     /// Answer (with the applied version) once metadata `version` is applied.
-    AwaitVersion { version: u64, reply: oneshot::Sender<u64> },
+    AwaitVersion {
+        version: u64,
+        reply: oneshot::Sender<u64>,
+    },
 }
 
 /// This shard's end of the mesh.
@@ -93,8 +116,11 @@ impl Peers {
     /// Joins the mesh (waits until every shard has joined).
     pub async fn join(mesh: ShardMesh) -> Result<(Peers, Vec<Inbox>), ShardError> {
         let shards = mesh.shards;
-        let (senders, mut receivers) =
-            mesh.builder.join().await.map_err(|e| ShardError::Storage(format!("joining the shard mesh: {e}")))?;
+        let (senders, mut receivers) = mesh
+            .builder
+            .join()
+            .await
+            .map_err(|e| ShardError::Storage(format!("joining the shard mesh: {e}")))?;
         let inboxes = receivers.streams();
         let peers = Peers {
             senders,
@@ -124,7 +150,11 @@ impl Peers {
     pub fn hello(&self, peer: usize, shard_id: u32) {
         let mut map = self.peer_of_shard.borrow_mut();
         let Some(slot) = map.get_mut(shard_id as usize) else {
-            tracing::warn!(peer, shard_id, "mesh hello from a shard id beyond the shard count, ignored");
+            tracing::warn!(
+                peer,
+                shard_id,
+                "mesh hello from a shard id beyond the shard count, ignored"
+            );
             return;
         };
         if slot.replace(peer).is_none() {
@@ -141,9 +171,16 @@ impl Peers {
 
     /// Sends `msg` to `shard`, waiting while its channel is full.
     pub async fn send(&self, shard: u32, msg: ShardMsg) -> Result<(), ShardError> {
-        let peer = self.peer_of_shard.borrow().get(shard as usize).copied().flatten();
+        let peer = self
+            .peer_of_shard
+            .borrow()
+            .get(shard as usize)
+            .copied()
+            .flatten();
         let Some(peer) = peer else {
-            return Err(ShardError::Storage(format!("shard {shard} is not in the mesh")));
+            return Err(ShardError::Storage(format!(
+                "shard {shard} is not in the mesh"
+            )));
         };
         self.sent.set(self.sent.get() + 1);
         let msg = match self.senders.try_send_to(peer, msg) {
@@ -152,7 +189,10 @@ impl Peers {
             Err(_) => return Err(ShardError::ShuttingDown),
         };
         self.full_waits.set(self.full_waits.get() + 1);
-        self.senders.send_to(peer, msg).await.map_err(|_| ShardError::ShuttingDown)
+        self.senders
+            .send_to(peer, msg)
+            .await
+            .map_err(|_| ShardError::ShuttingDown)
     }
 
     pub fn close(&self) {

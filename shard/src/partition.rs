@@ -37,7 +37,13 @@ pub struct Partition {
 
 impl Partition {
     pub fn new(key: PartitionKey) -> Partition {
-        Partition { key, next_offset: 0, log_start_offset: 0, high_watermark: 0, batches: Vec::new() }
+        Partition {
+            key,
+            next_offset: 0,
+            log_start_offset: 0,
+            high_watermark: 0,
+            batches: Vec::new(),
+        }
     }
 
     /// Takes `offsets` offsets for a new entry and records it as pending.
@@ -70,7 +76,10 @@ impl Partition {
     /// skipped (a gap, never reused: the WAL may still hold the entry).
     pub fn mark_failed(&mut self, base_offset: i64) -> bool {
         if let Some(i) = self.find(base_offset) {
-            assert!(self.batches[i].position.is_none(), "a durable entry cannot fail");
+            assert!(
+                self.batches[i].position.is_none(),
+                "a durable entry cannot fail"
+            );
             self.batches.remove(i);
         }
         self.advance_high_watermark()
@@ -87,14 +96,24 @@ impl Partition {
             self.high_watermark = b.last_offset + 1;
             i += 1;
         }
-        assert!(self.log_start_offset <= self.high_watermark && self.high_watermark <= self.next_offset);
+        assert!(
+            self.log_start_offset <= self.high_watermark && self.high_watermark <= self.next_offset
+        );
         self.high_watermark != before
     }
 
     /// Adds an entry found by recovery. Entries must come in offset order.
-    pub fn push_recovered(&mut self, header: &EntryHeader, bytes: u32, position: Position) -> Result<(), String> {
+    pub fn push_recovered(
+        &mut self,
+        header: &EntryHeader,
+        bytes: u32,
+        position: Position,
+    ) -> Result<(), String> {
         if header.base_offset < self.next_offset {
-            return Err(format!("entry at offset {} below next offset {}", header.base_offset, self.next_offset));
+            return Err(format!(
+                "entry at offset {} below next offset {}",
+                header.base_offset, self.next_offset
+            ));
         }
         if self.batches.is_empty() {
             self.log_start_offset = header.base_offset;
@@ -118,7 +137,9 @@ impl Partition {
     }
 
     fn find(&self, base_offset: i64) -> Option<usize> {
-        self.batches.binary_search_by_key(&base_offset, |b| b.base_offset).ok()
+        self.batches
+            .binary_search_by_key(&base_offset, |b| b.base_offset)
+            .ok()
     }
 
     pub fn batch_mut(&mut self, base_offset: i64) -> Option<&mut StoredBatch> {
@@ -135,20 +156,26 @@ impl Partition {
     /// ListOffsets by timestamp: the first durable entry whose largest
     /// timestamp is at or after `timestamp_ms`.
     pub fn by_timestamp(&self, timestamp_ms: i64) -> Option<&StoredBatch> {
-        self.durable().iter().find(|b| b.max_timestamp >= timestamp_ms)
+        self.durable()
+            .iter()
+            .find(|b| b.max_timestamp >= timestamp_ms)
     }
 
     /// ListOffsets -3 (max timestamp): the durable entry with the largest
     /// timestamp (the first one on ties).
     pub fn max_timestamp(&self) -> Option<&StoredBatch> {
-        self.durable().iter().fold(None, |best: Option<&StoredBatch>, b| match best {
-            Some(x) if x.max_timestamp >= b.max_timestamp => Some(x),
-            _ => Some(b),
-        })
+        self.durable()
+            .iter()
+            .fold(None, |best: Option<&StoredBatch>, b| match best {
+                Some(x) if x.max_timestamp >= b.max_timestamp => Some(x),
+                _ => Some(b),
+            })
     }
 
     pub fn check(&self) -> Result<(), String> {
-        if !(self.log_start_offset <= self.high_watermark && self.high_watermark <= self.next_offset) {
+        if !(self.log_start_offset <= self.high_watermark
+            && self.high_watermark <= self.next_offset)
+        {
             return Err(format!(
                 "offsets out of order: log start {} hw {} next {}",
                 self.log_start_offset, self.high_watermark, self.next_offset
@@ -171,7 +198,10 @@ mod tests {
     use super::*;
 
     fn part() -> Partition {
-        Partition::new(PartitionKey { topic_id: [0; 16], partition: 0 })
+        Partition::new(PartitionKey {
+            topic_id: [0; 16],
+            partition: 0,
+        })
     }
 
     #[test]
@@ -180,7 +210,10 @@ mod tests {
         let a = p.assign(3, 10, Bytes::from_static(b"a"));
         let b = p.assign(2, 20, Bytes::from_static(b"b"));
         assert_eq!((a, b, p.next_offset, p.high_watermark), (0, 3, 5, 0));
-        assert!(!p.mark_durable(b, Position(100)), "b is durable but a is not yet");
+        assert!(
+            !p.mark_durable(b, Position(100)),
+            "b is durable but a is not yet"
+        );
         assert_eq!(p.high_watermark, 0);
         assert!(p.mark_durable(a, Position(50)));
         assert_eq!(p.high_watermark, 5);
@@ -197,7 +230,10 @@ mod tests {
         let b = p.assign(1, 0, Bytes::from_static(b"b"));
         p.mark_durable(b, Position(9));
         assert!(p.mark_failed(a));
-        assert_eq!((p.high_watermark, p.next_offset, p.batches.len()), (2, 2, 1));
+        assert_eq!(
+            (p.high_watermark, p.next_offset, p.batches.len()),
+            (2, 2, 1)
+        );
         p.check().expect("invariants");
     }
 }

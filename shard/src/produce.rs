@@ -35,8 +35,14 @@ impl TopicLimits {
             .get("max.message.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(batch::MAX_MESSAGE_BYTES_DEFAULT);
-        let log_append_time = topic.configs.get("message.timestamp.type").is_some_and(|v| v == "LogAppendTime");
-        TopicLimits { max_message_bytes, log_append_time }
+        let log_append_time = topic
+            .configs
+            .get("message.timestamp.type")
+            .is_some_and(|v| v == "LogAppendTime");
+        TopicLimits {
+            max_message_bytes,
+            log_append_time,
+        }
     }
 }
 
@@ -62,7 +68,9 @@ impl PendingProduce {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -74,23 +82,33 @@ impl Engine {
             Ok(owner) if owner == self.id() => {
                 let (tx, rx) = oneshot::channel();
                 self.produce_owner(req, tx);
-                rx.await.unwrap_or_else(|_| ProducePartitionResult::failed(ShardError::ShuttingDown))
+                rx.await
+                    .unwrap_or_else(|_| ProducePartitionResult::failed(ShardError::ShuttingDown))
             }
             Ok(owner) => {
                 let (tx, rx) = oneshot::channel();
-                let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
+                let deadline =
+                    Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
                 let msg = ShardMsg::Produce { req, reply: tx };
-                self.call(owner, msg, rx, deadline).await.unwrap_or_else(ProducePartitionResult::failed)
+                self.call(owner, msg, rx, deadline)
+                    .await
+                    .unwrap_or_else(ProducePartitionResult::failed)
             }
         };
         let us = started.elapsed().as_micros() as u64;
-        self.produce_latency_us.borrow_mut().saturating_record(us.max(1));
+        self.produce_latency_us
+            .borrow_mut()
+            .saturating_record(us.max(1));
         result
     }
 
     /// Produce on the owning shard; the answer goes to `reply` (at once for
     /// acks=0, after durability otherwise).
-    pub fn produce_owner(self: &Rc<Self>, req: ProducePartition, reply: oneshot::Sender<ProducePartitionResult>) {
+    pub fn produce_owner(
+        self: &Rc<Self>,
+        req: ProducePartition,
+        reply: oneshot::Sender<ProducePartitionResult>,
+    ) {
         let acks = req.acks;
         let pending = match self.begin_produce(&req) {
             Ok(p) => p,
@@ -132,13 +150,21 @@ impl Engine {
         let entry_max = u64::from(self.wal.config().entry_bytes_max);
         if payload_bytes > entry_max {
             let max = entry_max - ENTRY_HEADER_BYTES as u64;
-            return Err(ShardError::MessageTooLarge { bytes: req.records.len() as u64, max });
+            return Err(ShardError::MessageTooLarge {
+                bytes: req.records.len() as u64,
+                max,
+            });
         }
-        let inflight = self.budget.try_reserve(Pool::ProduceInflight, payload_bytes).ok_or(ShardError::Busy)?;
+        let inflight = self
+            .budget
+            .try_reserve(Pool::ProduceInflight, payload_bytes)
+            .ok_or(ShardError::Busy)?;
         let log_append_time = limits.log_append_time.then(now_ms);
         let (payload, base_offset, log_start_offset) = {
             let mut parts = self.parts.borrow_mut();
-            let part = parts.get_mut(&key).ok_or(ShardError::UnknownTopicOrPartition)?;
+            let part = parts
+                .get_mut(&key)
+                .ok_or(ShardError::UnknownTopicOrPartition)?;
             let base_offset = part.next_offset;
             let header = EntryHeader {
                 key,
@@ -148,9 +174,16 @@ impl Engine {
             };
             let mut buf = entry::encode(&header, &req.records);
             let last = batch::patch(&mut buf[ENTRY_HEADER_BYTES..], base_offset, log_append_time);
-            assert_eq!(last, header.last_offset, "patched offsets match the validated count");
+            assert_eq!(
+                last, header.last_offset,
+                "patched offsets match the validated count"
+            );
             let payload = buf.freeze();
-            let assigned = part.assign(summary.offsets, header.max_timestamp, payload.slice(ENTRY_HEADER_BYTES..));
+            let assigned = part.assign(
+                summary.offsets,
+                header.max_timestamp,
+                payload.slice(ENTRY_HEADER_BYTES..),
+            );
             assert_eq!(assigned, base_offset);
             (payload, base_offset, part.log_start_offset)
         };
@@ -159,7 +192,13 @@ impl Engine {
         c.produce_requests += 1;
         c.produce_bytes += req.records.len() as u64;
         c.produce_records_offsets += summary.offsets as u64;
-        trace!(shard = self.id(), partition = key.partition, base_offset, offsets = summary.offsets, "produce queued");
+        trace!(
+            shard = self.id(),
+            partition = key.partition,
+            base_offset,
+            offsets = summary.offsets,
+            "produce queued"
+        );
         Ok(PendingProduce {
             key,
             base_offset,
@@ -174,7 +213,13 @@ impl Engine {
     /// cache, waiting fetches).
     async fn finish_produce(&self, pending: PendingProduce) -> ProducePartitionResult {
         let result = pending.result();
-        let PendingProduce { key, base_offset, append, inflight, .. } = pending;
+        let PendingProduce {
+            key,
+            base_offset,
+            append,
+            inflight,
+            ..
+        } = pending;
         match append.await {
             Ok(position) => {
                 let bytes = inflight.bytes();
@@ -193,7 +238,11 @@ impl Engine {
     }
 
     fn on_durable(&self, key: PartitionKey, base_offset: i64, position: Position, bytes: u64) {
-        let moved = self.parts.borrow_mut().get_mut(&key).map(|p| p.mark_durable(base_offset, position));
+        let moved = self
+            .parts
+            .borrow_mut()
+            .get_mut(&key)
+            .map(|p| p.mark_durable(base_offset, position));
         match moved {
             None => return, // Deleted meanwhile.
             Some(true) => self.waiters.notify(&key),
@@ -203,7 +252,11 @@ impl Engine {
     }
 
     fn on_failed(&self, key: PartitionKey, base_offset: i64) {
-        let moved = self.parts.borrow_mut().get_mut(&key).map(|p| p.mark_failed(base_offset));
+        let moved = self
+            .parts
+            .borrow_mut()
+            .get_mut(&key)
+            .map(|p| p.mark_failed(base_offset));
         if moved == Some(true) {
             self.waiters.notify(&key);
         }
@@ -224,13 +277,22 @@ impl Engine {
             self.uncache(&old.key, old.base_offset);
         }
         match self.budget.try_reserve(pool, bytes) {
-            Some(reservation) => self.tail.borrow_mut().push(TailItem { key, base_offset, reservation }),
+            Some(reservation) => self.tail.borrow_mut().push(TailItem {
+                key,
+                base_offset,
+                reservation,
+            }),
             None => self.uncache(&key, base_offset),
         }
     }
 
     fn uncache(&self, key: &PartitionKey, base_offset: i64) {
-        if let Some(b) = self.parts.borrow_mut().get_mut(key).and_then(|p| p.batch_mut(base_offset)) {
+        if let Some(b) = self
+            .parts
+            .borrow_mut()
+            .get_mut(key)
+            .and_then(|p| p.batch_mut(base_offset))
+        {
             b.cached = None;
         }
     }

@@ -106,12 +106,20 @@ pub struct WaitersStats {
 
 impl Waiters {
     pub fn new(waiters_max: usize) -> Rc<Waiters> {
-        Rc::new(Waiters { inner: RefCell::new(Inner::default()), waiters_max })
+        Rc::new(Waiters {
+            inner: RefCell::new(Inner::default()),
+            waiters_max,
+        })
     }
 
     /// Registers `slot` to be fired by growth of any of `keys` or at
     /// `deadline`. `None` when `waiters_max` waiters are already registered.
-    pub fn register(self: &Rc<Self>, slot: &Rc<WaitSlot>, keys: Vec<PartitionKey>, deadline: Instant) -> Option<WaitGuard> {
+    pub fn register(
+        self: &Rc<Self>,
+        slot: &Rc<WaitSlot>,
+        keys: Vec<PartitionKey>,
+        deadline: Instant,
+    ) -> Option<WaitGuard> {
         let mut st = self.inner.borrow_mut();
         if st.by_id.len() >= self.waiters_max {
             st.refused += 1;
@@ -123,14 +131,24 @@ impl Waiters {
             st.by_partition.entry(*k).or_default().push(id);
         }
         st.by_deadline.insert((deadline, id));
-        st.by_id.insert(id, Registered { slot: slot.clone(), keys, deadline });
+        st.by_id.insert(
+            id,
+            Registered {
+                slot: slot.clone(),
+                keys,
+                deadline,
+            },
+        );
         if st.armed.map_or(true, |armed| deadline < armed) {
             st.rearm = true;
             if let Some(w) = st.timer_waker.take() {
                 w.wake();
             }
         }
-        Some(WaitGuard { waiters: self.clone(), id })
+        Some(WaitGuard {
+            waiters: self.clone(),
+            id,
+        })
     }
 
     /// A partition grew (or went away): fire everything that watches it.
@@ -182,7 +200,11 @@ impl Waiters {
 
     pub fn stats(&self) -> WaitersStats {
         let st = self.inner.borrow();
-        WaitersStats { waiting: st.by_id.len() as u64, refused: st.refused, expired: st.expired }
+        WaitersStats {
+            waiting: st.by_id.len() as u64,
+            refused: st.refused,
+            expired: st.expired,
+        }
     }
 }
 
@@ -263,7 +285,10 @@ mod tests {
     use std::time::Duration;
 
     fn key(p: u32) -> PartitionKey {
-        PartitionKey { topic_id: [1; 16], partition: p }
+        PartitionKey {
+            topic_id: [1; 16],
+            partition: p,
+        }
     }
 
     #[test]
@@ -274,12 +299,22 @@ mod tests {
         let b = WaitSlot::new();
         let ga = w.register(&a, vec![key(0), key(1)], far).expect("room");
         let gb = w.register(&b, vec![key(2)], far).expect("room");
-        assert!(w.register(&WaitSlot::new(), vec![], far).is_none(), "waiters_max");
+        assert!(
+            w.register(&WaitSlot::new(), vec![], far).is_none(),
+            "waiters_max"
+        );
         w.notify(&key(1));
         assert!(a.fired.get() && !b.fired.get());
         drop(ga);
         drop(gb);
-        assert_eq!(w.stats(), WaitersStats { waiting: 0, refused: 1, expired: 0 });
+        assert_eq!(
+            w.stats(),
+            WaitersStats {
+                waiting: 0,
+                refused: 1,
+                expired: 0
+            }
+        );
         assert!(w.inner.borrow().by_partition.is_empty());
         assert!(w.inner.borrow().by_deadline.is_empty());
     }
@@ -290,9 +325,16 @@ mod tests {
         let now = Instant::now();
         let a = WaitSlot::new();
         let b = WaitSlot::new();
-        let _ga = w.register(&a, vec![], now + Duration::from_millis(5)).expect("room");
-        let _gb = w.register(&b, vec![], now + Duration::from_millis(50)).expect("room");
-        assert_eq!(w.expire(now + Duration::from_millis(10)), Some(now + Duration::from_millis(50)));
+        let _ga = w
+            .register(&a, vec![], now + Duration::from_millis(5))
+            .expect("room");
+        let _gb = w
+            .register(&b, vec![], now + Duration::from_millis(50))
+            .expect("room");
+        assert_eq!(
+            w.expire(now + Duration::from_millis(10)),
+            Some(now + Duration::from_millis(50))
+        );
         assert!(a.fired.get() && !b.fired.get());
         assert_eq!(w.expire(now + Duration::from_millis(60)), None);
         assert!(b.fired.get());

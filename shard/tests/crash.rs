@@ -12,14 +12,22 @@ use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use sluice_raft::{MetaConfig, Metadata, TopicSpec};
-use sluice_shard::{new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition, Shard, ShardConfig};
+use sluice_shard::{
+    new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition, Shard,
+    ShardConfig,
+};
 
 const CHILD_ENV: &str = "SLUICE_SHARD_CRASH_CHILD_DIR";
 const PRODUCERS: usize = 4;
 const ACKS_BEFORE_KILL: usize = 300;
 
 fn start_meta(dir: &Path) -> Metadata {
-    let cfg = MetaConfig { data_dir: dir.to_path_buf(), node_id: 1, shards: 1, partitions_per_shard_max: 10 };
+    let cfg = MetaConfig {
+        data_dir: dir.to_path_buf(),
+        node_id: 1,
+        shards: 1,
+        partitions_per_shard_max: 10,
+    };
     Metadata::start(cfg).expect("metadata starts")
 }
 
@@ -62,8 +70,14 @@ fn child(dir: PathBuf) {
     let meta = start_meta(&dir);
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let shard = Shard::start(shard_config(&dir), new_mesh(1), meta.clone()).await.expect("start");
-            let spec = TopicSpec { name: "crash".into(), partitions: 1, configs: BTreeMap::new() };
+            let shard = Shard::start(shard_config(&dir), new_mesh(1), meta.clone())
+                .await
+                .expect("start");
+            let spec = TopicSpec {
+                name: "crash".into(),
+                partitions: 1,
+                configs: BTreeMap::new(),
+            };
             let topic = meta.create_topic(spec).await.expect("create");
             shard.await_topic_ready(&topic).await.expect("ready");
             let producer = |n: usize| {
@@ -71,7 +85,14 @@ fn child(dir: PathBuf) {
                 async move {
                     loop {
                         let records = Bytes::from(batch(format!("p{n}").as_bytes()));
-                        let r = shard.produce(ProducePartition { topic: topic.clone(), partition: 0, records, acks: 1 }).await;
+                        let r = shard
+                            .produce(ProducePartition {
+                                topic: topic.clone(),
+                                partition: 0,
+                                records,
+                                acks: 1,
+                            })
+                            .await;
                         assert_eq!(r.error, None);
                         let mut out = std::io::stdout().lock();
                         let _ = writeln!(out, "acked {}", r.base_offset);
@@ -93,7 +114,12 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let mut proc = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["sigkill_keeps_acknowledged_offsets_contiguous", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "sigkill_keeps_acknowledged_offsets_contiguous",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir.path())
         .stdout(Stdio::piped())
         .spawn()
@@ -118,15 +144,35 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
-            let shard = Shard::start(shard_config(&d), new_mesh(1), m.clone()).await.expect("recover");
+            let shard = Shard::start(shard_config(&d), new_mesh(1), m.clone())
+                .await
+                .expect("recover");
             let topic = m.view().topics["crash"].clone();
-            let list = ListOffsetsPartition { topic: topic.clone(), partition: 0, timestamp: -1 };
+            let list = ListOffsetsPartition {
+                topic: topic.clone(),
+                partition: 0,
+                timestamp: -1,
+            };
             let hw = shard.list_offsets(list).await.offset;
-            assert!(hw > last_acked, "hw {hw} covers every acknowledged offset (last {last_acked})");
+            assert!(
+                hw > last_acked,
+                "hw {hw} covers every acknowledged offset (last {last_acked})"
+            );
             let mut next = 0i64;
             while next < hw {
-                let fp = FetchPartition { topic: topic.clone(), partition: 0, fetch_offset: next, partition_max_bytes: 1 << 20 };
-                let req = FetchRequest { partitions: vec![fp], max_wait_ms: 0, min_bytes: 1, max_bytes: 1 << 20, isolation_level: 0 };
+                let fp = FetchPartition {
+                    topic: topic.clone(),
+                    partition: 0,
+                    fetch_offset: next,
+                    partition_max_bytes: 1 << 20,
+                };
+                let req = FetchRequest {
+                    partitions: vec![fp],
+                    max_wait_ms: 0,
+                    min_bytes: 1,
+                    max_bytes: 1 << 20,
+                    isolation_level: 0,
+                };
                 let r = shard.fetch(req).await;
                 assert_eq!(r[0].error, None);
                 assert!(!r[0].records.is_empty());
@@ -137,8 +183,18 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
                 }
             }
             let records = Bytes::from(batch(b"after"));
-            let r = shard.produce(ProducePartition { topic, partition: 0, records, acks: 1 }).await;
-            assert_eq!(r.base_offset, hw, "new offsets continue right after the recovered ones");
+            let r = shard
+                .produce(ProducePartition {
+                    topic,
+                    partition: 0,
+                    records,
+                    acks: 1,
+                })
+                .await;
+            assert_eq!(
+                r.base_offset, hw,
+                "new offsets continue right after the recovered ones"
+            );
             shard.close().await;
         })
         .expect("executor")

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use sluice_raft::{MetaConfig, Metadata, TopicMeta, TopicSpec};
 use sluice_shard::{
-    new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition, Shard, ShardConfig, ShardError,
-    ShardMesh, WalTuning,
+    new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition, Shard,
+    ShardConfig, ShardError, ShardMesh, WalTuning,
 };
 
 // ---- helpers ---------------------------------------------------------------
@@ -22,12 +22,20 @@ use sluice_shard::{
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 fn start_meta(dir: &Path, shards: u32) -> Metadata {
     init_logs();
-    let cfg = MetaConfig { data_dir: dir.to_path_buf(), node_id: 1, shards, partitions_per_shard_max: 100 };
+    let cfg = MetaConfig {
+        data_dir: dir.to_path_buf(),
+        node_id: 1,
+        shards,
+        partitions_per_shard_max: 100,
+    };
     Metadata::start(cfg).expect("metadata starts")
 }
 
@@ -51,7 +59,11 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
 {
-    glommio::LocalExecutorBuilder::default().spawn(f).expect("executor").join().expect("executor thread");
+    glommio::LocalExecutorBuilder::default()
+        .spawn(f)
+        .expect("executor")
+        .join()
+        .expect("executor thread");
 }
 
 /// One uncompressed Kafka v2 record batch with a valid CRC32C.
@@ -107,22 +119,45 @@ fn crc_ok(b: &[u8]) -> bool {
     u32::from_be_bytes(b[17..21].try_into().expect("4 bytes")) == crc32c::crc32c(&b[21..])
 }
 
-async fn create(shard: &Shard, meta: &Metadata, name: &str, partitions: u32, configs: &[(&str, &str)]) -> Arc<TopicMeta> {
-    let configs: BTreeMap<String, String> = configs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let spec = TopicSpec { name: name.to_string(), partitions, configs };
+async fn create(
+    shard: &Shard,
+    meta: &Metadata,
+    name: &str,
+    partitions: u32,
+    configs: &[(&str, &str)],
+) -> Arc<TopicMeta> {
+    let configs: BTreeMap<String, String> = configs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let spec = TopicSpec {
+        name: name.to_string(),
+        partitions,
+        configs,
+    };
     let topic = meta.create_topic(spec).await.expect("create topic");
     shard.await_topic_ready(&topic).await.expect("topic ready");
     topic
 }
 
 async fn produce(shard: &Shard, topic: &Arc<TopicMeta>, partition: i32, records: Vec<u8>) -> i64 {
-    let req = ProducePartition { topic: topic.clone(), partition, records: Bytes::from(records), acks: -1 };
+    let req = ProducePartition {
+        topic: topic.clone(),
+        partition,
+        records: Bytes::from(records),
+        acks: -1,
+    };
     let r = shard.produce(req).await;
     assert_eq!(r.error, None, "produce to {}/{partition}", topic.name);
     r.base_offset
 }
 
-fn fetch_req(topic: &Arc<TopicMeta>, partitions: &[(i32, i64)], max_wait_ms: u32, min_bytes: u32) -> FetchRequest {
+fn fetch_req(
+    topic: &Arc<TopicMeta>,
+    partitions: &[(i32, i64)],
+    max_wait_ms: u32,
+    min_bytes: u32,
+) -> FetchRequest {
     let partitions = partitions
         .iter()
         .map(|&(partition, fetch_offset)| FetchPartition {
@@ -132,11 +167,23 @@ fn fetch_req(topic: &Arc<TopicMeta>, partitions: &[(i32, i64)], max_wait_ms: u32
             partition_max_bytes: 1 << 20,
         })
         .collect();
-    FetchRequest { partitions, max_wait_ms, min_bytes, max_bytes: 50 << 20, isolation_level: 0 }
+    FetchRequest {
+        partitions,
+        max_wait_ms,
+        min_bytes,
+        max_bytes: 50 << 20,
+        isolation_level: 0,
+    }
 }
 
 async fn list(shard: &Shard, topic: &Arc<TopicMeta>, partition: i32, timestamp: i64) -> (i64, i64) {
-    let r = shard.list_offsets(ListOffsetsPartition { topic: topic.clone(), partition, timestamp }).await;
+    let r = shard
+        .list_offsets(ListOffsetsPartition {
+            topic: topic.clone(),
+            partition,
+            timestamp,
+        })
+        .await;
     assert_eq!(r.error, None);
     (r.offset, r.timestamp)
 }
@@ -149,7 +196,9 @@ fn produce_fetch_list_offsets_then_recover() {
     let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("start");
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("start");
         let t = create(&shard, &m, "orders", 2, &[]).await;
         assert_eq!(produce(&shard, &t, 0, batch(3, 1000, b"a")).await, 0);
         assert_eq!(produce(&shard, &t, 0, batch(2, 2000, b"b")).await, 3);
@@ -157,7 +206,14 @@ fn produce_fetch_list_offsets_then_recover() {
         assert_eq!(produce(&shard, &t, 1, batch(4, 1500, b"d")).await, 0);
 
         let r = shard.fetch(fetch_req(&t, &[(0, 0), (1, 0)], 0, 1)).await;
-        assert_eq!((r[0].error.clone(), r[0].high_watermark, r[0].last_stable_offset), (None, 6, 6));
+        assert_eq!(
+            (
+                r[0].error.clone(),
+                r[0].high_watermark,
+                r[0].last_stable_offset
+            ),
+            (None, 6, 6)
+        );
         let bases: Vec<i64> = r[0].records.iter().map(|b| base_offset(b)).collect();
         assert_eq!(bases, vec![0, 3, 5]);
         assert!(r[0].records.iter().all(|b| crc_ok(b)));
@@ -182,7 +238,9 @@ fn produce_fetch_list_offsets_then_recover() {
     // Reopen: the index is rebuilt from the WAL, offsets continue.
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("restart");
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("restart");
         let stats = shard.stats();
         assert_eq!(stats.counters.recovered_entries, 4);
         assert_eq!(stats.partitions, 2);
@@ -190,7 +248,10 @@ fn produce_fetch_list_offsets_then_recover() {
         let r = shard.fetch(fetch_req(&t, &[(0, 0)], 0, 1)).await;
         let bases: Vec<i64> = r[0].records.iter().map(|b| base_offset(b)).collect();
         assert_eq!((r[0].high_watermark, bases), (6, vec![0, 3, 5]));
-        assert!(shard.stats().counters.fetch_wal_reads >= 3, "served from the WAL after restart");
+        assert!(
+            shard.stats().counters.fetch_wal_reads >= 3,
+            "served from the WAL after restart"
+        );
         assert_eq!(produce(&shard, &t, 0, batch(2, 4000, b"e")).await, 6);
         assert_eq!(produce(&shard, &t, 1, batch(1, 4000, b"f")).await, 4);
         shard.close().await;
@@ -204,19 +265,42 @@ fn bad_batches_get_errors() {
     let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("start");
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("start");
         let t = create(&shard, &m, "strict", 1, &[("max.message.bytes", "1000")]).await;
         let send = |records: Vec<u8>, partition: i32| {
-            let req = ProducePartition { topic: t.clone(), partition, records: Bytes::from(records), acks: 1 };
+            let req = ProducePartition {
+                topic: t.clone(),
+                partition,
+                records: Bytes::from(records),
+                acks: 1,
+            };
             shard.produce(req)
         };
         let mut bad_crc = batch(1, 0, b"x");
         *bad_crc.last_mut().expect("bytes") ^= 1;
-        assert!(matches!(send(bad_crc, 0).await.error, Some(ShardError::CorruptMessage(_))));
-        assert!(matches!(send(batch(1, 0, &[0u8; 2000]), 0).await.error, Some(ShardError::MessageTooLarge { .. })));
-        assert!(matches!(send(batch(1, 0, b"x")[..30].to_vec(), 0).await.error, Some(ShardError::CorruptMessage(_))));
-        assert_eq!(send(batch(1, 0, b"x"), 5).await.error, Some(ShardError::UnknownTopicOrPartition));
-        assert_eq!(send(batch(1, 0, b"x"), 0).await.base_offset, 0, "no offset was taken by the failures");
+        assert!(matches!(
+            send(bad_crc, 0).await.error,
+            Some(ShardError::CorruptMessage(_))
+        ));
+        assert!(matches!(
+            send(batch(1, 0, &[0u8; 2000]), 0).await.error,
+            Some(ShardError::MessageTooLarge { .. })
+        ));
+        assert!(matches!(
+            send(batch(1, 0, b"x")[..30].to_vec(), 0).await.error,
+            Some(ShardError::CorruptMessage(_))
+        ));
+        assert_eq!(
+            send(batch(1, 0, b"x"), 5).await.error,
+            Some(ShardError::UnknownTopicOrPartition)
+        );
+        assert_eq!(
+            send(batch(1, 0, b"x"), 0).await.base_offset,
+            0,
+            "no offset was taken by the failures"
+        );
         shard.close().await;
     });
     meta.shutdown();
@@ -228,12 +312,31 @@ fn log_append_time_and_acks_zero() {
     let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("start");
-        let t = create(&shard, &m, "stamped", 1, &[("message.timestamp.type", "LogAppendTime")]).await;
-        let req = ProducePartition { topic: t.clone(), partition: 0, records: Bytes::from(batch(2, 5, b"v")), acks: 1 };
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("start");
+        let t = create(
+            &shard,
+            &m,
+            "stamped",
+            1,
+            &[("message.timestamp.type", "LogAppendTime")],
+        )
+        .await;
+        let req = ProducePartition {
+            topic: t.clone(),
+            partition: 0,
+            records: Bytes::from(batch(2, 5, b"v")),
+            acks: 1,
+        };
         let r = shard.produce(req).await;
         assert!(r.log_append_time_ms > 1_600_000_000_000, "{r:?}");
-        let req = ProducePartition { topic: t.clone(), partition: 0, records: Bytes::from(batch(1, 5, b"w")), acks: 0 };
+        let req = ProducePartition {
+            topic: t.clone(),
+            partition: 0,
+            records: Bytes::from(batch(1, 5, b"w")),
+            acks: 0,
+        };
         assert_eq!(shard.produce(req).await.base_offset, 2);
         // acks=0 is still written: a long poll sees it become durable.
         let r = shard.fetch(fetch_req(&t, &[(0, 2)], 2000, 1)).await;
@@ -253,23 +356,33 @@ fn long_poll_wakes_on_produce_and_times_out() {
     let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("start");
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("start");
         let t = create(&shard, &m, "polled", 1, &[]).await;
         let started = Instant::now();
         let r = shard.fetch(fetch_req(&t, &[(0, 0)], 150, 1)).await;
         assert!(r[0].records.is_empty());
-        assert!(started.elapsed() >= Duration::from_millis(150), "waited until max_wait");
+        assert!(
+            started.elapsed() >= Duration::from_millis(150),
+            "waited until max_wait"
+        );
 
         let waiting = {
             let (shard, t) = (shard.clone(), t.clone());
-            glommio::spawn_local(async move { shard.fetch(fetch_req(&t, &[(0, 0)], 10_000, 1)).await })
+            glommio::spawn_local(
+                async move { shard.fetch(fetch_req(&t, &[(0, 0)], 10_000, 1)).await },
+            )
         };
         glommio::timer::sleep(Duration::from_millis(50)).await;
         let started = Instant::now();
         produce(&shard, &t, 0, batch(1, 0, b"wake")).await;
         let r = waiting.await;
         assert_eq!(r[0].records.len(), 1);
-        assert!(started.elapsed() < Duration::from_secs(5), "woken by the produce, not the deadline");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woken by the produce, not the deadline"
+        );
         let s = shard.stats();
         assert_eq!(s.waiters.waiting, 0, "no waiter left behind");
         assert!(s.counters.fetch_long_polls >= 2);
@@ -287,7 +400,9 @@ fn tail_cache_eviction_and_segment_crossing_recovery() {
     on_executor(move || async move {
         let mut cfg = shard_config(&d, 0, 1);
         cfg.tail_cache_bytes_max = 300 << 10;
-        let shard = Shard::start(cfg, new_mesh(1), m.clone()).await.expect("start");
+        let shard = Shard::start(cfg, new_mesh(1), m.clone())
+            .await
+            .expect("start");
         let t = create(&shard, &m, "big", 1, &[]).await;
         for i in 0..60 {
             assert_eq!(produce(&shard, &t, 0, batch(1, i, &v)).await, i);
@@ -299,13 +414,19 @@ fn tail_cache_eviction_and_segment_crossing_recovery() {
         let mut req = fetch_req(&t, &[(0, 0)], 0, 1);
         req.max_bytes = 1 << 20;
         let r = shard.fetch(req).await;
-        assert!(r[0].records.len() >= 9 && r[0].records.len() <= 10, "{}", r[0].records.len());
+        assert!(
+            r[0].records.len() >= 9 && r[0].records.len() <= 10,
+            "{}",
+            r[0].records.len()
+        );
         assert!(shard.stats().counters.fetch_wal_reads > 0);
         shard.close().await;
     });
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("restart");
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("restart");
         assert_eq!(shard.stats().counters.recovered_entries, 60);
         let t = m.view().topics["big"].clone();
         assert_eq!(list(&shard, &t, 0, -1).await, (60, -1));
@@ -322,7 +443,9 @@ fn deleted_topic_entries_are_skipped_on_recovery() {
     let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("start");
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("start");
         let gone = create(&shard, &m, "gone", 1, &[]).await;
         let kept = create(&shard, &m, "kept", 1, &[]).await;
         produce(&shard, &gone, 0, batch(1, 0, b"x")).await;
@@ -334,13 +457,23 @@ fn deleted_topic_entries_are_skipped_on_recovery() {
             assert!(Instant::now() < deadline, "watcher applied the delete");
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
-        let req = ProducePartition { topic: gone.clone(), partition: 0, records: Bytes::from(batch(1, 0, b"z")), acks: 1 };
-        assert_eq!(shard.produce(req).await.error, Some(ShardError::UnknownTopicOrPartition));
+        let req = ProducePartition {
+            topic: gone.clone(),
+            partition: 0,
+            records: Bytes::from(batch(1, 0, b"z")),
+            acks: 1,
+        };
+        assert_eq!(
+            shard.produce(req).await.error,
+            Some(ShardError::UnknownTopicOrPartition)
+        );
         shard.close().await;
     });
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone()).await.expect("restart");
+        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+            .await
+            .expect("restart");
         let c = shard.stats().counters;
         assert_eq!((c.recovered_entries, c.recovery_skipped_entries), (1, 1));
         shard.close().await;
@@ -367,7 +500,9 @@ where
         let h = glommio::LocalExecutorBuilder::default()
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
-                let shard = Shard::start(shard_config(&d, id, shards), mesh, m).await.expect("start peer");
+                let shard = Shard::start(shard_config(&d, id, shards), mesh, m)
+                    .await
+                    .expect("start peer");
                 let _ = stop_rx.await;
                 shard.close().await;
             })
@@ -376,7 +511,9 @@ where
     }
     let (d, m) = (dir.to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, shards), mesh, m.clone()).await.expect("start shard 0");
+        let shard = Shard::start(shard_config(&d, 0, shards), mesh, m.clone())
+            .await
+            .expect("start shard 0");
         test(shard.clone(), m).await;
         for s in stops {
             let _ = s.send(());
@@ -394,16 +531,26 @@ fn cross_shard(shards: u32) {
     with_shards(dir.path(), &meta, shards, move |shard, m| async move {
         let parts = (shards * 2) as i32;
         let t = create(&shard, &m, "spread", parts as u32, &[]).await;
-        assert!(t.partitions.iter().any(|p| p.shard != 0), "some partitions live elsewhere");
+        assert!(
+            t.partitions.iter().any(|p| p.shard != 0),
+            "some partitions live elsewhere"
+        );
         for p in 0..parts {
-            assert_eq!(produce(&shard, &t, p, batch(2, 100 + i64::from(p), b"x")).await, 0);
+            assert_eq!(
+                produce(&shard, &t, p, batch(2, 100 + i64::from(p), b"x")).await,
+                0
+            );
             assert_eq!(produce(&shard, &t, p, batch(1, 200, b"y")).await, 2);
         }
         let all: Vec<(i32, i64)> = (0..parts).map(|p| (p, 0)).collect();
         let r = shard.fetch(fetch_req(&t, &all, 0, 1)).await;
         for (p, res) in r.iter().enumerate() {
             assert_eq!(res.error, None, "partition {p}");
-            assert_eq!((res.high_watermark, res.records.len()), (3, 2), "partition {p}");
+            assert_eq!(
+                (res.high_watermark, res.records.len()),
+                (3, 2),
+                "partition {p}"
+            );
         }
         assert_eq!(list(&shard, &t, parts - 1, -1).await, (3, -1));
         assert_eq!(list(&shard, &t, parts - 1, 150).await, (2, 200));
@@ -415,11 +562,18 @@ fn cross_shard(shards: u32) {
             glommio::spawn_local(async move { shard.fetch(fetch_req(&t, &ends, 10_000, 1)).await })
         };
         glommio::timer::sleep(Duration::from_millis(50)).await;
-        let remote = t.partitions.iter().position(|p| p.shard != 0).expect("remote") as i32;
+        let remote = t
+            .partitions
+            .iter()
+            .position(|p| p.shard != 0)
+            .expect("remote") as i32;
         let started = Instant::now();
         produce(&shard, &t, remote, batch(1, 300, b"z")).await;
         let r = waiting.await;
-        assert!(started.elapsed() < Duration::from_secs(5), "woken by the produce");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woken by the produce"
+        );
         assert_eq!(r[remote as usize].records.len(), 1);
         let total: usize = r.iter().map(|x| x.records.len()).sum();
         assert_eq!(total, 1);
@@ -429,7 +583,11 @@ fn cross_shard(shards: u32) {
     with_shards(dir.path(), &meta, shards, move |shard, m| async move {
         let t = m.view().topics["spread"].clone();
         for p in 0..(shards * 2) as i32 {
-            let expect = if t.partitions.iter().position(|x| x.shard != 0) == Some(p as usize) { 4 } else { 3 };
+            let expect = if t.partitions.iter().position(|x| x.shard != 0) == Some(p as usize) {
+                4
+            } else {
+                3
+            };
             assert_eq!(list(&shard, &t, p, -1).await, (expect, -1), "partition {p}");
         }
     });
