@@ -284,6 +284,7 @@ pub fn write_plot(hist: &Histogram<u64>, path: &Path, title: &str) -> anyhow::Re
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{title}: latency by percentile"), ("sans-serif", 24))
         .margin(16)
+        .margin_right(48)
         .x_label_area_size(48)
         .y_label_area_size(72)
         .build_cartesian_2d((1.0..x_max).log_scale(), 0.0..y_max)

@@ -114,8 +114,8 @@ fn compare_runs_both_sides_and_reports_ratios() {
     let json = run.json();
     assert_common_fields(&json);
     assert_eq!(json["rounds"], 1, "{json}");
-    assert_eq!(json["a"]["messages"], 200, "{json}");
-    assert_eq!(json["b"]["messages"], 200, "{json}");
+    assert_eq!(json["a"]["messages"], 200.0, "{json}");
+    assert_eq!(json["b"]["messages"], 200.0, "{json}");
     assert_eq!(json["ratio"]["messages"], 1.0, "{json}");
     assert!(json["ratio"]["latency_us.p99"].is_number(), "{json}");
     assert_eq!(records_in_topic(&broker.bootstrap, "cmp"), 400);
