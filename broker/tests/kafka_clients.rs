@@ -78,7 +78,6 @@ fn metadata_and_auto_creation() {
     assert_eq!(brokers[0].id(), 5);
     assert_eq!(brokers[0].port(), i32::from(broker.port));
     assert_eq!(brokers[0].host(), "127.0.0.1");
-    assert_eq!(md.orig_broker_id(), 5);
     let topic = &md.topics()[0];
     assert_eq!(topic.name(), "auto-created");
     assert!(topic.error().is_none(), "{:?}", topic.error());

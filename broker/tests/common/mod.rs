@@ -179,7 +179,9 @@ pub fn producer(b: &Broker, extra: &[(&str, &str)]) -> FutureProducer {
 
 pub fn consumer(b: &Broker) -> BaseConsumer {
     let mut c = client_config(b);
-    c.set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+    // assign() needs a group id; offsets are explicit and never committed,
+    // so no group coordinator is involved.
+    c.set("group.id", "sluice-tests").set("enable.auto.commit", "false").set("enable.partition.eof", "false");
     c.create().expect("consumer")
 }
 
