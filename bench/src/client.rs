@@ -121,7 +121,8 @@ pub fn create_topic(
 /// every partition; returns the partition ids.
 pub fn ensure_topic(common: &CommonArgs) -> anyhow::Result<Vec<i32>> {
     let admin = new_admin(common)?;
-    let created = create_topic(&admin, &common.topic, common.partitions, common.replication_factor)?;
+    let created = create_topic(&admin, &common.topic, common.partitions, common.replication_factor)
+        .with_context(|| format!("making sure topic {} exists on {}", common.topic, common.bootstrap))?;
     let consumer = new_consumer(common, "sluice-bench-metadata")?;
     let ids = wait_for_partitions(&consumer, &common.topic, REQUEST_TIMEOUT * 3)?;
     if created == Created::AlreadyExisted && ids.len() != common.partitions as usize {

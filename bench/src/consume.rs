@@ -136,14 +136,12 @@ fn read_until_end(consumer: &BenchConsumer, common: &CommonArgs, marks: &[Waterm
             break;
         }
         match consumer.poll(POLL_TIMEOUT) {
-            Some(Ok(message)) => {
-                if positions.advance(message.partition(), message.offset()) {
-                    let bytes = message.payload().map_or(0, <[u8]>::len) as u64;
-                    read.count(elapsed_ns(origin), bytes);
-                }
+            Some(Ok(message)) if positions.advance(message.partition(), message.offset()) => {
+                let bytes = message.payload().map_or(0, <[u8]>::len) as u64;
+                read.count(elapsed_ns(origin), bytes);
             }
             Some(Err(error)) => read.on_error(&error),
-            None => {}
+            Some(Ok(_)) | None => {}
         }
         progress.tick(read.total, || format!("records read, {} to go", positions.remaining));
     }
