@@ -176,7 +176,7 @@ impl Table {
         let all: Vec<&Figures> = runs_a.iter().chain(runs_b).collect();
         let mut keys: Vec<&String> =
             all[0].keys().filter(|k| all.iter().all(|run| run.contains_key(*k))).collect();
-        keys.sort_by_key(|k| (LEADING_FIGURES.iter().position(|f| f == k).unwrap_or(LEADING_FIGURES.len()), *k));
+        keys.sort_by_key(|k| (figure_rank(k), *k));
         let side = |runs: &[Figures], key: &str| median(&mut runs.iter().map(|r| r[key]).collect::<Vec<_>>());
         let rows = keys.into_iter().map(|k| (k.clone(), side(runs_a, k), side(runs_b, k))).collect();
         Table { rows }
@@ -224,6 +224,19 @@ impl Table {
 
     fn value_a(&self, key: &str) -> Option<f64> {
         self.rows.iter().find(|(k, _, _)| k == key).map(|(_, a, _)| *a)
+    }
+}
+
+/// Order of the table: the required figures, then the latency percentiles
+/// in rising order, then everything else alphabetically.
+fn figure_rank(key: &str) -> usize {
+    const LATENCY_ORDER: [&str; 8] = ["p50", "p90", "p99", "p999", "p9999", "max", "mean", "count"];
+    if let Some(i) = LEADING_FIGURES.iter().position(|f| *f == key) {
+        return i;
+    }
+    match key.strip_prefix("latency_us.").and_then(|p| LATENCY_ORDER.iter().position(|f| *f == p)) {
+        Some(i) => LEADING_FIGURES.len() + i,
+        None => LEADING_FIGURES.len() + LATENCY_ORDER.len(),
     }
 }
 
