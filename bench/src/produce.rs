@@ -120,6 +120,7 @@ pub struct ProduceOutcome {
     /// Records neither acknowledged nor failed when the deadline passed.
     pub unfinished: u64,
     pub queue_full_waits: u64,
+    pub send_error: Option<String>,
     /// Client-level errors librdkafka reported (connection loss, ...).
     pub client_errors: u64,
     pub latency: Histogram<u64>,
@@ -230,10 +231,16 @@ pub fn put_producer_counts(summary: &mut Summary, outcome: &ProduceOutcome, plan
     if let Some(failure) = &outcome.first_failure {
         summary.put("first_failure", failure.clone());
     }
+    if let Some(error) = &outcome.send_error {
+        summary.put("send_error", error.clone());
+    }
 }
 
 /// Fails when any record was not acknowledged.
 pub fn check_delivered(outcome: &ProduceOutcome) -> anyhow::Result<()> {
+    if let Some(error) = &outcome.send_error {
+        bail!("sending stopped early: {error}");
+    }
     if outcome.failed > 0 || outcome.unfinished > 0 {
         bail!(
             "{} records failed and {} were unacknowledged at the deadline (first failure: {})",
@@ -258,7 +265,7 @@ pub fn run_producer(common: &CommonArgs, plan: &ProducerPlan) -> anyhow::Result<
     let producer: BenchProducer =
         common.producer_config().create_with_context(probe).context("creating producer")?;
     let mut progress = Progress::new("produce", plan.origin);
-    let sent = send_loop(&producer, plan, &mut progress)?;
+    let sent = send_loop(&producer, plan, &mut progress);
     let send_window_ns = sent.stopped_at_ns.saturating_sub(duration_ns(plan.warmup));
     let unfinished = drain(&producer, plan, sent.count, &mut progress);
     let outcome = collect(&producer, sent, unfinished, send_window_ns);
@@ -271,11 +278,13 @@ struct Sent {
     queue_full_waits: u64,
     stopped_at_ns: u64,
     interrupted: bool,
+    /// Why sending stopped early, when librdkafka refused a record.
+    send_error: Option<String>,
 }
 
-fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progress) -> anyhow::Result<Sent> {
+fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progress) -> Sent {
     let mut payload = filler(plan.record_bytes, u64::from(plan.run_id));
-    let mut sent = Sent { count: 0, queue_full_waits: 0, stopped_at_ns: 0, interrupted: false };
+    let mut sent = Sent { count: 0, queue_full_waits: 0, stopped_at_ns: 0, interrupted: false, send_error: None };
     let end_ns = plan.send_end_ns();
     while sent.count < plan.records_max {
         if stop_requested() {
@@ -299,8 +308,14 @@ fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progr
             NextSend::Done => break,
         };
         Header { run_id: plan.run_id, seq: sent.count, sent_ns: intended_ns }.write(&mut payload);
-        if !send_one(producer, plan, &payload, intended_ns, &mut sent.queue_full_waits)? {
-            break;
+        match send_one(producer, plan, &payload, intended_ns, &mut sent.queue_full_waits) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(error) => {
+                eprintln!("sending stopped: {error}");
+                sent.send_error = Some(error);
+                break;
+            }
         }
         sent.count += 1;
         if sent.count % SENDS_PER_POLL == 0 {
@@ -308,7 +323,7 @@ fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progr
         }
     }
     sent.stopped_at_ns = elapsed_ns(plan.origin).min(end_ns);
-    Ok(sent)
+    sent
 }
 
 enum NextSend {
@@ -337,14 +352,15 @@ fn next_send(plan: &ProducerPlan, seq: u64, now_ns: u64, end_ns: u64) -> NextSen
 }
 
 /// Enqueues one record, waiting while librdkafka's queue is full. Returns
-/// false when the run must stop (deadline or Ctrl-C) before it fit.
+/// false when the run must stop (deadline or Ctrl-C) before it fit, and the
+/// reason when librdkafka refuses the record.
 fn send_one(
     producer: &BenchProducer,
     plan: &ProducerPlan,
     payload: &[u8],
     intended_ns: u64,
     queue_full_waits: &mut u64,
-) -> anyhow::Result<bool> {
+) -> Result<bool, String> {
     let deadline = plan.hard_deadline();
     loop {
         let record = BaseRecord::<(), [u8], usize>::with_opaque_to(&plan.topic, intended_ns as usize)
@@ -358,7 +374,11 @@ fn send_one(
                     return Ok(false);
                 }
             }
-            Err((error, _)) => bail!("send to {}: {error}", plan.topic),
+            Err((error, _)) => {
+                let fatal = producer.client().fatal_error();
+                let reason = fatal.map_or(String::new(), |(code, text)| format!(" ({code}: {text})"));
+                return Err(format!("send to {}: {error}{reason}", plan.topic));
+            }
         }
     }
 }
@@ -395,6 +415,7 @@ fn collect(producer: &BenchProducer, sent: Sent, unfinished: u64, send_window_ns
         first_failure: state.first_failure.clone(),
         unfinished,
         queue_full_waits: sent.queue_full_waits,
+        send_error: sent.send_error,
         client_errors: probe.errors.count(),
         latency: hist.clone(),
         seconds: window_ns as f64 / 1e9,
