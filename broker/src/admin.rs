@@ -32,13 +32,26 @@ impl AdminHandle {
     }
 }
 
-/// Binds `addr` now (so a bad address fails start-up) and serves on a new
-/// thread until `stop` turns true.
-pub fn start(addr: SocketAddr, stop: watch::Receiver<bool>) -> anyhow::Result<AdminHandle> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("--admin-listen {addr}: cannot bind"))?;
+/// Binds the admin address; called early so a bad address fails start-up
+/// before any shard opens its WAL.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--admin-listen {addr}: cannot bind"))?;
     listener.set_nonblocking(true).context("admin listener")?;
+    Ok(listener)
+}
+
+/// Serves on a new thread until `stop` turns true (once the node is ready,
+/// so /healthz answers only then).
+pub fn start(
+    listener: std::net::TcpListener,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<AdminHandle> {
     let addr = listener.local_addr().context("admin listener")?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_io().build().context("admin runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("admin runtime")?;
     let thread = std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || rt.block_on(serve(listener, stop)))
@@ -64,7 +77,8 @@ async fn serve(listener: std::net::TcpListener, mut stop: watch::Receiver<bool>)
         };
         let Ok((stream, _)) = accepted else { continue };
         tokio::task::spawn(async move {
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(route));
+            let conn =
+                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(route));
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection error");
             }

@@ -26,7 +26,11 @@ pub const MEMORY_BYTES_MIN: u64 = 64 << 20;
 pub const PARTITION_BYTES_ESTIMATE: u64 = 16 << 10;
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about = "Sluice: a Kafka-compatible, thread-per-core message broker")]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a Kafka-compatible, thread-per-core message broker"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -46,11 +50,21 @@ pub struct StartArgs {
     pub config: Option<PathBuf>,
 
     /// Directory for the WALs (one per shard) and the metadata log.
-    #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR", default_value = "./sluice-data")]
+    #[arg(
+        long,
+        env = "SLUICE_DATA_DIR",
+        value_name = "DIR",
+        default_value = "./sluice-data"
+    )]
     pub data_dir: PathBuf,
 
     /// Address the Kafka listener binds on every shard (SO_REUSEPORT).
-    #[arg(long, env = "SLUICE_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        env = "SLUICE_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9092"
+    )]
     pub listen: SocketAddr,
 
     /// host:port given to clients in Metadata responses (default: --listen).
@@ -58,7 +72,12 @@ pub struct StartArgs {
     pub advertised_listener: Option<String>,
 
     /// Address of the admin HTTP server (GET /healthz).
-    #[arg(long, env = "SLUICE_ADMIN_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:9644")]
+    #[arg(
+        long,
+        env = "SLUICE_ADMIN_LISTEN",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9644"
+    )]
     pub admin_listen: SocketAddr,
 
     /// Number of shards (one glommio executor thread each). Default: cores - 1, at least 1.
@@ -70,7 +89,12 @@ pub struct StartArgs {
     pub pin_cores: bool,
 
     /// Total memory budget of the node, split evenly over the shards (e.g. 1GiB, 512MiB).
-    #[arg(long, env = "SLUICE_MEMORY", value_name = "SIZE", default_value = "1GiB")]
+    #[arg(
+        long,
+        env = "SLUICE_MEMORY",
+        value_name = "SIZE",
+        default_value = "1GiB"
+    )]
     pub memory: ByteSize,
 
     /// Broker id of this node in Metadata responses (0..=2147483647).
@@ -78,7 +102,12 @@ pub struct StartArgs {
     pub node_id: u64,
 
     /// Partitions of auto-created topics and of CreateTopics with num_partitions = -1.
-    #[arg(long, env = "SLUICE_DEFAULT_PARTITIONS", value_name = "N", default_value = "1")]
+    #[arg(
+        long,
+        env = "SLUICE_DEFAULT_PARTITIONS",
+        value_name = "N",
+        default_value = "1"
+    )]
     pub default_partitions: u32,
 
     /// Create unknown topics named in Metadata requests that allow it.
@@ -86,11 +115,21 @@ pub struct StartArgs {
     pub auto_create_topics: bool,
 
     /// Log filter (tracing EnvFilter syntax: "info", "sluice=debug,info"). RUST_LOG overrides it.
-    #[arg(long, env = "SLUICE_LOG_LEVEL", value_name = "FILTER", default_value = "info")]
+    #[arg(
+        long,
+        env = "SLUICE_LOG_LEVEL",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
     pub log_level: String,
 
     /// Largest request frame accepted (socket.request.max.bytes); larger frames close the connection.
-    #[arg(long, env = "SLUICE_REQUEST_MAX_BYTES", value_name = "SIZE", default_value = "100MiB")]
+    #[arg(
+        long,
+        env = "SLUICE_REQUEST_MAX_BYTES",
+        value_name = "SIZE",
+        default_value = "100MiB"
+    )]
     pub request_max_bytes: ByteSize,
 }
 
@@ -123,7 +162,9 @@ impl FromStr for ByteSize {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (digits, unit) = s.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 1GiB, 1048576)"))?;
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 1GiB, 1048576)"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kib" => 1 << 10,
@@ -134,9 +175,13 @@ impl FromStr for ByteSize {
             "mb" => 1_000_000,
             "gb" => 1_000_000_000,
             "tb" => 1_000_000_000_000,
-            other => return Err(format!("unknown size unit '{other}' in '{s}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+            other => return Err(format!(
+                "unknown size unit '{other}' in '{s}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)"
+            )),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size '{s}' overflows"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size '{s}' overflows"))
     }
 }
 
@@ -181,7 +226,12 @@ impl StartArgs {
             return Ok(self);
         };
         let file = read_file(&path)?;
-        let defaulted = |id: &str| !matches!(matches.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
+        let defaulted = |id: &str| {
+            !matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
         macro_rules! fill {
             ($field:ident) => {
                 if let (true, Some(v)) = (defaulted(stringify!($field)), file.$field) {
@@ -211,18 +261,24 @@ impl StartArgs {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("--config: cannot read {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("--config: invalid settings in {}", path.display()))
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config: cannot read {}", path.display()))?;
+    toml::from_str(&text)
+        .with_context(|| format!("--config: invalid settings in {}", path.display()))
 }
 
 impl Settings {
     /// Validates merged arguments; every error names the setting.
     pub fn resolve(args: StartArgs) -> anyhow::Result<Settings> {
         let shards = resolve_shards(args.shards)?;
-        let (advertised_host, advertised_port) = resolve_advertised(args.advertised_listener.as_deref(), args.listen)?;
+        let (advertised_host, advertised_port) =
+            resolve_advertised(args.advertised_listener.as_deref(), args.listen)?;
         let node_id = match i32::try_from(args.node_id) {
             Ok(id) => id,
-            Err(_) => bail!("--node-id (SLUICE_NODE_ID, node_id): {} is above 2147483647", args.node_id),
+            Err(_) => bail!(
+                "--node-id (SLUICE_NODE_ID, node_id): {} is above 2147483647",
+                args.node_id
+            ),
         };
         let memory_bytes = args.memory.0;
         if memory_bytes < MEMORY_BYTES_MIN * u64::from(shards).max(1) {
@@ -245,10 +301,16 @@ impl Settings {
             ),
         };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
-            bail!("--log-level (SLUICE_LOG_LEVEL, log_level): '{}' is not a log filter: {e}", args.log_level);
+            bail!(
+                "--log-level (SLUICE_LOG_LEVEL, log_level): '{}' is not a log filter: {e}",
+                args.log_level
+            );
         }
         if args.listen == args.admin_listen {
-            bail!("--admin-listen (SLUICE_ADMIN_LISTEN, admin_listen): same address as --listen ({})", args.listen);
+            bail!(
+                "--admin-listen (SLUICE_ADMIN_LISTEN, admin_listen): same address as --listen ({})",
+                args.listen
+            );
         }
         Ok(Settings {
             data_dir: args.data_dir,
@@ -281,7 +343,9 @@ impl Settings {
 
 /// Cores available to this process.
 pub fn cores() -> u32 {
-    std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(1)).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(1))
+        .unwrap_or(1)
 }
 
 fn resolve_shards(shards: Option<u32>) -> anyhow::Result<u32> {
@@ -293,14 +357,19 @@ fn resolve_shards(shards: Option<u32>) -> anyhow::Result<u32> {
     }
 }
 
-fn resolve_advertised(advertised: Option<&str>, listen: SocketAddr) -> anyhow::Result<(String, u16)> {
+fn resolve_advertised(
+    advertised: Option<&str>,
+    listen: SocketAddr,
+) -> anyhow::Result<(String, u16)> {
     let Some(text) = advertised else {
         if listen.ip().is_unspecified() {
             bail!("--advertised-listener (SLUICE_ADVERTISED_LISTENER, advertised_listener): required when --listen is {listen}");
         }
         return Ok((listen.ip().to_string(), listen.port()));
     };
-    let bad = || anyhow::anyhow!("--advertised-listener (SLUICE_ADVERTISED_LISTENER, advertised_listener): '{text}' is not HOST:PORT");
+    let bad = || {
+        anyhow::anyhow!("--advertised-listener (SLUICE_ADVERTISED_LISTENER, advertised_listener): '{text}' is not HOST:PORT")
+    };
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let port: u16 = port.parse().map_err(|_| bad())?;
@@ -336,7 +405,10 @@ mod tests {
     fn defaults() {
         let s = parse(&["sluice", "start"]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:9092");
-        assert_eq!((s.advertised_host.as_str(), s.advertised_port), ("127.0.0.1", 9092));
+        assert_eq!(
+            (s.advertised_host.as_str(), s.advertised_port),
+            ("127.0.0.1", 9092)
+        );
         assert_eq!(s.admin_listen.to_string(), "127.0.0.1:9644");
         assert!(s.shards >= 1);
         assert!(!s.pin_cores && s.auto_create_topics);
@@ -349,9 +421,21 @@ mod tests {
     fn file_fills_only_defaulted_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, "shards = 3\nmemory = \"2GiB\"\nnode_id = 7\ndefault_partitions = 4\n").unwrap();
+        std::fs::write(
+            &path,
+            "shards = 3\nmemory = \"2GiB\"\nnode_id = 7\ndefault_partitions = 4\n",
+        )
+        .unwrap();
         let p = path.to_str().unwrap();
-        let s = parse(&["sluice", "start", "--config", p, "--default-partitions", "2"]).unwrap();
+        let s = parse(&[
+            "sluice",
+            "start",
+            "--config",
+            p,
+            "--default-partitions",
+            "2",
+        ])
+        .unwrap();
         assert_eq!(s.shards, 3);
         assert_eq!(s.memory_bytes, 2 << 30);
         assert_eq!(s.node_id, 7);
@@ -360,13 +444,21 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_setting() {
-        let e = parse(&["sluice", "start", "--shards", "0"]).unwrap_err().to_string();
+        let e = parse(&["sluice", "start", "--shards", "0"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--shards"), "{e}");
-        let e = parse(&["sluice", "start", "--memory", "1MiB"]).unwrap_err().to_string();
+        let e = parse(&["sluice", "start", "--memory", "1MiB"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--memory"), "{e}");
-        let e = parse(&["sluice", "start", "--advertised-listener", "nohost"]).unwrap_err().to_string();
+        let e = parse(&["sluice", "start", "--advertised-listener", "nohost"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--advertised-listener"), "{e}");
-        let e = parse(&["sluice", "start", "--memory", "bogus"]).unwrap_err().to_string();
+        let e = parse(&["sluice", "start", "--memory", "bogus"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--memory"), "{e}");
     }
 
@@ -375,7 +467,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, "shardz = 3\n").unwrap();
-        let e = format!("{:#}", parse(&["sluice", "start", "--config", path.to_str().unwrap()]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            parse(&["sluice", "start", "--config", path.to_str().unwrap()]).unwrap_err()
+        );
         assert!(e.contains("shardz"), "{e}");
     }
 }

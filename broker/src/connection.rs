@@ -21,6 +21,8 @@ use crate::handlers::{self, api_versions, Ctx};
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Largest buffer allocated for a frame before its bytes arrive.
+const FRAME_PREALLOC_BYTES_MAX: usize = 1 << 20;
 /// Minimum request frame: api key, api version, correlation id.
 const FRAME_BYTES_MIN: usize = 8;
 
@@ -48,7 +50,12 @@ pub struct ConnLimits {
 }
 
 /// Serves one connection until the peer closes it or sends bad input.
-pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, peer: String, ctx: &Ctx, limits: &ConnLimits) {
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: String,
+    ctx: &Ctx,
+    limits: &ConnLimits,
+) {
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     loop {
         let frame = match read_frame(&mut stream, limits).await {
@@ -91,7 +98,10 @@ thread_local! {
 fn warn_limited(peer: &str, close: &Close) {
     const WARN_INTERVAL: Duration = Duration::from_secs(10);
     let now = Instant::now();
-    let due = WARN_LAST.with(|l| l.get().is_none_or(|t| now.duration_since(t) >= WARN_INTERVAL));
+    let due = WARN_LAST.with(|l| {
+        l.get()
+            .map_or(true, |t| now.duration_since(t) >= WARN_INTERVAL)
+    });
     if !due {
         WARN_SUPPRESSED.with(|s| s.set(s.get() + 1));
         return;
@@ -102,7 +112,10 @@ fn warn_limited(peer: &str, close: &Close) {
 }
 
 /// Reads one size-prefixed frame. `Ok(None)`: clean end of stream.
-async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S, limits: &ConnLimits) -> Result<Option<Bytes>, Close> {
+async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limits: &ConnLimits,
+) -> Result<Option<Bytes>, Close> {
     let mut size = [0u8; 4];
     match stream.read(&mut size[..1]).await {
         Ok(0) => return Ok(None),
@@ -114,8 +127,18 @@ async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S, limits: &ConnLimits) -
     if size < FRAME_BYTES_MIN as i32 || size as u32 > limits.request_max_bytes {
         return Err(Close::BadSize(size));
     }
-    let mut frame = vec![0u8; size as usize];
-    read_exact(stream, &mut frame).await?;
+    // Memory grows with the bytes that actually arrive, not with the size a
+    // peer announces.
+    let size = size as usize;
+    let mut frame = Vec::with_capacity(size.min(FRAME_PREALLOC_BYTES_MAX));
+    let read = stream
+        .take(size as u64)
+        .read_to_end(&mut frame)
+        .await
+        .map_err(Close::Io)?;
+    if read < size {
+        return Err(Close::Truncated);
+    }
     Ok(Some(Bytes::from(frame)))
 }
 
@@ -141,7 +164,8 @@ async fn handle_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Outcome, Close> {
         }
         return Err(Close::UnsupportedVersion(key, version));
     }
-    let header = RequestHeader::decode(&mut frame, key.request_header_version(version)).map_err(|e| Close::Decode(format!("header: {e:#}")))?;
+    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| Close::Decode(format!("header: {e:#}")))?;
     tracing::trace!(api = ?key, version, correlation_id = header.correlation_id, "request");
     match handlers::dispatch(key, version, &mut frame, ctx).await {
         Ok(Some(body)) => encode(header.correlation_id, key, version, &body).map(Outcome::Reply),
@@ -151,7 +175,12 @@ async fn handle_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Outcome, Close> {
 }
 
 /// Size prefix + response header + body.
-fn encode(correlation_id: i32, key: ApiKey, version: i16, body: &ResponseKind) -> Result<Bytes, Close> {
+fn encode(
+    correlation_id: i32,
+    key: ApiKey,
+    version: i16,
+    body: &ResponseKind,
+) -> Result<Bytes, Close> {
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
     let mut buf = BytesMut::with_capacity(64);
@@ -160,7 +189,8 @@ fn encode(correlation_id: i32, key: ApiKey, version: i16, body: &ResponseKind) -
         .encode(&mut buf, key.response_header_version(version))
         .and_then(|_| body.encode(&mut buf, version))
         .map_err(|e| Close::Encode(format!("{key:?} v{version}: {e:#}")))?;
-    let size = i32::try_from(buf.len() - 4).map_err(|_| Close::Encode("response over 2 GiB".into()))?;
+    let size =
+        i32::try_from(buf.len() - 4).map_err(|_| Close::Encode("response over 2 GiB".into()))?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
     let _ = buf.remaining();
     Ok(buf.freeze())

@@ -97,11 +97,17 @@ mod tests {
     #[test]
     fn codes_match_kafka() {
         assert_eq!(shard_error_code(&ShardError::UnknownTopicOrPartition), 3);
-        assert_eq!(shard_error_code(&ShardError::CorruptMessage("crc".into())), 2);
+        assert_eq!(
+            shard_error_code(&ShardError::CorruptMessage("crc".into())),
+            2
+        );
         assert_eq!(shard_error_code(&ShardError::OffsetOutOfRange), 1);
         assert_eq!(shard_error_code(&ShardError::NotLeader), 6);
         assert_eq!(meta_error_code(&MetaError::TopicExists("t".into())), 36);
-        assert_eq!(meta_error_code(&MetaError::InvalidPartitions("0".into())), 37);
+        assert_eq!(
+            meta_error_code(&MetaError::InvalidPartitions("0".into())),
+            37
+        );
         assert_eq!(codes::invalid_topic(), 17);
         assert_eq!(codes::unsupported_version(), 35);
         assert_eq!(codes::invalid_required_acks(), 21);

@@ -55,8 +55,8 @@ fn main() -> std::process::ExitCode {
     match start(args, sub) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // Also before logging is set up (bad settings): plain stderr.
             eprintln!("sluice: {e:#}");
-            tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -69,6 +69,10 @@ fn start(args: StartArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let directives = format!("openraft=warn,{}", settings.log_level);
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(directives));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
     server::run(settings)
 }

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::future::{select, Either};
@@ -31,13 +30,12 @@ use crate::plane::{self, Shard, ShardMesh};
 pub const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
 /// Open Kafka connections per shard; further ones are closed at accept.
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
-/// How long shutdown waits for a shard thread to finish.
-const SHARD_STOP_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs a node until SIGTERM/SIGINT.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("--data-dir: cannot create {}", settings.data_dir.display()))?;
+    let admin_listener = crate::admin::bind(settings.admin_listen)?;
     let (stop_tx, _stop_rx) = watch::channel(false);
     let signalled = stop_tx.clone();
     ctrlc::set_handler(move || {
@@ -51,13 +49,18 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         partitions_per_shard_max: settings.partitions_per_shard_max(),
     })
     .context("starting the metadata service")?;
-    let result = serve(&settings, &meta, &stop_tx);
+    let result = serve(&settings, &meta, admin_listener, &stop_tx);
     stop_tx.send_replace(true);
     meta.shutdown();
     result
 }
 
-fn serve(settings: &Settings, meta: &Metadata, stop_tx: &watch::Sender<bool>) -> anyhow::Result<()> {
+fn serve(
+    settings: &Settings,
+    meta: &Metadata,
+    admin_listener: std::net::TcpListener,
+    stop_tx: &watch::Sender<bool>,
+) -> anyhow::Result<()> {
     let stop = stop_tx.subscribe();
     let node = Arc::new(NodeInfo {
         node_id: settings.node_id,
@@ -85,7 +88,7 @@ fn serve(settings: &Settings, meta: &Metadata, stop_tx: &watch::Sender<bool>) ->
     drop(ready_tx);
     let started = wait_ready(&ready_rx, settings.shards);
     let admin = match started {
-        Ok(()) => crate::admin::start(settings.admin_listen, stop.clone()),
+        Ok(()) => crate::admin::start(admin_listener, stop.clone()),
         Err(e) => Err(e),
     };
     if let Ok(admin) = &admin {
@@ -131,13 +134,9 @@ fn wait_stop(mut stop: watch::Receiver<bool>) {
 }
 
 fn join_shards(shards: Vec<glommio::ExecutorJoinHandle<()>>) {
-    let deadline = std::time::Instant::now() + SHARD_STOP_WAIT;
+    // Shards return promptly once `stop` flips: they stop accepting, close
+    // the data plane (WAL close flushes queued appends) and exit.
     for handle in shards {
-        // ExecutorJoinHandle::join blocks; shards stop promptly once `stop` flips.
-        if std::time::Instant::now() > deadline {
-            tracing::error!("shard did not stop in time");
-            break;
-        }
         if let Err(e) = handle.join() {
             tracing::error!(error = %e, "shard thread failed");
         }
@@ -160,7 +159,11 @@ fn placement(settings: &Settings, id: u32) -> Placement {
     }
     // Core 0 keeps the control thread when there is room for it.
     let cores = cores() as usize;
-    let core = if cores > settings.shards as usize { id as usize + 1 } else { id as usize % cores };
+    let core = if cores > settings.shards as usize {
+        id as usize + 1
+    } else {
+        id as usize % cores
+    };
     Placement::Fixed(core)
 }
 
@@ -174,7 +177,15 @@ fn spawn_shard(args: ShardArgs) -> anyhow::Result<glommio::ExecutorJoinHandle<()
 }
 
 async fn shard_main(args: ShardArgs) {
-    let ShardArgs { id, settings, mesh, meta, node, stop, ready } = args;
+    let ShardArgs {
+        id,
+        settings,
+        mesh,
+        meta,
+        node,
+        stop,
+        ready,
+    } = args;
     let cfg = plane::shard_config(&settings, id);
     let shard = match Shard::start(cfg, mesh, meta.clone()).await {
         Ok(shard) => shard,
@@ -186,20 +197,34 @@ async fn shard_main(args: ShardArgs) {
     let listener = match TcpListener::bind(settings.listen) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(format!("--listen {}: cannot bind: {e}", settings.listen)));
+            let _ = ready.send(Err(format!(
+                "--listen {}: cannot bind: {e}",
+                settings.listen
+            )));
             shard.close().await;
             return;
         }
     };
     let _ = ready.send(Ok(id));
-    let ctx = Rc::new(Ctx { shard: Rc::clone(&shard), meta, node });
-    let limits = Rc::new(ConnLimits { request_max_bytes: settings.request_max_bytes });
+    let ctx = Rc::new(Ctx {
+        shard: Rc::clone(&shard),
+        meta,
+        node,
+    });
+    let limits = Rc::new(ConnLimits {
+        request_max_bytes: settings.request_max_bytes,
+    });
     accept_loop(listener, ctx, limits, stop).await;
     shard.close().await;
     tracing::debug!(shard = id, "shard stopped");
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>, limits: Rc<ConnLimits>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Rc<Ctx>,
+    limits: Rc<ConnLimits>,
+    mut stop: watch::Receiver<bool>,
+) {
     let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
         if *stop.borrow() {
@@ -224,7 +249,10 @@ async fn accept_loop(listener: TcpListener, ctx: Rc<Ctx>, limits: Rc<ConnLimits>
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().map(|a: SocketAddr| a.to_string()).unwrap_or_default();
+        let peer = stream
+            .peer_addr()
+            .map(|a: SocketAddr| a.to_string())
+            .unwrap_or_default();
         let (ctx, limits, open) = (Rc::clone(&ctx), Rc::clone(&limits), Rc::clone(&open));
         open.set(open.get() + 1);
         glommio::spawn_local(async move {

@@ -17,7 +17,9 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 use crate::config::{Cli, Settings, StartArgs};
 use crate::connection::{serve_frame_for_tests, ConnLimits};
@@ -25,20 +27,34 @@ use crate::handlers::{topic_name, Ctx, NodeInfo};
 use crate::plane::{self, Shard};
 
 fn settings(dir: &std::path::Path) -> Settings {
-    let argv = ["sluice", "start", "--shards", "1", "--data-dir", dir.to_str().unwrap()];
+    let argv = [
+        "sluice",
+        "start",
+        "--shards",
+        "1",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
     let matches = Cli::command().try_get_matches_from(argv).unwrap();
     let (_, sub) = matches.subcommand().unwrap();
     Settings::resolve(StartArgs::from_arg_matches(sub).unwrap()).unwrap()
 }
 
-fn frame<T: Encodable + HeaderVersionOf>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Bytes {
+fn frame<T: Encodable + HeaderVersionOf>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Bytes {
     let mut header = RequestHeader::default();
     header.request_api_key = key as i16;
     header.request_api_version = version;
     header.correlation_id = correlation_id;
     header.client_id = Some(StrBytes::from_static_str("wire-test"));
     let mut buf = BytesMut::new();
-    header.encode(&mut buf, key.request_header_version(version)).unwrap();
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .unwrap();
     body.encode(&mut buf, version).unwrap();
     buf.freeze()
 }
@@ -52,8 +68,13 @@ fn response<T: Decodable>(key: ApiKey, version: i16, correlation_id: i32, mut by
     assert_eq!(size, bytes.len());
     let header = ResponseHeader::decode(&mut bytes, key.response_header_version(version)).unwrap();
     assert_eq!(header.correlation_id, correlation_id);
-    let body = T::decode(&mut bytes, version).unwrap_or_else(|e| panic!("{key:?} v{version}: {e:#}"));
-    assert!(!bytes.has_remaining(), "{key:?} v{version}: {} trailing bytes", bytes.remaining());
+    let body =
+        T::decode(&mut bytes, version).unwrap_or_else(|e| panic!("{key:?} v{version}: {e:#}"));
+    assert!(
+        !bytes.has_remaining(),
+        "{key:?} v{version}: {} trailing bytes",
+        bytes.remaining()
+    );
     body
 }
 
@@ -75,7 +96,10 @@ fn batch(n: usize) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
     RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
     buf.freeze()
 }
@@ -92,8 +116,11 @@ impl Client<'_> {
         Resp: Decodable,
     {
         self.next_id += 1;
-        let limits = ConnLimits { request_max_bytes: 1 << 20 };
-        let reply = serve_frame_for_tests(frame(key, version, self.next_id, req), self.ctx, &limits).await;
+        let limits = ConnLimits {
+            request_max_bytes: 1 << 20,
+        };
+        let reply =
+            serve_frame_for_tests(frame(key, version, self.next_id, req), self.ctx, &limits).await;
         response(key, version, self.next_id, reply.expect("a response"))
     }
 }
@@ -114,7 +141,9 @@ fn every_api_at_every_version() {
     glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(1 << 20)
         .spawn(move || async move {
-            let shard = Shard::start(plane::shard_config(&settings, 0), mesh, meta2.clone()).await.unwrap();
+            let shard = Shard::start(plane::shard_config(&settings, 0), mesh, meta2.clone())
+                .await
+                .unwrap();
             let node = Arc::new(NodeInfo {
                 node_id: 1,
                 advertised_host: "127.0.0.1".into(),
@@ -123,8 +152,15 @@ fn every_api_at_every_version() {
                 default_partitions: 2,
                 auto_create_topics: true,
             });
-            let ctx = Ctx { shard: Rc::clone(&shard), meta: meta2, node };
-            let mut client = Client { ctx: &ctx, next_id: 0 };
+            let ctx = Ctx {
+                shard: Rc::clone(&shard),
+                meta: meta2,
+                node,
+            };
+            let mut client = Client {
+                ctx: &ctx,
+                next_id: 0,
+            };
             run_all(&mut client).await;
             shard.close().await;
         })
@@ -136,49 +172,114 @@ fn every_api_at_every_version() {
 
 async fn run_all(c: &mut Client<'_>) {
     for v in 0..=3 {
-        let r: ApiVersionsResponse = c.call(ApiKey::ApiVersions, v, &api_versions_request(v)).await;
+        let r: ApiVersionsResponse = c
+            .call(ApiKey::ApiVersions, v, &api_versions_request(v))
+            .await;
         assert_eq!(r.error_code, 0);
-        assert!(r.api_keys.iter().any(|k| k.api_key == ApiKey::Fetch as i16 && k.max_version == 12));
+        assert!(r
+            .api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::Fetch as i16 && k.max_version == 12));
     }
     for v in 0..=7 {
         let name = format!("created-v{v}");
-        let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, v, &create_request(&name, 3)).await;
-        assert_eq!(r.topics[0].error_code, 0, "CreateTopics v{v}: {:?}", r.topics[0].error_message);
-        let again: CreateTopicsResponse = c.call(ApiKey::CreateTopics, v, &create_request(&name, 3)).await;
+        let r: CreateTopicsResponse = c
+            .call(ApiKey::CreateTopics, v, &create_request(&name, 3))
+            .await;
+        assert_eq!(
+            r.topics[0].error_code, 0,
+            "CreateTopics v{v}: {:?}",
+            r.topics[0].error_message
+        );
+        let again: CreateTopicsResponse = c
+            .call(ApiKey::CreateTopics, v, &create_request(&name, 3))
+            .await;
         assert_eq!(again.topics[0].error_code, 36, "CreateTopics v{v} twice");
     }
-    let bad: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &create_request("bad name", 1)).await;
+    let mut dry = create_request("dry-run", -1);
+    dry.validate_only = true;
+    let r: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &dry).await;
+    assert_eq!(
+        (r.topics[0].error_code, r.topics[0].num_partitions),
+        (0, 2),
+        "validate_only, default partitions"
+    );
+    assert!(
+        c.ctx.topic("dry-run").is_none(),
+        "validate_only creates nothing"
+    );
+    let r: CreateTopicsResponse = c
+        .call(ApiKey::CreateTopics, 7, &create_request("defaulted", -1))
+        .await;
+    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(
+        c.ctx.topic("defaulted").map(|t| t.partitions.len()),
+        Some(2),
+        "-1 partitions = node default"
+    );
+    let bad: CreateTopicsResponse = c
+        .call(ApiKey::CreateTopics, 7, &create_request("bad name", 1))
+        .await;
     assert_eq!(bad.topics[0].error_code, 17);
     for v in 0..=12 {
-        let r: MetadataResponse = c.call(ApiKey::Metadata, v, &metadata_request("auto-topic", v)).await;
+        let r: MetadataResponse = c
+            .call(ApiKey::Metadata, v, &metadata_request("auto-topic", v))
+            .await;
         assert_eq!(r.brokers.len(), 1, "Metadata v{v}");
         assert_eq!(r.brokers[0].port, 9092);
         let t = &r.topics[0];
         assert_eq!(t.error_code, 0, "Metadata v{v}");
-        assert_eq!(t.partitions.len(), 2, "auto-created with the default partitions");
+        assert_eq!(
+            t.partitions.len(),
+            2,
+            "auto-created with the default partitions"
+        );
     }
     for v in 0..=9 {
-        let r: ProduceResponse = c.call(ApiKey::Produce, v, &produce_request("auto-topic", 3)).await;
+        let r: ProduceResponse = c
+            .call(ApiKey::Produce, v, &produce_request("auto-topic", 3))
+            .await;
         let p = &r.responses[0].partition_responses[0];
         assert_eq!(p.error_code, 0, "Produce v{v}");
         assert_eq!(p.base_offset, 3 * i64::from(v), "Produce v{v}");
     }
     for v in 0..=12 {
-        let r: FetchResponse = c.call(ApiKey::Fetch, v, &fetch_request("auto-topic", v)).await;
+        let r: FetchResponse = c
+            .call(ApiKey::Fetch, v, &fetch_request("auto-topic", v))
+            .await;
         let p = &r.responses[0].partitions[0];
         assert_eq!(p.error_code, 0, "Fetch v{v}");
         assert_eq!(p.high_watermark, 30, "Fetch v{v}");
-        assert!(p.records.as_ref().is_some_and(|r| !r.is_empty()), "Fetch v{v}");
+        assert!(
+            p.records.as_ref().is_some_and(|r| !r.is_empty()),
+            "Fetch v{v}"
+        );
     }
     for v in 0..=7 {
-        let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, v, &list_offsets_request("auto-topic", v)).await;
+        let r: ListOffsetsResponse = c
+            .call(
+                ApiKey::ListOffsets,
+                v,
+                &list_offsets_request("auto-topic", v),
+            )
+            .await;
         let p = &r.topics[0].partitions[0];
         assert_eq!(p.error_code, 0, "ListOffsets v{v}");
-        let latest = if v == 0 { p.old_style_offsets[0] } else { p.offset };
+        let latest = if v == 0 {
+            p.old_style_offsets[0]
+        } else {
+            p.offset
+        };
         assert_eq!(latest, 30, "ListOffsets v{v}");
     }
     for v in 0..=6 {
-        let r: DeleteTopicsResponse = c.call(ApiKey::DeleteTopics, v, &delete_request(&format!("created-v{v}"), v)).await;
+        let r: DeleteTopicsResponse = c
+            .call(
+                ApiKey::DeleteTopics,
+                v,
+                &delete_request(&format!("created-v{v}"), v),
+            )
+            .await;
         assert_eq!(r.responses[0].error_code, 0, "DeleteTopics v{v}");
     }
 }

@@ -14,7 +14,9 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_string()))
@@ -40,7 +42,10 @@ fn batch(values: &[Vec<u8>]) -> Bytes {
         })
         .collect();
     let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions { version: 2, compression: Compression::None };
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
     RecordBatchEncoder::encode(&mut buf, records.iter(), &options).expect("encode batch");
     buf.freeze()
 }
@@ -89,8 +94,11 @@ fn truncated_frame_closes_the_connection() {
 fn garbage_frame_closes_the_connection() {
     let b = Broker::start(2);
     let mut s = connect(&b);
-    let garbage: Vec<u8> = (0..64u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80).collect();
-    s.write_all(&(garbage.len() as i32).to_be_bytes()).expect("write");
+    let garbage: Vec<u8> = (0..64u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
+        .collect();
+    s.write_all(&(garbage.len() as i32).to_be_bytes())
+        .expect("write");
     s.write_all(&garbage).expect("write");
     assert_closed(&mut s);
     // A known api key with a body that does not decode.
@@ -108,7 +116,7 @@ fn oversized_or_negative_size_prefix_closes_the_connection() {
     let b = Broker::start_with(1, &["--request-max-bytes", "1MiB"]);
     for size in [(1 << 20) + 1, i32::MAX, -1, -100] {
         let mut s = connect(&b);
-        s.write_all(&(size as i32).to_be_bytes()).expect("write");
+        s.write_all(&size.to_be_bytes()).expect("write");
         s.write_all(&[0u8; 16]).expect("write");
         assert_closed(&mut s);
     }
@@ -145,10 +153,19 @@ fn unsupported_api_versions_version_gets_error_35_and_our_ranges() {
     assert_eq!(header.correlation_id, 99);
     let resp = ApiVersionsResponse::decode(&mut bytes, 0).expect("v0 body");
     assert_eq!(resp.error_code, 35);
-    let fetch = resp.api_keys.iter().find(|k| k.api_key == ApiKey::Fetch as i16).expect("fetch advertised");
+    let fetch = resp
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Fetch as i16)
+        .expect("fetch advertised");
     assert_eq!((fetch.min_version, fetch.max_version), (0, 12));
     // The connection stays usable: a supported version is answered.
-    let ok: ApiVersionsResponse = call(&mut s, ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let ok: ApiVersionsResponse = call(
+        &mut s,
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default(),
+    );
     assert_eq!(ok.error_code, 0);
     // Any other API at an unsupported version closes the connection.
     let mut s = connect(&b);
@@ -167,8 +184,16 @@ fn crc_mismatch_is_corrupt_message() {
     let mut bad = good.to_vec();
     let last = bad.len() - 1;
     bad[last] ^= 0x55;
-    assert_eq!(produce_error(&b, "crc", Bytes::from(bad)), 2, "CORRUPT_MESSAGE");
-    assert_eq!(produce_error(&b, "crc", good), 0, "the same batch intact is accepted");
+    assert_eq!(
+        produce_error(&b, "crc", Bytes::from(bad)),
+        2,
+        "CORRUPT_MESSAGE"
+    );
+    assert_eq!(
+        produce_error(&b, "crc", good),
+        0,
+        "the same batch intact is accepted"
+    );
     assert_healthy(&b);
 }
 
@@ -179,7 +204,10 @@ fn old_message_format_is_refused() {
     let mut v1 = batch(&[b"x".to_vec()]).to_vec();
     v1[16] = 1;
     let code = produce_error(&b, "old", Bytes::from(v1));
-    assert!(code == 43 || code == 2, "UNSUPPORTED_FOR_MESSAGE_FORMAT or CORRUPT_MESSAGE, got {code}");
+    assert!(
+        code == 43 || code == 2,
+        "UNSUPPORTED_FOR_MESSAGE_FORMAT or CORRUPT_MESSAGE, got {code}"
+    );
     assert_healthy(&b);
 }
 
@@ -234,13 +262,24 @@ fn acks_zero_gets_no_response_and_order_is_kept() {
     silent.acks = 0;
     // acks=0 produce, then a pipelined ApiVersions: the only answer is the
     // ApiVersions one (correlation id 7 from `call`).
-    s.write_all(&request_frame(ApiKey::Produce, 9, 1, &silent)).expect("write");
-    let resp: ApiVersionsResponse = call(&mut s, ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    s.write_all(&request_frame(ApiKey::Produce, 9, 1, &silent))
+        .expect("write");
+    let resp: ApiVersionsResponse = call(
+        &mut s,
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default(),
+    );
     assert_eq!(resp.error_code, 0);
     // Pipelined requests are answered in order.
     let mut frames = Vec::new();
     for id in 0..5 {
-        frames.extend(request_frame(ApiKey::Metadata, 12, 100 + id, &metadata("quiet")));
+        frames.extend(request_frame(
+            ApiKey::Metadata,
+            12,
+            100 + id,
+            &metadata("quiet"),
+        ));
     }
     s.write_all(&frames).expect("write");
     for id in 0..5 {

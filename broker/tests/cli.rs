@@ -12,7 +12,10 @@ use common::free_port;
 
 fn sluice(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    c.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         c.env(k, v);
     }
@@ -22,7 +25,10 @@ fn sluice(args: &[&str], env: &[(&str, &str)]) -> Command {
 /// Runs a start that must fail; returns its stderr.
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     let out = sluice(args, env).output().expect("run sluice");
-    assert!(!out.status.success(), "expected a refusal for {args:?} {env:?}");
+    assert!(
+        !out.status.success(),
+        "expected a refusal for {args:?} {env:?}"
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -31,9 +37,20 @@ fn ready_line(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Str
     let listen = format!("127.0.0.1:{}", free_port());
     let admin = format!("127.0.0.1:{}", free_port());
     let data = dir.join(format!("data-{}", free_port()));
-    let mut all = vec!["start", "--listen", &listen, "--admin-listen", &admin, "--data-dir", data.to_str().unwrap()];
+    let mut all = vec![
+        "start",
+        "--listen",
+        &listen,
+        "--admin-listen",
+        &admin,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
     all.extend_from_slice(args);
-    let mut child = sluice(&all, env).env("RUST_LOG", "info").spawn().expect("spawn");
+    let mut child = sluice(&all, env)
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("spawn");
     let mut stderr = child.stderr.take().expect("stderr");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut text = String::new();
@@ -47,7 +64,10 @@ fn ready_line(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Str
     }
     let _ = child.kill();
     let _ = child.wait();
-    let line = text.lines().find(|l| l.contains("sluice ready")).unwrap_or_else(|| panic!("not ready:\n{text}"));
+    let line = text
+        .lines()
+        .find(|l| l.contains("sluice ready"))
+        .unwrap_or_else(|| panic!("not ready:\n{text}"));
     line.to_string()
 }
 
@@ -74,12 +94,26 @@ fn bad_values_are_refused_naming_the_setting() {
 fn flag_beats_env_beats_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sluice.toml");
-    std::fs::write(&file, "shards = 3\nadvertised_listener = \"file.example:1111\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "shards = 3\nadvertised_listener = \"file.example:1111\"\n",
+    )
+    .unwrap();
     let cfg = file.to_str().unwrap();
     let line = ready_line(dir.path(), &["--config", cfg], &[]);
-    assert!(line.contains("shards=3") && line.contains("file.example:1111"), "file: {line}");
+    assert!(
+        line.contains("shards=3") && line.contains("file.example:1111"),
+        "file: {line}"
+    );
     let line = ready_line(dir.path(), &["--config", cfg], &[("SLUICE_SHARDS", "2")]);
-    assert!(line.contains("shards=2") && line.contains("file.example:1111"), "env over file: {line}");
-    let line = ready_line(dir.path(), &["--config", cfg, "--shards", "1"], &[("SLUICE_SHARDS", "2")]);
+    assert!(
+        line.contains("shards=2") && line.contains("file.example:1111"),
+        "env over file: {line}"
+    );
+    let line = ready_line(
+        dir.path(),
+        &["--config", cfg, "--shards", "1"],
+        &[("SLUICE_SHARDS", "2")],
+    );
     assert!(line.contains("shards=1"), "flag over env: {line}");
 }

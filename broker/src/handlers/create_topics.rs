@@ -20,11 +20,21 @@ use crate::errors::{codes, meta_error_code, shard_error_code};
 const READY_WAIT_MS_MAX: u64 = 60_000;
 
 pub async fn handle(req: CreateTopicsRequest, version: i16, ctx: &Ctx) -> CreateTopicsResponse {
-    let wait_ms = u64::try_from(req.timeout_ms).unwrap_or(0).clamp(1, READY_WAIT_MS_MAX);
+    let wait_ms = u64::try_from(req.timeout_ms)
+        .unwrap_or(0)
+        .clamp(1, READY_WAIT_MS_MAX);
     let validate_only = req.validate_only;
-    let results = join_all(req.topics.into_iter().map(|t| create_one(t, validate_only, wait_ms, ctx))).await;
+    let results = join_all(
+        req.topics
+            .into_iter()
+            .map(|t| create_one(t, validate_only, wait_ms, ctx)),
+    )
+    .await;
     let mut resp = CreateTopicsResponse::default();
-    resp.topics = results.into_iter().map(|r| if version >= 1 { r } else { without_message(r) }).collect();
+    resp.topics = results
+        .into_iter()
+        .map(|r| if version >= 1 { r } else { without_message(r) })
+        .collect();
     resp
 }
 
@@ -33,7 +43,12 @@ fn without_message(mut r: CreatableTopicResult) -> CreatableTopicResult {
     r
 }
 
-async fn create_one(t: CreatableTopic, validate_only: bool, wait_ms: u64, ctx: &Ctx) -> CreatableTopicResult {
+async fn create_one(
+    t: CreatableTopic,
+    validate_only: bool,
+    wait_ms: u64,
+    ctx: &Ctx,
+) -> CreatableTopicResult {
     let name = t.name.0.to_string();
     let spec = match validate(&t, &name, ctx) {
         Ok(spec) => spec,
@@ -51,34 +66,63 @@ async fn create_one(t: CreatableTopic, validate_only: bool, wait_ms: u64, ctx: &
     match with_deadline(wait_ms, ctx.shard.await_topic_ready(&topic)).await {
         Some(Ok(())) => ok_result(&t, Some(topic_uuid(&topic)), partitions),
         Some(Err(e)) => result(&t, shard_error_code(&e), Some(e.to_string())),
-        None => result(&t, codes::request_timed_out(), Some("partitions not ready in time".into())),
+        None => result(
+            &t,
+            codes::request_timed_out(),
+            Some("partitions not ready in time".into()),
+        ),
     }
 }
 
 fn validate(t: &CreatableTopic, name: &str, ctx: &Ctx) -> Result<TopicSpec, (i16, String)> {
     if !valid_topic_name(name) {
-        return Err((codes::invalid_topic(), format!("invalid topic name '{name}'")));
+        return Err((
+            codes::invalid_topic(),
+            format!("invalid topic name '{name}'"),
+        ));
     }
     if ctx.topic(name).is_some() {
-        return Err((codes::topic_already_exists(), format!("topic '{name}' already exists")));
+        return Err((
+            codes::topic_already_exists(),
+            format!("topic '{name}' already exists"),
+        ));
     }
     if !t.assignments.is_empty() {
-        return Err((codes::invalid_replica_assignment(), "manual replica assignment is not supported".into()));
+        return Err((
+            codes::invalid_replica_assignment(),
+            "manual replica assignment is not supported".into(),
+        ));
     }
     if t.replication_factor != -1 && t.replication_factor != 1 {
-        return Err((codes::invalid_replication_factor(), "replication factor must be 1 on a single node".into()));
+        return Err((
+            codes::invalid_replication_factor(),
+            "replication factor must be 1 on a single node".into(),
+        ));
     }
     let partitions = match t.num_partitions {
         -1 => ctx.node.default_partitions,
         n if n >= 1 && n as u32 <= PARTITIONS_PER_TOPIC_MAX => n as u32,
-        n => return Err((codes::invalid_partitions(), format!("{n} partitions is not in 1..={PARTITIONS_PER_TOPIC_MAX}"))),
+        n => {
+            return Err((
+                codes::invalid_partitions(),
+                format!("{n} partitions is not in 1..={PARTITIONS_PER_TOPIC_MAX}"),
+            ))
+        }
     };
     let configs: BTreeMap<String, String> = t
         .configs
         .iter()
-        .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+        .filter_map(|c| {
+            c.value
+                .as_ref()
+                .map(|v| (c.name.to_string(), v.to_string()))
+        })
         .collect();
-    Ok(TopicSpec { name: name.to_string(), partitions, configs })
+    Ok(TopicSpec {
+        name: name.to_string(),
+        partitions,
+        configs,
+    })
 }
 
 fn ok_result(t: &CreatableTopic, id: Option<uuid::Uuid>, partitions: u32) -> CreatableTopicResult {

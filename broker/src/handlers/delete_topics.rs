@@ -10,13 +10,19 @@ use crate::errors::{codes, meta_error_code};
 
 pub async fn handle(req: DeleteTopicsRequest, version: i16, ctx: &Ctx) -> DeleteTopicsResponse {
     let targets: Vec<Target> = if version >= 6 {
-        req.topics.into_iter().map(|t| t.name.map(Target::Name).unwrap_or(Target::Id(t.topic_id))).collect()
+        req.topics
+            .into_iter()
+            .map(|t| t.name.map(Target::Name).unwrap_or(Target::Id(t.topic_id)))
+            .collect()
     } else {
         req.topic_names.into_iter().map(Target::Name).collect()
     };
     let results = join_all(targets.into_iter().map(|t| delete_one(t, ctx))).await;
     let mut resp = DeleteTopicsResponse::default();
-    resp.responses = results.into_iter().map(|r| if version >= 5 { r } else { without_message(r) }).collect();
+    resp.responses = results
+        .into_iter()
+        .map(|r| if version >= 5 { r } else { without_message(r) })
+        .collect();
     resp
 }
 

@@ -29,7 +29,9 @@ pub async fn handle(req: FetchRequest, version: i16, ctx: &Ctx) -> FetchResponse
         resp.error_code = codes::fetch_session_id_not_found();
         return resp;
     }
-    let max_wait_ms = u32::try_from(req.max_wait_ms).unwrap_or(0).min(MAX_WAIT_MS_MAX);
+    let max_wait_ms = u32::try_from(req.max_wait_ms)
+        .unwrap_or(0)
+        .min(MAX_WAIT_MS_MAX);
     let (slots, partitions) = plan(&req, ctx);
     let results = if partitions.is_empty() {
         if slots.iter().all(|(_, s)| s.is_empty()) {
@@ -37,7 +39,11 @@ pub async fn handle(req: FetchRequest, version: i16, ctx: &Ctx) -> FetchResponse
         }
         Vec::new()
     } else {
-        let max_bytes = if version >= 3 { req.max_bytes } else { i32::MAX };
+        let max_bytes = if version >= 3 {
+            req.max_bytes
+        } else {
+            i32::MAX
+        };
         let plane_req = plane::FetchRequest {
             partitions,
             max_wait_ms,
@@ -77,7 +83,11 @@ fn plan(req: &FetchRequest, ctx: &Ctx) -> (Slots, Vec<plane::FetchPartition>) {
     (slots, partitions)
 }
 
-fn assemble(req: &FetchRequest, slots: Slots, results: Vec<FetchPartitionResult>) -> Vec<FetchableTopicResponse> {
+fn assemble(
+    req: &FetchRequest,
+    slots: Slots,
+    results: Vec<FetchPartitionResult>,
+) -> Vec<FetchableTopicResponse> {
     let mut results: Vec<Option<FetchPartitionResult>> = results.into_iter().map(Some).collect();
     slots
         .into_iter()
@@ -92,7 +102,10 @@ fn assemble(req: &FetchRequest, slots: Slots, results: Vec<FetchPartitionResult>
                 .map(|(p, slot)| match slot {
                     Slot::Plane(i) => match results.get_mut(i).and_then(Option::take) {
                         Some(r) => partition_data(p.partition, r),
-                        None => error_data(p.partition, kafka_protocol::ResponseError::UnknownServerError.code()),
+                        None => error_data(
+                            p.partition,
+                            kafka_protocol::ResponseError::UnknownServerError.code(),
+                        ),
                     },
                     Slot::Error(code) => error_data(p.partition, code),
                 })

@@ -3,7 +3,9 @@
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition as RequestPartition;
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
 use super::Ctx;
@@ -30,14 +32,24 @@ pub async fn handle(req: ListOffsetsRequest, version: i16, ctx: &Ctx) -> ListOff
     resp
 }
 
-async fn list_one(ti: usize, name: String, p: RequestPartition, version: i16, ctx: &Ctx) -> (usize, ListOffsetsPartitionResponse) {
+async fn list_one(
+    ti: usize,
+    name: String,
+    p: RequestPartition,
+    version: i16,
+    ctx: &Ctx,
+) -> (usize, ListOffsetsPartitionResponse) {
     let mut r = ListOffsetsPartitionResponse::default();
     r.partition_index = p.partition_index;
     let Some(topic) = ctx.topic(&name) else {
         r.error_code = codes::unknown_topic_or_partition();
         return (ti, r);
     };
-    let req = ListOffsetsPartition { topic, partition: p.partition_index, timestamp: p.timestamp };
+    let req = ListOffsetsPartition {
+        topic,
+        partition: p.partition_index,
+        timestamp: p.timestamp,
+    };
     let result = ctx.shard.list_offsets(req).await;
     if let Some(e) = &result.error {
         r.error_code = shard_error_code(e);

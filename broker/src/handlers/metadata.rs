@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
 use sluice_raft::{MetaError, TopicMeta, TopicSpec};
 
@@ -19,7 +21,12 @@ const AUTO_CREATE_READY_MS_MAX: u64 = 10_000;
 pub async fn handle(req: MetadataRequest, version: i16, ctx: &Ctx) -> MetadataResponse {
     let allow_auto = ctx.node.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
     let topics = match requested(req.topics, version) {
-        None => ctx.view().topics.values().map(|t| describe(t, ctx)).collect(),
+        None => ctx
+            .view()
+            .topics
+            .values()
+            .map(|t| describe(t, ctx))
+            .collect(),
         Some(list) => join_all(list.into_iter().map(|t| lookup(t, allow_auto, ctx))).await,
     };
     let mut resp = MetadataResponse::default();
@@ -31,7 +38,10 @@ pub async fn handle(req: MetadataRequest, version: i16, ctx: &Ctx) -> MetadataRe
 }
 
 /// `None`: all topics. v0 has no null array; its empty list means all.
-fn requested(topics: Option<Vec<MetadataRequestTopic>>, version: i16) -> Option<Vec<MetadataRequestTopic>> {
+fn requested(
+    topics: Option<Vec<MetadataRequestTopic>>,
+    version: i16,
+) -> Option<Vec<MetadataRequestTopic>> {
     match topics {
         Some(list) if list.is_empty() && version == 0 => None,
         other => other,
@@ -77,7 +87,11 @@ fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx) -> MetadataResponseTopic {
 }
 
 async fn auto_create(name: &str, ctx: &Ctx) -> MetadataResponseTopic {
-    let spec = TopicSpec { name: name.to_string(), partitions: ctx.node.default_partitions, configs: Default::default() };
+    let spec = TopicSpec {
+        name: name.to_string(),
+        partitions: ctx.node.default_partitions,
+        configs: Default::default(),
+    };
     let topic = match ctx.meta.create_topic(spec).await {
         Ok(topic) => topic,
         Err(MetaError::TopicExists(_)) => match ctx.topic(name) {
@@ -86,12 +100,24 @@ async fn auto_create(name: &str, ctx: &Ctx) -> MetadataResponseTopic {
         },
         Err(e) => return error_topic(name, meta_error_code(&e)),
     };
-    tracing::info!(topic = name, partitions = topic.partitions.len(), "topic auto-created");
-    match with_deadline(AUTO_CREATE_READY_MS_MAX, ctx.shard.await_topic_ready(&topic)).await {
+    tracing::info!(
+        topic = name,
+        partitions = topic.partitions.len(),
+        "topic auto-created"
+    );
+    match with_deadline(
+        AUTO_CREATE_READY_MS_MAX,
+        ctx.shard.await_topic_ready(&topic),
+    )
+    .await
+    {
         Some(Ok(())) => describe(&topic, ctx),
         Some(Err(e)) => error_topic(name, shard_error_code(&e)),
         // Kafka's answer for a topic whose partitions are still being set up.
-        None => error_topic(name, kafka_protocol::ResponseError::LeaderNotAvailable.code()),
+        None => error_topic(
+            name,
+            kafka_protocol::ResponseError::LeaderNotAvailable.code(),
+        ),
     }
 }
 

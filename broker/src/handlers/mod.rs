@@ -38,7 +38,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 
 /// Our version range for `key`, if we serve it.
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED.iter().find(|(k, _, _)| *k == key).map(|&(_, min, max)| (min, max))
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|&(_, min, max)| (min, max))
 }
 
 /// Node-wide facts the handlers need; shared by all shards (read-only).
@@ -81,18 +84,35 @@ fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, DecodeError
 
 /// Decodes the body of a supported request and runs its handler. `None`:
 /// no response is due (produce with acks=0).
-pub async fn dispatch(key: ApiKey, version: i16, body: &mut Bytes, ctx: &Ctx) -> Result<Option<ResponseKind>, DecodeError> {
+pub async fn dispatch(
+    key: ApiKey,
+    version: i16,
+    body: &mut Bytes,
+    ctx: &Ctx,
+) -> Result<Option<ResponseKind>, DecodeError> {
     let response = match key {
-        ApiKey::ApiVersions => ResponseKind::ApiVersions(api_versions::handle(&decode(body, version)?, version)),
-        ApiKey::Metadata => ResponseKind::Metadata(metadata::handle(decode(body, version)?, version, ctx).await),
-        ApiKey::CreateTopics => ResponseKind::CreateTopics(create_topics::handle(decode(body, version)?, version, ctx).await),
-        ApiKey::DeleteTopics => ResponseKind::DeleteTopics(delete_topics::handle(decode(body, version)?, version, ctx).await),
+        ApiKey::ApiVersions => {
+            ResponseKind::ApiVersions(api_versions::handle(&decode(body, version)?, version))
+        }
+        ApiKey::Metadata => {
+            ResponseKind::Metadata(metadata::handle(decode(body, version)?, version, ctx).await)
+        }
+        ApiKey::CreateTopics => ResponseKind::CreateTopics(
+            create_topics::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::DeleteTopics => ResponseKind::DeleteTopics(
+            delete_topics::handle(decode(body, version)?, version, ctx).await,
+        ),
         ApiKey::Produce => match produce::handle(decode(body, version)?, version, ctx).await {
             Some(r) => ResponseKind::Produce(r),
             None => return Ok(None),
         },
-        ApiKey::Fetch => ResponseKind::Fetch(fetch::handle(decode(body, version)?, version, ctx).await),
-        ApiKey::ListOffsets => ResponseKind::ListOffsets(list_offsets::handle(decode(body, version)?, version, ctx).await),
+        ApiKey::Fetch => {
+            ResponseKind::Fetch(fetch::handle(decode(body, version)?, version, ctx).await)
+        }
+        ApiKey::ListOffsets => ResponseKind::ListOffsets(
+            list_offsets::handle(decode(body, version)?, version, ctx).await,
+        ),
         other => return Err(DecodeError(format!("api {other:?} is not served"))),
     };
     Ok(Some(response))
@@ -105,7 +125,9 @@ pub fn valid_topic_name(name: &str) -> bool {
         && name.len() <= TOPIC_NAME_CHARS_MAX
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 pub fn topic_name(name: &str) -> TopicName {
@@ -151,7 +173,10 @@ mod tests {
     fn supported_ranges_are_within_the_codec() {
         for &(key, min, max) in SUPPORTED {
             let codec = key.valid_versions();
-            assert!(min <= max && codec.min <= min && max <= codec.max, "{key:?}");
+            assert!(
+                min <= max && codec.min <= min && max <= codec.max,
+                "{key:?}"
+            );
         }
     }
 }

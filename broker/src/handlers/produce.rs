@@ -20,7 +20,7 @@ const RECORD_BATCH_MAGIC: u8 = 2;
 
 pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<ProduceResponse> {
     let acks = req.acks;
-    let refuse = if !matches!(acks, -1 | 0 | 1) {
+    let refuse = if !(-1..=1).contains(&acks) {
         Some(codes::invalid_required_acks())
     } else if req.transactional_id.is_some() {
         Some(codes::transactional_id_authorization_failed())
@@ -31,9 +31,20 @@ pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<Prod
     let mut work = Vec::new();
     for (topic_index, topic) in req.topic_data.into_iter().enumerate() {
         responses.push(topic_response(&topic));
-        let TopicProduceData { name, partition_data, .. } = topic;
+        let TopicProduceData {
+            name,
+            partition_data,
+            ..
+        } = topic;
         for p in partition_data {
-            work.push(produce_one(topic_index, name.0.as_str().to_string(), p, acks, refuse, ctx));
+            work.push(produce_one(
+                topic_index,
+                name.0.as_str().to_string(),
+                p,
+                acks,
+                refuse,
+                ctx,
+            ));
         }
     }
     for (topic_index, partition) in join_all(work).await {
@@ -45,7 +56,10 @@ pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<Prod
     let mut resp = ProduceResponse::default();
     resp.responses = responses;
     if version < 8 {
-        resp.responses.iter_mut().flat_map(|t| t.partition_responses.iter_mut()).for_each(|p| p.error_message = None);
+        resp.responses
+            .iter_mut()
+            .flat_map(|t| t.partition_responses.iter_mut())
+            .for_each(|p| p.error_message = None);
     }
     Some(resp)
 }
@@ -66,7 +80,8 @@ async fn produce_one(
     ctx: &Ctx,
 ) -> (usize, PartitionProduceResponse) {
     let index = p.index;
-    let fail = |code: i16, message: Option<String>| (topic_index, error_response(index, code, message));
+    let fail =
+        |code: i16, message: Option<String>| (topic_index, error_response(index, code, message));
     if let Some(code) = refuse {
         return fail(code, None);
     }
@@ -79,10 +94,23 @@ async fn produce_one(
     };
     match records.get(MAGIC_OFFSET) {
         Some(&RECORD_BATCH_MAGIC) => {}
-        Some(0 | 1) => return fail(codes::unsupported_for_message_format(), Some("message format v0/v1 is not supported".into())),
+        Some(0 | 1) => {
+            return fail(
+                codes::unsupported_for_message_format(),
+                Some("message format v0/v1 is not supported".into()),
+            )
+        }
         _ => return fail(codes::corrupt_message(), Some("not a record batch".into())),
     }
-    let result = ctx.shard.produce(ProducePartition { topic, partition: index, records, acks }).await;
+    let result = ctx
+        .shard
+        .produce(ProducePartition {
+            topic,
+            partition: index,
+            records,
+            acks,
+        })
+        .await;
     let mut r = PartitionProduceResponse::default();
     r.index = index;
     match result.error {
@@ -100,7 +128,11 @@ async fn produce_one(
     (topic_index, r)
 }
 
-fn error_response(index: i32, error_code: i16, message: Option<String>) -> PartitionProduceResponse {
+fn error_response(
+    index: i32,
+    error_code: i16,
+    message: Option<String>,
+) -> PartitionProduceResponse {
     let mut r = PartitionProduceResponse::default();
     r.index = index;
     r.error_code = error_code;

@@ -70,15 +70,31 @@ impl Broker {
             format!("{}MiB", 256 * shards),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let log = dir.parent().expect("parent").join(format!("sluice-{port}.log"));
-        let mut b = Broker { child: None, port, admin_port, data_dir: dir.to_path_buf(), log, args, starts: 0, _tmp: None };
+        let log = dir
+            .parent()
+            .expect("parent")
+            .join(format!("sluice-{port}.log"));
+        let mut b = Broker {
+            child: None,
+            port,
+            admin_port,
+            data_dir: dir.to_path_buf(),
+            log,
+            args,
+            starts: 0,
+            _tmp: None,
+        };
         b.spawn();
         b
     }
 
     fn spawn(&mut self) {
         std::fs::create_dir_all(self.data_dir.parent().expect("parent")).expect("mkdir");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(&self.args)
             .env("RUST_LOG", "info,sluice=debug")
@@ -95,13 +111,26 @@ impl Broker {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait")) {
-                panic!("sluice exited during start-up ({status}):\n{}", self.log_text());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("try_wait"))
+            {
+                panic!(
+                    "sluice exited during start-up ({status}):\n{}",
+                    self.log_text()
+                );
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.log_text().matches("sluice ready").count() >= self.starts {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.log_text().matches("sluice ready").count() >= self.starts
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "sluice did not start in time:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not start in time:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -181,7 +210,9 @@ pub fn consumer(b: &Broker) -> BaseConsumer {
     let mut c = client_config(b);
     // assign() needs a group id; offsets are explicit and never committed,
     // so no group coordinator is involved.
-    c.set("group.id", "sluice-tests").set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+    c.set("group.id", "sluice-tests")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false");
     c.create().expect("consumer")
 }
 
@@ -192,7 +223,8 @@ pub fn create_topic(b: &Broker, name: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = client_config(b).create().expect("admin");
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = futures::executor::block_on(admin.create_topics([&topic], &opts)).expect("create_topics");
+    let results =
+        futures::executor::block_on(admin.create_topics([&topic], &opts)).expect("create_topics");
     for r in results {
         r.unwrap_or_else(|(t, e)| panic!("create {t}: {e}"));
     }
@@ -200,11 +232,18 @@ pub fn create_topic(b: &Broker, name: &str, partitions: i32) {
 
 /// Sends `(partition, key, value, timestamp)` records and returns the
 /// acknowledged `(partition, offset)` of each, in order.
-pub fn produce_all(p: &FutureProducer, topic: &str, records: &[(i32, String, String, Option<i64>)]) -> Vec<(i32, i64)> {
+pub fn produce_all(
+    p: &FutureProducer,
+    topic: &str,
+    records: &[(i32, String, String, Option<i64>)],
+) -> Vec<(i32, i64)> {
     let futures: Vec<_> = records
         .iter()
         .map(|(partition, key, value, ts)| {
-            let mut r = FutureRecord::to(topic).partition(*partition).key(key.as_str()).payload(value.as_str());
+            let mut r = FutureRecord::to(topic)
+                .partition(*partition)
+                .key(key.as_str())
+                .payload(value.as_str());
             if let Some(ts) = ts {
                 r = r.timestamp(*ts);
             }
@@ -233,11 +272,18 @@ pub struct Consumed {
 
 /// Reads every partition of `topic` from the beginning until `expected`
 /// records arrived (or the timeout passed).
-pub fn consume_all(b: &Broker, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<Consumed> {
+pub fn consume_all(
+    b: &Broker,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Consumed> {
     let c = consumer(b);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
     }
     c.assign(&tpl).expect("assign");
     let deadline = Instant::now() + timeout;
@@ -265,14 +311,28 @@ pub fn assert_healthy(b: &Broker) {
     let value = format!("alive-{}", Instant::now().elapsed().as_nanos());
     let acked = produce_all(&p, topic, &[(0, "k".into(), value.clone(), None)]);
     let offset = acked[0].1;
-    let got = consume_all(b, topic, 1, usize::try_from(offset + 1).expect("offset"), Duration::from_secs(20));
-    assert!(got.iter().any(|m| m.offset == offset && m.value == value), "healthy client did not read its record back");
+    let got = consume_all(
+        b,
+        topic,
+        1,
+        usize::try_from(offset + 1).expect("offset"),
+        Duration::from_secs(20),
+    );
+    assert!(
+        got.iter().any(|m| m.offset == offset && m.value == value),
+        "healthy client did not read its record back"
+    );
 }
 
 // ---------------------------------------------------------------- raw frames
 
 /// Encodes a request frame (size prefix, header, body).
-pub fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i32, body: &T) -> Vec<u8> {
+pub fn request_frame<T: Encodable>(
+    key: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &T,
+) -> Vec<u8> {
     let mut header = RequestHeader::default();
     header.request_api_key = key as i16;
     header.request_api_version = version;
@@ -280,7 +340,9 @@ pub fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i3
     header.client_id = Some(StrBytes::from_static_str("raw-test"));
     let mut buf = BytesMut::new();
     buf.put_i32(0);
-    header.encode(&mut buf, key.request_header_version(version)).expect("header");
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .expect("header");
     body.encode(&mut buf, version).expect("body");
     let size = i32::try_from(buf.len() - 4).expect("size");
     buf[..4].copy_from_slice(&size.to_be_bytes());
@@ -289,7 +351,8 @@ pub fn request_frame<T: Encodable>(key: ApiKey, version: i16, correlation_id: i3
 
 pub fn connect(b: &Broker) -> TcpStream {
     let s = TcpStream::connect(("127.0.0.1", b.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     s
 }
 
@@ -308,10 +371,17 @@ pub fn read_response(s: &mut TcpStream) -> Option<Bytes> {
 }
 
 /// Sends a request and decodes the response of the same version.
-pub fn call<Req: Encodable, Resp: Decodable>(s: &mut TcpStream, key: ApiKey, version: i16, req: &Req) -> Resp {
-    s.write_all(&request_frame(key, version, 7, req)).expect("write");
+pub fn call<Req: Encodable, Resp: Decodable>(
+    s: &mut TcpStream,
+    key: ApiKey,
+    version: i16,
+    req: &Req,
+) -> Resp {
+    s.write_all(&request_frame(key, version, 7, req))
+        .expect("write");
     let mut bytes = read_response(s).expect("a response, not a closed connection");
-    let header = ResponseHeader::decode(&mut bytes, key.response_header_version(version)).expect("response header");
+    let header = ResponseHeader::decode(&mut bytes, key.response_header_version(version))
+        .expect("response header");
     assert_eq!(header.correlation_id, 7);
     let resp = Resp::decode(&mut bytes, version).expect("response body");
     assert!(!bytes.has_remaining(), "trailing bytes in response");
@@ -321,12 +391,10 @@ pub fn call<Req: Encodable, Resp: Decodable>(s: &mut TcpStream, key: ApiKey, ver
 /// Asserts the broker closes `s` (reads EOF) within the read timeout.
 pub fn assert_closed(s: &mut TcpStream) {
     let mut buf = [0u8; 64];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => panic!("expected the connection to be closed, got bytes"),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-            Err(e) => panic!("expected a closed connection, got {e}"),
-        }
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Ok(_) => panic!("expected the connection to be closed, got bytes"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("expected a closed connection, got {e}"),
     }
 }
