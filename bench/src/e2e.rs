@@ -36,7 +36,7 @@ pub struct E2eArgs {
     #[arg(long, default_value_t = 1000.0, value_parser = parse_rate)]
     pub rate: f64,
     /// Most records sent but not yet acknowledged at any time.
-    #[arg(long = "in-flight-max", default_value_t = 100_000,
+    #[arg(long = "in-flight-max", value_name = "RECORDS", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub in_flight_records_max: u64,
 }
