@@ -75,9 +75,9 @@ pub fn run(a: WalArgs) -> anyhow::Result<()> {
     let (warmup, measure) = (Duration::from_secs(a.warmup_seconds), Duration::from_secs(a.seconds));
     let result = LocalExecutorBuilder::new(Placement::Unbound)
         .name("bench-wal")
-        .io_memory(4 << 20)
+        .io_memory(24 << 20)
         .spawn(move || drive(cfg, record_bytes, in_flight, warmup, measure))
-        .context("starting the glommio executor")?
+        .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("executor: {e:?}"))?;
     if !a.keep {

@@ -16,6 +16,12 @@
 //!   `commit_bytes_max`) the moment the previous one completes. A lone append
 //!   is written at once. When nothing is queued the batcher task is parked:
 //!   no timer, no wake-up, no log line.
+//! - **Buffers.** Each commit's aligned buffer comes from the executor's
+//!   `io_memory` arena (glommio's `alloc_dma_buffer`). Size that arena to at
+//!   least twice `commit_bytes_max`: a commit that does not fit falls back to
+//!   a fresh heap buffer and pays a page fault per 4 KiB (measured: 16 KiB
+//!   records at 256 in flight went from 211 MB/s to 443 MB/s when the arena
+//!   was made large enough).
 //! - **Bounds.** `queue_bytes_max` (appends wait, in call order, and the waits
 //!   are counted), `commit_bytes_max`, `entry_bytes_max`, `segment_bytes`.
 //! - **Recovery.** See `recovery`: a torn tail is truncated and reported;
