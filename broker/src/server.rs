@@ -35,6 +35,7 @@ pub const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("--data-dir: cannot create {}", settings.data_dir.display()))?;
+    probe_listen(settings.listen)?;
     let admin_listener = crate::admin::bind(settings.admin_listen)?;
     let (stop_tx, _stop_rx) = watch::channel(false);
     let signalled = stop_tx.clone();
@@ -55,6 +56,15 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     result
 }
 
+/// Shards bind with SO_REUSEPORT, which would let a second node on the same
+/// port share it silently. A plain bind first fails if anyone holds it.
+fn probe_listen(addr: SocketAddr) -> anyhow::Result<()> {
+    let probe = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("--listen {addr}: cannot bind"))?;
+    drop(probe);
+    Ok(())
+}
+
 fn serve(
     settings: &Settings,
     meta: &Metadata,
@@ -70,23 +80,9 @@ fn serve(
         default_partitions: settings.default_partitions,
         auto_create_topics: settings.auto_create_topics,
     });
-    let mesh = plane::new_mesh(settings.shards);
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
-    let mut shards = Vec::new();
-    for id in 0..settings.shards {
-        let args = ShardArgs {
-            id,
-            settings: settings.clone(),
-            mesh: mesh.clone(),
-            meta: meta.clone(),
-            node: Arc::clone(&node),
-            stop: stop.clone(),
-            ready: ready_tx.clone(),
-        };
-        shards.push(spawn_shard(args)?);
-    }
-    drop(ready_tx);
-    let started = wait_ready(&ready_rx, settings.shards);
+    let (shards, spawned) = spawn_shards(settings, meta, &node, &stop, ready_tx);
+    let started = spawned.and_then(|()| wait_ready(&ready_rx, settings.shards));
     let admin = match started {
         Ok(()) => crate::admin::start(admin_listener, stop.clone()),
         Err(e) => Err(e),
@@ -105,11 +101,45 @@ fn serve(
         tracing::info!("stopping: closing listeners and shards");
     }
     stop_tx.send_replace(true);
+    let admin = match admin {
+        Ok(admin) => admin,
+        // Start-up failed: a shard may be stuck joining the mesh with a peer
+        // that never came; do not wait for it, the process exits.
+        Err(e) => return Err(e),
+    };
     join_shards(shards);
-    let admin = admin?;
     admin.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One executor thread per shard. Returns the threads started even when a
+/// later one failed, so the caller can stop and join them.
+fn spawn_shards(
+    settings: &Settings,
+    meta: &Metadata,
+    node: &Arc<NodeInfo>,
+    stop: &watch::Receiver<bool>,
+    ready: std_mpsc::Sender<Result<u32, String>>,
+) -> (Vec<glommio::ExecutorJoinHandle<()>>, anyhow::Result<()>) {
+    let mesh = plane::new_mesh(settings.shards);
+    let mut shards = Vec::with_capacity(settings.shards as usize);
+    for id in 0..settings.shards {
+        let args = ShardArgs {
+            id,
+            settings: settings.clone(),
+            mesh: mesh.clone(),
+            meta: meta.clone(),
+            node: Arc::clone(node),
+            stop: stop.clone(),
+            ready: ready.clone(),
+        };
+        match spawn_shard(args) {
+            Ok(handle) => shards.push(handle),
+            Err(e) => return (shards, Err(e)),
+        }
+    }
+    (shards, Ok(()))
 }
 
 fn wait_ready(ready: &std_mpsc::Receiver<Result<u32, String>>, shards: u32) -> anyhow::Result<()> {
