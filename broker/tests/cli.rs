@@ -117,3 +117,64 @@ fn flag_beats_env_beats_file() {
     );
     assert!(line.contains("shards=1"), "flag over env: {line}");
 }
+
+/// Runs to completion within `secs`; returns (success, stderr).
+fn run_bounded(mut cmd: Command, secs: u64) -> (bool, String) {
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err);
+            return (status.success(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sluice did not exit within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn start_up_failures_exit_with_the_cause() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "start",
+        "--listen",
+        &busy,
+        "--admin-listen",
+        &admin,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let (ok, err) = run_bounded(sluice(&args, &[]), 30);
+    assert!(!ok && err.contains("--listen"), "port in use: {err}");
+
+    // A shard that cannot open its WAL fails start-up; the process exits.
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("shard-1"), b"not a directory").unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args = [
+        "start",
+        "--listen",
+        &listen,
+        "--admin-listen",
+        &admin,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--shards",
+        "2",
+    ];
+    let (ok, err) = run_bounded(sluice(&args, &[]), 30);
+    assert!(!ok && err.contains("shard 1"), "shard failure: {err}");
+}
