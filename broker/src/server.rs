@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::future::{select, Either};
@@ -56,12 +57,22 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     result
 }
 
-/// Shards bind with SO_REUSEPORT, which would let a second node on the same
-/// port share it silently. A plain bind first fails if anyone holds it.
+/// Shards bind with SO_REUSEPORT, which would let a second node of the same
+/// user share the port silently. Refuse when something already accepts
+/// connections there. (A plain bind is no test: after a crash, closed
+/// connections of the old process still hold the port for a while.)
 fn probe_listen(addr: SocketAddr) -> anyhow::Result<()> {
-    let probe = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("--listen {addr}: cannot bind"))?;
-    drop(probe);
+    const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    if std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok() {
+        bail!("--listen {addr}: another process is already listening there");
+    }
     Ok(())
 }
 

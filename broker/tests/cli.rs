@@ -143,6 +143,7 @@ fn run_bounded(mut cmd: Command, secs: u64) -> (bool, String) {
 
 #[test]
 fn start_up_failures_exit_with_the_cause() {
+    // Something already listening on the Kafka port (its backlog accepts).
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = held.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
