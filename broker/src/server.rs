@@ -112,12 +112,9 @@ fn serve(
         tracing::info!("stopping: closing listeners and shards");
     }
     stop_tx.send_replace(true);
-    let admin = match admin {
-        Ok(admin) => admin,
-        // Start-up failed: a shard may be stuck joining the mesh with a peer
-        // that never came; do not wait for it, the process exits.
-        Err(e) => return Err(e),
-    };
+    // Start-up failed: a shard may be stuck joining the mesh with a peer
+    // that never came; do not wait for it, the process exits.
+    let admin = admin?;
     join_shards(shards);
     admin.join();
     tracing::info!("stopped");
