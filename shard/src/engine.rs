@@ -246,7 +246,7 @@ impl Engine {
         self.applied_version.set(view.version);
         self.release_version_waiters();
         if created > 0 || !gone.is_empty() {
-            info!(
+            debug!(
                 shard = me,
                 version = view.version,
                 created,

@@ -62,7 +62,7 @@ async fn create_one(
         Ok(topic) => topic,
         Err(e) => return result(&t, meta_error_code(&e), Some(e.to_string())),
     };
-    tracing::info!(topic = name, partitions, "topic created");
+    tracing::debug!(topic = name, partitions, "topic created");
     match with_deadline(wait_ms, ctx.shard.await_topic_ready(&topic)).await {
         Some(Ok(())) => ok_result(&t, Some(topic_uuid(&topic)), partitions),
         Some(Err(e)) => result(&t, shard_error_code(&e), Some(e.to_string())),
