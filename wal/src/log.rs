@@ -7,12 +7,16 @@
 //! completes, lays out a commit marker and the frames in one aligned DMA
 //! buffer (starting with the partial last block kept in memory), writes it
 //! with one O_DIRECT write and syncs (`fdatasync`, or nothing more under
-//! `O_DSYNC`). Only then are the batch's appends resolved. When the queue is
+//! `O_DSYNC`); the next commit's write overlaps that sync. Only after its
+//! own sync are a batch's appends resolved. When the queue is
 //! empty the batcher parks on a waker: no timer, no wake-up, no log line.
 //!
-//! Watermarks: `durable_end` is the end of the last synced commit; every
-//! position below it is durable and immutable. Queued entries have no
-//! position yet: positions are assigned when a commit is laid out.
+//! Watermarks: `durable_end <= written_end`. `written_end` is the end of the
+//! last commit written; `durable_end` the end of the last one synced. Every
+//! position below `durable_end` is durable and immutable; between the two
+//! lies at most one commit, whose sync is in flight while the next commit is
+//! written. Queued entries have no position yet: positions are assigned when
+//! a commit is laid out.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -49,8 +53,11 @@ pub(crate) struct Inner {
 pub(crate) struct State {
     pub start: u64,
     pub durable_end: u64,
-    /// Bytes of the block holding `durable_end`, from the block's start up to
-    /// `durable_end`; rewritten at the head of the next commit.
+    /// End of what was written; `durable_end <= written_end`, and the gap is
+    /// at most the one commit whose sync is in flight.
+    pub written_end: u64,
+    /// Bytes of the block holding `written_end`, from the block's start up to
+    /// `written_end`; rewritten at the head of the next commit.
     pub tail: Vec<u8>,
     queue: VecDeque<Rc<Batch>>,
     queued_bytes: u64,
@@ -124,6 +131,7 @@ impl Wal {
         let state = State {
             start: opened.segments.keys().next().copied().unwrap_or(0),
             durable_end: report.end.0,
+            written_end: report.end.0,
             tail: opened.tail,
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -447,23 +455,143 @@ impl Future for Append {
     }
 }
 
+/// A commit that is written but not yet synced.
+struct Written {
+    batch: Rc<Batch>,
+    seg: Rc<Segment>,
+    end: u64,
+    total: u64,
+    began: Instant,
+}
+
 /// The batcher: one task per WAL, parked while the queue is empty.
+///
+/// Pipelined: while commit N is being synced, commit N+1 (whatever queued
+/// meanwhile) is already written, so a cycle costs max(write, sync) rather
+/// than their sum. Writes stay strictly sequential; a commit is resolved only
+/// after the sync that follows its own write.
 async fn run_batcher(weak: Weak<Inner>) {
+    let mut unsynced: Option<Written> = None;
     loop {
-        let Some((inner, batch)) = next_batch(&weak).await else {
+        let Some(w) = unsynced.take() else {
+            let Some((inner, batch)) = next_batch(&weak).await else {
+                return;
+            };
+            unsynced = write_or_fail(&inner, batch).await;
+            continue;
+        };
+        let Some(inner) = weak.upgrade() else {
+            w.batch.finish(Err(WalError::Closed));
             return;
         };
-        let poisoned = inner.st.borrow().poisoned.clone();
-        let outcome = match poisoned {
-            Some(p) => Err(WalError::Poisoned(p)),
-            None => commit(&inner, &batch).await,
+        let next = pop_if_no_roll(&inner);
+        let Some(batch) = next else {
+            let synced = sync(&inner, &w).await;
+            finish(&inner, w, synced);
+            continue;
         };
-        if outcome.is_ok() {
-            inner.st.borrow_mut().recent = Some(batch.clone());
-        }
-        batch.finish(outcome);
-        admit_waiting(&mut inner.st.borrow_mut(), &inner.cfg);
+        let (synced, written) = futures_join(sync(&inner, &w), write(&inner, &batch)).await;
+        let sync_ok = synced.is_ok();
+        finish(&inner, w, synced);
+        unsynced = match written {
+            Ok(next) if sync_ok => Some(next),
+            Ok(next) => {
+                let p = inner.st.borrow().poisoned.clone().unwrap_or_default();
+                finish(&inner, next, Err(WalError::Poisoned(p)));
+                None
+            }
+            Err(e) => {
+                batch.finish(Err(e));
+                None
+            }
+        };
     }
+}
+
+/// Runs two futures to completion concurrently on this executor.
+async fn futures_join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        if ra.is_some() && rb.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    (
+        ra.expect("polled to completion"),
+        rb.expect("polled to completion"),
+    )
+}
+
+async fn write_or_fail(inner: &Rc<Inner>, batch: Rc<Batch>) -> Option<Written> {
+    let poisoned = inner.st.borrow().poisoned.clone();
+    let written = match poisoned {
+        Some(p) => Err(WalError::Poisoned(p)),
+        None => write(inner, &batch).await,
+    };
+    match written {
+        Ok(w) => Some(w),
+        Err(e) => {
+            batch.finish(Err(e));
+            admit_waiting(&mut inner.st.borrow_mut(), &inner.cfg);
+            None
+        }
+    }
+}
+
+/// Resolves a written commit with the outcome of its sync.
+fn finish(inner: &Rc<Inner>, w: Written, synced: Result<(), WalError>) {
+    if synced.is_ok() {
+        let mut st = inner.st.borrow_mut();
+        assert!(
+            w.end > st.durable_end && w.end <= st.written_end,
+            "commits become durable in order"
+        );
+        st.durable_end = w.end;
+        st.recent = Some(w.batch.clone());
+        let entries = w.batch.entries.borrow().len() as u64;
+        st.stats
+            .record_commit(entries, w.total, w.began.elapsed().as_micros() as u64);
+    }
+    w.batch.finish(synced);
+    admit_waiting(&mut inner.st.borrow_mut(), &inner.cfg);
+}
+
+/// Pops the next queued batch unless it would start a new segment: a roll
+/// waits until everything written before it is synced.
+fn pop_if_no_roll(inner: &Rc<Inner>) -> Option<Rc<Batch>> {
+    let seg = active(inner);
+    let mut st = inner.st.borrow_mut();
+    if st.poisoned.is_some() {
+        return None;
+    }
+    let total = commit_total(st.queue.front()?);
+    if st.written_end + total > seg.end_max() {
+        return None;
+    }
+    let batch = st.queue.pop_front()?;
+    st.queued_bytes -= batch.body_bytes.get();
+    st.queued_entries -= batch.entries.borrow().len() as u64;
+    admit_waiting(&mut st, &inner.cfg);
+    Some(batch)
+}
+
+fn commit_total(batch: &Batch) -> u64 {
+    format::align_up(COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES) + batch.body_bytes.get()
 }
 
 /// Waits for the next batch; `None` once the WAL is closed (and drained) or dropped.
@@ -489,12 +617,18 @@ async fn next_batch(weak: &Weak<Inner>) -> Option<(Rc<Inner>, Rc<Batch>)> {
     .await
 }
 
-/// Writes and syncs one batch; on success advances `durable_end`.
-async fn commit(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<(), WalError> {
-    let total = format::align_up(COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES) + batch.body_bytes.get();
-    let start = inner.st.borrow().durable_end;
+/// Writes one batch after everything written so far (rolling to a new
+/// segment when it does not fit); advances `written_end`, not `durable_end`.
+async fn write(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<Written, WalError> {
+    let total = commit_total(batch);
+    let start = inner.st.borrow().written_end;
     let mut seg = active(inner);
     if start + total > seg.end_max() {
+        assert_eq!(
+            inner.st.borrow().durable_end,
+            start,
+            "a roll follows a sync"
+        );
         seg = roll(inner, start).await?;
     }
     let began = Instant::now();
@@ -510,24 +644,31 @@ async fn commit(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<(), WalError> {
             path: seg.path.clone(),
         });
     }
-    if inner.cfg.sync_mode == SyncMode::Fdatasync {
-        if let Err(e) = seg.file.fdatasync().await {
-            let err = WalError::glommio("syncing", &seg.path, e);
-            inner.st.borrow_mut().poisoned = Some(err.to_string());
-            tracing::error!(error = %err, "WAL sync failed; refusing further appends");
-            return Err(err);
-        }
-    }
     let mut st = inner.st.borrow_mut();
-    assert_eq!(
-        st.durable_end, start,
-        "only the batcher advances durable_end"
-    );
-    st.durable_end = start + total;
+    assert_eq!(st.written_end, start, "only the batcher writes");
+    st.written_end = start + total;
     st.tail = new_tail;
-    let entries = batch.entries.borrow().len() as u64;
-    st.stats
-        .record_commit(entries, total, began.elapsed().as_micros() as u64);
+    Ok(Written {
+        batch: batch.clone(),
+        seg,
+        end: start + total,
+        total,
+        began,
+    })
+}
+
+/// Makes a written commit durable. A failed sync poisons the WAL: what the
+/// kernel dropped cannot be told apart from what it kept.
+async fn sync(inner: &Rc<Inner>, w: &Written) -> Result<(), WalError> {
+    if inner.cfg.sync_mode != SyncMode::Fdatasync {
+        return Ok(());
+    }
+    if let Err(e) = w.seg.file.fdatasync().await {
+        let err = WalError::glommio("syncing", &w.seg.path, e);
+        inner.st.borrow_mut().poisoned = Some(err.to_string());
+        tracing::error!(error = %err, "WAL sync failed; refusing further appends");
+        return Err(err);
+    }
     Ok(())
 }
 
@@ -567,7 +708,7 @@ fn lay_out(
     assert_eq!(
         st.tail.len(),
         tail_len,
-        "tail block out of step with durable_end"
+        "tail block out of step with written_end"
     );
     let file_end = file_start + total;
     let mut buf = seg
