@@ -147,6 +147,9 @@ mod tests {
         assert_eq!(group_error_code(Some(&GroupError::IllegalGeneration)), 22);
         assert_eq!(group_error_code(Some(&GroupError::RebalanceInProgress)), 27);
         assert_eq!(group_error_code(Some(&GroupError::MemberIdRequired)), 79);
-        assert_eq!(group_error_code(Some(&GroupError::CoordinatorNotAvailable)), 15);
+        assert_eq!(
+            group_error_code(Some(&GroupError::CoordinatorNotAvailable)),
+            15
+        );
     }
 }

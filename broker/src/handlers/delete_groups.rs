@@ -11,7 +11,11 @@ use crate::plane::{GroupRequest, GroupResponse};
 pub async fn handle(req: DeleteGroupsRequest, _version: i16, ctx: &Ctx) -> DeleteGroupsResponse {
     let mut resp = DeleteGroupsResponse::default();
     for group_id in req.groups_names {
-        let error = match ctx.shard.group(GroupRequest::Delete(group_id.0.to_string())).await {
+        let error = match ctx
+            .shard
+            .group(GroupRequest::Delete(group_id.0.to_string()))
+            .await
+        {
             GroupResponse::Delete(e) => e,
             _ => None,
         };

@@ -11,10 +11,17 @@ use crate::plane::{GroupRequest, GroupResponse};
 /// Kafka's "not requested" value of authorized_operations.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 
-pub async fn handle(req: DescribeGroupsRequest, _version: i16, ctx: &Ctx) -> DescribeGroupsResponse {
+pub async fn handle(
+    req: DescribeGroupsRequest,
+    _version: i16,
+    ctx: &Ctx,
+) -> DescribeGroupsResponse {
     let mut resp = DescribeGroupsResponse::default();
     for group_id in req.groups {
-        let r = ctx.shard.group(GroupRequest::Describe(group_id.0.to_string())).await;
+        let r = ctx
+            .shard
+            .group(GroupRequest::Describe(group_id.0.to_string()))
+            .await;
         let GroupResponse::Describe(d) = r else {
             unreachable!("a describe is answered with a description");
         };

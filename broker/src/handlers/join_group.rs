@@ -18,12 +18,19 @@ pub async fn handle(req: JoinGroupRequest, version: i16, ctx: &Ctx) -> JoinGroup
         client_host: String::new(),
         session_timeout_ms: req.session_timeout_ms,
         // v0 has no rebalance timeout: Kafka uses the session timeout.
-        rebalance_timeout_ms: if version == 0 { req.session_timeout_ms } else { req.rebalance_timeout_ms },
+        rebalance_timeout_ms: if version == 0 {
+            req.session_timeout_ms
+        } else {
+            req.rebalance_timeout_ms
+        },
         protocol_type: req.protocol_type.to_string(),
         protocols: req
             .protocols
             .into_iter()
-            .map(|p| Protocol { name: p.name.to_string(), metadata: p.metadata })
+            .map(|p| Protocol {
+                name: p.name.to_string(),
+                metadata: p.metadata,
+            })
             .collect(),
         require_known_member_id: version >= 4,
     };

@@ -18,9 +18,15 @@ pub async fn handle(req: LeaveGroupRequest, version: i16, ctx: &Ctx) -> LeaveGro
             })
             .collect()
     } else {
-        vec![LeavingMember { member_id: req.member_id.to_string(), group_instance_id: None }]
+        vec![LeavingMember {
+            member_id: req.member_id.to_string(),
+            group_instance_id: None,
+        }]
     };
-    let leave = LeaveRequest { group_id: req.group_id.0.to_string(), members: members.clone() };
+    let leave = LeaveRequest {
+        group_id: req.group_id.0.to_string(),
+        members: members.clone(),
+    };
     let GroupResponse::Leave(r) = ctx.shard.group(GroupRequest::Leave(leave)).await else {
         unreachable!("a leave is answered with a leave result");
     };

@@ -158,9 +158,15 @@ async fn dispatch_groups(
         ApiKey::FindCoordinator => {
             ResponseKind::FindCoordinator(find_coordinator::handle(decode(b, v)?, v, ctx))
         }
-        ApiKey::JoinGroup => ResponseKind::JoinGroup(join_group::handle(decode(b, v)?, v, ctx).await),
-        ApiKey::SyncGroup => ResponseKind::SyncGroup(sync_group::handle(decode(b, v)?, v, ctx).await),
-        ApiKey::Heartbeat => ResponseKind::Heartbeat(heartbeat::handle(decode(b, v)?, v, ctx).await),
+        ApiKey::JoinGroup => {
+            ResponseKind::JoinGroup(join_group::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::SyncGroup => {
+            ResponseKind::SyncGroup(sync_group::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::Heartbeat => {
+            ResponseKind::Heartbeat(heartbeat::handle(decode(b, v)?, v, ctx).await)
+        }
         ApiKey::LeaveGroup => {
             ResponseKind::LeaveGroup(leave_group::handle(decode(b, v)?, v, ctx).await)
         }

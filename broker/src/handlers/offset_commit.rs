@@ -19,7 +19,11 @@ pub async fn handle(req: OffsetCommitRequest, _version: i16, ctx: &Ctx) -> Offse
             continue;
         }
         for p in &t.partitions {
-            let commit_timestamp_ms = if p.commit_timestamp >= 0 { p.commit_timestamp } else { now_ms };
+            let commit_timestamp_ms = if p.commit_timestamp >= 0 {
+                p.commit_timestamp
+            } else {
+                now_ms
+            };
             offsets.push((
                 t.name.0.to_string(),
                 p.partition_index,
@@ -56,7 +60,11 @@ pub async fn handle(req: OffsetCommitRequest, _version: i16, ctx: &Ctx) -> Offse
                 .map(|p| {
                     let mut r = OffsetCommitResponsePartition::default();
                     r.partition_index = p.partition_index;
-                    r.error_code = if known { code } else { codes::unknown_topic_or_partition() };
+                    r.error_code = if known {
+                        code
+                    } else {
+                        codes::unknown_topic_or_partition()
+                    };
                     r
                 })
                 .collect();

@@ -15,10 +15,18 @@ pub async fn handle(req: OffsetDeleteRequest, _version: i16, ctx: &Ctx) -> Offse
     let partitions = req
         .topics
         .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| (t.name.0.to_string(), p.partition_index)))
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(|p| (t.name.0.to_string(), p.partition_index))
+        })
         .collect();
-    let del = DeleteOffsets { group_id: req.group_id.0.to_string(), partitions };
-    let GroupResponse::OffsetDelete(r) = ctx.shard.group(GroupRequest::OffsetDelete(del)).await else {
+    let del = DeleteOffsets {
+        group_id: req.group_id.0.to_string(),
+        partitions,
+    };
+    let GroupResponse::OffsetDelete(r) = ctx.shard.group(GroupRequest::OffsetDelete(del)).await
+    else {
         unreachable!("an offset delete is answered with its result");
     };
     let mut resp = OffsetDeleteResponse::default();

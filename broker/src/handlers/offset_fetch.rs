@@ -20,7 +20,11 @@ pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx) -> OffsetF
         for g in req.groups {
             let parts = g.topics.map(|ts| {
                 ts.iter()
-                    .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.0.to_string(), *p)))
+                    .flat_map(|t| {
+                        t.partition_indexes
+                            .iter()
+                            .map(|p| (t.name.0.to_string(), *p))
+                    })
                     .collect()
             });
             resp.groups.push(fetch_group(g.group_id, parts, ctx).await);
@@ -29,7 +33,11 @@ pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx) -> OffsetF
     }
     let parts: Partitions = req.topics.map(|ts| {
         ts.iter()
-            .flat_map(|t| t.partition_indexes.iter().map(|p| (t.name.0.to_string(), *p)))
+            .flat_map(|t| {
+                t.partition_indexes
+                    .iter()
+                    .map(|p| (t.name.0.to_string(), *p))
+            })
             .collect()
     });
     let g = fetch_group(req.group_id, parts, ctx).await;
@@ -59,9 +67,17 @@ pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx) -> OffsetF
     resp
 }
 
-async fn fetch_group(group_id: GroupId, partitions: Partitions, ctx: &Ctx) -> OffsetFetchResponseGroup {
-    let req = FetchOffsets { group_id: group_id.0.to_string(), partitions };
-    let GroupResponse::OffsetFetch(r) = ctx.shard.group(GroupRequest::OffsetFetch(req)).await else {
+async fn fetch_group(
+    group_id: GroupId,
+    partitions: Partitions,
+    ctx: &Ctx,
+) -> OffsetFetchResponseGroup {
+    let req = FetchOffsets {
+        group_id: group_id.0.to_string(),
+        partitions,
+    };
+    let GroupResponse::OffsetFetch(r) = ctx.shard.group(GroupRequest::OffsetFetch(req)).await
+    else {
         unreachable!("an offset fetch is answered with offsets");
     };
     let mut out = OffsetFetchResponseGroup::default();

@@ -42,7 +42,9 @@ pub const OFFSETS_TOPIC_PARTITIONS_MAX: u32 = 50;
 /// Partitions of `__consumer_offsets` for a node of `shards` shards:
 /// min(50, 8 * shards), so every shard coordinates some groups.
 pub fn offsets_topic_partitions(shards: u32) -> u32 {
-    shards.saturating_mul(8).clamp(1, OFFSETS_TOPIC_PARTITIONS_MAX)
+    shards
+        .saturating_mul(8)
+        .clamp(1, OFFSETS_TOPIC_PARTITIONS_MAX)
 }
 
 /// Java's `String.hashCode` over UTF-16 code units.

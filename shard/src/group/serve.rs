@@ -162,7 +162,12 @@ impl Engine {
         self.rearm_group_timer();
     }
 
-    fn group_other(self: &Rc<Self>, req: GroupRequest, now: Instant, tx: oneshot::Sender<GroupResponse>) {
+    fn group_other(
+        self: &Rc<Self>,
+        req: GroupRequest,
+        now: Instant,
+        tx: oneshot::Sender<GroupResponse>,
+    ) {
         let answer = match req {
             GroupRequest::Heartbeat(r) => {
                 GroupResponse::Heartbeat(self.groups.borrow_mut().heartbeat(r, now))
@@ -191,7 +196,9 @@ impl Engine {
             group_id: req.group_id,
             offsets: req.offsets,
         };
-        self.write_group_record(rec, tx, |error| GroupResponse::Commit(CommitResult { error }));
+        self.write_group_record(rec, tx, |error| {
+            GroupResponse::Commit(CommitResult { error })
+        });
     }
 
     fn delete_owner(self: &Rc<Self>, group_id: String, tx: oneshot::Sender<GroupResponse>) {
@@ -199,10 +206,18 @@ impl Engine {
             let _ = tx.send(GroupResponse::Delete(Some(e)));
             return;
         }
-        self.write_group_record(GroupRecord::GroupDeleted { group_id }, tx, GroupResponse::Delete);
+        self.write_group_record(
+            GroupRecord::GroupDeleted { group_id },
+            tx,
+            GroupResponse::Delete,
+        );
     }
 
-    fn offset_delete_owner(self: &Rc<Self>, req: OffsetDeleteRequest, tx: oneshot::Sender<GroupResponse>) {
+    fn offset_delete_owner(
+        self: &Rc<Self>,
+        req: OffsetDeleteRequest,
+        tx: oneshot::Sender<GroupResponse>,
+    ) {
         if let Err(e) = self.groups.borrow().check_offset_delete(&req.group_id) {
             let _ = tx.send(GroupResponse::OffsetDelete(OffsetDeleteResult {
                 error: Some(e),

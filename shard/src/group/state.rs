@@ -114,7 +114,9 @@ impl Group {
         let sessions = self
             .members
             .values()
-            .filter(|m| !(self.state == GroupState::PreparingRebalance && m.awaiting_join.is_some()))
+            .filter(|m| {
+                !(self.state == GroupState::PreparingRebalance && m.awaiting_join.is_some())
+            })
             .map(|m| m.session_deadline);
         sessions.chain(self.join_deadline).min()
     }
@@ -151,13 +153,22 @@ impl Group {
             .collect();
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for m in self.members.values() {
-            if let Some(p) = m.protocols.iter().find(|p| candidates.contains(&p.name.as_str())) {
+            if let Some(p) = m
+                .protocols
+                .iter()
+                .find(|p| candidates.contains(&p.name.as_str()))
+            {
                 *votes.entry(p.name.as_str()).or_default() += 1;
             }
         }
         candidates
             .iter()
-            .max_by_key(|c| (votes.get(*c).copied().unwrap_or(0), std::cmp::Reverse(candidates.iter().position(|x| x == *c))))
+            .max_by_key(|c| {
+                (
+                    votes.get(*c).copied().unwrap_or(0),
+                    std::cmp::Reverse(candidates.iter().position(|x| x == *c)),
+                )
+            })
             .map(|c| c.to_string())
     }
 
@@ -264,7 +275,11 @@ impl Group {
             return;
         }
         self.protocol = self.select_protocol();
-        if !self.leader.as_ref().is_some_and(|l| self.members.contains_key(l)) {
+        if !self
+            .leader
+            .as_ref()
+            .is_some_and(|l| self.members.contains_key(l))
+        {
             self.leader = self.members.keys().next().cloned();
         }
         self.state = GroupState::CompletingRebalance;
@@ -382,7 +397,10 @@ impl Coordinator {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        format!("{client_id}-{}-{nanos:x}-{}", self.shard_id, self.member_seq)
+        format!(
+            "{client_id}-{}-{nanos:x}-{}",
+            self.shard_id, self.member_seq
+        )
     }
 
     /// Re-indexes the group's deadline, and forgets it if nothing is left.
@@ -425,7 +443,10 @@ impl Coordinator {
         if !self.groups.contains_key(group_id) && self.groups.len() >= GROUPS_PER_SHARD_MAX {
             return Err(GroupError::Shard(crate::ShardError::Busy));
         }
-        Ok(self.groups.entry(group_id.to_string()).or_insert_with(Group::new))
+        Ok(self
+            .groups
+            .entry(group_id.to_string())
+            .or_insert_with(Group::new))
     }
 
     pub fn join(&mut self, req: JoinRequest, now: Instant, reply: oneshot::Sender<JoinResult>) {
@@ -501,7 +522,12 @@ impl Coordinator {
         let Some(group) = self.groups.get_mut(&req.group_id) else {
             return fail(reply, GroupError::UnknownMemberId);
         };
-        if let Err(e) = check_member(group, &req.member_id, &req.group_instance_id, req.generation_id) {
+        if let Err(e) = check_member(
+            group,
+            &req.member_id,
+            &req.group_instance_id,
+            req.generation_id,
+        ) {
             return fail(reply, e);
         }
         match group.state {
@@ -534,7 +560,12 @@ impl Coordinator {
             .groups
             .get_mut(&req.group_id)
             .ok_or(GroupError::UnknownMemberId)?;
-        check_member(group, &req.member_id, &req.group_instance_id, req.generation_id)?;
+        check_member(
+            group,
+            &req.member_id,
+            &req.group_instance_id,
+            req.generation_id,
+        )?;
         let state = group.state;
         if let Some(m) = group.members.get_mut(&req.member_id) {
             m.session_deadline = now + m.session_timeout;
@@ -582,11 +613,11 @@ impl Coordinator {
 
     /// Checks that a commit is allowed; `Ok` means: write it.
     pub fn check_commit(&mut self, req: &CommitRequest) -> GroupResult<()> {
-        if req
-            .offsets
-            .iter()
-            .any(|(_, _, c)| c.metadata.as_ref().is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX))
-        {
+        if req.offsets.iter().any(|(_, _, c)| {
+            c.metadata
+                .as_ref()
+                .is_some_and(|m| m.len() > OFFSET_METADATA_BYTES_MAX)
+        }) {
             return Err(GroupError::OffsetMetadataTooLarge);
         }
         let Some(group) = self.groups.get(&req.group_id) else {
@@ -601,7 +632,12 @@ impl Coordinator {
         if group.state == GroupState::CompletingRebalance {
             return Err(GroupError::RebalanceInProgress);
         }
-        check_member(group, &req.member_id, &req.group_instance_id, req.generation_id)
+        check_member(
+            group,
+            &req.member_id,
+            &req.group_instance_id,
+            req.generation_id,
+        )
     }
 
     /// Applies a recovered or accepted record.
@@ -776,16 +812,23 @@ fn add_member(
     initial_delay: Duration,
 ) -> GroupResult<()> {
     if group.members.len() >= GROUP_MEMBERS_MAX {
-        let _ = reply.send(JoinResult::failed(GroupError::GroupMaxSizeReached, &member_id));
+        let _ = reply.send(JoinResult::failed(
+            GroupError::GroupMaxSizeReached,
+            &member_id,
+        ));
         return Err(GroupError::GroupMaxSizeReached);
     }
     if group.members.is_empty() {
         group.protocol_type = req.protocol_type.clone();
     }
     if let Some(instance) = &req.group_instance_id {
-        group.static_members.insert(instance.clone(), member_id.clone());
+        group
+            .static_members
+            .insert(instance.clone(), member_id.clone());
     }
-    group.members.insert(member_id, new_member(&req, now, reply));
+    group
+        .members
+        .insert(member_id, new_member(&req, now, reply));
     group.joined_during_delay = true;
     group.prepare_rebalance(now, initial_delay);
     group.try_complete_join(now);
@@ -808,7 +851,9 @@ fn update_member(
     m.session_deadline = now + m.session_timeout;
     let is_leader = group.leader.as_deref() == Some(req.member_id.as_str());
     match group.state {
-        GroupState::CompletingRebalance | GroupState::Stable if unchanged && !(is_leader && group.state == GroupState::Stable) => {
+        GroupState::CompletingRebalance | GroupState::Stable
+            if unchanged && !(is_leader && group.state == GroupState::Stable) =>
+        {
             let _ = reply.send(group.current_join_result(&req.member_id));
         }
         _ => {
@@ -849,7 +894,9 @@ fn rejoin_static(
         group.leader = Some(new_id.clone());
     }
     if let Some(instance) = &req.group_instance_id {
-        group.static_members.insert(instance.clone(), new_id.clone());
+        group
+            .static_members
+            .insert(instance.clone(), new_id.clone());
     }
     if group.state == GroupState::Stable && unchanged {
         let tx = m.awaiting_join.take();
@@ -941,10 +988,20 @@ mod tests {
         assert_eq!(ra.generation_id, 1);
         assert_eq!(ra.leader, rb.leader);
         let leader = ra.leader.clone();
-        let follower = if ra.member_id == leader { rb.member_id.clone() } else { ra.member_id.clone() };
+        let follower = if ra.member_id == leader {
+            rb.member_id.clone()
+        } else {
+            ra.member_id.clone()
+        };
         let (ftx, mut frx) = oneshot::channel();
         c.sync(
-            SyncRequest { group_id: "g".into(), generation_id: 1, member_id: follower.clone(), group_instance_id: None, assignments: vec![] },
+            SyncRequest {
+                group_id: "g".into(),
+                generation_id: 1,
+                member_id: follower.clone(),
+                group_instance_id: None,
+                assignments: vec![],
+            },
             t0,
             ftx,
         );
@@ -956,7 +1013,10 @@ mod tests {
                 generation_id: 1,
                 member_id: leader.clone(),
                 group_instance_id: None,
-                assignments: vec![(follower.clone(), Bytes::from_static(b"F")), (leader.clone(), Bytes::from_static(b"L"))],
+                assignments: vec![
+                    (follower.clone(), Bytes::from_static(b"F")),
+                    (leader.clone(), Bytes::from_static(b"L")),
+                ],
             },
             t0,
             ltx,
@@ -964,11 +1024,28 @@ mod tests {
         assert_eq!(got(&mut frx).assignment, Bytes::from_static(b"F"));
         assert_eq!(got(&mut lrx).assignment, Bytes::from_static(b"L"));
         let hb = |c: &mut Coordinator, id: &str| {
-            c.heartbeat(HeartbeatRequest { group_id: "g".into(), generation_id: 1, member_id: id.into(), group_instance_id: None }, t0)
+            c.heartbeat(
+                HeartbeatRequest {
+                    group_id: "g".into(),
+                    generation_id: 1,
+                    member_id: id.into(),
+                    group_instance_id: None,
+                },
+                t0,
+            )
         };
         assert_eq!(hb(&mut c, &leader), None);
         // The follower leaves: the leader is told to rejoin.
-        let left = c.leave(LeaveRequest { group_id: "g".into(), members: vec![LeavingMember { member_id: follower, group_instance_id: None }] }, t0);
+        let left = c.leave(
+            LeaveRequest {
+                group_id: "g".into(),
+                members: vec![LeavingMember {
+                    member_id: follower,
+                    group_instance_id: None,
+                }],
+            },
+            t0,
+        );
         assert_eq!(left.members, vec![None]);
         assert_eq!(hb(&mut c, &leader), Some(GroupError::RebalanceInProgress));
         let mut again = join(&mut c, &leader, t0);
@@ -988,7 +1065,15 @@ mod tests {
         c.expire(t0 + Duration::from_secs(11));
         assert_eq!(c.next_deadline(), None, "empty group: no deadline");
         assert_eq!(c.groups(), 0, "nothing committed: forgotten");
-        let hb = c.heartbeat(HeartbeatRequest { group_id: "g".into(), generation_id: 1, member_id: id, group_instance_id: None }, t0);
+        let hb = c.heartbeat(
+            HeartbeatRequest {
+                group_id: "g".into(),
+                generation_id: 1,
+                member_id: id,
+                group_instance_id: None,
+            },
+            t0,
+        );
         assert_eq!(hb, Some(GroupError::UnknownMemberId));
     }
 
@@ -1022,8 +1107,14 @@ mod tests {
             offsets: vec![],
         };
         assert!(c.check_commit(&commit(-1, "")).is_ok());
-        assert_eq!(c.check_commit(&commit(3, "m")), Err(GroupError::UnknownMemberId));
-        let fetch = c.offset_fetch(&OffsetFetchRequest { group_id: "g".into(), partitions: Some(vec![("t".into(), 0)]) });
+        assert_eq!(
+            c.check_commit(&commit(3, "m")),
+            Err(GroupError::UnknownMemberId)
+        );
+        let fetch = c.offset_fetch(&OffsetFetchRequest {
+            group_id: "g".into(),
+            partitions: Some(vec![("t".into(), 0)]),
+        });
         assert_eq!(fetch.offsets, vec![("t".into(), 0, None)]);
     }
 }
