@@ -59,7 +59,10 @@ fn settle(members: &[BenchConsumer], partitions: usize) -> anyhow::Result<Durati
         let sets: Vec<BTreeSet<i32>> = members.iter().map(assignment).collect();
         let covered: BTreeSet<i32> = sets.iter().flatten().copied().collect();
         let total: usize = sets.iter().map(BTreeSet::len).sum();
-        if covered.len() == partitions && total == partitions && sets.iter().all(|s| s.len() <= share_max) {
+        if covered.len() == partitions
+            && total == partitions
+            && sets.iter().all(|s| s.len() <= share_max)
+        {
             return Ok(started.elapsed());
         }
         if started.elapsed() > RUN_WAIT || stop_requested() {

@@ -26,6 +26,9 @@ pub const GROUP_MEMBERS_MAX: usize = 1_000;
 pub const PENDING_MEMBERS_MAX: usize = 1_000;
 /// Groups one shard coordinates.
 pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
+/// Committed offsets (group, topic, partition) one shard keeps; commits
+/// that would add more are refused (retriable) until some are deleted.
+pub const COMMITTED_OFFSETS_PER_SHARD_MAX: usize = 1_000_000;
 /// Longest accepted offset commit metadata string.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
 
@@ -369,6 +372,9 @@ pub struct Coordinator {
     initial_delay: Duration,
     member_seq: u64,
     shard_id: u32,
+    /// Committed offsets held by all groups (bounded by
+    /// `COMMITTED_OFFSETS_PER_SHARD_MAX`).
+    offsets_total: usize,
 }
 
 impl Coordinator {
@@ -379,11 +385,16 @@ impl Coordinator {
             initial_delay: initial_rebalance_delay,
             member_seq: 0,
             shard_id,
+            offsets_total: 0,
         }
     }
 
     pub fn groups(&self) -> usize {
         self.groups.len()
+    }
+
+    pub fn committed_offsets(&self) -> usize {
+        self.offsets_total
     }
 
     /// The earliest deadline of all groups.
@@ -620,6 +631,9 @@ impl Coordinator {
         }) {
             return Err(GroupError::OffsetMetadataTooLarge);
         }
+        if self.offsets_total + req.offsets.len() > COMMITTED_OFFSETS_PER_SHARD_MAX {
+            return Err(GroupError::Shard(crate::ShardError::Busy));
+        }
         let Some(group) = self.groups.get(&req.group_id) else {
             if req.generation_id < 0 {
                 return Ok(());
@@ -648,9 +662,11 @@ impl Coordinator {
                 let Ok(g) = self.group_mut(&group_id) else {
                     return;
                 };
+                let before = g.offsets.len();
                 for (topic, partition, c) in offsets {
                     g.offsets.insert((topic, partition), c);
                 }
+                self.offsets_total += g.offsets.len() - before;
                 self.touch(&group_id);
             }
             GroupRecord::OffsetsDeleted {
@@ -658,14 +674,17 @@ impl Coordinator {
                 partitions,
             } => {
                 if let Some(g) = self.groups.get_mut(&group_id) {
+                    let before = g.offsets.len();
                     for key in partitions {
                         g.offsets.remove(&key);
                     }
+                    self.offsets_total -= before - g.offsets.len();
                 }
                 self.touch(&group_id);
             }
             GroupRecord::GroupDeleted { group_id } => {
                 if let Some(g) = self.groups.get_mut(&group_id) {
+                    self.offsets_total -= g.offsets.len();
                     g.offsets.clear();
                 }
                 self.touch(&group_id);
@@ -1107,10 +1126,38 @@ mod tests {
             offsets: vec![],
         };
         assert!(c.check_commit(&commit(-1, "")).is_ok());
+        use crate::group::record::GroupRecord;
+        let off = |o| CommittedOffset {
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+            commit_timestamp_ms: 0,
+        };
+        c.apply(GroupRecord::Commit {
+            group_id: "g".into(),
+            offsets: vec![("t".into(), 0, off(1)), ("t".into(), 1, off(2))],
+        });
+        c.apply(GroupRecord::Commit {
+            group_id: "g".into(),
+            offsets: vec![("t".into(), 0, off(3))],
+        });
+        assert_eq!(c.committed_offsets(), 2);
+        c.apply(GroupRecord::OffsetsDeleted {
+            group_id: "g".into(),
+            partitions: vec![("t".into(), 1)],
+        });
+        assert_eq!(c.committed_offsets(), 1);
+        c.apply(GroupRecord::GroupDeleted {
+            group_id: "g".into(),
+        });
+        assert_eq!((c.committed_offsets(), c.groups()), (0, 0));
         assert_eq!(
             c.check_commit(&commit(3, "m")),
             Err(GroupError::UnknownMemberId)
         );
+        c.apply(GroupRecord::GroupDeleted {
+            group_id: "g".into(),
+        });
         let fetch = c.offset_fetch(&OffsetFetchRequest {
             group_id: "g".into(),
             partitions: Some(vec![("t".into(), 0)]),
