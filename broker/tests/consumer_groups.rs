@@ -231,3 +231,32 @@ fn static_member_restart_keeps_its_assignment_without_rebalance() {
     poll_until(&[&a, &s], split_evenly(2, 4));
     assert_eq!(assigned(&s), before);
 }
+
+#[test]
+fn a_silent_static_member_expires_after_its_session_timeout() {
+    let b = Broker::start_with(1, DELAY_ARGS);
+    create_topic(&b, "expiry", 2);
+    let a = group_consumer(&b, "expiry-group", &[]);
+    let s = group_consumer(
+        &b,
+        "expiry-group",
+        &[
+            ("group.instance.id", "gone"),
+            ("session.timeout.ms", "2000"),
+        ],
+    );
+    a.subscribe(&["expiry"]).expect("subscribe");
+    s.subscribe(&["expiry"]).expect("subscribe");
+    poll_until(&[&a, &s], split_evenly(1, 2));
+    // A static member closing sends no LeaveGroup: only its session
+    // deadline (served by the shard's one group timer) frees its partition.
+    let closed = Instant::now();
+    drop(s);
+    let took = poll_until(&[&a], split_evenly(2, 2));
+    let since_close = closed.elapsed();
+    eprintln!("survivor took over {took:?} after the close ({since_close:?} since)");
+    assert!(
+        since_close >= Duration::from_millis(1500),
+        "taken over before the session expired"
+    );
+}
