@@ -22,6 +22,7 @@ mod compare;
 mod consume;
 mod control;
 mod e2e;
+mod groups;
 mod many_topics;
 mod payload;
 mod procstat;
@@ -54,6 +55,8 @@ pub enum Command {
     ManyTopics(many_topics::ManyTopicsArgs),
     /// Run one scenario against two brokers alternately and compare medians.
     Compare(compare::CompareArgs),
+    /// Consumer-group join and leave-recovery latency (p50 over runs).
+    Groups(groups::GroupsArgs),
     /// Benchmark the write-ahead log directly (no network).
     Wal(wal::WalArgs),
 }
@@ -68,5 +71,6 @@ fn main() -> anyhow::Result<()> {
         Command::ManyTopics(args) => many_topics::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Wal(args) => wal::run(args),
+        Command::Groups(args) => groups::run(args),
     }
 }

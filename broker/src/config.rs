@@ -114,6 +114,15 @@ pub struct StartArgs {
     #[arg(long, env = "SLUICE_AUTO_CREATE_TOPICS", value_name = "BOOL", default_value = "true", action = clap::ArgAction::Set)]
     pub auto_create_topics: bool,
 
+    /// group.initial.rebalance.delay.ms: how long a new consumer group waits for more members before its first assignment.
+    #[arg(
+        long,
+        env = "SLUICE_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        value_name = "MS",
+        default_value = "3000"
+    )]
+    pub group_initial_rebalance_delay_ms: u64,
+
     /// Log filter (tracing EnvFilter syntax: "info", "sluice=debug,info"). RUST_LOG overrides it.
     #[arg(
         long,
@@ -147,6 +156,7 @@ struct FileConfig {
     node_id: Option<u64>,
     default_partitions: Option<u32>,
     auto_create_topics: Option<bool>,
+    group_initial_rebalance_delay_ms: Option<u64>,
     log_level: Option<String>,
     request_max_bytes: Option<ByteSize>,
 }
@@ -216,6 +226,7 @@ pub struct Settings {
     pub node_id: i32,
     pub default_partitions: u32,
     pub auto_create_topics: bool,
+    pub group_initial_rebalance_delay_ms: u64,
     pub log_level: String,
     pub request_max_bytes: u32,
 }
@@ -256,6 +267,7 @@ impl StartArgs {
         fill!(node_id);
         fill!(default_partitions);
         fill!(auto_create_topics);
+        fill!(group_initial_rebalance_delay_ms);
         fill!(log_level);
         fill!(request_max_bytes);
         Ok(self)
@@ -326,6 +338,7 @@ impl Settings {
             node_id,
             default_partitions: args.default_partitions,
             auto_create_topics: args.auto_create_topics,
+            group_initial_rebalance_delay_ms: args.group_initial_rebalance_delay_ms,
             log_level: args.log_level,
             request_max_bytes,
         })

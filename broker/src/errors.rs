@@ -5,7 +5,7 @@
 use kafka_protocol::ResponseError;
 use sluice_raft::MetaError;
 
-use crate::plane::ShardError;
+use crate::plane::{GroupError, ShardError};
 
 /// Kafka error code of a data-plane error.
 pub fn shard_error_code(e: &ShardError) -> i16 {
@@ -37,6 +37,36 @@ pub fn meta_error_code(e: &MetaError) -> i16 {
         MetaError::ShuttingDown => ResponseError::BrokerNotAvailable,
         MetaError::Storage(_) => ResponseError::KafkaStorageError,
         MetaError::Internal(_) => ResponseError::UnknownServerError,
+    };
+    code.code()
+}
+
+/// Kafka error code of a group coordinator outcome (`None`: no error).
+pub fn group_error_code(e: Option<&GroupError>) -> i16 {
+    let Some(e) = e else {
+        return codes::NONE;
+    };
+    let code = match e {
+        GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+        GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+        GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+        GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+        GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+        GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+        GroupError::InvalidSessionTimeout => ResponseError::InvalidSessionTimeout,
+        GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+        GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+        GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+        GroupError::GroupMaxSizeReached => ResponseError::GroupMaxSizeReached,
+        GroupError::OffsetMetadataTooLarge => ResponseError::OffsetMetadataTooLarge,
+        GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+        // The coordinator shard is busy, slow or stopping: the client
+        // looks the coordinator up again and retries.
+        GroupError::Shard(ShardError::Timeout | ShardError::ShuttingDown | ShardError::Busy) => {
+            ResponseError::CoordinatorNotAvailable
+        }
+        GroupError::Shard(other) => return shard_error_code(other),
     };
     code.code()
 }
@@ -112,5 +142,14 @@ mod tests {
         assert_eq!(codes::unsupported_version(), 35);
         assert_eq!(codes::invalid_required_acks(), 21);
         assert_eq!(codes::unsupported_for_message_format(), 43);
+        assert_eq!(group_error_code(None), 0);
+        assert_eq!(group_error_code(Some(&GroupError::UnknownMemberId)), 25);
+        assert_eq!(group_error_code(Some(&GroupError::IllegalGeneration)), 22);
+        assert_eq!(group_error_code(Some(&GroupError::RebalanceInProgress)), 27);
+        assert_eq!(group_error_code(Some(&GroupError::MemberIdRequired)), 79);
+        assert_eq!(
+            group_error_code(Some(&GroupError::CoordinatorNotAvailable)),
+            15
+        );
     }
 }

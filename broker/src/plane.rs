@@ -4,6 +4,11 @@
 //! the data plane's API shows up in one place. `shard_config` is the single
 //! spot that turns node settings into a `ShardConfig`.
 
+pub use sluice_shard::group::{
+    CommitRequest, CommittedOffset, GroupError, GroupRequest, GroupResponse, HeartbeatRequest,
+    JoinRequest, LeaveRequest, LeavingMember, OffsetDeleteRequest, OffsetFetchRequest, Protocol,
+    SyncRequest, OFFSETS_TOPIC,
+};
 pub use sluice_shard::{
     new_mesh, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition,
     ProducePartition, Shard, ShardConfig, ShardError, ShardMesh,
@@ -21,5 +26,6 @@ pub fn shard_config(settings: &Settings, shard_id: u32) -> ShardConfig {
     cfg.memory_bytes_max = memory_bytes_max;
     cfg.tail_cache_bytes_max = (memory_bytes_max / TAIL_CACHE_SHARE_DIVISOR)
         .min(ShardConfig::TAIL_CACHE_BYTES_MAX_DEFAULT);
+    cfg.group_initial_rebalance_delay_ms = settings.group_initial_rebalance_delay_ms;
     cfg
 }

@@ -82,6 +82,7 @@ fn serve(
     admin_listener: std::net::TcpListener,
     stop_tx: &watch::Sender<bool>,
 ) -> anyhow::Result<()> {
+    ensure_offsets_topic(meta, settings.shards)?;
     let stop = stop_tx.subscribe();
     let node = Arc::new(NodeInfo {
         node_id: settings.node_id,
@@ -119,6 +120,24 @@ fn serve(
     admin.join();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Creates `__consumer_offsets` (whose partitions place consumer groups on
+/// shards) on first start; later starts keep its partition count.
+fn ensure_offsets_topic(meta: &Metadata, shards: u32) -> anyhow::Result<()> {
+    use crate::plane::OFFSETS_TOPIC;
+    if meta.view().topics.contains_key(OFFSETS_TOPIC) {
+        return Ok(());
+    }
+    let spec = sluice_raft::TopicSpec {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: sluice_shard::group::offsets_topic_partitions(shards),
+        configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+    };
+    match futures::executor::block_on(meta.create_topic(spec)) {
+        Ok(_) | Err(sluice_raft::MetaError::TopicExists(_)) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating {OFFSETS_TOPIC}: {e}")),
+    }
 }
 
 /// One executor thread per shard. Returns the threads started even when a

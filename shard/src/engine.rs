@@ -53,6 +53,12 @@ pub(crate) struct Engine {
     pub produce_latency_us: RefCell<Histogram<u64>>,
     pub fetch_latency_us: RefCell<Histogram<u64>>,
     last_warn: Cell<Option<Instant>>,
+    /// Consumer groups this shard coordinates (`group`).
+    pub groups: RefCell<crate::group::Coordinator>,
+    /// Wakes the group-deadline task when a group deadline moved earlier.
+    pub group_wake: Rc<WaitSlot>,
+    /// The group deadline that task sleeps until.
+    pub group_armed: Cell<Option<Instant>>,
 }
 
 impl Engine {
@@ -81,6 +87,7 @@ impl Engine {
         };
         let engine = Rc::new(Engine::new(cfg, meta, wal, peers));
         engine.spawn(run_deadlines(engine.waiters.clone()));
+        engine.spawn(crate::group::run_group_timers(engine.clone()));
         let view = engine.meta.view();
         engine.apply_view(&view);
         engine.recover().await?;
@@ -113,6 +120,12 @@ impl Engine {
             produce_latency_us: RefCell::new(latency_histogram()),
             fetch_latency_us: RefCell::new(latency_histogram()),
             last_warn: Cell::new(None),
+            groups: RefCell::new(crate::group::Coordinator::new(
+                cfg.shard_id,
+                Duration::from_millis(cfg.group_initial_rebalance_delay_ms),
+            )),
+            group_wake: WaitSlot::new(),
+            group_armed: Cell::new(None),
             cfg,
         }
     }
@@ -146,6 +159,13 @@ impl Engine {
         let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
         while let Some(next) = reader.next().await {
             let e = next.map_err(|e| ShardError::Storage(format!("recovering the WAL: {e}")))?;
+            if e.kind == crate::group::KIND_GROUP {
+                if let Err(reason) = self.recover_group_entry(&e.payload) {
+                    damaged += 1;
+                    warn!(shard = self.id(), position = e.position.0, %reason, "undecodable group record skipped");
+                }
+                continue;
+            }
             if e.kind != KIND_BATCHES {
                 skipped += 1;
                 continue;
@@ -454,6 +474,7 @@ impl Engine {
                 let _ = reply.send(self.list_offsets_owner(&req));
             }
             ShardMsg::AwaitVersion { version, reply } => self.version_waiter(version, reply),
+            ShardMsg::Group { req, reply } => self.group_owner(req, reply),
         }
     }
 

@@ -41,6 +41,7 @@ mod budget;
 mod engine;
 mod entry;
 mod fetch;
+pub mod group;
 mod mesh;
 mod partition;
 mod produce;
@@ -102,6 +103,9 @@ pub struct ShardConfig {
     pub fetch_waiters_max: usize,
     /// `await_topic_ready` requests parked on this shard at once.
     pub version_waiters_max: usize,
+    /// Kafka's `group.initial.rebalance.delay.ms`: how long a new group
+    /// waits for more members before its first generation.
+    pub group_initial_rebalance_delay_ms: u64,
     /// How long `await_topic_ready` waits for the owning shards.
     pub topic_ready_timeout_ms: u64,
     /// Extra time an answer from another shard may take beyond the
@@ -114,6 +118,7 @@ impl ShardConfig {
     pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 512 << 20;
     pub const FETCH_WAITERS_MAX_DEFAULT: usize = 10_000;
     pub const VERSION_WAITERS_MAX_DEFAULT: usize = 1024;
+    pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
 
     pub fn new(shard_id: u32, shards: u32, data_dir: impl Into<PathBuf>) -> ShardConfig {
         ShardConfig {
@@ -125,6 +130,7 @@ impl ShardConfig {
             wal: WalTuning::default(),
             fetch_waiters_max: Self::FETCH_WAITERS_MAX_DEFAULT,
             version_waiters_max: Self::VERSION_WAITERS_MAX_DEFAULT,
+            group_initial_rebalance_delay_ms: Self::GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
             topic_ready_timeout_ms: 10_000,
             remote_reply_timeout_ms: 30_000,
         }
@@ -306,6 +312,16 @@ impl Shard {
     /// entry whose max timestamp is >= the target.
     pub async fn list_offsets(&self, req: ListOffsetsPartition) -> ListOffsetsResult {
         self.core.list_offsets(req).await
+    }
+
+    /// Routes a consumer-group request to the group's coordinator shard.
+    pub async fn group(&self, req: group::GroupRequest) -> group::GroupResponse {
+        self.core.group(req).await
+    }
+
+    /// The groups of every shard (ListGroups).
+    pub async fn list_groups(&self) -> Vec<group::GroupListing> {
+        self.core.list_groups().await
     }
 
     /// Counters, pools and latency histograms of this shard.

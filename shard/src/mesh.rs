@@ -95,6 +95,11 @@ pub enum ShardMsg {
         version: u64,
         reply: oneshot::Sender<u64>,
     },
+    /// A request for the group coordinator on the receiving shard.
+    Group {
+        req: crate::group::GroupRequest,
+        reply: crate::group::GroupReply,
+    },
 }
 
 /// This shard's end of the mesh.

@@ -125,6 +125,7 @@ fn describe(topic: &Arc<TopicMeta>, ctx: &Ctx) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(topic_name(&topic.name));
     t.topic_id = topic_uuid(topic);
+    t.is_internal = topic.name == crate::plane::OFFSETS_TOPIC;
     t.partitions = topic
         .partitions
         .iter()

@@ -12,6 +12,18 @@ pub mod fetch;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+// Consumer groups (classic protocol) and committed offsets.
+pub mod delete_groups;
+pub mod describe_groups;
+pub mod find_coordinator;
+pub mod heartbeat;
+pub mod join_group;
+pub mod leave_group;
+pub mod list_groups;
+pub mod offset_commit;
+pub mod offset_delete;
+pub mod offset_fetch;
+pub mod sync_group;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -34,6 +46,18 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 0, 7),
     (ApiKey::DeleteTopics, 0, 6),
+    // Consumer groups.
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 0, 9),
+    (ApiKey::OffsetFetch, 0, 9),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -113,9 +137,59 @@ pub async fn dispatch(
         ApiKey::ListOffsets => ResponseKind::ListOffsets(
             list_offsets::handle(decode(body, version)?, version, ctx).await,
         ),
-        other => return Err(DecodeError(format!("api {other:?} is not served"))),
+        other => match dispatch_groups(other, version, body, ctx).await? {
+            Some(r) => r,
+            None => return Err(DecodeError(format!("api {other:?} is not served"))),
+        },
     };
     Ok(Some(response))
+}
+
+/// The consumer-group APIs; `None` for any other key.
+async fn dispatch_groups(
+    key: ApiKey,
+    version: i16,
+    body: &mut Bytes,
+    ctx: &Ctx,
+) -> Result<Option<ResponseKind>, DecodeError> {
+    let b = body;
+    let v = version;
+    Ok(Some(match key {
+        ApiKey::FindCoordinator => {
+            ResponseKind::FindCoordinator(find_coordinator::handle(decode(b, v)?, v, ctx))
+        }
+        ApiKey::JoinGroup => {
+            ResponseKind::JoinGroup(join_group::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::SyncGroup => {
+            ResponseKind::SyncGroup(sync_group::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::Heartbeat => {
+            ResponseKind::Heartbeat(heartbeat::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::LeaveGroup => {
+            ResponseKind::LeaveGroup(leave_group::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::OffsetCommit => {
+            ResponseKind::OffsetCommit(offset_commit::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::OffsetFetch => {
+            ResponseKind::OffsetFetch(offset_fetch::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::ListGroups => {
+            ResponseKind::ListGroups(list_groups::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::DescribeGroups => {
+            ResponseKind::DescribeGroups(describe_groups::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::DeleteGroups => {
+            ResponseKind::DeleteGroups(delete_groups::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::OffsetDelete => {
+            ResponseKind::OffsetDelete(offset_delete::handle(decode(b, v)?, v, ctx).await)
+        }
+        _ => return Ok(None),
+    }))
 }
 
 /// Kafka's topic name rule: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".

@@ -1,0 +1,28 @@
+//! DeleteGroups (key 42): removes groups without members, with their
+//! committed offsets (a durable record in the coordinator's WAL).
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
+
+use super::Ctx;
+use crate::errors::group_error_code;
+use crate::plane::{GroupRequest, GroupResponse};
+
+pub async fn handle(req: DeleteGroupsRequest, _version: i16, ctx: &Ctx) -> DeleteGroupsResponse {
+    let mut resp = DeleteGroupsResponse::default();
+    for group_id in req.groups_names {
+        let error = match ctx
+            .shard
+            .group(GroupRequest::Delete(group_id.0.to_string()))
+            .await
+        {
+            GroupResponse::Delete(e) => e,
+            _ => None,
+        };
+        let mut out = DeletableGroupResult::default();
+        out.group_id = group_id;
+        out.error_code = group_error_code(error.as_ref());
+        resp.results.push(out);
+    }
+    resp
+}
