@@ -23,6 +23,8 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
         // Like a Kafka broker going down: the client refreshes metadata and retries.
         ShardError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         ShardError::Config(_) => ResponseError::UnknownServerError,
+        ShardError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        ShardError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
     };
     code.code()
 }

@@ -90,8 +90,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
-use crate::types::MetaRequest;
-pub use crate::types::{MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec};
+use crate::types::{MetaRequest, MetaResponse};
+pub use crate::types::{
+    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec, PRODUCER_ID_BLOCK_SIZE,
+};
 
 /// Name of the control thread.
 pub const CONTROL_THREAD_NAME: &str = "sluice-control";
@@ -242,7 +244,28 @@ impl Metadata {
         }
     }
 
+    /// One Raft entry reserving a block of `PRODUCER_ID_BLOCK_SIZE`
+    /// producer ids; resolves with its first id. Blocks are never reused,
+    /// across restarts too (they derive from the entry's log index).
+    pub async fn reserve_producer_ids(&self) -> Result<i64, MetaError> {
+        match self.propose_raw(MetaRequest::ReserveProducerIds).await? {
+            MetaResponse::ProducerIds(start) => Ok(start),
+            other => Err(MetaError::Internal(format!(
+                "unexpected answer to a producer id reservation: {other:?}"
+            ))),
+        }
+    }
+
     async fn propose(&self, request: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
+        match self.propose_raw(request).await? {
+            MetaResponse::Topic(result) => result,
+            other => Err(MetaError::Internal(format!(
+                "no topic in the write response: {other:?}"
+            ))),
+        }
+    }
+
+    async fn propose_raw(&self, request: MetaRequest) -> Result<MetaResponse, MetaError> {
         let (reply, answer) = oneshot::channel();
         let command = Command { request, reply };
         self.inner
@@ -447,6 +470,20 @@ mod tests {
             "placement state survived the restart"
         );
         assert!(meta.view().version > after.version);
+        meta.shutdown();
+    }
+
+    #[test]
+    fn producer_id_blocks_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start(dir.path(), 1, 10);
+        let a = block_on(meta.reserve_producer_ids()).expect("reserve");
+        let b = block_on(meta.reserve_producer_ids()).expect("reserve");
+        assert!(b >= a + PRODUCER_ID_BLOCK_SIZE, "{a} then {b}");
+        meta.shutdown();
+        let meta = start(dir.path(), 1, 10);
+        let c = block_on(meta.reserve_producer_ids()).expect("reserve after restart");
+        assert!(c >= b + PRODUCER_ID_BLOCK_SIZE, "{b} then {c} after restart");
         meta.shutdown();
     }
 

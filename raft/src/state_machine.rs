@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::snapshot;
 use crate::types::{
+    producer_id_block_start,
     Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, SnapshotData,
     SnapshotMeta, StorageError, StoredMembership, TopicMeta, TypeConfig,
 };
@@ -287,10 +288,16 @@ impl StateMachine {
                 self.data.membership = StoredMembership::new(Some(log_id), m);
                 MetaResponse::None
             }
+            EntryPayload::Normal(MetaRequest::ReserveProducerIds) => {
+                let start = producer_id_block_start(log_id.index);
+                tracing::debug!(start, index = log_id.index, "metadata: producer ids reserved");
+                MetaResponse::ProducerIds(start)
+            }
             EntryPayload::Normal(req) => {
                 let action = match req {
                     MetaRequest::CreateTopic { .. } => "created",
                     MetaRequest::DeleteTopic { .. } => "deleted",
+                    MetaRequest::ReserveProducerIds => unreachable!("answered above"),
                 };
                 let result = self.apply_request(req);
                 self.log_result(log_id, action, &result);
@@ -318,6 +325,7 @@ impl StateMachine {
                 self.data.create(&self.limits, args)
             }
             MetaRequest::DeleteTopic { name } => self.data.delete(&name),
+            MetaRequest::ReserveProducerIds => Err(MetaError::Internal("answered in apply_one".into())),
         }
     }
 

@@ -44,6 +44,7 @@ mod fetch;
 mod mesh;
 mod partition;
 mod produce;
+mod producer_state;
 mod stats;
 mod tail;
 mod waiters;
@@ -107,6 +108,9 @@ pub struct ShardConfig {
     /// Extra time an answer from another shard may take beyond the
     /// request's own wait (`max_wait_ms` for fetches).
     pub remote_reply_timeout_ms: u64,
+    /// Idle time after which an idempotent producer's state is forgotten
+    /// (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl ShardConfig {
@@ -114,6 +118,7 @@ impl ShardConfig {
     pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 512 << 20;
     pub const FETCH_WAITERS_MAX_DEFAULT: usize = 10_000;
     pub const VERSION_WAITERS_MAX_DEFAULT: usize = 1024;
+    pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 86_400_000;
 
     pub fn new(shard_id: u32, shards: u32, data_dir: impl Into<PathBuf>) -> ShardConfig {
         ShardConfig {
@@ -127,6 +132,7 @@ impl ShardConfig {
             version_waiters_max: Self::VERSION_WAITERS_MAX_DEFAULT,
             topic_ready_timeout_ms: 10_000,
             remote_reply_timeout_ms: 30_000,
+            producer_id_expiration_ms: Self::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
         }
     }
 }
@@ -158,6 +164,10 @@ pub enum ShardError {
     ShuttingDown,
     #[error("invalid shard configuration: {0}")]
     Config(String),
+    #[error("out of order sequence number: expected {expected}, got {got}")]
+    OutOfOrderSequence { expected: i32, got: i32 },
+    #[error("producer epoch {got} is older than the current epoch {current}")]
+    InvalidProducerEpoch { current: i16, got: i16 },
 }
 
 /// Produce to one partition.
@@ -306,6 +316,12 @@ impl Shard {
     /// entry whose max timestamp is >= the target.
     pub async fn list_offsets(&self, req: ListOffsetsPartition) -> ListOffsetsResult {
         self.core.list_offsets(req).await
+    }
+
+    /// A new producer id (epoch 0) for InitProducerId, from this shard's
+    /// block; an exhausted block is replaced by one Raft entry.
+    pub async fn allocate_producer_id(&self) -> Result<i64, sluice_raft::MetaError> {
+        self.core.allocate_producer_id().await
     }
 
     /// Counters, pools and latency histograms of this shard.

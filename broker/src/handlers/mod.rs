@@ -9,6 +9,7 @@ pub mod api_versions;
 pub mod create_topics;
 pub mod delete_topics;
 pub mod fetch;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -34,6 +35,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 0, 7),
     (ApiKey::DeleteTopics, 0, 6),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -112,6 +114,9 @@ pub async fn dispatch(
         }
         ApiKey::ListOffsets => ResponseKind::ListOffsets(
             list_offsets::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::InitProducerId => ResponseKind::InitProducerId(
+            init_producer_id::handle(decode(body, version)?, version, ctx).await,
         ),
         other => return Err(DecodeError(format!("api {other:?} is not served"))),
     };
