@@ -101,9 +101,8 @@ def consumer(broker):
 
 
 def producer(broker, **kwargs):
-    # kafka-python 3 turns idempotence on by default, which needs
-    # InitProducerId; the broker does not serve that API (yet).
-    return KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False, **kwargs)
+    # kafka-python 3's defaults: idempotence on (InitProducerId, sequences).
+    return KafkaProducer(bootstrap_servers=broker.bootstrap, **kwargs)
 
 
 def create_topic(broker, name, partitions):
@@ -172,3 +171,34 @@ def test_list_offsets(broker):
     assert found is not None and found.offset == 3
     assert c.offsets_for_times({tp: t0 + 100_000})[tp] is None
     c.close()
+
+
+def test_default_producer_is_idempotent(broker):
+    create_topic(broker, "py-idempotent", 2)
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    assert p.config["enable_idempotence"], "kafka-python 3 defaults to idempotence"
+    futures = [
+        p.send("py-idempotent", value=f"v{i}".encode(), partition=i % 2)
+        for i in range(200)
+    ]
+    acked = [f.get(timeout=20) for f in futures]
+    manager = p._transaction_manager
+    assert manager is not None and manager.producer_id_and_epoch.producer_id >= 0
+    assert manager.producer_id_and_epoch.epoch == 0
+    p.close()
+    for partition in range(2):
+        offsets = sorted(md.offset for md in acked if md.partition == partition)
+        assert offsets == list(range(100))
+
+    c = consumer(broker)
+    c.assign([TopicPartition("py-idempotent", p) for p in range(2)])
+    c.seek_to_beginning()
+    got = []
+    for message in c:
+        got.append((message.partition, message.value.decode()))
+        if len(got) == 200:
+            break
+    c.close()
+    for partition in range(2):
+        values = [v for (pp, v) in got if pp == partition]
+        assert values == [f"v{i}" for i in range(partition, 200, 2)], "exactly once, in order"
