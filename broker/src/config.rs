@@ -131,6 +131,15 @@ pub struct StartArgs {
         default_value = "100MiB"
     )]
     pub request_max_bytes: ByteSize,
+
+    /// Idle time after which an idempotent producer's sequence state is dropped (producer.id.expiration.ms).
+    #[arg(
+        long,
+        env = "SLUICE_PRODUCER_ID_EXPIRATION_MS",
+        value_name = "MS",
+        default_value = "86400000"
+    )]
+    pub producer_id_expiration_ms: u64,
 }
 
 /// The TOML file: the same settings, all optional. Unknown keys are refused.
@@ -149,6 +158,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     log_level: Option<String>,
     request_max_bytes: Option<ByteSize>,
+    producer_id_expiration_ms: Option<u64>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -218,6 +228,7 @@ pub struct Settings {
     pub auto_create_topics: bool,
     pub log_level: String,
     pub request_max_bytes: u32,
+    pub producer_id_expiration_ms: i64,
 }
 
 impl StartArgs {
@@ -258,6 +269,7 @@ impl StartArgs {
         fill!(auto_create_topics);
         fill!(log_level);
         fill!(request_max_bytes);
+        fill!(producer_id_expiration_ms);
         Ok(self)
     }
 }
@@ -308,6 +320,13 @@ impl Settings {
                 args.log_level
             );
         }
+        let producer_id_expiration_ms = match i64::try_from(args.producer_id_expiration_ms) {
+            Ok(ms) if ms >= 1 => ms,
+            _ => bail!(
+                "--producer-id-expiration-ms (SLUICE_PRODUCER_ID_EXPIRATION_MS, producer_id_expiration_ms): {} is not in 1..=i64::MAX",
+                args.producer_id_expiration_ms
+            ),
+        };
         if args.listen == args.admin_listen {
             bail!(
                 "--admin-listen (SLUICE_ADMIN_LISTEN, admin_listen): same address as --listen ({})",
@@ -328,6 +347,7 @@ impl Settings {
             auto_create_topics: args.auto_create_topics,
             log_level: args.log_level,
             request_max_bytes,
+            producer_id_expiration_ms,
         })
     }
 
