@@ -195,6 +195,55 @@ impl Data {
         }
     }
 
+    /// Adds partitions to a topic up to `partitions` in total.
+    fn grow(
+        &mut self,
+        limits: &Placement,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
+        let old = self
+            .topics
+            .get(name)
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        let have = old.partitions.len() as u64;
+        if u64::from(partitions) <= have {
+            return Err(MetaError::InvalidPartitions(format!(
+                "topic '{name}' has {have} partitions; the new count {partitions} must be larger"
+            )));
+        }
+        let requested = u64::from(partitions) - have;
+        let limit = limits.partitions_max();
+        if self.partitions_total + requested > limit {
+            return Err(MetaError::PartitionLimit { limit, requested });
+        }
+        let mut topic = TopicMeta::clone(old);
+        for _ in 0..requested {
+            topic.partitions.push(self.place_one(limits.node_id));
+        }
+        self.partitions_total += requested;
+        let topic = Arc::new(topic);
+        self.topics.insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    fn set_configs(
+        &mut self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
+        let old = self
+            .topics
+            .get(name)
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        let topic = Arc::new(TopicMeta {
+            configs,
+            ..TopicMeta::clone(old)
+        });
+        self.topics.insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
     fn delete(&mut self, name: &str) -> Result<Arc<TopicMeta>, MetaError> {
         let topic = self
             .topics
@@ -298,6 +347,8 @@ impl StateMachine {
                     MetaRequest::CreateTopic { .. } => "created",
                     MetaRequest::DeleteTopic { .. } => "deleted",
                     MetaRequest::ReserveProducerIds => unreachable!("answered above"),
+                    MetaRequest::CreatePartitions { .. } => "grown",
+                    MetaRequest::SetTopicConfigs { .. } => "reconfigured",
                 };
                 let result = self.apply_request(req);
                 self.log_result(log_id, action, &result);
@@ -326,6 +377,10 @@ impl StateMachine {
             }
             MetaRequest::DeleteTopic { name } => self.data.delete(&name),
             MetaRequest::ReserveProducerIds => Err(MetaError::Internal("answered in apply_one".into())),
+            MetaRequest::CreatePartitions { name, partitions } => {
+                self.data.grow(&self.limits, &name, partitions)
+            }
+            MetaRequest::SetTopicConfigs { name, configs } => self.data.set_configs(&name, configs),
         }
     }
 

@@ -119,6 +119,14 @@ pub enum MetaRequest {
     /// starts at `entry index * PRODUCER_ID_BLOCK_SIZE`. Log indexes are
     /// never reused, so neither are the blocks, across restarts too.
     ReserveProducerIds,
+    /// Grows a topic to `partitions` partitions; new ones are placed like
+    /// CreateTopics places them.
+    CreatePartitions { name: String, partitions: u32 },
+    /// Replaces a topic's configs with `configs` (validated by the proposer).
+    SetTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
 }
 
 /// Producer ids one `ReserveProducerIds` entry reserves.
