@@ -87,6 +87,12 @@ pub mod codes {
     pub fn unknown_topic_id() -> i16 {
         ResponseError::UnknownTopicId.code()
     }
+    pub fn invalid_config() -> i16 {
+        ResponseError::InvalidConfig.code()
+    }
+    pub fn invalid_request() -> i16 {
+        ResponseError::InvalidRequest.code()
+    }
     pub fn transactional_id_authorization_failed() -> i16 {
         ResponseError::TransactionalIdAuthorizationFailed.code()
     }

@@ -5,10 +5,15 @@
 //! on the shard that accepted the connection; the data plane routes
 //! partition work to the owning shard.
 
+pub mod alter_configs;
 pub mod api_versions;
+pub mod create_partitions;
 pub mod create_topics;
 pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
 pub mod fetch;
+pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
@@ -36,6 +41,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 0, 7),
     (ApiKey::DeleteTopics, 0, 6),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 0, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -118,6 +128,25 @@ pub async fn dispatch(
         ApiKey::InitProducerId => ResponseKind::InitProducerId(
             init_producer_id::handle(decode(body, version)?, version, ctx).await,
         ),
+        ApiKey::CreatePartitions => ResponseKind::CreatePartitions(
+            create_partitions::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::DescribeConfigs => ResponseKind::DescribeConfigs(describe_configs::handle(
+            decode(body, version)?,
+            version,
+            ctx,
+        )),
+        ApiKey::AlterConfigs => ResponseKind::AlterConfigs(
+            alter_configs::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::IncrementalAlterConfigs => ResponseKind::IncrementalAlterConfigs(
+            incremental_alter_configs::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::DescribeCluster => ResponseKind::DescribeCluster(describe_cluster::handle(
+            &decode(body, version)?,
+            version,
+            ctx,
+        )),
         other => return Err(DecodeError(format!("api {other:?} is not served"))),
     };
     Ok(Some(response))
