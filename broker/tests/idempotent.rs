@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::*;
+
+/// Tests of this file run one at a time: a restarted broker reuses its
+/// port, which a broker starting in a parallel test could take meanwhile
+/// (both come from the kernel's ephemeral range).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -82,6 +91,7 @@ fn init_producer_id(b: &Broker, transactional_id: Option<&str>) -> InitProducerI
 
 #[test]
 fn retries_gaps_and_fenced_epochs_over_raw_frames() {
+    let _serial = serial();
     let mut broker = Broker::start(2);
     create_topic(&broker, "idem-raw", 1);
     let a = init_producer_id(&broker, None);
@@ -136,6 +146,7 @@ const CHUNK_RECORDS: u64 = 500;
 
 #[test]
 fn librdkafka_idempotent_producer_across_sigkill_is_exactly_once_in_order() {
+    let _serial = serial();
     let mut broker = Broker::start(2);
     create_topic(&broker, "idem", PARTITIONS);
     let p = producer(

@@ -60,7 +60,9 @@ fn describe_one(
                     let value = set.map_or(d.default, String::as_str);
                     let mut e = entry(d.name, value, source, d.kind, version);
                     e.read_only = false;
-                    e.documentation = docs.then(|| str_bytes(d.doc));
+                    if version >= 3 {
+                        e.documentation = docs.then(|| str_bytes(d.doc));
+                    }
                     e
                 })
                 .collect()
@@ -107,9 +109,15 @@ fn entry(
     let mut e = DescribeConfigsResourceResult::default();
     e.name = str_bytes(name);
     e.value = Some(str_bytes(value));
-    e.is_default = source == SOURCE_DEFAULT;
-    e.config_source = if version >= 1 { source } else { -1 };
+    // Each field exists only in some versions; the codec refuses others.
+    if version == 0 {
+        e.is_default = source == SOURCE_DEFAULT;
+    } else {
+        e.config_source = source;
+    }
+    if version >= 3 {
+        e.config_type = kind as i8;
+    }
     e.is_sensitive = false;
-    e.config_type = kind as i8;
     e
 }
