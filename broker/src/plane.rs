@@ -5,7 +5,7 @@
 //! spot that turns node settings into a `ShardConfig`.
 
 pub use sluice_shard::{
-    new_mesh, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition,
+    new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition,
     ProducePartition, Shard, ShardConfig, ShardError, ShardMesh,
 };
 

@@ -24,6 +24,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
 
 fn admin(b: &Broker) -> AdminClient<DefaultClientContext> {
     client_config(b).create().expect("admin")
@@ -163,4 +164,48 @@ fn describe_cluster_names_this_node() {
     assert_eq!(resp.brokers.len(), 1);
     assert_eq!(resp.brokers[0].port, i32::from(broker.port));
     assert!(!resp.cluster_id.is_empty());
+}
+
+#[test]
+fn delete_records_advances_the_log_start_durably() {
+    let _serial = serial();
+    let mut broker = Broker::start(2);
+    create_topic(&broker, "trim", 2);
+    let p = producer(&broker, &[("acks", "all")]);
+    let records: Vec<_> = (0..10)
+        .map(|i| (0, "k".to_string(), format!("v{i}"), None))
+        .collect();
+    produce_all(&p, "trim", &records);
+    drop(p);
+    let a = admin(&broker);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("trim", 0, Offset::Offset(4))
+        .expect("tpl");
+    let out = futures::executor::block_on(a.delete_records(&tpl, &opts())).expect("delete_records");
+    let e = out.elements_for_topic("trim");
+    assert_eq!(e[0].offset(), Offset::Offset(4));
+    assert!(e[0].error().is_ok(), "{:?}", e[0].error());
+
+    let mut beyond = TopicPartitionList::new();
+    beyond
+        .add_partition_offset("trim", 1, Offset::Offset(100))
+        .expect("tpl");
+    let out = futures::executor::block_on(a.delete_records(&beyond, &opts())).expect("call");
+    assert!(out.elements()[0].error().is_err(), "beyond the high watermark");
+    drop(a);
+
+    let check = |b: &Broker| {
+        let c = consumer(b);
+        let (low, high) = c
+            .fetch_watermarks("trim", 0, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!((low, high), (4, 10));
+        let got = consume_all(b, "trim", 1, 6, Duration::from_secs(20));
+        let values: Vec<&str> = got.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(values, ["v4", "v5", "v6", "v7", "v8", "v9"]);
+    };
+    check(&broker);
+    broker.kill();
+    broker.restart();
+    check(&broker);
 }

@@ -149,6 +149,18 @@ impl Engine {
         let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
         while let Some(next) = reader.next().await {
             let e = next.map_err(|e| ShardError::Storage(format!("recovering the WAL: {e}")))?;
+            if e.kind == crate::delete_records::KIND_LOG_START {
+                match crate::delete_records::decode(&e.payload) {
+                    Ok((key, offset)) => {
+                        self.apply_log_start(&key, offset);
+                    }
+                    Err(reason) => {
+                        damaged += 1;
+                        warn!(shard = self.id(), position = e.position.0, %reason, "undecodable WAL entry skipped");
+                    }
+                }
+                continue;
+            }
             if e.kind != KIND_BATCHES {
                 skipped += 1;
                 continue;
@@ -496,6 +508,7 @@ impl Engine {
                 let _ = reply.send(self.list_offsets_owner(&req));
             }
             ShardMsg::AwaitVersion { version, reply } => self.version_waiter(version, reply),
+            ShardMsg::DeleteRecords { req, reply } => self.delete_records_owner(req, reply),
         }
     }
 

@@ -38,6 +38,7 @@
 
 mod batch;
 mod budget;
+mod delete_records;
 mod engine;
 mod entry;
 mod fetch;
@@ -269,6 +270,18 @@ impl ListOffsetsResult {
     }
 }
 
+/// DeleteRecords on one partition: the new log start offset (-1: the high
+/// watermark).
+#[derive(Clone, Debug)]
+pub struct DeleteRecordsPartition {
+    pub topic: Arc<TopicMeta>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The partition's log start offset after the call (its low watermark).
+pub type DeleteRecordsResult = Result<i64, ShardError>;
+
 /// The shard of one executor. `!Send`: created and used on its executor.
 pub struct Shard {
     core: Rc<engine::Engine>,
@@ -316,6 +329,12 @@ impl Shard {
     /// entry whose max timestamp is >= the target.
     pub async fn list_offsets(&self, req: ListOffsetsPartition) -> ListOffsetsResult {
         self.core.list_offsets(req).await
+    }
+
+    /// Advances the partition's log start offset (a WAL entry, answered
+    /// when durable); resolves with the new log start.
+    pub async fn delete_records(&self, req: DeleteRecordsPartition) -> DeleteRecordsResult {
+        self.core.delete_records(req).await
     }
 
     /// A new producer id (epoch 0) for InitProducerId, from this shard's

@@ -9,6 +9,7 @@ pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
@@ -46,6 +47,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -147,6 +149,9 @@ pub async fn dispatch(
             version,
             ctx,
         )),
+        ApiKey::DeleteRecords => ResponseKind::DeleteRecords(
+            delete_records::handle(decode(body, version)?, version, ctx).await,
+        ),
         other => return Err(DecodeError(format!("api {other:?} is not served"))),
     };
     Ok(Some(response))
