@@ -5,8 +5,8 @@
 //! spot that turns node settings into a `ShardConfig`.
 
 pub use sluice_shard::{
-    new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition,
-    ProducePartition, Shard, ShardConfig, ShardError, ShardMesh,
+    new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest,
+    ListOffsetsPartition, ProducePartition, Shard, ShardConfig, ShardError, ShardMesh,
 };
 
 use crate::config::Settings;

@@ -158,7 +158,10 @@ mod tests {
     #[test]
     fn list_edits() {
         assert_eq!(edit_list(Some("delete"), "compact", true), "delete,compact");
-        assert_eq!(edit_list(Some("delete,compact"), "delete", false), "compact");
+        assert_eq!(
+            edit_list(Some("delete,compact"), "delete", false),
+            "compact"
+        );
         assert_eq!(edit_list(None, "compact", true), "compact");
     }
 }

@@ -48,15 +48,20 @@ fn create_partitions_grows_a_topic_and_survives_restart() {
     let mut broker = Broker::start(2);
     create_topic(&broker, "grow", 1);
     let a = admin(&broker);
-    let r = futures::executor::block_on(a.create_partitions([&NewPartitions::new("grow", 3)], &opts()))
-        .expect("create_partitions");
+    let r =
+        futures::executor::block_on(a.create_partitions([&NewPartitions::new("grow", 3)], &opts()))
+            .expect("create_partitions");
     assert_eq!(r, vec![Ok("grow".to_string())]);
     assert_eq!(partitions_of(&broker, "grow"), 3);
-    let r = futures::executor::block_on(a.create_partitions([&NewPartitions::new("grow", 2)], &opts()))
-        .expect("create_partitions");
+    let r =
+        futures::executor::block_on(a.create_partitions([&NewPartitions::new("grow", 2)], &opts()))
+            .expect("create_partitions");
     assert_eq!(
         r,
-        vec![Err(("grow".to_string(), RDKafkaErrorCode::InvalidPartitions))]
+        vec![Err((
+            "grow".to_string(),
+            RDKafkaErrorCode::InvalidPartitions
+        ))]
     );
     let p = producer(&broker, &[("acks", "all")]);
     let acked = produce_all(
@@ -73,7 +78,10 @@ fn create_partitions_grows_a_topic_and_survives_restart() {
     assert_eq!(partitions_of(&broker, "grow"), 3);
     let got = consume_all(&broker, "grow", 3, 1, Duration::from_secs(20));
     assert_eq!(got.len(), 1);
-    assert_eq!((got[0].partition, got[0].value.as_str()), (2, "on-new-partition"));
+    assert_eq!(
+        (got[0].partition, got[0].value.as_str()),
+        (2, "on-new-partition")
+    );
 }
 
 #[test]
@@ -93,7 +101,13 @@ fn describe_and_alter_topic_configs() {
     assert_eq!(retention.value.as_deref(), Some("604800000"));
     assert!(retention.is_default);
     assert_eq!(retention.source, ConfigSource::Default);
-    for key in ["cleanup.policy", "retention.bytes", "segment.bytes", "message.timestamp.type", "max.message.bytes"] {
+    for key in [
+        "cleanup.policy",
+        "retention.bytes",
+        "segment.bytes",
+        "message.timestamp.type",
+        "max.message.bytes",
+    ] {
         assert!(before.get(key).is_some(), "{key} described");
     }
 
@@ -115,11 +129,15 @@ fn describe_and_alter_topic_configs() {
     // The shards see the new max.message.bytes through the metadata view.
     let p = producer(&broker, &[("acks", "all"), ("retries", "0")]);
     let big = "x".repeat(5_000);
-    let r = futures::executor::block_on(
-        p.send(FutureRecord::to("conf").partition(0).key("k").payload(&big), Duration::from_secs(10)),
-    );
+    let r = futures::executor::block_on(p.send(
+        FutureRecord::to("conf").partition(0).key("k").payload(&big),
+        Duration::from_secs(10),
+    ));
     let err = r.expect_err("a batch above max.message.bytes is refused").0;
-    assert!(err.to_string().contains("too large") || err.to_string().contains("MessageSizeTooLarge"), "{err}");
+    assert!(
+        err.to_string().contains("too large") || err.to_string().contains("MessageSizeTooLarge"),
+        "{err}"
+    );
 
     let bad = AlterConfig::new(topic).set("retention.ms", "soon");
     // rdkafka 0.39 reports every AlterConfigs resource as Ok (it does not
@@ -127,16 +145,22 @@ fn describe_and_alter_topic_configs() {
     // the kafka-python suite checks the INVALID_CONFIG answer itself.
     futures::executor::block_on(a.alter_configs([&bad], &opts())).expect("alter");
     assert_eq!(
-        describe(&a).get("retention.ms").and_then(|e| e.value.as_deref()),
+        describe(&a)
+            .get("retention.ms")
+            .and_then(|e| e.value.as_deref()),
         Some("1000"),
         "an invalid value is refused"
     );
-    let broker_conf = futures::executor::block_on(
-        a.describe_configs([&ResourceSpecifier::Broker(1)], &opts()),
-    )
-    .expect("describe broker");
+    let broker_conf =
+        futures::executor::block_on(a.describe_configs([&ResourceSpecifier::Broker(1)], &opts()))
+            .expect("describe broker");
     let broker_conf = broker_conf.into_iter().next().expect("one").expect("ok");
-    assert_eq!(broker_conf.get("broker.id").and_then(|e| e.value.as_deref()), Some("1"));
+    assert_eq!(
+        broker_conf
+            .get("broker.id")
+            .and_then(|e| e.value.as_deref()),
+        Some("1")
+    );
     drop(p);
     drop(a);
 
@@ -191,7 +215,10 @@ fn delete_records_advances_the_log_start_durably() {
         .add_partition_offset("trim", 1, Offset::Offset(100))
         .expect("tpl");
     let out = futures::executor::block_on(a.delete_records(&beyond, &opts())).expect("call");
-    assert!(out.elements()[0].error().is_err(), "beyond the high watermark");
+    assert!(
+        out.elements()[0].error().is_err(),
+        "beyond the high watermark"
+    );
     drop(a);
 
     let check = |b: &Broker| {

@@ -90,10 +90,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
-use crate::types::{MetaRequest, MetaResponse};
 pub use crate::types::{
-    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec, PRODUCER_ID_BLOCK_SIZE,
+    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec,
+    PRODUCER_ID_BLOCK_SIZE,
 };
+use crate::types::{MetaRequest, MetaResponse};
 
 /// Name of the control thread.
 pub const CONTROL_THREAD_NAME: &str = "sluice-control";
@@ -534,7 +535,10 @@ mod tests {
         meta.shutdown();
         let meta = start(dir.path(), 1, 10);
         let c = block_on(meta.reserve_producer_ids()).expect("reserve after restart");
-        assert!(c >= b + PRODUCER_ID_BLOCK_SIZE, "{b} then {c} after restart");
+        assert!(
+            c >= b + PRODUCER_ID_BLOCK_SIZE,
+            "{b} then {c} after restart"
+        );
         meta.shutdown();
     }
 

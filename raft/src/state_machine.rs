@@ -25,9 +25,9 @@ use tokio::sync::watch;
 
 use crate::snapshot;
 use crate::types::{
-    producer_id_block_start,
-    Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, SnapshotData,
-    SnapshotMeta, StorageError, StoredMembership, TopicMeta, TypeConfig,
+    producer_id_block_start, Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView,
+    PartitionMeta, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TopicMeta,
+    TypeConfig,
 };
 
 /// The applied view, shared between the control thread (writer) and every
@@ -339,7 +339,11 @@ impl StateMachine {
             }
             EntryPayload::Normal(MetaRequest::ReserveProducerIds) => {
                 let start = producer_id_block_start(log_id.index);
-                tracing::debug!(start, index = log_id.index, "metadata: producer ids reserved");
+                tracing::debug!(
+                    start,
+                    index = log_id.index,
+                    "metadata: producer ids reserved"
+                );
                 MetaResponse::ProducerIds(start)
             }
             EntryPayload::Normal(req) => {
@@ -376,7 +380,9 @@ impl StateMachine {
                 self.data.create(&self.limits, args)
             }
             MetaRequest::DeleteTopic { name } => self.data.delete(&name),
-            MetaRequest::ReserveProducerIds => Err(MetaError::Internal("answered in apply_one".into())),
+            MetaRequest::ReserveProducerIds => {
+                Err(MetaError::Internal("answered in apply_one".into()))
+            }
             MetaRequest::CreatePartitions { name, partitions } => {
                 self.data.grow(&self.limits, &name, partitions)
             }

@@ -121,7 +121,10 @@ pub enum MetaRequest {
     ReserveProducerIds,
     /// Grows a topic to `partitions` partitions; new ones are placed like
     /// CreateTopics places them.
-    CreatePartitions { name: String, partitions: u32 },
+    CreatePartitions {
+        name: String,
+        partitions: u32,
+    },
     /// Replaces a topic's configs with `configs` (validated by the proposer).
     SetTopicConfigs {
         name: String,

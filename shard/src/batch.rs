@@ -185,7 +185,8 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.len() < BATCH_HEADER_BYTES {
             return None;
         }
-        let bytes = (LOG_OVERHEAD_BYTES + read_i32(rest, LENGTH_AT).max(0) as usize).min(rest.len());
+        let bytes =
+            (LOG_OVERHEAD_BYTES + read_i32(rest, LENGTH_AT).max(0) as usize).min(rest.len());
         let (batch, tail) = rest.split_at(bytes);
         rest = tail;
         Some(batch)

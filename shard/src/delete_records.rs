@@ -63,7 +63,10 @@ pub fn decode(payload: &[u8]) -> Result<(PartitionKey, i64), String> {
 }
 
 impl Engine {
-    pub async fn delete_records(self: &Rc<Self>, req: DeleteRecordsPartition) -> DeleteRecordsResult {
+    pub async fn delete_records(
+        self: &Rc<Self>,
+        req: DeleteRecordsPartition,
+    ) -> DeleteRecordsResult {
         let owner = match self.owner_of(&req.topic, req.partition) {
             Ok(o) => o,
             Err(e) => return Err(e),

@@ -347,7 +347,10 @@ impl Engine {
                 log_start_offset: p.log_start_offset,
             });
         }
-        if p.batches.binary_search_by_key(&base_offset, |b| b.base_offset).is_err() {
+        if p.batches
+            .binary_search_by_key(&base_offset, |b| b.base_offset)
+            .is_err()
+        {
             let e = ShardError::Storage("the original append of this batch failed".into());
             return Some(ProducePartitionResult::failed(e));
         }

@@ -65,7 +65,10 @@ impl From<ProducerError> for ShardError {
 pub enum Verdict {
     Append,
     /// Already written at these offsets: answer with them, write nothing.
-    Duplicate { base_offset: i64, last_offset: i64 },
+    Duplicate {
+        base_offset: i64,
+        last_offset: i64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -363,6 +366,27 @@ mod tests {
         assert_eq!(s.sweep_if_grown(DAY_MS + 1, DAY_MS), 1);
         assert_eq!(s.len(), SWEEP_LEN_MIN);
         assert_eq!(s.sweep_if_grown(DAY_MS + 2, DAY_MS), 0, "not grown since");
+    }
+
+    #[test]
+    fn producer_fields_are_read_from_the_batch_headers() {
+        use crate::batch::testing::{batch, with_producer};
+        let plain = batch(3, 0, b"v");
+        assert_eq!(producer_batch(&plain), Ok(None));
+        let mut two = with_producer(batch(3, 0, b"v"), 42, 1, i32::MAX - 1);
+        two.extend(with_producer(batch(2, 0, b"v"), 42, 1, 1));
+        assert_eq!(
+            producer_batch(&two),
+            Ok(Some(ProducerBatch {
+                producer_id: 42,
+                epoch: 1,
+                first_seq: i32::MAX - 1,
+                last_seq: 2,
+            }))
+        );
+        let mut mixed = with_producer(batch(1, 0, b"v"), 42, 1, 0);
+        mixed.extend(with_producer(batch(1, 0, b"v"), 43, 1, 1));
+        assert!(producer_batch(&mixed).is_err());
     }
 
     #[test]

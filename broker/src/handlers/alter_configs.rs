@@ -46,9 +46,16 @@ async fn alter_one(
     let configs: BTreeMap<String, String> = r
         .configs
         .iter()
-        .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+        .filter_map(|c| {
+            c.value
+                .as_ref()
+                .map(|v| (c.name.to_string(), v.to_string()))
+        })
         .collect();
-    if let Err(message) = configs.iter().try_for_each(|(k, v)| topic_config::validate(k, v)) {
+    if let Err(message) = configs
+        .iter()
+        .try_for_each(|(k, v)| topic_config::validate(k, v))
+    {
         return (codes::invalid_config(), Some(message));
     }
     set_topic_configs(ctx, r.resource_name.as_str(), configs, validate_only).await

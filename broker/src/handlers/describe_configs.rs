@@ -42,7 +42,7 @@ fn describe_one(
     let wanted = |name: &str| {
         r.configuration_keys
             .as_ref()
-            .is_none_or(|keys| keys.iter().any(|k| k.as_str() == name))
+            .map_or(true, |keys| keys.iter().any(|k| k.as_str() == name))
     };
     let entries = match r.resource_type {
         RESOURCE_TOPIC => {
@@ -56,7 +56,11 @@ fn describe_one(
                 .filter(|d| wanted(d.name))
                 .map(|d| {
                     let set = topic.configs.get(d.name);
-                    let source = if set.is_some() { SOURCE_DYNAMIC_TOPIC } else { SOURCE_DEFAULT };
+                    let source = if set.is_some() {
+                        SOURCE_DYNAMIC_TOPIC
+                    } else {
+                        SOURCE_DEFAULT
+                    };
                     let value = set.map_or(d.default, String::as_str);
                     let mut e = entry(d.name, value, source, d.kind, version);
                     e.read_only = false;
@@ -86,9 +90,17 @@ fn describe_one(
 fn broker_entries(ctx: &Ctx, version: i16) -> Vec<DescribeConfigsResourceResult> {
     let n = &ctx.node;
     [
-        ("auto.create.topics.enable", n.auto_create_topics.to_string(), ConfigType::String),
+        (
+            "auto.create.topics.enable",
+            n.auto_create_topics.to_string(),
+            ConfigType::String,
+        ),
         ("broker.id", n.node_id.to_string(), ConfigType::Int),
-        ("num.partitions", n.default_partitions.to_string(), ConfigType::Int),
+        (
+            "num.partitions",
+            n.default_partitions.to_string(),
+            ConfigType::Int,
+        ),
     ]
     .into_iter()
     .map(|(name, value, kind)| {
