@@ -11,6 +11,9 @@
 //! recent batches are served from a tail cache (`tail`), older ones are read
 //! back from the WAL.
 //!
+//! Each partition also keeps its idempotent producers' sequence windows
+//! (`producer_state`); DeleteRecords moves its log start (`delete_records`).
+//!
 //! The broker front end calls `produce`, `fetch` and `list_offsets` on the
 //! shard that owns the connection; work for a partition of another shard is
 //! sent to it over the shard mesh (`mesh`: glommio's bounded SPSC channels,
