@@ -140,6 +140,15 @@ pub struct StartArgs {
         default_value = "100MiB"
     )]
     pub request_max_bytes: ByteSize,
+
+    /// Idle time after which an idempotent producer's sequence state is dropped (producer.id.expiration.ms).
+    #[arg(
+        long,
+        env = "SLUICE_PRODUCER_ID_EXPIRATION_MS",
+        value_name = "MS",
+        default_value = "86400000"
+    )]
+    pub producer_id_expiration_ms: u64,
 }
 
 /// The TOML file: the same settings, all optional. Unknown keys are refused.
@@ -159,6 +168,7 @@ struct FileConfig {
     group_initial_rebalance_delay_ms: Option<u64>,
     log_level: Option<String>,
     request_max_bytes: Option<ByteSize>,
+    producer_id_expiration_ms: Option<u64>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -229,6 +239,7 @@ pub struct Settings {
     pub group_initial_rebalance_delay_ms: u64,
     pub log_level: String,
     pub request_max_bytes: u32,
+    pub producer_id_expiration_ms: i64,
 }
 
 impl StartArgs {
@@ -270,6 +281,7 @@ impl StartArgs {
         fill!(group_initial_rebalance_delay_ms);
         fill!(log_level);
         fill!(request_max_bytes);
+        fill!(producer_id_expiration_ms);
         Ok(self)
     }
 }
@@ -320,6 +332,13 @@ impl Settings {
                 args.log_level
             );
         }
+        let producer_id_expiration_ms = match i64::try_from(args.producer_id_expiration_ms) {
+            Ok(ms) if ms >= 1 => ms,
+            _ => bail!(
+                "--producer-id-expiration-ms (SLUICE_PRODUCER_ID_EXPIRATION_MS, producer_id_expiration_ms): {} is not in 1..=i64::MAX",
+                args.producer_id_expiration_ms
+            ),
+        };
         if args.listen == args.admin_listen {
             bail!(
                 "--admin-listen (SLUICE_ADMIN_LISTEN, admin_listen): same address as --listen ({})",
@@ -341,6 +360,7 @@ impl Settings {
             group_initial_rebalance_delay_ms: args.group_initial_rebalance_delay_ms,
             log_level: args.log_level,
             request_max_bytes,
+            producer_id_expiration_ms,
         })
     }
 

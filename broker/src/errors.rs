@@ -23,6 +23,8 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
         // Like a Kafka broker going down: the client refreshes metadata and retries.
         ShardError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         ShardError::Config(_) => ResponseError::UnknownServerError,
+        ShardError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
+        ShardError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
     };
     code.code()
 }
@@ -114,6 +116,12 @@ pub mod codes {
     }
     pub fn unknown_topic_id() -> i16 {
         ResponseError::UnknownTopicId.code()
+    }
+    pub fn invalid_config() -> i16 {
+        ResponseError::InvalidConfig.code()
+    }
+    pub fn invalid_request() -> i16 {
+        ResponseError::InvalidRequest.code()
     }
     pub fn transactional_id_authorization_failed() -> i16 {
         ResponseError::TransactionalIdAuthorizationFailed.code()

@@ -34,6 +34,7 @@ mod errors;
 mod handlers;
 mod plane;
 mod server;
+mod topic_config;
 #[cfg(test)]
 mod wire_tests;
 

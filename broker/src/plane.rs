@@ -10,8 +10,8 @@ pub use sluice_shard::group::{
     SyncRequest, OFFSETS_TOPIC,
 };
 pub use sluice_shard::{
-    new_mesh, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition,
-    ProducePartition, Shard, ShardConfig, ShardError, ShardMesh,
+    new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest,
+    ListOffsetsPartition, ProducePartition, Shard, ShardConfig, ShardError, ShardMesh,
 };
 
 use crate::config::Settings;
@@ -24,6 +24,7 @@ pub fn shard_config(settings: &Settings, shard_id: u32) -> ShardConfig {
     let memory_bytes_max = settings.shard_memory_bytes();
     let mut cfg = ShardConfig::new(shard_id, settings.shards, settings.data_dir.clone());
     cfg.memory_bytes_max = memory_bytes_max;
+    cfg.producer_id_expiration_ms = settings.producer_id_expiration_ms;
     cfg.tail_cache_bytes_max = (memory_bytes_max / TAIL_CACHE_SHARE_DIVISOR)
         .min(ShardConfig::TAIL_CACHE_BYTES_MAX_DEFAULT);
     cfg.group_initial_rebalance_delay_ms = settings.group_initial_rebalance_delay_ms;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::log_store::LogStore;
 use crate::network::NoNetworkFactory;
 use crate::state_machine::{Placement, Published, StateMachine};
-use crate::types::{MetaConfig, MetaError, MetaRequest, MetaResponse, Raft, TopicMeta};
+use crate::types::{MetaConfig, MetaError, MetaRequest, MetaResponse, Raft};
 
 /// Requests queued from handles to the control thread.
 pub const REQUESTS_MAX: usize = 1024;
@@ -38,7 +38,7 @@ impl Tuning {
     };
 }
 
-pub(crate) type Reply = oneshot::Sender<Result<Arc<TopicMeta>, MetaError>>;
+pub(crate) type Reply = oneshot::Sender<Result<MetaResponse, MetaError>>;
 
 /// A request from a handle: the log entry to propose and where to answer.
 pub(crate) struct Command {
@@ -231,12 +231,9 @@ async fn serve(
 }
 
 /// Proposes one entry and waits until it is committed and applied.
-async fn write(raft: &Raft, request: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
+async fn write(raft: &Raft, request: MetaRequest) -> Result<MetaResponse, MetaError> {
     match raft.client_write(request).await {
-        Ok(response) => match response.data {
-            MetaResponse::Topic(result) => result,
-            MetaResponse::None => Err(MetaError::Internal("no topic in the write response".into())),
-        },
+        Ok(response) => Ok(response.data),
         Err(RaftError::Fatal(Fatal::Stopped)) => Err(MetaError::ShuttingDown),
         Err(RaftError::Fatal(Fatal::StorageError(e))) => Err(MetaError::Storage(e.to_string())),
         Err(RaftError::Fatal(e)) => Err(MetaError::Internal(e.to_string())),

@@ -90,8 +90,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
-use crate::types::MetaRequest;
-pub use crate::types::{MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec};
+pub use crate::types::{
+    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec,
+    PRODUCER_ID_BLOCK_SIZE,
+};
+use crate::types::{MetaRequest, MetaResponse};
 
 /// Name of the control thread.
 pub const CONTROL_THREAD_NAME: &str = "sluice-control";
@@ -242,7 +245,56 @@ impl Metadata {
         }
     }
 
+    /// One Raft entry growing a topic to `partitions` partitions in total;
+    /// resolves with the new topic metadata.
+    pub async fn create_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
+        validate_partitions(partitions, &self.inner.limits)?;
+        self.propose(MetaRequest::CreatePartitions {
+            name: name.to_string(),
+            partitions,
+        })
+        .await
+    }
+
+    /// One Raft entry replacing a topic's configs (validated by the caller).
+    pub async fn set_topic_configs(
+        &self,
+        name: &str,
+        configs: std::collections::BTreeMap<String, String>,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
+        self.propose(MetaRequest::SetTopicConfigs {
+            name: name.to_string(),
+            configs,
+        })
+        .await
+    }
+
+    /// One Raft entry reserving a block of `PRODUCER_ID_BLOCK_SIZE`
+    /// producer ids; resolves with its first id. Blocks are never reused,
+    /// across restarts too (they derive from the entry's log index).
+    pub async fn reserve_producer_ids(&self) -> Result<i64, MetaError> {
+        match self.propose_raw(MetaRequest::ReserveProducerIds).await? {
+            MetaResponse::ProducerIds(start) => Ok(start),
+            other => Err(MetaError::Internal(format!(
+                "unexpected answer to a producer id reservation: {other:?}"
+            ))),
+        }
+    }
+
     async fn propose(&self, request: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
+        match self.propose_raw(request).await? {
+            MetaResponse::Topic(result) => result,
+            other => Err(MetaError::Internal(format!(
+                "no topic in the write response: {other:?}"
+            ))),
+        }
+    }
+
+    async fn propose_raw(&self, request: MetaRequest) -> Result<MetaResponse, MetaError> {
         let (reply, answer) = oneshot::channel();
         let command = Command { request, reply };
         self.inner
@@ -447,6 +499,46 @@ mod tests {
             "placement state survived the restart"
         );
         assert!(meta.view().version > after.version);
+        meta.shutdown();
+    }
+
+    #[test]
+    fn partitions_grow_and_configs_change_through_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start(dir.path(), 2, 10);
+        let t = create(&meta, "grow", 1).expect("create");
+        let grown = block_on(meta.create_partitions("grow", 3)).expect("grow");
+        assert_eq!(grown.id, t.id);
+        assert_eq!(shards_of(&grown), vec![0, 1, 0]);
+        assert!(matches!(
+            block_on(meta.create_partitions("grow", 3)),
+            Err(MetaError::InvalidPartitions(_))
+        ));
+        let configs = BTreeMap::from([("retention.ms".to_string(), "1000".to_string())]);
+        let changed = block_on(meta.set_topic_configs("grow", configs.clone())).expect("set");
+        assert_eq!(changed.configs, configs);
+        assert_eq!(changed.partitions.len(), 3);
+        meta.shutdown();
+        let meta = start(dir.path(), 2, 10);
+        let after = meta.view().topics.get("grow").cloned().expect("kept");
+        assert_eq!((after.partitions.len(), &after.configs), (3, &configs));
+        meta.shutdown();
+    }
+
+    #[test]
+    fn producer_id_blocks_are_never_reused_across_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start(dir.path(), 1, 10);
+        let a = block_on(meta.reserve_producer_ids()).expect("reserve");
+        let b = block_on(meta.reserve_producer_ids()).expect("reserve");
+        assert!(b >= a + PRODUCER_ID_BLOCK_SIZE, "{a} then {b}");
+        meta.shutdown();
+        let meta = start(dir.path(), 1, 10);
+        let c = block_on(meta.reserve_producer_ids()).expect("reserve after restart");
+        assert!(
+            c >= b + PRODUCER_ID_BLOCK_SIZE,
+            "{b} then {c} after restart"
+        );
         meta.shutdown();
     }
 

@@ -25,8 +25,9 @@ use tokio::sync::watch;
 
 use crate::snapshot;
 use crate::types::{
-    Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView, PartitionMeta, SnapshotData,
-    SnapshotMeta, StorageError, StoredMembership, TopicMeta, TypeConfig,
+    producer_id_block_start, Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView,
+    PartitionMeta, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TopicMeta,
+    TypeConfig,
 };
 
 /// The applied view, shared between the control thread (writer) and every
@@ -194,6 +195,55 @@ impl Data {
         }
     }
 
+    /// Adds partitions to a topic up to `partitions` in total.
+    fn grow(
+        &mut self,
+        limits: &Placement,
+        name: &str,
+        partitions: u32,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
+        let old = self
+            .topics
+            .get(name)
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        let have = old.partitions.len() as u64;
+        if u64::from(partitions) <= have {
+            return Err(MetaError::InvalidPartitions(format!(
+                "topic '{name}' has {have} partitions; the new count {partitions} must be larger"
+            )));
+        }
+        let requested = u64::from(partitions) - have;
+        let limit = limits.partitions_max();
+        if self.partitions_total + requested > limit {
+            return Err(MetaError::PartitionLimit { limit, requested });
+        }
+        let mut topic = TopicMeta::clone(old);
+        for _ in 0..requested {
+            topic.partitions.push(self.place_one(limits.node_id));
+        }
+        self.partitions_total += requested;
+        let topic = Arc::new(topic);
+        self.topics.insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    fn set_configs(
+        &mut self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
+        let old = self
+            .topics
+            .get(name)
+            .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        let topic = Arc::new(TopicMeta {
+            configs,
+            ..TopicMeta::clone(old)
+        });
+        self.topics.insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
     fn delete(&mut self, name: &str) -> Result<Arc<TopicMeta>, MetaError> {
         let topic = self
             .topics
@@ -287,10 +337,22 @@ impl StateMachine {
                 self.data.membership = StoredMembership::new(Some(log_id), m);
                 MetaResponse::None
             }
+            EntryPayload::Normal(MetaRequest::ReserveProducerIds) => {
+                let start = producer_id_block_start(log_id.index);
+                tracing::debug!(
+                    start,
+                    index = log_id.index,
+                    "metadata: producer ids reserved"
+                );
+                MetaResponse::ProducerIds(start)
+            }
             EntryPayload::Normal(req) => {
                 let action = match req {
                     MetaRequest::CreateTopic { .. } => "created",
                     MetaRequest::DeleteTopic { .. } => "deleted",
+                    MetaRequest::ReserveProducerIds => unreachable!("answered above"),
+                    MetaRequest::CreatePartitions { .. } => "grown",
+                    MetaRequest::SetTopicConfigs { .. } => "reconfigured",
                 };
                 let result = self.apply_request(req);
                 self.log_result(log_id, action, &result);
@@ -318,6 +380,13 @@ impl StateMachine {
                 self.data.create(&self.limits, args)
             }
             MetaRequest::DeleteTopic { name } => self.data.delete(&name),
+            MetaRequest::ReserveProducerIds => {
+                Err(MetaError::Internal("answered in apply_one".into()))
+            }
+            MetaRequest::CreatePartitions { name, partitions } => {
+                self.data.grow(&self.limits, &name, partitions)
+            }
+            MetaRequest::SetTopicConfigs { name, configs } => self.data.set_configs(&name, configs),
         }
     }
 

@@ -115,6 +115,32 @@ pub enum MetaRequest {
     DeleteTopic {
         name: String,
     },
+    /// Reserves the block of `PRODUCER_ID_BLOCK_SIZE` producer ids that
+    /// starts at `entry index * PRODUCER_ID_BLOCK_SIZE`. Log indexes are
+    /// never reused, so neither are the blocks, across restarts too.
+    ReserveProducerIds,
+    /// Grows a topic to `partitions` partitions; new ones are placed like
+    /// CreateTopics places them.
+    CreatePartitions {
+        name: String,
+        partitions: u32,
+    },
+    /// Replaces a topic's configs with `configs` (validated by the proposer).
+    SetTopicConfigs {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+}
+
+/// Producer ids one `ReserveProducerIds` entry reserves.
+pub const PRODUCER_ID_BLOCK_SIZE: i64 = 1000;
+
+/// First producer id of the block reserved by the entry at `log_index`.
+pub fn producer_id_block_start(log_index: u64) -> i64 {
+    i64::try_from(log_index)
+        .ok()
+        .and_then(|i| i.checked_mul(PRODUCER_ID_BLOCK_SIZE))
+        .expect("log index far below i64::MAX / PRODUCER_ID_BLOCK_SIZE")
 }
 
 /// What applying one entry produced. Errors decided in `apply` (a topic that
@@ -124,6 +150,8 @@ pub enum MetaResponse {
     /// Blank and membership entries.
     None,
     Topic(Result<Arc<TopicMeta>, MetaError>),
+    /// First id of a reserved producer id block.
+    ProducerIds(i64),
 }
 
 openraft::declare_raft_types!(

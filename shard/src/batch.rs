@@ -165,6 +165,46 @@ fn stamp_log_append_time(batch: &mut [u8], now_ms: i64) {
     batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
+const PRODUCER_ID_AT: usize = 43;
+const PRODUCER_EPOCH_AT: usize = 51;
+const BASE_SEQUENCE_AT: usize = 53;
+
+/// The idempotence fields of one batch header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub last_offset_delta: i32,
+}
+
+/// The batches of validated `records`, one slice each.
+pub fn batches(records: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.len() < BATCH_HEADER_BYTES {
+            return None;
+        }
+        let bytes =
+            (LOG_OVERHEAD_BYTES + read_i32(rest, LENGTH_AT).max(0) as usize).min(rest.len());
+        let (batch, tail) = rest.split_at(bytes);
+        rest = tail;
+        Some(batch)
+    })
+}
+
+/// Producer id, epoch, base sequence and last offset delta of a batch of at
+/// least `BATCH_HEADER_BYTES`.
+pub fn producer_fields(batch: &[u8]) -> ProducerFields {
+    assert!(batch.len() >= BATCH_HEADER_BYTES);
+    ProducerFields {
+        producer_id: read_i64(batch, PRODUCER_ID_AT),
+        producer_epoch: read_i16(batch, PRODUCER_EPOCH_AT),
+        base_sequence: read_i32(batch, BASE_SEQUENCE_AT),
+        last_offset_delta: read_i32(batch, LAST_OFFSET_DELTA_AT),
+    }
+}
+
 /// The `baseOffset` of the batch at the start of `batch` (>= 8 bytes).
 pub fn base_offset(batch: &[u8]) -> i64 {
     read_i64(batch, 0)
@@ -214,6 +254,16 @@ pub(crate) mod testing {
         b.extend_from_slice(&records);
         let length = (b.len() - 12) as i32;
         b[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// Sets a batch's producer id, epoch and base sequence; fixes the CRC.
+    pub fn with_producer(mut b: Vec<u8>, producer_id: i64, epoch: i16, base_seq: i32) -> Vec<u8> {
+        b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+        b[51..53].copy_from_slice(&epoch.to_be_bytes());
+        b[53..57].copy_from_slice(&base_seq.to_be_bytes());
         let crc = crc32c::crc32c(&b[21..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         b

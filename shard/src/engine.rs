@@ -59,6 +59,8 @@ pub(crate) struct Engine {
     pub group_wake: Rc<WaitSlot>,
     /// The group deadline that task sleeps until.
     pub group_armed: Cell<Option<Instant>>,
+    /// This shard's unused producer ids: `next..end` of its reserved block.
+    producer_ids: Cell<(i64, i64)>,
 }
 
 impl Engine {
@@ -126,6 +128,7 @@ impl Engine {
             )),
             group_wake: WaitSlot::new(),
             group_armed: Cell::new(None),
+            producer_ids: Cell::new((0, 0)),
             cfg,
         }
     }
@@ -166,6 +169,18 @@ impl Engine {
                 }
                 continue;
             }
+            if e.kind == crate::delete_records::KIND_LOG_START {
+                match crate::delete_records::decode(&e.payload) {
+                    Ok((key, offset)) => {
+                        self.apply_log_start(&key, offset);
+                    }
+                    Err(reason) => {
+                        damaged += 1;
+                        warn!(shard = self.id(), position = e.position.0, %reason, "undecodable WAL entry skipped");
+                    }
+                }
+                continue;
+            }
             if e.kind != KIND_BATCHES {
                 skipped += 1;
                 continue;
@@ -182,6 +197,9 @@ impl Engine {
             let pushed = parts
                 .get_mut(&header.key)
                 .map(|p| p.push_recovered(&header, records.len() as u32, e.position));
+            if matches!(pushed, Some(Ok(()))) {
+                self.recover_producer(&mut parts, &header, &records);
+            }
             match pushed {
                 Some(Ok(())) => entries += 1,
                 Some(Err(reason)) => {
@@ -206,6 +224,42 @@ impl Engine {
             "shard recovered"
         );
         Ok(())
+    }
+
+    /// Rebuilds the producer state from a recovered entry's batch headers.
+    /// The producer counts as last seen at recovery time, so its state
+    /// lives at least `producer_id_expiration_ms` after a restart.
+    fn recover_producer(
+        &self,
+        parts: &mut HashMap<PartitionKey, Partition>,
+        header: &entry::EntryHeader,
+        records: &bytes::Bytes,
+    ) {
+        let Ok(Some(pb)) = crate::producer_state::producer_batch(records) else {
+            return;
+        };
+        if let Some(p) = parts.get_mut(&header.key) {
+            let now = crate::produce::now_ms();
+            p.producers
+                .record(&pb, header.base_offset, header.last_offset, now);
+        }
+    }
+
+    /// A producer id from this shard's block; reserves a new block (one
+    /// Raft entry) when it is used up.
+    pub async fn allocate_producer_id(&self) -> Result<i64, sluice_raft::MetaError> {
+        let (next, end) = self.producer_ids.get();
+        if next < end {
+            self.producer_ids.set((next + 1, end));
+            return Ok(next);
+        }
+        let start = self.meta.reserve_producer_ids().await?;
+        let end = start + sluice_raft::PRODUCER_ID_BLOCK_SIZE;
+        // Another request may have refilled the block meanwhile: keep the
+        // newer block; ids of the other are simply never handed out.
+        self.producer_ids.set((start + 1, end));
+        debug!(shard = self.id(), start, "producer id block reserved");
+        Ok(start)
     }
 
     fn check_partitions(&self) {
@@ -475,6 +529,7 @@ impl Engine {
             }
             ShardMsg::AwaitVersion { version, reply } => self.version_waiter(version, reply),
             ShardMsg::Group { req, reply } => self.group_owner(req, reply),
+            ShardMsg::DeleteRecords { req, reply } => self.delete_records_owner(req, reply),
         }
     }
 

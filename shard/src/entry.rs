@@ -19,8 +19,11 @@
 //!
 //! The WAL frames and checksums the whole payload; the header is checked
 //! again against the first batch's `baseOffset` when it is read back.
-//! Other kinds are reserved for later use (retention markers, producer
-//! state) and are skipped and counted by recovery.
+//! Kind 2 (`delete_records::KIND_LOG_START`) records a partition's new log
+//! start offset. Other kinds are reserved for later use and are skipped and
+//! counted by recovery. Idempotent producer state needs no entry of its
+//! own: recovery reads it from the batch headers (producerId, epoch,
+//! baseSequence).
 
 use bytes::{BufMut, Bytes, BytesMut};
 

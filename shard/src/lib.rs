@@ -11,6 +11,9 @@
 //! recent batches are served from a tail cache (`tail`), older ones are read
 //! back from the WAL.
 //!
+//! Each partition also keeps its idempotent producers' sequence windows
+//! (`producer_state`); DeleteRecords moves its log start (`delete_records`).
+//!
 //! The broker front end calls `produce`, `fetch` and `list_offsets` on the
 //! shard that owns the connection; work for a partition of another shard is
 //! sent to it over the shard mesh (`mesh`: glommio's bounded SPSC channels,
@@ -38,6 +41,7 @@
 
 mod batch;
 mod budget;
+mod delete_records;
 mod engine;
 mod entry;
 mod fetch;
@@ -45,6 +49,7 @@ pub mod group;
 mod mesh;
 mod partition;
 mod produce;
+mod producer_state;
 mod stats;
 mod tail;
 mod waiters;
@@ -111,6 +116,9 @@ pub struct ShardConfig {
     /// Extra time an answer from another shard may take beyond the
     /// request's own wait (`max_wait_ms` for fetches).
     pub remote_reply_timeout_ms: u64,
+    /// Idle time after which an idempotent producer's state is forgotten
+    /// (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: i64,
 }
 
 impl ShardConfig {
@@ -119,6 +127,7 @@ impl ShardConfig {
     pub const FETCH_WAITERS_MAX_DEFAULT: usize = 10_000;
     pub const VERSION_WAITERS_MAX_DEFAULT: usize = 1024;
     pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
+    pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 86_400_000;
 
     pub fn new(shard_id: u32, shards: u32, data_dir: impl Into<PathBuf>) -> ShardConfig {
         ShardConfig {
@@ -133,6 +142,7 @@ impl ShardConfig {
             group_initial_rebalance_delay_ms: Self::GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
             topic_ready_timeout_ms: 10_000,
             remote_reply_timeout_ms: 30_000,
+            producer_id_expiration_ms: Self::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
         }
     }
 }
@@ -164,6 +174,10 @@ pub enum ShardError {
     ShuttingDown,
     #[error("invalid shard configuration: {0}")]
     Config(String),
+    #[error("out of order sequence number: expected {expected}, got {got}")]
+    OutOfOrderSequence { expected: i32, got: i32 },
+    #[error("producer epoch {got} is older than the current epoch {current}")]
+    InvalidProducerEpoch { current: i16, got: i16 },
 }
 
 /// Produce to one partition.
@@ -265,6 +279,18 @@ impl ListOffsetsResult {
     }
 }
 
+/// DeleteRecords on one partition: the new log start offset (-1: the high
+/// watermark).
+#[derive(Clone, Debug)]
+pub struct DeleteRecordsPartition {
+    pub topic: Arc<TopicMeta>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The partition's log start offset after the call (its low watermark).
+pub type DeleteRecordsResult = Result<i64, ShardError>;
+
 /// The shard of one executor. `!Send`: created and used on its executor.
 pub struct Shard {
     core: Rc<engine::Engine>,
@@ -322,6 +348,18 @@ impl Shard {
     /// The groups of every shard (ListGroups).
     pub async fn list_groups(&self) -> Vec<group::GroupListing> {
         self.core.list_groups().await
+    }
+
+    /// Advances the partition's log start offset (a WAL entry, answered
+    /// when durable); resolves with the new log start.
+    pub async fn delete_records(&self, req: DeleteRecordsPartition) -> DeleteRecordsResult {
+        self.core.delete_records(req).await
+    }
+
+    /// A new producer id (epoch 0) for InitProducerId, from this shard's
+    /// block; an exhausted block is replaced by one Raft entry.
+    pub async fn allocate_producer_id(&self) -> Result<i64, sluice_raft::MetaError> {
+        self.core.allocate_producer_id().await
     }
 
     /// Counters, pools and latency histograms of this shard.

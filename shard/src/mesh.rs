@@ -90,6 +90,10 @@ pub enum ShardMsg {
         req: ListOffsetsPartition,
         reply: oneshot::Sender<ListOffsetsResult>,
     },
+    DeleteRecords {
+        req: crate::DeleteRecordsPartition,
+        reply: oneshot::Sender<crate::DeleteRecordsResult>,
+    },
     /// Answer (with the applied version) once metadata `version` is applied.
     AwaitVersion {
         version: u64,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use sluice_wal::Position;
 
 use crate::entry::{EntryHeader, PartitionKey};
+use crate::producer_state::ProducerStates;
 
 /// One stored WAL entry of the partition (one produce request's batches).
 #[derive(Clone, Debug)]
@@ -33,6 +34,8 @@ pub struct Partition {
     /// Last durable offset + 1: consumers see offsets below it.
     pub high_watermark: i64,
     pub batches: Vec<StoredBatch>,
+    /// Idempotent producers' sequence windows (empty map when none).
+    pub producers: ProducerStates,
 }
 
 impl Partition {
@@ -43,6 +46,7 @@ impl Partition {
             log_start_offset: 0,
             high_watermark: 0,
             batches: Vec::new(),
+            producers: ProducerStates::default(),
         }
     }
 

@@ -19,7 +19,9 @@ use crate::budget::{Pool, Reservation};
 use crate::engine::Engine;
 use crate::entry::{self, EntryHeader, PartitionKey, ENTRY_HEADER_BYTES, KIND_BATCHES};
 use crate::mesh::ShardMsg;
+use crate::producer_state::{self, ProducerBatch, Verdict};
 use crate::tail::TailItem;
+use crate::waiters::WaitSlot;
 use crate::{ProducePartition, ProducePartitionResult, ShardError};
 
 /// What a topic's configs say about its batches.
@@ -54,6 +56,20 @@ pub(crate) struct PendingProduce {
     inflight: Reservation,
     log_append_time_ms: i64,
     log_start_offset: i64,
+    /// The idempotent producer that wrote it, if any.
+    producer_id: Option<i64>,
+}
+
+/// What `begin_produce` did with a request.
+pub(crate) enum Begun {
+    Queued(PendingProduce),
+    /// A retry of an entry already written (or being written) at these
+    /// offsets: nothing is appended; the answer is the original's.
+    Duplicate {
+        key: PartitionKey,
+        base_offset: i64,
+        last_offset: i64,
+    },
 }
 
 impl PendingProduce {
@@ -111,7 +127,16 @@ impl Engine {
     ) {
         let acks = req.acks;
         let pending = match self.begin_produce(&req) {
-            Ok(p) => p,
+            Ok(Begun::Queued(p)) => p,
+            Ok(Begun::Duplicate {
+                key,
+                base_offset,
+                last_offset,
+            }) => {
+                self.counters.borrow_mut().produce_duplicates += 1;
+                self.answer_duplicate(key, base_offset, last_offset, reply);
+                return;
+            }
             Err(e) => {
                 let mut c = self.counters.borrow_mut();
                 c.produce_errors += 1;
@@ -139,13 +164,14 @@ impl Engine {
 
     /// Validates, assigns offsets and queues the append: one synchronous
     /// section, no await.
-    fn begin_produce(&self, req: &ProducePartition) -> Result<PendingProduce, ShardError> {
+    fn begin_produce(&self, req: &ProducePartition) -> Result<Begun, ShardError> {
         if self.closing.get() {
             return Err(ShardError::ShuttingDown);
         }
         let key = Engine::key_of(&req.topic, req.partition)?;
         let limits = TopicLimits::of(&req.topic);
         let summary = batch::validate(&req.records, limits.max_message_bytes)?;
+        let producer = producer_state::producer_batch(&req.records)?;
         let payload_bytes = (ENTRY_HEADER_BYTES + req.records.len()) as u64;
         let entry_max = u64::from(self.wal.config().entry_bytes_max);
         if payload_bytes > entry_max {
@@ -165,6 +191,9 @@ impl Engine {
             let part = parts
                 .get_mut(&key)
                 .ok_or(ShardError::UnknownTopicOrPartition)?;
+            if let Some(d) = self.check_producer(part, producer.as_ref())? {
+                return Ok(d);
+            }
             let base_offset = part.next_offset;
             let header = EntryHeader {
                 key,
@@ -185,6 +214,9 @@ impl Engine {
                 payload.slice(ENTRY_HEADER_BYTES..),
             );
             assert_eq!(assigned, base_offset);
+            if let Some(pb) = &producer {
+                self.record_producer(part, pb, base_offset, header.last_offset);
+            }
             (payload, base_offset, part.log_start_offset)
         };
         let append = self.wal.append(KIND_BATCHES, payload);
@@ -199,14 +231,130 @@ impl Engine {
             offsets = summary.offsets,
             "produce queued"
         );
-        Ok(PendingProduce {
+        Ok(Begun::Queued(PendingProduce {
             key,
             base_offset,
             append,
             inflight,
             log_append_time_ms: log_append_time.unwrap_or(-1),
             log_start_offset,
+            producer_id: producer.map(|p| p.producer_id),
+        }))
+    }
+
+    /// Sequence and epoch checks of an idempotent producer's entry:
+    /// `Some` when it is a duplicate of an entry already written.
+    fn check_producer(
+        &self,
+        part: &crate::partition::Partition,
+        producer: Option<&ProducerBatch>,
+    ) -> Result<Option<Begun>, ShardError> {
+        let Some(pb) = producer else {
+            return Ok(None);
+        };
+        let expiration_ms = self.cfg.producer_id_expiration_ms;
+        match part.producers.check(pb, now_ms(), expiration_ms)? {
+            Verdict::Append => Ok(None),
+            Verdict::Duplicate {
+                base_offset,
+                last_offset,
+            } => Ok(Some(Begun::Duplicate {
+                key: part.key,
+                base_offset,
+                last_offset,
+            })),
+        }
+    }
+
+    fn record_producer(
+        &self,
+        part: &mut crate::partition::Partition,
+        pb: &ProducerBatch,
+        base_offset: i64,
+        last_offset: i64,
+    ) {
+        let now = now_ms();
+        part.producers.record(pb, base_offset, last_offset, now);
+        let expired = part
+            .producers
+            .sweep_if_grown(now, self.cfg.producer_id_expiration_ms);
+        self.counters.borrow_mut().producers_expired += expired as u64;
+    }
+
+    /// Answers a duplicate with the original offsets once the original is
+    /// durable (at once if it already is).
+    fn answer_duplicate(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        base_offset: i64,
+        last_offset: i64,
+        reply: oneshot::Sender<ProducePartitionResult>,
+    ) {
+        trace!(shard = self.id(), base_offset, "duplicate produce answered");
+        if let Some(done) = self.duplicate_state(&key, base_offset, last_offset) {
+            let _ = reply.send(done);
+            return;
+        }
+        let engine = self.clone();
+        glommio::spawn_local(async move {
+            let result = engine.await_duplicate(key, base_offset, last_offset).await;
+            let _ = reply.send(result);
         })
+        .detach();
+    }
+
+    async fn await_duplicate(
+        self: &Rc<Self>,
+        key: PartitionKey,
+        base_offset: i64,
+        last_offset: i64,
+    ) -> ProducePartitionResult {
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
+        let slot = WaitSlot::new();
+        let Some(_guard) = self.waiters.register(&slot, vec![key], deadline) else {
+            return ProducePartitionResult::failed(ShardError::Busy);
+        };
+        loop {
+            if let Some(done) = self.duplicate_state(&key, base_offset, last_offset) {
+                return done;
+            }
+            if Instant::now() >= deadline || self.closing.get() {
+                return ProducePartitionResult::failed(ShardError::Timeout);
+            }
+            slot.wait().await;
+        }
+    }
+
+    /// The answer to a duplicate of the entry at `base_offset`, or `None`
+    /// while that entry is not durable yet.
+    fn duplicate_state(
+        &self,
+        key: &PartitionKey,
+        base_offset: i64,
+        last_offset: i64,
+    ) -> Option<ProducePartitionResult> {
+        let parts = self.parts.borrow();
+        let Some(p) = parts.get(key) else {
+            return Some(ProducePartitionResult::failed(
+                ShardError::UnknownTopicOrPartition,
+            ));
+        };
+        if p.high_watermark > last_offset {
+            return Some(ProducePartitionResult {
+                error: None,
+                base_offset,
+                log_append_time_ms: -1,
+                log_start_offset: p.log_start_offset,
+            });
+        }
+        if p.batches
+            .binary_search_by_key(&base_offset, |b| b.base_offset)
+            .is_err()
+        {
+            let e = ShardError::Storage("the original append of this batch failed".into());
+            return Some(ProducePartitionResult::failed(e));
+        }
+        None
     }
 
     /// Waits for durability, then publishes the entry (high watermark, tail
@@ -218,6 +366,7 @@ impl Engine {
             base_offset,
             append,
             inflight,
+            producer_id,
             ..
         } = pending;
         match append.await {
@@ -229,7 +378,7 @@ impl Engine {
             }
             Err(e) => {
                 drop(inflight);
-                self.on_failed(key, base_offset);
+                self.on_failed(key, base_offset, producer_id);
                 self.warn_rate_limited("WAL append", &e);
                 self.counters.borrow_mut().produce_errors += 1;
                 ProducePartitionResult::failed(ShardError::Storage(e.to_string()))
@@ -251,15 +400,15 @@ impl Engine {
         self.cache_tail(key, base_offset, bytes);
     }
 
-    fn on_failed(&self, key: PartitionKey, base_offset: i64) {
-        let moved = self
-            .parts
-            .borrow_mut()
-            .get_mut(&key)
-            .map(|p| p.mark_failed(base_offset));
-        if moved == Some(true) {
-            self.waiters.notify(&key);
+    /// Always notifies: duplicates waiting for this entry must learn it failed.
+    fn on_failed(&self, key: PartitionKey, base_offset: i64, producer_id: Option<i64>) {
+        if let Some(p) = self.parts.borrow_mut().get_mut(&key) {
+            p.mark_failed(base_offset);
+            if let Some(id) = producer_id {
+                p.producers.forget(id, base_offset);
+            }
         }
+        self.waiters.notify(&key);
     }
 
     /// Keeps the entry's batches in the tail cache, evicting the oldest

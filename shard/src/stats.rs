@@ -40,6 +40,10 @@ pub struct Counters {
     pub recovery_skipped_entries: u64,
     pub partitions_created: u64,
     pub partitions_deleted: u64,
+    /// Idempotent retries answered with the original offsets.
+    pub produce_duplicates: u64,
+    /// Idle idempotent producers dropped by sweeps.
+    pub producers_expired: u64,
 }
 
 /// A snapshot of one shard's observability state.

@@ -118,6 +118,7 @@ fn validate(t: &CreatableTopic, name: &str, ctx: &Ctx) -> Result<TopicSpec, (i16
                 .map(|v| (c.name.to_string(), v.to_string()))
         })
         .collect();
+    crate::topic_config::validate_known(&configs).map_err(|m| (codes::invalid_config(), m))?;
     Ok(TopicSpec {
         name: name.to_string(),
         partitions,

@@ -5,10 +5,17 @@
 //! on the shard that accepted the connection; the data plane routes
 //! partition work to the owning shard.
 
+pub mod alter_configs;
 pub mod api_versions;
+pub mod create_partitions;
 pub mod create_topics;
+pub mod delete_records;
 pub mod delete_topics;
+pub mod describe_cluster;
+pub mod describe_configs;
 pub mod fetch;
+pub mod incremental_alter_configs;
+pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
@@ -58,6 +65,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 0, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -136,6 +150,31 @@ pub async fn dispatch(
         }
         ApiKey::ListOffsets => ResponseKind::ListOffsets(
             list_offsets::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::InitProducerId => ResponseKind::InitProducerId(
+            init_producer_id::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::CreatePartitions => ResponseKind::CreatePartitions(
+            create_partitions::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::DescribeConfigs => ResponseKind::DescribeConfigs(describe_configs::handle(
+            decode(body, version)?,
+            version,
+            ctx,
+        )),
+        ApiKey::AlterConfigs => ResponseKind::AlterConfigs(
+            alter_configs::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::IncrementalAlterConfigs => ResponseKind::IncrementalAlterConfigs(
+            incremental_alter_configs::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::DescribeCluster => ResponseKind::DescribeCluster(describe_cluster::handle(
+            &decode(body, version)?,
+            version,
+            ctx,
+        )),
+        ApiKey::DeleteRecords => ResponseKind::DeleteRecords(
+            delete_records::handle(decode(body, version)?, version, ctx).await,
         ),
         other => match dispatch_groups(other, version, body, ctx).await? {
             Some(r) => r,

@@ -108,6 +108,16 @@ impl Broker {
         self.wait_ready();
     }
 
+    /// After a SIGKILL the kernel tears the old process's io_uring down
+    /// asynchronously; until then its listening socket still completes
+    /// handshakes, and the new process would refuse the port as taken.
+    fn wait_port_released(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -173,6 +183,7 @@ impl Broker {
     /// Starts the binary again on the same data dir and ports.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop it first");
+        self.wait_port_released();
         self.spawn();
     }
 }

@@ -101,9 +101,8 @@ def consumer(broker):
 
 
 def producer(broker, **kwargs):
-    # kafka-python 3 turns idempotence on by default, which needs
-    # InitProducerId; the broker does not serve that API (yet).
-    return KafkaProducer(bootstrap_servers=broker.bootstrap, enable_idempotence=False, **kwargs)
+    # kafka-python 3's defaults: idempotence on (InitProducerId, sequences).
+    return KafkaProducer(bootstrap_servers=broker.bootstrap, **kwargs)
 
 
 def create_topic(broker, name, partitions):
@@ -172,3 +171,73 @@ def test_list_offsets(broker):
     assert found is not None and found.offset == 3
     assert c.offsets_for_times({tp: t0 + 100_000})[tp] is None
     c.close()
+
+
+def test_default_producer_is_idempotent(broker):
+    create_topic(broker, "py-idempotent", 2)
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    assert p.config["enable_idempotence"], "kafka-python 3 defaults to idempotence"
+    futures = [
+        p.send("py-idempotent", value=f"v{i}".encode(), partition=i % 2)
+        for i in range(200)
+    ]
+    acked = [f.get(timeout=20) for f in futures]
+    manager = p._transaction_manager
+    assert manager is not None and manager.producer_id_and_epoch.producer_id >= 0
+    assert manager.producer_id_and_epoch.epoch == 0
+    p.close()
+    for partition in range(2):
+        offsets = sorted(md.offset for md in acked if md.partition == partition)
+        assert offsets == list(range(100))
+
+    c = consumer(broker)
+    c.assign([TopicPartition("py-idempotent", p) for p in range(2)])
+    c.seek_to_beginning()
+    got = []
+    for message in c:
+        got.append((message.partition, message.value.decode()))
+        if len(got) == 200:
+            break
+    c.close()
+    for partition in range(2):
+        values = [v for (pp, v) in got if pp == partition]
+        assert values == [f"v{i}" for i in range(partition, 200, 2)], "exactly once, in order"
+
+
+def test_topic_admin_calls(broker):
+    from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
+
+    create_topic(broker, "py-conf", 1)
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, request_timeout_ms=15_000)
+    try:
+        topic = lambda configs=None: ConfigResource(ConfigResourceType.TOPIC, "py-conf", configs=configs)
+        # IncrementalAlterConfigs: SET, and APPEND on the list config.
+        result = admin.alter_configs([topic({"retention.ms": "5000", "cleanup.policy": ("APPEND", "compact")})])
+        assert result["topic"]["py-conf"] == "OK", result
+        described = admin.describe_configs([topic()], config_filter="all")["topic"]["py-conf"]
+        assert described["retention.ms"]["value"] == "5000"
+        assert described["retention.ms"]["config_source"] == "DYNAMIC_TOPIC_CONFIG"
+        assert described["cleanup.policy"]["value"] == "delete,compact"
+        assert described["segment.bytes"]["config_source"] == "DEFAULT_CONFIG"
+        bad = admin.alter_configs([topic({"retention.bytes": "lots"})])
+        assert "InvalidConfigurationError" in str(bad["topic"]["py-conf"]), bad
+        unknown = admin.alter_configs([topic({"no.such.config": "1"})], raise_on_unknown=False)
+        assert "InvalidConfigurationError" in str(unknown["topic"]["py-conf"]), unknown
+
+        admin.create_partitions({"py-conf": NewPartitions(total_count=4)})
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            parts = admin.describe_topics(["py-conf"])[0]["partitions"]
+            if len(parts) == 4:
+                break
+            time.sleep(0.1)
+        assert len(parts) == 4
+
+        cluster = admin.describe_cluster()
+        assert [b["broker_id"] for b in cluster["brokers"]] == [1]
+    finally:
+        admin.close()
+    p = producer(broker, acks="all")
+    md = p.send("py-conf", value=b"x", partition=3).get(timeout=20)
+    assert (md.partition, md.offset) == (3, 0)
+    p.close()
