@@ -18,6 +18,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKi
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::handlers::{self, api_versions, Ctx};
+use crate::plane::RequestBuffer;
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
@@ -56,9 +57,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Ctx,
     limits: &ConnLimits,
 ) {
+    // The read buffer is charged to the request-buffer pool for the
+    // connection's life; a full pool delays the connection's first read.
+    let _buffer = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await;
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     loop {
-        let frame = match read_frame(&mut stream, limits).await {
+        // `_held` keeps the frame's memory charged until it is answered.
+        let (frame, _held) = match read_frame(&mut stream, limits, ctx).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
             Err(close) => return closed(&peer, close),
@@ -112,10 +117,15 @@ fn warn_limited(peer: &str, close: &Close) {
 }
 
 /// Reads one size-prefixed frame. `Ok(None)`: clean end of stream.
+///
+/// The frame's size is reserved from the shard's request-buffer pool
+/// before its body is read; while the pool is full the connection waits
+/// and its socket is not read (backpressure, not an error).
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &ConnLimits,
-) -> Result<Option<Bytes>, Close> {
+    ctx: &Ctx,
+) -> Result<Option<(Bytes, RequestBuffer)>, Close> {
     let mut size = [0u8; 4];
     match stream.read(&mut size[..1]).await {
         Ok(0) => return Ok(None),
@@ -124,9 +134,15 @@ async fn read_frame<S: AsyncRead + Unpin>(
     }
     read_exact(stream, &mut size[1..]).await?;
     let size = i32::from_be_bytes(size);
-    if size < FRAME_BYTES_MIN as i32 || size as u32 > limits.request_max_bytes {
+    if size < FRAME_BYTES_MIN as i32
+        || size as u32 > limits.request_max_bytes
+        // Beside the connection's own read buffer, the frame must fit the
+        // pool, or it could never be read.
+        || size as u64 + READ_BUFFER_BYTES as u64 > ctx.shard.request_bytes_max()
+    {
         return Err(Close::BadSize(size));
     }
+    let held = ctx.shard.reserve_request(size as u64).await;
     // Memory grows with the bytes that actually arrive, not with the size a
     // peer announces.
     let size = size as usize;
@@ -139,7 +155,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
     if read < size {
         return Err(Close::Truncated);
     }
-    Ok(Some(Bytes::from(frame)))
+    Ok(Some((Bytes::from(frame), held)))
 }
 
 async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Result<(), Close> {

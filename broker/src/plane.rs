@@ -6,7 +6,8 @@
 
 pub use sluice_shard::{
     new_mesh, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition,
-    ProducePartition, Shard, ShardConfig, ShardError, ShardMesh,
+    PoolStats, ProducePartition, RequestBuffer, Shard, ShardConfig, ShardError, ShardMesh,
+    ShardStats,
 };
 
 use crate::config::Settings;

@@ -22,14 +22,23 @@ use sluice_raft::{Metadata, MetadataView, TopicMeta};
 use sluice_wal::{Wal, WalConfig};
 use tracing::{debug, info, trace, warn};
 
-use crate::budget::{Budget, BudgetLimits};
+use crate::budget::{Budget, BudgetLimits, Pool};
 use crate::entry::{self, PartitionKey, KIND_BATCHES};
 use crate::mesh::{FetchKey, Peers, ShardMesh, ShardMsg};
 use crate::partition::Partition;
-use crate::stats::{latency_histogram, Counters, ShardStats};
+use crate::stats::{latency_histogram, Counters, ShardStats, TOP_TOPICS_MAX};
 use crate::tail::TailCache;
 use crate::waiters::{run_deadlines, sleep_until, WaitSlot, Waiters};
 use crate::{ListOffsetsPartition, ListOffsetsResult, ShardConfig, ShardError};
+
+/// Bytes charged to `Pool::PartitionState` per partition: its struct, its
+/// key and the map slot holding them (hashbrown: one control byte).
+pub(crate) const PARTITION_BYTES: u64 = (std::mem::size_of::<Partition>()
+    + std::mem::size_of::<PartitionKey>()
+    + 1) as u64;
+/// Bytes charged to `Pool::PartitionState` per index entry.
+pub(crate) const INDEX_ENTRY_BYTES: u64 =
+    std::mem::size_of::<crate::partition::StoredBatch>() as u64;
 
 pub(crate) struct Engine {
     pub cfg: ShardConfig,
@@ -49,6 +58,8 @@ pub(crate) struct Engine {
     pub fetch_seq: Cell<u64>,
     tasks: RefCell<Vec<Task<()>>>,
     pub closing: Cell<bool>,
+    /// Produce tasks waiting for durability.
+    pub produce_tasks: Cell<u64>,
     pub counters: RefCell<Counters>,
     pub produce_latency_us: RefCell<Histogram<u64>>,
     pub fetch_latency_us: RefCell<Histogram<u64>>,
@@ -109,6 +120,7 @@ impl Engine {
             fetch_seq: Cell::new(0),
             tasks: RefCell::new(Vec::new()),
             closing: Cell::new(false),
+            produce_tasks: Cell::new(0),
             counters: RefCell::new(Counters::default()),
             produce_latency_us: RefCell::new(latency_histogram()),
             fetch_latency_us: RefCell::new(latency_histogram()),
@@ -163,7 +175,11 @@ impl Engine {
                 .get_mut(&header.key)
                 .map(|p| p.push_recovered(&header, records.len() as u32, e.position));
             match pushed {
-                Some(Ok(())) => entries += 1,
+                Some(Ok(())) => {
+                    entries += 1;
+                    self.budget
+                        .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
+                }
                 Some(Err(reason)) => {
                     damaged += 1;
                     warn!(shard = self.id(), position = e.position.0, %reason, "out-of-order WAL entry skipped");
@@ -226,10 +242,18 @@ impl Engine {
                 .copied()
                 .collect();
             gone.iter().for_each(|k| {
-                parts.remove(k);
+                if let Some(p) = parts.remove(k) {
+                    let entries = p.batches.len() as u64;
+                    self.budget.discharge(
+                        Pool::PartitionState,
+                        PARTITION_BYTES + entries * INDEX_ENTRY_BYTES,
+                    );
+                }
             });
             gone
         };
+        self.budget
+            .charge_forced(Pool::PartitionState, created * PARTITION_BYTES);
         for k in &gone {
             self.tail.borrow_mut().forget(k);
             self.waiters.notify(k);
@@ -487,6 +511,11 @@ impl Engine {
             counters: self.counters.borrow().clone(),
             waiters: self.waiters.stats(),
             pools: self.budget.stats(),
+            memory_bytes_max: self.cfg.memory_bytes_max,
+            request_waits: self.budget.request_waits(),
+            tasks: self.tasks.borrow().len() as u64,
+            produce_tasks: self.produce_tasks.get(),
+            top_topics: top_topics(&parts),
             mesh_full_waits: self.peers.as_ref().map_or(0, |p| p.full_waits.get()),
             wal: self.wal.stats(),
             produce_latency_us: self.produce_latency_us.borrow().clone(),
@@ -512,6 +541,19 @@ impl Engine {
         }
         debug!(shard = self.id(), "shard closed");
     }
+}
+
+/// Partition-state bytes per topic, the largest `TOP_TOPICS_MAX`.
+fn top_topics(parts: &HashMap<PartitionKey, Partition>) -> Vec<([u8; 16], u64)> {
+    let mut by_topic: HashMap<[u8; 16], u64> = HashMap::new();
+    for (k, p) in parts {
+        *by_topic.entry(k.topic_id).or_default() +=
+            PARTITION_BYTES + p.batches.len() as u64 * INDEX_ENTRY_BYTES;
+    }
+    let mut v: Vec<_> = by_topic.into_iter().collect();
+    v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(TOP_TOPICS_MAX);
+    v
 }
 
 fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {

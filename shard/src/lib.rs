@@ -259,6 +259,9 @@ impl ListOffsetsResult {
     }
 }
 
+/// Request-buffer memory held by one request frame; released on drop.
+pub struct RequestBuffer(#[allow(dead_code)] budget::Reservation);
+
 /// The shard of one executor. `!Send`: created and used on its executor.
 pub struct Shard {
     core: Rc<engine::Engine>,
@@ -306,6 +309,20 @@ impl Shard {
     /// entry whose max timestamp is >= the target.
     pub async fn list_offsets(&self, req: ListOffsetsPartition) -> ListOffsetsResult {
         self.core.list_offsets(req).await
+    }
+
+    /// Reserves `bytes` of the request-buffer pool for a request frame,
+    /// waiting (not failing) while the pool is full: the connection stops
+    /// reading its socket until memory frees. `bytes` must be at most
+    /// `request_bytes_max()`. Released when the returned value is dropped.
+    pub async fn reserve_request(&self, bytes: u64) -> RequestBuffer {
+        RequestBuffer(self.core.budget.reserve_request(bytes).await)
+    }
+
+    /// The largest request frame this shard can ever hold: its
+    /// request-buffer pool.
+    pub fn request_bytes_max(&self) -> u64 {
+        self.core.budget.max(budget::Pool::RequestBuffers)
     }
 
     /// Counters, pools and latency histograms of this shard.

@@ -16,7 +16,7 @@ use tracing::trace;
 
 use crate::batch;
 use crate::budget::{Pool, Reservation};
-use crate::engine::Engine;
+use crate::engine::{Engine, INDEX_ENTRY_BYTES};
 use crate::entry::{self, EntryHeader, PartitionKey, ENTRY_HEADER_BYTES, KIND_BATCHES};
 use crate::mesh::ShardMsg;
 use crate::tail::TailItem;
@@ -128,8 +128,10 @@ impl Engine {
             Some(reply)
         };
         let engine = self.clone();
+        self.produce_tasks.set(self.produce_tasks.get() + 1);
         glommio::spawn_local(async move {
             let result = engine.finish_produce(pending).await;
+            engine.produce_tasks.set(engine.produce_tasks.get() - 1);
             if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
@@ -154,6 +156,9 @@ impl Engine {
                 bytes: req.records.len() as u64,
                 max,
             });
+        }
+        if !self.budget.fits(Pool::PartitionState, INDEX_ENTRY_BYTES) {
+            return Err(ShardError::Busy);
         }
         let inflight = self
             .budget
@@ -185,6 +190,7 @@ impl Engine {
                 payload.slice(ENTRY_HEADER_BYTES..),
             );
             assert_eq!(assigned, base_offset);
+            self.budget.charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
             (payload, base_offset, part.log_start_offset)
         };
         let append = self.wal.append(KIND_BATCHES, payload);
@@ -252,11 +258,14 @@ impl Engine {
     }
 
     fn on_failed(&self, key: PartitionKey, base_offset: i64) {
-        let moved = self
-            .parts
-            .borrow_mut()
-            .get_mut(&key)
-            .map(|p| p.mark_failed(base_offset));
+        let moved = self.parts.borrow_mut().get_mut(&key).map(|p| {
+            let before = p.batches.len();
+            let moved = p.mark_failed(base_offset);
+            let removed = (before - p.batches.len()) as u64;
+            self.budget
+                .discharge(Pool::PartitionState, removed * INDEX_ENTRY_BYTES);
+            moved
+        });
         if moved == Some(true) {
             self.waiters.notify(&key);
         }
