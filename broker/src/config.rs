@@ -21,9 +21,12 @@ use serde::Deserialize;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Smallest memory budget a node accepts.
 pub const MEMORY_BYTES_MIN: u64 = 64 << 20;
-/// Estimated bytes one idle partition costs a shard (state, index, cache
-/// share); divides the per-shard budget into a partition limit.
-pub const PARTITION_BYTES_ESTIMATE: u64 = 16 << 10;
+/// Estimated bytes one idle partition costs the node (its struct and map
+/// slot, its share of the metadata view and of the Raft state: about 700
+/// bytes measured at 100,002 partitions, see README "Many topics"), with
+/// headroom for a few index entries; divides the partition-state share of a
+/// shard's budget into a partition limit.
+pub const PARTITION_BYTES_ESTIMATE: u64 = 1 << 10;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -123,6 +126,10 @@ pub struct StartArgs {
     )]
     pub log_level: String,
 
+    /// Partitions one shard accepts; CreateTopics beyond it fails with POLICY_VIOLATION. Also bounded by --memory (an eighth of a shard's memory, PARTITION_BYTES_ESTIMATE per partition).
+    #[arg(long, env = "SLUICE_PARTITIONS_PER_SHARD_MAX", value_name = "N")]
+    pub partitions_per_shard_max: Option<u32>,
+
     /// Largest request frame accepted (socket.request.max.bytes); larger frames close the connection.
     #[arg(
         long,
@@ -149,6 +156,7 @@ struct FileConfig {
     auto_create_topics: Option<bool>,
     log_level: Option<String>,
     request_max_bytes: Option<ByteSize>,
+    partitions_per_shard_max: Option<u32>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -218,6 +226,7 @@ pub struct Settings {
     pub auto_create_topics: bool,
     pub log_level: String,
     pub request_max_bytes: u32,
+    pub partitions_per_shard_max: Option<u32>,
 }
 
 impl StartArgs {
@@ -258,6 +267,7 @@ impl StartArgs {
         fill!(auto_create_topics);
         fill!(log_level);
         fill!(request_max_bytes);
+        fill!(opt partitions_per_shard_max);
         Ok(self)
     }
 }
@@ -302,6 +312,9 @@ impl Settings {
                 args.request_max_bytes.0
             ),
         };
+        if args.partitions_per_shard_max == Some(0) {
+            bail!("--partitions-per-shard-max (SLUICE_PARTITIONS_PER_SHARD_MAX, partitions_per_shard_max): must be at least 1");
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             bail!(
                 "--log-level (SLUICE_LOG_LEVEL, log_level): '{}' is not a log filter: {e}",
@@ -328,6 +341,7 @@ impl Settings {
             auto_create_topics: args.auto_create_topics,
             log_level: args.log_level,
             request_max_bytes,
+            partitions_per_shard_max: args.partitions_per_shard_max,
         })
     }
 
@@ -336,10 +350,14 @@ impl Settings {
         self.memory_bytes / u64::from(self.shards)
     }
 
-    /// Partitions one shard accepts, derived from its memory budget.
+    /// Partitions one shard accepts: `--partitions-per-shard-max`, and at
+    /// most what the shard's partition-state share of memory (an eighth)
+    /// holds at `PARTITION_BYTES_ESTIMATE` each.
     pub fn partitions_per_shard_max(&self) -> u32 {
-        let n = self.shard_memory_bytes() / PARTITION_BYTES_ESTIMATE;
-        u32::try_from(n.clamp(1, 1_000_000)).unwrap_or(1_000_000)
+        let n = self.shard_memory_bytes() / 8 / PARTITION_BYTES_ESTIMATE;
+        let derived = u32::try_from(n.clamp(1, 1_000_000)).unwrap_or(1_000_000);
+        self.partitions_per_shard_max
+            .map_or(derived, |explicit| explicit.min(derived))
     }
 }
 
