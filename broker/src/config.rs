@@ -21,6 +21,10 @@ use serde::Deserialize;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Smallest memory budget a node accepts.
 pub const MEMORY_BYTES_MIN: u64 = 64 << 20;
+/// Range of `--wal-commit-bytes-max`: the smallest keeps the largest Kafka
+/// record batch by default (1 MiB + 12 bytes) within one WAL entry.
+const WAL_COMMIT_BYTES_MIN: u64 = 2 << 20;
+const WAL_COMMIT_BYTES_MAX: u64 = 32 << 20;
 /// Estimated bytes one idle partition costs the node (its struct and map
 /// slot, its share of the metadata view and of the Raft state: about 700
 /// bytes measured at 100,002 partitions, see README "Many topics"), with
@@ -130,6 +134,15 @@ pub struct StartArgs {
     #[arg(long, env = "SLUICE_PARTITIONS_PER_SHARD_MAX", value_name = "N")]
     pub partitions_per_shard_max: Option<u32>,
 
+    /// Bytes one WAL commit writes at most (also the largest record batch, less 4 KiB). Each shard's glommio io_memory arena is sized from it: 2 x this + 512 KiB.
+    #[arg(
+        long,
+        env = "SLUICE_WAL_COMMIT_BYTES_MAX",
+        value_name = "SIZE",
+        default_value = "2MiB"
+    )]
+    pub wal_commit_bytes_max: ByteSize,
+
     /// Largest request frame accepted (socket.request.max.bytes); larger frames close the connection.
     #[arg(
         long,
@@ -157,6 +170,7 @@ struct FileConfig {
     log_level: Option<String>,
     request_max_bytes: Option<ByteSize>,
     partitions_per_shard_max: Option<u32>,
+    wal_commit_bytes_max: Option<ByteSize>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -227,6 +241,7 @@ pub struct Settings {
     pub log_level: String,
     pub request_max_bytes: u32,
     pub partitions_per_shard_max: Option<u32>,
+    pub wal_commit_bytes_max: u64,
 }
 
 impl StartArgs {
@@ -268,6 +283,7 @@ impl StartArgs {
         fill!(log_level);
         fill!(request_max_bytes);
         fill!(opt partitions_per_shard_max);
+        fill!(wal_commit_bytes_max);
         Ok(self)
     }
 }
@@ -312,6 +328,12 @@ impl Settings {
                 args.request_max_bytes.0
             ),
         };
+        let wal_commit_bytes_max = args.wal_commit_bytes_max.0;
+        if !(WAL_COMMIT_BYTES_MIN..=WAL_COMMIT_BYTES_MAX).contains(&wal_commit_bytes_max)
+            || wal_commit_bytes_max % 4096 != 0
+        {
+            bail!("--wal-commit-bytes-max (SLUICE_WAL_COMMIT_BYTES_MAX, wal_commit_bytes_max): {wal_commit_bytes_max} is not a multiple of 4KiB in 2MiB..=32MiB");
+        }
         if args.partitions_per_shard_max == Some(0) {
             bail!("--partitions-per-shard-max (SLUICE_PARTITIONS_PER_SHARD_MAX, partitions_per_shard_max): must be at least 1");
         }
@@ -342,6 +364,7 @@ impl Settings {
             log_level: args.log_level,
             request_max_bytes,
             partitions_per_shard_max: args.partitions_per_shard_max,
+            wal_commit_bytes_max,
         })
     }
 

@@ -28,10 +28,6 @@ use crate::handlers::{Ctx, NodeInfo};
 use crate::plane::{self, Shard, ShardMesh};
 use crate::probe::{self, ProbeServer};
 
-/// io_uring registered buffer memory per shard executor. glommio's default
-/// (10 MiB) exceeds RLIMIT_MEMLOCK (8 MiB) on common hosts once there are
-/// several shards; 1 MiB each keeps 7 shards under that limit.
-pub const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
 /// Open Kafka connections per shard; further ones are closed at accept.
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
 
@@ -220,7 +216,11 @@ fn spawn_shard(args: ShardArgs) -> anyhow::Result<glommio::ExecutorJoinHandle<()
     let name = format!("sluice-shard-{}", args.id);
     LocalExecutorBuilder::new(placement(&args.settings, args.id))
         .name(&name)
-        .io_memory(SHARD_IO_MEMORY_BYTES)
+        // Sized from the WAL's commit size (`plane::io_memory_bytes`). Above
+        // RLIMIT_MEMLOCK (without CAP_IPC_LOCK) glommio skips registering it
+        // with io_uring (one warning) and still allocates commit buffers
+        // from it.
+        .io_memory(usize::try_from(plane::io_memory_bytes(&args.settings)).unwrap_or(usize::MAX))
         .spawn(move || shard_main(args))
         .map_err(|e| anyhow::anyhow!("starting executor {name}: {e}"))
 }

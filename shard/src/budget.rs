@@ -26,6 +26,9 @@ pub enum Pool {
     RequestBuffers = 3,
     /// Partition structs and their index entries.
     PartitionState = 4,
+    /// glommio's `io_memory` arena (WAL commit buffers): fixed, charged whole
+    /// at start.
+    IoMemory = 5,
 }
 
 const POOLS: [Pool; POOL_COUNT] = [
@@ -34,8 +37,9 @@ const POOLS: [Pool; POOL_COUNT] = [
     Pool::FetchResponse,
     Pool::RequestBuffers,
     Pool::PartitionState,
+    Pool::IoMemory,
 ];
-const POOL_COUNT: usize = 5;
+const POOL_COUNT: usize = 6;
 
 /// Connections waiting for request-buffer memory at once; more wait by
 /// polling again when woken by any release (they all re-register).
@@ -49,6 +53,7 @@ impl Pool {
             Pool::FetchResponse => "fetch_response",
             Pool::RequestBuffers => "request_buffers",
             Pool::PartitionState => "partition_state",
+            Pool::IoMemory => "io_memory",
         }
     }
 }
@@ -61,21 +66,29 @@ pub struct BudgetLimits {
     pub fetch_response_bytes_max: u64,
     pub request_buffers_bytes_max: u64,
     pub partition_state_bytes_max: u64,
+    pub io_memory_bytes: u64,
 }
 
 impl BudgetLimits {
-    /// Of the shard's memory: at most a quarter for the tail cache (and
-    /// never more than `tail_cache_bytes_max`), a quarter for in-flight
-    /// produce data, an eighth each for fetch responses, request buffers and
-    /// partition state. The remaining eighth (at least) is the fixed part:
-    /// the WAL's `io_memory` arena, executor and connection structs.
-    pub fn derive(memory_bytes_max: u64, tail_cache_bytes_max: u64) -> BudgetLimits {
+    /// The executor's `io_memory` arena comes off the top; of the rest: at
+    /// most a quarter for the tail cache (and never more than
+    /// `tail_cache_bytes_max`), a quarter for in-flight produce data, an
+    /// eighth each for fetch responses, request buffers and partition state.
+    /// The remaining eighth (at least) is for what is not pooled: executor,
+    /// task and connection structs, allocator slack.
+    pub fn derive(
+        memory_bytes_max: u64,
+        tail_cache_bytes_max: u64,
+        io_memory_bytes: u64,
+    ) -> BudgetLimits {
+        let rest = memory_bytes_max.saturating_sub(io_memory_bytes);
         BudgetLimits {
-            tail_cache_bytes_max: tail_cache_bytes_max.min(memory_bytes_max / 4),
-            produce_inflight_bytes_max: memory_bytes_max / 4,
-            fetch_response_bytes_max: memory_bytes_max / 8,
-            request_buffers_bytes_max: memory_bytes_max / 8,
-            partition_state_bytes_max: memory_bytes_max / 8,
+            tail_cache_bytes_max: tail_cache_bytes_max.min(rest / 4),
+            produce_inflight_bytes_max: rest / 4,
+            fetch_response_bytes_max: rest / 8,
+            request_buffers_bytes_max: rest / 8,
+            partition_state_bytes_max: rest / 8,
+            io_memory_bytes,
         }
     }
 
@@ -92,6 +105,7 @@ impl BudgetLimits {
             Pool::FetchResponse => self.fetch_response_bytes_max,
             Pool::RequestBuffers => self.request_buffers_bytes_max,
             Pool::PartitionState => self.partition_state_bytes_max,
+            Pool::IoMemory => self.io_memory_bytes,
         }
     }
 }
@@ -130,12 +144,14 @@ pub struct PoolStats {
 
 impl Budget {
     pub fn new(limits: BudgetLimits) -> Rc<Budget> {
-        Rc::new(Budget {
+        let budget = Budget {
             limits,
             pools: Default::default(),
             request_waiters: RefCell::new(Vec::new()),
             request_waits: Cell::new(0),
-        })
+        };
+        budget.charge_forced(Pool::IoMemory, limits.io_memory_bytes);
+        Rc::new(budget)
     }
 
     /// Waits until `bytes` fit the request-buffer pool, then reserves them.
@@ -297,8 +313,8 @@ mod tests {
 
     #[test]
     fn reserve_refuse_release() {
-        let b = Budget::new(BudgetLimits::derive(1000, 10_000));
-        assert_eq!(b.max(Pool::TailCache), 500);
+        let b = Budget::new(BudgetLimits::derive(1000, 10_000, 0));
+        assert_eq!(b.max(Pool::TailCache), 250);
         let r1 = b.try_reserve(Pool::ProduceInflight, 200).expect("fits");
         assert!(b.try_reserve(Pool::ProduceInflight, 51).is_none());
         let r2 = b
@@ -315,14 +331,16 @@ mod tests {
 
     #[test]
     fn pools_fit_the_memory() {
-        let l = BudgetLimits::derive(1 << 30, u64::MAX);
-        assert!(l.total() <= (1 << 30) * 7 / 8, "an eighth stays for fixed costs");
-        assert_eq!(l.request_buffers_bytes_max, 128 << 20);
+        let l = BudgetLimits::derive(1 << 30, u64::MAX, 9 << 20);
+        assert!(l.total() <= (1 << 30) * 7 / 8 + (9 << 20), "an eighth stays for the rest");
+        assert_eq!(l.request_buffers_bytes_max, ((1 << 30) - (9 << 20)) / 8);
+        let b = Budget::new(l);
+        assert_eq!(b.stats()[Pool::IoMemory as usize].used_bytes, 9 << 20);
     }
 
     #[test]
     fn forced_charges_count_the_excess() {
-        let b = Budget::new(BudgetLimits::derive(800, 10_000));
+        let b = Budget::new(BudgetLimits::derive(800, 10_000, 0));
         b.charge_forced(Pool::PartitionState, 90);
         b.charge_forced(Pool::PartitionState, 20);
         let s = &b.stats()[Pool::PartitionState as usize];
@@ -334,7 +352,7 @@ mod tests {
     #[test]
     fn request_reservation_waits_for_a_release() {
         use futures::FutureExt;
-        let b = Budget::new(BudgetLimits::derive(800, 10_000));
+        let b = Budget::new(BudgetLimits::derive(800, 10_000, 0));
         let held = b.reserve_request(100).now_or_never().expect("fits");
         let mut waiting = Box::pin(b.reserve_request(50));
         let waker = futures::task::noop_waker();

@@ -104,7 +104,11 @@ impl Engine {
     }
 
     fn new(cfg: ShardConfig, meta: Metadata, wal: Wal, peers: Option<Peers>) -> Engine {
-        let limits = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max);
+        let limits = BudgetLimits::derive(
+            cfg.memory_bytes_max,
+            cfg.tail_cache_bytes_max,
+            cfg.io_memory_bytes,
+        );
         Engine {
             node_id: meta.view().node_id,
             meta,
@@ -570,7 +574,11 @@ fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {
             cfg.shards
         )));
     }
-    let inflight = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max)
+    let inflight = BudgetLimits::derive(
+            cfg.memory_bytes_max,
+            cfg.tail_cache_bytes_max,
+            cfg.io_memory_bytes,
+        )
         .produce_inflight_bytes_max;
     if inflight < u64::from(cfg.wal.entry_bytes_max) {
         return Err(ShardError::Config(format!(

@@ -96,6 +96,9 @@ pub struct ShardConfig {
     pub tail_cache_bytes_max: u64,
     /// The shard's memory budget, split into pools (see `budget`).
     pub memory_bytes_max: u64,
+    /// The executor's glommio `io_memory` arena (WAL commit buffers come
+    /// from it); charged to the budget whole (`io_memory` pool).
+    pub io_memory_bytes: u64,
     pub wal: WalTuning,
     /// Long-poll fetches and deadlines waiting at once; more are answered
     /// at once (without waiting).
@@ -122,6 +125,7 @@ impl ShardConfig {
             data_dir: data_dir.into(),
             tail_cache_bytes_max: Self::TAIL_CACHE_BYTES_MAX_DEFAULT,
             memory_bytes_max: Self::MEMORY_BYTES_MAX_DEFAULT,
+            io_memory_bytes: 0,
             wal: WalTuning::default(),
             fetch_waiters_max: Self::FETCH_WAITERS_MAX_DEFAULT,
             version_waiters_max: Self::VERSION_WAITERS_MAX_DEFAULT,
