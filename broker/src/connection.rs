@@ -22,8 +22,6 @@ use crate::plane::RequestBuffer;
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
-/// Largest buffer allocated for a frame before its bytes arrive.
-const FRAME_PREALLOC_BYTES_MAX: usize = 1 << 20;
 /// Minimum request frame: api key, api version, correlation id.
 const FRAME_BYTES_MIN: usize = 8;
 
@@ -143,18 +141,12 @@ async fn read_frame<S: AsyncRead + Unpin>(
         return Err(Close::BadSize(size));
     }
     let held = ctx.shard.reserve_request(size as u64).await;
-    // Memory grows with the bytes that actually arrive, not with the size a
-    // peer announces.
-    let size = size as usize;
-    let mut frame = Vec::with_capacity(size.min(FRAME_PREALLOC_BYTES_MAX));
-    let read = stream
-        .take(size as u64)
-        .read_to_end(&mut frame)
-        .await
-        .map_err(Close::Io)?;
-    if read < size {
-        return Err(Close::Truncated);
-    }
+    // The announced size is reserved, so the frame is allocated once at
+    // that size (growing a buffer as bytes arrive would hold up to twice
+    // the reservation). A peer announcing more than it sends holds at most
+    // its reservation, within the pool.
+    let mut frame = vec![0u8; size as usize];
+    read_exact(stream, &mut frame).await?;
     Ok(Some((Bytes::from(frame), held)))
 }
 
