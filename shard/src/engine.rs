@@ -7,7 +7,7 @@
 //! is held across an await.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -51,6 +51,8 @@ pub(crate) struct Engine {
     pub tail: RefCell<TailCache>,
     pub peers: Option<Peers>,
     pub applied_version: Cell<u64>,
+    /// The last view `apply_view` applied (the base of the next diff).
+    last_view: RefCell<Option<Arc<MetadataView>>>,
     /// `await_topic_ready` requests parked until a version is applied.
     version_waiters: RefCell<Vec<(u64, oneshot::Sender<u64>)>>,
     /// Cancel slots of fetches served for other shards.
@@ -119,6 +121,7 @@ impl Engine {
             tail: RefCell::new(TailCache::default()),
             peers,
             applied_version: Cell::new(0),
+            last_view: RefCell::new(None),
             version_waiters: RefCell::new(Vec::new()),
             fetch_cancels: RefCell::new(HashMap::new()),
             fetch_seq: Cell::new(0),
@@ -218,44 +221,49 @@ impl Engine {
 
     /// Creates the partitions placed on this shard and drops those whose
     /// topic is gone. Runs on the watcher task (and once at start).
-    pub fn apply_view(&self, view: &MetadataView) {
+    ///
+    /// Only topics that changed since the last applied view are visited:
+    /// both views are sorted by name and share the `Arc` of every unchanged
+    /// topic, so a view with one new topic costs one merge over the names,
+    /// not a pass over every partition.
+    pub fn apply_view(&self, view: &Arc<MetadataView>) {
         let me = self.id();
-        let mut live = HashSet::new();
-        let mut created = 0u64;
-        let gone: Vec<PartitionKey> = {
+        let prev = self.last_view.replace(Some(Arc::clone(view)));
+        let empty = std::collections::BTreeMap::new();
+        let old_topics = prev.as_ref().map_or(&empty, |p| &p.topics);
+        let (mut created, mut gone) = (0u64, Vec::new());
+        {
             let mut parts = self.parts.borrow_mut();
-            for t in view.topics.values() {
-                for (i, pm) in t.partitions.iter().enumerate() {
-                    if pm.shard != me {
-                        continue;
+            let mut old = old_topics.iter().peekable();
+            let mut new = view.topics.iter().peekable();
+            loop {
+                match (old.peek(), new.peek()) {
+                    (None, None) => break,
+                    (Some((ok, ot)), Some((nk, nt))) if ok == nk => {
+                        if !Arc::ptr_eq(ot, nt) {
+                            if ot.id != nt.id {
+                                gone.extend(self.drop_topic(&mut parts, ot));
+                            }
+                            created += self.add_topic(&mut parts, nt);
+                        }
+                        old.next();
+                        new.next();
                     }
-                    let key = PartitionKey {
-                        topic_id: t.id,
-                        partition: i as u32,
-                    };
-                    live.insert(key);
-                    parts.entry(key).or_insert_with(|| {
-                        created += 1;
-                        Partition::new(key)
-                    });
+                    (Some((ok, ot)), Some((nk, _))) if ok < nk => {
+                        gone.extend(self.drop_topic(&mut parts, ot));
+                        old.next();
+                    }
+                    (Some((_, ot)), None) => {
+                        gone.extend(self.drop_topic(&mut parts, ot));
+                        old.next();
+                    }
+                    (_, Some((_, nt))) => {
+                        created += self.add_topic(&mut parts, nt);
+                        new.next();
+                    }
                 }
             }
-            let gone: Vec<PartitionKey> = parts
-                .keys()
-                .filter(|k| !live.contains(*k))
-                .copied()
-                .collect();
-            gone.iter().for_each(|k| {
-                if let Some(p) = parts.remove(k) {
-                    let entries = p.batches.len() as u64;
-                    self.budget.discharge(
-                        Pool::PartitionState,
-                        PARTITION_BYTES + entries * INDEX_ENTRY_BYTES,
-                    );
-                }
-            });
-            gone
-        };
+        }
         self.budget
             .charge_forced(Pool::PartitionState, created * PARTITION_BYTES);
         for k in &gone {
@@ -282,6 +290,49 @@ impl Engine {
                 "shard applied metadata"
             );
         }
+    }
+
+    /// Creates the missing partitions of `topic` placed on this shard.
+    fn add_topic(&self, parts: &mut HashMap<PartitionKey, Partition>, topic: &TopicMeta) -> u64 {
+        let mut created = 0;
+        for (i, pm) in topic.partitions.iter().enumerate() {
+            if pm.shard != self.id() {
+                continue;
+            }
+            let key = PartitionKey {
+                topic_id: topic.id,
+                partition: i as u32,
+            };
+            parts.entry(key).or_insert_with(|| {
+                created += 1;
+                Partition::new(key)
+            });
+        }
+        created
+    }
+
+    /// Removes the partitions of `topic` held here; returns their keys.
+    fn drop_topic(
+        &self,
+        parts: &mut HashMap<PartitionKey, Partition>,
+        topic: &TopicMeta,
+    ) -> Vec<PartitionKey> {
+        let mut gone = Vec::new();
+        for i in 0..topic.partitions.len() {
+            let key = PartitionKey {
+                topic_id: topic.id,
+                partition: i as u32,
+            };
+            if let Some(p) = parts.remove(&key) {
+                let entries = p.batches.len() as u64;
+                self.budget.discharge(
+                    Pool::PartitionState,
+                    PARTITION_BYTES + entries * INDEX_ENTRY_BYTES,
+                );
+                gone.push(key);
+            }
+        }
+        gone
     }
 
     fn release_version_waiters(&self) {
