@@ -1,9 +1,12 @@
 //! Admin HTTP server on its own small thread ("sluice-admin", a tokio
-//! current-thread runtime with hyper 1). Serves `GET /healthz` -> 200 "ok";
-//! everything else is 404. Never runs on a shard core's executor.
+//! current-thread runtime with hyper 1). Serves `GET /healthz` -> 200 "ok",
+//! `GET /metrics` (Prometheus text) and `GET /admin/memory` (JSON), both
+//! built from snapshots the shards send on request (`probe`); everything
+//! else is 404. Never runs on a shard core's executor.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
@@ -14,7 +17,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sluice_raft::Metadata;
 use tokio::sync::watch;
+
+use crate::probe::ProbeClient;
+
+/// What the routes read: the shards (through their probes) and metadata.
+pub struct AdminState {
+    pub probes: ProbeClient,
+    pub meta: Metadata,
+}
 
 /// Admin connections served at once; further ones wait in the backlog.
 const ADMIN_CONNECTIONS_MAX: usize = 64;
@@ -45,21 +57,28 @@ pub fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
 /// so /healthz answers only then).
 pub fn start(
     listener: std::net::TcpListener,
+    state: AdminState,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<AdminHandle> {
     let addr = listener.local_addr().context("admin listener")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
+        .enable_time()
         .build()
         .context("admin runtime")?;
+    let state = Arc::new(state);
     let thread = std::thread::Builder::new()
         .name("sluice-admin".into())
-        .spawn(move || rt.block_on(serve(listener, stop)))
+        .spawn(move || rt.block_on(serve(listener, state, stop)))
         .context("spawning the admin thread")?;
     Ok(AdminHandle { addr, thread })
 }
 
-async fn serve(listener: std::net::TcpListener, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<AdminState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "admin listener unusable"),
@@ -76,9 +95,10 @@ async fn serve(listener: std::net::TcpListener, mut stop: watch::Receiver<bool>)
             _ = stop.wait_for(|s| *s) => return,
         };
         let Ok((stream, _)) = accepted else { continue };
+        let state = Arc::clone(&state);
         tokio::task::spawn(async move {
-            let conn =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(route));
+            let service = service_fn(move |req| route(req, Arc::clone(&state)));
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection error");
             }
@@ -87,12 +107,31 @@ async fn serve(listener: std::net::TcpListener, mut stop: watch::Receiver<bool>)
     }
 }
 
-async fn route(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/healthz") => (StatusCode::OK, "ok"),
-        _ => (StatusCode::NOT_FOUND, "not found"),
+async fn route(
+    req: Request<Incoming>,
+    state: Arc<AdminState>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+    const JSON: &str = "application/json";
+    let (status, kind, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, "ok".to_string()),
+        (&Method::GET, "/metrics") => {
+            let probes = state.probes.collect().await;
+            (StatusCode::OK, PROMETHEUS, crate::metrics::render_prometheus(probes))
+        }
+        (&Method::GET, "/admin/memory") => {
+            let probes = state.probes.collect().await;
+            let view = state.meta.view();
+            let body = crate::metrics::render_memory_json(probes, &view);
+            (StatusCode::OK, JSON, body)
+        }
+        _ => (StatusCode::NOT_FOUND, TEXT, "not found".to_string()),
     };
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(kind) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
     Ok(resp)
 }

@@ -21,9 +21,16 @@ use serde::Deserialize;
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
 /// Smallest memory budget a node accepts.
 pub const MEMORY_BYTES_MIN: u64 = 64 << 20;
-/// Estimated bytes one idle partition costs a shard (state, index, cache
-/// share); divides the per-shard budget into a partition limit.
-pub const PARTITION_BYTES_ESTIMATE: u64 = 16 << 10;
+/// Range of `--wal-commit-bytes-max`: the smallest keeps the largest Kafka
+/// record batch by default (1 MiB + 12 bytes) within one WAL entry.
+const WAL_COMMIT_BYTES_MIN: u64 = 2 << 20;
+const WAL_COMMIT_BYTES_MAX: u64 = 32 << 20;
+/// Estimated bytes one idle partition costs the node (its struct and map
+/// slot, its share of the metadata view and of the Raft state: about 700
+/// bytes measured at 100,002 partitions, see README "Many topics"), with
+/// headroom for a few index entries; divides the partition-state share of a
+/// shard's budget into a partition limit.
+pub const PARTITION_BYTES_ESTIMATE: u64 = 1 << 10;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -132,6 +139,19 @@ pub struct StartArgs {
     )]
     pub log_level: String,
 
+    /// Partitions one shard accepts; CreateTopics beyond it fails with POLICY_VIOLATION. Also bounded by --memory (an eighth of a shard's memory, PARTITION_BYTES_ESTIMATE per partition).
+    #[arg(long, env = "SLUICE_PARTITIONS_PER_SHARD_MAX", value_name = "N")]
+    pub partitions_per_shard_max: Option<u32>,
+
+    /// Bytes one WAL commit writes at most (also the largest record batch, less 4 KiB). Each shard's glommio io_memory arena is sized from it: 2 x this + 512 KiB.
+    #[arg(
+        long,
+        env = "SLUICE_WAL_COMMIT_BYTES_MAX",
+        value_name = "SIZE",
+        default_value = "2MiB"
+    )]
+    pub wal_commit_bytes_max: ByteSize,
+
     /// Largest request frame accepted (socket.request.max.bytes); larger frames close the connection.
     #[arg(
         long,
@@ -169,6 +189,8 @@ struct FileConfig {
     log_level: Option<String>,
     request_max_bytes: Option<ByteSize>,
     producer_id_expiration_ms: Option<u64>,
+    partitions_per_shard_max: Option<u32>,
+    wal_commit_bytes_max: Option<ByteSize>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -240,6 +262,8 @@ pub struct Settings {
     pub log_level: String,
     pub request_max_bytes: u32,
     pub producer_id_expiration_ms: i64,
+    pub partitions_per_shard_max: Option<u32>,
+    pub wal_commit_bytes_max: u64,
 }
 
 impl StartArgs {
@@ -282,6 +306,8 @@ impl StartArgs {
         fill!(log_level);
         fill!(request_max_bytes);
         fill!(producer_id_expiration_ms);
+        fill!(opt partitions_per_shard_max);
+        fill!(wal_commit_bytes_max);
         Ok(self)
     }
 }
@@ -326,6 +352,15 @@ impl Settings {
                 args.request_max_bytes.0
             ),
         };
+        let wal_commit_bytes_max = args.wal_commit_bytes_max.0;
+        if !(WAL_COMMIT_BYTES_MIN..=WAL_COMMIT_BYTES_MAX).contains(&wal_commit_bytes_max)
+            || wal_commit_bytes_max % 4096 != 0
+        {
+            bail!("--wal-commit-bytes-max (SLUICE_WAL_COMMIT_BYTES_MAX, wal_commit_bytes_max): {wal_commit_bytes_max} is not a multiple of 4KiB in 2MiB..=32MiB");
+        }
+        if args.partitions_per_shard_max == Some(0) {
+            bail!("--partitions-per-shard-max (SLUICE_PARTITIONS_PER_SHARD_MAX, partitions_per_shard_max): must be at least 1");
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             bail!(
                 "--log-level (SLUICE_LOG_LEVEL, log_level): '{}' is not a log filter: {e}",
@@ -361,6 +396,8 @@ impl Settings {
             log_level: args.log_level,
             request_max_bytes,
             producer_id_expiration_ms,
+            partitions_per_shard_max: args.partitions_per_shard_max,
+            wal_commit_bytes_max,
         })
     }
 
@@ -369,10 +406,14 @@ impl Settings {
         self.memory_bytes / u64::from(self.shards)
     }
 
-    /// Partitions one shard accepts, derived from its memory budget.
+    /// Partitions one shard accepts: `--partitions-per-shard-max`, and at
+    /// most what the shard's partition-state share of memory (an eighth)
+    /// holds at `PARTITION_BYTES_ESTIMATE` each.
     pub fn partitions_per_shard_max(&self) -> u32 {
-        let n = self.shard_memory_bytes() / PARTITION_BYTES_ESTIMATE;
-        u32::try_from(n.clamp(1, 1_000_000)).unwrap_or(1_000_000)
+        let n = self.shard_memory_bytes() / 8 / PARTITION_BYTES_ESTIMATE;
+        let derived = u32::try_from(n.clamp(1, 1_000_000)).unwrap_or(1_000_000);
+        self.partitions_per_shard_max
+            .map_or(derived, |explicit| explicit.min(derived))
     }
 }
 
@@ -450,6 +491,26 @@ mod tests {
         assert_eq!(s.default_partitions, 1);
         assert_eq!(s.request_max_bytes, 100 << 20);
         assert_eq!(s.data_dir, PathBuf::from("./sluice-data"));
+    }
+
+    #[test]
+    fn partition_limit_is_the_flag_bounded_by_memory() {
+        let base = ["sluice", "start", "--shards", "1", "--memory", "1GiB"];
+        let s = parse(&base).expect("defaults");
+        assert_eq!(s.partitions_per_shard_max(), 131_072, "an eighth of 1 GiB at 1 KiB each");
+        let mut argv = base.to_vec();
+        argv.extend(["--partitions-per-shard-max", "500"]);
+        assert_eq!(parse(&argv).expect("flag").partitions_per_shard_max(), 500);
+        let mut argv = base.to_vec();
+        argv.extend(["--partitions-per-shard-max", "10000000"]);
+        assert_eq!(parse(&argv).expect("flag").partitions_per_shard_max(), 131_072);
+        let mut argv = base.to_vec();
+        argv.extend(["--partitions-per-shard-max", "0"]);
+        assert!(parse(&argv).is_err());
+        let mut argv = base.to_vec();
+        argv.extend(["--wal-commit-bytes-max", "1MiB"]);
+        let e = parse(&argv).expect_err("below the minimum").to_string();
+        assert!(e.contains("--wal-commit-bytes-max"), "{e}");
     }
 
     #[test]

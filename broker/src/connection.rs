@@ -18,11 +18,10 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKi
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::handlers::{self, api_versions, Ctx};
+use crate::plane::RequestBuffer;
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
-/// Largest buffer allocated for a frame before its bytes arrive.
-const FRAME_PREALLOC_BYTES_MAX: usize = 1 << 20;
 /// Minimum request frame: api key, api version, correlation id.
 const FRAME_BYTES_MIN: usize = 8;
 
@@ -56,9 +55,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Ctx,
     limits: &ConnLimits,
 ) {
+    // The read buffer is charged to the request-buffer pool for the
+    // connection's life; a full pool delays the connection's first read.
+    let _buffer = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await;
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     loop {
-        let frame = match read_frame(&mut stream, limits).await {
+        // `_held` keeps the frame's memory charged until it is answered.
+        let (frame, _held) = match read_frame(&mut stream, limits, ctx).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
             Err(close) => return closed(&peer, close),
@@ -112,10 +115,15 @@ fn warn_limited(peer: &str, close: &Close) {
 }
 
 /// Reads one size-prefixed frame. `Ok(None)`: clean end of stream.
+///
+/// The frame's size is reserved from the shard's request-buffer pool
+/// before its body is read; while the pool is full the connection waits
+/// and its socket is not read (backpressure, not an error).
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &ConnLimits,
-) -> Result<Option<Bytes>, Close> {
+    ctx: &Ctx,
+) -> Result<Option<(Bytes, RequestBuffer)>, Close> {
     let mut size = [0u8; 4];
     match stream.read(&mut size[..1]).await {
         Ok(0) => return Ok(None),
@@ -124,22 +132,22 @@ async fn read_frame<S: AsyncRead + Unpin>(
     }
     read_exact(stream, &mut size[1..]).await?;
     let size = i32::from_be_bytes(size);
-    if size < FRAME_BYTES_MIN as i32 || size as u32 > limits.request_max_bytes {
+    if size < FRAME_BYTES_MIN as i32
+        || size as u32 > limits.request_max_bytes
+        // Beside the connection's own read buffer, the frame must fit the
+        // pool, or it could never be read.
+        || size as u64 + READ_BUFFER_BYTES as u64 > ctx.shard.request_bytes_max()
+    {
         return Err(Close::BadSize(size));
     }
-    // Memory grows with the bytes that actually arrive, not with the size a
-    // peer announces.
-    let size = size as usize;
-    let mut frame = Vec::with_capacity(size.min(FRAME_PREALLOC_BYTES_MAX));
-    let read = stream
-        .take(size as u64)
-        .read_to_end(&mut frame)
-        .await
-        .map_err(Close::Io)?;
-    if read < size {
-        return Err(Close::Truncated);
-    }
-    Ok(Some(Bytes::from(frame)))
+    let held = ctx.shard.reserve_request(size as u64).await;
+    // The announced size is reserved, so the frame is allocated once at
+    // that size (growing a buffer as bytes arrive would hold up to twice
+    // the reservation). A peer announcing more than it sends holds at most
+    // its reservation, within the pool.
+    let mut frame = vec![0u8; size as usize];
+    read_exact(stream, &mut frame).await?;
+    Ok(Some((Bytes::from(frame), held)))
 }
 
 async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Result<(), Close> {

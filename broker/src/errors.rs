@@ -29,6 +29,16 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
     code.code()
 }
 
+/// `throttle_time_ms` of a Produce or Fetch response in which a partition
+/// was refused because a memory pool was full (`ShardError::Busy`): the
+/// client waits this long before it sends to this broker again.
+pub const BUSY_THROTTLE_MS: i32 = 100;
+
+/// Whether `code` is the one `ShardError::Busy` maps to.
+pub fn is_busy(code: i16) -> bool {
+    code == shard_error_code(&ShardError::Busy)
+}
+
 /// Kafka error code of a metadata error.
 pub fn meta_error_code(e: &MetaError) -> i16 {
     let code = match e {

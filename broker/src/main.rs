@@ -4,7 +4,8 @@
 //! CLI and configuration (`config`), start-up and shutdown (`server`), the
 //! Kafka protocol front end (`connection` + `handlers`, codecs from the
 //! `kafka-protocol` crate), the mapping of internal errors to Kafka codes
-//! (`errors`) and the admin HTTP server (`admin`). The data plane
+//! (`errors`) and the admin HTTP server (`admin`, with `/metrics` and
+//! `/admin/memory` from `metrics`, fed by per-shard `probe` tasks). The data plane
 //! (partitions, WAL) is `sluice-shard` behind `plane`; metadata is
 //! `sluice-raft`.
 //!
@@ -32,7 +33,9 @@ mod config;
 mod connection;
 mod errors;
 mod handlers;
+mod metrics;
 mod plane;
+mod probe;
 mod server;
 mod topic_config;
 #[cfg(test)]

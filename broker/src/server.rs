@@ -7,6 +7,7 @@
 //! its data plane (WAL close), the admin server and the control thread
 //! stop, and the process exits 0.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
@@ -20,15 +21,13 @@ use glommio::{LocalExecutorBuilder, Placement};
 use sluice_raft::{MetaConfig, Metadata};
 use tokio::sync::watch;
 
+use crate::admin::AdminState;
 use crate::config::{cores, Settings};
 use crate::connection::{self, ConnLimits};
 use crate::handlers::{Ctx, NodeInfo};
 use crate::plane::{self, Shard, ShardMesh};
+use crate::probe::{self, ProbeServer};
 
-/// io_uring registered buffer memory per shard executor. glommio's default
-/// (10 MiB) exceeds RLIMIT_MEMLOCK (8 MiB) on common hosts once there are
-/// several shards; 1 MiB each keeps 7 shards under that limit.
-pub const SHARD_IO_MEMORY_BYTES: usize = 1 << 20;
 /// Open Kafka connections per shard; further ones are closed at accept.
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
 
@@ -93,10 +92,15 @@ fn serve(
         auto_create_topics: settings.auto_create_topics,
     });
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
-    let (shards, spawned) = spawn_shards(settings, meta, &node, &stop, ready_tx);
+    let (probes, probe_servers) = probe::channels(settings.shards);
+    let (shards, spawned) = spawn_shards(settings, meta, &node, &stop, ready_tx, probe_servers);
     let started = spawned.and_then(|()| wait_ready(&ready_rx, settings.shards));
+    let state = AdminState {
+        probes,
+        meta: meta.clone(),
+    };
     let admin = match started {
-        Ok(()) => crate::admin::start(admin_listener, stop.clone()),
+        Ok(()) => crate::admin::start(admin_listener, state, stop.clone()),
         Err(e) => Err(e),
     };
     if let Ok(admin) = &admin {
@@ -148,11 +152,13 @@ fn spawn_shards(
     node: &Arc<NodeInfo>,
     stop: &watch::Receiver<bool>,
     ready: std_mpsc::Sender<Result<u32, String>>,
+    probes: Vec<ProbeServer>,
 ) -> (Vec<glommio::ExecutorJoinHandle<()>>, anyhow::Result<()>) {
     let mesh = plane::new_mesh(settings.shards);
     let mut shards = Vec::with_capacity(settings.shards as usize);
-    for id in 0..settings.shards {
+    for (id, probe) in (0..settings.shards).zip(probes) {
         let args = ShardArgs {
+            probe,
             id,
             settings: settings.clone(),
             mesh: mesh.clone(),
@@ -208,6 +214,7 @@ struct ShardArgs {
     node: Arc<NodeInfo>,
     stop: watch::Receiver<bool>,
     ready: std_mpsc::Sender<Result<u32, String>>,
+    probe: ProbeServer,
 }
 
 fn placement(settings: &Settings, id: u32) -> Placement {
@@ -228,7 +235,11 @@ fn spawn_shard(args: ShardArgs) -> anyhow::Result<glommio::ExecutorJoinHandle<()
     let name = format!("sluice-shard-{}", args.id);
     LocalExecutorBuilder::new(placement(&args.settings, args.id))
         .name(&name)
-        .io_memory(SHARD_IO_MEMORY_BYTES)
+        // Sized from the WAL's commit size (`plane::io_memory_bytes`). Above
+        // RLIMIT_MEMLOCK (without CAP_IPC_LOCK) glommio skips registering it
+        // with io_uring (one warning) and still allocates commit buffers
+        // from it.
+        .io_memory(usize::try_from(plane::io_memory_bytes(&args.settings)).unwrap_or(usize::MAX))
         .spawn(move || shard_main(args))
         .map_err(|e| anyhow::anyhow!("starting executor {name}: {e}"))
 }
@@ -242,6 +253,7 @@ async fn shard_main(args: ShardArgs) {
         node,
         stop,
         ready,
+        probe,
     } = args;
     let cfg = plane::shard_config(&settings, id);
     let shard = match Shard::start(cfg, mesh, meta.clone()).await {
@@ -271,7 +283,9 @@ async fn shard_main(args: ShardArgs) {
     let limits = Rc::new(ConnLimits {
         request_max_bytes: settings.request_max_bytes,
     });
-    accept_loop(listener, ctx, limits, stop).await;
+    let open = Rc::new(Cell::new(0usize));
+    glommio::spawn_local(probe.run(Rc::clone(&shard), Rc::clone(&open))).detach();
+    accept_loop(listener, ctx, limits, open, stop).await;
     shard.close().await;
     tracing::debug!(shard = id, "shard stopped");
 }
@@ -280,9 +294,9 @@ async fn accept_loop(
     listener: TcpListener,
     ctx: Rc<Ctx>,
     limits: Rc<ConnLimits>,
+    open: Rc<Cell<usize>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
         if *stop.borrow() {
             return;

@@ -164,6 +164,7 @@ impl Data {
         if self.partitions_total + requested > limit {
             return Err(MetaError::PartitionLimit { limit, requested });
         }
+        warn_near_limit(self.partitions_total, requested, limit);
         let partitions = (0..req.partitions)
             .map(|_| self.place_one(limits.node_id))
             .collect();
@@ -269,6 +270,22 @@ struct CreateArgs {
     partitions: u32,
     configs: BTreeMap<String, String>,
     created_ms: i64,
+}
+
+/// Share of the partition limit (percent) at which one warning is logged.
+const PARTITIONS_WARN_PERCENT: u64 = 80;
+
+/// Logs one warning when a creation crosses `PARTITIONS_WARN_PERCENT` of
+/// the node's partition limit (once per crossing, not per topic above it).
+fn warn_near_limit(total: u64, requested: u64, limit: u64) {
+    let threshold = limit * PARTITIONS_WARN_PERCENT / 100;
+    if total < threshold && total + requested >= threshold {
+        tracing::warn!(
+            partitions = total + requested,
+            limit,
+            "partition count reached {PARTITIONS_WARN_PERCENT}% of the node's limit (--partitions-per-shard-max x shards)"
+        );
+    }
 }
 
 /// Rejects 0 partitions and counts over the node's total limit. Used by the

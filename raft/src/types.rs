@@ -92,7 +92,7 @@ pub enum MetaError {
     UnknownTopic(String),
     #[error("invalid partition count: {0}")]
     InvalidPartitions(String),
-    #[error("partition limit of {limit} per node reached: {requested} more partitions do not fit")]
+    #[error("partition limit of {limit} per node reached (partitions_per_shard_max x shards; see --partitions-per-shard-max and --memory): {requested} more partitions do not fit")]
     PartitionLimit { limit: u64, requested: u64 },
     #[error("metadata service is shutting down")]
     ShuttingDown,

@@ -7,7 +7,7 @@
 //! is held across an await.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,14 +22,23 @@ use sluice_raft::{Metadata, MetadataView, TopicMeta};
 use sluice_wal::{Wal, WalConfig};
 use tracing::{debug, info, trace, warn};
 
-use crate::budget::{Budget, BudgetLimits};
+use crate::budget::{Budget, BudgetLimits, Pool};
 use crate::entry::{self, PartitionKey, KIND_BATCHES};
 use crate::mesh::{FetchKey, Peers, ShardMesh, ShardMsg};
 use crate::partition::Partition;
-use crate::stats::{latency_histogram, Counters, ShardStats};
+use crate::stats::{latency_histogram, Counters, ShardStats, TOP_TOPICS_MAX};
 use crate::tail::TailCache;
 use crate::waiters::{run_deadlines, sleep_until, WaitSlot, Waiters};
 use crate::{ListOffsetsPartition, ListOffsetsResult, ShardConfig, ShardError};
+
+/// Bytes charged to `Pool::PartitionState` per partition: its struct, its
+/// key and the map slot holding them (hashbrown: one control byte).
+pub(crate) const PARTITION_BYTES: u64 = (std::mem::size_of::<Partition>()
+    + std::mem::size_of::<PartitionKey>()
+    + 1) as u64;
+/// Bytes charged to `Pool::PartitionState` per index entry.
+pub(crate) const INDEX_ENTRY_BYTES: u64 =
+    std::mem::size_of::<crate::partition::StoredBatch>() as u64;
 
 pub(crate) struct Engine {
     pub cfg: ShardConfig,
@@ -42,6 +51,8 @@ pub(crate) struct Engine {
     pub tail: RefCell<TailCache>,
     pub peers: Option<Peers>,
     pub applied_version: Cell<u64>,
+    /// The last view `apply_view` applied (the base of the next diff).
+    last_view: RefCell<Option<Arc<MetadataView>>>,
     /// `await_topic_ready` requests parked until a version is applied.
     version_waiters: RefCell<Vec<(u64, oneshot::Sender<u64>)>>,
     /// Cancel slots of fetches served for other shards.
@@ -49,6 +60,8 @@ pub(crate) struct Engine {
     pub fetch_seq: Cell<u64>,
     tasks: RefCell<Vec<Task<()>>>,
     pub closing: Cell<bool>,
+    /// Produce tasks waiting for durability.
+    pub produce_tasks: Cell<u64>,
     pub counters: RefCell<Counters>,
     pub produce_latency_us: RefCell<Histogram<u64>>,
     pub fetch_latency_us: RefCell<Histogram<u64>>,
@@ -102,7 +115,11 @@ impl Engine {
     }
 
     fn new(cfg: ShardConfig, meta: Metadata, wal: Wal, peers: Option<Peers>) -> Engine {
-        let limits = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max);
+        let limits = BudgetLimits::derive(
+            cfg.memory_bytes_max,
+            cfg.tail_cache_bytes_max,
+            cfg.io_memory_bytes,
+        );
         Engine {
             node_id: meta.view().node_id,
             meta,
@@ -113,11 +130,13 @@ impl Engine {
             tail: RefCell::new(TailCache::default()),
             peers,
             applied_version: Cell::new(0),
+            last_view: RefCell::new(None),
             version_waiters: RefCell::new(Vec::new()),
             fetch_cancels: RefCell::new(HashMap::new()),
             fetch_seq: Cell::new(0),
             tasks: RefCell::new(Vec::new()),
             closing: Cell::new(false),
+            produce_tasks: Cell::new(0),
             counters: RefCell::new(Counters::default()),
             produce_latency_us: RefCell::new(latency_histogram()),
             fetch_latency_us: RefCell::new(latency_histogram()),
@@ -201,7 +220,11 @@ impl Engine {
                 self.recover_producer(&mut parts, &header, &records);
             }
             match pushed {
-                Some(Ok(())) => entries += 1,
+                Some(Ok(())) => {
+                    entries += 1;
+                    self.budget
+                        .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
+                }
                 Some(Err(reason)) => {
                     damaged += 1;
                     warn!(shard = self.id(), position = e.position.0, %reason, "out-of-order WAL entry skipped");
@@ -272,38 +295,51 @@ impl Engine {
 
     /// Creates the partitions placed on this shard and drops those whose
     /// topic is gone. Runs on the watcher task (and once at start).
-    pub fn apply_view(&self, view: &MetadataView) {
+    ///
+    /// Only topics that changed since the last applied view are visited:
+    /// both views are sorted by name and share the `Arc` of every unchanged
+    /// topic, so a view with one new topic costs one merge over the names,
+    /// not a pass over every partition.
+    pub fn apply_view(&self, view: &Arc<MetadataView>) {
         let me = self.id();
-        let mut live = HashSet::new();
-        let mut created = 0u64;
-        let gone: Vec<PartitionKey> = {
+        let prev = self.last_view.replace(Some(Arc::clone(view)));
+        let empty = std::collections::BTreeMap::new();
+        let old_topics = prev.as_ref().map_or(&empty, |p| &p.topics);
+        let (mut created, mut gone) = (0u64, Vec::new());
+        {
             let mut parts = self.parts.borrow_mut();
-            for t in view.topics.values() {
-                for (i, pm) in t.partitions.iter().enumerate() {
-                    if pm.shard != me {
-                        continue;
+            let mut old = old_topics.iter().peekable();
+            let mut new = view.topics.iter().peekable();
+            loop {
+                match (old.peek(), new.peek()) {
+                    (None, None) => break,
+                    (Some((ok, ot)), Some((nk, nt))) if ok == nk => {
+                        if !Arc::ptr_eq(ot, nt) {
+                            if ot.id != nt.id {
+                                gone.extend(self.drop_topic(&mut parts, ot));
+                            }
+                            created += self.add_topic(&mut parts, nt);
+                        }
+                        old.next();
+                        new.next();
                     }
-                    let key = PartitionKey {
-                        topic_id: t.id,
-                        partition: i as u32,
-                    };
-                    live.insert(key);
-                    parts.entry(key).or_insert_with(|| {
-                        created += 1;
-                        Partition::new(key)
-                    });
+                    (Some((ok, ot)), Some((nk, _))) if ok < nk => {
+                        gone.extend(self.drop_topic(&mut parts, ot));
+                        old.next();
+                    }
+                    (Some((_, ot)), None) => {
+                        gone.extend(self.drop_topic(&mut parts, ot));
+                        old.next();
+                    }
+                    (_, Some((_, nt))) => {
+                        created += self.add_topic(&mut parts, nt);
+                        new.next();
+                    }
                 }
             }
-            let gone: Vec<PartitionKey> = parts
-                .keys()
-                .filter(|k| !live.contains(*k))
-                .copied()
-                .collect();
-            gone.iter().for_each(|k| {
-                parts.remove(k);
-            });
-            gone
-        };
+        }
+        self.budget
+            .charge_forced(Pool::PartitionState, created * PARTITION_BYTES);
         for k in &gone {
             self.tail.borrow_mut().forget(k);
             self.waiters.notify(k);
@@ -328,6 +364,49 @@ impl Engine {
                 "shard applied metadata"
             );
         }
+    }
+
+    /// Creates the missing partitions of `topic` placed on this shard.
+    fn add_topic(&self, parts: &mut HashMap<PartitionKey, Partition>, topic: &TopicMeta) -> u64 {
+        let mut created = 0;
+        for (i, pm) in topic.partitions.iter().enumerate() {
+            if pm.shard != self.id() {
+                continue;
+            }
+            let key = PartitionKey {
+                topic_id: topic.id,
+                partition: i as u32,
+            };
+            parts.entry(key).or_insert_with(|| {
+                created += 1;
+                Partition::new(key)
+            });
+        }
+        created
+    }
+
+    /// Removes the partitions of `topic` held here; returns their keys.
+    fn drop_topic(
+        &self,
+        parts: &mut HashMap<PartitionKey, Partition>,
+        topic: &TopicMeta,
+    ) -> Vec<PartitionKey> {
+        let mut gone = Vec::new();
+        for i in 0..topic.partitions.len() {
+            let key = PartitionKey {
+                topic_id: topic.id,
+                partition: i as u32,
+            };
+            if let Some(p) = parts.remove(&key) {
+                let entries = p.batches.len() as u64;
+                self.budget.discharge(
+                    Pool::PartitionState,
+                    PARTITION_BYTES + entries * INDEX_ENTRY_BYTES,
+                );
+                gone.push(key);
+            }
+        }
+        gone
     }
 
     fn release_version_waiters(&self) {
@@ -563,6 +642,11 @@ impl Engine {
             counters: self.counters.borrow().clone(),
             waiters: self.waiters.stats(),
             pools: self.budget.stats(),
+            memory_bytes_max: self.cfg.memory_bytes_max,
+            request_waits: self.budget.request_waits(),
+            tasks: self.tasks.borrow().len() as u64,
+            produce_tasks: self.produce_tasks.get(),
+            top_topics: top_topics(&parts),
             mesh_full_waits: self.peers.as_ref().map_or(0, |p| p.full_waits.get()),
             wal: self.wal.stats(),
             produce_latency_us: self.produce_latency_us.borrow().clone(),
@@ -590,6 +674,19 @@ impl Engine {
     }
 }
 
+/// Partition-state bytes per topic, the largest `TOP_TOPICS_MAX`.
+fn top_topics(parts: &HashMap<PartitionKey, Partition>) -> Vec<([u8; 16], u64)> {
+    let mut by_topic: HashMap<[u8; 16], u64> = HashMap::new();
+    for (k, p) in parts {
+        *by_topic.entry(k.topic_id).or_default() +=
+            PARTITION_BYTES + p.batches.len() as u64 * INDEX_ENTRY_BYTES;
+    }
+    let mut v: Vec<_> = by_topic.into_iter().collect();
+    v.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(TOP_TOPICS_MAX);
+    v
+}
+
 fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {
     if cfg.shards == 0 || cfg.shard_id >= cfg.shards {
         return Err(ShardError::Config(format!(
@@ -604,7 +701,11 @@ fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {
             cfg.shards
         )));
     }
-    let inflight = BudgetLimits::derive(cfg.memory_bytes_max, cfg.tail_cache_bytes_max)
+    let inflight = BudgetLimits::derive(
+            cfg.memory_bytes_max,
+            cfg.tail_cache_bytes_max,
+            cfg.io_memory_bytes,
+        )
         .produce_inflight_bytes_max;
     if inflight < u64::from(cfg.wal.entry_bytes_max) {
         return Err(ShardError::Config(format!(

@@ -102,6 +102,9 @@ pub struct ShardConfig {
     pub tail_cache_bytes_max: u64,
     /// The shard's memory budget, split into pools (see `budget`).
     pub memory_bytes_max: u64,
+    /// The executor's glommio `io_memory` arena (WAL commit buffers come
+    /// from it); charged to the budget whole (`io_memory` pool).
+    pub io_memory_bytes: u64,
     pub wal: WalTuning,
     /// Long-poll fetches and deadlines waiting at once; more are answered
     /// at once (without waiting).
@@ -136,6 +139,7 @@ impl ShardConfig {
             data_dir: data_dir.into(),
             tail_cache_bytes_max: Self::TAIL_CACHE_BYTES_MAX_DEFAULT,
             memory_bytes_max: Self::MEMORY_BYTES_MAX_DEFAULT,
+            io_memory_bytes: 0,
             wal: WalTuning::default(),
             fetch_waiters_max: Self::FETCH_WAITERS_MAX_DEFAULT,
             version_waiters_max: Self::VERSION_WAITERS_MAX_DEFAULT,
@@ -290,6 +294,8 @@ pub struct DeleteRecordsPartition {
 
 /// The partition's log start offset after the call (its low watermark).
 pub type DeleteRecordsResult = Result<i64, ShardError>;
+/// Request-buffer memory held by one request frame; released on drop.
+pub struct RequestBuffer(#[allow(dead_code)] budget::Reservation);
 
 /// The shard of one executor. `!Send`: created and used on its executor.
 pub struct Shard {
@@ -360,6 +366,20 @@ impl Shard {
     /// block; an exhausted block is replaced by one Raft entry.
     pub async fn allocate_producer_id(&self) -> Result<i64, sluice_raft::MetaError> {
         self.core.allocate_producer_id().await
+    }
+
+    /// Reserves `bytes` of the request-buffer pool for a request frame,
+    /// waiting (not failing) while the pool is full: the connection stops
+    /// reading its socket until memory frees. `bytes` must be at most
+    /// `request_bytes_max()`. Released when the returned value is dropped.
+    pub async fn reserve_request(&self, bytes: u64) -> RequestBuffer {
+        RequestBuffer(self.core.budget.reserve_request(bytes).await)
+    }
+
+    /// The largest request frame this shard can ever hold: its
+    /// request-buffer pool.
+    pub fn request_bytes_max(&self) -> u64 {
+        self.core.budget.max(budget::Pool::RequestBuffers)
     }
 
     /// Counters, pools and latency histograms of this shard.

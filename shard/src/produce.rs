@@ -16,7 +16,7 @@ use tracing::trace;
 
 use crate::batch;
 use crate::budget::{Pool, Reservation};
-use crate::engine::Engine;
+use crate::engine::{Engine, INDEX_ENTRY_BYTES};
 use crate::entry::{self, EntryHeader, PartitionKey, ENTRY_HEADER_BYTES, KIND_BATCHES};
 use crate::mesh::ShardMsg;
 use crate::producer_state::{self, ProducerBatch, Verdict};
@@ -153,8 +153,10 @@ impl Engine {
             Some(reply)
         };
         let engine = self.clone();
+        self.produce_tasks.set(self.produce_tasks.get() + 1);
         glommio::spawn_local(async move {
             let result = engine.finish_produce(pending).await;
+            engine.produce_tasks.set(engine.produce_tasks.get() - 1);
             if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
@@ -180,6 +182,9 @@ impl Engine {
                 bytes: req.records.len() as u64,
                 max,
             });
+        }
+        if !self.budget.fits(Pool::PartitionState, INDEX_ENTRY_BYTES) {
+            return Err(ShardError::Busy);
         }
         let inflight = self
             .budget
@@ -217,6 +222,7 @@ impl Engine {
             if let Some(pb) = &producer {
                 self.record_producer(part, pb, base_offset, header.last_offset);
             }
+            self.budget.charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
             (payload, base_offset, part.log_start_offset)
         };
         let append = self.wal.append(KIND_BATCHES, payload);
@@ -403,7 +409,11 @@ impl Engine {
     /// Always notifies: duplicates waiting for this entry must learn it failed.
     fn on_failed(&self, key: PartitionKey, base_offset: i64, producer_id: Option<i64>) {
         if let Some(p) = self.parts.borrow_mut().get_mut(&key) {
+            let before = p.batches.len();
             p.mark_failed(base_offset);
+            let removed = (before - p.batches.len()) as u64;
+            self.budget
+                .discharge(Pool::PartitionState, removed * INDEX_ENTRY_BYTES);
             if let Some(id) = producer_id {
                 p.producers.forget(id, base_offset);
             }

@@ -8,6 +8,9 @@ use sluice_wal::WalStats;
 use crate::budget::PoolStats;
 use crate::waiters::WaitersStats;
 
+/// Topics listed in `ShardStats::top_topics`.
+pub const TOP_TOPICS_MAX: usize = 10;
+
 /// Highest latency the histograms record (60 s), in microseconds.
 const LATENCY_US_MAX: u64 = 60_000_000;
 
@@ -61,6 +64,17 @@ pub struct ShardStats {
     pub counters: Counters,
     pub waiters: WaitersStats,
     pub pools: Vec<PoolStats>,
+    /// The shard's whole memory budget (`ShardConfig::memory_bytes_max`).
+    pub memory_bytes_max: u64,
+    /// Times a connection waited for request-buffer memory (backpressure).
+    pub request_waits: u64,
+    /// Long-lived tasks of the shard (inboxes, watcher, deadlines).
+    pub tasks: u64,
+    /// Produces waiting for durability (one short-lived task each).
+    pub produce_tasks: u64,
+    /// The topics holding the most partition state on this shard:
+    /// (topic id, bytes), largest first, at most `TOP_TOPICS_MAX`.
+    pub top_topics: Vec<([u8; 16], u64)>,
     /// Mesh sends that found the peer's channel full.
     pub mesh_full_waits: u64,
     pub wal: WalStats,

@@ -11,7 +11,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::Ctx;
-use crate::errors::{codes, shard_error_code};
+use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
 use crate::plane::{self, FetchPartitionResult};
 
 /// Longest long poll served, whatever the client asks.
@@ -54,6 +54,14 @@ pub async fn handle(req: FetchRequest, version: i16, ctx: &Ctx) -> FetchResponse
         ctx.shard.fetch(plane_req).await
     };
     resp.responses = assemble(&req, slots, results);
+    let busy = resp
+        .responses
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .any(|p| is_busy(p.error_code));
+    if busy && version >= 1 {
+        resp.throttle_time_ms = BUSY_THROTTLE_MS;
+    }
     resp
 }
 

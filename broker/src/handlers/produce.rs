@@ -11,7 +11,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{str_bytes, Ctx};
-use crate::errors::{codes, shard_error_code};
+use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
 use crate::plane::ProducePartition;
 
 /// Offset of the magic byte in a record batch (and in old message sets).
@@ -55,6 +55,14 @@ pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<Prod
     }
     let mut resp = ProduceResponse::default();
     resp.responses = responses;
+    let busy = resp
+        .responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter())
+        .any(|p| is_busy(p.error_code));
+    if busy && version >= 1 {
+        resp.throttle_time_ms = BUSY_THROTTLE_MS;
+    }
     if version < 8 {
         resp.responses
             .iter_mut()

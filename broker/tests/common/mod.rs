@@ -66,9 +66,10 @@ impl Broker {
             format!("127.0.0.1:{admin_port}"),
             "--shards".into(),
             shards.to_string(),
-            "--memory".into(),
-            format!("{}MiB", 256 * shards),
         ];
+        if !extra.contains(&"--memory") {
+            args.extend(["--memory".into(), format!("{}MiB", 256 * shards)]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir
             .parent()

@@ -1,0 +1,364 @@
+//! `/metrics` (Prometheus text, encoded by `prometheus-client`) and
+//! `/admin/memory` (JSON) from shard snapshots (`probe`) and the process's
+//! own memory figures. Runs on the admin thread only.
+//!
+//! Every scrape builds a fresh registry holding one collector over the
+//! snapshots: nothing is kept or updated between scrapes.
+
+use std::collections::HashMap;
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use sluice_raft::MetadataView;
+
+use crate::probe::ShardProbe;
+
+/// Bucket bounds (inclusive upper bounds) of exported byte histograms.
+const BYTES_BUCKETS: [u64; 12] = [
+    512,
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    512 << 10,
+    1 << 20,
+    2 << 20,
+    4 << 20,
+    8 << 20,
+    16 << 20,
+    64 << 20,
+];
+/// Bucket bounds of exported latency histograms, microseconds.
+const LATENCY_US_BUCKETS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+/// Bucket bounds of commit sizes in entries.
+const ENTRIES_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024];
+
+/// The process's memory as the kernel sees it (`/proc/self/status`), bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessMemory {
+    pub rss: u64,
+    pub rss_anon: u64,
+    /// File-backed and shared pages (mapped files, shared memory).
+    pub rss_mapped: u64,
+    pub threads: u64,
+}
+
+impl ProcessMemory {
+    pub fn read() -> ProcessMemory {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ProcessMemory {
+            rss: field("VmRSS:") * 1024,
+            rss_anon: field("RssAnon:") * 1024,
+            rss_mapped: (field("RssFile:") + field("RssShmem:")) * 1024,
+            threads: field("Threads:"),
+        }
+    }
+}
+
+/// Everything one scrape exports.
+#[derive(Debug)]
+struct Snapshot {
+    shards: Vec<ShardProbe>,
+    missing: Vec<u32>,
+    process: ProcessMemory,
+}
+
+/// Renders the Prometheus text exposition.
+pub fn render_prometheus(probes: Vec<Result<ShardProbe, u32>>) -> String {
+    let snapshot = split(probes, ProcessMemory::read());
+    let mut registry = Registry::with_prefix("sluice");
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "encoding /metrics");
+    }
+    out
+}
+
+fn split(probes: Vec<Result<ShardProbe, u32>>, process: ProcessMemory) -> Snapshot {
+    let (mut shards, mut missing) = (Vec::new(), Vec::new());
+    for p in probes {
+        match p {
+            Ok(p) => shards.push(p),
+            Err(id) => missing.push(id),
+        }
+    }
+    Snapshot {
+        shards,
+        missing,
+        process,
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn shard_label(p: &ShardProbe) -> Labels {
+    vec![("shard", p.stats.shard_id.to_string())]
+}
+
+/// Writes one metric family: a descriptor and one sample per label set.
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: Vec<(Labels, M)>,
+) -> Result<(), std::fmt::Error> {
+    let Some(kind) = samples.first().map(|(_, m)| m.metric_type()) else {
+        return Ok(());
+    };
+    let mut metric = enc.encode_descriptor(name, help, None, kind)?;
+    if let [(labels, m)] = samples.as_slice() {
+        if labels.is_empty() {
+            return m.encode(metric);
+        }
+    }
+    for (labels, m) in &samples {
+        m.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauges(
+    enc: &mut DescriptorEncoder,
+    shards: &[ShardProbe],
+    name: &str,
+    help: &str,
+    value: impl Fn(&ShardProbe) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let samples = shards
+        .iter()
+        .map(|p| (shard_label(p), ConstGauge::new(value(p) as i64)))
+        .collect();
+    family(enc, name, help, samples)
+}
+
+fn counters(
+    enc: &mut DescriptorEncoder,
+    shards: &[ShardProbe],
+    name: &str,
+    help: &str,
+    value: impl Fn(&ShardProbe) -> u64,
+) -> Result<(), std::fmt::Error> {
+    let samples = shards
+        .iter()
+        .map(|p| (shard_label(p), ConstCounter::new(value(p))))
+        .collect();
+    family(enc, name, help, samples)
+}
+
+/// An hdrhistogram exported with fixed buckets; values scaled by `scale`
+/// (1e-6 turns microseconds into seconds).
+struct HdrMetric<'a> {
+    hist: &'a Histogram<u64>,
+    bounds: &'a [u64],
+    scale: f64,
+}
+
+impl std::fmt::Debug for HdrMetric<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HdrMetric")
+    }
+}
+
+impl EncodeMetric for HdrMetric<'_> {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let h = self.hist;
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .map(|&b| (b as f64 * self.scale, h.count_between(0, b)))
+            .chain(std::iter::once((f64::INFINITY, h.len())))
+            .collect();
+        let sum = h.mean() * h.len() as f64 * self.scale;
+        encoder.encode_histogram::<Labels>(sum, h.len(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn histograms(
+    enc: &mut DescriptorEncoder,
+    shards: &[ShardProbe],
+    name: &str,
+    help: &str,
+    pick: impl Fn(&ShardProbe) -> (&Histogram<u64>, &'static [u64], f64),
+) -> Result<(), std::fmt::Error> {
+    let samples = shards
+        .iter()
+        .map(|p| {
+            let (hist, bounds, scale) = pick(p);
+            (
+                shard_label(p),
+                HdrMetric {
+                    hist,
+                    bounds,
+                    scale,
+                },
+            )
+        })
+        .collect();
+    family(enc, name, help, samples)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.encode_process(&mut enc)?;
+        self.encode_pools(&mut enc)?;
+        self.encode_shards(&mut enc)?;
+        self.encode_histograms(&mut enc)
+    }
+}
+
+impl Snapshot {
+    fn encode_process(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.process;
+        let one = |v: u64| vec![(Labels::new(), ConstGauge::new(v as i64))];
+        family(enc, "process_resident_bytes", "Resident set size of the process.", one(m.rss))?;
+        family(enc, "process_resident_anon_bytes", "Anonymous (heap) resident memory.", one(m.rss_anon))?;
+        family(enc, "process_resident_mapped_bytes", "File-backed and shared resident memory.", one(m.rss_mapped))?;
+        family(enc, "process_threads", "Threads of the process.", one(m.threads))?;
+        family(enc, "shards_unanswered", "Shards that did not answer this scrape.", one(self.missing.len() as u64))
+    }
+
+    fn encode_pools(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Pick = fn(&crate::plane::PoolStats) -> u64;
+        let kinds: [(&str, &str, Pick); 4] = [
+            ("shard_pool_used_bytes", "Bytes charged to a memory pool.", |p| p.used_bytes),
+            ("shard_pool_limit_bytes", "Limit of a memory pool.", |p| p.max_bytes),
+            ("shard_pool_peak_bytes", "Highest use of a memory pool.", |p| p.peak_bytes),
+            ("shard_pool_over_bytes", "Bytes charged past a pool's limit (committed partition state).", |p| p.over_bytes),
+        ];
+        for (name, help, pick) in kinds {
+            let samples = self.pool_samples(|p| ConstGauge::new(pick(p) as i64));
+            family(enc, name, help, samples)?;
+        }
+        let refused = self.pool_samples(|p| ConstCounter::new(p.refused));
+        family(enc, "shard_pool_refused", "Reservations a memory pool refused.", refused)
+    }
+
+    fn pool_samples<M>(&self, f: impl Fn(&crate::plane::PoolStats) -> M) -> Vec<(Labels, M)> {
+        let f = &f;
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.stats.pools.iter().map(move |p| {
+                    let mut l = shard_label(s);
+                    l.push(("pool", p.name.to_string()));
+                    (l, f(p))
+                })
+            })
+            .collect()
+    }
+
+    fn encode_shards(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.shards;
+        gauges(enc, s, "shard_memory_limit_bytes", "The shard's memory budget.", |p| p.stats.memory_bytes_max)?;
+        gauges(enc, s, "shard_partitions", "Partitions owned by the shard.", |p| p.stats.partitions)?;
+        gauges(enc, s, "shard_index_entries", "Index entries of the shard's partitions.", |p| p.stats.index_entries)?;
+        gauges(enc, s, "shard_connections", "Open Kafka connections.", |p| p.connections)?;
+        gauges(enc, s, "shard_tasks", "Long-lived tasks of the shard.", |p| p.stats.tasks)?;
+        gauges(enc, s, "shard_produce_tasks", "Produces waiting for durability.", |p| p.stats.produce_tasks)?;
+        gauges(enc, s, "shard_fetch_waiters", "Fetches parked in long polls.", |p| p.stats.waiters.waiting)?;
+        gauges(enc, s, "shard_wal_queue_bytes", "Bytes queued for the next WAL commit.", |p| p.stats.wal.queue_bytes)?;
+        counters(enc, s, "shard_request_waits", "Connections that waited for request-buffer memory.", |p| p.stats.request_waits)?;
+        counters(enc, s, "shard_produce_requests", "Partition produces handled.", |p| p.stats.counters.produce_requests)?;
+        counters(enc, s, "shard_produce_busy", "Partition produces refused by the budget.", |p| p.stats.counters.produce_busy)?;
+        counters(enc, s, "shard_fetch_requests", "Fetch requests handled.", |p| p.stats.counters.fetch_requests)?;
+        counters(enc, s, "shard_fetch_busy", "Partition fetches refused by the budget.", |p| p.stats.counters.fetch_busy)?;
+        counters(enc, s, "shard_wal_commits", "WAL commits (write + sync).", |p| p.stats.wal.commits)?;
+        counters(enc, s, "shard_wal_written_bytes", "Bytes written to the WAL.", |p| p.stats.wal.bytes_written)
+    }
+
+    fn encode_histograms(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.shards;
+        histograms(enc, s, "shard_wal_commit_bytes", "Bytes per WAL commit.", |p| (&p.stats.wal.commit_bytes, &BYTES_BUCKETS, 1.0))?;
+        histograms(enc, s, "shard_wal_commit_entries", "Entries per WAL commit.", |p| (&p.stats.wal.commit_entries, &ENTRIES_BUCKETS, 1.0))?;
+        histograms(enc, s, "shard_wal_sync_latency_seconds", "Write + sync time per WAL commit.", |p| (&p.stats.wal.sync_latency_us, &LATENCY_US_BUCKETS, 1e-6))?;
+        histograms(enc, s, "shard_produce_latency_seconds", "Partition produce latency at the requesting shard.", |p| (&p.stats.produce_latency_us, &LATENCY_US_BUCKETS, 1e-6))?;
+        histograms(enc, s, "shard_fetch_latency_seconds", "Fetch latency at the requesting shard.", |p| (&p.stats.fetch_latency_us, &LATENCY_US_BUCKETS, 1e-6))
+    }
+}
+
+/// `/admin/memory`: the same figures as JSON, with the topics holding the
+/// most partition state.
+pub fn render_memory_json(probes: Vec<Result<ShardProbe, u32>>, view: &MetadataView) -> String {
+    let snapshot = split(probes, ProcessMemory::read());
+    let names: HashMap<[u8; 16], &str> = view
+        .topics
+        .values()
+        .map(|t| (t.id, t.name.as_str()))
+        .collect();
+    let shards: Vec<Value> = snapshot.shards.iter().map(|p| shard_json(p, &names)).collect();
+    let m = snapshot.process;
+    let doc = json!({
+        "process": {
+            "rss_bytes": m.rss,
+            "rss_anon_bytes": m.rss_anon,
+            "rss_mapped_bytes": m.rss_mapped,
+            "threads": m.threads,
+        },
+        "shards_unanswered": snapshot.missing,
+        "shards": shards,
+    });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
+    let s = &p.stats;
+    let pools: Vec<Value> = s
+        .pools
+        .iter()
+        .map(|pool| {
+            json!({
+                "pool": pool.name,
+                "used_bytes": pool.used_bytes,
+                "limit_bytes": pool.max_bytes,
+                "peak_bytes": pool.peak_bytes,
+                "over_bytes": pool.over_bytes,
+                "refused": pool.refused,
+            })
+        })
+        .collect();
+    let top: Vec<Value> = s
+        .top_topics
+        .iter()
+        .map(|(id, bytes)| json!({"topic": names.get(id).copied().unwrap_or("(deleted)"), "bytes": bytes}))
+        .collect();
+    json!({
+        "shard": s.shard_id,
+        "memory_limit_bytes": s.memory_bytes_max,
+        "partitions": s.partitions,
+        "partition_struct_bytes": s.partition_struct_bytes,
+        "index_entries": s.index_entries,
+        "connections": p.connections,
+        "tasks": s.tasks,
+        "produce_tasks": s.produce_tasks,
+        "fetch_waiters": s.waiters.waiting,
+        "request_waits": s.request_waits,
+        "wal_queue_bytes": s.wal.queue_bytes,
+        "tail_cache_entries": s.tail_cache_entries,
+        "pools": pools,
+        "top_topics": top,
+    })
+}
