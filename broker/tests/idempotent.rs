@@ -1,8 +1,9 @@
 //! The idempotent producer against the real binary: InitProducerId, retried
 //! batches answered with their original offsets (also after a SIGKILL and
 //! recovery from the WAL), sequence gaps and fenced epochs refused, and an
-//! idempotent librdkafka producer whose broker is killed mid-stream ending
-//! with every record exactly once, in order.
+//! idempotent librdkafka producer whose broker is killed mid-stream (or
+//! whose connections are cut by a proxy after the broker stored a batch)
+//! ending with every record exactly once, in order.
 
 mod common;
 
@@ -195,6 +196,11 @@ fn librdkafka_idempotent_producer_across_sigkill_is_exactly_once_in_order() {
     broker.restart();
     let failures = sender.join().expect("sender");
     assert!(failures.is_empty(), "deliveries failed: {failures:?}");
+    let duplicates = broker
+        .log_text()
+        .matches("duplicate produce answered")
+        .count();
+    eprintln!("retried batches answered as duplicates after the restart: {duplicates}");
 
     let got = consume_all(
         &broker,
@@ -219,4 +225,198 @@ fn librdkafka_idempotent_producer_across_sigkill_is_exactly_once_in_order() {
         );
         assert_eq!(values, expected, "partition {partition}: in order");
     }
+}
+
+/// A TCP proxy in front of the broker. While `cutting`, at most once per
+/// `cut_every` it lets a large request (a produce) through, holds back the
+/// broker's answer long enough for the batch to be written and durable,
+/// then cuts every connection: the client must retry a batch the broker
+/// already stored.
+struct CuttingProxy {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    cutting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// State shared by the proxy's pipes.
+#[derive(Clone)]
+struct Cuts {
+    generation: Arc<AtomicU64>,
+    cutting: Arc<std::sync::atomic::AtomicBool>,
+    last_cut: Arc<std::sync::Mutex<Instant>>,
+    cut_every: Duration,
+}
+
+impl CuttingProxy {
+    fn start_on(port: u16, broker_port: u16, cut_every: Duration) -> CuttingProxy {
+        use std::sync::atomic::AtomicBool;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind proxy");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts = Cuts {
+            generation: Arc::new(AtomicU64::new(0)),
+            cutting: Arc::new(AtomicBool::new(false)),
+            last_cut: Arc::new(std::sync::Mutex::new(Instant::now())),
+            cut_every,
+        };
+        let (stop2, cuts2) = (Arc::clone(&stop), cuts.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let upstream =
+                            std::net::TcpStream::connect(("127.0.0.1", broker_port)).expect("up");
+                        let hold = Arc::new(AtomicBool::new(false));
+                        pipe(&client, &upstream, &cuts2, &hold, true);
+                        pipe(&upstream, &client, &cuts2, &hold, false);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        CuttingProxy {
+            stop,
+            cutting: cuts.cutting,
+        }
+    }
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Copies `from` to `to` until either side closes or a cut happens.
+/// `requests`: this pipe carries client requests (and may cut).
+fn pipe(
+    from: &std::net::TcpStream,
+    to: &std::net::TcpStream,
+    cuts: &Cuts,
+    hold: &Arc<std::sync::atomic::AtomicBool>,
+    requests: bool,
+) {
+    use std::io::{Read, Write};
+    const PRODUCE_BYTES_MIN: usize = 1024;
+    let (mut from, mut to) = (
+        from.try_clone().expect("clone"),
+        to.try_clone().expect("clone"),
+    );
+    let (cuts, hold) = (cuts.clone(), Arc::clone(hold));
+    let born = cuts.generation.load(Ordering::Relaxed);
+    from.set_read_timeout(Some(Duration::from_millis(10)))
+        .expect("timeout");
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while cuts.generation.load(Ordering::Relaxed) == born {
+            if !requests && hold.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            let n = match from.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue
+                }
+                Err(_) => break,
+            };
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if requests && n >= PRODUCE_BYTES_MIN && cuts.cutting.load(Ordering::Relaxed) {
+                let mut last = cuts.last_cut.lock().unwrap_or_else(|p| p.into_inner());
+                if last.elapsed() >= cuts.cut_every {
+                    *last = Instant::now();
+                    hold.store(true, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(100));
+                    cuts.generation.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = to.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+#[test]
+fn librdkafka_idempotent_producer_with_cut_connections_is_exactly_once_in_order() {
+    let _serial = serial();
+    let proxy_port = free_port();
+    let advertised = format!("127.0.0.1:{proxy_port}");
+    let broker = Broker::start_with(2, &["--advertised-listener", &advertised]);
+    // Clients learn the proxy's address from Metadata, so it runs first.
+    let proxy = CuttingProxy::start_on(proxy_port, broker.port, Duration::from_millis(250));
+    create_topic(&broker, "idem-cut", PARTITIONS);
+    proxy.cutting.store(true, Ordering::Relaxed);
+    let mut c = rdkafka::config::ClientConfig::new();
+    c.set("bootstrap.servers", &advertised)
+        .set("broker.address.family", "v4")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "120000")
+        .set("retry.backoff.ms", "20")
+        .set("reconnect.backoff.ms", "10")
+        .set("reconnect.backoff.max.ms", "100")
+        .set("linger.ms", "5");
+    let p: rdkafka::producer::FutureProducer = c.create().expect("producer");
+    let records = 4_000u64;
+    let mut failures = Vec::new();
+    for chunk in 0..records / CHUNK_RECORDS {
+        let futures: Vec<_> = (chunk * CHUNK_RECORDS..(chunk + 1) * CHUNK_RECORDS)
+            .map(|i| {
+                let value = format!("{i}");
+                let r = FutureRecord::to("idem-cut")
+                    .partition((i % PARTITIONS as u64) as i32)
+                    .key("k")
+                    .payload(&value);
+                p.send_result(r).map_err(|(e, _)| e).expect("enqueue")
+            })
+            .collect();
+        for f in futures {
+            match futures::executor::block_on(f) {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => failures.push(e.to_string()),
+                Err(_) => failures.push("canceled".into()),
+            }
+        }
+    }
+    drop(p);
+    // Consumers reach the broker through the proxy too (it is the
+    // advertised address): stop cutting, keep forwarding.
+    proxy.cutting.store(false, Ordering::Relaxed);
+    assert!(failures.is_empty(), "deliveries failed: {failures:?}");
+    let duplicates = broker
+        .log_text()
+        .matches("duplicate produce answered")
+        .count();
+    // Informational: whether a cut lands between the write and its answer
+    // depends on timing (seen: 0 to 7 per run), so it is not asserted; the
+    // raw-frame test above asserts the duplicate answers themselves.
+    eprintln!("retried batches answered as duplicates: {duplicates}");
+    let got = consume_all(
+        &broker,
+        "idem-cut",
+        PARTITIONS,
+        records as usize + 1,
+        Duration::from_secs(30),
+    );
+    for partition in 0..PARTITIONS {
+        let values: Vec<u64> = got
+            .iter()
+            .filter(|m| m.partition == partition)
+            .map(|m| m.value.parse().expect("a number"))
+            .collect();
+        let expected: Vec<u64> = (0..records)
+            .filter(|i| (i % PARTITIONS as u64) as i32 == partition)
+            .collect();
+        assert_eq!(
+            values, expected,
+            "partition {partition}: exactly once, in order"
+        );
+    }
+    drop(proxy);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::channel::oneshot;
 use sluice_raft::TopicMeta;
 use sluice_wal::{Append, Position};
-use tracing::trace;
+use tracing::{debug, trace};
 
 use crate::batch;
 use crate::budget::{Pool, Reservation};
@@ -296,7 +296,7 @@ impl Engine {
         last_offset: i64,
         reply: oneshot::Sender<ProducePartitionResult>,
     ) {
-        trace!(shard = self.id(), base_offset, "duplicate produce answered");
+        debug!(shard = self.id(), base_offset, "duplicate produce answered");
         if let Some(done) = self.duplicate_state(&key, base_offset, last_offset) {
             let _ = reply.send(done);
             return;

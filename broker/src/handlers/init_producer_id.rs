@@ -29,6 +29,7 @@ pub async fn handle(
     }
     match ctx.shard.allocate_producer_id().await {
         Ok(id) => {
+            tracing::debug!(producer_id = id, "producer id allocated");
             resp.producer_id = ProducerId(id);
             resp.producer_epoch = 0;
         }
