@@ -1,6 +1,6 @@
 //! DeleteRecords: advances a partition's log start offset, durably.
 //!
-//! The new log start is one small WAL entry of kind `KIND_LOG_START` (2):
+//! The new log start is one small WAL entry of kind `KIND_LOG_START` (3):
 //!
 //! ```text
 //! offset size field
@@ -28,7 +28,7 @@ use crate::mesh::ShardMsg;
 use crate::{DeleteRecordsPartition, DeleteRecordsResult, ShardError};
 
 /// WAL entry kind of a partition's new log start offset.
-pub const KIND_LOG_START: u8 = 2;
+pub const KIND_LOG_START: u8 = 3;
 const LOG_START_ENTRY_BYTES: usize = 29;
 const FORMAT_VERSION: u8 = 1;
 

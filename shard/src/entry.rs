@@ -31,6 +31,9 @@ use crate::batch;
 
 /// WAL entry kind of a partition's record batches.
 pub const KIND_BATCHES: u8 = 1;
+// The other kinds in a shard's WAL, each defined beside its codec and kept
+// distinct by the test below: `group::KIND_GROUP` (2, group records) and
+// `delete_records::KIND_LOG_START` (3, log start offsets).
 /// Bytes of the entry header before the record batches.
 pub const ENTRY_HEADER_BYTES: usize = 45;
 const FORMAT_VERSION: u8 = 1;
@@ -107,6 +110,19 @@ fn read_i64(b: &[u8], at: usize) -> i64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     i64::from_be_bytes(x)
+}
+
+#[cfg(test)]
+mod kind_tests {
+    #[test]
+    fn wal_entry_kinds_are_distinct() {
+        let kinds = [super::KIND_BATCHES, crate::group::KIND_GROUP, crate::delete_records::KIND_LOG_START];
+        for (i, a) in kinds.iter().enumerate() {
+            for b in &kinds[i + 1..] {
+                assert_ne!(a, b, "two record types share a WAL entry kind");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
