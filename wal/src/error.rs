@@ -11,12 +11,7 @@ pub enum WalError {
     /// An I/O error other than a full disk. When it happened while syncing,
     /// the WAL is poisoned: further appends fail, reads keep working.
     #[error("WAL I/O error while {op} {path}: {message}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        message: String,
-        errno: Option<i32>,
-    },
+    Io { op: &'static str, path: PathBuf, message: String, errno: Option<i32> },
     /// A file in the WAL directory is not a segment this version can read.
     #[error("{path} is not a Sluice WAL segment: {reason}")]
     NotAWal { path: PathBuf, reason: String },
@@ -40,29 +35,16 @@ pub enum WalError {
 }
 
 impl WalError {
-    pub(crate) fn io(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        e: impl Into<std::io::Error>,
-    ) -> WalError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, e: impl Into<std::io::Error>) -> WalError {
         let e: std::io::Error = e.into();
         let path = path.into();
         if e.raw_os_error() == Some(libc::ENOSPC) {
             return WalError::NoSpace { path };
         }
-        WalError::Io {
-            op,
-            path,
-            message: e.to_string(),
-            errno: e.raw_os_error(),
-        }
+        WalError::Io { op, path, message: e.to_string(), errno: e.raw_os_error() }
     }
 
-    pub(crate) fn glommio(
-        op: &'static str,
-        path: impl Into<PathBuf>,
-        e: glommio::GlommioError<()>,
-    ) -> WalError {
+    pub(crate) fn glommio(op: &'static str, path: impl Into<PathBuf>, e: glommio::GlommioError<()>) -> WalError {
         WalError::io(op, path, std::io::Error::from(e))
     }
 }

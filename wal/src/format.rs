@@ -216,10 +216,7 @@ pub fn parse_segment_header(b: &[u8], named_base: u64) -> Result<u64, HeaderErro
     base.copy_from_slice(&b[16..24]);
     let stored = u64::from_le_bytes(base);
     if stored != named_base {
-        return Err(HeaderError::BaseMismatch {
-            named: named_base,
-            stored,
-        });
+        return Err(HeaderError::BaseMismatch { named: named_base, stored });
     }
     Ok(stored)
 }
@@ -250,10 +247,7 @@ mod tests {
     fn frame_round_trips_and_is_padded() {
         let f = frame(64, 7, b"hello");
         assert_eq!(f.len(), 24);
-        assert_eq!(
-            check_frame(&f, 64, 1024),
-            FrameCheck::Valid(FrameHeader::parse(&f))
-        );
+        assert_eq!(check_frame(&f, 64, 1024), FrameCheck::Valid(FrameHeader::parse(&f)));
         assert_eq!(&f[12..17], b"hello");
         assert!(f[17..].iter().all(|&b| b == 0));
     }
@@ -275,10 +269,7 @@ mod tests {
     fn short_buffer_asks_for_more() {
         let f = frame(0, 1, &[9u8; 100]);
         assert_eq!(check_frame(&f[..5], 0, 1024), FrameCheck::NeedBytes(12));
-        assert_eq!(
-            check_frame(&f[..50], 0, 1024),
-            FrameCheck::NeedBytes(f.len() as u64)
-        );
+        assert_eq!(check_frame(&f[..50], 0, 1024), FrameCheck::NeedBytes(f.len() as u64));
     }
 
     #[test]
@@ -295,33 +286,18 @@ mod tests {
         let f = frame(8, KIND_COMMIT, &commit_payload(3, 96));
         assert_eq!(f.len() as u64, align_up(COMMIT_FRAME_BYTES, 8));
         assert!(matches!(check_frame(&f, 8, 0), FrameCheck::Valid(_)));
-        assert_eq!(
-            parse_commit(&f),
-            CommitMarker {
-                frames: 3,
-                body_bytes: 96
-            }
-        );
+        assert_eq!(parse_commit(&f), CommitMarker { frames: 3, body_bytes: 96 });
     }
 
     #[test]
     fn segment_header_round_trips_and_checks() {
         let h = encode_segment_header(1 << 40);
         assert_eq!(parse_segment_header(&h, 1 << 40), Ok(1 << 40));
-        assert!(matches!(
-            parse_segment_header(&h, 5),
-            Err(HeaderError::BaseMismatch { .. })
-        ));
+        assert!(matches!(parse_segment_header(&h, 5), Err(HeaderError::BaseMismatch { .. })));
         let mut bad = h;
         bad[17] ^= 1;
-        assert_eq!(
-            parse_segment_header(&bad, 1 << 40),
-            Err(HeaderError::BadCrc)
-        );
-        assert_eq!(
-            parse_segment_header(&[0u8; 64], 0),
-            Err(HeaderError::BadMagic)
-        );
+        assert_eq!(parse_segment_header(&bad, 1 << 40), Err(HeaderError::BadCrc));
+        assert_eq!(parse_segment_header(&[0u8; 64], 0), Err(HeaderError::BadMagic));
     }
 
     #[test]

@@ -116,33 +116,17 @@ impl WalConfig {
         let bad = |m: String| Err(WalError::Config(m));
         let block = format::BLOCK_BYTES;
         if self.segment_bytes % block != 0 || self.segment_bytes < 4 * block {
-            return bad(format!(
-                "segment_bytes {} must be a multiple of {block} and at least {}",
-                self.segment_bytes,
-                4 * block
-            ));
+            return bad(format!("segment_bytes {} must be a multiple of {block} and at least {}", self.segment_bytes, 4 * block));
         }
-        if self.commit_bytes_max > self.segment_bytes - format::SEGMENT_HEADER_BYTES
-            || self.commit_bytes_max > u64::from(u32::MAX)
-        {
-            return bad(format!(
-                "commit_bytes_max {} must fit in one segment",
-                self.commit_bytes_max
-            ));
+        if self.commit_bytes_max > self.segment_bytes - format::SEGMENT_HEADER_BYTES || self.commit_bytes_max > u64::from(u32::MAX) {
+            return bad(format!("commit_bytes_max {} must fit in one segment", self.commit_bytes_max));
         }
-        let biggest = format::frame_bytes(self.entry_bytes_max)
-            + format::align_up(format::COMMIT_FRAME_BYTES, 8);
+        let biggest = format::frame_bytes(self.entry_bytes_max) + format::align_up(format::COMMIT_FRAME_BYTES, 8);
         if biggest > self.commit_bytes_max {
-            return bad(format!(
-                "entry_bytes_max {} does not fit in commit_bytes_max {}",
-                self.entry_bytes_max, self.commit_bytes_max
-            ));
+            return bad(format!("entry_bytes_max {} does not fit in commit_bytes_max {}", self.entry_bytes_max, self.commit_bytes_max));
         }
         if self.queue_bytes_max < self.commit_bytes_max {
-            return bad(format!(
-                "queue_bytes_max {} is below commit_bytes_max {}",
-                self.queue_bytes_max, self.commit_bytes_max
-            ));
+            return bad(format!("queue_bytes_max {} is below commit_bytes_max {}", self.queue_bytes_max, self.commit_bytes_max));
         }
         Ok(())
     }

@@ -26,9 +26,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use glommio::Task;
 
-use crate::format::{
-    self, BLOCK_BYTES, COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES, KIND_COMMIT, KIND_RESERVED_MIN,
-};
+use crate::format::{self, BLOCK_BYTES, COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES, KIND_COMMIT, KIND_RESERVED_MIN};
 use crate::recovery;
 use crate::segment::{self, Segment, Window};
 use crate::{Entry, Position, Recovery, SyncMode, WalConfig, WalError, WalStats};
@@ -114,8 +112,7 @@ impl Wal {
     /// Must be called inside a glommio executor, which then owns the WAL.
     pub async fn open(cfg: WalConfig) -> Result<(Wal, Recovery), WalError> {
         cfg.validate()?;
-        std::fs::create_dir_all(&cfg.dir)
-            .map_err(|e| WalError::io("creating directory", &cfg.dir, e))?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| WalError::io("creating directory", &cfg.dir, e))?;
         segment::warn_if_tmpfs(&cfg.dir);
         let opened = recovery::open_segments(&cfg).await?;
         let report = opened.report;
@@ -156,10 +153,7 @@ impl Wal {
             Ok(s) => s,
             Err(e) => AppendState::Failed(Some(e)),
         };
-        Append {
-            state,
-            registered: false,
-        }
+        Append { state, registered: false }
     }
 
     fn try_enqueue(&self, kind: u8, payload: Bytes) -> Result<AppendState, WalError> {
@@ -168,10 +162,7 @@ impl Wal {
         }
         let max = self.inner.cfg.entry_bytes_max;
         if payload.len() as u64 > u64::from(max) {
-            return Err(WalError::EntryTooLarge {
-                bytes: payload.len() as u64,
-                max,
-            });
+            return Err(WalError::EntryTooLarge { bytes: payload.len() as u64, max });
         }
         let mut st = self.inner.st.borrow_mut();
         if st.closed {
@@ -206,44 +197,24 @@ impl Wal {
             (st.start, st.durable_end, st.recent.clone())
         };
         if p < start || p >= end {
-            return Err(WalError::OutOfRange {
-                position: p,
-                start,
-                end,
-            });
+            return Err(WalError::OutOfRange { position: p, start, end });
         }
         if let Some(e) = recent.and_then(|b| entry_from_batch(&b, p)) {
             return Ok(e);
         }
         let mut reader = self.reader(position);
         match reader.read_frame().await {
-            Some(Ok((kind, payload, next))) if kind != KIND_COMMIT => Ok(Entry {
-                position,
-                kind,
-                payload,
-                next: Position(next),
-            }),
-            Some(Ok(_)) => Err(WalError::Corrupt {
-                position: p,
-                reason: "position holds a commit marker, not an entry".into(),
-            }),
+            Some(Ok((kind, payload, next))) if kind != KIND_COMMIT => Ok(Entry { position, kind, payload, next: Position(next) }),
+            Some(Ok(_)) => Err(WalError::Corrupt { position: p, reason: "position holds a commit marker, not an entry".into() }),
             Some(Err(e)) => Err(e),
-            None => Err(WalError::OutOfRange {
-                position: p,
-                start,
-                end,
-            }),
+            None => Err(WalError::OutOfRange { position: p, start, end }),
         }
     }
 
     /// An iterator over entries from `from` up to the durable end as it is
     /// when each step runs.
     pub fn reader(&self, from: Position) -> WalReader {
-        WalReader {
-            wal: self.clone(),
-            position: from.0,
-            window: None,
-        }
+        WalReader { wal: self.clone(), position: from.0, window: None }
     }
 
     /// First position still in the log.
@@ -274,13 +245,7 @@ impl Wal {
         }
         if !doomed.is_empty() {
             segment::sync_dir(&self.inner.cfg.dir)?;
-            let first = *self
-                .inner
-                .segments
-                .borrow()
-                .keys()
-                .next()
-                .expect("the active segment is never removed");
+            let first = *self.inner.segments.borrow().keys().next().expect("the active segment is never removed");
             let mut st = self.inner.st.borrow_mut();
             st.start = first;
             st.stats.segments = self.inner.segments.borrow().len() as u64;
@@ -335,10 +300,7 @@ fn has_room(st: &State, cfg: &WalConfig, frame_bytes: u64) -> bool {
 
 fn enqueue(st: &mut State, cfg: &WalConfig, kind: u8, payload: Bytes) -> (Rc<Batch>, usize) {
     let fb = format::frame_bytes(payload.len() as u32);
-    let fits = st
-        .queue
-        .back()
-        .is_some_and(|b| b.body_bytes.get() + fb <= body_bytes_max(cfg));
+    let fits = st.queue.back().is_some_and(|b| b.body_bytes.get() + fb <= body_bytes_max(cfg));
     if !fits {
         st.queue.push_back(Batch::new());
     }
@@ -367,11 +329,7 @@ fn admit_waiting(st: &mut State, cfg: &WalConfig) {
         if let Some(p) = &st.poisoned {
             *w.failed.borrow_mut() = Some(WalError::Poisoned(p.clone()));
         } else if has_room(st, cfg, fb) {
-            let (kind, payload) = w
-                .entry
-                .borrow_mut()
-                .take()
-                .expect("a waiting append holds its entry");
+            let (kind, payload) = w.entry.borrow_mut().take().expect("a waiting append holds its entry");
             *w.ticket.borrow_mut() = Some(enqueue(st, cfg, kind, payload));
         } else {
             return;
@@ -388,12 +346,7 @@ fn entry_from_batch(batch: &Batch, position: u64) -> Option<Entry> {
     let i = positions.binary_search(&position).ok()?;
     let (kind, payload) = batch.entries.borrow()[i].clone();
     let next = position + format::frame_bytes(payload.len() as u32);
-    Some(Entry {
-        position: Position(position),
-        kind,
-        payload,
-        next: Position(next),
-    })
+    Some(Entry { position: Position(position), kind, payload, next: Position(next) })
 }
 
 /// The future returned by `Wal::append`.
@@ -431,11 +384,7 @@ impl Future for Append {
             AppendState::Waiting(_) => unreachable!("handled above"),
             AppendState::Queued(batch, i) => {
                 if let Some(outcome) = batch.outcome.borrow().as_ref() {
-                    return Poll::Ready(
-                        outcome
-                            .clone()
-                            .map(|()| Position(batch.positions.borrow()[*i])),
-                    );
+                    return Poll::Ready(outcome.clone().map(|()| Position(batch.positions.borrow()[*i])));
                 }
                 if !this.registered {
                     batch.wakers.borrow_mut().push(cx.waker().clone());
@@ -450,9 +399,7 @@ impl Future for Append {
 /// The batcher: one task per WAL, parked while the queue is empty.
 async fn run_batcher(weak: Weak<Inner>) {
     loop {
-        let Some((inner, batch)) = next_batch(&weak).await else {
-            return;
-        };
+        let Some((inner, batch)) = next_batch(&weak).await else { return };
         let poisoned = inner.st.borrow().poisoned.clone();
         let outcome = match poisoned {
             Some(p) => Err(WalError::Poisoned(p)),
@@ -469,9 +416,7 @@ async fn run_batcher(weak: Weak<Inner>) {
 /// Waits for the next batch; `None` once the WAL is closed (and drained) or dropped.
 async fn next_batch(weak: &Weak<Inner>) -> Option<(Rc<Inner>, Rc<Batch>)> {
     std::future::poll_fn(|cx| {
-        let Some(inner) = weak.upgrade() else {
-            return Poll::Ready(None);
-        };
+        let Some(inner) = weak.upgrade() else { return Poll::Ready(None) };
         let mut st = inner.st.borrow_mut();
         if let Some(batch) = st.queue.pop_front() {
             st.queued_bytes -= batch.body_bytes.get();
@@ -500,15 +445,9 @@ async fn commit(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<(), WalError> {
     let began = Instant::now();
     let (buf_offset, new_tail, buf) = lay_out(inner, &seg, batch, start, total);
     let len = buf.len();
-    let written = seg
-        .file
-        .write_at(buf, buf_offset)
-        .await
-        .map_err(|e| WalError::glommio("writing", &seg.path, e))?;
+    let written = seg.file.write_at(buf, buf_offset).await.map_err(|e| WalError::glommio("writing", &seg.path, e))?;
     if written < len {
-        return Err(WalError::NoSpace {
-            path: seg.path.clone(),
-        });
+        return Err(WalError::NoSpace { path: seg.path.clone() });
     }
     if inner.cfg.sync_mode == SyncMode::Fdatasync {
         if let Err(e) = seg.file.fdatasync().await {
@@ -519,26 +458,16 @@ async fn commit(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<(), WalError> {
         }
     }
     let mut st = inner.st.borrow_mut();
-    assert_eq!(
-        st.durable_end, start,
-        "only the batcher advances durable_end"
-    );
+    assert_eq!(st.durable_end, start, "only the batcher advances durable_end");
     st.durable_end = start + total;
     st.tail = new_tail;
     let entries = batch.entries.borrow().len() as u64;
-    st.stats
-        .record_commit(entries, total, began.elapsed().as_micros() as u64);
+    st.stats.record_commit(entries, total, began.elapsed().as_micros() as u64);
     Ok(())
 }
 
 fn active(inner: &Inner) -> Rc<Segment> {
-    inner
-        .segments
-        .borrow()
-        .values()
-        .next_back()
-        .expect("a WAL always has an active segment")
-        .clone()
+    inner.segments.borrow().values().next_back().expect("a WAL always has an active segment").clone()
 }
 
 /// Starts a new segment at `start`, sealing the current one there.
@@ -553,26 +482,14 @@ async fn roll(inner: &Rc<Inner>, start: u64) -> Result<Rc<Segment>, WalError> {
 
 /// Builds the aligned buffer of one commit: the kept tail bytes, the commit
 /// marker, every frame, zero padding to the block. Records entry positions.
-fn lay_out(
-    inner: &Inner,
-    seg: &Segment,
-    batch: &Batch,
-    start: u64,
-    total: u64,
-) -> (u64, Vec<u8>, glommio::io::DmaBuffer) {
+fn lay_out(inner: &Inner, seg: &Segment, batch: &Batch, start: u64, total: u64) -> (u64, Vec<u8>, glommio::io::DmaBuffer) {
     let st = inner.st.borrow();
     let file_start = seg.file_offset(start);
     let aligned = format::align_down(file_start, BLOCK_BYTES);
     let tail_len = (file_start - aligned) as usize;
-    assert_eq!(
-        st.tail.len(),
-        tail_len,
-        "tail block out of step with durable_end"
-    );
+    assert_eq!(st.tail.len(), tail_len, "tail block out of step with durable_end");
     let file_end = file_start + total;
-    let mut buf = seg
-        .file
-        .alloc_dma_buffer((format::align_up(file_end, BLOCK_BYTES) - aligned) as usize);
+    let mut buf = seg.file.alloc_dma_buffer((format::align_up(file_end, BLOCK_BYTES) - aligned) as usize);
     let out = buf.as_bytes_mut();
     out[..tail_len].copy_from_slice(&st.tail);
     let entries = batch.entries.borrow();
@@ -614,14 +531,7 @@ impl WalReader {
             let position = self.position;
             match self.read_frame().await? {
                 Ok((KIND_COMMIT, _, _)) => continue,
-                Ok((kind, payload, next)) => {
-                    return Some(Ok(Entry {
-                        position: Position(position),
-                        kind,
-                        payload,
-                        next: Position(next),
-                    }))
-                }
+                Ok((kind, payload, next)) => return Some(Ok(Entry { position: Position(position), kind, payload, next: Position(next) })),
                 Err(e) => return Some(Err(e)),
             }
         }
@@ -640,18 +550,9 @@ impl WalReader {
         if p >= end {
             return None;
         }
-        let seg = inner
-            .segments
-            .borrow()
-            .range(..=p)
-            .next_back()
-            .map(|(_, s)| s.clone());
+        let seg = inner.segments.borrow().range(..=p).next_back().map(|(_, s)| s.clone());
         let Some(seg) = seg else {
-            return Some(Err(WalError::OutOfRange {
-                position: p,
-                start: inner.st.borrow().start,
-                end,
-            }));
+            return Some(Err(WalError::OutOfRange { position: p, start: inner.st.borrow().start, end }));
         };
         let limit = end.min(seg.end_max());
         if self.window.as_ref().is_none_or(|w| w.base != seg.base) {
@@ -674,10 +575,5 @@ impl WalReader {
 
 /// Where the WAL's files live; used by tests and tools.
 pub fn segment_paths(wal: &Wal) -> Vec<PathBuf> {
-    wal.inner
-        .segments
-        .borrow()
-        .values()
-        .map(|s| s.path.clone())
-        .collect()
+    wal.inner.segments.borrow().values().map(|s| s.path.clone()).collect()
 }

@@ -21,10 +21,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::format::{
-    self, FrameCheck, BLOCK_BYTES, COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES,
-    KIND_COMMIT,
-};
+use crate::format::{self, FrameCheck, BLOCK_BYTES, COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES, FRAME_HEADER_BYTES, KIND_COMMIT};
 use crate::segment::{self, Segment, Window, WINDOW_BYTES};
 use crate::{Position, Recovery, WalConfig, WalError};
 
@@ -41,36 +38,19 @@ pub(crate) async fn open_segments(cfg: &WalConfig) -> Result<Opened, WalError> {
         let seg = segment::create(&cfg.dir, 0, cfg.segment_bytes, cfg.sync_mode).await?;
         segments.insert(0, Rc::new(seg));
         segment::sync_dir(&cfg.dir)?;
-        let report = Recovery {
-            entries: 0,
-            end: Position(0),
-            torn_bytes_dropped: 0,
-            segments: 1,
-        };
-        return Ok(Opened {
-            segments,
-            tail: Vec::new(),
-            report,
-        });
+        let report = Recovery { entries: 0, end: Position(0), torn_bytes_dropped: 0, segments: 1 };
+        return Ok(Opened { segments, tail: Vec::new(), report });
     }
     for (base, path) in &listed {
         let seg = segment::open(path, *base, cfg.sync_mode).await?;
         segments.insert(*base, Rc::new(seg));
     }
     check_contiguous(&segments)?;
-    let last = segments
-        .values()
-        .next_back()
-        .expect("listed is not empty")
-        .clone();
+    let last = segments.values().next_back().expect("listed is not empty").clone();
     let scan = scan_last(&last, cfg.entry_bytes_max).await?;
     if scan.torn_bytes > 0 {
         zero_range(&last, scan.end, scan.end + scan.torn_bytes).await?;
-        tracing::warn!(
-            position = scan.end,
-            bytes = scan.torn_bytes,
-            "WAL torn tail truncated"
-        );
+        tracing::warn!(position = scan.end, bytes = scan.torn_bytes, "WAL torn tail truncated");
     }
     let tail = read_tail_block(&last, scan.end).await?;
     let report = Recovery {
@@ -79,11 +59,7 @@ pub(crate) async fn open_segments(cfg: &WalConfig) -> Result<Opened, WalError> {
         torn_bytes_dropped: scan.torn_bytes,
         segments: segments.len(),
     };
-    Ok(Opened {
-        segments,
-        tail,
-        report,
-    })
+    Ok(Opened { segments, tail, report })
 }
 
 fn check_contiguous(segments: &BTreeMap<u64, Rc<Segment>>) -> Result<(), WalError> {
@@ -92,11 +68,7 @@ fn check_contiguous(segments: &BTreeMap<u64, Rc<Segment>>) -> Result<(), WalErro
         if pair[1].base > pair[0].end_max() || pair[1].base < pair[0].base {
             return Err(WalError::Corrupt {
                 position: pair[0].end_max(),
-                reason: format!(
-                    "segments {} and {} are not contiguous",
-                    pair[0].path.display(),
-                    pair[1].path.display()
-                ),
+                reason: format!("segments {} and {} are not contiguous", pair[0].path.display(), pair[1].path.display()),
             });
         }
     }
@@ -139,21 +111,11 @@ async fn scan_last(seg: &Segment, entry_bytes_max: u32) -> Result<Scan, WalError
             reason: format!("frame fails its checks but a whole commit follows at {marker}"),
         });
     }
-    Ok(Scan {
-        end: pos,
-        entries,
-        torn_bytes: rest.nonzero_end.saturating_sub(pos),
-    })
+    Ok(Scan { end: pos, entries, torn_bytes: rest.nonzero_end.saturating_sub(pos) })
 }
 
 /// Checks the commit starting at `pos`: its marker and every frame it names.
-async fn check_commit(
-    w: &mut Window,
-    seg: &Segment,
-    pos: u64,
-    limit: u64,
-    max: u32,
-) -> Result<CommitScan, WalError> {
+async fn check_commit(w: &mut Window, seg: &Segment, pos: u64, limit: u64, max: u32) -> Result<CommitScan, WalError> {
     let marker = match frame_at(w, seg, pos, limit, max).await {
         Ok((KIND_COMMIT, payload, next)) => (payload, next),
         Ok(_) | Err(WalError::Corrupt { .. }) => return Ok(CommitScan::Bad { at: pos }),
@@ -174,38 +136,22 @@ async fn check_commit(
     if at != body_end {
         return Ok(CommitScan::Bad { at });
     }
-    Ok(CommitScan::Whole {
-        frames: u64::from(m.frames),
-        next: body_end,
-    })
+    Ok(CommitScan::Whole { frames: u64::from(m.frames), next: body_end })
 }
 
 /// Reads and checks the frame at `p`, which must end at or before `limit`.
-pub(crate) async fn frame_at(
-    w: &mut Window,
-    seg: &Segment,
-    p: u64,
-    limit: u64,
-    max: u32,
-) -> Result<(u8, Bytes, u64), WalError> {
-    let corrupt = |reason: &str| WalError::Corrupt {
-        position: p,
-        reason: reason.to_owned(),
-    };
+pub(crate) async fn frame_at(w: &mut Window, seg: &Segment, p: u64, limit: u64, max: u32) -> Result<(u8, Bytes, u64), WalError> {
+    let corrupt = |reason: &str| WalError::Corrupt { position: p, reason: reason.to_owned() };
     let mut want = FRAME_HEADER_BYTES;
     for _ in 0..2 {
         let b = w.bytes_at(seg, p, want, limit).await?;
         match format::check_frame(b, p, max) {
             FrameCheck::Valid(h) => {
-                let payload = Bytes::copy_from_slice(
-                    &b[FRAME_HEADER_BYTES as usize..FRAME_HEADER_BYTES as usize + h.len as usize],
-                );
+                let payload = Bytes::copy_from_slice(&b[FRAME_HEADER_BYTES as usize..FRAME_HEADER_BYTES as usize + h.len as usize]);
                 return Ok((h.kind, payload, p + h.total_bytes()));
             }
             FrameCheck::NeedBytes(n) if n > want => want = n,
-            FrameCheck::NeedBytes(_) => {
-                return Err(corrupt("frame extends past the end of the log"))
-            }
+            FrameCheck::NeedBytes(_) => return Err(corrupt("frame extends past the end of the log")),
             FrameCheck::Invalid => return Err(corrupt("bad frame length, kind or CRC")),
         }
     }
@@ -220,10 +166,7 @@ struct Rest {
 /// Looks past the end of the valid log for any valid commit marker and for
 /// the end of any non-zero bytes (the torn region).
 async fn scan_rest(w: &mut Window, seg: &Segment, from: u64, limit: u64) -> Result<Rest, WalError> {
-    let mut rest = Rest {
-        first_marker: None,
-        nonzero_end: from,
-    };
+    let mut rest = Rest { first_marker: None, nonzero_end: from };
     let marker_bytes = format::align_up(COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES);
     let mut chunk_start = from;
     while chunk_start < limit {
@@ -237,9 +180,7 @@ async fn scan_rest(w: &mut Window, seg: &Segment, from: u64, limit: u64) -> Resu
         if rest.first_marker.is_none() {
             rest.first_marker = find_marker(b, chunk_start, from);
         }
-        let step = (b.len() as u64)
-            .saturating_sub(marker_bytes)
-            .max(FRAME_ALIGN_BYTES);
+        let step = (b.len() as u64).saturating_sub(marker_bytes).max(FRAME_ALIGN_BYTES);
         if chunk_start + b.len() as u64 >= limit {
             break;
         }
@@ -253,10 +194,7 @@ fn find_marker(b: &[u8], chunk_start: u64, after: u64) -> Option<u64> {
     while off + COMMIT_FRAME_BYTES as usize <= b.len() {
         let pos = chunk_start + off as u64;
         let looks_like = b[off + 8] == KIND_COMMIT && b[off + 4..off + 8] == 16u32.to_le_bytes();
-        if pos > after
-            && looks_like
-            && matches!(format::check_frame(&b[off..], pos, 0), FrameCheck::Valid(_))
-        {
+        if pos > after && looks_like && matches!(format::check_frame(&b[off..], pos, 0), FrameCheck::Valid(_)) {
             return Some(pos);
         }
         off += FRAME_ALIGN_BYTES as usize;
@@ -278,22 +216,13 @@ async fn zero_range(seg: &Segment, from: u64, to: u64) -> Result<(), WalError> {
         if off == first_block {
             buf.as_bytes_mut()[..keep.len()].copy_from_slice(&keep);
         }
-        let n = seg
-            .file
-            .write_at(buf, off)
-            .await
-            .map_err(|e| WalError::glommio("zeroing torn tail", &seg.path, e))?;
+        let n = seg.file.write_at(buf, off).await.map_err(|e| WalError::glommio("zeroing torn tail", &seg.path, e))?;
         if (n as u64) < len {
-            return Err(WalError::NoSpace {
-                path: seg.path.clone(),
-            });
+            return Err(WalError::NoSpace { path: seg.path.clone() });
         }
         off += len;
     }
-    seg.file
-        .fdatasync()
-        .await
-        .map_err(|e| WalError::glommio("syncing", &seg.path, e))
+    seg.file.fdatasync().await.map_err(|e| WalError::glommio("syncing", &seg.path, e))
 }
 
 /// The bytes of the block holding `end`, from the block's start to `end`.
@@ -310,10 +239,7 @@ async fn read_tail_block(seg: &Segment, end: u64) -> Result<Vec<u8>, WalError> {
         .map_err(|e| WalError::glommio("reading tail block", &seg.path, e))?;
     let n = (file_end - block) as usize;
     if r.len() < n {
-        return Err(WalError::Corrupt {
-            position: end,
-            reason: "segment shorter than its data".into(),
-        });
+        return Err(WalError::Corrupt { position: end, reason: "segment shorter than its data".into() });
     }
     Ok(r[..n].to_vec())
 }

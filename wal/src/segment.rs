@@ -52,12 +52,7 @@ fn open_options(sync: SyncMode, create: bool) -> OpenOptions {
 /// io_uring IOPOLL support per device with a read at offset 0, and an empty
 /// file answers that probe falsely, so the first file it opens on a device
 /// must hold data.
-pub(crate) async fn create(
-    dir: &Path,
-    base: u64,
-    segment_bytes: u64,
-    sync: SyncMode,
-) -> Result<Segment, WalError> {
+pub(crate) async fn create(dir: &Path, base: u64, segment_bytes: u64, sync: SyncMode) -> Result<Segment, WalError> {
     assert!(segment_bytes > SEGMENT_HEADER_BYTES);
     let path = dir.join(format::segment_file_name(base));
     let tmp = path.with_extension("wal.tmp");
@@ -67,16 +62,8 @@ pub(crate) async fn create(
     }
     std::fs::rename(&tmp, &path).map_err(|e| WalError::io("renaming", &tmp, e))?;
     sync_dir(dir)?;
-    let file = open_options(sync, false)
-        .dma_open(&path)
-        .await
-        .map_err(|e| WalError::glommio("opening", &path, e))?;
-    Ok(Segment {
-        base,
-        capacity: segment_bytes - SEGMENT_HEADER_BYTES,
-        file: Rc::new(file),
-        path,
-    })
+    let file = open_options(sync, false).dma_open(&path).await.map_err(|e| WalError::glommio("opening", &path, e))?;
+    Ok(Segment { base, capacity: segment_bytes - SEGMENT_HEADER_BYTES, file: Rc::new(file), path })
 }
 
 fn prepare(path: &Path, base: u64, segment_bytes: u64) -> Result<(), WalError> {
@@ -91,31 +78,17 @@ fn prepare(path: &Path, base: u64, segment_bytes: u64) -> Result<(), WalError> {
     // SAFETY: `f` is an open file descriptor owned by this function.
     let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, segment_bytes as libc::off_t) };
     if rc != 0 {
-        return Err(WalError::io(
-            "preallocating",
-            path,
-            std::io::Error::last_os_error(),
-        ));
+        return Err(WalError::io("preallocating", path, std::io::Error::last_os_error()));
     }
-    f.write_all_at(&format::encode_segment_header(base), 0)
-        .map_err(|e| WalError::io("writing header", path, e))?;
+    f.write_all_at(&format::encode_segment_header(base), 0).map_err(|e| WalError::io("writing header", path, e))?;
     f.sync_all().map_err(|e| WalError::io("syncing", path, e))
 }
 
 /// Opens an existing segment and checks its header.
 pub(crate) async fn open(path: &Path, base: u64, sync: SyncMode) -> Result<Segment, WalError> {
-    let file = open_options(sync, false)
-        .dma_open(path)
-        .await
-        .map_err(|e| WalError::glommio("opening", path, e))?;
-    let size = file
-        .file_size()
-        .await
-        .map_err(|e| WalError::glommio("sizing", path, e))?;
-    let not_a_wal = |reason: String| WalError::NotAWal {
-        path: path.to_owned(),
-        reason,
-    };
+    let file = open_options(sync, false).dma_open(path).await.map_err(|e| WalError::glommio("opening", path, e))?;
+    let size = file.file_size().await.map_err(|e| WalError::glommio("sizing", path, e))?;
+    let not_a_wal = |reason: String| WalError::NotAWal { path: path.to_owned(), reason };
     if size < SEGMENT_HEADER_BYTES {
         return Err(not_a_wal(format!("only {size} bytes long")));
     }
@@ -124,12 +97,7 @@ pub(crate) async fn open(path: &Path, base: u64, sync: SyncMode) -> Result<Segme
         .await
         .map_err(|e| WalError::glommio("reading header", path, e))?;
     format::parse_segment_header(&header, base).map_err(|e| not_a_wal(format!("{e:?}")))?;
-    Ok(Segment {
-        base,
-        capacity: size - SEGMENT_HEADER_BYTES,
-        file: Rc::new(file),
-        path: path.to_owned(),
-    })
+    Ok(Segment { base, capacity: size - SEGMENT_HEADER_BYTES, file: Rc::new(file), path: path.to_owned() })
 }
 
 /// Lists `(base, path)` of the segments in `dir`, sorted; removes leftover
@@ -141,17 +109,13 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
         let entry = entry.map_err(|e| WalError::io("listing", dir, e))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".wal.tmp") {
-            std::fs::remove_file(entry.path())
-                .map_err(|e| WalError::io("removing", entry.path(), e))?;
+            std::fs::remove_file(entry.path()).map_err(|e| WalError::io("removing", entry.path(), e))?;
             continue;
         }
         if let Some(base) = format::parse_segment_file_name(&name) {
             found.push((base, entry.path()));
         } else if name.ends_with(".wal") {
-            return Err(WalError::NotAWal {
-                path: entry.path(),
-                reason: "file name is not <20 digits>.wal".into(),
-            });
+            return Err(WalError::NotAWal { path: entry.path(), reason: "file name is not <20 digits>.wal".into() });
         }
     }
     found.sort();
@@ -160,8 +124,7 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     let d = std::fs::File::open(dir).map_err(|e| WalError::io("opening directory", dir, e))?;
-    d.sync_all()
-        .map_err(|e| WalError::io("syncing directory", dir, e))
+    d.sync_all().map_err(|e| WalError::io("syncing directory", dir, e))
 }
 
 /// Warns once per process when the WAL lives on tmpfs, where O_DIRECT is
@@ -175,9 +138,7 @@ pub(crate) fn warn_if_tmpfs(dir: &Path) {
 
 fn is_tmpfs(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` is a properly sized out-parameter.
     let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
@@ -196,23 +157,13 @@ pub(crate) const WINDOW_BYTES: u64 = 1 << 20;
 
 impl Window {
     pub fn new(base: u64) -> Window {
-        Window {
-            base,
-            start: base,
-            buf: Vec::new(),
-        }
+        Window { base, start: base, buf: Vec::new() }
     }
 
     /// Returns the bytes `[position, min(position + want, limit))`, reading
     /// from the file as needed. `limit` bounds what may be read (the durable
     /// end or the segment's end).
-    pub async fn bytes_at(
-        &mut self,
-        seg: &Segment,
-        position: u64,
-        want: u64,
-        limit: u64,
-    ) -> Result<&[u8], WalError> {
+    pub async fn bytes_at(&mut self, seg: &Segment, position: u64, want: u64, limit: u64) -> Result<&[u8], WalError> {
         debug_assert_eq!(seg.base, self.base);
         let end = (position + want).min(limit);
         let covered = position >= self.start && end <= self.start + self.buf.len() as u64;

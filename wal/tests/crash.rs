@@ -20,13 +20,9 @@ const IN_FLIGHT: u64 = 64;
 
 #[test]
 fn crash_child() {
-    let Ok(dir) = std::env::var("WAL_CRASH_CHILD_DIR") else {
-        return;
-    };
+    let Ok(dir) = std::env::var("WAL_CRASH_CHILD_DIR") else { return };
     run(async move {
-        let (wal, _) = Wal::open(small_config(std::path::Path::new(&dir)))
-            .await
-            .expect("child opens the WAL");
+        let (wal, _) = Wal::open(small_config(std::path::Path::new(&dir))).await.expect("child opens the WAL");
         let next = read_all(&wal).await.len() as u64;
         let acked = std::rc::Rc::new(std::cell::RefCell::new(std::io::stdout()));
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -74,9 +70,7 @@ fn sigkill_never_loses_an_acknowledged_entry() {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let mut it = line.split(' ');
-                let (Some(s), Some(p)) = (it.next(), it.next()) else {
-                    continue;
-                };
+                let (Some(s), Some(p)) = (it.next(), it.next()) else { continue };
                 if let (Ok(s), Ok(p)) = (s.parse::<u64>(), p.parse::<u64>()) {
                     lines.push((s, p));
                 }
@@ -91,11 +85,7 @@ fn sigkill_never_loses_an_acknowledged_entry() {
         acked.extend(got);
         verify(dir.path(), &acked, round);
     }
-    assert!(
-        acked.len() > 1000,
-        "the child acknowledged only {} entries in {KILLS} runs",
-        acked.len()
-    );
+    assert!(acked.len() > 1000, "the child acknowledged only {} entries in {KILLS} runs", acked.len());
 }
 
 fn verify(dir: &std::path::Path, acked: &[(u64, u64)], round: usize) {
@@ -106,29 +96,16 @@ fn verify(dir: &std::path::Path, acked: &[(u64, u64)], round: usize) {
         wal.close().await.unwrap();
         entries
     });
-    let seqs: Vec<u64> = entries
-        .iter()
-        .map(|e| check_payload(&e.payload).expect("intact payload"))
-        .collect();
+    let seqs: Vec<u64> = entries.iter().map(|e| check_payload(&e.payload).expect("intact payload")).collect();
     // Appends from 64 lanes are in call order per commit; within the log the
     // sequence numbers must be a permutation-free prefix: 0..n, no gap.
     let mut sorted = seqs.clone();
     sorted.sort_unstable();
     for (i, s) in sorted.iter().enumerate() {
-        assert_eq!(
-            *s, i as u64,
-            "round {round}: gap or repeat in the recovered log at {i}"
-        );
+        assert_eq!(*s, i as u64, "round {round}: gap or repeat in the recovered log at {i}");
     }
-    let by_seq: std::collections::HashMap<u64, u64> = entries
-        .iter()
-        .map(|e| (check_payload(&e.payload).unwrap(), e.position.0))
-        .collect();
+    let by_seq: std::collections::HashMap<u64, u64> = entries.iter().map(|e| (check_payload(&e.payload).unwrap(), e.position.0)).collect();
     for (seq, pos) in acked {
-        assert_eq!(
-            by_seq.get(seq),
-            Some(pos),
-            "round {round}: acknowledged entry {seq} at {pos} is missing"
-        );
+        assert_eq!(by_seq.get(seq), Some(pos), "round {round}: acknowledged entry {seq} at {pos} is missing");
     }
 }

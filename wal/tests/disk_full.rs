@@ -22,13 +22,8 @@ impl LoopMount {
         std::fs::create_dir(&mnt).unwrap();
         let f = std::fs::File::create(&img).unwrap();
         f.set_len(u64::from(size_mb) << 20).unwrap();
-        sh(Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "0"])
-            .arg(&img));
-        sh(Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mnt));
+        sh(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0"]).arg(&img));
+        sh(Command::new("mount").args(["-o", "loop"]).arg(&img).arg(&mnt));
         LoopMount { mnt, _dir: dir }
     }
 }
@@ -41,11 +36,7 @@ impl Drop for LoopMount {
 
 fn sh(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn free_bytes(p: &Path) -> u64 {
@@ -78,41 +69,23 @@ fn full_disk_is_an_error_and_appends_resume_after_space_is_freed() {
             }
             seq += 1;
         };
-        assert!(
-            matches!(err, WalError::NoSpace { .. }),
-            "expected NoSpace, got {err}"
-        );
+        assert!(matches!(err, WalError::NoSpace { .. }), "expected NoSpace, got {err}");
         assert!(acked.len() > 50);
         // Still full: still an error, not a panic or a hang.
-        assert!(matches!(
-            wal.append(1, payload(seq, 20_000)).await,
-            Err(WalError::NoSpace { .. })
-        ));
+        assert!(matches!(wal.append(1, payload(seq, 20_000)).await, Err(WalError::NoSpace { .. })));
         for (s, p) in &acked {
-            assert_eq!(
-                check_payload(&wal.read(*p).await.unwrap().payload),
-                Some(*s)
-            );
+            assert_eq!(check_payload(&wal.read(*p).await.unwrap().payload), Some(*s));
         }
         std::fs::remove_file(&filler).unwrap();
         for _ in 0..100 {
-            let p = wal
-                .append(1, payload(seq, 20_000))
-                .await
-                .expect("appends work again once space is freed");
+            let p = wal.append(1, payload(seq, 20_000)).await.expect("appends work again once space is freed");
             acked.push((seq, p));
             seq += 1;
         }
         let entries = common::read_all(&wal).await;
-        let seqs: Vec<u64> = entries
-            .iter()
-            .map(|e| check_payload(&e.payload).unwrap())
-            .collect();
+        let seqs: Vec<u64> = entries.iter().map(|e| check_payload(&e.payload).unwrap()).collect();
         let want: Vec<u64> = acked.iter().map(|(s, _)| *s).collect();
-        assert_eq!(
-            seqs, want,
-            "the log holds exactly the acknowledged entries, in order"
-        );
+        assert_eq!(seqs, want, "the log holds exactly the acknowledged entries, in order");
         wal.close().await.unwrap();
     });
 }
@@ -122,9 +95,7 @@ fn full_disk_is_an_error_and_appends_resume_after_space_is_freed() {
 #[test]
 fn tmpfs_falls_back_to_buffered_writes() {
     let dir = tempfile::tempdir().unwrap();
-    sh(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
-        .arg(dir.path()));
+    sh(Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(dir.path()));
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -149,10 +120,7 @@ fn tmpfs_falls_back_to_buffered_writes() {
         let (wal, rec) = Wal::open(cfg).await.unwrap();
         assert_eq!(rec.torn_bytes_dropped, 0);
         for (i, p) in positions.iter().enumerate() {
-            assert_eq!(
-                check_payload(&wal.read(*p).await.unwrap().payload),
-                Some(i as u64)
-            );
+            assert_eq!(check_payload(&wal.read(*p).await.unwrap().payload), Some(i as u64));
         }
         wal.close().await.unwrap();
     });

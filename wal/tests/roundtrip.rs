@@ -81,16 +81,8 @@ fn appends_continue_after_reopen_and_segments_roll() {
             wal.append(1, payload(i, 5000)).await.unwrap();
         }
         let stats = wal.stats();
-        assert!(
-            stats.segments >= 2,
-            "2 MB of entries span 1 MiB segments, got {}",
-            stats.segments
-        );
-        let seqs: Vec<u64> = read_all(&wal)
-            .await
-            .iter()
-            .map(|e| check_payload(&e.payload).unwrap())
-            .collect();
+        assert!(stats.segments >= 2, "2 MB of entries span 1 MiB segments, got {}", stats.segments);
+        let seqs: Vec<u64> = read_all(&wal).await.iter().map(|e| check_payload(&e.payload).unwrap()).collect();
         assert_eq!(seqs, (0..n).collect::<Vec<_>>());
         wal.close().await.unwrap();
     });
@@ -107,11 +99,7 @@ fn group_commit_batches_concurrent_appends() {
         });
         let s = wal.stats();
         assert_eq!(s.appends, 1000);
-        assert!(
-            s.commits < 100,
-            "1000 concurrent appends took {} commits",
-            s.commits
-        );
+        assert!(s.commits < 100, "1000 concurrent appends took {} commits", s.commits);
         assert_eq!(s.commit_entries.len(), s.commits);
         wal.close().await.unwrap();
     });
@@ -124,14 +112,8 @@ fn backpressure_waits_are_counted_and_keep_order() {
     cfg.queue_bytes_max = cfg.commit_bytes_max;
     run(async move {
         let (wal, _) = Wal::open(cfg).await.unwrap();
-        let futs: Vec<_> = (0..200)
-            .map(|i| wal.append(3, payload(i, 10_000)))
-            .collect();
-        let positions: Vec<Position> = join_all(futs)
-            .await
-            .into_iter()
-            .map(|r| r.unwrap())
-            .collect();
+        let futs: Vec<_> = (0..200).map(|i| wal.append(3, payload(i, 10_000))).collect();
+        let positions: Vec<Position> = join_all(futs).await.into_iter().map(|r| r.unwrap()).collect();
         assert!(positions.windows(2).all(|w| w[0] < w[1]));
         assert!(wal.stats().backpressure_waits > 0);
         assert_eq!(wal.stats().queue_bytes, 0);
@@ -145,29 +127,14 @@ fn bad_appends_are_errors() {
     run(async move {
         let (wal, _) = Wal::open(small_config(dir.path())).await.unwrap();
         let too_big = bytes::Bytes::from(vec![0u8; (128 << 10) + 1]);
-        assert!(matches!(
-            wal.append(1, too_big).await,
-            Err(WalError::EntryTooLarge { .. })
-        ));
-        assert!(matches!(
-            wal.append(0xF0, payload(0, 8)).await,
-            Err(WalError::ReservedKind(0xF0))
-        ));
-        assert!(matches!(
-            wal.read(Position(1 << 40)).await,
-            Err(WalError::OutOfRange { .. })
-        ));
+        assert!(matches!(wal.append(1, too_big).await, Err(WalError::EntryTooLarge { .. })));
+        assert!(matches!(wal.append(0xF0, payload(0, 8)).await, Err(WalError::ReservedKind(0xF0))));
+        assert!(matches!(wal.read(Position(1 << 40)).await, Err(WalError::OutOfRange { .. })));
         let p = wal.append(1, payload(1, 8)).await.unwrap();
-        assert!(matches!(
-            wal.read(Position(p.0 + 8)).await,
-            Err(WalError::Corrupt { .. } | WalError::OutOfRange { .. })
-        ));
+        assert!(matches!(wal.read(Position(p.0 + 8)).await, Err(WalError::Corrupt { .. } | WalError::OutOfRange { .. })));
         let w2 = wal.clone();
         wal.close().await.unwrap();
-        assert!(matches!(
-            w2.append(1, payload(2, 8)).await,
-            Err(WalError::Closed)
-        ));
+        assert!(matches!(w2.append(1, payload(2, 8)).await, Err(WalError::Closed)));
     });
 }
 
@@ -176,10 +143,7 @@ fn a_file_that_is_not_a_wal_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("00000000000000000000.wal"), vec![7u8; 8192]).unwrap();
     run(async move {
-        let err = Wal::open(small_config(dir.path()))
-            .await
-            .err()
-            .expect("garbage is refused");
+        let err = Wal::open(small_config(dir.path())).await.err().expect("garbage is refused");
         assert!(matches!(err, WalError::NotAWal { .. }), "{err}");
     });
 }
@@ -199,10 +163,7 @@ fn remove_below_frees_whole_segments() {
         assert_eq!(removed, before - 1, "all but the segment holding {last:?}");
         assert_eq!(segment_paths(&wal).len(), 1);
         assert!(wal.start() <= last);
-        assert_eq!(
-            check_payload(&wal.read(last).await.unwrap().payload),
-            Some(599)
-        );
+        assert_eq!(check_payload(&wal.read(last).await.unwrap().payload), Some(599));
         wal.close().await.unwrap();
     });
 }
@@ -223,11 +184,7 @@ fn write_commits(dir: &std::path::Path, n: u64) -> Vec<Position> {
 
 fn flip_byte_at(dir: &std::path::Path, position: Position, delta: u64) {
     let seg = dir.join("00000000000000000000.wal");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(seg)
-        .unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(seg).unwrap();
     let off = 4096 + position.0 + delta;
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, off).unwrap();
@@ -245,20 +202,13 @@ fn torn_tail_is_truncated_and_reported() {
     run(async move {
         let (wal, rec) = Wal::open(cfg.clone()).await.unwrap();
         assert!(rec.torn_bytes_dropped > 0, "{rec:?}");
-        let seqs: Vec<u64> = read_all(&wal)
-            .await
-            .iter()
-            .map(|e| check_payload(&e.payload).unwrap())
-            .collect();
+        let seqs: Vec<u64> = read_all(&wal).await.iter().map(|e| check_payload(&e.payload).unwrap()).collect();
         assert_eq!(seqs, (0..9).collect::<Vec<_>>());
         let p = wal.append(1, payload(9, 300)).await.unwrap();
         assert!(p.0 < ps[9].0 + 400, "the torn commit's space is reused");
         wal.close().await.unwrap();
         let (wal, rec) = Wal::open(cfg).await.unwrap();
-        assert_eq!(
-            rec.torn_bytes_dropped, 0,
-            "the torn bytes were zeroed on disk"
-        );
+        assert_eq!(rec.torn_bytes_dropped, 0, "the torn bytes were zeroed on disk");
         assert_eq!(read_all(&wal).await.len(), 10);
         wal.close().await.unwrap();
     });

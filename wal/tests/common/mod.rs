@@ -43,10 +43,7 @@ pub fn check_payload(p: &[u8]) -> Option<u64> {
         return None;
     }
     let seq = u64::from_le_bytes(p[..8].try_into().ok()?);
-    p[8..]
-        .iter()
-        .all(|&b| b == (seq % 251) as u8)
-        .then_some(seq)
+    p[8..].iter().all(|&b| b == (seq % 251) as u8).then_some(seq)
 }
 
 pub async fn read_all(wal: &Wal) -> Vec<sluice_wal::Entry> {
