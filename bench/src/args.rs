@@ -207,7 +207,9 @@ pub fn parse_key_value(text: &str) -> anyhow::Result<(String, String)> {
 /// Seconds as a finite, non-negative number no larger than one day.
 pub fn parse_seconds(text: &str) -> anyhow::Result<f64> {
     const SECONDS_MAX: f64 = 86_400.0;
-    let seconds: f64 = text.parse().with_context(|| format!("not a number: {text:?}"))?;
+    let seconds: f64 = text
+        .parse()
+        .with_context(|| format!("not a number: {text:?}"))?;
     if !seconds.is_finite() || !(0.0..=SECONDS_MAX).contains(&seconds) {
         bail!("seconds must be within 0..={SECONDS_MAX}, got {seconds}");
     }

@@ -103,7 +103,11 @@ pub fn create_topic(
     replication_factor: i32,
 ) -> anyhow::Result<Created> {
     assert!(partitions > 0 && replication_factor > 0);
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication_factor));
+    let topic = NewTopic::new(
+        name,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
     let options = AdminOptions::new()
         .request_timeout(Some(REQUEST_TIMEOUT))
         .operation_timeout(Some(REQUEST_TIMEOUT));
@@ -121,8 +125,18 @@ pub fn create_topic(
 /// every partition; returns the partition ids.
 pub fn ensure_topic(common: &CommonArgs) -> anyhow::Result<Vec<i32>> {
     let admin = new_admin(common)?;
-    let created = create_topic(&admin, &common.topic, common.partitions, common.replication_factor)
-        .with_context(|| format!("making sure topic {} exists on {}", common.topic, common.bootstrap))?;
+    let created = create_topic(
+        &admin,
+        &common.topic,
+        common.partitions,
+        common.replication_factor,
+    )
+    .with_context(|| {
+        format!(
+            "making sure topic {} exists on {}",
+            common.topic, common.bootstrap
+        )
+    })?;
     let consumer = new_consumer(common, "sluice-bench-metadata")?;
     let ids = wait_for_partitions(&consumer, &common.topic, REQUEST_TIMEOUT * 3)?;
     if created == Created::AlreadyExisted && ids.len() != common.partitions as usize {
@@ -194,7 +208,11 @@ pub fn watermarks(
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
                 .with_context(|| format!("watermarks of {topic}[{partition}]"))?;
-            Ok(Watermarks { partition, low, high })
+            Ok(Watermarks {
+                partition,
+                low,
+                high,
+            })
         })
         .collect()
 }

@@ -59,7 +59,10 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
             if stop_requested() {
                 break;
             }
-            eprintln!("compare: round {round}/{} on {label} ({bootstrap})", args.rounds);
+            eprintln!(
+                "compare: round {round}/{} on {label} ({bootstrap})",
+                args.rounds
+            );
             runs.push(run_child(&exe, &scenario, bootstrap, limit)?);
         }
     }
@@ -72,31 +75,51 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
     let table = Table::new(&runs_a, &runs_b);
     print!("{}", table.human(&args, rounds_done));
     if args.json {
-        println!("{}", table.json(rounds_done, started.elapsed().as_secs_f64(), stop_requested()));
+        println!(
+            "{}",
+            table.json(
+                rounds_done,
+                started.elapsed().as_secs_f64(),
+                stop_requested()
+            )
+        );
     }
     Ok(())
 }
 
 /// Checks the scenario part and returns it with `--json` added.
 fn scenario_args(scenario: &[String]) -> anyhow::Result<Vec<String>> {
-    let Some(name) = scenario.first() else { bail!("no scenario given after --") };
+    let Some(name) = scenario.first() else {
+        bail!("no scenario given after --")
+    };
     if !SCENARIOS.contains(&name.as_str()) {
         bail!("compare runs one of {SCENARIOS:?}, not {name:?}");
     }
-    if scenario.iter().any(|a| a == "--bootstrap" || a.starts_with("--bootstrap=")) {
+    if scenario
+        .iter()
+        .any(|a| a == "--bootstrap" || a.starts_with("--bootstrap="))
+    {
         bail!("leave --bootstrap out of the scenario: compare adds --a and --b");
     }
     let mut full = scenario.to_vec();
     if !full.iter().any(|a| a == "--json") {
         full.push("--json".into());
     }
-    let check = ["sluice-bench"].into_iter().map(String::from).chain(full.iter().cloned());
+    let check = ["sluice-bench"]
+        .into_iter()
+        .map(String::from)
+        .chain(full.iter().cloned());
     crate::Cli::try_parse_from(check.chain(["--bootstrap".into(), "127.0.0.1:9092".into()]))
         .map_err(|e| anyhow::anyhow!("scenario arguments: {e}"))?;
     Ok(full)
 }
 
-fn run_child(exe: &std::path::Path, scenario: &[String], bootstrap: &str, limit: Duration) -> anyhow::Result<Figures> {
+fn run_child(
+    exe: &std::path::Path,
+    scenario: &[String],
+    bootstrap: &str,
+    limit: Duration,
+) -> anyhow::Result<Figures> {
     let mut child = Command::new(exe)
         .args(scenario)
         .args(["--bootstrap", bootstrap])
@@ -111,12 +134,19 @@ fn run_child(exe: &std::path::Path, scenario: &[String], bootstrap: &str, limit:
         stdout.read_to_string(&mut text).map(|_| text)
     });
     let status = wait_bounded(&mut child, limit)?;
-    let text = reader.join().map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
+    let text = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("stdout reader panicked"))??;
     if !status.success() {
         bail!("run against {bootstrap} failed ({status})");
     }
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).context("run printed nothing")?;
-    let value: Value = serde_json::from_str(last).with_context(|| format!("last line is not JSON: {last}"))?;
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .context("run printed nothing")?;
+    let value: Value =
+        serde_json::from_str(last).with_context(|| format!("last line is not JSON: {last}"))?;
     let mut figures = Figures::new();
     flatten("", &value, &mut figures);
     Ok(figures)
@@ -131,7 +161,10 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> anyhow::Result<ExitStatus
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("run exceeded --run-seconds-max ({:.0}s) and was killed", limit.as_secs_f64());
+            bail!(
+                "run exceeded --run-seconds-max ({:.0}s) and was killed",
+                limit.as_secs_f64()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -147,7 +180,11 @@ fn flatten(prefix: &str, value: &Value, out: &mut Figures) {
         }
         Value::Object(map) => {
             for (key, inner) in map {
-                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 flatten(&path, inner, out);
             }
         }
@@ -174,11 +211,18 @@ struct Table {
 impl Table {
     fn new(runs_a: &[Figures], runs_b: &[Figures]) -> Table {
         let all: Vec<&Figures> = runs_a.iter().chain(runs_b).collect();
-        let mut keys: Vec<&String> =
-            all[0].keys().filter(|k| all.iter().all(|run| run.contains_key(*k))).collect();
+        let mut keys: Vec<&String> = all[0]
+            .keys()
+            .filter(|k| all.iter().all(|run| run.contains_key(*k)))
+            .collect();
         keys.sort_by_key(|k| (figure_rank(k), *k));
-        let side = |runs: &[Figures], key: &str| median(&mut runs.iter().map(|r| r[key]).collect::<Vec<_>>());
-        let rows = keys.into_iter().map(|k| (k.clone(), side(runs_a, k), side(runs_b, k))).collect();
+        let side = |runs: &[Figures], key: &str| {
+            median(&mut runs.iter().map(|r| r[key]).collect::<Vec<_>>())
+        };
+        let rows = keys
+            .into_iter()
+            .map(|k| (k.clone(), side(runs_a, k), side(runs_b, k)))
+            .collect();
         Table { rows }
     }
 
@@ -189,9 +233,15 @@ impl Table {
             args.b,
             args.scenario.join(" ")
         );
-        out.push_str(&format!("   {:<34} {:>16} {:>16} {:>9}\n", "figure", "A", "B", "A/B"));
+        out.push_str(&format!(
+            "   {:<34} {:>16} {:>16} {:>9}\n",
+            "figure", "A", "B", "A/B"
+        ));
         for (key, a, b) in &self.rows {
-            out.push_str(&format!("   {key:<34} {a:>16.3} {b:>16.3} {:>9}\n", ratio_text(*a, *b)));
+            out.push_str(&format!(
+                "   {key:<34} {a:>16.3} {b:>16.3} {:>9}\n",
+                ratio_text(*a, *b)
+            ));
         }
         out
     }
@@ -201,7 +251,10 @@ impl Table {
         for (key, va, vb) in &self.rows {
             a.insert(key.clone(), json!(va));
             b.insert(key.clone(), json!(vb));
-            ratio.insert(key.clone(), ratio_of(*va, *vb).map_or(Value::Null, |r| json!(r)));
+            ratio.insert(
+                key.clone(),
+                ratio_of(*va, *vb).map_or(Value::Null, |r| json!(r)),
+            );
         }
         let mut top = json!({
             "scenario": "compare", "rounds": rounds, "wall_seconds": wall_seconds,
@@ -214,7 +267,10 @@ impl Table {
         let latency: Map<String, Value> = self
             .rows
             .iter()
-            .filter_map(|(k, va, _)| k.strip_prefix("latency_us.").map(|p| (p.to_string(), json!(va))))
+            .filter_map(|(k, va, _)| {
+                k.strip_prefix("latency_us.")
+                    .map(|p| (p.to_string(), json!(va)))
+            })
             .collect();
         if !latency.is_empty() {
             top["latency_us"] = Value::Object(latency);
@@ -223,7 +279,10 @@ impl Table {
     }
 
     fn value_a(&self, key: &str) -> Option<f64> {
-        self.rows.iter().find(|(k, _, _)| k == key).map(|(_, a, _)| *a)
+        self.rows
+            .iter()
+            .find(|(k, _, _)| k == key)
+            .map(|(_, a, _)| *a)
     }
 }
 
@@ -234,7 +293,10 @@ fn figure_rank(key: &str) -> usize {
     if let Some(i) = LEADING_FIGURES.iter().position(|f| *f == key) {
         return i;
     }
-    match key.strip_prefix("latency_us.").and_then(|p| LATENCY_ORDER.iter().position(|f| *f == p)) {
+    match key
+        .strip_prefix("latency_us.")
+        .and_then(|p| LATENCY_ORDER.iter().position(|f| *f == p))
+    {
         Some(i) => LEADING_FIGURES.len() + i,
         None => LEADING_FIGURES.len() + LATENCY_ORDER.len(),
     }
@@ -261,7 +323,11 @@ mod tests {
     #[test]
     fn flattens_nested_numbers() {
         let mut out = Figures::new();
-        flatten("", &json!({"a": 1, "b": {"c": 2.5, "d": "x"}, "e": true}), &mut out);
+        flatten(
+            "",
+            &json!({"a": 1, "b": {"c": 2.5, "d": "x"}, "e": true}),
+            &mut out,
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out["b.c"], 2.5);
     }
@@ -278,10 +344,18 @@ mod tests {
 
     #[test]
     fn table_compares_medians() {
-        let run = |v: f64| Figures::from([("msgs_per_sec".to_string(), v), ("only_here".to_string(), 1.0)]);
+        let run = |v: f64| {
+            Figures::from([
+                ("msgs_per_sec".to_string(), v),
+                ("only_here".to_string(), 1.0),
+            ])
+        };
         let mut b_run = run(50.0);
         b_run.remove("only_here");
-        let table = Table::new(&[run(100.0), run(120.0), run(110.0)], &[b_run.clone(), b_run.clone(), b_run]);
+        let table = Table::new(
+            &[run(100.0), run(120.0), run(110.0)],
+            &[b_run.clone(), b_run.clone(), b_run],
+        );
         assert_eq!(table.rows, vec![("msgs_per_sec".to_string(), 110.0, 50.0)]);
         let value = table.json(3, 1.0, false);
         assert_eq!(value["ratio"]["msgs_per_sec"], json!(2.2));

@@ -43,7 +43,12 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     let marks = watermarks(&consumer, &common.topic, &partitions)?;
     assign_from_low(&consumer, &common.topic, &marks)?;
     let read = read_until_end(&consumer, common, &marks);
-    let settings = format!("topic={} bootstrap={} partitions read={}", common.topic, common.bootstrap, marks.len());
+    let settings = format!(
+        "topic={} bootstrap={} partitions read={}",
+        common.topic,
+        common.bootstrap,
+        marks.len()
+    );
     let mut summary = Summary::new("consume", settings);
     fill_summary(&mut summary, &read, common);
     emit(&summary, &Outputs::of(common))
@@ -59,7 +64,11 @@ fn fill(common: &CommonArgs, records: u64) -> anyhow::Result<()> {
     check_delivered(&outcome)
 }
 
-fn assign_from_low(consumer: &BenchConsumer, topic: &str, marks: &[Watermarks]) -> anyhow::Result<()> {
+fn assign_from_low(
+    consumer: &BenchConsumer,
+    topic: &str,
+    marks: &[Watermarks],
+) -> anyhow::Result<()> {
     let mut list = TopicPartitionList::with_capacity(marks.len());
     for mark in marks {
         list.add_partition_offset(topic, mark.partition, Offset::Offset(mark.low))
@@ -108,7 +117,9 @@ impl Positions {
 
     /// Accounts a record; returns whether it is new and below the end offset.
     fn advance(&mut self, partition: i32, offset: i64) -> bool {
-        let Ok(i) = self.partitions.binary_search(&partition) else { return false };
+        let Ok(i) = self.partitions.binary_search(&partition) else {
+            return false;
+        };
         if offset < self.next[i] || offset >= self.high[i] {
             return false;
         }
@@ -143,7 +154,9 @@ fn read_until_end(consumer: &BenchConsumer, common: &CommonArgs, marks: &[Waterm
             Some(Err(error)) => read.on_error(&error),
             Some(Ok(_)) | None => {}
         }
-        progress.tick(read.total, || format!("records read, {} to go", positions.remaining));
+        progress.tick(read.total, || {
+            format!("records read, {} to go", positions.remaining)
+        });
     }
     read
 }
@@ -174,7 +187,10 @@ fn fill_summary(summary: &mut Summary, read: &Read, common: &CommonArgs) {
         summary.messages = read.total;
         summary.bytes = read.total_bytes;
         summary.seconds = read.last_ns as f64 / 1e9;
-        summary.put("note", "read finished inside the warm-up; all records counted");
+        summary.put(
+            "note",
+            "read finished inside the warm-up; all records counted",
+        );
     } else {
         summary.messages = read.measured;
         summary.bytes = read.measured_bytes;
@@ -189,7 +205,10 @@ fn fill_summary(summary: &mut Summary, read: &Read, common: &CommonArgs) {
         summary.put("first_error", error.clone());
     }
     if read.expected == 0 {
-        eprintln!("note: topic {} is empty; use --fill-records N to write records first", common.topic);
+        eprintln!(
+            "note: topic {} is empty; use --fill-records N to write records first",
+            common.topic
+        );
     }
 }
 
@@ -199,8 +218,16 @@ mod tests {
 
     fn marks() -> Vec<Watermarks> {
         vec![
-            Watermarks { partition: 1, low: 10, high: 12 },
-            Watermarks { partition: 0, low: 0, high: 3 },
+            Watermarks {
+                partition: 1,
+                low: 10,
+                high: 12,
+            },
+            Watermarks {
+                partition: 0,
+                low: 0,
+                high: 3,
+            },
         ]
     }
 

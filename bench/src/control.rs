@@ -52,7 +52,13 @@ pub struct Progress {
 impl Progress {
     pub fn new(label: &'static str, origin: Instant) -> Progress {
         let now = Instant::now();
-        Progress { label, origin, next_at: now + Duration::from_secs(1), count_last: 0, at_last: now }
+        Progress {
+            label,
+            origin,
+            next_at: now + Duration::from_secs(1),
+            count_last: 0,
+            at_last: now,
+        }
     }
 
     /// Cheap when not due: one clock read. `detail` runs only when a line is

@@ -21,8 +21,12 @@ use crate::args::CommonArgs;
 use crate::client::{ensure_topic, new_consumer, watermarks, BenchConsumer};
 use crate::control::stop_requested;
 use crate::payload::{Header, HEADER_BYTES};
-use crate::produce::{duration_ns, elapsed_ns, parse_rate, put_producer_counts, run_producer, ProducerPlan};
-use crate::report::{emit, new_latency_histogram, record_latency_us, LatencySummary, Outputs, Summary};
+use crate::produce::{
+    duration_ns, elapsed_ns, parse_rate, put_producer_counts, run_producer, ProducerPlan,
+};
+use crate::report::{
+    emit, new_latency_histogram, record_latency_us, LatencySummary, Outputs, Summary,
+};
 
 const POLL_TIMEOUT: Duration = Duration::from_millis(20);
 /// How long the consumer keeps reading after Ctrl-C.
@@ -68,7 +72,10 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
     let consumer = new_consumer(common, "sluice-bench-e2e")?;
     assign_at_end(&consumer, &common.topic, &partitions)?;
     let mut plan = ProducerPlan::new(common, Some(args.rate), args.in_flight_records_max);
-    let shared = Shared { received: Arc::new(AtomicU64::new(0)), expected: AtomicU64::new(u64::MAX) };
+    let shared = Shared {
+        received: Arc::new(AtomicU64::new(0)),
+        expected: AtomicU64::new(u64::MAX),
+    };
     plan.progress_extra = Some(("received", shared.received.clone()));
     let (produced, received) = std::thread::scope(|scope| {
         let (plan_ref, shared_ref) = (&plan, &shared);
@@ -99,7 +106,10 @@ fn assign_at_end(consumer: &BenchConsumer, topic: &str, partitions: &[i32]) -> a
 /// or shortly after Ctrl-C.
 fn read_loop(consumer: &BenchConsumer, plan: &ProducerPlan, shared: &Shared) -> Received {
     let measure_from_ns = duration_ns(plan.warmup);
-    let mut deadline = plan.origin + plan.warmup + plan.measure + Duration::from_secs(crate::args::DRAIN_SECONDS_MAX);
+    let mut deadline = plan.origin
+        + plan.warmup
+        + plan.measure
+        + Duration::from_secs(crate::args::DRAIN_SECONDS_MAX);
     let mut received = Received {
         latency: new_latency_histogram(),
         total: 0,
@@ -134,7 +144,10 @@ impl Received {
                 if header.sent_ns >= measure_from_ns {
                     self.measured += 1;
                     self.measured_bytes += payload.len() as u64;
-                    record_latency_us(&mut self.latency, now_ns.saturating_sub(header.sent_ns) / 1_000);
+                    record_latency_us(
+                        &mut self.latency,
+                        now_ns.saturating_sub(header.sent_ns) / 1_000,
+                    );
                 }
             }
             _ => self.foreign += 1,
@@ -148,7 +161,11 @@ fn summarize(
     produced: &crate::produce::ProduceOutcome,
     received: &Received,
 ) -> Summary {
-    let settings = format!("rate={}/s; {}", plan.rate_per_sec.unwrap_or(0.0), common.describe());
+    let settings = format!(
+        "rate={}/s; {}",
+        plan.rate_per_sec.unwrap_or(0.0),
+        common.describe()
+    );
     let mut summary = Summary::new("e2e", settings);
     summary.seconds = produced.seconds;
     summary.messages = received.measured;
@@ -156,15 +173,24 @@ fn summarize(
     summary.latency = Some(received.latency.clone());
     summary.interrupted = produced.interrupted;
     put_producer_counts(&mut summary, produced, plan);
-    summary.put("produce_latency_us", serde_json::json!(LatencySummary::of(&produced.latency)));
+    summary.put(
+        "produce_latency_us",
+        serde_json::json!(LatencySummary::of(&produced.latency)),
+    );
     summary.put("messages_received_total", received.total);
-    summary.put("messages_missing", produced.acked_total.saturating_sub(received.total));
+    summary.put(
+        "messages_missing",
+        produced.acked_total.saturating_sub(received.total),
+    );
     summary.put("records_foreign", received.foreign);
     summary.put("consume_errors", received.errors);
     summary
 }
 
-fn check_complete(produced: &crate::produce::ProduceOutcome, received: &Received) -> anyhow::Result<()> {
+fn check_complete(
+    produced: &crate::produce::ProduceOutcome,
+    received: &Received,
+) -> anyhow::Result<()> {
     crate::produce::check_delivered(produced)?;
     if received.total < produced.acked_total && !produced.interrupted {
         bail!(

@@ -33,7 +33,11 @@ mod wal;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "sluice-bench", version, about = "Benchmarks a Kafka-compatible broker through the Kafka protocol")]
+#[command(
+    name = "sluice-bench",
+    version,
+    about = "Benchmarks a Kafka-compatible broker through the Kafka protocol"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

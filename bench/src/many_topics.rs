@@ -61,9 +61,20 @@ struct Layout {
 impl Layout {
     fn new(prefix: &str, topics: u32, partitions: i32) -> Layout {
         let run_id = new_run_id();
-        let names: Vec<String> = (0..topics).map(|i| format!("{prefix}-{run_id:08x}-{i:05}")).collect();
-        let index_of = names.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect();
-        Layout { names, index_of, partitions, run_id }
+        let names: Vec<String> = (0..topics)
+            .map(|i| format!("{prefix}-{run_id:08x}-{i:05}"))
+            .collect();
+        let index_of = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        Layout {
+            names,
+            index_of,
+            partitions,
+            run_id,
+        }
     }
 
     fn slots(&self) -> usize {
@@ -72,7 +83,9 @@ impl Layout {
 
     fn slot(&self, topic: &str, partition: i32) -> Option<usize> {
         let index = *self.index_of.get(topic)? as usize;
-        (0..self.partitions).contains(&partition).then(|| index * self.partitions as usize + partition as usize)
+        (0..self.partitions)
+            .contains(&partition)
+            .then(|| index * self.partitions as usize + partition as usize)
     }
 
     fn slot_name(&self, slot: usize) -> String {
@@ -81,7 +94,10 @@ impl Layout {
     }
 
     fn payload(&self, topic: &str, partition: i32) -> String {
-        format!("sluice-bench many-topics run={:08x} topic={topic} partition={partition}", self.run_id)
+        format!(
+            "sluice-bench many-topics run={:08x} topic={topic} partition={partition}",
+            self.run_id
+        )
     }
 
     fn run_prefix(&self) -> String {
@@ -134,12 +150,22 @@ struct Creation {
 }
 
 /// One CreateTopics request per topic, one after the other, each timed.
-fn create_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> anyhow::Result<Creation> {
+fn create_all(
+    common: &CommonArgs,
+    layout: &Layout,
+    phase_max: Duration,
+) -> anyhow::Result<Creation> {
     let admin = new_admin(common)?;
     let start = Instant::now();
     let mut progress = Progress::new("create-topics", start);
-    let mut creation =
-        Creation { latency: new_latency_histogram(), new: 0, existed: 0, failed: Vec::new(), seconds: 0.0, interrupted: false };
+    let mut creation = Creation {
+        latency: new_latency_histogram(),
+        new: 0,
+        existed: 0,
+        failed: Vec::new(),
+        seconds: 0.0,
+        interrupted: false,
+    };
     for name in &layout.names {
         if stop_requested() || start.elapsed() >= phase_max {
             creation.interrupted = true;
@@ -153,7 +179,9 @@ fn create_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> anyh
             Ok(Created::AlreadyExisted) => creation.existed += 1,
             Err(error) => creation.failed.push(format!("{error:#}")),
         }
-        progress.tick(creation.latency.len(), || format!("topics created of {}", layout.names.len()));
+        progress.tick(creation.latency.len(), || {
+            format!("topics created of {}", layout.names.len())
+        });
     }
     creation.seconds = start.elapsed().as_secs_f64();
     Ok(creation)
@@ -188,7 +216,11 @@ impl ProducerContext for DeliveryCount {
             Err((error, message)) => {
                 state.failed += 1;
                 if state.failures.len() < NAMES_LISTED_MAX {
-                    state.failures.push(format!("{}[{}]: {error}", message.topic(), message.partition()));
+                    state.failures.push(format!(
+                        "{}[{}]: {error}",
+                        message.topic(),
+                        message.partition()
+                    ));
                 }
             }
         }
@@ -202,10 +234,19 @@ struct Production {
 }
 
 /// One record to every partition, then a bounded flush.
-fn produce_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> anyhow::Result<Production> {
-    let context = DeliveryCount { state: Mutex::new(Deliveries::default()), errors: ErrorProbe::default() };
-    let producer: BaseProducer<DeliveryCount> =
-        common.producer_config().create_with_context(context).context("creating producer")?;
+fn produce_all(
+    common: &CommonArgs,
+    layout: &Layout,
+    phase_max: Duration,
+) -> anyhow::Result<Production> {
+    let context = DeliveryCount {
+        state: Mutex::new(Deliveries::default()),
+        errors: ErrorProbe::default(),
+    };
+    let producer: BaseProducer<DeliveryCount> = common
+        .producer_config()
+        .create_with_context(context)
+        .context("creating producer")?;
     let start = Instant::now();
     let deadline = start + phase_max;
     let mut sent = 0u64;
@@ -224,8 +265,18 @@ fn produce_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> any
     if let Err(error) = producer.flush(left) {
         eprintln!("flush: {error} (records still outstanding are reported as not acknowledged)");
     }
-    let deliveries = std::mem::take(&mut *producer.context().state.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(Production { sent, deliveries, seconds: start.elapsed().as_secs_f64() })
+    let deliveries = std::mem::take(
+        &mut *producer
+            .context()
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    Ok(Production {
+        sent,
+        deliveries,
+        seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// Enqueues one record, polling while librdkafka's queue is full; false when
@@ -241,7 +292,9 @@ fn send_waiting(
         if stop_requested() || Instant::now() >= deadline {
             return false;
         }
-        let record = BaseRecord::<(), [u8], ()>::to(topic).partition(partition).payload(payload);
+        let record = BaseRecord::<(), [u8], ()>::to(topic)
+            .partition(partition)
+            .payload(payload);
         match producer.send(record) {
             Ok(()) => {
                 producer.poll(Duration::ZERO);
@@ -269,12 +322,20 @@ struct Verification {
 
 /// Reads every partition from the beginning until each holds this run's
 /// record, the phase deadline, or Ctrl-C.
-fn verify_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> anyhow::Result<Verification> {
-    let consumer = new_consumer(common, &format!("sluice-bench-many-topics-{:08x}", layout.run_id))?;
+fn verify_all(
+    common: &CommonArgs,
+    layout: &Layout,
+    phase_max: Duration,
+) -> anyhow::Result<Verification> {
+    let consumer = new_consumer(
+        common,
+        &format!("sluice-bench-many-topics-{:08x}", layout.run_id),
+    )?;
     let mut list = TopicPartitionList::with_capacity(layout.slots());
     for name in &layout.names {
         for partition in 0..layout.partitions {
-            list.add_partition_offset(name, partition, Offset::Beginning).context("building assignment")?;
+            list.add_partition_offset(name, partition, Offset::Beginning)
+                .context("building assignment")?;
         }
     }
     consumer.assign(&list).context("assign")?;
@@ -297,7 +358,9 @@ fn verify_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> anyh
             let payload = message.payload().unwrap_or(&[]);
             v.check(layout, message.topic(), message.partition(), payload);
         }
-        progress.tick(v.verified, || format!("records verified of {}", layout.slots()));
+        progress.tick(v.verified, || {
+            format!("records verified of {}", layout.slots())
+        });
     }
     v.seconds = start.elapsed().as_secs_f64();
     Ok(v)
@@ -305,27 +368,44 @@ fn verify_all(common: &CommonArgs, layout: &Layout, phase_max: Duration) -> anyh
 
 impl Verification {
     fn check(&mut self, layout: &Layout, topic: &str, partition: i32, payload: &[u8]) {
-        let Some(slot) = layout.slot(topic, partition) else { return };
+        let Some(slot) = layout.slot(topic, partition) else {
+            return;
+        };
         if payload == layout.payload(topic, partition).as_bytes() {
             if !self.found[slot] {
                 self.found[slot] = true;
                 self.verified += 1;
                 self.bytes += payload.len() as u64;
             }
-        } else if payload.starts_with(layout.run_prefix().as_bytes()) && self.mismatched.len() < NAMES_LISTED_MAX {
+        } else if payload.starts_with(layout.run_prefix().as_bytes())
+            && self.mismatched.len() < NAMES_LISTED_MAX
+        {
             let text = String::from_utf8_lossy(payload);
-            self.mismatched.push(format!("{topic}[{partition}] holds {text:?}"));
+            self.mismatched
+                .push(format!("{topic}[{partition}] holds {text:?}"));
         }
     }
 
     fn missing(&self, layout: &Layout) -> (usize, Vec<String>) {
-        let missing: Vec<usize> = (0..self.found.len()).filter(|&slot| !self.found[slot]).collect();
-        let names = missing.iter().take(NAMES_LISTED_MAX).map(|&slot| layout.slot_name(slot)).collect();
+        let missing: Vec<usize> = (0..self.found.len())
+            .filter(|&slot| !self.found[slot])
+            .collect();
+        let names = missing
+            .iter()
+            .take(NAMES_LISTED_MAX)
+            .map(|&slot| layout.slot_name(slot))
+            .collect();
         (missing.len(), names)
     }
 }
 
-fn fill_summary(summary: &mut Summary, layout: &Layout, c: &Creation, p: &Production, v: &Verification) {
+fn fill_summary(
+    summary: &mut Summary,
+    layout: &Layout,
+    c: &Creation,
+    p: &Production,
+    v: &Verification,
+) {
     let (missing, missing_names) = v.missing(layout);
     summary.messages = v.verified;
     summary.bytes = v.bytes;
@@ -364,8 +444,16 @@ fn check(layout: &Layout, c: &Creation, v: &Verification) -> anyhow::Result<()> 
         eprintln!("WRONG RECORD: {mismatch}");
     }
     let more = missing.saturating_sub(names.len());
-    eprintln!("MISSING {missing} of {} records: {}{}", layout.slots(), names.join(", "),
-              if more > 0 { format!(" and {more} more") } else { String::new() });
+    eprintln!(
+        "MISSING {missing} of {} records: {}{}",
+        layout.slots(),
+        names.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    );
     bail!(
         "many-topics verification failed: {missing} missing, {} wrong, {} topics not created",
         v.mismatched.len(),
@@ -385,7 +473,12 @@ impl BrokerWatch {
     fn start(pid: i32) -> anyhow::Result<BrokerWatch> {
         let before = sample(pid)?;
         let sampler = Sampler::start(pid)?;
-        Ok(BrokerWatch { pid, before, phases: Vec::new(), sampler })
+        Ok(BrokerWatch {
+            pid,
+            before,
+            phases: Vec::new(),
+            sampler,
+        })
     }
 
     fn phase(&mut self, name: &'static str) {
@@ -404,7 +497,10 @@ impl BrokerWatch {
         summary.put("broker_rss_samples", sampled.samples);
         let mut previous = self.before;
         for (name, s) in &self.phases {
-            summary.put(&format!("broker_cpu_seconds_{name}"), s.cpu_seconds_since(&previous));
+            summary.put(
+                &format!("broker_cpu_seconds_{name}"),
+                s.cpu_seconds_since(&previous),
+            );
             summary.put(&format!("broker_rss_kb_after_{name}"), s.rss_kb);
             previous = *s;
         }
@@ -414,7 +510,10 @@ impl BrokerWatch {
         sleep_interruptible(idle);
         match (idle_start, sample(self.pid)) {
             (Ok(start), Ok(end)) => {
-                summary.put("broker_idle_seconds", end.at.duration_since(start.at).as_secs_f64());
+                summary.put(
+                    "broker_idle_seconds",
+                    end.at.duration_since(start.at).as_secs_f64(),
+                );
                 summary.put("broker_idle_cpu_percent", end.cpu_percent_since(&start));
                 summary.put("broker_rss_kb_after_idle", end.rss_kb);
                 summary.put("broker_hwm_kb", end.hwm_kb);

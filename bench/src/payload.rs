@@ -43,7 +43,11 @@ impl Header {
         if u32_at(0)? != MAGIC {
             return None;
         }
-        Some(Header { run_id: u32_at(4)?, seq: u64_at(8)?, sent_ns: u64_at(16)? })
+        Some(Header {
+            run_id: u32_at(4)?,
+            seq: u64_at(8)?,
+            sent_ns: u64_at(16)?,
+        })
     }
 }
 
@@ -78,7 +82,11 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let header = Header { run_id: 7, seq: 1 << 40, sent_ns: 123_456_789 };
+        let header = Header {
+            run_id: 7,
+            seq: 1 << 40,
+            sent_ns: 123_456_789,
+        };
         let mut buf = filler(100, 3);
         header.write(&mut buf);
         assert_eq!(Header::read(&buf), Some(header));
@@ -86,7 +94,11 @@ mod tests {
 
     #[test]
     fn short_or_foreign_payloads_are_rejected() {
-        let header = Header { run_id: 1, seq: 2, sent_ns: 3 };
+        let header = Header {
+            run_id: 1,
+            seq: 2,
+            sent_ns: 3,
+        };
         let mut short = vec![0u8; HEADER_BYTES - 1];
         header.write(&mut short);
         assert_eq!(Header::read(&short), None);

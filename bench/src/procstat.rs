@@ -49,7 +49,12 @@ pub fn sample(pid: i32) -> anyhow::Result<ProcSample> {
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     let (rss_kb, hwm_kb) = parse_status(&status).context("no VmRSS/VmHWM in status")?;
     let cpu_ticks = parse_stat_cpu_ticks(&stat).context("malformed stat")?;
-    Ok(ProcSample { rss_kb, hwm_kb, cpu_ticks, at: Instant::now() })
+    Ok(ProcSample {
+        rss_kb,
+        hwm_kb,
+        cpu_ticks,
+        at: Instant::now(),
+    })
 }
 
 /// `(VmRSS, VmHWM)` in kB.

@@ -56,7 +56,9 @@ pub struct ProduceArgs {
 }
 
 pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
-    let rate: f64 = text.parse().with_context(|| format!("not a number: {text:?}"))?;
+    let rate: f64 = text
+        .parse()
+        .with_context(|| format!("not a number: {text:?}"))?;
     if !rate.is_finite() || rate <= 0.0 || rate > RATE_PER_SEC_MAX {
         bail!("rate must be within (0, {RATE_PER_SEC_MAX}] records/s, got {rate}");
     }
@@ -81,7 +83,11 @@ pub struct ProducerPlan {
 }
 
 impl ProducerPlan {
-    pub fn new(common: &CommonArgs, rate_per_sec: Option<f64>, in_flight_records_max: u64) -> ProducerPlan {
+    pub fn new(
+        common: &CommonArgs,
+        rate_per_sec: Option<f64>,
+        in_flight_records_max: u64,
+    ) -> ProducerPlan {
         ProducerPlan {
             topic: common.topic.clone(),
             record_bytes: common.record_bytes as usize,
@@ -148,7 +154,9 @@ struct DeliveryProbe {
 
 impl DeliveryProbe {
     fn lock(&self) -> MutexGuard<'_, (DeliveryState, Histogram<u64>)> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn on_ack(&self, intended_ns: u64) {
@@ -262,8 +270,10 @@ pub fn run_producer(common: &CommonArgs, plan: &ProducerPlan) -> anyhow::Result<
         state: Mutex::new((DeliveryState::default(), new_latency_histogram())),
         errors: ErrorProbe::default(),
     };
-    let producer: BenchProducer =
-        common.producer_config().create_with_context(probe).context("creating producer")?;
+    let producer: BenchProducer = common
+        .producer_config()
+        .create_with_context(probe)
+        .context("creating producer")?;
     let mut progress = Progress::new("produce", plan.origin);
     let sent = send_loop(&producer, plan, &mut progress);
     let send_window_ns = sent.stopped_at_ns.saturating_sub(duration_ns(plan.warmup));
@@ -284,7 +294,13 @@ struct Sent {
 
 fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progress) -> Sent {
     let mut payload = filler(plan.record_bytes, u64::from(plan.run_id));
-    let mut sent = Sent { count: 0, queue_full_waits: 0, stopped_at_ns: 0, interrupted: false, send_error: None };
+    let mut sent = Sent {
+        count: 0,
+        queue_full_waits: 0,
+        stopped_at_ns: 0,
+        interrupted: false,
+        send_error: None,
+    };
     let end_ns = plan.send_end_ns();
     while sent.count < plan.records_max {
         if stop_requested() {
@@ -307,8 +323,19 @@ fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progr
             }
             NextSend::Done => break,
         };
-        Header { run_id: plan.run_id, seq: sent.count, sent_ns: intended_ns }.write(&mut payload);
-        match send_one(producer, plan, &payload, intended_ns, &mut sent.queue_full_waits) {
+        Header {
+            run_id: plan.run_id,
+            seq: sent.count,
+            sent_ns: intended_ns,
+        }
+        .write(&mut payload);
+        match send_one(
+            producer,
+            plan,
+            &payload,
+            intended_ns,
+            &mut sent.queue_full_waits,
+        ) {
             Ok(true) => {}
             Ok(false) => break,
             Err(error) => {
@@ -363,8 +390,9 @@ fn send_one(
 ) -> Result<bool, String> {
     let deadline = plan.hard_deadline();
     loop {
-        let record = BaseRecord::<(), [u8], usize>::with_opaque_to(&plan.topic, intended_ns as usize)
-            .payload(payload);
+        let record =
+            BaseRecord::<(), [u8], usize>::with_opaque_to(&plan.topic, intended_ns as usize)
+                .payload(payload);
         match producer.send(record) {
             Ok(()) => return Ok(true),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -376,7 +404,8 @@ fn send_one(
             }
             Err((error, _)) => {
                 let fatal = producer.client().fatal_error();
-                let reason = fatal.map_or(String::new(), |(code, text)| format!(" ({code}: {text})"));
+                let reason =
+                    fatal.map_or(String::new(), |(code, text)| format!(" ({code}: {text})"));
                 return Err(format!("send to {}: {error}{reason}", plan.topic));
             }
         }
@@ -395,18 +424,29 @@ fn drain(producer: &BenchProducer, plan: &ProducerPlan, sent: u64, progress: &mu
         if stop_requested() {
             deadline = deadline.min(Instant::now() + DRAIN_AFTER_STOP);
         }
-        progress.tick(completed, || format!("completed, draining {} outstanding", sent - completed));
+        progress.tick(completed, || {
+            format!("completed, draining {} outstanding", sent - completed)
+        });
         producer.poll(Duration::from_millis(10));
     }
 }
 
-fn collect(producer: &BenchProducer, sent: Sent, unfinished: u64, send_window_ns: u64) -> ProduceOutcome {
+fn collect(
+    producer: &BenchProducer,
+    sent: Sent,
+    unfinished: u64,
+    send_window_ns: u64,
+) -> ProduceOutcome {
     let probe = producer.context();
     let guard = probe.lock();
     let (state, hist) = &*guard;
     let measure_from_ns = probe.measure_from_ns;
     let ack_window_ns = state.last_measured_ack_ns.saturating_sub(measure_from_ns);
-    let window_ns = if state.acked_measured > 0 { send_window_ns.max(ack_window_ns) } else { send_window_ns };
+    let window_ns = if state.acked_measured > 0 {
+        send_window_ns.max(ack_window_ns)
+    } else {
+        send_window_ns
+    };
     ProduceOutcome {
         sent: sent.count,
         acked_total: state.acked_total,
@@ -428,7 +468,10 @@ fn progress_detail(plan: &ProducerPlan, sent: u64, completed: u64) -> String {
         Some((label, counter)) => format!(" {label}={}", counter.load(Ordering::Relaxed)),
         None => String::new(),
     };
-    format!("completed (acked or failed), sent={sent} in_flight={}{extra}", sent - completed)
+    format!(
+        "completed (acked or failed), sent={sent} in_flight={}{extra}",
+        sent - completed
+    )
 }
 
 pub fn elapsed_ns(origin: Instant) -> u64 {
@@ -460,9 +503,15 @@ mod tests {
         let p = plan(Some(1000.0));
         let end_ns = p.send_end_ns();
         assert!(matches!(next_send(&p, 0, 0, end_ns), NextSend::Now(0)));
-        assert!(matches!(next_send(&p, 5, 5_000_000, end_ns), NextSend::Now(5_000_000)));
+        assert!(matches!(
+            next_send(&p, 5, 5_000_000, end_ns),
+            NextSend::Now(5_000_000)
+        ));
         // Behind schedule: sent now, latency still counted from the slot.
-        assert!(matches!(next_send(&p, 5, 9_000_000, end_ns), NextSend::Now(5_000_000)));
+        assert!(matches!(
+            next_send(&p, 5, 9_000_000, end_ns),
+            NextSend::Now(5_000_000)
+        ));
         match next_send(&p, 5, 4_000_000, end_ns) {
             NextSend::Wait(w) => assert_eq!(w, Duration::from_millis(1)),
             _ => panic!("expected a wait"),

@@ -57,7 +57,10 @@ impl LatencySummary {
             mean: hist.mean(),
             count: hist.len(),
         };
-        assert!(summary.is_monotone(), "percentiles out of order: {summary:?}");
+        assert!(
+            summary.is_monotone(),
+            "percentiles out of order: {summary:?}"
+        );
         summary
     }
 
@@ -186,7 +189,11 @@ pub struct Outputs<'a> {
 
 impl<'a> Outputs<'a> {
     pub fn of(common: &'a CommonArgs) -> Outputs<'a> {
-        Outputs { json: common.json, hgrm_out: common.hgrm_out.as_deref(), plot: common.plot.as_deref() }
+        Outputs {
+            json: common.json,
+            hgrm_out: common.hgrm_out.as_deref(),
+            plot: common.plot.as_deref(),
+        }
     }
 }
 
@@ -201,7 +208,10 @@ pub fn emit(summary: &Summary, outputs: &Outputs<'_>) -> anyhow::Result<()> {
             write_plot(hist, path, summary.scenario)?;
         }
     } else if outputs.hgrm_out.is_some() || outputs.plot.is_some() {
-        eprintln!("note: {} records no latency histogram; no file written", summary.scenario);
+        eprintln!(
+            "note: {} records no latency histogram; no file written",
+            summary.scenario
+        );
     }
     print!("{}", summary.human());
     if outputs.json {
@@ -215,7 +225,11 @@ pub fn emit(summary: &Summary, outputs: &Outputs<'_>) -> anyhow::Result<()> {
 pub fn percentile_distribution(hist: &Histogram<u64>) -> String {
     let decimals = usize::from(hist.sigfig());
     let mut out = String::new();
-    let _ = write!(out, "{:>12} {:>14} {:>10} {:>14}\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let _ = write!(
+        out,
+        "{:>12} {:>14} {:>10} {:>14}\n\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
     let mut total_count: u64 = 0;
     for step in hist.iter_quantiles(TICKS_PER_HALF_DISTANCE) {
         total_count += step.count_since_last_iteration();
@@ -223,9 +237,15 @@ pub fn percentile_distribution(hist: &Histogram<u64>) -> String {
         let quantile = step.quantile_iterated_to();
         if quantile < 1.0 {
             let inverse = 1.0 / (1.0 - quantile);
-            let _ = writeln!(out, "{value:>12.decimals$} {quantile:>2.12} {total_count:>10} {inverse:>14.2}");
+            let _ = writeln!(
+                out,
+                "{value:>12.decimals$} {quantile:>2.12} {total_count:>10} {inverse:>14.2}"
+            );
         } else {
-            let _ = writeln!(out, "{value:>12.decimals$} {quantile:>2.12} {total_count:>10}");
+            let _ = writeln!(
+                out,
+                "{value:>12.decimals$} {quantile:>2.12} {total_count:>10}"
+            );
         }
     }
     footer(hist, &mut out);
@@ -236,9 +256,21 @@ fn footer(hist: &Histogram<u64>, out: &mut String) {
     let d = usize::from(hist.sigfig());
     let (mean, stdev) = (hist.mean() / US_PER_MS, hist.stdev() / US_PER_MS);
     let max = hist.max() as f64 / US_PER_MS;
-    let _ = writeln!(out, "#[Mean    = {mean:>12.d$}, StdDeviation   = {stdev:>12.d$}]");
-    let _ = writeln!(out, "#[Max     = {max:>12.d$}, Total count    = {:>12}]", hist.len());
-    let _ = writeln!(out, "#[Buckets = {:>12}, SubBuckets     = {:>12}]", hist.buckets(), sub_bucket_count(hist.sigfig()));
+    let _ = writeln!(
+        out,
+        "#[Mean    = {mean:>12.d$}, StdDeviation   = {stdev:>12.d$}]"
+    );
+    let _ = writeln!(
+        out,
+        "#[Max     = {max:>12.d$}, Total count    = {:>12}]",
+        hist.len()
+    );
+    let _ = writeln!(
+        out,
+        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        hist.buckets(),
+        sub_bucket_count(hist.sigfig())
+    );
 }
 
 /// HdrHistogram's sub-bucket count for a precision: the power of two at or
@@ -254,7 +286,12 @@ fn plot_points(hist: &Histogram<u64>, x_max: f64) -> Vec<(f64, f64)> {
     let mut points: Vec<(f64, f64)> = hist
         .iter_quantiles(TICKS_PER_HALF_DISTANCE)
         .filter(|step| step.quantile_iterated_to() < 1.0)
-        .map(|step| (1.0 / (1.0 - step.quantile_iterated_to()), step.value_iterated_to() as f64 / US_PER_MS))
+        .map(|step| {
+            (
+                1.0 / (1.0 - step.quantile_iterated_to()),
+                step.value_iterated_to() as f64 / US_PER_MS,
+            )
+        })
         .filter(|(x, _)| *x < x_max)
         .collect();
     points.push((x_max, hist.max() as f64 / US_PER_MS));
@@ -282,7 +319,10 @@ pub fn write_plot(hist: &Histogram<u64>, path: &Path, title: &str) -> anyhow::Re
     let root = SVGBackend::new(path, (1024, 640)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{title}: latency by percentile"), ("sans-serif", 24))
+        .caption(
+            format!("{title}: latency by percentile"),
+            ("sans-serif", 24),
+        )
         .margin(16)
         .margin_right(48)
         .x_label_area_size(48)
@@ -297,9 +337,13 @@ pub fn write_plot(hist: &Histogram<u64>, path: &Path, title: &str) -> anyhow::Re
         .draw()
         .map_err(|e| anyhow!("plot: {e}"))?;
     chart
-        .draw_series(std::iter::once(PathElement::new(points, BLUE.stroke_width(2))))
+        .draw_series(std::iter::once(PathElement::new(
+            points,
+            BLUE.stroke_width(2),
+        )))
         .map_err(|e| anyhow!("plot: {e}"))?;
-    root.present().map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
+    root.present()
+        .map_err(|e| anyhow!("plot {}: {e}", path.display()))?;
     Ok(())
 }
 
@@ -331,14 +375,25 @@ mod tests {
         let header = lines.next().expect("header");
         assert!(header.contains("Value") && header.contains("1/(1-Percentile)"));
         assert_eq!(lines.next(), Some(""));
-        let rows: Vec<&str> = text.lines().skip(2).filter(|l| !l.starts_with('#')).collect();
+        let rows: Vec<&str> = text
+            .lines()
+            .skip(2)
+            .filter(|l| !l.starts_with('#'))
+            .collect();
         assert!(rows.len() > 20);
         let last: Vec<&str> = rows[rows.len() - 1].split_whitespace().collect();
         assert_eq!(last.len(), 3, "last row has no 1/(1-p) column: {last:?}");
         assert_eq!(last[1], "1.000000000000");
         assert_eq!(last[2], "10000");
-        let counts: Vec<u64> =
-            rows.iter().map(|r| r.split_whitespace().nth(2).and_then(|c| c.parse().ok()).expect("count")).collect();
+        let counts: Vec<u64> = rows
+            .iter()
+            .map(|r| {
+                r.split_whitespace()
+                    .nth(2)
+                    .and_then(|c| c.parse().ok())
+                    .expect("count")
+            })
+            .collect();
         assert!(counts.windows(2).all(|w| w[0] <= w[1]));
         assert!(text.contains("#[Mean    = "));
         assert!(text.contains("Total count    =        10000]"));
@@ -366,7 +421,11 @@ mod tests {
         let path = dir.path().join("p.svg");
         write_plot(&sample(), &path, "test").expect("plot");
         let svg = std::fs::read_to_string(&path).expect("read");
-        assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "{}", &svg[..200.min(svg.len())]);
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<polyline"),
+            "{}",
+            &svg[..200.min(svg.len())]
+        );
     }
 
     #[test]

@@ -60,9 +60,17 @@ struct Measured {
 }
 
 pub fn run(a: WalArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.in_flight > 0 && a.in_flight <= 65_536, "--in-flight must be 1..=65536");
-    anyhow::ensure!(a.seconds > 0 && a.seconds <= 3600, "--seconds must be 1..=3600");
-    let dir = a.dir.join(format!("sluice-bench-wal-{}", std::process::id()));
+    anyhow::ensure!(
+        a.in_flight > 0 && a.in_flight <= 65_536,
+        "--in-flight must be 1..=65536"
+    );
+    anyhow::ensure!(
+        a.seconds > 0 && a.seconds <= 3600,
+        "--seconds must be 1..=3600"
+    );
+    let dir = a
+        .dir
+        .join(format!("sluice-bench-wal-{}", std::process::id()));
     let mut cfg = WalConfig::new(&dir);
     cfg.sync_mode = match a.sync {
         SyncArg::Fdatasync => SyncMode::Fdatasync,
@@ -72,7 +80,10 @@ pub fn run(a: WalArgs) -> anyhow::Result<()> {
     cfg.queue_bytes_max = cfg.queue_bytes_max.max(cfg.commit_bytes_max);
     let record_bytes = a.record_bytes;
     let in_flight = a.in_flight;
-    let (warmup, measure) = (Duration::from_secs(a.warmup_seconds), Duration::from_secs(a.seconds));
+    let (warmup, measure) = (
+        Duration::from_secs(a.warmup_seconds),
+        Duration::from_secs(a.seconds),
+    );
     let result = LocalExecutorBuilder::new(Placement::Unbound)
         .name("bench-wal")
         .io_memory(24 << 20)
@@ -100,12 +111,20 @@ async fn drive(
     let started = Instant::now();
     let measure_from = started + warmup;
     let stop_at = measure_from + measure;
-    let latency = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let latency = Rc::new(RefCell::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let counts = Rc::new(RefCell::new((0u64, 0u64)));
     let before = Rc::new(RefCell::new(None));
     let mut lanes = Vec::with_capacity(in_flight);
     for _ in 0..in_flight {
-        let (wal, payload, latency, counts, before) = (wal.clone(), payload.clone(), latency.clone(), counts.clone(), before.clone());
+        let (wal, payload, latency, counts, before) = (
+            wal.clone(),
+            payload.clone(),
+            latency.clone(),
+            counts.clone(),
+            before.clone(),
+        );
         lanes.push(glommio::spawn_local(async move {
             loop {
                 let t = Instant::now();
@@ -118,7 +137,9 @@ async fn drive(
                     if before.borrow().is_none() {
                         *before.borrow_mut() = Some(wal.stats());
                     }
-                    latency.borrow_mut().saturating_record((done - t).as_micros() as u64);
+                    latency
+                        .borrow_mut()
+                        .saturating_record((done - t).as_micros() as u64);
                     let mut c = counts.borrow_mut();
                     c.0 += 1;
                     c.1 += payload.len() as u64;
@@ -137,14 +158,26 @@ async fn drive(
     let mut delta = stats;
     delta.commits -= base.commits;
     delta.bytes_written -= base.bytes_written;
-    Ok((Measured { appends, bytes, elapsed: measure, latency_us }, delta))
+    Ok((
+        Measured {
+            appends,
+            bytes,
+            elapsed: measure,
+            latency_us,
+        },
+        delta,
+    ))
 }
 
 fn print(a: &WalArgs, m: &Measured, s: &sluice_wal::WalStats) {
     let secs = m.elapsed.as_secs_f64();
     let appends_per_sec = m.appends as f64 / secs;
     let mb_per_sec = m.bytes as f64 / secs / 1e6;
-    let avg_commit_bytes = if s.commits > 0 { s.bytes_written / s.commits } else { 0 };
+    let avg_commit_bytes = if s.commits > 0 {
+        s.bytes_written / s.commits
+    } else {
+        0
+    };
     let p = |q: f64| m.latency_us.value_at_quantile(q);
     println!(
         "wal {:?}: {} B records, {} in flight, {} s: {:.0} appends/s, {:.1} MB/s, {} commits ({:.0}/s), {} B per commit on average",

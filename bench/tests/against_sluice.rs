@@ -9,14 +9,29 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{assert_common_fields, assert_percentiles_monotone, records_in_topic, run_bench, Broker};
+use common::{
+    assert_common_fields, assert_percentiles_monotone, records_in_topic, run_bench, Broker,
+};
 
 #[test]
 fn closed_loop_produce_count_equals_end_offsets() {
     let broker = Broker::start();
     let run = run_bench(&[
-        "produce", "--bootstrap", &broker.bootstrap, "--topic", "closed", "--partitions", "3",
-        "--seconds", "2", "--warmup-seconds", "0", "--record-bytes", "200", "--in-flight-max", "2000",
+        "produce",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "closed",
+        "--partitions",
+        "3",
+        "--seconds",
+        "2",
+        "--warmup-seconds",
+        "0",
+        "--record-bytes",
+        "200",
+        "--in-flight-max",
+        "2000",
         "--json",
     ]);
     let json = run.json();
@@ -24,9 +39,17 @@ fn closed_loop_produce_count_equals_end_offsets() {
     assert_percentiles_monotone(&json);
     let messages = json["messages"].as_u64().expect("messages");
     assert!(messages > 0, "{json}");
-    assert_eq!(messages, records_in_topic(&broker.bootstrap, "closed"), "{json}");
+    assert_eq!(
+        messages,
+        records_in_topic(&broker.bootstrap, "closed"),
+        "{json}"
+    );
     assert_eq!(json["records_failed"], 0, "{json}");
-    assert!(run.stderr.contains("produce"), "progress lines on stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("produce"),
+        "progress lines on stderr: {}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -35,21 +58,50 @@ fn open_loop_produce_sends_exactly_the_rate_and_writes_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (hgrm, svg) = (dir.path().join("lat.hgrm"), dir.path().join("lat.svg"));
     let run = run_bench(&[
-        "produce", "--bootstrap", &broker.bootstrap, "--topic", "open", "--partitions", "2",
-        "--rate", "500", "--seconds", "2", "--warmup-seconds", "1", "--record-bytes", "100",
-        "--hgrm-out", hgrm.to_str().expect("utf-8"), "--plot", svg.to_str().expect("utf-8"), "--json",
+        "produce",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "open",
+        "--partitions",
+        "2",
+        "--rate",
+        "500",
+        "--seconds",
+        "2",
+        "--warmup-seconds",
+        "1",
+        "--record-bytes",
+        "100",
+        "--hgrm-out",
+        hgrm.to_str().expect("utf-8"),
+        "--plot",
+        svg.to_str().expect("utf-8"),
+        "--json",
     ]);
     let json = run.json();
     assert_percentiles_monotone(&json);
     assert_eq!(json["records_sent"], 1500, "{json}");
-    assert_eq!(json["messages"], 1000, "warm-up records are not counted: {json}");
+    assert_eq!(
+        json["messages"], 1000,
+        "warm-up records are not counted: {json}"
+    );
     assert_eq!(json["messages_total_acked"], 1500, "{json}");
     assert_eq!(records_in_topic(&broker.bootstrap, "open"), 1500);
     let rate = json["msgs_per_sec"].as_f64().expect("rate");
-    assert!((350.0..=520.0).contains(&rate), "open loop holds its rate: {json}");
+    assert!(
+        (350.0..=520.0).contains(&rate),
+        "open loop holds its rate: {json}"
+    );
     let table = std::fs::read_to_string(&hgrm).expect("hgrm written");
-    assert!(table.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"), "{table}");
-    assert!(table.contains("#[Max     =") && table.contains("Total count    =         1000]"), "{table}");
+    assert!(
+        table.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"),
+        "{table}"
+    );
+    assert!(
+        table.contains("#[Max     =") && table.contains("Total count    =         1000]"),
+        "{table}"
+    );
     let plot = std::fs::read_to_string(&svg).expect("svg written");
     assert!(plot.starts_with("<svg"), "{plot}");
 }
@@ -58,8 +110,21 @@ fn open_loop_produce_sends_exactly_the_rate_and_writes_files() {
 fn consume_reads_every_record_up_to_the_end_offsets() {
     let broker = Broker::start();
     let run = run_bench(&[
-        "consume", "--bootstrap", &broker.bootstrap, "--topic", "reads", "--partitions", "2",
-        "--fill-records", "5000", "--seconds", "30", "--warmup-seconds", "0", "--record-bytes", "300",
+        "consume",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "reads",
+        "--partitions",
+        "2",
+        "--fill-records",
+        "5000",
+        "--seconds",
+        "30",
+        "--warmup-seconds",
+        "0",
+        "--record-bytes",
+        "300",
         "--json",
     ]);
     let json = run.json();
@@ -73,8 +138,22 @@ fn consume_reads_every_record_up_to_the_end_offsets() {
 fn e2e_receives_every_record_and_reports_latency() {
     let broker = Broker::start();
     let run = run_bench(&[
-        "e2e", "--bootstrap", &broker.bootstrap, "--topic", "e2e", "--partitions", "2",
-        "--rate", "400", "--seconds", "2", "--warmup-seconds", "0", "--record-bytes", "64", "--json",
+        "e2e",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "e2e",
+        "--partitions",
+        "2",
+        "--rate",
+        "400",
+        "--seconds",
+        "2",
+        "--warmup-seconds",
+        "0",
+        "--record-bytes",
+        "64",
+        "--json",
     ]);
     let json = run.json();
     assert_common_fields(&json);
@@ -92,8 +171,20 @@ fn many_topics_verifies_every_partition() {
     let broker = Broker::start();
     let pid = broker.pid().to_string();
     let run = run_bench(&[
-        "many-topics", "--bootstrap", &broker.bootstrap, "--topic", "mt", "--topics", "20",
-        "--partitions", "2", "--broker-pid", &pid, "--idle-seconds", "1", "--json",
+        "many-topics",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "mt",
+        "--topics",
+        "20",
+        "--partitions",
+        "2",
+        "--broker-pid",
+        &pid,
+        "--idle-seconds",
+        "1",
+        "--json",
     ]);
     let json = run.json();
     assert_common_fields(&json);
@@ -102,8 +193,14 @@ fn many_topics_verifies_every_partition() {
     assert_eq!(json["messages"], 40, "{json}");
     assert_eq!(json["records_missing"], 0, "{json}");
     assert_eq!(json["verified"], true, "{json}");
-    assert_eq!(json["latency_us"]["count"], 20, "one CreateTopics per topic: {json}");
-    assert!(json["broker_rss_kb_before"].as_u64().unwrap_or(0) > 0, "{json}");
+    assert_eq!(
+        json["latency_us"]["count"], 20,
+        "one CreateTopics per topic: {json}"
+    );
+    assert!(
+        json["broker_rss_kb_before"].as_u64().unwrap_or(0) > 0,
+        "{json}"
+    );
     assert!(json["broker_idle_cpu_percent"].is_number(), "{json}");
 }
 
@@ -111,8 +208,24 @@ fn many_topics_verifies_every_partition() {
 fn compare_runs_both_sides_and_reports_ratios() {
     let broker = Broker::start();
     let run = run_bench(&[
-        "compare", "--a", &broker.bootstrap, "--b", &broker.bootstrap, "--rounds", "1", "--json", "--",
-        "produce", "--topic", "cmp", "--rate", "200", "--seconds", "1", "--warmup-seconds", "0",
+        "compare",
+        "--a",
+        &broker.bootstrap,
+        "--b",
+        &broker.bootstrap,
+        "--rounds",
+        "1",
+        "--json",
+        "--",
+        "produce",
+        "--topic",
+        "cmp",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--warmup-seconds",
+        "0",
     ]);
     let json = run.json();
     assert_common_fields(&json);
@@ -128,8 +241,18 @@ fn compare_runs_both_sides_and_reports_ratios() {
 fn interrupt_stops_cleanly_and_reports_what_was_measured() {
     let broker = Broker::start();
     let mut child = common::bench_command(&[
-        "produce", "--bootstrap", &broker.bootstrap, "--topic", "sigint", "--seconds", "120",
-        "--warmup-seconds", "0", "--rate", "1000", "--json",
+        "produce",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "sigint",
+        "--seconds",
+        "120",
+        "--warmup-seconds",
+        "0",
+        "--rate",
+        "1000",
+        "--json",
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
@@ -145,7 +268,9 @@ fn interrupt_stops_cleanly_and_reports_what_was_measured() {
     // Interrupt once the producer has been sending for about two seconds.
     let mut progress_lines = 0;
     while progress_lines < 2 {
-        let line = lines_rx.recv_timeout(Duration::from_secs(60)).expect("progress lines on stderr");
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("progress lines on stderr");
         progress_lines += usize::from(line.contains("produce") && line.contains("/s,"));
     }
     // SAFETY: signalling a child process this test started.
@@ -155,11 +280,19 @@ fn interrupt_stops_cleanly_and_reports_what_was_measured() {
     reader.join().expect("stderr reader");
     let stderr_rest: Vec<String> = lines_rx.try_iter().collect();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", stderr_rest.join("\n"));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        stderr_rest.join("\n")
+    );
     let last = stdout.lines().last().expect("output");
     let json: serde_json::Value = serde_json::from_str(last).expect("json");
     assert_eq!(json["interrupted"], true, "{json}");
     let messages = json["messages"].as_u64().expect("messages");
     assert!((1000..60_000).contains(&messages), "{json}");
-    assert_eq!(messages, records_in_topic(&broker.bootstrap, "sigint"), "{json}");
+    assert_eq!(
+        messages,
+        records_in_topic(&broker.bootstrap, "sigint"),
+        "{json}"
+    );
 }

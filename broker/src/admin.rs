@@ -118,7 +118,11 @@ async fn route(
         (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, "ok".to_string()),
         (&Method::GET, "/metrics") => {
             let probes = state.probes.collect().await;
-            (StatusCode::OK, PROMETHEUS, crate::metrics::render_prometheus(probes))
+            (
+                StatusCode::OK,
+                PROMETHEUS,
+                crate::metrics::render_prometheus(probes),
+            )
         }
         (&Method::GET, "/admin/memory") => {
             let probes = state.probes.collect().await;

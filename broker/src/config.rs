@@ -497,13 +497,20 @@ mod tests {
     fn partition_limit_is_the_flag_bounded_by_memory() {
         let base = ["sluice", "start", "--shards", "1", "--memory", "1GiB"];
         let s = parse(&base).expect("defaults");
-        assert_eq!(s.partitions_per_shard_max(), 131_072, "an eighth of 1 GiB at 1 KiB each");
+        assert_eq!(
+            s.partitions_per_shard_max(),
+            131_072,
+            "an eighth of 1 GiB at 1 KiB each"
+        );
         let mut argv = base.to_vec();
         argv.extend(["--partitions-per-shard-max", "500"]);
         assert_eq!(parse(&argv).expect("flag").partitions_per_shard_max(), 500);
         let mut argv = base.to_vec();
         argv.extend(["--partitions-per-shard-max", "10000000"]);
-        assert_eq!(parse(&argv).expect("flag").partitions_per_shard_max(), 131_072);
+        assert_eq!(
+            parse(&argv).expect("flag").partitions_per_shard_max(),
+            131_072
+        );
         let mut argv = base.to_vec();
         argv.extend(["--partitions-per-shard-max", "0"]);
         assert!(parse(&argv).is_err());

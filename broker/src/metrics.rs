@@ -234,27 +234,71 @@ impl Snapshot {
     fn encode_process(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.process;
         let one = |v: u64| vec![(Labels::new(), ConstGauge::new(v as i64))];
-        family(enc, "process_resident_bytes", "Resident set size of the process.", one(m.rss))?;
-        family(enc, "process_resident_anon_bytes", "Anonymous (heap) resident memory.", one(m.rss_anon))?;
-        family(enc, "process_resident_mapped_bytes", "File-backed and shared resident memory.", one(m.rss_mapped))?;
-        family(enc, "process_threads", "Threads of the process.", one(m.threads))?;
-        family(enc, "shards_unanswered", "Shards that did not answer this scrape.", one(self.missing.len() as u64))
+        family(
+            enc,
+            "process_resident_bytes",
+            "Resident set size of the process.",
+            one(m.rss),
+        )?;
+        family(
+            enc,
+            "process_resident_anon_bytes",
+            "Anonymous (heap) resident memory.",
+            one(m.rss_anon),
+        )?;
+        family(
+            enc,
+            "process_resident_mapped_bytes",
+            "File-backed and shared resident memory.",
+            one(m.rss_mapped),
+        )?;
+        family(
+            enc,
+            "process_threads",
+            "Threads of the process.",
+            one(m.threads),
+        )?;
+        family(
+            enc,
+            "shards_unanswered",
+            "Shards that did not answer this scrape.",
+            one(self.missing.len() as u64),
+        )
     }
 
     fn encode_pools(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         type Pick = fn(&crate::plane::PoolStats) -> u64;
         let kinds: [(&str, &str, Pick); 4] = [
-            ("shard_pool_used_bytes", "Bytes charged to a memory pool.", |p| p.used_bytes),
-            ("shard_pool_limit_bytes", "Limit of a memory pool.", |p| p.max_bytes),
-            ("shard_pool_peak_bytes", "Highest use of a memory pool.", |p| p.peak_bytes),
-            ("shard_pool_over_bytes", "Bytes charged past a pool's limit (committed partition state).", |p| p.over_bytes),
+            (
+                "shard_pool_used_bytes",
+                "Bytes charged to a memory pool.",
+                |p| p.used_bytes,
+            ),
+            ("shard_pool_limit_bytes", "Limit of a memory pool.", |p| {
+                p.max_bytes
+            }),
+            (
+                "shard_pool_peak_bytes",
+                "Highest use of a memory pool.",
+                |p| p.peak_bytes,
+            ),
+            (
+                "shard_pool_over_bytes",
+                "Bytes charged past a pool's limit (committed partition state).",
+                |p| p.over_bytes,
+            ),
         ];
         for (name, help, pick) in kinds {
             let samples = self.pool_samples(|p| ConstGauge::new(pick(p) as i64));
             family(enc, name, help, samples)?;
         }
         let refused = self.pool_samples(|p| ConstCounter::new(p.refused));
-        family(enc, "shard_pool_refused", "Reservations a memory pool refused.", refused)
+        family(
+            enc,
+            "shard_pool_refused",
+            "Reservations a memory pool refused.",
+            refused,
+        )
     }
 
     fn pool_samples<M>(&self, f: impl Fn(&crate::plane::PoolStats) -> M) -> Vec<(Labels, M)> {
@@ -273,30 +317,150 @@ impl Snapshot {
 
     fn encode_shards(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.shards;
-        gauges(enc, s, "shard_memory_limit_bytes", "The shard's memory budget.", |p| p.stats.memory_bytes_max)?;
-        gauges(enc, s, "shard_partitions", "Partitions owned by the shard.", |p| p.stats.partitions)?;
-        gauges(enc, s, "shard_index_entries", "Index entries of the shard's partitions.", |p| p.stats.index_entries)?;
-        gauges(enc, s, "shard_connections", "Open Kafka connections.", |p| p.connections)?;
-        gauges(enc, s, "shard_tasks", "Long-lived tasks of the shard.", |p| p.stats.tasks)?;
-        gauges(enc, s, "shard_produce_tasks", "Produces waiting for durability.", |p| p.stats.produce_tasks)?;
-        gauges(enc, s, "shard_fetch_waiters", "Fetches parked in long polls.", |p| p.stats.waiters.waiting)?;
-        gauges(enc, s, "shard_wal_queue_bytes", "Bytes queued for the next WAL commit.", |p| p.stats.wal.queue_bytes)?;
-        counters(enc, s, "shard_request_waits", "Connections that waited for request-buffer memory.", |p| p.stats.request_waits)?;
-        counters(enc, s, "shard_produce_requests", "Partition produces handled.", |p| p.stats.counters.produce_requests)?;
-        counters(enc, s, "shard_produce_busy", "Partition produces refused by the budget.", |p| p.stats.counters.produce_busy)?;
-        counters(enc, s, "shard_fetch_requests", "Fetch requests handled.", |p| p.stats.counters.fetch_requests)?;
-        counters(enc, s, "shard_fetch_busy", "Partition fetches refused by the budget.", |p| p.stats.counters.fetch_busy)?;
-        counters(enc, s, "shard_wal_commits", "WAL commits (write + sync).", |p| p.stats.wal.commits)?;
-        counters(enc, s, "shard_wal_written_bytes", "Bytes written to the WAL.", |p| p.stats.wal.bytes_written)
+        gauges(
+            enc,
+            s,
+            "shard_memory_limit_bytes",
+            "The shard's memory budget.",
+            |p| p.stats.memory_bytes_max,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_partitions",
+            "Partitions owned by the shard.",
+            |p| p.stats.partitions,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_index_entries",
+            "Index entries of the shard's partitions.",
+            |p| p.stats.index_entries,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_connections",
+            "Open Kafka connections.",
+            |p| p.connections,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_tasks",
+            "Long-lived tasks of the shard.",
+            |p| p.stats.tasks,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_produce_tasks",
+            "Produces waiting for durability.",
+            |p| p.stats.produce_tasks,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_fetch_waiters",
+            "Fetches parked in long polls.",
+            |p| p.stats.waiters.waiting,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_wal_queue_bytes",
+            "Bytes queued for the next WAL commit.",
+            |p| p.stats.wal.queue_bytes,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_request_waits",
+            "Connections that waited for request-buffer memory.",
+            |p| p.stats.request_waits,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_produce_requests",
+            "Partition produces handled.",
+            |p| p.stats.counters.produce_requests,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_produce_busy",
+            "Partition produces refused by the budget.",
+            |p| p.stats.counters.produce_busy,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_fetch_requests",
+            "Fetch requests handled.",
+            |p| p.stats.counters.fetch_requests,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_fetch_busy",
+            "Partition fetches refused by the budget.",
+            |p| p.stats.counters.fetch_busy,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_wal_commits",
+            "WAL commits (write + sync).",
+            |p| p.stats.wal.commits,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_wal_written_bytes",
+            "Bytes written to the WAL.",
+            |p| p.stats.wal.bytes_written,
+        )
     }
 
     fn encode_histograms(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.shards;
-        histograms(enc, s, "shard_wal_commit_bytes", "Bytes per WAL commit.", |p| (&p.stats.wal.commit_bytes, &BYTES_BUCKETS, 1.0))?;
-        histograms(enc, s, "shard_wal_commit_entries", "Entries per WAL commit.", |p| (&p.stats.wal.commit_entries, &ENTRIES_BUCKETS, 1.0))?;
-        histograms(enc, s, "shard_wal_sync_latency_seconds", "Write + sync time per WAL commit.", |p| (&p.stats.wal.sync_latency_us, &LATENCY_US_BUCKETS, 1e-6))?;
-        histograms(enc, s, "shard_produce_latency_seconds", "Partition produce latency at the requesting shard.", |p| (&p.stats.produce_latency_us, &LATENCY_US_BUCKETS, 1e-6))?;
-        histograms(enc, s, "shard_fetch_latency_seconds", "Fetch latency at the requesting shard.", |p| (&p.stats.fetch_latency_us, &LATENCY_US_BUCKETS, 1e-6))
+        histograms(
+            enc,
+            s,
+            "shard_wal_commit_bytes",
+            "Bytes per WAL commit.",
+            |p| (&p.stats.wal.commit_bytes, &BYTES_BUCKETS, 1.0),
+        )?;
+        histograms(
+            enc,
+            s,
+            "shard_wal_commit_entries",
+            "Entries per WAL commit.",
+            |p| (&p.stats.wal.commit_entries, &ENTRIES_BUCKETS, 1.0),
+        )?;
+        histograms(
+            enc,
+            s,
+            "shard_wal_sync_latency_seconds",
+            "Write + sync time per WAL commit.",
+            |p| (&p.stats.wal.sync_latency_us, &LATENCY_US_BUCKETS, 1e-6),
+        )?;
+        histograms(
+            enc,
+            s,
+            "shard_produce_latency_seconds",
+            "Partition produce latency at the requesting shard.",
+            |p| (&p.stats.produce_latency_us, &LATENCY_US_BUCKETS, 1e-6),
+        )?;
+        histograms(
+            enc,
+            s,
+            "shard_fetch_latency_seconds",
+            "Fetch latency at the requesting shard.",
+            |p| (&p.stats.fetch_latency_us, &LATENCY_US_BUCKETS, 1e-6),
+        )
     }
 }
 
@@ -309,7 +473,11 @@ pub fn render_memory_json(probes: Vec<Result<ShardProbe, u32>>, view: &MetadataV
         .values()
         .map(|t| (t.id, t.name.as_str()))
         .collect();
-    let shards: Vec<Value> = snapshot.shards.iter().map(|p| shard_json(p, &names)).collect();
+    let shards: Vec<Value> = snapshot
+        .shards
+        .iter()
+        .map(|p| shard_json(p, &names))
+        .collect();
     let m = snapshot.process;
     let doc = json!({
         "process": {

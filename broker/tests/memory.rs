@@ -25,8 +25,13 @@ use serde_json::Value;
 /// Plain HTTP/1.1 GET on the admin port; returns the body.
 fn http_get(b: &Broker, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read");
     assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {text}");
@@ -72,9 +77,16 @@ fn metrics_and_memory_report_cover_every_shard_and_pool() {
     assert!(report["process"]["rss_bytes"].as_u64().unwrap_or(0) > 0);
     let shards = report["shards"].as_array().expect("shards");
     assert_eq!(shards.len(), 2);
-    let partitions: u64 = shards.iter().map(|s| s["partitions"].as_u64().unwrap_or(0)).sum();
+    let partitions: u64 = shards
+        .iter()
+        .map(|s| s["partitions"].as_u64().unwrap_or(0))
+        .sum();
     let internal = u64::from(sluice_shard::group::offsets_topic_partitions(2));
-    assert_eq!(partitions, 4 + internal, "4 of topic m and {internal} of __consumer_offsets");
+    assert_eq!(
+        partitions,
+        4 + internal,
+        "4 of topic m and {internal} of __consumer_offsets"
+    );
     let charged: u64 = shards.iter().map(|s| pool(s, "partition_state")).sum();
     assert!(charged > 0, "partitions are charged to the budget");
     let top = shards[0]["top_topics"].as_array().expect("top_topics");
@@ -262,8 +274,14 @@ fn saturated_pools_keep_rss_bounded_and_acknowledged_records_survive() {
         PRODUCERS * RECORDS_PER_PRODUCER,
         read.load(Ordering::Relaxed)
     );
-    eprintln!("pools after the load: {}", memory_report(&b)["shards"][0]["pools"]);
-    assert!(rss_peak > 0 && rss_peak <= bound, "RSS {rss_peak} over {bound}");
+    eprintln!(
+        "pools after the load: {}",
+        memory_report(&b)["shards"][0]["pools"]
+    );
+    assert!(
+        rss_peak > 0 && rss_peak <= bound,
+        "RSS {rss_peak} over {bound}"
+    );
     assert!(
         acked.len() * 2 >= PRODUCERS * RECORDS_PER_PRODUCER,
         "most records are acknowledged eventually"
@@ -290,7 +308,10 @@ fn assert_every_ack_survives(b: &Broker, acked: &[((i32, i64), String)]) {
         let value = stored
             .get(&(*partition, *offset))
             .unwrap_or_else(|| panic!("acknowledged record {partition}/{offset} is missing"));
-        assert!(value.starts_with(tag.as_str()), "{partition}/{offset} holds another record");
+        assert!(
+            value.starts_with(tag.as_str()),
+            "{partition}/{offset} holds another record"
+        );
     }
 }
 

@@ -332,7 +332,10 @@ mod tests {
     #[test]
     fn pools_fit_the_memory() {
         let l = BudgetLimits::derive(1 << 30, u64::MAX, 9 << 20);
-        assert!(l.total() <= (1 << 30) * 7 / 8 + (9 << 20), "an eighth stays for the rest");
+        assert!(
+            l.total() <= (1 << 30) * 7 / 8 + (9 << 20),
+            "an eighth stays for the rest"
+        );
         assert_eq!(l.request_buffers_bytes_max, ((1 << 30) - (9 << 20)) / 8);
         let b = Budget::new(l);
         assert_eq!(b.stats()[Pool::IoMemory as usize].used_bytes, 9 << 20);

@@ -33,9 +33,8 @@ use crate::{ListOffsetsPartition, ListOffsetsResult, ShardConfig, ShardError};
 
 /// Bytes charged to `Pool::PartitionState` per partition: its struct, its
 /// key and the map slot holding them (hashbrown: one control byte).
-pub(crate) const PARTITION_BYTES: u64 = (std::mem::size_of::<Partition>()
-    + std::mem::size_of::<PartitionKey>()
-    + 1) as u64;
+pub(crate) const PARTITION_BYTES: u64 =
+    (std::mem::size_of::<Partition>() + std::mem::size_of::<PartitionKey>() + 1) as u64;
 /// Bytes charged to `Pool::PartitionState` per index entry.
 pub(crate) const INDEX_ENTRY_BYTES: u64 =
     std::mem::size_of::<crate::partition::StoredBatch>() as u64;
@@ -702,11 +701,11 @@ fn validate(cfg: &ShardConfig, mesh: &ShardMesh) -> Result<(), ShardError> {
         )));
     }
     let inflight = BudgetLimits::derive(
-            cfg.memory_bytes_max,
-            cfg.tail_cache_bytes_max,
-            cfg.io_memory_bytes,
-        )
-        .produce_inflight_bytes_max;
+        cfg.memory_bytes_max,
+        cfg.tail_cache_bytes_max,
+        cfg.io_memory_bytes,
+    )
+    .produce_inflight_bytes_max;
     if inflight < u64::from(cfg.wal.entry_bytes_max) {
         return Err(ShardError::Config(format!(
             "memory_bytes_max {} leaves {inflight} bytes for in-flight produce, below one WAL entry ({})",

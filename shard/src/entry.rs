@@ -116,7 +116,11 @@ fn read_i64(b: &[u8], at: usize) -> i64 {
 mod kind_tests {
     #[test]
     fn wal_entry_kinds_are_distinct() {
-        let kinds = [super::KIND_BATCHES, crate::group::KIND_GROUP, crate::delete_records::KIND_LOG_START];
+        let kinds = [
+            super::KIND_BATCHES,
+            crate::group::KIND_GROUP,
+            crate::delete_records::KIND_LOG_START,
+        ];
         for (i, a) in kinds.iter().enumerate() {
             for b in &kinds[i + 1..] {
                 assert_ne!(a, b, "two record types share a WAL entry kind");

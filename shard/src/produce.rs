@@ -222,7 +222,8 @@ impl Engine {
             if let Some(pb) = &producer {
                 self.record_producer(part, pb, base_offset, header.last_offset);
             }
-            self.budget.charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
+            self.budget
+                .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
             (payload, base_offset, part.log_start_offset)
         };
         let append = self.wal.append(KIND_BATCHES, payload);

@@ -24,7 +24,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().expect("bench/ sits in the workspace").to_path_buf()
+    manifest
+        .parent()
+        .expect("bench/ sits in the workspace")
+        .to_path_buf()
 }
 
 fn target_dir() -> PathBuf {
@@ -49,7 +52,10 @@ pub fn sluice_bin() -> PathBuf {
                 .current_dir(workspace_root())
                 .status()
                 .expect("running cargo build -p sluice");
-            assert!(status.success(), "cargo build -p sluice --bin sluice failed: {status}");
+            assert!(
+                status.success(),
+                "cargo build -p sluice --bin sluice failed: {status}"
+            );
         });
     }
     assert!(path.exists(), "no broker binary at {}", path.display());
@@ -73,7 +79,8 @@ impl Broker {
     pub fn start() -> Broker {
         let bin = sluice_bin();
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let ((kafka_listener, kafka_port), (admin_listener, admin_port)) = (free_port(), free_port());
+        let ((kafka_listener, kafka_port), (admin_listener, admin_port)) =
+            (free_port(), free_port());
         drop((kafka_listener, admin_listener));
         let log = File::create(data_dir.path().join("broker.log")).expect("broker log");
         let child = Command::new(&bin)
@@ -88,7 +95,11 @@ impl Broker {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut broker = Broker { child, bootstrap: format!("127.0.0.1:{kafka_port}"), data_dir };
+        let mut broker = Broker {
+            child,
+            bootstrap: format!("127.0.0.1:{kafka_port}"),
+            data_dir,
+        };
         broker.wait_until_accepting();
         broker
     }
@@ -106,12 +117,19 @@ impl Broker {
         let deadline = Instant::now() + BROKER_START_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("broker exited during start ({status}); log:\n{}", self.log());
+                panic!(
+                    "broker exited during start ({status}); log:\n{}",
+                    self.log()
+                );
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "broker did not accept on {addr}; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "broker did not accept on {addr}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -137,9 +155,12 @@ pub struct BenchRun {
 impl BenchRun {
     /// The last stdout line, parsed as JSON.
     pub fn json(&self) -> Value {
-        let last = self.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_else(|| {
-            panic!("no stdout; stderr:\n{}", self.stderr)
-        });
+        let last = self
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_else(|| panic!("no stdout; stderr:\n{}", self.stderr));
         serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
     }
 }
@@ -176,14 +197,25 @@ pub fn records_in_topic(bootstrap: &str, topic: &str) -> u64 {
         .set("group.id", "sluice-bench-tests")
         .create()
         .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT).expect("metadata");
-    let entry = metadata.topics().iter().find(|t| t.name() == topic).expect("topic in metadata");
-    assert!(!entry.partitions().is_empty(), "topic {topic} has no partitions");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .expect("metadata");
+    let entry = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .expect("topic in metadata");
+    assert!(
+        !entry.partitions().is_empty(),
+        "topic {topic} has no partitions"
+    );
     entry
         .partitions()
         .iter()
         .map(|p| {
-            let (low, high) = consumer.fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT).expect("watermarks");
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p.id(), REQUEST_TIMEOUT)
+                .expect("watermarks");
             assert!(0 <= low && low <= high, "watermarks {low}..{high}");
             (high - low) as u64
         })
@@ -196,13 +228,23 @@ pub fn assert_percentiles_monotone(json: &Value) {
     let keys = ["p50", "p90", "p99", "p999", "p9999", "max"];
     let values: Vec<u64> = keys
         .iter()
-        .map(|k| latency[k].as_u64().unwrap_or_else(|| panic!("latency_us.{k} missing in {json}")))
+        .map(|k| {
+            latency[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("latency_us.{k} missing in {json}"))
+        })
         .collect();
     // max is the exact maximum; percentiles are bucket upper bounds, at most
     // 0.1% above it.
     let (percentiles, max) = (&values[..5], values[5]);
-    assert!(percentiles.windows(2).all(|w| w[0] <= w[1]), "percentiles not monotone: {latency}");
-    assert!(percentiles[4] <= max + max / 1000 + 1, "p99.99 above max: {latency}");
+    assert!(
+        percentiles.windows(2).all(|w| w[0] <= w[1]),
+        "percentiles not monotone: {latency}"
+    );
+    assert!(
+        percentiles[4] <= max + max / 1000 + 1,
+        "p99.99 above max: {latency}"
+    );
 }
 
 /// Asserts the fields every `--json` line has.
