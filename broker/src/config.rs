@@ -26,8 +26,9 @@ pub const MEMORY_BYTES_MIN: u64 = 64 << 20;
 const WAL_COMMIT_BYTES_MIN: u64 = 2 << 20;
 const WAL_COMMIT_BYTES_MAX: u64 = 32 << 20;
 /// Estimated bytes one idle partition costs the node (its struct and map
-/// slot, its share of the metadata view and of the Raft state: about 700
-/// bytes measured at 100,002 partitions, see README "Many topics"), with
+/// slot, its share of the metadata view and of the Raft state: about 520
+/// bytes of RSS measured at 100,002 partitions, see README "Many topics on
+/// one core"), with
 /// headroom for a few index entries; divides the partition-state share of a
 /// shard's budget into a partition limit.
 pub const PARTITION_BYTES_ESTIMATE: u64 = 1 << 10;
