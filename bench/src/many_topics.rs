@@ -320,16 +320,8 @@ struct Verification {
     interrupted: bool,
 }
 
-/// Partitions assigned to the verifying consumer at once. librdkafka spends
-/// time per assigned partition on every poll, so 100,000 partitions in one
-/// assignment never reach their first Fetch; slices keep each poll cheap.
-const ASSIGN_SLICE_PARTITIONS_MAX: usize = 2_000;
-/// A slice that verifies nothing new for this long is left with its missing
-/// records reported, so one lost record cannot stall the whole phase.
-const SLICE_IDLE_MAX: Duration = Duration::from_secs(15);
-
-/// Reads every partition from the beginning, a slice of partitions at a
-/// time, until each holds this run's record, the phase deadline, or Ctrl-C.
+/// Reads every partition from the beginning until each holds this run's
+/// record, the phase deadline, or Ctrl-C.
 fn verify_all(
     common: &CommonArgs,
     layout: &Layout,
@@ -339,6 +331,14 @@ fn verify_all(
         common,
         &format!("sluice-bench-many-topics-{:08x}", layout.run_id),
     )?;
+    let mut list = TopicPartitionList::with_capacity(layout.slots());
+    for name in &layout.names {
+        for partition in 0..layout.partitions {
+            list.add_partition_offset(name, partition, Offset::Beginning)
+                .context("building assignment")?;
+        }
+    }
+    consumer.assign(&list).context("assign")?;
     let start = Instant::now();
     let mut v = Verification {
         found: vec![false; layout.slots()],
@@ -349,38 +349,18 @@ fn verify_all(
         interrupted: false,
     };
     let mut progress = Progress::new("verify", start);
-    let slots: Vec<(String, i32)> = layout
-        .names
-        .iter()
-        .flat_map(|n| (0..layout.partitions).map(move |p| (n.clone(), p)))
-        .collect();
-    for slice in slots.chunks(ASSIGN_SLICE_PARTITIONS_MAX) {
-        let mut list = TopicPartitionList::with_capacity(slice.len());
-        for (name, partition) in slice {
-            list.add_partition_offset(name, *partition, Offset::Beginning)
-                .context("building assignment")?;
+    while v.verified < layout.slots() as u64 {
+        if stop_requested() || start.elapsed() >= phase_max {
+            v.interrupted = stop_requested();
+            break;
         }
-        consumer.assign(&list).context("assign")?;
-        let target = v.verified + slice.len() as u64;
-        let mut last_progress = Instant::now();
-        while v.verified < target && last_progress.elapsed() < SLICE_IDLE_MAX {
-            if stop_requested() || start.elapsed() >= phase_max {
-                v.interrupted = stop_requested();
-                v.seconds = start.elapsed().as_secs_f64();
-                return Ok(v);
-            }
-            if let Some(Ok(message)) = consumer.poll(POLL_TIMEOUT) {
-                let before = v.verified;
-                let payload = message.payload().unwrap_or(&[]);
-                v.check(layout, message.topic(), message.partition(), payload);
-                if v.verified > before {
-                    last_progress = Instant::now();
-                }
-            }
-            progress.tick(v.verified, || {
-                format!("records verified of {}", layout.slots())
-            });
+        if let Some(Ok(message)) = consumer.poll(POLL_TIMEOUT) {
+            let payload = message.payload().unwrap_or(&[]);
+            v.check(layout, message.topic(), message.partition(), payload);
         }
+        progress.tick(v.verified, || {
+            format!("records verified of {}", layout.slots())
+        });
     }
     v.seconds = start.elapsed().as_secs_f64();
     Ok(v)
