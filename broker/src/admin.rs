@@ -67,6 +67,7 @@ pub fn start(
         .build()
         .context("admin runtime")?;
     let state = Arc::new(state);
+    // The admin thread: off every shard core by design (module header).
     let thread = std::thread::Builder::new()
         .name("sluice-admin".into())
         .spawn(move || rt.block_on(serve(listener, state, stop)))

@@ -160,6 +160,7 @@ impl Metadata {
             stop,
             ready: ready_tx,
         };
+        // The control thread: the one dedicated metadata thread of a node.
         let thread = std::thread::Builder::new()
             .name(CONTROL_THREAD_NAME.to_string())
             .spawn(move || control::run(args))
