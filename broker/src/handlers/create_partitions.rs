@@ -13,17 +13,12 @@ use super::{str_bytes, with_deadline, Ctx};
 use crate::config::PARTITIONS_PER_TOPIC_MAX;
 use crate::errors::{codes, meta_error_code, shard_error_code};
 
-/// Upper bound of the wait for the shards, whatever the request asks.
-const READY_WAIT_MS_MAX: u64 = 60_000;
-
 pub async fn handle(
     req: CreatePartitionsRequest,
     _version: i16,
     ctx: &Ctx,
 ) -> CreatePartitionsResponse {
-    let wait_ms = u64::try_from(req.timeout_ms)
-        .unwrap_or(0)
-        .clamp(1, READY_WAIT_MS_MAX);
+    let wait_ms = super::create_topics::ready_wait_ms(req.timeout_ms);
     let validate_only = req.validate_only;
     let results = join_all(
         req.topics

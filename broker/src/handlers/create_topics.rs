@@ -19,10 +19,17 @@ use crate::errors::{codes, meta_error_code, shard_error_code};
 /// Upper bound of the wait for the shards, whatever the request asks.
 const READY_WAIT_MS_MAX: u64 = 60_000;
 
-pub async fn handle(req: CreateTopicsRequest, version: i16, ctx: &Ctx) -> CreateTopicsResponse {
-    let wait_ms = u64::try_from(req.timeout_ms)
+/// How long to wait for the owning shards to create new partitions: the
+/// request's `timeout_ms`, at least 1 ms and at most `READY_WAIT_MS_MAX`.
+/// Shared by CreateTopics and CreatePartitions.
+pub fn ready_wait_ms(timeout_ms: i32) -> u64 {
+    u64::try_from(timeout_ms)
         .unwrap_or(0)
-        .clamp(1, READY_WAIT_MS_MAX);
+        .clamp(1, READY_WAIT_MS_MAX)
+}
+
+pub async fn handle(req: CreateTopicsRequest, version: i16, ctx: &Ctx) -> CreateTopicsResponse {
+    let wait_ms = ready_wait_ms(req.timeout_ms);
     let validate_only = req.validate_only;
     let results = join_all(
         req.topics
