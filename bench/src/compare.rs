@@ -129,6 +129,8 @@ fn run_child(
         .spawn()
         .with_context(|| format!("starting {}", exe.display()))?;
     let mut stdout = child.stdout.take().context("child stdout")?;
+    // The benchmark is a client process, not a shard: a thread drains the
+    // child's stdout so the child never blocks on a full pipe.
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         stdout.read_to_string(&mut text).map(|_| text)

@@ -109,6 +109,8 @@ impl Sampler {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        // A client-side sampler thread (the bench owns no shard cores); it
+        // stops when `stop` is set.
         let handle = std::thread::Builder::new()
             .name("rss-sampler".into())
             .spawn(move || sample_loop(pid, &flag))
