@@ -4,6 +4,12 @@
 //! partition, reads every partition back from the beginning and verifies
 //! each record. Any partition without its record fails the run, naming it.
 //!
+//! Producing and reading go through one fresh librdkafka client per slice
+//! of `--client-topics-max` topics, slice after slice. A single librdkafka
+//! client walks every partition it knows on each produce, timer and fetch
+//! decision, so one client for 100,000 partitions measures the client, not
+//! the broker (its records time out before they are even sent).
+//!
 //! With `--broker-pid`, the broker's RSS and CPU are sampled before, during
 //! and after, and its idle CPU is measured over `--idle-seconds` at the end.
 
@@ -48,6 +54,10 @@ pub struct ManyTopicsArgs {
     /// Upper bound on each phase (create, produce, verify).
     #[arg(long, default_value_t = 300.0, value_parser = parse_seconds)]
     pub phase_seconds_max: f64,
+    /// Topics one librdkafka client produces to or reads from; the run uses
+    /// one fresh client per slice of this many topics, one after another.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub client_topics_max: u32,
 }
 
 /// The topics of one run; `index_of` maps a name back to its index.
@@ -103,6 +113,11 @@ impl Layout {
     fn run_prefix(&self) -> String {
         format!("sluice-bench many-topics run={:08x} ", self.run_id)
     }
+
+    /// The topic names in slices of at most `size`.
+    fn slices(&self, size: u32) -> std::slice::Chunks<'_, String> {
+        self.names.chunks(size.max(1) as usize)
+    }
 }
 
 pub fn run(args: ManyTopicsArgs) -> anyhow::Result<()> {
@@ -115,17 +130,18 @@ pub fn run(args: ManyTopicsArgs) -> anyhow::Result<()> {
     if let Some(w) = watch.as_mut() {
         w.phase("create");
     }
-    let produced = produce_all(common, &layout, phase_max)?;
+    let produced = produce_all(common, &layout, args.client_topics_max, phase_max)?;
     if let Some(w) = watch.as_mut() {
         w.phase("produce");
     }
-    let verified = verify_all(common, &layout, phase_max)?;
+    let verified = verify_all(common, &layout, args.client_topics_max, phase_max)?;
     if let Some(w) = watch.as_mut() {
         w.phase("verify");
     }
     let mut summary = Summary::new("many-topics", describe(&args, &layout));
     summary.seconds = origin.elapsed().as_secs_f64();
     fill_summary(&mut summary, &layout, &created, &produced, &verified);
+    summary.put("client_topics_max", args.client_topics_max);
     if let Some(watch) = watch {
         watch.finish(Duration::from_secs_f64(args.idle_seconds), &mut summary);
     }
@@ -135,8 +151,13 @@ pub fn run(args: ManyTopicsArgs) -> anyhow::Result<()> {
 
 fn describe(args: &ManyTopicsArgs, layout: &Layout) -> String {
     format!(
-        "topics={} partitions={} prefix={}-{:08x} bootstrap={}",
-        args.topics, layout.partitions, args.common.topic, layout.run_id, args.common.bootstrap
+        "topics={} partitions={} client_topics_max={} prefix={}-{:08x} bootstrap={}",
+        args.topics,
+        layout.partitions,
+        args.client_topics_max,
+        args.common.topic,
+        layout.run_id,
+        args.common.bootstrap
     )
 }
 
@@ -194,6 +215,15 @@ struct Deliveries {
     failures: Vec<String>,
 }
 
+impl Deliveries {
+    fn merge(&mut self, other: Deliveries) {
+        self.acked += other.acked;
+        self.failed += other.failed;
+        let room = NAMES_LISTED_MAX.saturating_sub(self.failures.len());
+        self.failures.extend(other.failures.into_iter().take(room));
+    }
+}
+
 /// Producer context that counts deliveries and keeps the first failures.
 struct DeliveryCount {
     state: Mutex<Deliveries>,
@@ -233,12 +263,45 @@ struct Production {
     seconds: f64,
 }
 
-/// One record to every partition, then a bounded flush.
+/// One record to every partition: one producer per slice of topics, each
+/// flushed (bounded by the phase deadline) before the next slice starts.
 fn produce_all(
     common: &CommonArgs,
     layout: &Layout,
+    client_topics_max: u32,
     phase_max: Duration,
 ) -> anyhow::Result<Production> {
+    let start = Instant::now();
+    let deadline = start + phase_max;
+    let mut sent = 0u64;
+    let mut deliveries = Deliveries::default();
+    let mut progress = Progress::new("produce", start);
+    for slice in layout.slices(client_topics_max) {
+        if stop_requested() || Instant::now() >= deadline {
+            break;
+        }
+        let (slice_sent, slice_deliveries) =
+            produce_slice(common, layout, slice, deadline, &mut progress, sent)?;
+        sent += slice_sent;
+        deliveries.merge(slice_deliveries);
+    }
+    Ok(Production {
+        sent,
+        deliveries,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Sends one record to every partition of `topics` through a fresh
+/// producer and flushes it; the count sent and the deliveries seen.
+fn produce_slice(
+    common: &CommonArgs,
+    layout: &Layout,
+    topics: &[String],
+    deadline: Instant,
+    progress: &mut Progress,
+    sent_before: u64,
+) -> anyhow::Result<(u64, Deliveries)> {
     let context = DeliveryCount {
         state: Mutex::new(Deliveries::default()),
         errors: ErrorProbe::default(),
@@ -247,18 +310,15 @@ fn produce_all(
         .producer_config()
         .create_with_context(context)
         .context("creating producer")?;
-    let start = Instant::now();
-    let deadline = start + phase_max;
     let mut sent = 0u64;
-    let mut progress = Progress::new("produce", start);
-    'topics: for name in &layout.names {
+    'topics: for name in topics {
         for partition in 0..layout.partitions {
             let payload = layout.payload(name, partition);
             if !send_waiting(&producer, name, partition, payload.as_bytes(), deadline) {
                 break 'topics;
             }
             sent += 1;
-            progress.tick(sent, || "records sent".into());
+            progress.tick(sent_before + sent, || "records sent".into());
         }
     }
     let left = deadline.saturating_duration_since(Instant::now());
@@ -272,11 +332,7 @@ fn produce_all(
             .lock()
             .unwrap_or_else(|p| p.into_inner()),
     );
-    Ok(Production {
-        sent,
-        deliveries,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok((sent, deliveries))
 }
 
 /// Enqueues one record, polling while librdkafka's queue is full; false when
@@ -320,26 +376,17 @@ struct Verification {
     interrupted: bool,
 }
 
-/// Reads every partition from the beginning until each holds this run's
-/// record, the phase deadline, or Ctrl-C.
+/// Reads every partition from offset 0 (`auto.offset.reset=earliest`
+/// covers a log start above it) until each holds this run's record, the
+/// phase deadline, or Ctrl-C: one fresh consumer per slice of topics.
 fn verify_all(
     common: &CommonArgs,
     layout: &Layout,
+    client_topics_max: u32,
     phase_max: Duration,
 ) -> anyhow::Result<Verification> {
-    let consumer = new_consumer(
-        common,
-        &format!("sluice-bench-many-topics-{:08x}", layout.run_id),
-    )?;
-    let mut list = TopicPartitionList::with_capacity(layout.slots());
-    for name in &layout.names {
-        for partition in 0..layout.partitions {
-            list.add_partition_offset(name, partition, Offset::Beginning)
-                .context("building assignment")?;
-        }
-    }
-    consumer.assign(&list).context("assign")?;
     let start = Instant::now();
+    let deadline = start + phase_max;
     let mut v = Verification {
         found: vec![false; layout.slots()],
         verified: 0,
@@ -349,9 +396,42 @@ fn verify_all(
         interrupted: false,
     };
     let mut progress = Progress::new("verify", start);
-    while v.verified < layout.slots() as u64 {
-        if stop_requested() || start.elapsed() >= phase_max {
-            v.interrupted = stop_requested();
+    for slice in layout.slices(client_topics_max) {
+        if stop_requested() || Instant::now() >= deadline {
+            break;
+        }
+        verify_slice(common, layout, slice, deadline, &mut v, &mut progress)?;
+    }
+    v.interrupted = stop_requested();
+    v.seconds = start.elapsed().as_secs_f64();
+    Ok(v)
+}
+
+/// Reads the partitions of `topics` until every one of them was verified
+/// or the deadline passed.
+fn verify_slice(
+    common: &CommonArgs,
+    layout: &Layout,
+    topics: &[String],
+    deadline: Instant,
+    v: &mut Verification,
+    progress: &mut Progress,
+) -> anyhow::Result<()> {
+    let consumer = new_consumer(
+        common,
+        &format!("sluice-bench-many-topics-{:08x}", layout.run_id),
+    )?;
+    let mut list = TopicPartitionList::with_capacity(topics.len() * layout.partitions as usize);
+    for name in topics {
+        for partition in 0..layout.partitions {
+            list.add_partition_offset(name, partition, Offset::Offset(0))
+                .context("building assignment")?;
+        }
+    }
+    consumer.assign(&list).context("assign")?;
+    let expected = v.verified + list.count() as u64;
+    while v.verified < expected {
+        if stop_requested() || Instant::now() >= deadline {
             break;
         }
         if let Some(Ok(message)) = consumer.poll(POLL_TIMEOUT) {
@@ -362,8 +442,7 @@ fn verify_all(
             format!("records verified of {}", layout.slots())
         });
     }
-    v.seconds = start.elapsed().as_secs_f64();
-    Ok(v)
+    Ok(())
 }
 
 impl Verification {
@@ -537,6 +616,16 @@ mod tests {
         assert_eq!(layout.slot_name(slot), format!("{name}[1]"));
         assert_eq!(layout.slot(&name, 2), None);
         assert_eq!(layout.slot("other", 0), None);
+    }
+
+    #[test]
+    fn slices_cover_every_topic_once() {
+        let layout = Layout::new("mt", 7, 1);
+        let slices: Vec<usize> = layout.slices(3).map(|s| s.len()).collect();
+        assert_eq!(slices, vec![3, 3, 1]);
+        let joined: Vec<String> = layout.slices(3).flatten().cloned().collect();
+        assert_eq!(joined, layout.names);
+        assert_eq!(layout.slices(100).count(), 1);
     }
 
     #[test]

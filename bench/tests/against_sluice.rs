@@ -184,11 +184,16 @@ fn many_topics_verifies_every_partition() {
         &pid,
         "--idle-seconds",
         "1",
+        "--client-topics-max",
+        "3",
         "--json",
     ]);
     let json = run.json();
     assert_common_fields(&json);
     assert_percentiles_monotone(&json);
+    // 20 topics through clients of 3 topics each: 7 producers, 7 consumers.
+    assert_eq!(json["client_topics_max"], 3, "{json}");
+    assert_eq!(json["records_acked"], 40, "{json}");
     assert_eq!(json["records_verified"], 40, "{json}");
     assert_eq!(json["messages"], 40, "{json}");
     assert_eq!(json["records_missing"], 0, "{json}");
