@@ -182,19 +182,31 @@ impl EncodeMetric for HdrMetric<'_> {
         mut encoder: prometheus_client::encoding::MetricEncoder,
     ) -> Result<(), std::fmt::Error> {
         let h = self.hist;
-        let buckets: Vec<(f64, u64)> = self
-            .bounds
-            .iter()
-            .map(|&b| (b as f64 * self.scale, h.count_between(0, b)))
-            .chain(std::iter::once((f64::INFINITY, h.len())))
-            .collect();
         let sum = h.mean() * h.len() as f64 * self.scale;
+        let buckets = bucket_counts(h, self.bounds, self.scale);
         encoder.encode_histogram::<Labels>(sum, h.len(), &buckets, None)
     }
 
     fn metric_type(&self) -> MetricType {
         MetricType::Histogram
     }
+}
+
+/// The count of each bucket alone (not cumulative: the encoder adds them
+/// up), the last one `+Inf`.
+fn bucket_counts(h: &Histogram<u64>, bounds: &[u64], scale: f64) -> Vec<(f64, u64)> {
+    let mut below = 0;
+    let mut buckets: Vec<(f64, u64)> = bounds
+        .iter()
+        .map(|&b| {
+            let cumulative = h.count_between(0, b).max(below);
+            let own = cumulative - below;
+            below = cumulative;
+            (b as f64 * scale, own)
+        })
+        .collect();
+    buckets.push((f64::INFINITY, h.len().saturating_sub(below)));
+    buckets
 }
 
 fn histograms(
@@ -529,4 +541,56 @@ fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
         "pools": pools,
         "top_topics": top,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One histogram family holding `hist`, encoded as `/metrics` does.
+    #[derive(Debug)]
+    struct OneHistogram(Histogram<u64>);
+
+    impl Collector for OneHistogram {
+        fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let metric = HdrMetric {
+                hist: &self.0,
+                bounds: &LATENCY_US_BUCKETS,
+                scale: 1e-6,
+            };
+            family(&mut enc, "t_latency_seconds", "test", vec![(Labels::new(), metric)])
+        }
+    }
+
+    fn bucket_values(text: &str) -> Vec<(String, u64)> {
+        text.lines()
+            .filter(|l| l.starts_with("t_latency_seconds_bucket"))
+            .map(|l| {
+                let (name, value) = l.rsplit_once(' ').expect("sample line");
+                (name.to_string(), value.parse().expect("count"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_once() {
+        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+        for us in [50, 200, 200, 3_000, 40_000, 9_000_000] {
+            hist.record(us).expect("record");
+        }
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(OneHistogram(hist)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let buckets = bucket_values(&text);
+        assert_eq!(buckets.len(), LATENCY_US_BUCKETS.len() + 1, "{text}");
+        let counts: Vec<u64> = buckets.iter().map(|(_, c)| *c).collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{text}");
+        // le=0.0001 holds 50 us; le=0.00025 adds the two 200 us; +Inf holds all six.
+        assert_eq!(counts[0], 1, "{text}");
+        assert_eq!(counts[1], 3, "{text}");
+        assert!(buckets.last().unwrap().0.contains("+Inf"), "{text}");
+        assert_eq!(*counts.last().unwrap(), 6, "{text}");
+        assert!(text.contains("t_latency_seconds_count 6"), "{text}");
+    }
 }
