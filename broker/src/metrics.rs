@@ -558,7 +558,12 @@ mod tests {
                 bounds: &LATENCY_US_BUCKETS,
                 scale: 1e-6,
             };
-            family(&mut enc, "t_latency_seconds", "test", vec![(Labels::new(), metric)])
+            family(
+                &mut enc,
+                "t_latency_seconds",
+                "test",
+                vec![(Labels::new(), metric)],
+            )
         }
     }
 
