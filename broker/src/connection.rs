@@ -1,29 +1,54 @@
 //! One Kafka client connection: a glommio task on the shard that accepted
-//! it. Requests are read, handled and answered one at a time, so responses
-//! leave strictly in request order (clients may pipeline; like Kafka, the
-//! next request is read once the previous one is answered).
+//! it, with a read side and a write side joined by a bounded queue of
+//! replies (`IN_FLIGHT_MAX` requests in flight).
+//!
+//! Produce requests are pipelined: the read side starts a Produce (every
+//! partition is queued at its owning shard, in the order of the frames:
+//! see `Shard::produce_start`) before it reads the next frame, and the
+//! write side awaits durability and writes the reply. So librdkafka's many
+//! in-flight produces on one connection (one request per partition) share
+//! WAL commits instead of paying one fdatasync each. Every other request
+//! is a barrier: it runs once every earlier reply was written, and the
+//! next frame is read after it ran. Replies leave strictly in request
+//! order. A frame's request-buffer reservation is held until its reply was
+//! written (or, without a reply, until its request finished).
+//!
+//! Produce with acks=0 gets no reply; if it fails the connection is closed
+//! (as in Kafka: the client has no other way to learn of it).
 //!
 //! Malformed input closes the connection with a rate-limited warning:
 //! a size prefix < 0 or > `request_max_bytes`, a truncated frame, an unknown
 //! API key, an unsupported version (except ApiVersions, which is answered
 //! with UNSUPPORTED_VERSION and our ranges in a v0 body), an undecodable
-//! header or body.
+//! header or body. Replies already due are written first.
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::channel::oneshot;
+use futures::future::{select, Either};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use kafka_protocol::messages::{
+    ApiKey, ProduceRequest, RequestHeader, ResponseHeader, ResponseKind,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use crate::handlers::{self, api_versions, Ctx};
+use crate::handlers::{self, api_versions, produce, Ctx};
 use crate::plane::RequestBuffer;
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Minimum request frame: api key, api version, correlation id.
 const FRAME_BYTES_MIN: usize = 8;
+/// Requests of one connection read and not yet answered (the reply queue
+/// between its read and write sides); a full queue stops the reading.
+/// Above librdkafka's default of 5 requests in flight per connection times
+/// the partitions it batches per request.
+pub const IN_FLIGHT_MAX: usize = 64;
 
 /// Why a connection was closed by us (logged through `Debug`).
 #[derive(Debug)]
@@ -36,12 +61,34 @@ pub enum Close {
     Decode(String),
     Encode(String),
     Io(std::io::Error),
+    /// A produce with acks=0 failed with this error code.
+    SilentProduceFailed(i16),
 }
 
 /// What to do after one request.
 enum Outcome {
     Reply(Bytes),
     Silent,
+}
+
+/// The rest of a request, run by the write side in request order.
+type Rest<'a> = Pin<Box<dyn Future<Output = Result<Outcome, Close>> + 'a>>;
+
+/// A read request on its way to its reply.
+struct InFlight<'a> {
+    rest: Rest<'a>,
+    /// Set for barriers: tells the read side that the request ran.
+    ran: Option<oneshot::Sender<()>>,
+    /// The frame's memory, released once the reply is written.
+    held: RequestBuffer,
+}
+
+/// How the read side goes on after starting a request.
+enum Started<'a> {
+    /// Read on at once (the request is queued where it runs).
+    Pipelined(Rest<'a>),
+    /// Read on once this ran, after every earlier reply was written.
+    Barrier(Rest<'a>),
 }
 
 pub struct ConnLimits {
@@ -58,23 +105,65 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // The read buffer is charged to the request-buffer pool for the
     // connection's life; a full pool delays the connection's first read.
     let _buffer = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await;
-    let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+    let (mut reader, mut writer) = BufReader::with_capacity(READ_BUFFER_BYTES, stream).split();
+    let (queue, replies) = local_channel::new_bounded(IN_FLIGHT_MAX);
+    let read_side = pin!(read_side(&mut reader, queue, limits, ctx));
+    let write_side = pin!(write_side(&mut writer, &replies));
+    // The write side ends on a write error or once the read side ended
+    // (it drops the queue's sender) and every earlier reply was written.
+    let (read_end, write_end) = match select(read_side, write_side).await {
+        Either::Left((read_end, write_side)) => (read_end, write_side.await),
+        Either::Right((write_end, _)) => (Ok(()), write_end),
+    };
+    if let Err(close) = write_end.and(read_end) {
+        closed(&peer, close);
+    }
+}
+
+/// Reads frames and starts their requests until the end of the stream.
+async fn read_side<'a, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    queue: LocalSender<InFlight<'a>>,
+    limits: &ConnLimits,
+    ctx: &'a Ctx,
+) -> Result<(), Close> {
     loop {
-        // `_held` keeps the frame's memory charged until it is answered.
-        let (frame, _held) = match read_frame(&mut stream, limits, ctx).await {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return,
-            Err(close) => return closed(&peer, close),
+        let Some((frame, held)) = read_frame(reader, limits, ctx).await? else {
+            return Ok(());
         };
-        let reply = match handle_frame(frame, ctx).await {
-            Ok(Outcome::Reply(bytes)) => bytes,
-            Ok(Outcome::Silent) => continue,
-            Err(close) => return closed(&peer, close),
+        let (rest, barrier) = match start_frame(frame, ctx).await? {
+            Started::Pipelined(rest) => (rest, None),
+            Started::Barrier(rest) => (rest, Some(oneshot::channel())),
         };
-        if let Err(e) = write_reply(&mut stream, &reply).await {
-            return closed(&peer, Close::Io(e));
+        let (ran, barrier) = barrier.unzip();
+        let item = InFlight { rest, ran, held };
+        if queue.send(item).await.is_err() {
+            return Ok(()); // The write side is gone.
+        }
+        if let Some(barrier) = barrier {
+            if barrier.await.is_err() {
+                return Ok(());
+            }
         }
     }
+}
+
+/// Finishes requests in order and writes their replies.
+async fn write_side<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    replies: &LocalReceiver<InFlight<'_>>,
+) -> Result<(), Close> {
+    while let Some(InFlight { rest, ran, held }) = replies.recv().await {
+        let outcome = rest.await;
+        if let Some(ran) = ran {
+            let _ = ran.send(());
+        }
+        if let Outcome::Reply(reply) = outcome? {
+            write_reply(writer, &reply).await.map_err(Close::Io)?;
+        }
+        drop(held);
+    }
+    Ok(())
 }
 
 async fn write_reply<S: AsyncWrite + Unpin>(stream: &mut S, reply: &[u8]) -> std::io::Result<()> {
@@ -87,6 +176,13 @@ fn closed(peer: &str, close: Close) {
         // A peer going away mid-stream is ordinary.
         Close::Io(e) => tracing::debug!(peer, error = %e, "connection closed"),
         Close::Truncated => tracing::debug!(peer, "connection closed inside a frame"),
+        Close::SilentProduceFailed(code) => {
+            tracing::debug!(
+                peer,
+                code,
+                "connection closed: a produce with acks=0 failed"
+            )
+        }
         other => warn_limited(peer, &other),
     }
 }
@@ -157,7 +253,10 @@ async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Res
     })
 }
 
-async fn handle_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Outcome, Close> {
+/// Checks a frame's header and starts its request: a Produce is started
+/// at once (see `produce::start`), anything else is left to run as a
+/// barrier.
+async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -168,18 +267,37 @@ async fn handle_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Outcome, Close> {
     if version < min || version > max {
         if key == ApiKey::ApiVersions {
             let body = ResponseKind::ApiVersions(api_versions::unsupported_version());
-            return encode(correlation_id, key, 0, &body).map(Outcome::Reply);
+            let reply = encode(correlation_id, key, 0, &body).map(Outcome::Reply);
+            return Ok(Started::Barrier(Box::pin(async move { reply })));
         }
         return Err(Close::UnsupportedVersion(key, version));
     }
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(|e| Close::Decode(format!("header: {e:#}")))?;
-    tracing::trace!(api = ?key, version, correlation_id = header.correlation_id, "request");
-    match handlers::dispatch(key, version, &mut frame, ctx).await {
-        Ok(Some(body)) => encode(header.correlation_id, key, version, &body).map(Outcome::Reply),
-        Ok(None) => Ok(Outcome::Silent),
-        Err(e) => Err(Close::Decode(format!("{key:?} v{version}: {}", e.0))),
+    let correlation_id = header.correlation_id;
+    tracing::trace!(api = ?key, version, correlation_id, "request");
+    if key == ApiKey::Produce {
+        let req = ProduceRequest::decode(&mut frame, version)
+            .map_err(|e| Close::Decode(format!("{key:?} v{version}: {e:#}")))?;
+        let started = produce::start(req, version, ctx).await;
+        return Ok(Started::Pipelined(Box::pin(async move {
+            match started.finish().await {
+                produce::Finished::Reply(body) => {
+                    let body = ResponseKind::Produce(body);
+                    encode(correlation_id, key, version, &body).map(Outcome::Reply)
+                }
+                produce::Finished::Silent => Ok(Outcome::Silent),
+                produce::Finished::SilentFailed(code) => Err(Close::SilentProduceFailed(code)),
+            }
+        })));
     }
+    Ok(Started::Barrier(Box::pin(async move {
+        match handlers::dispatch(key, version, &mut frame, ctx).await {
+            Ok(Some(body)) => encode(correlation_id, key, version, &body).map(Outcome::Reply),
+            Ok(None) => Ok(Outcome::Silent),
+            Err(e) => Err(Close::Decode(format!("{key:?} v{version}: {}", e.0))),
+        }
+    })))
 }
 
 /// Size prefix + response header + body.
@@ -208,7 +326,11 @@ fn encode(
 /// of a connection; `None` when no response is due.
 #[cfg(test)]
 pub async fn serve_frame_for_tests(frame: Bytes, ctx: &Ctx, _limits: &ConnLimits) -> Option<Bytes> {
-    match handle_frame(frame, ctx).await {
+    let rest = match start_frame(frame, ctx).await {
+        Ok(Started::Pipelined(rest) | Started::Barrier(rest)) => rest,
+        Err(close) => panic!("connection closed: {close:?}"),
+    };
+    match rest.await {
         Ok(Outcome::Reply(bytes)) => Some(bytes),
         Ok(Outcome::Silent) => None,
         Err(close) => panic!("connection closed: {close:?}"),

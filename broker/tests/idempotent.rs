@@ -420,3 +420,137 @@ fn librdkafka_idempotent_producer_with_cut_connections_is_exactly_once_in_order(
     }
     drop(proxy);
 }
+
+/// A produce request of one batch to one partition of `topic`.
+fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> ProduceRequest {
+    let mut p = PartitionProduceData::default();
+    p.index = partition;
+    p.records = Some(records);
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partition_data = vec![p];
+    let mut r = ProduceRequest::default();
+    r.acks = acks;
+    r.timeout_ms = 10_000;
+    r.topic_data = vec![t];
+    r
+}
+
+/// WAL commits of all shards so far, from `/metrics`.
+fn wal_commits(b: &Broker) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let lines: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_shard_wal_commits_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no WAL commit counter in /metrics:\n{text}"
+    );
+    lines.iter().sum()
+}
+
+/// Reads one response and returns its correlation id and body.
+fn response(s: &mut std::net::TcpStream, key: ApiKey, version: i16) -> (i32, Bytes) {
+    use kafka_protocol::protocol::Decodable;
+    let mut bytes = read_response(s).expect("a response, not a closed connection");
+    let header = ResponseHeader::decode(&mut bytes, key.response_header_version(version))
+        .expect("response header");
+    (header.correlation_id, bytes)
+}
+
+#[test]
+fn pipelined_produces_keep_order_and_share_wal_commits() {
+    use kafka_protocol::protocol::Decodable;
+    use std::io::Write;
+    const PARTS: i32 = 4;
+    const REQUESTS: i32 = 48;
+    const RECORDS_PER_BATCH: i32 = 3;
+    const METADATA_AFTER: i32 = 24;
+    const METADATA_ID: i32 = 1_000;
+    let _serial = serial();
+    let broker = Broker::start(2);
+    create_topic(&broker, "pipelined", PARTS);
+    let id = init_producer_id(&broker, None).producer_id.0;
+    let mut s = connect(&broker);
+    // Metadata on this connection first, so the burst finds the topic
+    // ready on every shard.
+    let mut meta = MetadataRequest::default();
+    meta.topics = None; // All topics.
+    let _: MetadataResponse = call(&mut s, ApiKey::Metadata, 9, &meta);
+
+    // All frames back to back in one write, without waiting for answers.
+    let mut burst = Vec::new();
+    let mut expected_ids = Vec::new();
+    for i in 0..REQUESTS {
+        if i == METADATA_AFTER {
+            burst.extend(request_frame(ApiKey::Metadata, 9, METADATA_ID, &meta));
+            expected_ids.push(METADATA_ID);
+        }
+        let seq = (i / PARTS) * RECORDS_PER_BATCH;
+        let records = batch(id, 0, seq, RECORDS_PER_BATCH);
+        let req = produce_request("pipelined", i % PARTS, records, -1);
+        burst.extend(request_frame(ApiKey::Produce, 9, i, &req));
+        expected_ids.push(i);
+    }
+    let commits_before = wal_commits(&broker);
+    s.write_all(&burst).expect("write burst");
+    let mut ids = Vec::new();
+    for &expected in &expected_ids {
+        if expected == METADATA_ID {
+            let (cid, mut body) = response(&mut s, ApiKey::Metadata, 9);
+            ids.push(cid);
+            let m = MetadataResponse::decode(&mut body, 9).expect("metadata body");
+            assert!(m
+                .topics
+                .iter()
+                .any(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == "pipelined")));
+            continue;
+        }
+        let (cid, mut body) = response(&mut s, ApiKey::Produce, 9);
+        ids.push(cid);
+        let r = ProduceResponse::decode(&mut body, 9).expect("produce body");
+        let p = &r.responses[0].partition_responses[0];
+        let i = expected;
+        assert_eq!(p.index, i % PARTS, "request {i}");
+        assert_eq!(p.error_code, 0, "request {i}: sequence accepted in order");
+        assert_eq!(
+            p.base_offset,
+            i64::from((i / PARTS) * RECORDS_PER_BATCH),
+            "request {i}: offsets of a partition follow the frames' order"
+        );
+    }
+    assert_eq!(ids, expected_ids, "answers in request order");
+    let commits = wal_commits(&broker) - commits_before;
+    println!("WAL commits for {REQUESTS} pipelined produces: {commits}");
+    assert!(commits >= 1);
+    assert!(
+        commits <= (REQUESTS / 4) as u64,
+        "{commits} WAL commits for {REQUESTS} produces on one connection: not shared"
+    );
+
+    // acks=0: no answer; the next request's answer comes first.
+    let seq = (REQUESTS / PARTS) * RECORDS_PER_BATCH;
+    let ok = produce_request("pipelined", 0, batch(id, 0, seq, 1), 0);
+    s.write_all(&request_frame(ApiKey::Produce, 9, 2_000, &ok))
+        .expect("write");
+    let _: MetadataResponse = call(&mut s, ApiKey::Metadata, 9, &meta);
+    // A failed produce with acks=0 (a sequence gap) closes the connection.
+    let gap = produce_request("pipelined", 0, batch(id, 0, seq + 100, 1), 0);
+    s.write_all(&request_frame(ApiKey::Produce, 9, 2_001, &gap))
+        .expect("write");
+    assert_closed(&mut s);
+    assert_eq!(
+        produce(&broker, "pipelined", batch(id, 0, seq + 1, 1)),
+        (0, i64::from(seq + 1)),
+        "the acks=0 batch was written, the gap was not"
+    );
+}

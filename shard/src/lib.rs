@@ -64,6 +64,7 @@ pub use crate::batch::{ATTRIBUTE_LOG_APPEND_TIME, BATCH_HEADER_BYTES, MAX_MESSAG
 pub use crate::budget::PoolStats;
 pub use crate::entry::{ENTRY_HEADER_BYTES, KIND_BATCHES};
 pub use crate::mesh::{new_mesh, ShardMesh, ShardMsg, SHARD_INBOX_MESSAGES_MAX};
+pub use crate::produce::ProduceTicket;
 pub use crate::stats::ShardStats;
 pub use crate::waiters::WaitersStats;
 pub use sluice_wal::SyncMode;
@@ -332,6 +333,16 @@ impl Shard {
     /// acks=1/-1: after the batches are durable; acks=0: once queued.
     pub async fn produce(&self, req: ProducePartition) -> ProducePartitionResult {
         self.core.produce(req).await
+    }
+
+    /// Starts a produce and returns the wait for its answer. When this
+    /// resolves, the produce holds its place in the partition's order:
+    /// produces started one after another (from one task) are applied to
+    /// a partition in that order, whichever shard owns it. It waits only
+    /// for room in the owner's inbox (another shard); durability is
+    /// awaited by `ProduceTicket::wait`.
+    pub async fn produce_start(&self, req: ProducePartition) -> ProduceTicket {
+        self.core.produce_start(req).await
     }
 
     /// Long-poll fetch over any number of partitions on any shards.

@@ -72,6 +72,53 @@ pub(crate) enum Begun {
     },
 }
 
+/// A started produce (`Engine::produce_start`): its order is fixed, its
+/// answer is awaited with `wait`. Dropping it does not undo the produce.
+pub struct ProduceTicket {
+    engine: Rc<Engine>,
+    started: Instant,
+    wait: TicketWait,
+}
+
+enum TicketWait {
+    Done(ProducePartitionResult),
+    /// From `produce_owner`, here or on another shard (then by `deadline`).
+    Reply {
+        rx: oneshot::Receiver<ProducePartitionResult>,
+        deadline: Option<Instant>,
+    },
+}
+
+impl ProduceTicket {
+    /// The partition's answer: after durability for acks=1/-1.
+    pub async fn wait(self) -> ProducePartitionResult {
+        let engine = self.engine;
+        let result = match self.wait {
+            TicketWait::Done(result) => result,
+            TicketWait::Reply { rx, deadline: None } => rx
+                .await
+                .unwrap_or_else(|_| ProducePartitionResult::failed(ShardError::ShuttingDown)),
+            TicketWait::Reply {
+                rx,
+                deadline: Some(deadline),
+            } => match engine.until(rx, deadline).await {
+                Some(Ok(result)) => result,
+                Some(Err(_)) => ProducePartitionResult::failed(ShardError::ShuttingDown),
+                None => {
+                    engine.counters.borrow_mut().remote_timeouts += 1;
+                    ProducePartitionResult::failed(ShardError::Timeout)
+                }
+            },
+        };
+        let us = self.started.elapsed().as_micros() as u64;
+        engine
+            .produce_latency_us
+            .borrow_mut()
+            .saturating_record(us.max(1));
+        result
+    }
+}
+
 impl PendingProduce {
     fn result(&self) -> ProducePartitionResult {
         ProducePartitionResult {
@@ -92,30 +139,54 @@ pub(crate) fn now_ms() -> i64 {
 
 impl Engine {
     pub async fn produce(self: &Rc<Self>, req: ProducePartition) -> ProducePartitionResult {
+        self.produce_start(req).await.wait().await
+    }
+
+    /// Fixes the produce's place in its partition's order and returns the
+    /// wait for its answer. On this shard, `produce_owner` is called before
+    /// returning; for another shard, the message is in the owner's inbox
+    /// (FIFO, served in order by `produce_owner`) before returning, waiting
+    /// while that inbox is full. So produces started one after another
+    /// reach each partition in that order.
+    pub async fn produce_start(self: &Rc<Self>, req: ProducePartition) -> ProduceTicket {
         let started = Instant::now();
-        let result = match self.owner_of(&req.topic, req.partition) {
-            Err(e) => ProducePartitionResult::failed(e),
+        let wait = match self.owner_of(&req.topic, req.partition) {
+            Err(e) => TicketWait::Done(ProducePartitionResult::failed(e)),
             Ok(owner) if owner == self.id() => {
                 let (tx, rx) = oneshot::channel();
                 self.produce_owner(req, tx);
-                rx.await
-                    .unwrap_or_else(|_| ProducePartitionResult::failed(ShardError::ShuttingDown))
+                TicketWait::Reply { rx, deadline: None }
             }
-            Ok(owner) => {
-                let (tx, rx) = oneshot::channel();
-                let deadline =
-                    Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
-                let msg = ShardMsg::Produce { req, reply: tx };
-                self.call(owner, msg, rx, deadline)
-                    .await
-                    .unwrap_or_else(ProducePartitionResult::failed)
-            }
+            Ok(owner) => self.produce_send(owner, req).await,
         };
-        let us = started.elapsed().as_micros() as u64;
-        self.produce_latency_us
-            .borrow_mut()
-            .saturating_record(us.max(1));
-        result
+        ProduceTicket {
+            engine: self.clone(),
+            started,
+            wait,
+        }
+    }
+
+    /// Puts a produce into `owner`'s inbox; the answer is due by the
+    /// remote reply deadline, which also bounds the wait for inbox room.
+    async fn produce_send(&self, owner: u32, req: ProducePartition) -> TicketWait {
+        let Some(peers) = &self.peers else {
+            return TicketWait::Done(ProducePartitionResult::failed(ShardError::NotLeader));
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
+        let (tx, rx) = oneshot::channel();
+        self.counters.borrow_mut().remote_sent += 1;
+        let msg = ShardMsg::Produce { req, reply: tx };
+        match self.until(peers.send(owner, msg), deadline).await {
+            Some(Ok(())) => TicketWait::Reply {
+                rx,
+                deadline: Some(deadline),
+            },
+            Some(Err(e)) => TicketWait::Done(ProducePartitionResult::failed(e)),
+            None => {
+                self.counters.borrow_mut().remote_timeouts += 1;
+                TicketWait::Done(ProducePartitionResult::failed(ShardError::Timeout))
+            }
+        }
     }
 
     /// Produce on the owning shard; the answer goes to `reply` (at once for

@@ -1,24 +1,60 @@
-//! Produce (key 0). Every partition of the request goes to the data plane
-//! at once (the plane routes it to the owning shard); the response keeps
-//! the request's order. Records must be v2 record batches (magic 2): older
-//! message formats get UNSUPPORTED_FOR_MESSAGE_FORMAT. acks=0 gets no
-//! response at all, but the write is still awaited so a connection cannot
-//! run ahead of the data plane.
+//! Produce (key 0), in two parts so a connection can pipeline produces:
+//! `start` routes every partition of the request to the data plane at once
+//! (in the owner's order before it returns), `Started::finish` awaits the
+//! answers and builds the response in the request's order. Records must be
+//! v2 record batches (magic 2): older message formats get
+//! UNSUPPORTED_FOR_MESSAGE_FORMAT. acks=0 gets no response at all; the
+//! writes are still awaited (a connection cannot run ahead of the data
+//! plane) and a failed one closes the connection, as in Kafka: the client
+//! has no other way to learn of it.
 
-use futures::future::join_all;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
-use crate::plane::ProducePartition;
+use crate::plane::{ProducePartition, ProduceTicket};
 
 /// Offset of the magic byte in a record batch (and in old message sets).
 const MAGIC_OFFSET: usize = 16;
 const RECORD_BATCH_MAGIC: u8 = 2;
 
+/// A produce request whose partitions are all started.
+pub struct Started {
+    version: i16,
+    acks: i16,
+    responses: Vec<TopicProduceResponse>,
+    /// (topic index, partition answer), in the request's order.
+    partitions: Vec<(usize, Partition)>,
+}
+
+enum Partition {
+    Answered(PartitionProduceResponse),
+    Waiting(i32, ProduceTicket),
+}
+
+/// The end of a produce request.
+pub enum Finished {
+    Reply(ProduceResponse),
+    /// acks=0, every partition written.
+    Silent,
+    /// acks=0 and a partition failed with this code.
+    SilentFailed(i16),
+}
+
+/// Starts and finishes one request (no pipelining).
 pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<ProduceResponse> {
+    match start(req, version, ctx).await.finish().await {
+        Finished::Reply(r) => Some(r),
+        Finished::Silent | Finished::SilentFailed(_) => None,
+    }
+}
+
+/// Validates the request and starts every partition, in the request's
+/// order: when this returns, each partition's batch has its place in that
+/// partition's order (see `Shard::produce_start`).
+pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx) -> Started {
     let acks = req.acks;
     let refuse = if !(-1..=1).contains(&acks) {
         Some(codes::invalid_required_acks())
@@ -28,7 +64,7 @@ pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<Prod
         None
     };
     let mut responses = Vec::with_capacity(req.topic_data.len());
-    let mut work = Vec::new();
+    let mut partitions = Vec::new();
     for (topic_index, topic) in req.topic_data.into_iter().enumerate() {
         responses.push(topic_response(&topic));
         let TopicProduceData {
@@ -37,39 +73,60 @@ pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<Prod
             ..
         } = topic;
         for p in partition_data {
-            work.push(produce_one(
-                topic_index,
-                name.0.as_str().to_string(),
-                p,
-                acks,
-                refuse,
-                ctx,
-            ));
+            let started = start_one(name.0.as_str(), p, acks, refuse, ctx).await;
+            partitions.push((topic_index, started));
         }
     }
-    for (topic_index, partition) in join_all(work).await {
-        responses[topic_index].partition_responses.push(partition);
+    Started {
+        version,
+        acks,
+        responses,
+        partitions,
     }
-    if acks == 0 {
-        return None;
+}
+
+impl Started {
+    /// Awaits every partition's answer and builds the response.
+    pub async fn finish(self) -> Finished {
+        let Started {
+            version,
+            acks,
+            mut responses,
+            partitions,
+        } = self;
+        for (topic_index, partition) in partitions {
+            let r = match partition {
+                Partition::Answered(r) => r,
+                Partition::Waiting(index, ticket) => partition_response(index, ticket).await,
+            };
+            responses[topic_index].partition_responses.push(r);
+        }
+        if acks == 0 {
+            let failed = responses
+                .iter()
+                .flat_map(|t| t.partition_responses.iter())
+                .map(|p| p.error_code)
+                .find(|&code| code != codes::NONE);
+            return failed.map_or(Finished::Silent, Finished::SilentFailed);
+        }
+        let mut resp = ProduceResponse::default();
+        resp.responses = responses;
+        let busy = resp
+            .responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter())
+            .any(|p| is_busy(p.error_code));
+        if busy && version >= 1 {
+            resp.throttle_time_ms = BUSY_THROTTLE_MS;
+        }
+        if version < 8 {
+            resp.responses
+                .iter_mut()
+                .flat_map(|t| t.partition_responses.iter_mut())
+                .for_each(|p| p.error_message = None);
+        }
+        Finished::Reply(resp)
     }
-    let mut resp = ProduceResponse::default();
-    resp.responses = responses;
-    let busy = resp
-        .responses
-        .iter()
-        .flat_map(|t| t.partition_responses.iter())
-        .any(|p| is_busy(p.error_code));
-    if busy && version >= 1 {
-        resp.throttle_time_ms = BUSY_THROTTLE_MS;
-    }
-    if version < 8 {
-        resp.responses
-            .iter_mut()
-            .flat_map(|t| t.partition_responses.iter_mut())
-            .for_each(|p| p.error_message = None);
-    }
-    Some(resp)
 }
 
 fn topic_response(topic: &TopicProduceData) -> TopicProduceResponse {
@@ -79,21 +136,21 @@ fn topic_response(topic: &TopicProduceData) -> TopicProduceResponse {
     t
 }
 
-async fn produce_one(
-    topic_index: usize,
-    name: String,
+async fn start_one(
+    name: &str,
     p: PartitionProduceData,
     acks: i16,
     refuse: Option<i16>,
     ctx: &Ctx,
-) -> (usize, PartitionProduceResponse) {
+) -> Partition {
     let index = p.index;
-    let fail =
-        |code: i16, message: Option<String>| (topic_index, error_response(index, code, message));
+    let fail = |code: i16, message: Option<String>| {
+        Partition::Answered(error_response(index, code, message))
+    };
     if let Some(code) = refuse {
         return fail(code, None);
     }
-    let Some(topic) = ctx.topic(&name) else {
+    let Some(topic) = ctx.topic(name) else {
         return fail(codes::unknown_topic_or_partition(), None);
     };
     let records = match p.records {
@@ -110,15 +167,20 @@ async fn produce_one(
         }
         _ => return fail(codes::corrupt_message(), Some("not a record batch".into())),
     }
-    let result = ctx
+    let ticket = ctx
         .shard
-        .produce(ProducePartition {
+        .produce_start(ProducePartition {
             topic,
             partition: index,
             records,
             acks,
         })
         .await;
+    Partition::Waiting(index, ticket)
+}
+
+async fn partition_response(index: i32, ticket: ProduceTicket) -> PartitionProduceResponse {
+    let result = ticket.wait().await;
     let mut r = PartitionProduceResponse::default();
     r.index = index;
     match result.error {
@@ -133,7 +195,7 @@ async fn produce_one(
             r.log_start_offset = result.log_start_offset;
         }
     }
-    (topic_index, r)
+    r
 }
 
 fn error_response(
