@@ -3,6 +3,10 @@
 //! leave strictly in request order (clients may pipeline; like Kafka, the
 //! next request is read once the previous one is answered).
 //!
+//! A reply is written within `REPLY_WRITE_TIMEOUT` or the connection is
+//! closed: a peer that does not read cannot pin the reply's memory (a
+//! fetch answer's batches stay charged to `fetch_response` until written).
+//!
 //! Malformed input closes the connection with a rate-limited warning:
 //! a size prefix < 0 or > `request_max_bytes`, a truncated frame, an unknown
 //! API key, an unsupported version (except ApiVersions, which is answered
@@ -18,7 +22,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKi
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::handlers::{self, api_versions, Ctx};
-use crate::plane::RequestBuffer;
+use crate::plane::{RequestBuffer, ResponseMemory};
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
@@ -36,11 +40,20 @@ pub enum Close {
     Decode(String),
     Encode(String),
     Io(std::io::Error),
+    /// The peer did not read a reply within `REPLY_WRITE_TIMEOUT`.
+    WriteTimeout,
+    /// The shard's request memory has `POOL_WAITERS_MAX` waiters already.
+    NoMemory,
 }
+
+/// Longest time writing one reply may take; a peer that does not read its
+/// replies for this long is disconnected (its reply's memory is released).
+pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to do after one request.
 enum Outcome {
-    Reply(Bytes),
+    /// The encoded reply, and memory its bytes hold until written.
+    Reply(Bytes, Option<ResponseMemory>),
     Silent,
 }
 
@@ -57,7 +70,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     // The read buffer is charged to the request-buffer pool for the
     // connection's life; a full pool delays the connection's first read.
-    let _buffer = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await;
+    let Some(_buffer) = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await else {
+        return closed(&peer, Close::NoMemory);
+    };
     let mut stream = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
     loop {
         // `_held` keeps the frame's memory charged until it is answered.
@@ -66,14 +81,35 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(None) => return,
             Err(close) => return closed(&peer, close),
         };
-        let reply = match handle_frame(frame, ctx).await {
-            Ok(Outcome::Reply(bytes)) => bytes,
+        let (reply, held) = match handle_frame(frame, ctx).await {
+            Ok(Outcome::Reply(bytes, held)) => (bytes, held),
             Ok(Outcome::Silent) => continue,
             Err(close) => return closed(&peer, close),
         };
-        if let Err(e) = write_reply(&mut stream, &reply).await {
-            return closed(&peer, Close::Io(e));
+        if let Err(close) = write_bounded(&mut stream, &reply, ctx).await {
+            return closed(&peer, close);
         }
+        drop(held);
+    }
+}
+
+/// Writes a reply within `REPLY_WRITE_TIMEOUT`. A write that completes at
+/// once (the common case) touches no deadline; one that blocks registers
+/// its deadline in the shard's deadline structure (no timer per connection).
+async fn write_bounded<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    reply: &[u8],
+    ctx: &Ctx,
+) -> Result<(), Close> {
+    let mut write = std::pin::pin!(write_reply(stream, reply));
+    if let std::task::Poll::Ready(r) = futures::poll!(write.as_mut()) {
+        return r.map_err(Close::Io);
+    }
+    let deadline = Instant::now() + REPLY_WRITE_TIMEOUT;
+    let sleep = std::pin::pin!(ctx.shard.sleep_until(deadline));
+    match futures::future::select(write, sleep).await {
+        futures::future::Either::Left((r, _)) => r.map_err(Close::Io),
+        futures::future::Either::Right(_) => Err(Close::WriteTimeout),
     }
 }
 
@@ -111,7 +147,11 @@ fn warn_limited(peer: &str, close: &Close) {
     }
     WARN_LAST.with(|l| l.set(Some(now)));
     let suppressed = WARN_SUPPRESSED.with(|s| s.replace(0));
-    tracing::warn!(peer, reason = ?close, suppressed, "closing connection: bad request");
+    let what = match close {
+        Close::WriteTimeout | Close::NoMemory => "closing connection",
+        _ => "closing connection: bad request",
+    };
+    tracing::warn!(peer, reason = ?close, suppressed, "{what}");
 }
 
 /// Reads one size-prefixed frame. `Ok(None)`: clean end of stream.
@@ -140,7 +180,9 @@ async fn read_frame<S: AsyncRead + Unpin>(
     {
         return Err(Close::BadSize(size));
     }
-    let held = ctx.shard.reserve_request(size as u64).await;
+    let Some(held) = ctx.shard.reserve_request(size as u64).await else {
+        return Err(Close::NoMemory);
+    };
     // The announced size is reserved, so the frame is allocated once at
     // that size (growing a buffer as bytes arrive would hold up to twice
     // the reservation). A peer announcing more than it sends holds at most
@@ -168,7 +210,7 @@ async fn handle_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Outcome, Close> {
     if version < min || version > max {
         if key == ApiKey::ApiVersions {
             let body = ResponseKind::ApiVersions(api_versions::unsupported_version());
-            return encode(correlation_id, key, 0, &body).map(Outcome::Reply);
+            return encode(correlation_id, key, 0, &body).map(|b| Outcome::Reply(b, None));
         }
         return Err(Close::UnsupportedVersion(key, version));
     }
@@ -176,7 +218,10 @@ async fn handle_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Outcome, Close> {
         .map_err(|e| Close::Decode(format!("header: {e:#}")))?;
     tracing::trace!(api = ?key, version, correlation_id = header.correlation_id, "request");
     match handlers::dispatch(key, version, &mut frame, ctx).await {
-        Ok(Some(body)) => encode(header.correlation_id, key, version, &body).map(Outcome::Reply),
+        Ok(Some(r)) => {
+            let bytes = encode(header.correlation_id, key, version, &r.body)?;
+            Ok(Outcome::Reply(bytes, r.held))
+        }
         Ok(None) => Ok(Outcome::Silent),
         Err(e) => Err(Close::Decode(format!("{key:?} v{version}: {}", e.0))),
     }
@@ -209,7 +254,7 @@ fn encode(
 #[cfg(test)]
 pub async fn serve_frame_for_tests(frame: Bytes, ctx: &Ctx, _limits: &ConnLimits) -> Option<Bytes> {
     match handle_frame(frame, ctx).await {
-        Ok(Outcome::Reply(bytes)) => Some(bytes),
+        Ok(Outcome::Reply(bytes, _)) => Some(bytes),
         Ok(Outcome::Silent) => None,
         Err(close) => panic!("connection closed: {close:?}"),
     }

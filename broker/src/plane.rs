@@ -11,8 +11,8 @@ pub use sluice_shard::group::{
 };
 pub use sluice_shard::{
     new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest,
-    ListOffsetsPartition, PoolStats, ProducePartition, RequestBuffer, Shard, ShardConfig,
-    ShardError, ShardMesh, ShardStats,
+    ListOffsetsPartition, PoolStats, ProducePartition, RequestBuffer, ResponseMemory, Shard,
+    ShardConfig, ShardError, ShardMesh, ShardStats,
 };
 
 use crate::config::Settings;
