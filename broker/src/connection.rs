@@ -42,7 +42,8 @@ pub enum Close {
     Io(std::io::Error),
     /// The peer did not read a reply within `REPLY_WRITE_TIMEOUT`.
     WriteTimeout,
-    /// The shard's request memory has `POOL_WAITERS_MAX` waiters already.
+    /// No request memory within `MEMORY_WAIT` (or `POOL_WAITERS_MAX`
+    /// connections wait already).
     NoMemory,
 }
 

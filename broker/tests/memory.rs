@@ -509,6 +509,7 @@ fn fire_and_forget_producers_wait_for_memory_instead_of_losing_records() {
         &["--memory", &format!("{MEMORY_MIB}MiB")],
     ));
     create_topic(&b, FIRE_TOPIC, LOAD_PARTITIONS);
+    let baseline = memory_report(&b)["shards"][0].clone();
     let producers: Vec<_> = (0..FIRE_PRODUCERS)
         .map(|id| {
             let b = Arc::clone(&b);
@@ -551,4 +552,5 @@ fn fire_and_forget_producers_wait_for_memory_instead_of_losing_records() {
         waits.get("produce_inflight").copied().unwrap_or(0) > 0,
         "in-flight produce memory filled and produces waited: {waits:?}"
     );
+    assert_back_to_baseline(&b, &baseline);
 }

@@ -3,8 +3,8 @@
 //! pool keeps its waiters in arrival order (at most `POOL_WAITERS_MAX`), a
 //! release grants them from the head while they fit, and a waiter that does
 //! not fit yet is never overtaken by a later one (nor by `try_reserve`). The
-//! callers bound every wait in time: connections stop reading their socket
-//! until request memory frees; produces queue in the shard's admissions
+//! callers bound every wait in time (`MEMORY_WAIT`): connections stop
+//! reading their socket until request memory frees; produces queue in the shard's admissions
 //! queue (`produce`); a fetch waits once for its first batch (`fetch`).
 //! Only a wait that runs out is answered with an error (`ShardError::Busy`).
 //! Waits are counted per pool. Nothing ever goes past a pool's limit,

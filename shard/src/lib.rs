@@ -400,13 +400,18 @@ impl Shard {
     }
 
     /// Reserves `bytes` of the request-buffer pool for a request frame,
-    /// waiting (in arrival order, not failing) while the pool is full: the
-    /// connection stops reading its socket until memory frees. `None` when
-    /// `bytes` exceed `request_bytes_max()` or `POOL_WAITERS_MAX`
-    /// connections already wait. Released when the returned value is dropped.
+    /// waiting (in arrival order) while the pool is full: the connection
+    /// stops reading its socket until memory frees. `None` when the wait
+    /// runs out (`MEMORY_WAIT`: memory held by idle connections' buffers
+    /// can keep a large frame from ever fitting, and waiters are not
+    /// overtaken), when `bytes` exceed `request_bytes_max()` or when
+    /// `POOL_WAITERS_MAX` connections already wait. Released when the
+    /// returned value is dropped.
     pub async fn reserve_request(&self, bytes: u64) -> Option<RequestBuffer> {
         let pool = budget::Pool::RequestBuffers;
-        let r = self.core.budget.reserve(pool, bytes).await.ok()?;
+        let reserve = self.core.budget.reserve(pool, bytes);
+        let deadline = std::time::Instant::now() + MEMORY_WAIT;
+        let r = self.core.until(reserve, deadline).await?.ok()?;
         Some(RequestBuffer(r))
     }
 
