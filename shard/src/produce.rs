@@ -220,10 +220,12 @@ impl Engine {
     /// The produce's memory, if it fits now: its `ProduceInflight` bytes and
     /// room for one index entry in `PartitionState`.
     fn admit_now(self: &Rc<Self>, bytes: u64) -> Option<Reservation> {
-        if !self.budget.fits(Pool::PartitionState, INDEX_ENTRY_BYTES) {
-            return None;
-        }
-        self.budget.try_reserve(Pool::ProduceInflight, bytes)
+        // Checked first so that a produce about to wait is not also counted
+        // as refused by `try_reserve`.
+        let fits = self.budget.fits(Pool::PartitionState, INDEX_ENTRY_BYTES)
+            && self.budget.fits(Pool::ProduceInflight, bytes);
+        fits.then(|| self.budget.try_reserve(Pool::ProduceInflight, bytes))
+            .flatten()
     }
 
     fn refuse_produce(&self, reply: oneshot::Sender<ProducePartitionResult>, e: ShardError) {
