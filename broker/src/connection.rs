@@ -16,6 +16,10 @@
 //! Produce with acks=0 gets no reply; if it fails the connection is closed
 //! (as in Kafka: the client has no other way to learn of it).
 //!
+//! A reply is written within `REPLY_WRITE_TIMEOUT` or the connection is
+//! closed: a peer that does not read cannot pin the reply's memory (a
+//! fetch answer's batches stay charged to `fetch_response` until written).
+//!
 //! Malformed input closes the connection with a rate-limited warning:
 //! a size prefix < 0 or > `request_max_bytes`, a truncated frame, an unknown
 //! API key, an unsupported version (except ApiVersions, which is answered
@@ -38,7 +42,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::handlers::{self, api_versions, produce, Ctx};
-use crate::plane::RequestBuffer;
+use crate::plane::{RequestBuffer, ResponseMemory};
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
@@ -63,11 +67,21 @@ pub enum Close {
     Io(std::io::Error),
     /// A produce with acks=0 failed with this error code.
     SilentProduceFailed(i16),
+    /// The peer did not read a reply within `REPLY_WRITE_TIMEOUT`.
+    WriteTimeout,
+    /// No request memory within `MEMORY_WAIT` (or `POOL_WAITERS_MAX`
+    /// connections wait already).
+    NoMemory,
 }
+
+/// Longest time writing one reply may take; a peer that does not read its
+/// replies for this long is disconnected (its reply's memory is released).
+pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What to do after one request.
 enum Outcome {
-    Reply(Bytes),
+    /// The encoded reply, and memory its bytes hold until written.
+    Reply(Bytes, Option<ResponseMemory>),
     Silent,
 }
 
@@ -104,11 +118,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     // The read buffer is charged to the request-buffer pool for the
     // connection's life; a full pool delays the connection's first read.
-    let _buffer = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await;
+    let Some(_buffer) = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await else {
+        return closed(&peer, Close::NoMemory);
+    };
     let (mut reader, mut writer) = BufReader::with_capacity(READ_BUFFER_BYTES, stream).split();
     let (queue, replies) = local_channel::new_bounded(IN_FLIGHT_MAX);
     let read_side = pin!(read_side(&mut reader, queue, limits, ctx));
-    let write_side = pin!(write_side(&mut writer, &replies));
+    let write_side = pin!(write_side(&mut writer, &replies, ctx));
     // The write side ends on a write error or once the read side ended
     // (it drops the queue's sender) and every earlier reply was written.
     let (read_end, write_end) = match select(read_side, write_side).await {
@@ -152,18 +168,40 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
 async fn write_side<W: AsyncWrite + Unpin>(
     writer: &mut W,
     replies: &LocalReceiver<InFlight<'_>>,
+    ctx: &Ctx,
 ) -> Result<(), Close> {
     while let Some(InFlight { rest, ran, held }) = replies.recv().await {
         let outcome = rest.await;
         if let Some(ran) = ran {
             let _ = ran.send(());
         }
-        if let Outcome::Reply(reply) = outcome? {
-            write_reply(writer, &reply).await.map_err(Close::Io)?;
+        if let Outcome::Reply(reply, response_memory) = outcome? {
+            write_bounded(writer, &reply, ctx).await?;
+            drop(response_memory);
         }
         drop(held);
     }
     Ok(())
+}
+
+/// Writes a reply within `REPLY_WRITE_TIMEOUT`. A write that completes at
+/// once (the common case) touches no deadline; one that blocks registers
+/// its deadline in the shard's deadline structure (no timer per connection).
+async fn write_bounded<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    reply: &[u8],
+    ctx: &Ctx,
+) -> Result<(), Close> {
+    let mut write = pin!(write_reply(stream, reply));
+    if let std::task::Poll::Ready(r) = futures::poll!(write.as_mut()) {
+        return r.map_err(Close::Io);
+    }
+    let deadline = Instant::now() + REPLY_WRITE_TIMEOUT;
+    let sleep = pin!(ctx.shard.sleep_until(deadline));
+    match select(write, sleep).await {
+        Either::Left((r, _)) => r.map_err(Close::Io),
+        Either::Right(_) => Err(Close::WriteTimeout),
+    }
 }
 
 async fn write_reply<S: AsyncWrite + Unpin>(stream: &mut S, reply: &[u8]) -> std::io::Result<()> {
@@ -207,7 +245,11 @@ fn warn_limited(peer: &str, close: &Close) {
     }
     WARN_LAST.with(|l| l.set(Some(now)));
     let suppressed = WARN_SUPPRESSED.with(|s| s.replace(0));
-    tracing::warn!(peer, reason = ?close, suppressed, "closing connection: bad request");
+    let what = match close {
+        Close::WriteTimeout | Close::NoMemory => "closing connection",
+        _ => "closing connection: bad request",
+    };
+    tracing::warn!(peer, reason = ?close, suppressed, "{what}");
 }
 
 /// Reads one size-prefixed frame. `Ok(None)`: clean end of stream.
@@ -236,7 +278,9 @@ async fn read_frame<S: AsyncRead + Unpin>(
     {
         return Err(Close::BadSize(size));
     }
-    let held = ctx.shard.reserve_request(size as u64).await;
+    let Some(held) = ctx.shard.reserve_request(size as u64).await else {
+        return Err(Close::NoMemory);
+    };
     // The announced size is reserved, so the frame is allocated once at
     // that size (growing a buffer as bytes arrive would hold up to twice
     // the reservation). A peer announcing more than it sends holds at most
@@ -267,7 +311,7 @@ async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> 
     if version < min || version > max {
         if key == ApiKey::ApiVersions {
             let body = ResponseKind::ApiVersions(api_versions::unsupported_version());
-            let reply = encode(correlation_id, key, 0, &body).map(Outcome::Reply);
+            let reply = encode(correlation_id, key, 0, &body).map(|b| Outcome::Reply(b, None));
             return Ok(Started::Barrier(Box::pin(async move { reply })));
         }
         return Err(Close::UnsupportedVersion(key, version));
@@ -284,7 +328,7 @@ async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> 
             match started.finish().await {
                 produce::Finished::Reply(body) => {
                     let body = ResponseKind::Produce(body);
-                    encode(correlation_id, key, version, &body).map(Outcome::Reply)
+                    encode(correlation_id, key, version, &body).map(|b| Outcome::Reply(b, None))
                 }
                 produce::Finished::Silent => Ok(Outcome::Silent),
                 produce::Finished::SilentFailed(code) => Err(Close::SilentProduceFailed(code)),
@@ -293,7 +337,10 @@ async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> 
     }
     Ok(Started::Barrier(Box::pin(async move {
         match handlers::dispatch(key, version, &mut frame, ctx).await {
-            Ok(Some(body)) => encode(correlation_id, key, version, &body).map(Outcome::Reply),
+            Ok(Some(r)) => {
+                let bytes = encode(correlation_id, key, version, &r.body)?;
+                Ok(Outcome::Reply(bytes, r.held))
+            }
             Ok(None) => Ok(Outcome::Silent),
             Err(e) => Err(Close::Decode(format!("{key:?} v{version}: {}", e.0))),
         }
@@ -331,7 +378,7 @@ pub async fn serve_frame_for_tests(frame: Bytes, ctx: &Ctx, _limits: &ConnLimits
         Err(close) => panic!("connection closed: {close:?}"),
     };
     match rest.await {
-        Ok(Outcome::Reply(bytes)) => Some(bytes),
+        Ok(Outcome::Reply(bytes, _)) => Some(bytes),
         Ok(Outcome::Silent) => None,
         Err(close) => panic!("connection closed: {close:?}"),
     }

@@ -18,8 +18,10 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
         ShardError::NotLeader => ResponseError::NotLeaderOrFollower,
         ShardError::Timeout => ResponseError::RequestTimedOut,
         ShardError::Storage(_) => ResponseError::KafkaStorageError,
-        // Budget exhausted: retriable; the client backs off and retries.
-        ShardError::Busy => ResponseError::ThrottlingQuotaExceeded,
+        // A memory wait ran out (or a bounded queue is full): retriable in
+        // every client (THROTTLING_QUOTA_EXCEEDED is not: librdkafka fails
+        // the message), and the response carries `throttle_time_ms`.
+        ShardError::Busy => ResponseError::RequestTimedOut,
         // Like a Kafka broker going down: the client refreshes metadata and retries.
         ShardError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         ShardError::Config(_) => ResponseError::UnknownServerError,
@@ -29,12 +31,14 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
     code.code()
 }
 
-/// `throttle_time_ms` of a Produce or Fetch response in which a partition
-/// was refused because a memory pool was full (`ShardError::Busy`): the
-/// client waits this long before it sends to this broker again.
+/// `throttle_time_ms` of a Produce or Fetch response in which a partition's
+/// wait for memory ran out (`ShardError::Busy`, or a fetch answered empty):
+/// the client waits this long before it sends to this broker again.
 pub const BUSY_THROTTLE_MS: i32 = 100;
 
-/// Whether `code` is the one `ShardError::Busy` maps to.
+/// Whether `code` is the one `ShardError::Busy` maps to (REQUEST_TIMED_OUT,
+/// which a timed-out call to another shard also gets: throttling then is
+/// harmless).
 pub fn is_busy(code: i16) -> bool {
     code == shard_error_code(&ShardError::Busy)
 }

@@ -310,6 +310,20 @@ impl Snapshot {
             "shard_pool_refused",
             "Reservations a memory pool refused.",
             refused,
+        )?;
+        let waits = self.pool_samples(|p| ConstCounter::new(p.waits));
+        family(
+            enc,
+            "shard_pool_waits",
+            "Reservations that waited for a memory pool (backpressure).",
+            waits,
+        )?;
+        let waiting = self.pool_samples(|p| ConstGauge::new(p.waiting as i64));
+        family(
+            enc,
+            "shard_pool_waiting",
+            "Reservations waiting for a memory pool now.",
+            waiting,
         )
     }
 
@@ -403,8 +417,29 @@ impl Snapshot {
             enc,
             s,
             "shard_produce_busy",
-            "Partition produces refused by the budget.",
+            "Partition produces answered Busy (memory wait ran out, queue full).",
             |p| p.stats.counters.produce_busy,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_produce_admission_waits",
+            "Partition produces that queued for memory.",
+            |p| p.stats.produce_admission_waits,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_produce_admission_timeouts",
+            "Queued partition produces whose memory wait ran out.",
+            |p| p.stats.produce_admission_timeouts,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_produce_admissions_waiting",
+            "Partition produces waiting for memory now.",
+            |p| p.stats.produce_admissions_waiting,
         )?;
         counters(
             enc,
@@ -417,8 +452,15 @@ impl Snapshot {
             enc,
             s,
             "shard_fetch_busy",
-            "Partition fetches refused by the budget.",
+            "Fetches cut short because fetch_response memory was not free.",
             |p| p.stats.counters.fetch_busy,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_fetch_throttled",
+            "Fetches answered empty and throttled: their memory wait ran out.",
+            |p| p.stats.counters.fetch_throttled,
         )?;
         counters(
             enc,
@@ -517,6 +559,8 @@ fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
                 "peak_bytes": pool.peak_bytes,
                 "over_bytes": pool.over_bytes,
                 "refused": pool.refused,
+                "waits": pool.waits,
+                "waiting": pool.waiting,
             })
         })
         .collect();
@@ -536,6 +580,7 @@ fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
         "produce_tasks": s.produce_tasks,
         "fetch_waiters": s.waiters.waiting,
         "request_waits": s.request_waits,
+        "produce_admissions_waiting": s.produce_admissions_waiting,
         "wal_queue_bytes": s.wal.queue_bytes,
         "tail_cache_entries": s.tail_cache_entries,
         "pools": pools,

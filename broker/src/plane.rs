@@ -11,7 +11,8 @@ pub use sluice_shard::group::{
 };
 pub use sluice_shard::{
     new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest,
-    ListOffsetsPartition, PoolStats, ProducePartition, ProduceTicket, RequestBuffer, Shard,
+    ListOffsetsPartition, PoolStats, ProducePartition, ProduceTicket, RequestBuffer,
+    ResponseMemory, Shard,
     ShardConfig, ShardError, ShardMesh, ShardStats,
 };
 

@@ -5,9 +5,14 @@
 //! - a partition count beyond `--partitions-per-shard-max` is refused with
 //!   POLICY_VIOLATION and a message naming the limit; one warning at 80%;
 //! - many producers with large batches and consumers with large fetches
-//!   keep RSS under the budget plus a fixed overhead, every acknowledged
-//!   record is read back, and afterwards connections, tasks and the
-//!   transient pools return to their idle baseline (the leak test).
+//!   keep RSS under the budget plus a fixed overhead; full pools make work
+//!   wait (pool waits counted on /metrics) instead of failing it: every
+//!   record is acknowledged and read back, and afterwards connections,
+//!   tasks and the transient pools return to their idle baseline (the leak
+//!   test);
+//! - a client that sends a large Fetch and never reads the answer is
+//!   disconnected after the write bound, and the response's memory
+//!   (`fetch_response`) is released.
 
 mod common;
 
@@ -159,9 +164,12 @@ const VALUE_BYTES: usize = 16 << 10;
 const MEMORY_MIB: u64 = 64;
 const FIXED_OVERHEAD_MIB: u64 = 48;
 
-/// One producer thread: large batches, acks=all. Returns what was
-/// acknowledged: (partition, offset) -> value prefix.
-fn produce_load(b: &Broker, id: usize) -> Vec<((i32, i64), String)> {
+/// What one producer thread saw: the acknowledged records
+/// ((partition, offset), value prefix) and the failed deliveries.
+type ProducerOutcome = (Vec<((i32, i64), String)>, Vec<String>);
+
+/// One producer thread: large batches, acks=all.
+fn produce_load(b: &Broker, id: usize) -> ProducerOutcome {
     let p: FutureProducer = client_config(b)
         .set("acks", "all")
         .set("linger.ms", "20")
@@ -191,13 +199,15 @@ fn produce_load(b: &Broker, id: usize) -> Vec<((i32, i64), String)> {
         };
         pending.push((tag, fut));
     }
-    let mut acked = Vec::new();
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
     for (tag, fut) in pending {
-        if let Ok(Ok(d)) = futures::executor::block_on(fut) {
-            acked.push(((d.partition, d.offset), tag));
+        match futures::executor::block_on(fut) {
+            Ok(Ok(d)) => acked.push(((d.partition, d.offset), tag)),
+            Ok(Err((e, _))) => failed.push(format!("{tag} {e}")),
+            Err(_) => failed.push(format!("{tag} delivery future canceled")),
         }
     }
-    acked
+    (acked, failed)
 }
 
 /// A consumer reading from the start with large fetches, slowly, until
@@ -257,10 +267,12 @@ fn saturated_pools_keep_rss_bounded_and_acknowledged_records_survive() {
         sampled += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
-    let acked: Vec<_> = producers
-        .into_iter()
-        .flat_map(|p| p.join().expect("producer thread"))
-        .collect();
+    let (mut acked, mut failed) = (Vec::new(), Vec::new());
+    for p in producers {
+        let (a, f) = p.join().expect("producer thread");
+        acked.extend(a);
+        failed.extend(f);
+    }
     stop.store(true, Ordering::Relaxed);
     for c in consumers {
         c.join().expect("consumer thread");
@@ -282,12 +294,38 @@ fn saturated_pools_keep_rss_bounded_and_acknowledged_records_survive() {
         rss_peak > 0 && rss_peak <= bound,
         "RSS {rss_peak} over {bound}"
     );
+    let waits = pool_waits(&b);
+    eprintln!("pool waits on /metrics: {waits:?}");
     assert!(
-        acked.len() * 2 >= PRODUCERS * RECORDS_PER_PRODUCER,
-        "most records are acknowledged eventually"
+        failed.is_empty(),
+        "{} deliveries failed, first: {}",
+        failed.len(),
+        failed[0]
+    );
+    assert_eq!(
+        acked.len(),
+        PRODUCERS * RECORDS_PER_PRODUCER,
+        "every record is acknowledged"
+    );
+    assert!(
+        waits.values().sum::<u64>() > 0,
+        "full pools made work wait (backpressure): {waits:?}"
     );
     assert_every_ack_survives(&b, &acked);
     assert_back_to_baseline(&b, &baseline);
+}
+
+/// `sluice_shard_pool_waits_total` of shard 0, by pool.
+fn pool_waits(b: &Broker) -> HashMap<String, u64> {
+    let text = http_get(b, "/metrics");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("sluice_shard_pool_waits_total{"))
+        .filter_map(|l| {
+            let (labels, value) = l.split_once("} ")?;
+            let pool = labels.split("pool=\"").nth(1)?.split('"').next()?;
+            Some((pool.to_string(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 fn assert_every_ack_survives(b: &Broker, acked: &[((i32, i64), String)]) {
@@ -338,4 +376,181 @@ fn assert_back_to_baseline(b: &Broker, baseline: &Value) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+const STALLED_TOPIC: &str = "stalled";
+/// Records of `STALLED_VALUE_BYTES` in the stalled reader's topic: far more
+/// than the loopback socket buffers hold, so the reply cannot be written.
+const STALLED_RECORDS: usize = 24;
+const STALLED_VALUE_BYTES: usize = 700 << 10;
+/// The broker's write bound (`REPLY_WRITE_TIMEOUT`, 30 s) and some slack.
+const STALLED_DISCONNECT_WITHIN: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_client_that_never_reads_its_fetch_answer_is_disconnected_and_its_memory_released() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, FetchRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let b = Broker::start_with(1, &["--memory", "256MiB"]);
+    create_topic(&b, STALLED_TOPIC, 1);
+    let p = common::producer(&b, &[("acks", "all"), ("batch.size", "1000000")]);
+    let value = "v".repeat(STALLED_VALUE_BYTES);
+    let records: Vec<_> = (0..STALLED_RECORDS)
+        .map(|i| (0, format!("k{i}"), value.clone(), None))
+        .collect();
+    common::produce_all(&p, STALLED_TOPIC, &records);
+    drop(p);
+
+    let mut partition = FetchPartition::default();
+    partition.partition = 0;
+    partition.fetch_offset = 0;
+    partition.partition_max_bytes = 64 << 20;
+    let mut topic = FetchTopic::default();
+    topic.topic = TopicName(StrBytes::from_static_str(STALLED_TOPIC));
+    topic.partitions = vec![partition];
+    let mut req = FetchRequest::default();
+    req.replica_id = kafka_protocol::messages::BrokerId(-1);
+    req.max_wait_ms = 0;
+    req.min_bytes = 1;
+    req.max_bytes = 64 << 20;
+    req.topics = vec![topic];
+    let mut s = common::connect(&b);
+    s.write_all(&common::request_frame(ApiKey::Fetch, 4, 9, &req))
+        .expect("send the fetch");
+    // Never read: the reply stalls in the socket, its batches charged.
+    let started = Instant::now();
+    let response_bytes = (STALLED_RECORDS * STALLED_VALUE_BYTES) as u64;
+    let mut held_peak = 0;
+    loop {
+        let shard = memory_report(&b)["shards"][0].clone();
+        let held = pool(&shard, "fetch_response");
+        held_peak = held_peak.max(held);
+        if held_peak > 0 && held == 0 && shard["connections"] == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < STALLED_DISCONNECT_WITHIN,
+            "the stalled reader is still connected or its memory held \
+             (fetch_response peak {held_peak}): {shard}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "disconnected after {:?}; fetch_response held {held_peak} bytes meanwhile",
+        started.elapsed()
+    );
+    assert!(
+        held_peak >= response_bytes,
+        "the response's batches ({response_bytes} bytes) were charged, peak {held_peak}"
+    );
+    // The client sees the end of the stream before the whole reply.
+    let mut read = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => read += n as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("expected a closed connection, got {e}"),
+        }
+    }
+    assert!(read < response_bytes, "read {read} of {response_bytes}");
+    common::assert_healthy(&b);
+}
+
+const FIRE_TOPIC: &str = "fire-and-forget";
+const FIRE_PRODUCERS: usize = 4;
+const FIRE_RECORDS_PER_PRODUCER: usize = 1500;
+
+/// One acks=0 producer: the broker answers nothing, so a produce it drops
+/// is lost silently. Returns the tags of the records it sent.
+fn produce_unacknowledged(b: &Broker, id: usize) -> Vec<String> {
+    let p: FutureProducer = client_config(b)
+        .set("acks", "0")
+        .set("linger.ms", "5")
+        .set("batch.size", "1000000")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .expect("producer");
+    let body = "y".repeat(VALUE_BYTES);
+    let mut pending = Vec::new();
+    for i in 0..FIRE_RECORDS_PER_PRODUCER {
+        let tag = format!("z{id}-r{i}:");
+        let value = format!("{tag}{body}");
+        let partition = (i % LOAD_PARTITIONS as usize) as i32;
+        let mut record = FutureRecord::<(), _>::to(FIRE_TOPIC)
+            .partition(partition)
+            .payload(&value);
+        let fut = loop {
+            match p.send_result(record) {
+                Ok(fut) => break fut,
+                Err((_, back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        pending.push((tag, fut));
+    }
+    pending
+        .into_iter()
+        .map(|(tag, fut)| {
+            let sent = futures::executor::block_on(fut);
+            assert!(matches!(sent, Ok(Ok(_))), "{tag} not sent: {sent:?}");
+            tag
+        })
+        .collect()
+}
+
+#[test]
+fn fire_and_forget_producers_wait_for_memory_instead_of_losing_records() {
+    let b = Arc::new(Broker::start_with(
+        1,
+        &["--memory", &format!("{MEMORY_MIB}MiB")],
+    ));
+    create_topic(&b, FIRE_TOPIC, LOAD_PARTITIONS);
+    let baseline = memory_report(&b)["shards"][0].clone();
+    let producers: Vec<_> = (0..FIRE_PRODUCERS)
+        .map(|id| {
+            let b = Arc::clone(&b);
+            std::thread::spawn(move || produce_unacknowledged(&b, id))
+        })
+        .collect();
+    let sent: Vec<String> = producers
+        .into_iter()
+        .flat_map(|p| p.join().expect("producer thread"))
+        .collect();
+    let waits = pool_waits(&b);
+    let got = consume_all(
+        &b,
+        FIRE_TOPIC,
+        LOAD_PARTITIONS,
+        sent.len(),
+        Duration::from_secs(120),
+    );
+    eprintln!(
+        "{} sent, {} stored; pool waits {waits:?}; {}",
+        sent.len(),
+        got.len(),
+        memory_report(&b)["shards"][0]["pools"]
+    );
+    let stored: std::collections::HashSet<&str> = got
+        .iter()
+        .filter_map(|m| m.value.split_once(':').map(|(tag, _)| tag))
+        .collect();
+    let lost: Vec<_> = sent
+        .iter()
+        .filter(|t| !stored.contains(t.trim_end_matches(':')))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} records lost, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert!(
+        waits.get("produce_inflight").copied().unwrap_or(0) > 0,
+        "in-flight produce memory filled and produces waited: {waits:?}"
+    );
+    assert_back_to_baseline(&b, &baseline);
 }

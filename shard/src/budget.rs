@@ -1,17 +1,26 @@
 //! The shard's memory budget: named pools with byte limits, charged before
-//! memory grows. A reservation that does not fit is refused (the caller
-//! answers `ShardError::Busy`), or, for request buffers, waited for (the
-//! connection stops reading its socket: backpressure); nothing ever goes
-//! past a pool's limit, except partition state that metadata already
-//! committed (counted in `over_bytes`, and kept rare by the placement limit).
+//! memory grows. Work that does not fit waits (`Budget::reserve`): each
+//! pool keeps its waiters in arrival order (at most `POOL_WAITERS_MAX`), a
+//! release grants them from the head while they fit, and a waiter that does
+//! not fit yet is never overtaken by a later one (nor by `try_reserve`). The
+//! callers bound every wait in time (`MEMORY_WAIT`): connections stop
+//! reading their socket until request memory frees; produces queue in the shard's admissions
+//! queue (`produce`); a fetch waits once for its first batch (`fetch`).
+//! Only a wait that runs out is answered with an error (`ShardError::Busy`).
+//! Waits are counted per pool. Nothing ever goes past a pool's limit,
+//! except partition state that metadata already committed (kept rare by
+//! the placement limit) and the first batch of a fetch response larger than
+//! its pool (needed for progress); both are counted in `over_bytes`.
 //!
 //! Lives on one shard (core); `Rc`/`Cell`/`RefCell` only.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 /// The pools of one shard.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -41,9 +50,14 @@ const POOLS: [Pool; POOL_COUNT] = [
 ];
 const POOL_COUNT: usize = 6;
 
-/// Connections waiting for request-buffer memory at once; more wait by
-/// polling again when woken by any release (they all re-register).
-pub const REQUEST_WAITERS_MAX: usize = 16_384;
+/// Longest wait for memory of a produce (admission) or a fetch (its first
+/// batch); a wait that runs out is answered `ShardError::Busy` (produce) or
+/// empty and throttled (fetch).
+pub const MEMORY_WAIT: Duration = Duration::from_secs(15);
+
+/// Reservations waiting for one pool at once (`Budget::reserve`); more are
+/// refused (`NoWait::QueueFull`).
+pub const POOL_WAITERS_MAX: usize = 16_384;
 
 impl Pool {
     pub fn name(self) -> &'static str {
@@ -117,16 +131,33 @@ struct PoolState {
     refused: Cell<u64>,
     /// Bytes charged past the limit (`charge_forced`).
     over_bytes: Cell<u64>,
+    /// Reservations that had to wait (`reserve`).
+    waits: Cell<u64>,
+    /// Reservations waiting for memory, in arrival order.
+    queue: RefCell<VecDeque<Rc<Waiter>>>,
+}
+
+/// One waiting reservation: granted (its bytes charged) by `Budget::grant`
+/// when it reaches the head of its pool's queue and fits.
+struct Waiter {
+    bytes: u64,
+    granted: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
 }
 
 /// One shard's budget.
 pub struct Budget {
     limits: BudgetLimits,
     pools: [PoolState; POOL_COUNT],
-    /// Connections parked until request-buffer memory frees.
-    request_waiters: RefCell<Vec<Waker>>,
-    /// Times a connection had to wait for request-buffer memory.
-    request_waits: Cell<u64>,
+}
+
+/// Why `Budget::reserve` gave up without waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoWait {
+    /// More than the pool's limit: it could never fit.
+    NeverFits,
+    /// `POOL_WAITERS_MAX` reservations already wait for the pool.
+    QueueFull,
 }
 
 /// A plain-data view of one pool, for `Shard::stats`.
@@ -138,8 +169,13 @@ pub struct PoolStats {
     pub max_bytes: u64,
     /// Reservations refused because they did not fit.
     pub refused: u64,
-    /// Bytes charged past the limit (partition state of committed metadata).
+    /// Bytes charged past the limit (partition state of committed metadata,
+    /// the first batch of a fetch response larger than its pool).
     pub over_bytes: u64,
+    /// Reservations that waited for memory.
+    pub waits: u64,
+    /// Reservations waiting now.
+    pub waiting: u64,
 }
 
 impl Budget {
@@ -147,24 +183,21 @@ impl Budget {
         let budget = Budget {
             limits,
             pools: Default::default(),
-            request_waiters: RefCell::new(Vec::new()),
-            request_waits: Cell::new(0),
         };
         budget.charge_forced(Pool::IoMemory, limits.io_memory_bytes);
         Rc::new(budget)
     }
 
-    /// Waits until `bytes` fit the request-buffer pool, then reserves them.
-    /// The caller must not ask for more than the pool's limit.
-    pub fn reserve_request(self: &Rc<Self>, bytes: u64) -> ReserveRequest {
-        assert!(
-            bytes <= self.max(Pool::RequestBuffers),
-            "a request of {bytes} bytes can never fit its pool"
-        );
-        ReserveRequest {
+    /// Resolves with a reservation of `bytes` once they fit `pool`. Waiters
+    /// are served in arrival order: a later one never overtakes an earlier
+    /// one, even if it would fit. Dropping the future gives up its place (or
+    /// its granted bytes). No deadline of its own: callers bound the wait.
+    pub fn reserve(self: &Rc<Self>, pool: Pool, bytes: u64) -> Reserve {
+        Reserve {
             budget: self.clone(),
+            pool,
             bytes,
-            waited: false,
+            waiter: None,
         }
     }
 
@@ -182,26 +215,35 @@ impl Budget {
         p.peak_bytes.set(p.peak_bytes.get().max(used));
     }
 
+    /// `charge_forced` as a reservation (released on drop).
+    pub fn reserve_forced(self: &Rc<Self>, pool: Pool, bytes: u64) -> Reservation {
+        self.charge_forced(pool, bytes);
+        Reservation {
+            budget: self.clone(),
+            pool,
+            bytes,
+        }
+    }
+
     /// Returns bytes charged with `charge_forced`.
     pub fn discharge(&self, pool: Pool, bytes: u64) {
         self.release(pool, bytes);
     }
 
-    /// Times a connection waited for request-buffer memory.
-    pub fn request_waits(&self) -> u64 {
-        self.request_waits.get()
+    /// Times a reservation of `pool` waited for memory.
+    pub fn waits(&self, pool: Pool) -> u64 {
+        self.pools[pool as usize].waits.get()
     }
 
-    /// Charges `bytes` to `pool` if they fit under its limit.
+    /// Charges `bytes` to `pool` if they fit under its limit and nobody waits
+    /// for the pool (no overtaking).
     pub fn try_reserve(self: &Rc<Self>, pool: Pool, bytes: u64) -> Option<Reservation> {
         let p = &self.pools[pool as usize];
-        let used = p.used_bytes.get();
-        if used + bytes > self.limits.max(pool) {
+        if !p.queue.borrow().is_empty() || !self.fits(pool, bytes) {
             p.refused.set(p.refused.get() + 1);
             return None;
         }
-        p.used_bytes.set(used + bytes);
-        p.peak_bytes.set(p.peak_bytes.get().max(used + bytes));
+        self.charge(pool, bytes);
         Some(Reservation {
             budget: self.clone(),
             pool,
@@ -223,6 +265,13 @@ impl Budget {
         self.limits.max(pool)
     }
 
+    fn charge(&self, pool: Pool, bytes: u64) {
+        let p = &self.pools[pool as usize];
+        let used = p.used_bytes.get() + bytes;
+        p.used_bytes.set(used);
+        p.peak_bytes.set(p.peak_bytes.get().max(used));
+    }
+
     fn release(&self, pool: Pool, bytes: u64) {
         let p = &self.pools[pool as usize];
         let used = p.used_bytes.get();
@@ -232,10 +281,27 @@ impl Budget {
             pool.name()
         );
         p.used_bytes.set(used - bytes);
-        if pool == Pool::RequestBuffers {
-            let waiters = std::mem::take(&mut *self.request_waiters.borrow_mut());
-            waiters.into_iter().for_each(Waker::wake);
+        self.grant(pool);
+    }
+
+    /// Grants waiters from the head of `pool`'s queue while they fit.
+    fn grant(&self, pool: Pool) {
+        let mut woken = Vec::new();
+        {
+            let mut queue = self.pools[pool as usize].queue.borrow_mut();
+            while let Some(w) = queue.front() {
+                if !self.fits(pool, w.bytes) {
+                    break;
+                }
+                self.charge(pool, w.bytes);
+                w.granted.set(true);
+                if let Some(waker) = w.waker.borrow_mut().take() {
+                    woken.push(waker);
+                }
+                queue.pop_front();
+            }
         }
+        woken.into_iter().for_each(Waker::wake);
     }
 
     pub fn stats(&self) -> Vec<PoolStats> {
@@ -250,6 +316,8 @@ impl Budget {
                     max_bytes: self.limits.max(pool),
                     refused: p.refused.get(),
                     over_bytes: p.over_bytes.get(),
+                    waits: p.waits.get(),
+                    waiting: p.queue.borrow().len() as u64,
                 }
             })
             .collect()
@@ -267,43 +335,93 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
-}
 
-/// The future of `Budget::reserve_request`.
-pub struct ReserveRequest {
-    budget: Rc<Budget>,
-    bytes: u64,
-    waited: bool,
-}
-
-impl Future for ReserveRequest {
-    type Output = Reservation;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reservation> {
-        let (budget, bytes) = (self.budget.clone(), self.bytes);
-        if budget.fits(Pool::RequestBuffers, bytes) {
-            if let Some(r) = budget.try_reserve(Pool::RequestBuffers, bytes) {
-                return Poll::Ready(r);
-            }
-        }
-        if !self.waited {
-            self.waited = true;
-            budget.request_waits.set(budget.request_waits.get() + 1);
-        }
-        let mut waiters = budget.request_waiters.borrow_mut();
-        if waiters.len() < REQUEST_WAITERS_MAX {
-            waiters.push(cx.waker().clone());
-        } else {
-            // Full: wake at once and retry (bounded memory over fairness).
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
+    /// Takes over `other`'s bytes (same budget and pool): one reservation
+    /// for a whole response.
+    pub fn absorb(&mut self, other: Reservation) {
+        assert!(
+            Rc::ptr_eq(&self.budget, &other.budget) && self.pool == other.pool,
+            "reservations of one pool"
+        );
+        self.bytes += other.bytes;
+        std::mem::forget(other);
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.release(self.pool, self.bytes);
+    }
+}
+
+/// The future of `Budget::reserve`.
+pub struct Reserve {
+    budget: Rc<Budget>,
+    pool: Pool,
+    bytes: u64,
+    /// Our place in the pool's queue once we wait.
+    waiter: Option<Rc<Waiter>>,
+}
+
+impl Future for Reserve {
+    type Output = Result<Reservation, NoWait>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (budget, pool, bytes) = (self.budget.clone(), self.pool, self.bytes);
+        let granted = |budget: Rc<Budget>| Reservation {
+            budget,
+            pool,
+            bytes,
+        };
+        if let Some(w) = &self.waiter {
+            if w.granted.get() {
+                self.waiter = None;
+                return Poll::Ready(Ok(granted(budget)));
+            }
+            *w.waker.borrow_mut() = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        if bytes > budget.max(pool) {
+            return Poll::Ready(Err(NoWait::NeverFits));
+        }
+        let p = &budget.pools[pool as usize];
+        let mut queue = p.queue.borrow_mut();
+        if queue.is_empty() && budget.fits(pool, bytes) {
+            drop(queue);
+            budget.charge(pool, bytes);
+            return Poll::Ready(Ok(granted(budget.clone())));
+        }
+        if queue.len() >= POOL_WAITERS_MAX {
+            p.refused.set(p.refused.get() + 1);
+            return Poll::Ready(Err(NoWait::QueueFull));
+        }
+        p.waits.set(p.waits.get() + 1);
+        let w = Rc::new(Waiter {
+            bytes,
+            granted: Cell::new(false),
+            waker: RefCell::new(Some(cx.waker().clone())),
+        });
+        queue.push_back(w.clone());
+        drop(queue);
+        self.waiter = Some(w);
+        Poll::Pending
+    }
+}
+
+impl Drop for Reserve {
+    fn drop(&mut self) {
+        let Some(w) = self.waiter.take() else {
+            return;
+        };
+        if w.granted.get() {
+            // Granted but never taken: give the bytes back.
+            self.budget.release(self.pool, w.bytes);
+            return;
+        }
+        let p = &self.budget.pools[self.pool as usize];
+        p.queue.borrow_mut().retain(|x| !Rc::ptr_eq(x, &w));
+        // Leaving the head may let the next waiter fit.
+        self.budget.grant(self.pool);
     }
 }
 
@@ -352,21 +470,83 @@ mod tests {
         assert_eq!(b.used(Pool::PartitionState), 0);
     }
 
-    #[test]
-    fn request_reservation_waits_for_a_release() {
-        use futures::FutureExt;
-        let b = Budget::new(BudgetLimits::derive(800, 10_000, 0));
-        let held = b.reserve_request(100).now_or_never().expect("fits");
-        let mut waiting = Box::pin(b.reserve_request(50));
+    fn ready(f: Pin<&mut Reserve>) -> Option<Result<Reservation, NoWait>> {
         let waker = futures::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert!(waiting.as_mut().poll(&mut cx).is_pending(), "pool is full");
-        assert_eq!(b.request_waits(), 1);
+        match f.poll(&mut Context::from_waker(&waker)) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn reservation_waits_for_a_release() {
+        let b = Budget::new(BudgetLimits::derive(800, 10_000, 0));
+        let mut held = Box::pin(b.reserve(Pool::RequestBuffers, 100));
+        let held = ready(held.as_mut()).expect("fits").expect("fits");
+        let mut waiting = Box::pin(b.reserve(Pool::RequestBuffers, 50));
+        assert!(ready(waiting.as_mut()).is_none(), "pool is full");
+        assert_eq!(b.waits(Pool::RequestBuffers), 1);
         drop(held);
-        let r = match waiting.as_mut().poll(&mut cx) {
-            Poll::Ready(r) => r,
-            Poll::Pending => panic!("memory was released"),
-        };
-        assert_eq!(r.bytes(), 50);
+        let r = ready(waiting.as_mut()).expect("memory was released");
+        assert_eq!(r.expect("granted").bytes(), 50);
+        assert_eq!(b.stats()[Pool::RequestBuffers as usize].waiting, 0);
+    }
+
+    #[test]
+    fn waiters_are_served_in_order_and_never_overtaken() {
+        // Produce pool: 200 bytes.
+        let b = Budget::new(BudgetLimits::derive(800, 10_000, 0));
+        let first = b.try_reserve(Pool::ProduceInflight, 150).expect("fits");
+        let mut big = Box::pin(b.reserve(Pool::ProduceInflight, 120));
+        assert!(ready(big.as_mut()).is_none());
+        let mut small = Box::pin(b.reserve(Pool::ProduceInflight, 10));
+        assert!(ready(small.as_mut()).is_none(), "fits, but queues behind");
+        assert!(
+            b.try_reserve(Pool::ProduceInflight, 10).is_none(),
+            "no overtaking"
+        );
+        drop(first);
+        let big = ready(big.as_mut()).expect("head granted").expect("ok");
+        let small = ready(small.as_mut()).expect("then the next").expect("ok");
+        assert_eq!(b.used(Pool::ProduceInflight), 130);
+        drop((big, small));
+        assert_eq!(b.waits(Pool::ProduceInflight), 2);
+    }
+
+    #[test]
+    fn dropped_waiters_leave_nothing_and_unblock_the_next() {
+        let b = Budget::new(BudgetLimits::derive(800, 10_000, 0));
+        let first = b.try_reserve(Pool::ProduceInflight, 150).expect("fits");
+        let mut big = Box::pin(b.reserve(Pool::ProduceInflight, 120));
+        assert!(ready(big.as_mut()).is_none());
+        let mut small = Box::pin(b.reserve(Pool::ProduceInflight, 40));
+        assert!(ready(small.as_mut()).is_none());
+        drop(big);
+        let small = ready(small.as_mut()).expect("head left").expect("ok");
+        let mut queued = Box::pin(b.reserve(Pool::ProduceInflight, 100));
+        assert!(ready(queued.as_mut()).is_none());
+        drop(first);
+        assert_eq!(b.used(Pool::ProduceInflight), 140, "granted on release");
+        // Granted but dropped before being taken: the bytes come back.
+        drop(queued);
+        drop(small);
+        assert_eq!(b.used(Pool::ProduceInflight), 0);
+        assert_eq!(b.stats()[Pool::ProduceInflight as usize].waiting, 0);
+        let mut never = Box::pin(b.reserve(Pool::ProduceInflight, 201));
+        assert!(matches!(
+            ready(never.as_mut()),
+            Some(Err(NoWait::NeverFits))
+        ));
+    }
+
+    #[test]
+    fn absorb_and_forced_reservations_release_once() {
+        let b = Budget::new(BudgetLimits::derive(800, 10_000, 0));
+        let mut r = b.try_reserve(Pool::FetchResponse, 60).expect("fits");
+        r.absorb(b.reserve_forced(Pool::FetchResponse, 70));
+        assert_eq!(r.bytes(), 130);
+        assert_eq!(b.stats()[Pool::FetchResponse as usize].over_bytes, 30);
+        drop(r);
+        assert_eq!(b.used(Pool::FetchResponse), 0);
     }
 }

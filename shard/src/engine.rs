@@ -61,6 +61,8 @@ pub(crate) struct Engine {
     pub closing: Cell<bool>,
     /// Produce tasks waiting for durability.
     pub produce_tasks: Cell<u64>,
+    /// Produces waiting for memory, in call order (`produce`).
+    pub admissions: crate::produce::Admissions,
     pub counters: RefCell<Counters>,
     pub produce_latency_us: RefCell<Histogram<u64>>,
     pub fetch_latency_us: RefCell<Histogram<u64>>,
@@ -102,6 +104,7 @@ impl Engine {
         let engine = Rc::new(Engine::new(cfg, meta, wal, peers));
         engine.spawn(run_deadlines(engine.waiters.clone()));
         engine.spawn(crate::group::run_group_timers(engine.clone()));
+        engine.spawn(engine.clone().run_admissions());
         let view = engine.meta.view();
         engine.apply_view(&view);
         engine.recover().await?;
@@ -136,6 +139,7 @@ impl Engine {
             tasks: RefCell::new(Vec::new()),
             closing: Cell::new(false),
             produce_tasks: Cell::new(0),
+            admissions: Default::default(),
             counters: RefCell::new(Counters::default()),
             produce_latency_us: RefCell::new(latency_histogram()),
             fetch_latency_us: RefCell::new(latency_histogram()),
@@ -642,7 +646,10 @@ impl Engine {
             waiters: self.waiters.stats(),
             pools: self.budget.stats(),
             memory_bytes_max: self.cfg.memory_bytes_max,
-            request_waits: self.budget.request_waits(),
+            request_waits: self.budget.waits(Pool::RequestBuffers),
+            produce_admissions_waiting: self.admissions.len() as u64,
+            produce_admission_waits: self.admissions.waits.get(),
+            produce_admission_timeouts: self.admissions.timeouts.get(),
             tasks: self.tasks.borrow().len() as u64,
             produce_tasks: self.produce_tasks.get(),
             top_topics: top_topics(&parts),
@@ -663,6 +670,8 @@ impl Engine {
         for t in tasks {
             t.cancel().await;
         }
+        // Produces still waiting for memory learn the shard is closing.
+        self.admissions.clear();
         if let Some(p) = &self.peers {
             p.close();
         }

@@ -6,8 +6,17 @@
 //! (no I/O); when the plan is below `min_bytes` it registers ONE waiter in
 //! the shard's `Waiters` (woken by growth of any of its partitions or by its
 //! deadline) and plans again. Only the final plan is materialized: tail
-//! cache hits are cloned `Bytes`, older entries are read from the WAL
-//! (charged to the `FetchResponse` pool while the fetch runs).
+//! cache hits are cloned `Bytes`, older entries are read from the WAL.
+//!
+//! Memory: every batch of the response is charged to `FetchResponse` before
+//! it is cloned or read, and the charge travels with the answer
+//! (`Shard::fetch_held`) until the front end has written it. The first
+//! batch waits for memory, once, at most `MEMORY_WAIT` (a response larger
+//! than the pool charges the excess past the limit: progress needs it);
+//! when that runs out the answer has no records and is marked `throttled`.
+//! Later batches are taken only while they fit. An owner shard serving
+//! another shard releases its charge when it answers; the origin charges
+//! the bytes it receives to its own pool.
 //!
 //! Across shards: the origin sends one sub-fetch per owner shard; each owner
 //! waits up to `max_wait_ms` for its partitions to reach `min_bytes`. As soon
@@ -25,7 +34,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sluice_wal::Position;
 use tracing::trace;
 
-use crate::budget::Pool;
+use crate::budget::{Pool, Reservation, MEMORY_WAIT};
 use crate::engine::Engine;
 use crate::entry::{self, PartitionKey};
 use crate::mesh::{FetchKey, OwnerFetch, ShardMsg};
@@ -51,14 +60,19 @@ struct PartPlan {
 }
 
 impl Engine {
-    pub async fn fetch(self: &Rc<Self>, req: FetchRequest) -> Vec<FetchPartitionResult> {
+    /// The results, and the `FetchResponse` memory that holds their batches
+    /// (to be dropped once the response is written).
+    pub async fn fetch(
+        self: &Rc<Self>,
+        req: FetchRequest,
+    ) -> (Vec<FetchPartitionResult>, Option<Reservation>) {
         let started = Instant::now();
         {
             let mut c = self.counters.borrow_mut();
             c.fetch_requests += 1;
             c.fetch_partitions += req.partitions.len() as u64;
         }
-        let results = self.fetch_routed(req).await;
+        let (results, held) = self.fetch_routed(req).await;
         let bytes: u64 = results
             .iter()
             .map(FetchPartitionResult::records_bytes)
@@ -68,10 +82,13 @@ impl Engine {
         self.fetch_latency_us
             .borrow_mut()
             .saturating_record(us.max(1));
-        results
+        (results, held)
     }
 
-    async fn fetch_routed(self: &Rc<Self>, req: FetchRequest) -> Vec<FetchPartitionResult> {
+    async fn fetch_routed(
+        self: &Rc<Self>,
+        req: FetchRequest,
+    ) -> (Vec<FetchPartitionResult>, Option<Reservation>) {
         let mut out: Vec<Option<FetchPartitionResult>> =
             (0..req.partitions.len()).map(|_| None).collect();
         let mut groups: BTreeMap<u32, (Vec<usize>, Vec<FetchPartition>)> = BTreeMap::new();
@@ -105,12 +122,20 @@ impl Engine {
             pending.push(async move { (owner, idx, self.sub_fetch(owner, key, sub, &slot).await) });
         }
         let (mut bytes, mut cancelled) = (0u64, false);
-        while let Some((owner, idx, results)) = pending.next().await {
+        let mut held: Option<Reservation> = None;
+        while let Some((owner, idx, (results, memory))) = pending.next().await {
             remaining.remove(&owner);
-            bytes += results
+            let got = results
                 .iter()
                 .map(FetchPartitionResult::records_bytes)
                 .sum::<u64>();
+            bytes += got;
+            // Batches from another shard arrive already read: charged as
+            // they are.
+            let memory = memory.or_else(|| {
+                (got > 0).then(|| self.budget.reserve_forced(Pool::FetchResponse, got))
+            });
+            hold(&mut held, memory);
             let error = results.iter().any(|r| r.error.is_some());
             for (i, r) in idx.into_iter().zip(results) {
                 out[i] = Some(r);
@@ -128,7 +153,7 @@ impl Engine {
         let mut results: Vec<FetchPartitionResult> =
             out.into_iter().map(|r| r.unwrap_or_else(missing)).collect();
         trim_to_max_bytes(&mut results, req.max_bytes);
-        results
+        (results, held)
     }
 
     /// Fetches one owner's partitions, locally or over the mesh.
@@ -138,7 +163,7 @@ impl Engine {
         key: FetchKey,
         sub: OwnerFetch,
         slot: &Rc<WaitSlot>,
-    ) -> Vec<FetchPartitionResult> {
+    ) -> (Vec<FetchPartitionResult>, Option<Reservation>) {
         let n = sub.partitions.len();
         if owner == self.id() {
             return self.fetch_owner(&sub, slot).await;
@@ -146,7 +171,7 @@ impl Engine {
         let wait_ms = u64::from(sub.max_wait_ms) + self.cfg.remote_reply_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let (tx, rx) = oneshot::channel();
-        match self
+        let results = match self
             .call(
                 owner,
                 ShardMsg::Fetch {
@@ -168,7 +193,8 @@ impl Engine {
                 n
             ],
             Err(e) => vec![FetchPartitionResult::failed(e); n],
-        }
+        };
+        (results, None)
     }
 
     async fn cancel_fetch(&self, key: FetchKey, local_slot: &Rc<WaitSlot>, owners: &BTreeSet<u32>) {
@@ -200,9 +226,11 @@ impl Engine {
         }
         let engine = self.clone();
         glommio::spawn_local(async move {
-            let results = engine.fetch_owner(&req, &slot).await;
+            let (results, held) = engine.fetch_owner(&req, &slot).await;
             engine.fetch_cancels.borrow_mut().remove(&key);
             let _ = reply.send(results);
+            // The origin shard charges the bytes to its own pool.
+            drop(held);
         })
         .detach();
     }
@@ -212,7 +240,7 @@ impl Engine {
         &self,
         req: &OwnerFetch,
         slot: &Rc<WaitSlot>,
-    ) -> Vec<FetchPartitionResult> {
+    ) -> (Vec<FetchPartitionResult>, Option<Reservation>) {
         let deadline = Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms));
         let mut waited = false;
         loop {
@@ -250,14 +278,38 @@ impl Engine {
     }
 
     /// Turns plans into results: cached batches are cloned, the others read
-    /// from the WAL within the `FetchResponse` pool.
-    async fn materialize(&self, plans: Vec<PartPlan>) -> Vec<FetchPartitionResult> {
-        let mut held = Vec::new();
+    /// from the WAL, each charged to the `FetchResponse` pool first.
+    async fn materialize(
+        &self,
+        plans: Vec<PartPlan>,
+    ) -> (Vec<FetchPartitionResult>, Option<Reservation>) {
+        let mut held: Option<Reservation> = None;
+        // Memory ran short: the remaining partitions get no records.
+        let (mut stopped, mut throttled) = (false, false);
         let mut out: Vec<FetchPartitionResult> = Vec::with_capacity(plans.len());
         for plan in plans {
             let mut result = plan.result;
             for source in plan.sources {
-                let (position, base_offset, bytes) = match source {
+                if stopped {
+                    break;
+                }
+                match self
+                    .fetch_memory(held.is_none(), source_bytes(&source))
+                    .await
+                {
+                    FetchMemory::Got(r) => hold(&mut held, Some(r)),
+                    FetchMemory::Short => {
+                        self.counters.borrow_mut().fetch_busy += 1;
+                        stopped = true;
+                        break;
+                    }
+                    FetchMemory::TimedOut => {
+                        self.counters.borrow_mut().fetch_throttled += 1;
+                        (stopped, throttled) = (true, true);
+                        break;
+                    }
+                }
+                let (position, base_offset) = match source {
                     Source::Cached(b) => {
                         self.counters.borrow_mut().fetch_tail_hits += 1;
                         result.records.push(b);
@@ -266,22 +318,9 @@ impl Engine {
                     Source::Wal {
                         position,
                         base_offset,
-                        bytes,
-                    } => (position, base_offset, bytes),
+                        ..
+                    } => (position, base_offset),
                 };
-                let Some(reservation) = self
-                    .budget
-                    .try_reserve(Pool::FetchResponse, u64::from(bytes))
-                else {
-                    self.counters.borrow_mut().fetch_busy += 1;
-                    let nothing_yet =
-                        result.records.is_empty() && out.iter().all(|r| r.records.is_empty());
-                    if nothing_yet {
-                        result.error = Some(ShardError::Busy);
-                    }
-                    break;
-                };
-                held.push(reservation);
                 let key = plan.key.expect("only known partitions have sources");
                 match self.read_stored(key, position, base_offset).await {
                     Ok(b) => result.records.push(b),
@@ -296,7 +335,35 @@ impl Engine {
             }
             out.push(result);
         }
-        out
+        if throttled {
+            out.iter_mut().for_each(|r| r.throttled = true);
+        }
+        (out, held)
+    }
+
+    /// Memory for one batch of a response. The response's first batch waits
+    /// for it (once, at most `MEMORY_WAIT`); a first batch larger than the
+    /// pool takes the whole pool and charges the rest past the limit. Later
+    /// batches only take memory that is free now.
+    async fn fetch_memory(&self, first: bool, bytes: u64) -> FetchMemory {
+        let pool = Pool::FetchResponse;
+        if !first {
+            return match self.budget.try_reserve(pool, bytes) {
+                Some(r) => FetchMemory::Got(r),
+                None => FetchMemory::Short,
+            };
+        }
+        let need = bytes.min(self.budget.max(pool));
+        let wait = self.budget.reserve(pool, need);
+        match self.until(wait, Instant::now() + MEMORY_WAIT).await {
+            Some(Ok(mut r)) => {
+                if bytes > need {
+                    r.absorb(self.budget.reserve_forced(pool, bytes - need));
+                }
+                FetchMemory::Got(r)
+            }
+            Some(Err(_)) | None => FetchMemory::TimedOut,
+        }
     }
 
     /// Reads one entry back from the WAL and checks it is the one indexed.
@@ -326,6 +393,24 @@ impl Engine {
             "fetch read from the WAL"
         );
         Ok(records)
+    }
+}
+
+/// What `fetch_memory` found.
+enum FetchMemory {
+    Got(Reservation),
+    /// Not free now (a later batch): the response stops here.
+    Short,
+    /// The first batch's wait ran out: the response is empty, throttled.
+    TimedOut,
+}
+
+/// Adds `r` to the response's reservation.
+fn hold(held: &mut Option<Reservation>, r: Option<Reservation>) {
+    match (held.as_mut(), r) {
+        (Some(h), Some(r)) => h.absorb(r),
+        (None, r) => *held = r,
+        (Some(_), None) => {}
     }
 }
 
@@ -361,6 +446,7 @@ fn plan_partition(
         last_stable_offset: p.high_watermark,
         log_start_offset: p.log_start_offset,
         records: Vec::new(),
+        throttled: false,
     };
     // Kafka's rule: out of range below the log start or beyond the log end;
     // offsets between the high watermark and the log end just see nothing yet.

@@ -22,7 +22,8 @@
 //! # Tasks per shard (none per partition)
 //!
 //! One inbox task per peer shard, one metadata watcher, one deadline task
-//! with one timer (`waiters`), the WAL's batcher, and one short-lived task
+//! with one timer (`waiters`), one admission task (produces waiting for
+//! memory), the WAL's batcher, and one short-lived task
 //! per in-flight produce (it waits for durability and advances the high
 //! watermark even if the requester went away).
 //!
@@ -33,9 +34,12 @@
 //! - `log_start_offset <= high_watermark <= next_offset`; the high watermark
 //!   covers durable entries only; acks=1/-1 are answered after durability.
 //! - Every byte that grows with load is reserved in the shard's `Budget`
-//!   first (in-flight produce, tail cache, fetch reads); refusals answer
-//!   `ShardError::Busy`. Queues are bounded (`SHARD_INBOX_MESSAGES_MAX`,
-//!   `fetch_waiters_max`, `version_waiters_max`).
+//!   first (in-flight produce, tail cache, fetch responses); work that does
+//!   not fit waits for memory in arrival order, at most `MEMORY_WAIT`, and
+//!   only a wait that runs out answers `ShardError::Busy` (or an empty,
+//!   throttled fetch). Queues are bounded (`SHARD_INBOX_MESSAGES_MAX`,
+//!   `fetch_waiters_max`, `version_waiters_max`, `ADMISSIONS_MAX`,
+//!   `POOL_WAITERS_MAX`).
 //! - Shard state is `Rc`/`RefCell`/`Cell`, never borrowed across an await;
 //!   no lock exists. Hot paths log at `trace!`.
 
@@ -61,10 +65,11 @@ use std::sync::Arc;
 use sluice_raft::{Metadata, MetadataView, TopicMeta};
 
 pub use crate::batch::{ATTRIBUTE_LOG_APPEND_TIME, BATCH_HEADER_BYTES, MAX_MESSAGE_BYTES_DEFAULT};
-pub use crate::budget::PoolStats;
+pub use crate::budget::{PoolStats, MEMORY_WAIT, POOL_WAITERS_MAX};
 pub use crate::entry::{ENTRY_HEADER_BYTES, KIND_BATCHES};
 pub use crate::mesh::{new_mesh, ShardMesh, ShardMsg, SHARD_INBOX_MESSAGES_MAX};
 pub use crate::produce::ProduceTicket;
+pub use crate::produce::ADMISSIONS_MAX;
 pub use crate::stats::ShardStats;
 pub use crate::waiters::WaitersStats;
 pub use sluice_wal::SyncMode;
@@ -172,7 +177,8 @@ pub enum ShardError {
     Timeout,
     #[error("storage error: {0}")]
     Storage(String),
-    /// A memory pool or bounded queue is full; retriable.
+    /// A memory pool stayed full for the whole wait, or a bounded queue is
+    /// full; retriable.
     #[error("shard is busy (memory budget or queue full), retry later")]
     Busy,
     #[error("shard is shutting down")]
@@ -241,6 +247,10 @@ pub struct FetchPartitionResult {
     pub log_start_offset: i64,
     /// Whole stored batches, to be concatenated by the front end.
     pub records: Vec<bytes::Bytes>,
+    /// Answered without records because `fetch_response` stayed full for
+    /// the whole memory wait: the client should back off
+    /// (`throttle_time_ms`).
+    pub throttled: bool,
 }
 
 impl FetchPartitionResult {
@@ -251,6 +261,7 @@ impl FetchPartitionResult {
             last_stable_offset: -1,
             log_start_offset: -1,
             records: Vec::new(),
+            throttled: false,
         }
     }
 
@@ -297,6 +308,16 @@ pub struct DeleteRecordsPartition {
 pub type DeleteRecordsResult = Result<i64, ShardError>;
 /// Request-buffer memory held by one request frame; released on drop.
 pub struct RequestBuffer(#[allow(dead_code)] budget::Reservation);
+
+/// `fetch_response` memory held by the batches of one fetch answer; released
+/// on drop (once the response is written).
+pub struct ResponseMemory(Option<budget::Reservation>);
+
+impl ResponseMemory {
+    pub fn bytes(&self) -> u64 {
+        self.0.as_ref().map_or(0, budget::Reservation::bytes)
+    }
+}
 
 /// The shard of one executor. `!Send`: created and used on its executor.
 pub struct Shard {
@@ -347,7 +368,17 @@ impl Shard {
 
     /// Long-poll fetch over any number of partitions on any shards.
     pub async fn fetch(&self, req: FetchRequest) -> Vec<FetchPartitionResult> {
-        self.core.fetch(req).await
+        self.core.fetch(req).await.0
+    }
+
+    /// `fetch`, with the `fetch_response` memory charged for the returned
+    /// batches: keep it until the response is written, then drop it.
+    pub async fn fetch_held(
+        &self,
+        req: FetchRequest,
+    ) -> (Vec<FetchPartitionResult>, ResponseMemory) {
+        let (results, held) = self.core.fetch(req).await;
+        (results, ResponseMemory(held))
     }
 
     /// EARLIEST(-2), LATEST(-1), MAX_TIMESTAMP(-3) or by timestamp, at batch
@@ -380,11 +411,25 @@ impl Shard {
     }
 
     /// Reserves `bytes` of the request-buffer pool for a request frame,
-    /// waiting (not failing) while the pool is full: the connection stops
-    /// reading its socket until memory frees. `bytes` must be at most
-    /// `request_bytes_max()`. Released when the returned value is dropped.
-    pub async fn reserve_request(&self, bytes: u64) -> RequestBuffer {
-        RequestBuffer(self.core.budget.reserve_request(bytes).await)
+    /// waiting (in arrival order) while the pool is full: the connection
+    /// stops reading its socket until memory frees. `None` when the wait
+    /// runs out (`MEMORY_WAIT`: memory held by idle connections' buffers
+    /// can keep a large frame from ever fitting, and waiters are not
+    /// overtaken), when `bytes` exceed `request_bytes_max()` or when
+    /// `POOL_WAITERS_MAX` connections already wait. Released when the
+    /// returned value is dropped.
+    pub async fn reserve_request(&self, bytes: u64) -> Option<RequestBuffer> {
+        let pool = budget::Pool::RequestBuffers;
+        let reserve = self.core.budget.reserve(pool, bytes);
+        let deadline = std::time::Instant::now() + MEMORY_WAIT;
+        let r = self.core.until(reserve, deadline).await?.ok()?;
+        Some(RequestBuffer(r))
+    }
+
+    /// Resolves at `deadline`, through the shard's one deadline structure
+    /// (no timer of its own while that has room).
+    pub async fn sleep_until(&self, deadline: std::time::Instant) {
+        waiters::sleep_until(&self.core.waiters, deadline).await;
     }
 
     /// The largest request frame this shard can ever hold: its

@@ -3,9 +3,20 @@
 //! is offset order), then wait for durability in a short task that advances
 //! the high watermark and moves the batches into the tail cache.
 //!
-//! Memory: the entry is charged to `ProduceInflight` from validation until
+//! Memory: the entry is charged to `ProduceInflight` from admission until
 //! durability, then to `TailCache` (evicting older entries) or dropped.
+//!
+//! Admission: a produce that does not fit `ProduceInflight` (or finds
+//! `PartitionState` full) waits in the shard's admissions queue, and once
+//! one waits every later produce of the shard queues behind it, so produces
+//! are admitted (offsets assigned) in the order `produce_owner` was called.
+//! One task per shard (`run_admissions`) admits the head when memory frees.
+//! A wait is bounded by `MEMORY_WAIT`; a head that runs out is answered
+//! `ShardError::Busy` and so is every produce queued behind it for the same
+//! partition (admitting one would put it ahead of its predecessor's retry).
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +26,7 @@ use sluice_wal::{Append, Position};
 use tracing::{debug, trace};
 
 use crate::batch;
-use crate::budget::{Pool, Reservation};
+use crate::budget::{Pool, Reservation, MEMORY_WAIT};
 use crate::engine::{Engine, INDEX_ENTRY_BYTES};
 use crate::entry::{self, EntryHeader, PartitionKey, ENTRY_HEADER_BYTES, KIND_BATCHES};
 use crate::mesh::ShardMsg;
@@ -23,6 +34,46 @@ use crate::producer_state::{self, ProducerBatch, Verdict};
 use crate::tail::TailItem;
 use crate::waiters::WaitSlot;
 use crate::{ProducePartition, ProducePartitionResult, ShardError};
+
+/// Produces waiting for memory on one shard at once; more are answered
+/// `ShardError::Busy` at once.
+pub const ADMISSIONS_MAX: usize = 4096;
+
+/// A produce waiting for memory.
+struct Admission {
+    req: ProducePartition,
+    reply: oneshot::Sender<ProducePartitionResult>,
+    /// `ENTRY_HEADER_BYTES` + its records: its `ProduceInflight` charge.
+    bytes: u64,
+    deadline: Instant,
+}
+
+/// The shard's admissions queue: produces in `produce_owner` call order,
+/// drained by `run_admissions`.
+#[derive(Default)]
+pub(crate) struct Admissions {
+    queue: RefCell<VecDeque<Admission>>,
+    /// Fired when the queue goes from empty to non-empty.
+    wake: Rc<WaitSlot>,
+    /// Produces that had to queue.
+    pub waits: Cell<u64>,
+    /// Produces answered Busy because their wait (or their predecessor's)
+    /// ran out, or the queue was full.
+    pub timeouts: Cell<u64>,
+}
+
+impl Admissions {
+    pub fn len(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// Drops every waiting produce (shutdown): their requesters see the
+    /// reply channel closed.
+    pub fn clear(&self) {
+        let queued = std::mem::take(&mut *self.queue.borrow_mut());
+        drop(queued);
+    }
+}
 
 /// What a topic's configs say about its batches.
 struct TopicLimits {
@@ -190,14 +241,150 @@ impl Engine {
     }
 
     /// Produce on the owning shard; the answer goes to `reply` (at once for
-    /// acks=0, after durability otherwise).
+    /// acks=0, after durability otherwise). The order of calls is the order
+    /// of admission: a produce that must wait for memory is queued, and later
+    /// calls queue behind it.
     pub fn produce_owner(
         self: &Rc<Self>,
         req: ProducePartition,
         reply: oneshot::Sender<ProducePartitionResult>,
     ) {
+        if self.closing.get() {
+            let _ = reply.send(ProducePartitionResult::failed(ShardError::ShuttingDown));
+            return;
+        }
+        let bytes = (ENTRY_HEADER_BYTES + req.records.len()) as u64;
+        let pool_max = self.budget.max(Pool::ProduceInflight);
+        if bytes > pool_max {
+            let e = ShardError::MessageTooLarge {
+                bytes: req.records.len() as u64,
+                max: pool_max.saturating_sub(ENTRY_HEADER_BYTES as u64),
+            };
+            return self.refuse_produce(reply, e);
+        }
+        if self.admissions.len() == 0 {
+            if let Some(inflight) = self.admit_now(bytes) {
+                return self.start_produce(req, reply, inflight);
+            }
+        }
+        let mut queue = self.admissions.queue.borrow_mut();
+        if queue.len() >= ADMISSIONS_MAX {
+            drop(queue);
+            self.admissions
+                .timeouts
+                .set(self.admissions.timeouts.get() + 1);
+            return self.refuse_produce(reply, ShardError::Busy);
+        }
+        trace!(shard = self.id(), bytes, "produce waits for memory");
+        self.admissions.waits.set(self.admissions.waits.get() + 1);
+        queue.push_back(Admission {
+            req,
+            reply,
+            bytes,
+            deadline: Instant::now() + MEMORY_WAIT,
+        });
+        if queue.len() == 1 {
+            self.admissions.wake.fire();
+        }
+    }
+
+    /// The produce's memory, if it fits now: its `ProduceInflight` bytes and
+    /// room for one index entry in `PartitionState`.
+    fn admit_now(self: &Rc<Self>, bytes: u64) -> Option<Reservation> {
+        // Checked first so that a produce about to wait is not also counted
+        // as refused by `try_reserve`.
+        let fits = self.budget.fits(Pool::PartitionState, INDEX_ENTRY_BYTES)
+            && self.budget.fits(Pool::ProduceInflight, bytes);
+        fits.then(|| self.budget.try_reserve(Pool::ProduceInflight, bytes))
+            .flatten()
+    }
+
+    fn refuse_produce(&self, reply: oneshot::Sender<ProducePartitionResult>, e: ShardError) {
+        let mut c = self.counters.borrow_mut();
+        c.produce_errors += 1;
+        c.produce_busy += u64::from(e == ShardError::Busy);
+        trace!(shard = self.id(), error = %e, "produce refused");
+        let _ = reply.send(ProducePartitionResult::failed(e));
+    }
+
+    /// The shard's one admission task: admits the head of the admissions
+    /// queue once its memory is reserved, or fails it (and the produces
+    /// queued behind it for the same partition) when its wait runs out.
+    pub(crate) async fn run_admissions(self: Rc<Self>) {
+        loop {
+            let head = self
+                .admissions
+                .queue
+                .borrow()
+                .front()
+                .map(|a| (a.bytes, a.deadline));
+            let Some((bytes, deadline)) = head else {
+                self.admissions.wake.wait().await;
+                continue;
+            };
+            let budget = self.budget.clone();
+            let admit = async move {
+                let inflight = budget.reserve(Pool::ProduceInflight, bytes).await;
+                // Room for the index entry; charged (forced) when admitted.
+                let state = budget
+                    .reserve(Pool::PartitionState, INDEX_ENTRY_BYTES)
+                    .await;
+                inflight.ok().filter(|_| state.is_ok())
+            };
+            let admitted = if Instant::now() < deadline {
+                self.until(admit, deadline).await.flatten()
+            } else {
+                None
+            };
+            let Some(a) = self.admissions.queue.borrow_mut().pop_front() else {
+                continue; // Cleared by shutdown.
+            };
+            match admitted {
+                Some(inflight) => self.start_produce(a.req, a.reply, inflight),
+                None => self.expire_admission(a),
+            }
+        }
+    }
+
+    /// Answers `a` Busy, and every queued produce to the same partition.
+    fn expire_admission(&self, a: Admission) {
+        let key = Engine::key_of(&a.req.topic, a.req.partition).ok();
+        let same = |b: &Admission| Engine::key_of(&b.req.topic, b.req.partition).ok() == key;
+        let mut failed = vec![a];
+        {
+            let mut queue = self.admissions.queue.borrow_mut();
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for b in queue.drain(..) {
+                if same(&b) {
+                    failed.push(b);
+                } else {
+                    kept.push_back(b);
+                }
+            }
+            *queue = kept;
+        }
+        debug!(
+            shard = self.id(),
+            produces = failed.len(),
+            "produce memory wait ran out"
+        );
+        self.admissions
+            .timeouts
+            .set(self.admissions.timeouts.get() + failed.len() as u64);
+        for b in failed {
+            self.refuse_produce(b.reply, ShardError::Busy);
+        }
+    }
+
+    /// Runs an admitted produce: offsets assigned and the append queued now.
+    fn start_produce(
+        self: &Rc<Self>,
+        req: ProducePartition,
+        reply: oneshot::Sender<ProducePartitionResult>,
+        inflight: Reservation,
+    ) {
         let acks = req.acks;
-        let pending = match self.begin_produce(&req) {
+        let pending = match self.begin_produce(&req, inflight) {
             Ok(Begun::Queued(p)) => p,
             Ok(Begun::Duplicate {
                 key,
@@ -208,14 +395,7 @@ impl Engine {
                 self.answer_duplicate(key, base_offset, last_offset, reply);
                 return;
             }
-            Err(e) => {
-                let mut c = self.counters.borrow_mut();
-                c.produce_errors += 1;
-                c.produce_busy += u64::from(e == ShardError::Busy);
-                trace!(shard = self.id(), error = %e, "produce refused");
-                let _ = reply.send(ProducePartitionResult::failed(e));
-                return;
-            }
+            Err(e) => return self.refuse_produce(reply, e),
         };
         let reply = if acks == 0 {
             let _ = reply.send(pending.result());
@@ -237,7 +417,11 @@ impl Engine {
 
     /// Validates, assigns offsets and queues the append: one synchronous
     /// section, no await.
-    fn begin_produce(&self, req: &ProducePartition) -> Result<Begun, ShardError> {
+    fn begin_produce(
+        &self,
+        req: &ProducePartition,
+        inflight: Reservation,
+    ) -> Result<Begun, ShardError> {
         if self.closing.get() {
             return Err(ShardError::ShuttingDown);
         }
@@ -254,13 +438,6 @@ impl Engine {
                 max,
             });
         }
-        if !self.budget.fits(Pool::PartitionState, INDEX_ENTRY_BYTES) {
-            return Err(ShardError::Busy);
-        }
-        let inflight = self
-            .budget
-            .try_reserve(Pool::ProduceInflight, payload_bytes)
-            .ok_or(ShardError::Busy)?;
         let log_append_time = limits.log_append_time.then(now_ms);
         let (payload, base_offset, log_start_offset) = {
             let mut parts = self.parts.borrow_mut();

@@ -32,7 +32,10 @@ pub struct Counters {
     pub fetch_long_polls: u64,
     pub fetch_tail_hits: u64,
     pub fetch_wal_reads: u64,
+    /// Fetches that stopped early because `fetch_response` was full.
     pub fetch_busy: u64,
+    /// Fetches answered empty (throttled) because their memory wait ran out.
+    pub fetch_throttled: u64,
     pub list_offsets_requests: u64,
     /// Requests this shard sent to other shards / served for them.
     pub remote_sent: u64,
@@ -72,6 +75,12 @@ pub struct ShardStats {
     pub tasks: u64,
     /// Produces waiting for durability (one short-lived task each).
     pub produce_tasks: u64,
+    /// Produces waiting for memory in the admissions queue now.
+    pub produce_admissions_waiting: u64,
+    /// Produces that had to wait for memory (admissions queue).
+    pub produce_admission_waits: u64,
+    /// Produces answered Busy because a memory wait ran out.
+    pub produce_admission_timeouts: u64,
     /// The topics holding the most partition state on this shard:
     /// (topic id, bytes), largest first, at most `TOP_TOPICS_MAX`.
     pub top_topics: Vec<([u8; 16], u64)>,

@@ -351,6 +351,66 @@ fn log_append_time_and_acks_zero() {
 }
 
 #[test]
+fn produces_beyond_the_inflight_pool_wait_and_keep_call_order() {
+    // 8 MiB of memory: a 2 MiB produce_inflight pool, far below the burst.
+    const BURST: usize = 40;
+    const RECORDS: i32 = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = start_meta(dir.path(), 1);
+    let (d, m) = (dir.path().to_path_buf(), meta.clone());
+    on_executor(move || async move {
+        let mut cfg = shard_config(&d, 0, 1);
+        cfg.memory_bytes_max = 8 << 20;
+        let shard = Rc::new(
+            Shard::start(cfg, new_mesh(1), m.clone())
+                .await
+                .expect("start"),
+        );
+        let t = create(&shard, &m, "burst", 2, &[]).await;
+        let big = vec![b'x'; 120 << 10];
+        // Large batches to partition 0, small ones to partition 1, in one
+        // burst: `join_all` polls (and so calls the shard) in this order.
+        let work = (0..BURST).map(|i| {
+            let (partition, value) = if i % 4 == 3 {
+                (1, &b"s"[..])
+            } else {
+                (0, &big[..])
+            };
+            let req = ProducePartition {
+                topic: t.clone(),
+                partition,
+                records: Bytes::from(batch(RECORDS, 1000 + i as i64, value)),
+                acks: -1,
+            };
+            let shard = shard.clone();
+            async move { (partition, shard.produce(req).await) }
+        });
+        let results = futures::future::join_all(work).await;
+        let mut next = [0i64; 2];
+        for (i, (partition, r)) in results.into_iter().enumerate() {
+            assert_eq!(r.error, None, "produce {i} waits, never fails");
+            let p = partition as usize;
+            assert_eq!(
+                r.base_offset, next[p],
+                "produce {i}: call order is offset order"
+            );
+            next[p] += i64::from(RECORDS);
+        }
+        let stats = shard.stats();
+        assert!(stats.produce_admission_waits > 0, "the burst had to wait");
+        let inflight = &stats.pools[1];
+        assert_eq!(inflight.name, "produce_inflight");
+        assert!(inflight.waits > 0 && inflight.peak_bytes <= inflight.max_bytes);
+        assert_eq!(
+            (stats.produce_admissions_waiting, inflight.used_bytes),
+            (0, 0)
+        );
+        shard.close().await;
+    });
+    meta.shutdown();
+}
+
+#[test]
 fn long_poll_wakes_on_produce_and_times_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let meta = start_meta(dir.path(), 1);

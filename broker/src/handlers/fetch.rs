@@ -12,7 +12,7 @@ use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::Ctx;
 use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
-use crate::plane::{self, FetchPartitionResult};
+use crate::plane::{self, FetchPartitionResult, ResponseMemory};
 
 /// Longest long poll served, whatever the client asks.
 const MAX_WAIT_MS_MAX: u32 = 60_000;
@@ -23,21 +23,27 @@ enum Slot {
     Error(i16),
 }
 
-pub async fn handle(req: FetchRequest, version: i16, ctx: &Ctx) -> FetchResponse {
+/// The response, and the `fetch_response` memory its batches hold: the
+/// connection drops it once the response is written.
+pub async fn handle(
+    req: FetchRequest,
+    version: i16,
+    ctx: &Ctx,
+) -> (FetchResponse, Option<ResponseMemory>) {
     let mut resp = FetchResponse::default();
     if version >= 7 && req.session_id != 0 {
         resp.error_code = codes::fetch_session_id_not_found();
-        return resp;
+        return (resp, None);
     }
     let max_wait_ms = u32::try_from(req.max_wait_ms)
         .unwrap_or(0)
         .min(MAX_WAIT_MS_MAX);
     let (slots, partitions) = plan(&req, ctx);
-    let results = if partitions.is_empty() {
+    let (results, held) = if partitions.is_empty() {
         if slots.iter().all(|(_, s)| s.is_empty()) {
             glommio::timer::sleep(Duration::from_millis(u64::from(max_wait_ms))).await;
         }
-        Vec::new()
+        (Vec::new(), None)
     } else {
         let max_bytes = if version >= 3 {
             req.max_bytes
@@ -51,18 +57,20 @@ pub async fn handle(req: FetchRequest, version: i16, ctx: &Ctx) -> FetchResponse
             max_bytes: u32::try_from(max_bytes).unwrap_or(0),
             isolation_level: req.isolation_level,
         };
-        ctx.shard.fetch(plane_req).await
+        let (results, held) = ctx.shard.fetch_held(plane_req).await;
+        (results, Some(held))
     };
+    let throttled = results.iter().any(|r| r.throttled);
     resp.responses = assemble(&req, slots, results);
     let busy = resp
         .responses
         .iter()
         .flat_map(|t| t.partitions.iter())
         .any(|p| is_busy(p.error_code));
-    if busy && version >= 1 {
+    if (busy || throttled) && version >= 1 {
         resp.throttle_time_ms = BUSY_THROTTLE_MS;
     }
-    resp
+    (resp, held)
 }
 
 type Slots = Vec<(usize, Vec<Slot>)>;

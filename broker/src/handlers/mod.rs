@@ -40,7 +40,7 @@ use kafka_protocol::messages::{ApiKey, ResponseKind, TopicName};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use sluice_raft::{Metadata, MetadataView, TopicMeta};
 
-use crate::plane::Shard;
+use crate::plane::{ResponseMemory, Shard};
 
 /// APIs served and their version ranges. Only what is implemented is
 /// advertised: Fetch stops at 12 (13+ names topics by id), no fetch
@@ -120,6 +120,13 @@ fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, DecodeError
     T::decode(body, version).map_err(|e| DecodeError(format!("{e:#}")))
 }
 
+/// A handler's answer: the body, and memory its bytes hold until the
+/// response is written (fetched batches).
+pub struct Response {
+    pub body: ResponseKind,
+    pub held: Option<ResponseMemory>,
+}
+
 /// Decodes the body of a supported request and runs its handler. `None`:
 /// no response is due (produce with acks=0).
 pub async fn dispatch(
@@ -127,7 +134,7 @@ pub async fn dispatch(
     version: i16,
     body: &mut Bytes,
     ctx: &Ctx,
-) -> Result<Option<ResponseKind>, DecodeError> {
+) -> Result<Option<Response>, DecodeError> {
     let response = match key {
         ApiKey::ApiVersions => {
             ResponseKind::ApiVersions(api_versions::handle(&decode(body, version)?, version))
@@ -146,7 +153,11 @@ pub async fn dispatch(
             None => return Ok(None),
         },
         ApiKey::Fetch => {
-            ResponseKind::Fetch(fetch::handle(decode(body, version)?, version, ctx).await)
+            let (r, held) = fetch::handle(decode(body, version)?, version, ctx).await;
+            return Ok(Some(Response {
+                body: ResponseKind::Fetch(r),
+                held,
+            }));
         }
         ApiKey::ListOffsets => ResponseKind::ListOffsets(
             list_offsets::handle(decode(body, version)?, version, ctx).await,
@@ -181,7 +192,10 @@ pub async fn dispatch(
             None => return Err(DecodeError(format!("api {other:?} is not served"))),
         },
     };
-    Ok(Some(response))
+    Ok(Some(Response {
+        body: response,
+        held: None,
+    }))
 }
 
 /// The consumer-group APIs; `None` for any other key.
