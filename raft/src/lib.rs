@@ -91,8 +91,8 @@ use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
-    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec,
-    PRODUCER_ID_BLOCK_SIZE,
+    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicChange, TopicMap, TopicMeta,
+    TopicSpec, PRODUCER_ID_BLOCK_SIZE,
 };
 use crate::types::{MetaRequest, MetaResponse};
 
@@ -192,7 +192,7 @@ impl Metadata {
     /// deterministic.
     pub async fn create_topic(&self, spec: TopicSpec) -> Result<Arc<TopicMeta>, MetaError> {
         validate_partitions(spec.partitions, &self.inner.limits)?;
-        if self.view().topics.contains_key(&spec.name) {
+        if self.view().topics.contains_key(spec.name.as_str()) {
             return Err(MetaError::TopicExists(spec.name));
         }
         let request = MetaRequest::CreateTopic {
@@ -393,7 +393,10 @@ mod tests {
         let view = meta.view();
         assert_eq!(view.node_id, 7);
         assert_eq!(view.version, v0 + 2);
-        assert_eq!(view.topics.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            view.topics.keys().map(|k| &**k).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
         assert_eq!(view.topics["a"], a);
         let mut load = [0u32; 4];
         view.topics
