@@ -428,6 +428,34 @@ mod tests {
         meta.shutdown();
     }
 
+    /// Consecutive views share structure: their diff (what shards apply)
+    /// is exactly the entries applied in between.
+    #[test]
+    fn consecutive_views_differ_by_the_applied_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start(dir.path(), 2, 1000);
+        for i in 0..300 {
+            create(&meta, &format!("t{i:03}"), 1).expect("create");
+        }
+        let before = meta.view();
+        create(&meta, "t150x", 2).expect("create");
+        block_on(meta.delete_topic("t007")).expect("delete");
+        block_on(meta.create_partitions("t200", 3)).expect("grow");
+        let after = meta.view();
+        let changes: Vec<String> = before
+            .topics
+            .diff(&after.topics)
+            .map(|c| match c {
+                TopicChange::Add(name, _) => format!("+{name}"),
+                TopicChange::Update { new: (name, _), .. } => format!("~{name}"),
+                TopicChange::Remove(name, _) => format!("-{name}"),
+            })
+            .collect();
+        assert_eq!(changes, vec!["-t007", "+t150x", "~t200"]);
+        assert_eq!(after.topics.len(), 300);
+        meta.shutdown();
+    }
+
     #[test]
     fn delete_removes_and_frees_partitions() {
         let dir = tempfile::tempdir().expect("tempdir");
