@@ -91,8 +91,8 @@ use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
-    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec,
-    PRODUCER_ID_BLOCK_SIZE,
+    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicChange, TopicMap, TopicMeta,
+    TopicSpec, PRODUCER_ID_BLOCK_SIZE,
 };
 use crate::types::{MetaRequest, MetaResponse};
 
@@ -192,7 +192,7 @@ impl Metadata {
     /// deterministic.
     pub async fn create_topic(&self, spec: TopicSpec) -> Result<Arc<TopicMeta>, MetaError> {
         validate_partitions(spec.partitions, &self.inner.limits)?;
-        if self.view().topics.contains_key(&spec.name) {
+        if self.view().topics.contains_key(spec.name.as_str()) {
             return Err(MetaError::TopicExists(spec.name));
         }
         let request = MetaRequest::CreateTopic {
@@ -393,7 +393,10 @@ mod tests {
         let view = meta.view();
         assert_eq!(view.node_id, 7);
         assert_eq!(view.version, v0 + 2);
-        assert_eq!(view.topics.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(
+            view.topics.keys().map(|k| &**k).collect::<Vec<_>>(),
+            vec!["a", "b"]
+        );
         assert_eq!(view.topics["a"], a);
         let mut load = [0u32; 4];
         view.topics
@@ -422,6 +425,34 @@ mod tests {
         let lost = if x.is_ok() { y } else { x };
         assert_eq!(lost, Err(MetaError::TopicExists("race".into())));
         assert_eq!(meta.view().topics["race"].partitions.len(), 2);
+        meta.shutdown();
+    }
+
+    /// Consecutive views share structure: their diff (what shards apply)
+    /// is exactly the entries applied in between.
+    #[test]
+    fn consecutive_views_differ_by_the_applied_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start(dir.path(), 2, 1000);
+        for i in 0..300 {
+            create(&meta, &format!("t{i:03}"), 1).expect("create");
+        }
+        let before = meta.view();
+        create(&meta, "t150x", 2).expect("create");
+        block_on(meta.delete_topic("t007")).expect("delete");
+        block_on(meta.create_partitions("t200", 3)).expect("grow");
+        let after = meta.view();
+        let changes: Vec<String> = before
+            .topics
+            .diff(&after.topics)
+            .map(|c| match c {
+                TopicChange::Add(name, _) => format!("+{name}"),
+                TopicChange::Update { new: (name, _), .. } => format!("~{name}"),
+                TopicChange::Remove(name, _) => format!("-{name}"),
+            })
+            .collect();
+        assert_eq!(changes, vec!["-t007", "+t150x", "~t200"]);
+        assert_eq!(after.topics.len(), 300);
         meta.shutdown();
     }
 

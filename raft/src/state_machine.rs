@@ -9,7 +9,9 @@
 //! partitions, ties to the lowest shard index.
 //!
 //! After each applied batch a new immutable `MetadataView` is published
-//! through `Published` (one BTreeMap-of-Arc clone per batch, not per topic).
+//! through `Published`. The topics are a persistent map (`TopicMap`):
+//! publishing clones its root (O(1)); each change copied O(log topics)
+//! nodes, and the new view shares every other node with the old one.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -26,7 +28,7 @@ use tokio::sync::watch;
 use crate::snapshot;
 use crate::types::{
     producer_id_block_start, Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView,
-    PartitionMeta, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TopicMeta,
+    PartitionMeta, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TopicMap, TopicMeta,
     TypeConfig,
 };
 
@@ -108,7 +110,8 @@ impl Placement {
 struct Data {
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    topics: BTreeMap<String, Arc<TopicMeta>>,
+    /// Shared with the published views: cloning `Data` is O(1) in topics.
+    topics: TopicMap,
     /// Partitions per shard, `len() == shards`.
     shard_load: Vec<u64>,
     partitions_total: u64,
@@ -119,7 +122,7 @@ impl Data {
         Data {
             last_applied: None,
             membership: StoredMembership::default(),
-            topics: BTreeMap::new(),
+            topics: TopicMap::new(),
             shard_load: vec![0; shards as usize],
             partitions_total: 0,
         }
@@ -131,7 +134,8 @@ impl Data {
         data.membership = meta.last_membership.clone();
         for topic in topics {
             data.charge(&topic, 1);
-            data.topics.insert(topic.name.clone(), Arc::new(topic));
+            data.topics
+                .insert(Arc::from(topic.name.as_str()), Arc::new(topic));
         }
         data
     }
@@ -156,7 +160,7 @@ impl Data {
 
     fn create(&mut self, limits: &Placement, req: CreateArgs) -> Result<Arc<TopicMeta>, MetaError> {
         validate_partitions(req.partitions, limits)?;
-        if self.topics.contains_key(&req.name) {
+        if self.topics.contains_key(req.name.as_str()) {
             return Err(MetaError::TopicExists(req.name));
         }
         let requested = u64::from(req.partitions);
@@ -177,7 +181,8 @@ impl Data {
         };
         self.partitions_total += requested;
         let topic = Arc::new(topic);
-        self.topics.insert(topic.name.clone(), Arc::clone(&topic));
+        self.topics
+            .insert(Arc::from(topic.name.as_str()), Arc::clone(&topic));
         Ok(topic)
     }
 
@@ -224,7 +229,7 @@ impl Data {
         }
         self.partitions_total += requested;
         let topic = Arc::new(topic);
-        self.topics.insert(name.to_string(), Arc::clone(&topic));
+        self.topics.insert(Arc::from(name), Arc::clone(&topic));
         Ok(topic)
     }
 
@@ -241,7 +246,7 @@ impl Data {
             configs,
             ..TopicMeta::clone(old)
         });
-        self.topics.insert(name.to_string(), Arc::clone(&topic));
+        self.topics.insert(Arc::from(name), Arc::clone(&topic));
         Ok(topic)
     }
 
@@ -254,6 +259,7 @@ impl Data {
         Ok(topic)
     }
 
+    /// O(1): the view shares the topic map's nodes.
     fn view(&self, node_id: u64) -> MetadataView {
         let version = self.last_applied.map_or(0, |l| l.index);
         MetadataView {

@@ -74,13 +74,24 @@ pub struct TopicMeta {
     pub created_ms: i64,
 }
 
+/// Topics by name: a persistent (structurally shared) ordered map. Cloning
+/// one is O(1) and a change copies O(log topics) nodes, so every published
+/// view shares all unchanged nodes with the one before it, and
+/// `TopicMap::diff` of two views skips the shared subtrees.
+pub type TopicMap = imbl::OrdMap<Arc<str>, Arc<TopicMeta>>;
+
+/// One difference between two `TopicMap`s, as `TopicMap::diff` yields it:
+/// `Add(name, topic)`, `Update { old, new }` or `Remove(name, topic)`.
+pub type TopicChange<'a, 'b> = imbl::ordmap::DiffItem<'a, 'b, Arc<str>, Arc<TopicMeta>>;
+
 /// An immutable snapshot of the applied metadata.
 #[derive(Debug, Clone, Default)]
 pub struct MetadataView {
     /// Index of the last applied Raft log entry (0 before anything applied).
     pub version: u64,
     pub node_id: u64,
-    pub topics: BTreeMap<String, Arc<TopicMeta>>,
+    /// Shares its nodes with the views before and after it.
+    pub topics: TopicMap,
 }
 
 /// Errors of the metadata service. Mapped to Kafka error codes in `broker`.

@@ -18,7 +18,7 @@ use futures::future::{select, Either};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::Task;
 use hdrhistogram::Histogram;
-use sluice_raft::{Metadata, MetadataView, TopicMeta};
+use sluice_raft::{Metadata, MetadataView, TopicMap, TopicMeta};
 use sluice_wal::{Wal, WalConfig};
 use tracing::{debug, info, trace, warn};
 
@@ -299,47 +299,23 @@ impl Engine {
     /// Creates the partitions placed on this shard and drops those whose
     /// topic is gone. Runs on the watcher task (and once at start).
     ///
-    /// Only topics that changed since the last applied view are visited:
-    /// both views are sorted by name and share the `Arc` of every unchanged
-    /// topic, so a view with one new topic costs one merge over the names,
-    /// not a pass over every partition.
+    /// Only topics that changed since the last applied view are visited
+    /// (`view::apply_changes`: a diff of two persistent maps that skips
+    /// their shared nodes), so a view with one new topic costs
+    /// O(log topics), not a pass over every topic or partition.
     pub fn apply_view(&self, view: &Arc<MetadataView>) {
         let me = self.id();
         let prev = self.last_view.replace(Some(Arc::clone(view)));
-        let empty = std::collections::BTreeMap::new();
+        let empty = TopicMap::new();
         let old_topics = prev.as_ref().map_or(&empty, |p| &p.topics);
-        let (mut created, mut gone) = (0u64, Vec::new());
-        {
-            let mut parts = self.parts.borrow_mut();
-            let mut old = old_topics.iter().peekable();
-            let mut new = view.topics.iter().peekable();
-            loop {
-                match (old.peek(), new.peek()) {
-                    (None, None) => break,
-                    (Some((ok, ot)), Some((nk, nt))) if ok == nk => {
-                        if !Arc::ptr_eq(ot, nt) {
-                            if ot.id != nt.id {
-                                gone.extend(self.drop_topic(&mut parts, ot));
-                            }
-                            created += self.add_topic(&mut parts, nt);
-                        }
-                        old.next();
-                        new.next();
-                    }
-                    (Some((ok, ot)), Some((nk, _))) if ok < nk => {
-                        gone.extend(self.drop_topic(&mut parts, ot));
-                        old.next();
-                    }
-                    (Some((_, ot)), None) => {
-                        gone.extend(self.drop_topic(&mut parts, ot));
-                        old.next();
-                    }
-                    (_, Some((_, nt))) => {
-                        created += self.add_topic(&mut parts, nt);
-                        new.next();
-                    }
-                }
-            }
+        let applied =
+            crate::view::apply_changes(me, &mut self.parts.borrow_mut(), old_topics, &view.topics);
+        let (created, gone) = (applied.created, applied.gone);
+        if !gone.is_empty() {
+            self.budget.discharge(
+                Pool::PartitionState,
+                gone.len() as u64 * PARTITION_BYTES + applied.gone_entries * INDEX_ENTRY_BYTES,
+            );
         }
         self.budget
             .charge_forced(Pool::PartitionState, created * PARTITION_BYTES);
@@ -362,54 +338,12 @@ impl Engine {
             debug!(
                 shard = me,
                 version = view.version,
+                topics = applied.topics_changed,
                 created,
                 deleted = gone.len(),
                 "shard applied metadata"
             );
         }
-    }
-
-    /// Creates the missing partitions of `topic` placed on this shard.
-    fn add_topic(&self, parts: &mut HashMap<PartitionKey, Partition>, topic: &TopicMeta) -> u64 {
-        let mut created = 0;
-        for (i, pm) in topic.partitions.iter().enumerate() {
-            if pm.shard != self.id() {
-                continue;
-            }
-            let key = PartitionKey {
-                topic_id: topic.id,
-                partition: i as u32,
-            };
-            parts.entry(key).or_insert_with(|| {
-                created += 1;
-                Partition::new(key)
-            });
-        }
-        created
-    }
-
-    /// Removes the partitions of `topic` held here; returns their keys.
-    fn drop_topic(
-        &self,
-        parts: &mut HashMap<PartitionKey, Partition>,
-        topic: &TopicMeta,
-    ) -> Vec<PartitionKey> {
-        let mut gone = Vec::new();
-        for i in 0..topic.partitions.len() {
-            let key = PartitionKey {
-                topic_id: topic.id,
-                partition: i as u32,
-            };
-            if let Some(p) = parts.remove(&key) {
-                let entries = p.batches.len() as u64;
-                self.budget.discharge(
-                    Pool::PartitionState,
-                    PARTITION_BYTES + entries * INDEX_ENTRY_BYTES,
-                );
-                gone.push(key);
-            }
-        }
-        gone
     }
 
     fn release_version_waiters(&self) {
@@ -443,7 +377,7 @@ impl Engine {
         let view = self.meta.view();
         if !view
             .topics
-            .get(&topic.name)
+            .get(topic.name.as_str())
             .is_some_and(|t| t.id == topic.id)
         {
             return Err(ShardError::UnknownTopicOrPartition);

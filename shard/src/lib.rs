@@ -56,6 +56,7 @@ mod produce;
 mod producer_state;
 mod stats;
 mod tail;
+mod view;
 mod waiters;
 
 use std::path::PathBuf;
