@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{client_config, consume_all, create_topic, Broker};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::ToBytes;
 use serde_json::Value;
 
 /// Plain HTTP/1.1 GET on the admin port; returns the body.
@@ -183,20 +184,11 @@ fn produce_load(b: &Broker, id: usize) -> ProducerOutcome {
         let tag = format!("p{id}-r{i}:");
         let value = format!("{tag}{body}");
         let partition = (i % LOAD_PARTITIONS as usize) as i32;
-        let mut record = FutureRecord::to(LOAD_TOPIC)
+        let record = FutureRecord::to(LOAD_TOPIC)
             .partition(partition)
             .key("k")
             .payload(&value);
-        let fut = loop {
-            match p.send_result(record) {
-                Ok(fut) => break fut,
-                // The client's own queue is full: wait for deliveries.
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        };
+        let fut = send_when_room(&p, record);
         pending.push((tag, fut));
     }
     let (mut acked, mut failed) = (Vec::new(), Vec::new());
@@ -478,18 +470,10 @@ fn produce_unacknowledged(b: &Broker, id: usize) -> Vec<String> {
         let tag = format!("z{id}-r{i}:");
         let value = format!("{tag}{body}");
         let partition = (i % LOAD_PARTITIONS as usize) as i32;
-        let mut record = FutureRecord::<(), _>::to(FIRE_TOPIC)
+        let record = FutureRecord::<(), _>::to(FIRE_TOPIC)
             .partition(partition)
             .payload(&value);
-        let fut = loop {
-            match p.send_result(record) {
-                Ok(fut) => break fut,
-                Err((_, back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-        };
+        let fut = send_when_room(&p, record);
         pending.push((tag, fut));
     }
     pending
@@ -553,4 +537,21 @@ fn fire_and_forget_producers_wait_for_memory_instead_of_losing_records() {
         "in-flight produce memory filled and produces waited: {waits:?}"
     );
     assert_back_to_baseline(&b, &baseline);
+}
+
+/// Queues `record`, waiting while the client's own queue is full.
+fn send_when_room<K, P>(p: &FutureProducer, mut record: FutureRecord<'_, K, P>) -> DeliveryFuture
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    loop {
+        match p.send_result(record) {
+            Ok(fut) => return fut,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
 }
