@@ -46,6 +46,8 @@ const ENTRIES_BUCKETS: [u64; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 1024];
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProcessMemory {
     pub rss: u64,
+    /// The highest RSS since the process started (`VmHWM`).
+    pub rss_peak: u64,
     pub rss_anon: u64,
     /// File-backed and shared pages (mapped files, shared memory).
     pub rss_mapped: u64,
@@ -64,6 +66,7 @@ impl ProcessMemory {
         };
         ProcessMemory {
             rss: field("VmRSS:") * 1024,
+            rss_peak: field("VmHWM:") * 1024,
             rss_anon: field("RssAnon:") * 1024,
             rss_mapped: (field("RssFile:") + field("RssShmem:")) * 1024,
             threads: field("Threads:"),
@@ -251,6 +254,12 @@ impl Snapshot {
             "process_resident_bytes",
             "Resident set size of the process.",
             one(m.rss),
+        )?;
+        family(
+            enc,
+            "process_resident_peak_bytes",
+            "Highest resident set size since the process started (VmHWM).",
+            one(m.rss_peak),
         )?;
         family(
             enc,
@@ -536,6 +545,7 @@ pub fn render_memory_json(probes: Vec<Result<ShardProbe, u32>>, view: &MetadataV
     let doc = json!({
         "process": {
             "rss_bytes": m.rss,
+            "rss_peak_bytes": m.rss_peak,
             "rss_anon_bytes": m.rss_anon,
             "rss_mapped_bytes": m.rss_mapped,
             "threads": m.threads,
