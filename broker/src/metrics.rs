@@ -402,6 +402,13 @@ impl Snapshot {
         counters(
             enc,
             s,
+            "shard_connections_refused",
+            "Connections closed at accept for --connections-per-shard-max.",
+            |p| p.connections_refused,
+        )?;
+        counters(
+            enc,
+            s,
             "shard_request_waits",
             "Connections that waited for request-buffer memory.",
             |p| p.stats.request_waits,
@@ -576,6 +583,7 @@ fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
         "partition_struct_bytes": s.partition_struct_bytes,
         "index_entries": s.index_entries,
         "connections": p.connections,
+        "connections_refused": p.connections_refused,
         "tasks": s.tasks,
         "produce_tasks": s.produce_tasks,
         "fetch_waiters": s.waiters.waiting,
