@@ -32,6 +32,10 @@ const WAL_COMMIT_BYTES_MAX: u64 = 32 << 20;
 /// headroom for a few index entries; divides the partition-state share of a
 /// shard's budget into a partition limit.
 pub const PARTITION_BYTES_ESTIMATE: u64 = 1 << 10;
+/// Largest `--connections-per-shard-max`: each open connection holds a
+/// socket, a task and its buffers, so the bound is a file-descriptor bound
+/// as much as a memory one.
+pub const CONNECTIONS_PER_SHARD_LIMIT: u32 = 1_000_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -170,6 +174,15 @@ pub struct StartArgs {
         default_value = "86400000"
     )]
     pub producer_id_expiration_ms: u64,
+
+    /// Open Kafka connections one shard accepts; a connection over it is closed at accept (with a warning at most every 10 s per shard).
+    #[arg(
+        long,
+        env = "SLUICE_CONNECTIONS_PER_SHARD_MAX",
+        value_name = "N",
+        default_value = "10000"
+    )]
+    pub connections_per_shard_max: u32,
 }
 
 /// The TOML file: the same settings, all optional. Unknown keys are refused.
@@ -192,6 +205,7 @@ struct FileConfig {
     producer_id_expiration_ms: Option<u64>,
     partitions_per_shard_max: Option<u32>,
     wal_commit_bytes_max: Option<ByteSize>,
+    connections_per_shard_max: Option<u32>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -265,6 +279,7 @@ pub struct Settings {
     pub producer_id_expiration_ms: i64,
     pub partitions_per_shard_max: Option<u32>,
     pub wal_commit_bytes_max: u64,
+    pub connections_per_shard_max: u32,
 }
 
 impl StartArgs {
@@ -309,6 +324,7 @@ impl StartArgs {
         fill!(producer_id_expiration_ms);
         fill!(opt partitions_per_shard_max);
         fill!(wal_commit_bytes_max);
+        fill!(connections_per_shard_max);
         Ok(self)
     }
 }
@@ -362,6 +378,12 @@ impl Settings {
         if args.partitions_per_shard_max == Some(0) {
             bail!("--partitions-per-shard-max (SLUICE_PARTITIONS_PER_SHARD_MAX, partitions_per_shard_max): must be at least 1");
         }
+        if !(1..=CONNECTIONS_PER_SHARD_LIMIT).contains(&args.connections_per_shard_max) {
+            bail!(
+                "--connections-per-shard-max (SLUICE_CONNECTIONS_PER_SHARD_MAX, connections_per_shard_max): {} is not in 1..={CONNECTIONS_PER_SHARD_LIMIT}",
+                args.connections_per_shard_max
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             bail!(
                 "--log-level (SLUICE_LOG_LEVEL, log_level): '{}' is not a log filter: {e}",
@@ -399,6 +421,7 @@ impl Settings {
             producer_id_expiration_ms,
             partitions_per_shard_max: args.partitions_per_shard_max,
             wal_commit_bytes_max,
+            connections_per_shard_max: args.connections_per_shard_max,
         })
     }
 
@@ -492,6 +515,7 @@ mod tests {
         assert_eq!(s.default_partitions, 1);
         assert_eq!(s.request_max_bytes, 100 << 20);
         assert_eq!(s.data_dir, PathBuf::from("./sluice-data"));
+        assert_eq!(s.connections_per_shard_max, 10_000);
     }
 
     #[test]
@@ -527,7 +551,7 @@ mod tests {
         let path = dir.path().join("sluice.toml");
         std::fs::write(
             &path,
-            "shards = 3\nmemory = \"2GiB\"\nnode_id = 7\ndefault_partitions = 4\n",
+            "shards = 3\nmemory = \"2GiB\"\nnode_id = 7\ndefault_partitions = 4\nconnections_per_shard_max = 50\n",
         )
         .unwrap();
         let p = path.to_str().unwrap();
@@ -544,6 +568,7 @@ mod tests {
         assert_eq!(s.memory_bytes, 2 << 30);
         assert_eq!(s.node_id, 7);
         assert_eq!(s.default_partitions, 2, "a flag beats the file");
+        assert_eq!(s.connections_per_shard_max, 50);
     }
 
     #[test]
@@ -560,6 +585,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--advertised-listener"), "{e}");
+        let e = parse(&["sluice", "start", "--connections-per-shard-max", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--connections-per-shard-max"), "{e}");
         let e = parse(&["sluice", "start", "--memory", "bogus"])
             .unwrap_err()
             .to_string();

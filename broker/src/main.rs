@@ -25,7 +25,8 @@
 //! - Bad input never panics: it gets a Kafka error code, or the connection
 //!   is closed with a rate-limited warning.
 //! - Frames are bounded by `--request-max-bytes`, connections per shard by
-//!   `CONNECTIONS_PER_SHARD_MAX`.
+//!   `--connections-per-shard-max` (over it: closed at accept, a rate-limited
+//!   warning, `sluice_shard_connections_refused_total`).
 //! - Per-request logging is `trace!`.
 
 mod admin;

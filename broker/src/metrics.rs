@@ -5,8 +5,6 @@
 //! Every scrape builds a fresh registry holding one collector over the
 //! snapshots: nothing is kept or updated between scrapes.
 
-use std::collections::HashMap;
-
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -411,6 +409,13 @@ impl Snapshot {
         counters(
             enc,
             s,
+            "shard_connections_refused",
+            "Connections closed at accept for --connections-per-shard-max.",
+            |p| p.connections_refused,
+        )?;
+        counters(
+            enc,
+            s,
             "shard_request_waits",
             "Connections that waited for request-buffer memory.",
             |p| p.stats.request_waits,
@@ -531,15 +536,10 @@ impl Snapshot {
 /// most partition state.
 pub fn render_memory_json(probes: Vec<Result<ShardProbe, u32>>, view: &MetadataView) -> String {
     let snapshot = split(probes, ProcessMemory::read());
-    let names: HashMap<[u8; 16], &str> = view
-        .topics
-        .values()
-        .map(|t| (t.id, t.name.as_str()))
-        .collect();
     let shards: Vec<Value> = snapshot
         .shards
         .iter()
-        .map(|p| shard_json(p, &names))
+        .map(|p| shard_json(p, view))
         .collect();
     let m = snapshot.process;
     let doc = json!({
@@ -556,7 +556,7 @@ pub fn render_memory_json(probes: Vec<Result<ShardProbe, u32>>, view: &MetadataV
     serde_json::to_string_pretty(&doc).unwrap_or_default()
 }
 
-fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
+fn shard_json(p: &ShardProbe, view: &MetadataView) -> Value {
     let s = &p.stats;
     let pools: Vec<Value> = s
         .pools
@@ -577,7 +577,7 @@ fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
     let top: Vec<Value> = s
         .top_topics
         .iter()
-        .map(|(id, bytes)| json!({"topic": names.get(id).copied().unwrap_or("(deleted)"), "bytes": bytes}))
+        .map(|(id, bytes)| json!({"topic": view.topic_by_id(id).map_or("(deleted)", |t| t.name.as_str()), "bytes": bytes}))
         .collect();
     json!({
         "shard": s.shard_id,
@@ -586,6 +586,7 @@ fn shard_json(p: &ShardProbe, names: &HashMap<[u8; 16], &str>) -> Value {
         "partition_struct_bytes": s.partition_struct_bytes,
         "index_entries": s.index_entries,
         "connections": p.connections,
+        "connections_refused": p.connections_refused,
         "tasks": s.tasks,
         "produce_tasks": s.produce_tasks,
         "fetch_waiters": s.waiters.waiting,

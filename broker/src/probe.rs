@@ -7,13 +7,13 @@
 //! periodically and no lock is shared with the shards: an idle node gets no
 //! wake-ups from this path.
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::plane::{Shard, ShardStats};
+use crate::server::Connections;
 
 /// Stats requests queued per shard; a scrape finding the queue full skips
 /// the shard (and says so) rather than waiting.
@@ -27,6 +27,8 @@ pub struct ShardProbe {
     pub stats: ShardStats,
     /// Open Kafka connections of the shard.
     pub connections: u64,
+    /// Connections closed at accept for `--connections-per-shard-max`.
+    pub connections_refused: u64,
 }
 
 /// A request for one snapshot.
@@ -59,11 +61,12 @@ pub fn channels(shards: u32) -> (ProbeClient, Vec<ProbeServer>) {
 impl ProbeServer {
     /// Answers requests until the admin side is gone. Runs as one task on
     /// the shard's executor.
-    pub async fn run(mut self, shard: Rc<Shard>, connections: Rc<Cell<usize>>) {
+    pub async fn run(mut self, shard: Rc<Shard>, connections: Rc<Connections>) {
         while let Some(req) = self.rx.recv().await {
             let probe = ShardProbe {
                 stats: shard.stats(),
-                connections: connections.get() as u64,
+                connections: connections.open(),
+                connections_refused: connections.refused(),
             };
             // The scrape may have timed out and gone; nothing to do then.
             let _ = req.reply.send(probe);

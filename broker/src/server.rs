@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::future::{select, Either};
@@ -28,8 +28,59 @@ use crate::handlers::{Ctx, NodeInfo};
 use crate::plane::{self, Shard, ShardMesh};
 use crate::probe::{self, ProbeServer};
 
-/// Open Kafka connections per shard; further ones are closed at accept.
-pub const CONNECTIONS_PER_SHARD_MAX: usize = 10_000;
+/// Shortest time between two "connection limit" warnings of one shard.
+const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A shard's Kafka connections: how many are open, how many were refused
+/// at accept for `--connections-per-shard-max`. Shard-local (one executor).
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: Cell<usize>,
+    refused: Cell<u64>,
+    /// Refusals since the last warning.
+    unreported: Cell<u64>,
+    last_warning: Cell<Option<Instant>>,
+}
+
+impl Connections {
+    pub fn open(&self) -> u64 {
+        self.open.get() as u64
+    }
+
+    /// Connections refused at accept since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.get()
+    }
+
+    /// Counts one refusal; warns at most once per `REFUSAL_WARN_INTERVAL`,
+    /// with the number of refusals since the previous warning.
+    fn refuse(&self, shard: u32, limit: usize, peer: &str) {
+        self.refused.set(self.refused.get() + 1);
+        self.unreported.set(self.unreported.get() + 1);
+        let now = Instant::now();
+        let due = self
+            .last_warning
+            .get()
+            .map_or(true, |t| now.duration_since(t) >= REFUSAL_WARN_INTERVAL);
+        if !due {
+            tracing::debug!(
+                shard,
+                peer,
+                "connection limit reached; closing new connection"
+            );
+            return;
+        }
+        self.last_warning.set(Some(now));
+        let refused = self.unreported.replace(0);
+        tracing::warn!(
+            shard,
+            peer,
+            limit,
+            refused,
+            "connection limit reached: closed new connections at accept (raise --connections-per-shard-max)"
+        );
+    }
+}
 
 /// Runs a node until SIGTERM/SIGINT.
 pub fn run(settings: Settings) -> anyhow::Result<()> {
@@ -283,9 +334,10 @@ async fn shard_main(args: ShardArgs) {
     let limits = Rc::new(ConnLimits {
         request_max_bytes: settings.request_max_bytes,
     });
-    let open = Rc::new(Cell::new(0usize));
-    glommio::spawn_local(probe.run(Rc::clone(&shard), Rc::clone(&open))).detach();
-    accept_loop(listener, ctx, limits, open, stop).await;
+    let conns = Rc::new(Connections::default());
+    glommio::spawn_local(probe.run(Rc::clone(&shard), Rc::clone(&conns))).detach();
+    let limit = settings.connections_per_shard_max as usize;
+    accept_loop(listener, ctx, limits, (conns, limit, id), stop).await;
     shard.close().await;
     tracing::debug!(shard = id, "shard stopped");
 }
@@ -294,7 +346,7 @@ async fn accept_loop(
     listener: TcpListener,
     ctx: Rc<Ctx>,
     limits: Rc<ConnLimits>,
-    open: Rc<Cell<usize>>,
+    (conns, limit, shard): (Rc<Connections>, usize, u32),
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -315,20 +367,21 @@ async fn accept_loop(
                 continue;
             }
         };
-        if open.get() >= CONNECTIONS_PER_SHARD_MAX {
-            tracing::debug!("connection limit reached; closing new connection");
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
         let peer = stream
             .peer_addr()
             .map(|a: SocketAddr| a.to_string())
             .unwrap_or_default();
-        let (ctx, limits, open) = (Rc::clone(&ctx), Rc::clone(&limits), Rc::clone(&open));
-        open.set(open.get() + 1);
+        if conns.open.get() >= limit {
+            // Dropping the stream closes it: the client reads EOF.
+            conns.refuse(shard, limit, &peer);
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let (ctx, limits, conns) = (Rc::clone(&ctx), Rc::clone(&limits), Rc::clone(&conns));
+        conns.open.set(conns.open.get() + 1);
         glommio::spawn_local(async move {
             connection::serve(stream, peer, &ctx, &limits).await;
-            open.set(open.get() - 1);
+            conns.open.set(conns.open.get() - 1);
         })
         .detach();
     }

@@ -4,8 +4,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::net::Shutdown;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::*;
@@ -288,4 +289,85 @@ fn acks_zero_gets_no_response_and_order_is_kept() {
         let header = ResponseHeader::decode(&mut bytes, 1).expect("header");
         assert_eq!(header.correlation_id, 100 + id);
     }
+}
+
+/// ApiVersions on `s`: `Some(error code)` when answered, `None` when the
+/// broker closed the connection.
+fn api_versions_answer(s: &mut TcpStream) -> Option<i16> {
+    use kafka_protocol::protocol::Decodable;
+    let frame = request_frame(ApiKey::ApiVersions, 3, 5, &ApiVersionsRequest::default());
+    // A refused connection may already be reset: the write fails then.
+    if s.write_all(&frame).is_err() {
+        return None;
+    }
+    let mut bytes = read_response(s)?;
+    let header = ResponseHeader::decode(&mut bytes, 0).expect("header v0");
+    assert_eq!(header.correlation_id, 5);
+    let resp = ApiVersionsResponse::decode(&mut bytes, 3).expect("v3 body");
+    Some(resp.error_code)
+}
+
+/// A new connection that gets an ApiVersions answer, retried while the
+/// broker has not yet noticed a closed one (bounded: 100 tries, 10 s).
+fn connect_answered(b: &Broker) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for _ in 0..100 {
+        let mut s = connect(b);
+        if let Some(code) = api_versions_answer(&mut s) {
+            assert_eq!(code, 0);
+            return s;
+        }
+        assert!(Instant::now() < deadline, "no connection slot freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no connection slot freed")
+}
+
+fn metric(b: &Broker, sample: &str) -> Option<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn connections_over_the_limit_are_closed_at_accept_with_one_warning() {
+    const FLAG: &str = "--connections-per-shard-max";
+    let b = Broker::start_with(1, &[FLAG, "2"]);
+    let mut first = connect_answered(&b);
+    let second = connect_answered(&b);
+    // Over the limit: closed at accept, before any request is read.
+    let mut third = connect(&b);
+    assert_closed(&mut third);
+    let mut fourth = connect(&b);
+    assert_eq!(api_versions_answer(&mut fourth), None, "fourth is refused");
+    let refused = "sluice_shard_connections_refused_total{shard=\"0\"}";
+    assert_eq!(metric(&b, refused), Some(2), "both refusals counted");
+    let warnings = b
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(FLAG))
+        .count();
+    assert_eq!(warnings, 1, "one warning naming {FLAG}:\n{}", b.log_text());
+    // Closing one frees a slot, which a new connection then uses.
+    drop(second);
+    let mut replacement = connect_answered(&b);
+    // The connections within the limit were never disturbed.
+    assert_eq!(api_versions_answer(&mut first), Some(0));
+    assert_eq!(api_versions_answer(&mut replacement), Some(0));
+    let warnings = b
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(FLAG))
+        .count();
+    assert_eq!(warnings, 1, "refusals within 10 s share one warning");
 }

@@ -567,3 +567,71 @@ where
         }
     }
 }
+
+fn group_state(b: &Broker) -> u64 {
+    pool(&memory_report(b)["shards"][0], "group_state")
+}
+
+#[test]
+fn a_deleted_group_returns_the_group_state_pool_to_its_baseline() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let b = Broker::start_with(1, &["--group-initial-rebalance-delay-ms", "200"]);
+    create_topic(&b, "gs", 4);
+    let baseline = group_state(&b);
+    let text = http_get(&b, "/metrics");
+    let family = "sluice_shard_pool_used_bytes{shard=\"0\",pool=\"group_state\"}";
+    assert!(text.contains(family), "/metrics lacks {family}");
+    {
+        let consumer: BaseConsumer = client_config(&b)
+            .set("group.id", "gs-group")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "300")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&["gs"]).expect("subscribe");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while consumer.assignment().map_or(0, |a| a.count()) < 4 {
+            assert!(Instant::now() < deadline, "no assignment");
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        let with_member = group_state(&b);
+        assert!(
+            with_member > baseline,
+            "a member is charged: {with_member} <= {baseline}"
+        );
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..4 {
+            tpl.add_partition_offset("gs", p, Offset::Offset(1))
+                .expect("offset");
+        }
+        consumer.commit(&tpl, CommitMode::Sync).expect("commit");
+        assert!(group_state(&b) > with_member, "offsets are charged");
+    }
+    // The consumer left (closed on drop); its offsets keep the group.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let admin: AdminClient<DefaultClientContext> = client_config(&b).create().expect("admin");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    loop {
+        let res = futures::executor::block_on(admin.delete_groups(&["gs-group"], &opts))
+            .expect("delete_groups");
+        if res.iter().all(|r| r.is_ok()) {
+            break;
+        }
+        // NON_EMPTY_GROUP until the leave is processed.
+        assert!(Instant::now() < deadline, "group never deleted: {res:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while group_state(&b) != baseline {
+        assert!(
+            Instant::now() < deadline,
+            "group_state stays at {} (baseline {baseline})",
+            group_state(&b)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

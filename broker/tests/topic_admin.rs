@@ -236,3 +236,67 @@ fn delete_records_advances_the_log_start_durably() {
     broker.restart();
     check(&broker);
 }
+
+/// Metadata v12 for the topic with id `id`: (error code, name).
+fn metadata_by_id(s: &mut std::net::TcpStream, id: uuid::Uuid) -> (i16, Option<String>) {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataRequest, MetadataResponse};
+    let mut t = MetadataRequestTopic::default();
+    t.topic_id = id;
+    t.name = None;
+    let mut req = MetadataRequest::default();
+    req.topics = Some(vec![t]);
+    let resp: MetadataResponse = call(s, ApiKey::Metadata, 12, &req);
+    assert_eq!(resp.topics.len(), 1);
+    let t = &resp.topics[0];
+    (t.error_code, t.name.as_ref().map(|n| n.0.to_string()))
+}
+
+#[test]
+fn topics_are_described_and_deleted_by_id() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+    use kafka_protocol::messages::{
+        CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+        TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    const UNKNOWN_TOPIC_ID: i16 = 100;
+    let _serial = serial();
+    let broker = Broker::start(1);
+    let mut s = connect(&broker);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let mut t = CreatableTopic::default();
+        t.name = TopicName(StrBytes::from_string(format!("by-id-{i}")));
+        t.num_partitions = 1;
+        t.replication_factor = 1;
+        let mut req = CreateTopicsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 10_000;
+        let resp: CreateTopicsResponse = call(&mut s, ApiKey::CreateTopics, 7, &req);
+        assert_eq!(resp.topics[0].error_code, 0);
+        ids.push(resp.topics[0].topic_id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(metadata_by_id(&mut s, *id), (0, Some(format!("by-id-{i}"))));
+    }
+    let unknown = uuid::Uuid::from_bytes([7; 16]);
+    assert_eq!(metadata_by_id(&mut s, unknown).0, UNKNOWN_TOPIC_ID);
+    let delete = |s: &mut std::net::TcpStream, id: uuid::Uuid| -> (i16, Option<String>) {
+        let mut state = DeleteTopicState::default();
+        state.topic_id = id;
+        state.name = None;
+        let mut req = DeleteTopicsRequest::default();
+        req.topics = vec![state];
+        req.timeout_ms = 10_000;
+        let resp: DeleteTopicsResponse = call(s, ApiKey::DeleteTopics, 6, &req);
+        let r = &resp.responses[0];
+        (r.error_code, r.name.as_ref().map(|n| n.0.to_string()))
+    };
+    assert_eq!(delete(&mut s, ids[3]), (0, Some("by-id-3".into())));
+    assert_eq!(metadata_by_id(&mut s, ids[3]).0, UNKNOWN_TOPIC_ID);
+    assert_eq!(delete(&mut s, ids[3]).0, UNKNOWN_TOPIC_ID, "deleted twice");
+    assert_eq!(delete(&mut s, unknown).0, UNKNOWN_TOPIC_ID);
+    assert_eq!(metadata_by_id(&mut s, ids[4]), (0, Some("by-id-4".into())));
+}

@@ -91,8 +91,8 @@ use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
-    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicChange, TopicMap, TopicMeta,
-    TopicSpec, PRODUCER_ID_BLOCK_SIZE,
+    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicChange, TopicIdMap, TopicMap,
+    TopicMeta, TopicSpec, PRODUCER_ID_BLOCK_SIZE,
 };
 use crate::types::{MetaRequest, MetaResponse};
 

@@ -28,8 +28,8 @@ use tokio::sync::watch;
 use crate::snapshot;
 use crate::types::{
     producer_id_block_start, Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView,
-    PartitionMeta, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TopicMap, TopicMeta,
-    TypeConfig,
+    PartitionMeta, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TopicIdMap,
+    TopicMap, TopicMeta, TypeConfig,
 };
 
 /// The applied view, shared between the control thread (writer) and every
@@ -112,6 +112,8 @@ struct Data {
     membership: StoredMembership,
     /// Shared with the published views: cloning `Data` is O(1) in topics.
     topics: TopicMap,
+    /// The names of `topics` by id; changed with it, also shared.
+    topic_ids: TopicIdMap,
     /// Partitions per shard, `len() == shards`.
     shard_load: Vec<u64>,
     partitions_total: u64,
@@ -123,6 +125,7 @@ impl Data {
             last_applied: None,
             membership: StoredMembership::default(),
             topics: TopicMap::new(),
+            topic_ids: TopicIdMap::new(),
             shard_load: vec![0; shards as usize],
             partitions_total: 0,
         }
@@ -134,8 +137,9 @@ impl Data {
         data.membership = meta.last_membership.clone();
         for topic in topics {
             data.charge(&topic, 1);
-            data.topics
-                .insert(Arc::from(topic.name.as_str()), Arc::new(topic));
+            let name: Arc<str> = Arc::from(topic.name.as_str());
+            data.topic_ids.insert(topic.id, Arc::clone(&name));
+            data.topics.insert(name, Arc::new(topic));
         }
         data
     }
@@ -163,6 +167,13 @@ impl Data {
         if self.topics.contains_key(req.name.as_str()) {
             return Err(MetaError::TopicExists(req.name));
         }
+        if self.topic_ids.contains_key(&req.id) {
+            // Ids are random 128-bit values: only a broken proposer repeats one.
+            return Err(MetaError::Internal(format!(
+                "topic id {} is already in use",
+                hex(&req.id)
+            )));
+        }
         let requested = u64::from(req.partitions);
         let limit = limits.partitions_max();
         if self.partitions_total + requested > limit {
@@ -181,8 +192,9 @@ impl Data {
         };
         self.partitions_total += requested;
         let topic = Arc::new(topic);
-        self.topics
-            .insert(Arc::from(topic.name.as_str()), Arc::clone(&topic));
+        let name: Arc<str> = Arc::from(topic.name.as_str());
+        self.topic_ids.insert(topic.id, Arc::clone(&name));
+        self.topics.insert(name, Arc::clone(&topic));
         Ok(topic)
     }
 
@@ -255,6 +267,7 @@ impl Data {
             .topics
             .remove(name)
             .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
+        self.topic_ids.remove(&topic.id);
         self.charge(&topic, -1);
         Ok(topic)
     }
@@ -266,8 +279,13 @@ impl Data {
             version,
             node_id,
             topics: self.topics.clone(),
+            topic_ids: self.topic_ids.clone(),
         }
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct CreateArgs {
@@ -539,11 +557,75 @@ mod tests {
     fn args(name: &str, partitions: u32) -> CreateArgs {
         CreateArgs {
             name: name.into(),
-            id: [1; 16],
+            id: id_of(name),
             partitions,
             configs: BTreeMap::new(),
             created_ms: 0,
         }
+    }
+
+    fn id_of(name: &str) -> [u8; 16] {
+        assert!(name.len() < 16, "test names are short");
+        let mut id = [0x5a; 16];
+        id[..name.len()].copy_from_slice(name.as_bytes());
+        id[name.len()] = 0;
+        id
+    }
+
+    /// The id index holds exactly the topics of the name map.
+    fn assert_index_matches(d: &Data) {
+        assert_eq!(d.topic_ids.len(), d.topics.len());
+        for (name, topic) in &d.topics {
+            assert_eq!(d.topic_ids.get(&topic.id).map(|n| &**n), Some(&**name));
+        }
+        let view = d.view(1);
+        for topic in d.topics.values() {
+            assert_eq!(view.topic_by_id(&topic.id), Some(topic));
+        }
+    }
+
+    #[test]
+    fn id_index_follows_creates_deletes_and_snapshots() {
+        let l = limits(2, 1_000);
+        let mut d = Data::new(2);
+        let names: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+        for n in &names {
+            d.create(&l, args(n, 2)).expect("create");
+        }
+        assert_index_matches(&d);
+        for n in names.iter().step_by(3) {
+            let gone = d.delete(n).expect("delete");
+            assert!(d.view(1).topic_by_id(&gone.id).is_none());
+        }
+        d.grow(&l, "t1", 5).expect("grow");
+        d.set_configs("t2", BTreeMap::from([("k".into(), "v".into())]))
+            .expect("configs");
+        assert_eq!(
+            d.view(1)
+                .topic_by_id(&id_of("t1"))
+                .map(|t| t.partitions.len()),
+            Some(5)
+        );
+        // A name reused after its delete gets the new topic's id only.
+        let mut again = args("t0", 1);
+        again.id = [0xee; 16];
+        d.create(&l, again).expect("recreate t0");
+        assert!(d.view(1).topic_by_id(&id_of("t0")).is_none());
+        assert_index_matches(&d);
+        let mut dup = args("other", 1);
+        dup.id = [0xee; 16];
+        assert!(matches!(d.create(&l, dup), Err(MetaError::Internal(_))));
+        // Snapshot round trip: encode, decode, rebuild.
+        let topics: Vec<TopicMeta> = d.topics.values().map(|t| TopicMeta::clone(t)).collect();
+        let bytes = snapshot::encode_topics(&topics).expect("encode");
+        let back = Data::from_snapshot(
+            2,
+            &SnapshotMeta::default(),
+            snapshot::decode_topics(&bytes).expect("decode"),
+        );
+        assert_index_matches(&back);
+        assert_eq!(back.topic_ids, d.topic_ids);
+        assert_eq!(back.topics, d.topics);
     }
 
     #[test]

@@ -80,6 +80,12 @@ pub struct TopicMeta {
 /// `TopicMap::diff` of two views skips the shared subtrees.
 pub type TopicMap = imbl::OrdMap<Arc<str>, Arc<TopicMeta>>;
 
+/// Topic names by topic id, the index beside `TopicMap`: the same kind of
+/// persistent map, changed by the state machine with every create and
+/// delete (O(log topics) each) and rebuilt with it from a snapshot. Ids are
+/// random and never reused by another live topic.
+pub type TopicIdMap = imbl::OrdMap<[u8; 16], Arc<str>>;
+
 /// One difference between two `TopicMap`s, as `TopicMap::diff` yields it:
 /// `Add(name, topic)`, `Update { old, new }` or `Remove(name, topic)`.
 pub type TopicChange<'a, 'b> = imbl::ordmap::DiffItem<'a, 'b, Arc<str>, Arc<TopicMeta>>;
@@ -92,6 +98,17 @@ pub struct MetadataView {
     pub node_id: u64,
     /// Shares its nodes with the views before and after it.
     pub topics: TopicMap,
+    /// The names of `topics` by topic id.
+    pub topic_ids: TopicIdMap,
+}
+
+impl MetadataView {
+    /// The topic with id `id`: O(log topics), no scan.
+    pub fn topic_by_id(&self, id: &[u8; 16]) -> Option<&Arc<TopicMeta>> {
+        self.topic_ids
+            .get(id)
+            .and_then(|name| self.topics.get(&**name))
+    }
 }
 
 /// Errors of the metadata service. Mapped to Kafka error codes in `broker`.

@@ -38,6 +38,9 @@ pub enum Pool {
     /// glommio's `io_memory` arena (WAL commit buffers): fixed, charged whole
     /// at start.
     IoMemory = 5,
+    /// Consumer groups of the coordinator: groups, members (with their
+    /// protocol metadata and assignments) and committed offsets, estimated.
+    GroupState = 6,
 }
 
 const POOLS: [Pool; POOL_COUNT] = [
@@ -47,8 +50,9 @@ const POOLS: [Pool; POOL_COUNT] = [
     Pool::RequestBuffers,
     Pool::PartitionState,
     Pool::IoMemory,
+    Pool::GroupState,
 ];
-const POOL_COUNT: usize = 6;
+const POOL_COUNT: usize = 7;
 
 /// Longest wait for memory of a produce (admission) or a fetch (its first
 /// batch); a wait that runs out is answered `ShardError::Busy` (produce) or
@@ -68,6 +72,7 @@ impl Pool {
             Pool::RequestBuffers => "request_buffers",
             Pool::PartitionState => "partition_state",
             Pool::IoMemory => "io_memory",
+            Pool::GroupState => "group_state",
         }
     }
 }
@@ -81,15 +86,17 @@ pub struct BudgetLimits {
     pub request_buffers_bytes_max: u64,
     pub partition_state_bytes_max: u64,
     pub io_memory_bytes: u64,
+    pub group_state_bytes_max: u64,
 }
 
 impl BudgetLimits {
     /// The executor's `io_memory` arena comes off the top; of the rest: at
     /// most a quarter for the tail cache (and never more than
     /// `tail_cache_bytes_max`), a quarter for in-flight produce data, an
-    /// eighth each for fetch responses, request buffers and partition state.
-    /// The remaining eighth (at least) is for what is not pooled: executor,
-    /// task and connection structs, allocator slack.
+    /// eighth each for fetch responses, request buffers and partition state,
+    /// a sixteenth for group state. The remaining sixteenth (at least) is for
+    /// what is not pooled: executor, task and connection structs, allocator
+    /// slack.
     pub fn derive(
         memory_bytes_max: u64,
         tail_cache_bytes_max: u64,
@@ -103,6 +110,7 @@ impl BudgetLimits {
             request_buffers_bytes_max: rest / 8,
             partition_state_bytes_max: rest / 8,
             io_memory_bytes,
+            group_state_bytes_max: rest / 16,
         }
     }
 
@@ -120,6 +128,7 @@ impl BudgetLimits {
             Pool::RequestBuffers => self.request_buffers_bytes_max,
             Pool::PartitionState => self.partition_state_bytes_max,
             Pool::IoMemory => self.io_memory_bytes,
+            Pool::GroupState => self.group_state_bytes_max,
         }
     }
 }
@@ -254,6 +263,17 @@ impl Budget {
     /// Whether `bytes` more would fit now (does not count a refusal).
     pub fn fits(&self, pool: Pool, bytes: u64) -> bool {
         self.pools[pool as usize].used_bytes.get() + bytes <= self.limits.max(pool)
+    }
+
+    /// `fits`, counting a refusal when not: for state admitted against the
+    /// pool and then charged with `charge_forced` once it is kept.
+    pub fn admits(&self, pool: Pool, bytes: u64) -> bool {
+        let fits = self.fits(pool, bytes);
+        if !fits {
+            let p = &self.pools[pool as usize];
+            p.refused.set(p.refused.get() + 1);
+        }
+        fits
     }
 
     #[cfg(test)]
@@ -451,8 +471,8 @@ mod tests {
     fn pools_fit_the_memory() {
         let l = BudgetLimits::derive(1 << 30, u64::MAX, 9 << 20);
         assert!(
-            l.total() <= (1 << 30) * 7 / 8 + (9 << 20),
-            "an eighth stays for the rest"
+            l.total() <= (1 << 30) * 15 / 16 + (9 << 20),
+            "a sixteenth stays for the rest"
         );
         assert_eq!(l.request_buffers_bytes_max, ((1 << 30) - (9 << 20)) / 8);
         let b = Budget::new(l);

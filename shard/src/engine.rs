@@ -122,11 +122,12 @@ impl Engine {
             cfg.tail_cache_bytes_max,
             cfg.io_memory_bytes,
         );
+        let budget = Budget::new(limits);
         Engine {
             node_id: meta.view().node_id,
             meta,
             wal,
-            budget: Budget::new(limits),
+            budget: budget.clone(),
             waiters: Waiters::new(cfg.fetch_waiters_max),
             parts: RefCell::new(HashMap::new()),
             tail: RefCell::new(TailCache::default()),
@@ -147,6 +148,7 @@ impl Engine {
             groups: RefCell::new(crate::group::Coordinator::new(
                 cfg.shard_id,
                 Duration::from_millis(cfg.group_initial_rebalance_delay_ms),
+                budget,
             )),
             group_wake: WaitSlot::new(),
             group_armed: Cell::new(None),

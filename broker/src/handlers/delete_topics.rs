@@ -40,7 +40,7 @@ async fn delete_one(target: Target, ctx: &Ctx) -> DeletableTopicResult {
     let mut r = DeletableTopicResult::default();
     let name = match target {
         Target::Name(name) => name.0.to_string(),
-        Target::Id(id) => match ctx.view().topics.values().find(|t| t.id == *id.as_bytes()) {
+        Target::Id(id) => match ctx.view().topic_by_id(id.as_bytes()) {
             Some(t) => t.name.clone(),
             None => {
                 r.topic_id = id;

@@ -75,7 +75,7 @@ async fn lookup(req: MetadataRequestTopic, allow_auto: bool, ctx: &Ctx) -> Metad
 
 fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx) -> MetadataResponseTopic {
     let view = ctx.view();
-    match view.topics.values().find(|t| t.id == *id.as_bytes()) {
+    match view.topic_by_id(id.as_bytes()) {
         Some(topic) => describe(topic, ctx),
         None => {
             let mut t = MetadataResponseTopic::default();

@@ -8,12 +8,15 @@
 //! CompletingRebalance (leader's SyncGroup awaited) -> Stable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::mem::size_of;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
 
 use super::types::*;
+use crate::budget::{Budget, Pool};
 
 /// Session timeouts accepted (Kafka's group.min/max.session.timeout.ms,
 /// with a lower minimum so tests can be quick).
@@ -31,6 +34,9 @@ pub const GROUPS_PER_SHARD_MAX: usize = 100_000;
 pub const COMMITTED_OFFSETS_PER_SHARD_MAX: usize = 1_000_000;
 /// Longest accepted offset commit metadata string.
 pub const OFFSET_METADATA_BYTES_MAX: usize = 4096;
+/// Bytes charged per map entry besides its key and value: node slack of
+/// the `BTreeMap`/`HashMap` holding it and allocator rounding.
+const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GroupState {
@@ -91,6 +97,12 @@ pub(crate) struct Group {
     pub offsets: BTreeMap<(String, i32), CommittedOffset>,
     /// The deadline this group is indexed under in `Coordinator::deadlines`.
     indexed: Option<Instant>,
+    /// Estimated bytes of `members` and `pending` (`members_bytes`).
+    members_bytes: u64,
+    /// Estimated bytes of `offsets`, kept up to date as they change.
+    offsets_bytes: u64,
+    /// Bytes charged to the `group_state` pool for this group.
+    charged: u64,
 }
 
 impl Group {
@@ -109,7 +121,29 @@ impl Group {
             joined_during_delay: false,
             offsets: BTreeMap::new(),
             indexed: None,
+            members_bytes: 0,
+            offsets_bytes: 0,
+            charged: 0,
         }
+    }
+
+    /// Estimated bytes of the members and pending member ids: O(members).
+    fn members_bytes(&self) -> u64 {
+        let members: u64 = self.members.iter().map(|(id, m)| member_bytes(id, m)).sum();
+        let pending: u64 = self
+            .pending
+            .iter()
+            .map(|id| (size_of::<String>() + id.len()) as u64)
+            .sum();
+        members + pending
+    }
+
+    /// Estimated bytes of the whole group, from the cached parts.
+    fn bytes(&self, group_id: &str) -> u64 {
+        group_bytes(group_id)
+            + self.protocol_type.len() as u64
+            + self.members_bytes
+            + self.offsets_bytes
     }
 
     /// The earliest moment something must happen to this group.
@@ -375,10 +409,17 @@ pub struct Coordinator {
     /// Committed offsets held by all groups (bounded by
     /// `COMMITTED_OFFSETS_PER_SHARD_MAX`).
     offsets_total: usize,
+    /// The shard's budget: every group's estimated bytes are charged to its
+    /// `group_state` pool; new groups, members and offsets must fit it.
+    budget: Rc<Budget>,
 }
 
 impl Coordinator {
-    pub fn new(shard_id: u32, initial_rebalance_delay: Duration) -> Coordinator {
+    pub fn new(
+        shard_id: u32,
+        initial_rebalance_delay: Duration,
+        budget: Rc<Budget>,
+    ) -> Coordinator {
         Coordinator {
             groups: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -386,6 +427,7 @@ impl Coordinator {
             member_seq: 0,
             shard_id,
             offsets_total: 0,
+            budget,
         }
     }
 
@@ -414,11 +456,24 @@ impl Coordinator {
         )
     }
 
-    /// Re-indexes the group's deadline, and forgets it if nothing is left.
-    fn touch(&mut self, group_id: &str) {
+    /// Re-indexes the group's deadline, brings its charge to the budget up
+    /// to date (its members' share is recomputed when `members_changed`),
+    /// and forgets it (releasing the charge) if nothing is left.
+    fn touch(&mut self, group_id: &str, members_changed: bool) {
         let Some(g) = self.groups.get_mut(group_id) else {
             return;
         };
+        if members_changed {
+            g.members_bytes = g.members_bytes();
+        }
+        let bytes = g.bytes(group_id);
+        if bytes > g.charged {
+            self.budget
+                .charge_forced(Pool::GroupState, bytes - g.charged);
+        } else {
+            self.budget.discharge(Pool::GroupState, g.charged - bytes);
+        }
+        g.charged = bytes;
         let next = g.next_deadline();
         if g.indexed != next {
             if let Some(old) = g.indexed.take() {
@@ -430,7 +485,9 @@ impl Coordinator {
             g.indexed = next;
         }
         if g.is_forgettable() && g.indexed.is_none() {
-            self.groups.remove(group_id);
+            if let Some(g) = self.groups.remove(group_id) {
+                self.budget.discharge(Pool::GroupState, g.charged);
+            }
         }
     }
 
@@ -445,7 +502,7 @@ impl Coordinator {
                 g.indexed = None;
                 g.on_deadline(now, self.initial_delay);
             }
-            self.touch(&id);
+            self.touch(&id, true);
         }
         self.next_deadline()
     }
@@ -465,7 +522,7 @@ impl Coordinator {
         if let Err(e) = self.join_inner(req, now, reply) {
             tracing::trace!(group = %group_id, error = %e, "join refused");
         }
-        self.touch(&group_id);
+        self.touch(&group_id, true);
     }
 
     fn join_inner(
@@ -486,6 +543,29 @@ impl Coordinator {
         }
         let initial_delay = self.initial_delay;
         let new_id = self.new_member_id(&req.client_id);
+        // A join that may add a member (or a group) must fit the budget;
+        // one of a known member only updates it.
+        let known = self
+            .groups
+            .get(&req.group_id)
+            .is_some_and(|g| g.members.contains_key(&req.member_id));
+        if !known {
+            let group = match self.groups.get(&req.group_id) {
+                Some(_) => 0,
+                None => group_bytes(&req.group_id) + req.protocol_type.len() as u64,
+            };
+            let id_len = new_id.len().max(req.member_id.len());
+            if !self
+                .budget
+                .admits(Pool::GroupState, group + join_bytes(&req, id_len))
+            {
+                return fail(
+                    reply,
+                    GroupError::Shard(crate::ShardError::Busy),
+                    &req.member_id,
+                );
+            }
+        }
         let group = match self.group_mut(&req.group_id) {
             Ok(g) => g,
             Err(e) => return fail(reply, e, &req.member_id),
@@ -523,7 +603,7 @@ impl Coordinator {
     pub fn sync(&mut self, req: SyncRequest, now: Instant, reply: oneshot::Sender<SyncResult>) {
         let group_id = req.group_id.clone();
         self.sync_inner(req, now, reply);
-        self.touch(&group_id);
+        self.touch(&group_id, true);
     }
 
     fn sync_inner(&mut self, req: SyncRequest, now: Instant, reply: oneshot::Sender<SyncResult>) {
@@ -562,7 +642,7 @@ impl Coordinator {
 
     pub fn heartbeat(&mut self, req: HeartbeatRequest, now: Instant) -> Option<GroupError> {
         let result = self.heartbeat_inner(&req, now);
-        self.touch(&req.group_id);
+        self.touch(&req.group_id, false);
         result.err()
     }
 
@@ -615,7 +695,7 @@ impl Coordinator {
                 Err(e) => members.push(Some(e)),
             }
         }
-        self.touch(&req.group_id);
+        self.touch(&req.group_id, true);
         LeaveResult {
             error: None,
             members,
@@ -632,6 +712,19 @@ impl Coordinator {
             return Err(GroupError::OffsetMetadataTooLarge);
         }
         if self.offsets_total + req.offsets.len() > COMMITTED_OFFSETS_PER_SHARD_MAX {
+            return Err(GroupError::Shard(crate::ShardError::Busy));
+        }
+        // As if every offset were new (an upper bound; most replace one).
+        let offsets: u64 = req
+            .offsets
+            .iter()
+            .map(|(topic, _, c)| offset_bytes(topic.len(), c))
+            .sum();
+        let group = match self.groups.get(&req.group_id) {
+            Some(_) => 0,
+            None => group_bytes(&req.group_id),
+        };
+        if !self.budget.admits(Pool::GroupState, group + offsets) {
             return Err(GroupError::Shard(crate::ShardError::Busy));
         }
         let Some(group) = self.groups.get(&req.group_id) else {
@@ -664,10 +757,14 @@ impl Coordinator {
                 };
                 let before = g.offsets.len();
                 for (topic, partition, c) in offsets {
-                    g.offsets.insert((topic, partition), c);
+                    let topic_len = topic.len();
+                    g.offsets_bytes += offset_bytes(topic_len, &c);
+                    if let Some(old) = g.offsets.insert((topic, partition), c) {
+                        g.offsets_bytes -= offset_bytes(topic_len, &old);
+                    }
                 }
                 self.offsets_total += g.offsets.len() - before;
-                self.touch(&group_id);
+                self.touch(&group_id, false);
             }
             GroupRecord::OffsetsDeleted {
                 group_id,
@@ -676,18 +773,21 @@ impl Coordinator {
                 if let Some(g) = self.groups.get_mut(&group_id) {
                     let before = g.offsets.len();
                     for key in partitions {
-                        g.offsets.remove(&key);
+                        if let Some(old) = g.offsets.remove(&key) {
+                            g.offsets_bytes -= offset_bytes(key.0.len(), &old);
+                        }
                     }
                     self.offsets_total -= before - g.offsets.len();
                 }
-                self.touch(&group_id);
+                self.touch(&group_id, false);
             }
             GroupRecord::GroupDeleted { group_id } => {
                 if let Some(g) = self.groups.get_mut(&group_id) {
                     self.offsets_total -= g.offsets.len();
                     g.offsets.clear();
+                    g.offsets_bytes = 0;
                 }
-                self.touch(&group_id);
+                self.touch(&group_id, false);
             }
         }
     }
@@ -781,6 +881,58 @@ impl Coordinator {
             Some(_) => Ok(()),
         }
     }
+}
+
+/// Estimated bytes of a group without members and offsets: its struct, its
+/// id (the map key and the deadline index hold a copy each).
+fn group_bytes(group_id: &str) -> u64 {
+    (size_of::<Group>() + 2 * group_id.len()) as u64 + 2 * ENTRY_OVERHEAD_BYTES
+}
+
+/// Estimated bytes of one member: its struct, id (map key, and the static
+/// member index for a static member), strings, protocols with their
+/// metadata, and assignment.
+fn member_bytes(member_id: &str, m: &Member) -> u64 {
+    let instance = m.group_instance_id.as_ref().map_or(0, |i| {
+        2 * i.len() + member_id.len() + size_of::<String>() * 2
+    });
+    let protocols: usize = m
+        .protocols
+        .iter()
+        .map(|p| size_of::<Protocol>() + p.name.len() + p.metadata.len())
+        .sum();
+    let strings = member_id.len() + m.client_id.len() + m.client_host.len();
+    (size_of::<String>()
+        + size_of::<Member>()
+        + strings
+        + instance
+        + protocols
+        + m.assignment.len()) as u64
+        + ENTRY_OVERHEAD_BYTES
+}
+
+/// `member_bytes` of the member a join would add (its id `id_len` long).
+fn join_bytes(req: &JoinRequest, id_len: usize) -> u64 {
+    let instance = req
+        .group_instance_id
+        .as_ref()
+        .map_or(0, |i| 2 * i.len() + id_len + size_of::<String>() * 2);
+    let protocols: usize = req
+        .protocols
+        .iter()
+        .map(|p| size_of::<Protocol>() + p.name.len() + p.metadata.len())
+        .sum();
+    let strings = id_len + req.client_id.len() + req.client_host.len();
+    (size_of::<String>() + size_of::<Member>() + strings + instance + protocols) as u64
+        + ENTRY_OVERHEAD_BYTES
+}
+
+/// Estimated bytes of one committed offset of a topic named `topic_len`
+/// bytes long: key, value, metadata string.
+fn offset_bytes(topic_len: usize, c: &CommittedOffset) -> u64 {
+    let metadata = c.metadata.as_ref().map_or(0, String::len);
+    (size_of::<(String, i32)>() + size_of::<CommittedOffset>() + topic_len + metadata) as u64
+        + ENTRY_OVERHEAD_BYTES
 }
 
 fn fenced_or_unknown(group: &Group, instance: &Option<String>, member_id: &str) -> GroupError {
@@ -964,6 +1116,12 @@ mod tests {
 
     const DELAY: Duration = Duration::from_millis(100);
 
+    /// A coordinator with a 64 MiB shard budget.
+    fn coordinator() -> Coordinator {
+        let limits = crate::budget::BudgetLimits::derive(64 << 20, 0, 0);
+        Coordinator::new(0, DELAY, Budget::new(limits))
+    }
+
     fn join_req(member_id: &str) -> JoinRequest {
         JoinRequest {
             group_id: "g".into(),
@@ -994,7 +1152,7 @@ mod tests {
 
     #[test]
     fn new_group_waits_for_the_initial_delay_then_syncs() {
-        let mut c = Coordinator::new(0, DELAY);
+        let mut c = coordinator();
         let t0 = Instant::now();
         let mut a = join(&mut c, "", t0);
         let mut b = join(&mut c, "", t0);
@@ -1075,7 +1233,7 @@ mod tests {
 
     #[test]
     fn sessions_expire_and_idle_groups_have_no_deadline() {
-        let mut c = Coordinator::new(0, DELAY);
+        let mut c = coordinator();
         let t0 = Instant::now();
         let mut a = join(&mut c, "", t0);
         c.expire(t0 + DELAY);
@@ -1098,7 +1256,7 @@ mod tests {
 
     #[test]
     fn member_id_required_then_accepted() {
-        let mut c = Coordinator::new(0, DELAY);
+        let mut c = coordinator();
         let t0 = Instant::now();
         let mut req = join_req("");
         req.require_known_member_id = true;
@@ -1117,7 +1275,7 @@ mod tests {
 
     #[test]
     fn commits_follow_generations() {
-        let mut c = Coordinator::new(0, DELAY);
+        let mut c = coordinator();
         let commit = |gen, member: &str| CommitRequest {
             group_id: "g".into(),
             generation_id: gen,
@@ -1163,5 +1321,125 @@ mod tests {
             partitions: Some(vec![("t".into(), 0)]),
         });
         assert_eq!(fetch.offsets, vec![("t".into(), 0, None)]);
+    }
+
+    fn commit_record(offsets: &[(&str, i32, i64)]) -> crate::group::record::GroupRecord {
+        crate::group::record::GroupRecord::Commit {
+            group_id: "g".into(),
+            offsets: offsets
+                .iter()
+                .map(|(t, p, o)| {
+                    let c = CommittedOffset {
+                        offset: *o,
+                        leader_epoch: -1,
+                        metadata: Some("meta".into()),
+                        commit_timestamp_ms: 0,
+                    };
+                    (t.to_string(), *p, c)
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn group_state_is_charged_to_the_budget_and_released() {
+        let budget = Budget::new(crate::budget::BudgetLimits::derive(64 << 20, 0, 0));
+        let mut c = Coordinator::new(0, DELAY, budget.clone());
+        let used = || budget.used(Pool::GroupState);
+        assert_eq!(used(), 0);
+        let t0 = Instant::now();
+        let mut req = join_req("");
+        req.protocols[0].metadata = Bytes::from(vec![7u8; 3000]);
+        let (tx, mut rx) = oneshot::channel();
+        c.join(req, t0, tx);
+        assert!(
+            used() > 3000,
+            "the member's metadata is charged: {}",
+            used()
+        );
+        c.expire(t0 + DELAY);
+        let member = got(&mut rx).member_id;
+        let joined = used();
+        let (tx, mut rx) = oneshot::channel();
+        c.sync(
+            SyncRequest {
+                group_id: "g".into(),
+                generation_id: 1,
+                member_id: member.clone(),
+                group_instance_id: None,
+                assignments: vec![(member.clone(), Bytes::from(vec![1u8; 2000]))],
+            },
+            t0,
+            tx,
+        );
+        assert_eq!(got(&mut rx).assignment.len(), 2000);
+        assert_eq!(used(), joined + 2000, "the assignment is charged");
+        c.apply(commit_record(&[("t", 0, 1), ("t", 1, 1)]));
+        let committed = used();
+        assert!(committed > joined + 2000);
+        c.apply(commit_record(&[("t", 0, 5)]));
+        assert_eq!(used(), committed, "a replaced offset costs the same");
+        c.leave(
+            LeaveRequest {
+                group_id: "g".into(),
+                members: vec![LeavingMember {
+                    member_id: member,
+                    group_instance_id: None,
+                }],
+            },
+            t0,
+        );
+        assert!(used() < joined, "the member is released");
+        c.apply(crate::group::record::GroupRecord::OffsetsDeleted {
+            group_id: "g".into(),
+            partitions: vec![("t".into(), 1)],
+        });
+        c.apply(crate::group::record::GroupRecord::GroupDeleted {
+            group_id: "g".into(),
+        });
+        assert_eq!(c.groups(), 0);
+        assert_eq!(used(), 0, "a deleted group releases everything");
+    }
+
+    #[test]
+    fn a_full_group_state_pool_refuses_new_members_and_offsets() {
+        // 16,000 bytes of shard memory: a 1,000-byte group_state pool.
+        let budget = Budget::new(crate::budget::BudgetLimits::derive(16_000, 0, 0));
+        assert_eq!(budget.max(Pool::GroupState), 1_000);
+        let mut c = Coordinator::new(0, DELAY, budget.clone());
+        let t0 = Instant::now();
+        let mut req = join_req("");
+        req.protocols[0].metadata = Bytes::from(vec![7u8; 2000]);
+        let (tx, mut rx) = oneshot::channel();
+        c.join(req, t0, tx);
+        let busy = GroupError::Shard(crate::ShardError::Busy);
+        assert_eq!(got(&mut rx).error, Some(busy.clone()));
+        assert_eq!(c.groups(), 0);
+        let many: Vec<(String, i32, CommittedOffset)> = (0..20)
+            .map(|p| {
+                let c = CommittedOffset {
+                    offset: 1,
+                    leader_epoch: -1,
+                    metadata: None,
+                    commit_timestamp_ms: 0,
+                };
+                ("t".to_string(), p, c)
+            })
+            .collect();
+        let commit = CommitRequest {
+            group_id: "g".into(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+            offsets: many,
+        };
+        assert_eq!(c.check_commit(&commit), Err(busy));
+        assert_eq!(budget.used(Pool::GroupState), 0);
+        let refused = budget.stats()[Pool::GroupState as usize].refused;
+        assert_eq!(refused, 2);
+        // A small join still fits.
+        let mut small = join(&mut c, "", t0);
+        c.expire(t0 + DELAY);
+        assert_eq!(got(&mut small).error, None);
     }
 }
