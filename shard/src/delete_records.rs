@@ -135,6 +135,24 @@ impl Engine {
         Ok(p.log_start_offset)
     }
 
+    /// Recovery of a log start record. A record whose offset lies past every
+    /// recovered entry of the partition was carried forward when the WAL
+    /// segments holding those entries were removed (retention): the
+    /// partition's offsets continue from it, they never go back.
+    pub fn recover_log_start(&self, key: &PartitionKey, offset: i64) {
+        {
+            let mut parts = self.parts.borrow_mut();
+            let Some(p) = parts.get_mut(key) else {
+                return;
+            };
+            if offset > p.next_offset {
+                p.next_offset = offset;
+                p.high_watermark = offset;
+            }
+        }
+        self.apply_log_start(key, offset);
+    }
+
     /// Moves the log start forward (never back, never past the high
     /// watermark); returns the partition's log start. Also used by recovery.
     pub fn apply_log_start(&self, key: &PartitionKey, offset: i64) -> i64 {
