@@ -591,6 +591,37 @@ mod tests {
     }
 
     #[test]
+    fn wal_segment_bytes_from_flag_file_and_default() {
+        let s = parse(&["sluice", "start"]).unwrap();
+        assert_eq!(s.wal_segment_bytes, 64 << 20);
+        let s = parse(&["sluice", "start", "--wal-segment-bytes", "4MiB"]).unwrap();
+        assert_eq!(s.wal_segment_bytes, 4 << 20);
+        for bad in ["3MiB", "5000000", "8GiB"] {
+            let e = parse(&["sluice", "start", "--wal-segment-bytes", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--wal-segment-bytes"), "{bad}: {e}");
+        }
+        let e = parse(&[
+            "sluice",
+            "start",
+            "--wal-segment-bytes",
+            "4MiB",
+            "--wal-commit-bytes-max",
+            "4MiB",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two WAL commits"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "wal_segment_bytes = \"16MiB\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = parse(&["sluice", "start", "--config", p]).unwrap();
+        assert_eq!(s.wal_segment_bytes, 16 << 20);
+    }
+
+    #[test]
     fn file_errors_name_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sluice.toml");
