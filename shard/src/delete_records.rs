@@ -13,8 +13,10 @@
 //! The answer waits until the entry is durable; recovery replays it after
 //! the batches it follows, so the log start survives a restart. Records
 //! below the log start are no longer served (fetches below it get
-//! OFFSET_OUT_OF_RANGE, ListOffsets EARLIEST answers it); their WAL bytes
-//! are not reclaimed yet.
+//! OFFSET_OUT_OF_RANGE, ListOffsets EARLIEST answers it); the next
+//! retention pass releases their index entries, and their WAL segments
+//! once nothing live remains in them (`retention`). Retention moves log
+//! starts with this same entry.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};

@@ -60,7 +60,7 @@ impl Retention {
     pub fn of(configs: &std::collections::BTreeMap<String, String>) -> Option<Retention> {
         let delete = configs
             .get("cleanup.policy")
-            .is_none_or(|v| v.split(',').any(|p| p.trim() == "delete"));
+            .map_or(true, |v| v.split(',').any(|p| p.trim() == "delete"));
         let num = |k: &str, d: i64| configs.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
         let r = Retention {
             ms: num("retention.ms", Self::MS_DEFAULT),
