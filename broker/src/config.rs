@@ -25,6 +25,9 @@ pub const MEMORY_BYTES_MIN: u64 = 64 << 20;
 /// record batch by default (1 MiB + 12 bytes) within one WAL entry.
 const WAL_COMMIT_BYTES_MIN: u64 = 2 << 20;
 const WAL_COMMIT_BYTES_MAX: u64 = 32 << 20;
+/// Range of `--wal-segment-bytes`; a segment holds at least two commits.
+const WAL_SEGMENT_BYTES_MIN: u64 = 4 << 20;
+const WAL_SEGMENT_BYTES_MAX: u64 = 4 << 30;
 /// Estimated bytes one idle partition costs the node (its struct and map
 /// slot, its share of the metadata view and of the Raft state: about 520
 /// bytes of RSS measured at 100,002 partitions, see README "Many topics on
@@ -157,6 +160,16 @@ pub struct StartArgs {
     )]
     pub wal_commit_bytes_max: ByteSize,
 
+    /// Size of each WAL segment file (the unit of space reclamation by
+    /// retention).
+    #[arg(
+        long,
+        env = "SLUICE_WAL_SEGMENT_BYTES",
+        value_name = "SIZE",
+        default_value = "64MiB"
+    )]
+    pub wal_segment_bytes: ByteSize,
+
     /// Largest request frame accepted (socket.request.max.bytes); larger frames close the connection.
     #[arg(
         long,
@@ -206,6 +219,7 @@ struct FileConfig {
     partitions_per_shard_max: Option<u32>,
     wal_commit_bytes_max: Option<ByteSize>,
     connections_per_shard_max: Option<u32>,
+    wal_segment_bytes: Option<ByteSize>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -280,6 +294,7 @@ pub struct Settings {
     pub partitions_per_shard_max: Option<u32>,
     pub wal_commit_bytes_max: u64,
     pub connections_per_shard_max: u32,
+    pub wal_segment_bytes: u64,
 }
 
 impl StartArgs {
@@ -325,6 +340,7 @@ impl StartArgs {
         fill!(opt partitions_per_shard_max);
         fill!(wal_commit_bytes_max);
         fill!(connections_per_shard_max);
+        fill!(wal_segment_bytes);
         Ok(self)
     }
 }
@@ -375,6 +391,13 @@ impl Settings {
         {
             bail!("--wal-commit-bytes-max (SLUICE_WAL_COMMIT_BYTES_MAX, wal_commit_bytes_max): {wal_commit_bytes_max} is not a multiple of 4KiB in 2MiB..=32MiB");
         }
+        let wal_segment_bytes = args.wal_segment_bytes.0;
+        if !(WAL_SEGMENT_BYTES_MIN..=WAL_SEGMENT_BYTES_MAX).contains(&wal_segment_bytes)
+            || wal_segment_bytes % 4096 != 0
+            || wal_segment_bytes < 2 * wal_commit_bytes_max
+        {
+            bail!("--wal-segment-bytes (SLUICE_WAL_SEGMENT_BYTES, wal_segment_bytes): {wal_segment_bytes} is not a multiple of 4KiB in 4MiB..=4GiB of at least two WAL commits ({wal_commit_bytes_max})");
+        }
         if args.partitions_per_shard_max == Some(0) {
             bail!("--partitions-per-shard-max (SLUICE_PARTITIONS_PER_SHARD_MAX, partitions_per_shard_max): must be at least 1");
         }
@@ -422,6 +445,7 @@ impl Settings {
             partitions_per_shard_max: args.partitions_per_shard_max,
             wal_commit_bytes_max,
             connections_per_shard_max: args.connections_per_shard_max,
+            wal_segment_bytes,
         })
     }
 
@@ -593,6 +617,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--memory"), "{e}");
+    }
+
+    #[test]
+    fn wal_segment_bytes_from_flag_file_and_default() {
+        let s = parse(&["sluice", "start"]).unwrap();
+        assert_eq!(s.wal_segment_bytes, 64 << 20);
+        let s = parse(&["sluice", "start", "--wal-segment-bytes", "4MiB"]).unwrap();
+        assert_eq!(s.wal_segment_bytes, 4 << 20);
+        for bad in ["3MiB", "5000000", "8GiB"] {
+            let e = parse(&["sluice", "start", "--wal-segment-bytes", bad])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--wal-segment-bytes"), "{bad}: {e}");
+        }
+        let e = parse(&[
+            "sluice",
+            "start",
+            "--wal-segment-bytes",
+            "4MiB",
+            "--wal-commit-bytes-max",
+            "4MiB",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("two WAL commits"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, "wal_segment_bytes = \"16MiB\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let s = parse(&["sluice", "start", "--config", p]).unwrap();
+        assert_eq!(s.wal_segment_bytes, 16 << 20);
     }
 
     #[test]

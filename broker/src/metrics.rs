@@ -489,6 +489,41 @@ impl Snapshot {
             "shard_wal_written_bytes",
             "Bytes written to the WAL.",
             |p| p.stats.wal.bytes_written,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_wal_segments",
+            "WAL segment files of the shard.",
+            |p| p.stats.wal.segments,
+        )?;
+        gauges(
+            enc,
+            s,
+            "shard_wal_segment_bytes",
+            "Disk bytes of the shard's WAL segment files (preallocated).",
+            |p| p.stats.wal.disk_bytes,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_wal_segments_removed",
+            "WAL segment files removed by retention.",
+            |p| p.stats.counters.retention_segments_removed,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_retention_log_start_moves",
+            "Partition log starts moved by retention.",
+            |p| p.stats.counters.retention_log_start_moves,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_retention_carried_records",
+            "Log start and group records appended again before segments were removed.",
+            |p| p.stats.counters.retention_carried_records,
         )
     }
 

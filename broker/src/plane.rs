@@ -12,8 +12,7 @@ pub use sluice_shard::group::{
 pub use sluice_shard::{
     new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest,
     ListOffsetsPartition, PoolStats, ProducePartition, ProduceTicket, RequestBuffer,
-    ResponseMemory, Shard,
-    ShardConfig, ShardError, ShardMesh, ShardStats,
+    ResponseMemory, Shard, ShardConfig, ShardError, ShardMesh, ShardStats,
 };
 
 use crate::config::Settings;
@@ -44,6 +43,7 @@ pub fn shard_config(settings: &Settings, shard_id: u32) -> ShardConfig {
     cfg.producer_id_expiration_ms = settings.producer_id_expiration_ms;
     cfg.io_memory_bytes = io_memory_bytes(settings);
     cfg.wal.commit_bytes_max = settings.wal_commit_bytes_max;
+    cfg.wal.segment_bytes = settings.wal_segment_bytes;
     cfg.wal.entry_bytes_max =
         u32::try_from(settings.wal_commit_bytes_max - ENTRY_BELOW_COMMIT_BYTES).unwrap_or(u32::MAX);
     cfg.tail_cache_bytes_max = (memory_bytes_max / TAIL_CACHE_SHARE_DIVISOR)

@@ -3,8 +3,10 @@
 //! here; DescribeConfigs lists these keys with their value or default.
 //! Values live in `TopicMeta::configs` (the metadata Raft log) and reach
 //! the shards with the metadata view; the produce path reads
-//! `max.message.bytes` and `message.timestamp.type`. The retention and
-//! segment keys are stored and described, not yet enforced.
+//! `max.message.bytes` and `message.timestamp.type`, the shards' retention
+//! task `retention.ms`, `retention.bytes` and `cleanup.policy`.
+//! `segment.bytes` is stored and described, not enforced (segments belong
+//! to a shard's WAL: `--wal-segment-bytes`).
 
 use std::collections::BTreeMap;
 

@@ -13,8 +13,10 @@
 //! The answer waits until the entry is durable; recovery replays it after
 //! the batches it follows, so the log start survives a restart. Records
 //! below the log start are no longer served (fetches below it get
-//! OFFSET_OUT_OF_RANGE, ListOffsets EARLIEST answers it); their WAL bytes
-//! are not reclaimed yet.
+//! OFFSET_OUT_OF_RANGE, ListOffsets EARLIEST answers it); the next
+//! retention pass releases their index entries, and their WAL segments
+//! once nothing live remains in them (`retention`). Retention moves log
+//! starts with this same entry.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -133,6 +135,24 @@ impl Engine {
         let parts = self.parts.borrow();
         let p = parts.get(&key).ok_or(ShardError::UnknownTopicOrPartition)?;
         Ok(p.log_start_offset)
+    }
+
+    /// Recovery of a log start record. A record whose offset lies past every
+    /// recovered entry of the partition was carried forward when the WAL
+    /// segments holding those entries were removed (retention): the
+    /// partition's offsets continue from it, they never go back.
+    pub fn recover_log_start(&self, key: &PartitionKey, offset: i64) {
+        {
+            let mut parts = self.parts.borrow_mut();
+            let Some(p) = parts.get_mut(key) else {
+                return;
+            };
+            if offset > p.next_offset {
+                p.next_offset = offset;
+                p.high_watermark = offset;
+            }
+        }
+        self.apply_log_start(key, offset);
     }
 
     /// Moves the log start forward (never back, never past the high

@@ -75,6 +75,8 @@ pub(crate) struct Engine {
     pub group_armed: Cell<Option<Instant>>,
     /// This shard's unused producer ids: `next..end` of its reserved block.
     producer_ids: Cell<(i64, i64)>,
+    /// Wakes the retention task (configs changed, topics deleted).
+    pub retention_wake: Rc<WaitSlot>,
 }
 
 impl Engine {
@@ -108,6 +110,7 @@ impl Engine {
         let view = engine.meta.view();
         engine.apply_view(&view);
         engine.recover().await?;
+        engine.spawn(crate::retention::run_retention(engine.clone()));
         for (peer, rx) in inboxes {
             engine.spawn(run_inbox(engine.clone(), peer, rx));
         }
@@ -153,6 +156,7 @@ impl Engine {
             group_wake: WaitSlot::new(),
             group_armed: Cell::new(None),
             producer_ids: Cell::new((0, 0)),
+            retention_wake: WaitSlot::new(),
             cfg,
         }
     }
@@ -196,7 +200,7 @@ impl Engine {
             if e.kind == crate::delete_records::KIND_LOG_START {
                 match crate::delete_records::decode(&e.payload) {
                     Ok((key, offset)) => {
-                        self.apply_log_start(&key, offset);
+                        self.recover_log_start(&key, offset);
                     }
                     Err(reason) => {
                         damaged += 1;
@@ -237,6 +241,7 @@ impl Engine {
                 None => skipped += 1,
             }
         }
+        self.release_below_log_start();
         self.check_partitions();
         let mut c = self.counters.borrow_mut();
         c.recovered_entries = entries;
@@ -336,6 +341,10 @@ impl Engine {
         );
         self.applied_version.set(view.version);
         self.release_version_waiters();
+        if !gone.is_empty() || (created == 0 && applied.topics_changed > 0) {
+            // Deleted partitions' entries are dead; configs may have changed.
+            self.retention_wake.fire();
+        }
         if created > 0 || !gone.is_empty() {
             debug!(
                 shard = me,
@@ -346,6 +355,11 @@ impl Engine {
                 "shard applied metadata"
             );
         }
+    }
+
+    /// The last metadata view applied on this shard.
+    pub(crate) fn applied_view(&self) -> Option<Arc<MetadataView>> {
+        self.last_view.borrow().clone()
     }
 
     fn release_version_waiters(&self) {

@@ -374,11 +374,11 @@ impl Engine {
         base_offset: i64,
     ) -> Result<Bytes, ShardError> {
         self.counters.borrow_mut().fetch_wal_reads += 1;
-        let e = self
-            .wal
-            .read(position)
-            .await
-            .map_err(|e| ShardError::Storage(e.to_string()))?;
+        let e = self.wal.read(position).await.map_err(|e| match e {
+            // Retention removed the segment after the fetch was planned.
+            sluice_wal::WalError::OutOfRange { .. } => ShardError::OffsetOutOfRange,
+            e => ShardError::Storage(e.to_string()),
+        })?;
         let (header, records) = entry::decode(&e.payload).map_err(ShardError::Storage)?;
         if header.key != key || header.base_offset != base_offset {
             return Err(ShardError::Storage(format!(

@@ -54,6 +54,7 @@ mod mesh;
 mod partition;
 mod produce;
 mod producer_state;
+mod retention;
 mod stats;
 mod tail;
 mod view;

@@ -50,6 +50,12 @@ pub struct Counters {
     pub produce_duplicates: u64,
     /// Idle idempotent producers dropped by sweeps.
     pub producers_expired: u64,
+    /// Partition log starts moved by retention.
+    pub retention_log_start_moves: u64,
+    /// WAL segments removed by retention.
+    pub retention_segments_removed: u64,
+    /// Log start and group records appended again before a removal.
+    pub retention_carried_records: u64,
 }
 
 /// A snapshot of one shard's observability state.

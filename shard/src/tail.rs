@@ -43,6 +43,12 @@ impl TailCache {
         self.items.retain(|i| i.key != *key);
     }
 
+    /// Forgets the entries below each given partition's log start.
+    pub fn forget_below(&mut self, log_starts: &std::collections::HashMap<PartitionKey, i64>) {
+        self.items
+            .retain(|i| log_starts.get(&i.key).map_or(true, |s| i.base_offset >= *s));
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

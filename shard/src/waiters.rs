@@ -89,6 +89,9 @@ struct Inner {
     timer_waker: Option<Waker>,
     refused: u64,
     expired: u64,
+    /// Registered sleeps (`sleep_until`: no partition watched), which are
+    /// not long-poll waiters.
+    sleeps: u64,
 }
 
 pub struct Waiters {
@@ -99,7 +102,10 @@ pub struct Waiters {
 /// Counters of the structure, for `Shard::stats`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WaitersStats {
+    /// Long-poll waiters (watching partitions).
     pub waiting: u64,
+    /// Task sleeps (`sleep_until`: group and retention deadlines).
+    pub sleeps: u64,
     pub refused: u64,
     pub expired: u64,
 }
@@ -129,6 +135,9 @@ impl Waiters {
         st.next_id += 1;
         for k in &keys {
             st.by_partition.entry(*k).or_default().push(id);
+        }
+        if keys.is_empty() {
+            st.sleeps += 1;
         }
         st.by_deadline.insert((deadline, id));
         st.by_id.insert(
@@ -170,6 +179,9 @@ impl Waiters {
             return;
         };
         st.by_deadline.remove(&(r.deadline, id));
+        if r.keys.is_empty() {
+            st.sleeps -= 1;
+        }
         for k in &r.keys {
             if let Some(ids) = st.by_partition.get_mut(k) {
                 ids.retain(|x| *x != id);
@@ -201,7 +213,8 @@ impl Waiters {
     pub fn stats(&self) -> WaitersStats {
         let st = self.inner.borrow();
         WaitersStats {
-            waiting: st.by_id.len() as u64,
+            waiting: st.by_id.len() as u64 - st.sleeps,
+            sleeps: st.sleeps,
             refused: st.refused,
             expired: st.expired,
         }
@@ -311,6 +324,7 @@ mod tests {
             w.stats(),
             WaitersStats {
                 waiting: 0,
+                sleeps: 0,
                 refused: 1,
                 expired: 0
             }

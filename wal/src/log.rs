@@ -68,6 +68,9 @@ pub(crate) struct State {
     poisoned: Option<String>,
     /// The last commit's entries, served to readers from memory.
     recent: Option<Rc<Batch>>,
+    /// Segments rolled since open, and the task waiting for the next roll.
+    rolls: u64,
+    roll_waker: Option<Waker>,
     pub stats: WalStats,
 }
 
@@ -141,6 +144,8 @@ impl Wal {
             closed: false,
             poisoned: None,
             recent: None,
+            rolls: 0,
+            roll_waker: None,
             stats,
         };
         let inner = Rc::new(Inner {
@@ -279,9 +284,12 @@ impl Wal {
         for seg in &doomed {
             std::fs::remove_file(&seg.path).map_err(|e| WalError::io("removing", &seg.path, e))?;
             self.inner.segments.borrow_mut().remove(&seg.base);
+            // One directory sync per file: a crash leaves a removed prefix,
+            // never a hole.
+            segment::sync_dir(&self.inner.cfg.dir)?;
+            self.inner.st.borrow_mut().stats.segments_removed += 1;
         }
         if !doomed.is_empty() {
-            segment::sync_dir(&self.inner.cfg.dir)?;
             let first = *self
                 .inner
                 .segments
@@ -294,6 +302,38 @@ impl Wal {
             st.stats.segments = self.inner.segments.borrow().len() as u64;
         }
         Ok(doomed.len() as u64)
+    }
+
+    /// How many segments `remove_below(position)` would remove.
+    pub fn removable_below(&self, position: Position) -> u64 {
+        let segs = self.inner.segments.borrow();
+        let bases: Vec<u64> = segs.keys().copied().collect();
+        bases.windows(2).filter(|w| w[1] <= position.0).count() as u64
+    }
+
+    /// Base of the active (last) segment: every position below it lies in
+    /// a sealed segment.
+    pub fn active_base(&self) -> Position {
+        Position(active(&self.inner).base)
+    }
+
+    /// Segments rolled since the WAL was opened.
+    pub fn rolls(&self) -> u64 {
+        self.inner.st.borrow().rolls
+    }
+
+    /// Resolves once more than `seen` segments were rolled (one waiter:
+    /// a later call replaces the earlier one's waker).
+    pub async fn rolled(&self, seen: u64) {
+        std::future::poll_fn(|cx| {
+            let mut st = self.inner.st.borrow_mut();
+            if st.rolls > seen || st.closed {
+                return Poll::Ready(());
+            }
+            st.roll_waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
     }
 
     pub fn stats(&self) -> WalStats {
@@ -317,6 +357,9 @@ impl Wal {
         {
             let mut st = self.inner.st.borrow_mut();
             st.closed = true;
+            if let Some(w) = st.roll_waker.take() {
+                w.wake();
+            }
             if let Some(w) = st.batcher_waker.take() {
                 w.wake();
             }
@@ -687,7 +730,14 @@ async fn roll(inner: &Rc<Inner>, start: u64) -> Result<Rc<Segment>, WalError> {
     let cfg = &inner.cfg;
     let seg = Rc::new(segment::create(&cfg.dir, start, cfg.segment_bytes, cfg.sync_mode).await?);
     inner.segments.borrow_mut().insert(start, seg.clone());
-    inner.st.borrow_mut().tail.clear();
+    {
+        let mut st = inner.st.borrow_mut();
+        st.tail.clear();
+        st.rolls += 1;
+        if let Some(w) = st.roll_waker.take() {
+            w.wake();
+        }
+    }
     tracing::debug!(base = start, "WAL segment rolled");
     Ok(seg)
 }

@@ -15,6 +15,8 @@ pub struct WalStats {
     pub queue_entries: u64,
     pub disk_bytes: u64,
     pub segments: u64,
+    /// Segment files removed (space reclaimed) since open.
+    pub segments_removed: u64,
     pub start: u64,
     pub durable_end: u64,
     /// Entries per commit.
@@ -37,6 +39,7 @@ impl WalStats {
             queue_entries: 0,
             disk_bytes: 0,
             segments: 0,
+            segments_removed: 0,
             start: 0,
             durable_end: 0,
             commit_entries: h(1 << 24),

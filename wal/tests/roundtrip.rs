@@ -185,6 +185,31 @@ fn a_file_that_is_not_a_wal_is_refused() {
 }
 
 #[test]
+fn rolled_resolves_at_the_next_roll() {
+    let dir = tempfile::tempdir().unwrap();
+    run(async move {
+        let (wal, _) = Wal::open(small_config(dir.path())).await.unwrap();
+        let seen = wal.rolls();
+        let writer = {
+            let wal = wal.clone();
+            glommio::spawn_local(async move {
+                for i in 0..600 {
+                    wal.append(1, payload(i, 10_000)).await.unwrap();
+                    if wal.rolls() > seen {
+                        return;
+                    }
+                }
+                panic!("no roll after 600 entries");
+            })
+        };
+        wal.rolled(seen).await;
+        assert!(wal.rolls() > seen);
+        writer.await;
+        wal.close().await.unwrap();
+    });
+}
+
+#[test]
 fn remove_below_frees_whole_segments() {
     let dir = tempfile::tempdir().unwrap();
     run(async move {
@@ -195,10 +220,21 @@ fn remove_below_frees_whole_segments() {
         }
         let before = wal.stats().segments;
         assert!(before >= 5);
+        assert_eq!(wal.rolls(), before - 1);
+        assert!(wal.active_base() <= last);
+        assert_eq!(wal.removable_below(last), before - 1);
+        assert_eq!(wal.removable_below(Position(0)), 0);
         let removed = wal.remove_below(last).await.unwrap();
         assert_eq!(removed, before - 1, "all but the segment holding {last:?}");
         assert_eq!(segment_paths(&wal).len(), 1);
+        assert_eq!(wal.stats().segments_removed, removed);
+        assert_eq!(wal.start(), wal.active_base());
         assert!(wal.start() <= last);
+        // Positions of removed segments are out of range, not misread.
+        assert!(matches!(
+            wal.read(Position(0)).await,
+            Err(WalError::OutOfRange { .. })
+        ));
         assert_eq!(
             check_payload(&wal.read(last).await.unwrap().payload),
             Some(599)

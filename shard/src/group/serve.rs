@@ -269,6 +269,52 @@ impl Engine {
         .detach();
     }
 
+    /// Re-appends every committed offset of this shard's groups (as commit
+    /// records, in the WAL's call order), so that WAL segments holding older
+    /// group records can be removed. Returns the appends; the caller waits
+    /// for them to be durable before removing anything.
+    pub(crate) fn carry_group_records(&self) -> Vec<sluice_wal::Append> {
+        const OFFSETS_PER_RECORD: usize = 512;
+        let max = self.wal.config().entry_bytes_max as usize;
+        let mut records = Vec::new();
+        {
+            let coord = self.groups.borrow();
+            let mut ids: Vec<&String> = coord.groups.keys().collect();
+            ids.sort_unstable();
+            for id in ids {
+                let g = &coord.groups[id];
+                let all: Vec<_> = g
+                    .offsets
+                    .iter()
+                    .map(|((t, p), c)| (t.clone(), *p, c.clone()))
+                    .collect();
+                for chunk in all.chunks(OFFSETS_PER_RECORD) {
+                    let rec = GroupRecord::Commit {
+                        group_id: id.clone(),
+                        offsets: chunk.to_vec(),
+                    };
+                    let payload = record::encode(&rec);
+                    if payload.len() > max {
+                        // Only metadata near the entry limit gets here:
+                        // one offset per record then.
+                        for one in chunk {
+                            records.push(record::encode(&GroupRecord::Commit {
+                                group_id: id.clone(),
+                                offsets: vec![one.clone()],
+                            }));
+                        }
+                    } else {
+                        records.push(payload);
+                    }
+                }
+            }
+        }
+        records
+            .into_iter()
+            .map(|payload| self.wal.append(KIND_GROUP, payload))
+            .collect()
+    }
+
     /// Replays one `KIND_GROUP` WAL entry (recovery).
     pub fn recover_group_entry(&self, payload: &Bytes) -> Result<(), String> {
         let rec = record::decode(payload)?;

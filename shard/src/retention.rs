@@ -1,0 +1,378 @@
+//! Retention: moves log start offsets past expired entries and removes WAL
+//! segments that hold nothing live.
+//!
+//! One task per shard (`run_retention`), no timer per partition. A pass:
+//!
+//! 1. For each partition of a topic whose `cleanup.policy` includes
+//!    `delete`, walks its oldest live entries that lie in sealed WAL
+//!    segments (an entry of the active segment always stays, as in Kafka)
+//!    and moves the log start past each whole entry that is older than
+//!    `retention.ms` (its largest timestamp) or that `retention.bytes`
+//!    allows to drop. The new log start is a durable `KIND_LOG_START` entry
+//!    (the DeleteRecords record), applied once durable; index entries and
+//!    tail-cache bytes below it are released.
+//! 2. The removal boundary is the WAL position of the first live entry of
+//!    every partition of the shard (entries of deleted partitions are
+//!    dead). When whole sealed segments lie below it, everything recovery
+//!    still needs from them is appended again first: a log start record for
+//!    each partition whose log start is above 0, and every committed
+//!    consumer-group offset of the shard. Once those are durable, the
+//!    segments are removed (`Wal::remove_below`).
+//!
+//! The task sleeps until the oldest sealed, unexpired entry can expire (on
+//! the shard's one deadline structure), until the WAL rolls a segment (new
+//! sealed entries), or until a metadata view is applied (configs changed,
+//! topics deleted). With nothing to expire it has no deadline: idle costs
+//! nothing. Passes are at least `PASS_INTERVAL_MIN` apart.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::future::select;
+use sluice_wal::{Append, Position};
+use tracing::{debug, info, trace};
+
+use crate::budget::Pool;
+use crate::delete_records::{encode, KIND_LOG_START};
+use crate::engine::{Engine, INDEX_ENTRY_BYTES};
+use crate::entry::PartitionKey;
+use crate::waiters::sleep_until;
+
+/// Least time between two retention passes of a shard.
+pub const PASS_INTERVAL_MIN: Duration = Duration::from_secs(1);
+
+/// A topic's retention settings, as its configs say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// -1: forever.
+    pub ms: i64,
+    /// -1: no limit.
+    pub bytes: i64,
+}
+
+impl Retention {
+    pub const MS_DEFAULT: i64 = 7 * 24 * 3600 * 1000;
+
+    /// `None` when nothing is deleted (`cleanup.policy` without `delete`,
+    /// or both limits off).
+    pub fn of(configs: &std::collections::BTreeMap<String, String>) -> Option<Retention> {
+        let delete = configs
+            .get("cleanup.policy")
+            .map_or(true, |v| v.split(',').any(|p| p.trim() == "delete"));
+        let num = |k: &str, d: i64| configs.get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+        let r = Retention {
+            ms: num("retention.ms", Self::MS_DEFAULT),
+            bytes: num("retention.bytes", -1),
+        };
+        (delete && (r.ms >= 0 || r.bytes >= 0)).then_some(r)
+    }
+}
+
+/// Where the oldest entries of one partition may move its log start to.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Expiry {
+    /// The new log start (the current one when nothing expired).
+    pub log_start: i64,
+    /// Wall-clock ms at which the first kept sealed entry expires, if any.
+    pub next_ms: Option<i64>,
+}
+
+/// Pure: walks `p`'s live durable entries below `sealed_end` (WAL position)
+/// oldest first and stops at the first one retention keeps.
+pub fn expire(
+    p: &crate::partition::Partition,
+    r: Retention,
+    now_ms: i64,
+    sealed_end: u64,
+) -> Expiry {
+    let live = &p.durable()[p.locate(p.log_start_offset)..];
+    let mut size: i64 = live.iter().map(|b| i64::from(b.bytes)).sum();
+    let mut log_start = p.log_start_offset;
+    for b in live {
+        let sealed = b.position.is_some_and(|pos| pos.0 < sealed_end);
+        if !sealed {
+            return Expiry {
+                log_start,
+                next_ms: None,
+            };
+        }
+        let by_time = r.ms >= 0 && now_ms.saturating_sub(b.max_timestamp) > r.ms;
+        let by_size = r.bytes >= 0 && size - i64::from(b.bytes) >= r.bytes;
+        if !(by_time || by_size) {
+            return Expiry {
+                log_start,
+                next_ms: (r.ms >= 0).then(|| b.max_timestamp.saturating_add(r.ms) + 1),
+            };
+        }
+        log_start = b.last_offset + 1;
+        size -= i64::from(b.bytes);
+    }
+    Expiry {
+        log_start,
+        next_ms: None,
+    }
+}
+
+impl Engine {
+    /// One retention pass. Returns the wall-clock ms of the next expiry.
+    pub(crate) async fn retention_pass(&self) -> Option<i64> {
+        let now_ms = crate::produce::now_ms();
+        let sealed_end = self.wal.active_base().0;
+        let (moves, next_ms) = self.plan_log_starts(now_ms, sealed_end);
+        if !moves.is_empty() {
+            let appends: Vec<(PartitionKey, i64, Append)> = moves
+                .into_iter()
+                .map(|(k, o)| (k, o, self.wal.append(KIND_LOG_START, encode(&k, o))))
+                .collect();
+            let mut moved = 0u64;
+            for (key, offset, append) in appends {
+                match append.await {
+                    Ok(_) => {
+                        self.apply_log_start(&key, offset);
+                        moved += 1;
+                    }
+                    Err(e) => {
+                        self.warn_rate_limited("retention log start append", &e);
+                        return next_ms;
+                    }
+                }
+            }
+            self.counters.borrow_mut().retention_log_start_moves += moved;
+            debug!(
+                shard = self.id(),
+                partitions = moved,
+                "retention moved log starts"
+            );
+        }
+        self.release_below_log_start();
+        self.remove_dead_segments().await;
+        next_ms
+    }
+
+    /// The log starts retention moves, and the next expiry.
+    fn plan_log_starts(
+        &self,
+        now_ms: i64,
+        sealed_end: u64,
+    ) -> (Vec<(PartitionKey, i64)>, Option<i64>) {
+        let view = self.applied_view();
+        let parts = self.parts.borrow();
+        let mut moves = Vec::new();
+        let mut next: Option<i64> = None;
+        let me = self.id();
+        for topic in view.iter().flat_map(|v| v.topics.values()) {
+            let Some(r) = Retention::of(&topic.configs) else {
+                continue;
+            };
+            for (i, pm) in topic.partitions.iter().enumerate() {
+                if pm.shard != me {
+                    continue;
+                }
+                let key = PartitionKey {
+                    topic_id: topic.id,
+                    partition: i as u32,
+                };
+                let Some(p) = parts.get(&key) else {
+                    continue;
+                };
+                let e = expire(p, r, now_ms, sealed_end);
+                if e.log_start > p.log_start_offset {
+                    moves.push((key, e.log_start));
+                }
+                if let Some(n) = e.next_ms {
+                    next = Some(next.map_or(n, |x| x.min(n)));
+                }
+            }
+        }
+        (moves, next)
+    }
+
+    /// Drops index entries (and their tail-cache bytes) wholly below each
+    /// partition's log start; returns their `partition_state` charge.
+    pub(crate) fn release_below_log_start(&self) {
+        let mut dropped = 0u64;
+        let mut starts: HashMap<PartitionKey, i64> = HashMap::new();
+        for (k, p) in self.parts.borrow_mut().iter_mut() {
+            let n = p
+                .batches
+                .partition_point(|b| b.last_offset < p.log_start_offset);
+            if n > 0 {
+                p.batches.drain(..n);
+                dropped += n as u64;
+                starts.insert(*k, p.log_start_offset);
+            }
+        }
+        if dropped > 0 {
+            self.budget
+                .discharge(Pool::PartitionState, dropped * INDEX_ENTRY_BYTES);
+            self.tail.borrow_mut().forget_below(&starts);
+            trace!(
+                shard = self.id(),
+                entries = dropped,
+                "index entries below log starts released"
+            );
+        }
+    }
+
+    /// WAL position below which nothing of a live partition remains.
+    fn removal_boundary(&self) -> u64 {
+        let end = self.wal.durable_end().0;
+        let sealed_end = self.wal.active_base().0;
+        let parts = self.parts.borrow();
+        let first_live = parts.values().filter_map(|p| {
+            p.batches
+                .get(p.locate(p.log_start_offset))
+                .map(|b| b.position.map_or(end, |pos| pos.0))
+        });
+        first_live.fold(sealed_end, u64::min)
+    }
+
+    /// Carries what recovery needs past the boundary, then removes the
+    /// sealed segments below it.
+    async fn remove_dead_segments(&self) {
+        let boundary = self.removal_boundary();
+        if self.wal.removable_below(Position(boundary)) == 0 {
+            return;
+        }
+        let mut carried: Vec<Append> = {
+            let parts = self.parts.borrow();
+            parts
+                .values()
+                .filter(|p| p.log_start_offset > 0)
+                .map(|p| {
+                    self.wal
+                        .append(KIND_LOG_START, encode(&p.key, p.log_start_offset))
+                })
+                .collect()
+        };
+        let log_starts = carried.len();
+        carried.extend(self.carry_group_records());
+        let records = carried.len() as u64;
+        for append in carried {
+            if let Err(e) = append.await {
+                self.warn_rate_limited("retention carry append", &e);
+                return;
+            }
+        }
+        // Live entries only move forward and carried records sit at the
+        // end, so the boundary computed above still holds.
+        let started = Instant::now();
+        match self.wal.remove_below(Position(boundary)).await {
+            Ok(removed) => {
+                {
+                    let mut c = self.counters.borrow_mut();
+                    c.retention_carried_records += records;
+                    c.retention_segments_removed += removed;
+                }
+                info!(
+                    shard = self.id(),
+                    segments = removed,
+                    log_starts,
+                    group_records = records - log_starts as u64,
+                    wal_start = self.wal.start().0,
+                    ms = started.elapsed().as_millis() as u64,
+                    "retention removed WAL segments"
+                );
+            }
+            Err(e) => self.warn_rate_limited("removing WAL segments", &e),
+        }
+    }
+}
+
+/// The shard's one retention task.
+pub(crate) async fn run_retention(engine: Rc<Engine>) {
+    let mut last_pass: Option<Instant> = None;
+    loop {
+        if let Some(t) = last_pass {
+            let earliest = t + PASS_INTERVAL_MIN;
+            if Instant::now() < earliest {
+                sleep_until(&engine.waiters, earliest).await;
+            }
+        }
+        if engine.closing.get() {
+            return;
+        }
+        let rolls = engine.wal.rolls();
+        last_pass = Some(Instant::now());
+        let next_ms = engine.retention_pass().await;
+        let deadline = next_ms.map(|ms| {
+            let wait = ms.saturating_sub(crate::produce::now_ms()).max(0) as u64;
+            Instant::now() + Duration::from_millis(wait)
+        });
+        trace!(shard = engine.id(), ?deadline, "retention pass done");
+        let wake = engine.retention_wake.clone();
+        let event = pin!(async {
+            let rolled = pin!(engine.wal.rolled(rolls));
+            let _ = select(rolled, pin!(wake.wait())).await;
+        });
+        match deadline {
+            None => event.await,
+            Some(d) => {
+                let _ = select(event, pin!(sleep_until(&engine.waiters, d))).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::Partition;
+    use bytes::Bytes;
+
+    fn part() -> Partition {
+        let mut p = Partition::new(PartitionKey {
+            topic_id: [0; 16],
+            partition: 0,
+        });
+        for (i, ts) in [100, 200, 300].iter().enumerate() {
+            let base = p.assign(10, *ts, Bytes::from_static(b"0123456789"));
+            p.mark_durable(base, Position(1000 * i as u64));
+        }
+        p
+    }
+
+    #[test]
+    fn time_and_size_move_past_whole_sealed_entries() {
+        let p = part();
+        let r = Retention { ms: 50, bytes: -1 };
+        // Only entries before position 1500 are sealed.
+        assert_eq!(
+            expire(&p, r, 1000, 1500),
+            Expiry {
+                log_start: 20,
+                next_ms: None
+            }
+        );
+        assert_eq!(
+            expire(&p, r, 220, 5000),
+            Expiry {
+                log_start: 10,
+                next_ms: Some(251)
+            }
+        );
+        let r = Retention { ms: -1, bytes: 10 };
+        assert_eq!(expire(&p, r, 0, 5000).log_start, 20);
+        let r = Retention { ms: -1, bytes: 25 };
+        assert_eq!(expire(&p, r, 0, 5000).log_start, 0);
+    }
+
+    #[test]
+    fn policy_from_configs() {
+        let mut c = std::collections::BTreeMap::new();
+        assert_eq!(
+            Retention::of(&c),
+            Some(Retention {
+                ms: Retention::MS_DEFAULT,
+                bytes: -1
+            })
+        );
+        c.insert("cleanup.policy".to_string(), "compact".to_string());
+        assert_eq!(Retention::of(&c), None);
+        c.insert("cleanup.policy".to_string(), "compact,delete".to_string());
+        c.insert("retention.ms".to_string(), "-1".to_string());
+        assert_eq!(Retention::of(&c), None);
+    }
+}
