@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -324,17 +324,8 @@ fn connect_answered(b: &Broker) -> TcpStream {
 }
 
 fn metric(b: &Broker, sample: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    text.lines()
+    common::http_get(b, "/metrics")
+        .lines()
         .find_map(|l| l.strip_prefix(sample))
         .and_then(|v| v.trim().parse().ok())
 }

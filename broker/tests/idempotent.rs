@@ -438,24 +438,8 @@ fn produce_request(topic: &str, partition: i32, records: Bytes, acks: i16) -> Pr
 
 /// WAL commits of all shards so far, from `/metrics`.
 fn wal_commits(b: &Broker) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    let lines: Vec<u64> = text
-        .lines()
-        .filter(|l| l.starts_with("sluice_shard_wal_commits_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .collect();
-    assert!(
-        !lines.is_empty(),
-        "no WAL commit counter in /metrics:\n{text}"
-    );
-    lines.iter().sum()
+    common::metric_sum(b, "sluice_shard_wal_commits_total")
+        .expect("no WAL commit counter in /metrics")
 }
 
 /// Reads one response and returns its correlation id and body.

@@ -18,32 +18,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{client_config, consume_all, create_topic, Broker};
+use common::{client_config, consume_all, create_topic, http_get, Broker};
 use rdkafka::message::ToBytes;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use serde_json::Value;
-
-/// Plain HTTP/1.1 GET on the admin port; returns the body.
-fn http_get(b: &Broker, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {text}");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    body.to_string()
-}
 
 fn memory_report(b: &Broker) -> Value {
     serde_json::from_str(&http_get(b, "/admin/memory")).expect("/admin/memory is JSON")
@@ -511,6 +493,7 @@ fn fire_and_forget_producers_wait_for_memory_instead_of_losing_records() {
     let producers: Vec<_> = (0..FIRE_PRODUCERS)
         .map(|id| {
             let b = Arc::clone(&b);
+            // Client threads of the test (the broker is another process).
             std::thread::spawn(move || produce_unacknowledged(&b, id))
         })
         .collect();

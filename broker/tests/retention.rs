@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,30 +19,9 @@ use rdkafka::{Offset, TopicPartitionList};
 const RECORD_BYTES: usize = 10 * 1024;
 const WAIT: Duration = Duration::from_secs(90);
 
-fn http_get(b: &Broker, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("read");
-    assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {text}");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-/// Sum of a metric family's samples over every shard.
+/// Sum of a metric family's samples over every shard (0 when absent).
 fn metric(b: &Broker, name: &str) -> u64 {
-    let text = http_get(b, "/metrics");
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    common::metric_sum(b, name).unwrap_or(0)
 }
 
 fn wal_files(b: &Broker) -> usize {

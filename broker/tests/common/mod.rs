@@ -463,3 +463,33 @@ pub fn run_bounded(
         stderr: std::fs::read(&err_path).expect("read stderr"),
     }
 }
+
+/// Plain HTTP/1.1 GET on the broker's admin port; asserts a 200 and
+/// returns the body.
+pub fn http_get(b: &Broker, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {text}");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    body.to_string()
+}
+
+/// The sum of a `/metrics` family's samples over all its label sets (every
+/// shard); `None` when the family has no sample.
+pub fn metric_sum(b: &Broker, name: &str) -> Option<u64> {
+    let text = http_get(b, "/metrics");
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
+}
