@@ -26,7 +26,6 @@
 //! with UNSUPPORTED_VERSION and our ranges in a v0 body), an undecodable
 //! header or body. Replies already due are written first.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::{pin, Pin};
 use std::time::{Duration, Instant};
@@ -42,7 +41,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use crate::handlers::{self, api_versions, produce, Ctx};
-use crate::plane::{RequestBuffer, ResponseMemory};
+use crate::plane::{RequestBuffer, ResponseMemory, WarnLimiter};
 
 /// Read buffer of a connection.
 const READ_BUFFER_BYTES: usize = 64 << 10;
@@ -226,25 +225,16 @@ fn closed(peer: &str, close: Close) {
 }
 
 thread_local! {
-    static WARN_LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    static WARN_SUPPRESSED: Cell<u64> = const { Cell::new(0) };
+    /// Closing warnings of this shard: at most one per 10 s.
+    static CLOSE_WARNINGS: WarnLimiter = const { WarnLimiter::new(Duration::from_secs(10)) };
 }
 
-/// At most one warning per `WARN_INTERVAL` per shard; the rest are counted
-/// and reported with the next one.
+/// At most one warning per 10 s per shard; the rest are counted and
+/// reported with the next one.
 fn warn_limited(peer: &str, close: &Close) {
-    const WARN_INTERVAL: Duration = Duration::from_secs(10);
-    let now = Instant::now();
-    let due = WARN_LAST.with(|l| {
-        l.get()
-            .map_or(true, |t| now.duration_since(t) >= WARN_INTERVAL)
-    });
-    if !due {
-        WARN_SUPPRESSED.with(|s| s.set(s.get() + 1));
+    let Some(suppressed) = CLOSE_WARNINGS.with(|w| w.due()) else {
         return;
-    }
-    WARN_LAST.with(|l| l.set(Some(now)));
-    let suppressed = WARN_SUPPRESSED.with(|s| s.replace(0));
+    };
     let what = match close {
         Close::WriteTimeout | Close::NoMemory => "closing connection",
         _ => "closing connection: bad request",

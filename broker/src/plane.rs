@@ -12,7 +12,7 @@ pub use sluice_shard::group::{
 pub use sluice_shard::{
     new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest,
     ListOffsetsPartition, PoolStats, ProducePartition, ProduceTicket, RequestBuffer,
-    ResponseMemory, Shard, ShardConfig, ShardError, ShardMesh, ShardStats,
+    ResponseMemory, Shard, ShardConfig, ShardError, ShardMesh, ShardStats, WarnLimiter,
 };
 
 use crate::config::Settings;

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::future::{select, Either};
@@ -25,7 +25,7 @@ use crate::admin::AdminState;
 use crate::config::{cores, Settings};
 use crate::connection::{self, ConnLimits};
 use crate::handlers::{Ctx, NodeInfo};
-use crate::plane::{self, Shard, ShardMesh};
+use crate::plane::{self, Shard, ShardMesh, WarnLimiter};
 use crate::probe::{self, ProbeServer};
 
 /// Shortest time between two "connection limit" warnings of one shard.
@@ -33,13 +33,21 @@ const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A shard's Kafka connections: how many are open, how many were refused
 /// at accept for `--connections-per-shard-max`. Shard-local (one executor).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Connections {
     open: Cell<usize>,
     refused: Cell<u64>,
-    /// Refusals since the last warning.
-    unreported: Cell<u64>,
-    last_warning: Cell<Option<Instant>>,
+    warnings: WarnLimiter,
+}
+
+impl Default for Connections {
+    fn default() -> Connections {
+        Connections {
+            open: Cell::new(0),
+            refused: Cell::new(0),
+            warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
+        }
+    }
 }
 
 impl Connections {
@@ -56,22 +64,16 @@ impl Connections {
     /// with the number of refusals since the previous warning.
     fn refuse(&self, shard: u32, limit: usize, peer: &str) {
         self.refused.set(self.refused.get() + 1);
-        self.unreported.set(self.unreported.get() + 1);
-        let now = Instant::now();
-        let due = self
-            .last_warning
-            .get()
-            .map_or(true, |t| now.duration_since(t) >= REFUSAL_WARN_INTERVAL);
-        if !due {
+        let Some(earlier) = self.warnings.due() else {
             tracing::debug!(
                 shard,
                 peer,
                 "connection limit reached; closing new connection"
             );
             return;
-        }
-        self.last_warning.set(Some(now));
-        let refused = self.unreported.replace(0);
+        };
+        // This refusal and the ones left out since the previous warning.
+        let refused = earlier + 1;
         tracing::warn!(
             shard,
             peer,

@@ -29,7 +29,11 @@ use crate::partition::Partition;
 use crate::stats::{latency_histogram, Counters, ShardStats, TOP_TOPICS_MAX};
 use crate::tail::TailCache;
 use crate::waiters::{run_deadlines, sleep_until, WaitSlot, Waiters};
+use crate::warn::WarnLimiter;
 use crate::{ListOffsetsPartition, ListOffsetsResult, ShardConfig, ShardError};
+
+/// Shortest time between two storage-error warnings of one shard.
+const STORAGE_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Bytes charged to `Pool::PartitionState` per partition: its struct, its
 /// key and the map slot holding them (hashbrown: one control byte).
@@ -66,7 +70,7 @@ pub(crate) struct Engine {
     pub counters: RefCell<Counters>,
     pub produce_latency_us: RefCell<Histogram<u64>>,
     pub fetch_latency_us: RefCell<Histogram<u64>>,
-    last_warn: Cell<Option<Instant>>,
+    storage_warnings: WarnLimiter,
     /// Consumer groups this shard coordinates (`group`).
     pub groups: RefCell<crate::group::Coordinator>,
     /// Wakes the group-deadline task when a group deadline moved earlier.
@@ -147,7 +151,7 @@ impl Engine {
             counters: RefCell::new(Counters::default()),
             produce_latency_us: RefCell::new(latency_histogram()),
             fetch_latency_us: RefCell::new(latency_histogram()),
-            last_warn: Cell::new(None),
+            storage_warnings: WarnLimiter::new(STORAGE_WARN_INTERVAL),
             groups: RefCell::new(crate::group::Coordinator::new(
                 cfg.shard_id,
                 Duration::from_millis(cfg.group_initial_rebalance_delay_ms),
@@ -565,20 +569,15 @@ impl Engine {
         }
     }
 
-    /// A warning at most once per second per shard (storage errors can
-    /// repeat per request).
+    /// A warning at most once per `STORAGE_WARN_INTERVAL` per shard, with
+    /// the repeats left out since the last one (storage errors can repeat
+    /// per request: a full disk must not fill the log too).
     pub fn warn_rate_limited(&self, what: &str, error: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        if self
-            .last_warn
-            .get()
-            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
-        {
+        let Some(suppressed) = self.storage_warnings.due() else {
             trace!(shard = self.id(), what, %error, "repeated");
             return;
-        }
-        self.last_warn.set(Some(now));
-        warn!(shard = self.id(), what, %error, "shard storage error");
+        };
+        warn!(shard = self.id(), what, %error, suppressed, "shard storage error");
     }
 
     pub fn stats(&self) -> ShardStats {

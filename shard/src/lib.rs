@@ -59,6 +59,7 @@ mod stats;
 mod tail;
 mod view;
 mod waiters;
+mod warn;
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -74,6 +75,7 @@ pub use crate::produce::ProduceTicket;
 pub use crate::produce::ADMISSIONS_MAX;
 pub use crate::stats::ShardStats;
 pub use crate::waiters::WaitersStats;
+pub use crate::warn::WarnLimiter;
 pub use sluice_wal::SyncMode;
 
 /// Tuning of the shard's WAL (its directory is chosen by the shard).
