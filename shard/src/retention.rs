@@ -166,14 +166,7 @@ impl Engine {
             let Some(r) = Retention::of(&topic.configs) else {
                 continue;
             };
-            for (i, pm) in topic.partitions.iter().enumerate() {
-                if pm.shard != me {
-                    continue;
-                }
-                let key = PartitionKey {
-                    topic_id: topic.id,
-                    partition: i as u32,
-                };
+            for key in crate::view::keys_on(topic, me) {
                 let Some(p) = parts.get(&key) else {
                     continue;
                 };

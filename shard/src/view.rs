@@ -56,6 +56,19 @@ pub(crate) fn apply_changes(
     applied
 }
 
+/// The keys of `topic`'s partitions placed on `shard`.
+pub(crate) fn keys_on(topic: &TopicMeta, shard: u32) -> impl Iterator<Item = PartitionKey> + '_ {
+    topic
+        .partitions
+        .iter()
+        .enumerate()
+        .filter(move |(_, pm)| pm.shard == shard)
+        .map(|(i, _)| PartitionKey {
+            topic_id: topic.id,
+            partition: i as u32,
+        })
+}
+
 /// Creates the missing partitions of `topic` placed on `shard`.
 fn add_topic(
     shard: u32,
@@ -63,14 +76,7 @@ fn add_topic(
     topic: &TopicMeta,
     applied: &mut Applied,
 ) {
-    for (i, pm) in topic.partitions.iter().enumerate() {
-        if pm.shard != shard {
-            continue;
-        }
-        let key = PartitionKey {
-            topic_id: topic.id,
-            partition: i as u32,
-        };
+    for key in keys_on(topic, shard) {
         parts.entry(key).or_insert_with(|| {
             applied.created += 1;
             Partition::new(key)
