@@ -39,6 +39,9 @@ pub const PARTITION_BYTES_ESTIMATE: u64 = 1 << 10;
 /// socket, a task and its buffers, so the bound is a file-descriptor bound
 /// as much as a memory one.
 pub const CONNECTIONS_PER_SHARD_LIMIT: u32 = 1_000_000;
+/// Bounds of `--frame-read-timeout-ms`.
+pub const FRAME_READ_TIMEOUT_MS_MIN: u64 = 100;
+pub const FRAME_READ_TIMEOUT_MS_MAX: u64 = 3_600_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -196,6 +199,15 @@ pub struct StartArgs {
         default_value = "10000"
     )]
     pub connections_per_shard_max: u32,
+
+    /// Time a request frame may take to arrive once its first byte came (its size prefix, and then its body once its memory is reserved); a connection that holds a partial frame longer is closed.
+    #[arg(
+        long,
+        env = "SLUICE_FRAME_READ_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "30000"
+    )]
+    pub frame_read_timeout_ms: u64,
 }
 
 /// The TOML file: the same settings, all optional. Unknown keys are refused.
@@ -220,6 +232,7 @@ struct FileConfig {
     wal_commit_bytes_max: Option<ByteSize>,
     connections_per_shard_max: Option<u32>,
     wal_segment_bytes: Option<ByteSize>,
+    frame_read_timeout_ms: Option<u64>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -295,6 +308,7 @@ pub struct Settings {
     pub wal_commit_bytes_max: u64,
     pub connections_per_shard_max: u32,
     pub wal_segment_bytes: u64,
+    pub frame_read_timeout_ms: u64,
 }
 
 impl StartArgs {
@@ -341,6 +355,7 @@ impl StartArgs {
         fill!(wal_commit_bytes_max);
         fill!(connections_per_shard_max);
         fill!(wal_segment_bytes);
+        fill!(frame_read_timeout_ms);
         Ok(self)
     }
 }
@@ -407,6 +422,14 @@ impl Settings {
                 args.connections_per_shard_max
             );
         }
+        if !(FRAME_READ_TIMEOUT_MS_MIN..=FRAME_READ_TIMEOUT_MS_MAX)
+            .contains(&args.frame_read_timeout_ms)
+        {
+            bail!(
+                "--frame-read-timeout-ms (SLUICE_FRAME_READ_TIMEOUT_MS, frame_read_timeout_ms): {} is not in {FRAME_READ_TIMEOUT_MS_MIN}..={FRAME_READ_TIMEOUT_MS_MAX}",
+                args.frame_read_timeout_ms
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&args.log_level) {
             bail!(
                 "--log-level (SLUICE_LOG_LEVEL, log_level): '{}' is not a log filter: {e}",
@@ -446,6 +469,7 @@ impl Settings {
             wal_commit_bytes_max,
             connections_per_shard_max: args.connections_per_shard_max,
             wal_segment_bytes,
+            frame_read_timeout_ms: args.frame_read_timeout_ms,
         })
     }
 

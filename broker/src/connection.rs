@@ -20,11 +20,23 @@
 //! closed: a peer that does not read cannot pin the reply's memory (a
 //! fetch answer's batches stay charged to `fetch_response` until written).
 //!
-//! Malformed input closes the connection with a rate-limited warning:
-//! a size prefix < 0 or > `request_max_bytes`, a truncated frame, an unknown
-//! API key, an unsupported version (except ApiVersions, which is answered
-//! with UNSUPPORTED_VERSION and our ranges in a v0 body), an undecodable
-//! header or body. Replies already due are written first.
+//! Malformed input closes the connection with a rate-limited warning and
+//! is counted by reason (`Closes`, `sluice_shard_requests_rejected_total`):
+//! a size prefix < 8 or > `request_max_bytes`, an unknown API key, an
+//! unsupported version (except ApiVersions, which is answered with
+//! UNSUPPORTED_VERSION and our ranges in a v0 body), a frame that fails
+//! `frame_check` (every count and length against the bytes there, before
+//! the codec sees it), an undecodable header or body. Replies already due
+//! are written first.
+//!
+//! Untrusted bytes enter here. A connection holds no buffer of its own
+//! between frames: the size prefix is read into 4 bytes, and each frame
+//! into one buffer of its announced size, reserved from the shard's
+//! request-buffer pool first. Once a frame's first byte arrived, its
+//! prefix, and then its body, must each arrive within
+//! `--frame-read-timeout-ms`, or the connection is closed: a stalled
+//! partial frame cannot hold its reservation. The bound is armed in the
+//! shard's deadline structure only while a read blocks.
 
 use std::future::Future;
 use std::pin::{pin, Pin};
@@ -33,20 +45,22 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::channel::oneshot;
 use futures::future::{select, Either};
-use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use kafka_protocol::messages::{
     ApiKey, ProduceRequest, RequestHeader, ResponseHeader, ResponseKind,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
+use crate::frame_check::{self, Refusal};
 use crate::handlers::{self, api_versions, produce, Ctx};
 use crate::plane::{RequestBuffer, ResponseMemory, WarnLimiter};
 
-/// Read buffer of a connection.
-const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Minimum request frame: api key, api version, correlation id.
 const FRAME_BYTES_MIN: usize = 8;
+/// Decoding a request whose arrays take less than this is not charged
+/// to the request-buffer pool (beside its frame).
+const DECODED_CHARGE_BYTES_MIN: u64 = 4 << 10;
 /// Requests of one connection read and not yet answered (the reply queue
 /// between its read and write sides); a full queue stops the reading.
 /// Above librdkafka's default of 5 requests in flight per connection times
@@ -61,6 +75,10 @@ pub enum Close {
     Truncated,
     UnknownApiKey(i16),
     UnsupportedVersion(ApiKey, i16),
+    /// The frame failed `frame_check`.
+    Malformed(ApiKey, i16, Refusal),
+    /// Decoding the frame would take more than the request-buffer pool.
+    DecodedTooLarge(ApiKey, u64),
     Decode(String),
     Encode(String),
     Io(std::io::Error),
@@ -68,9 +86,117 @@ pub enum Close {
     SilentProduceFailed(i16),
     /// The peer did not read a reply within `REPLY_WRITE_TIMEOUT`.
     WriteTimeout,
+    /// A started frame did not arrive within `--frame-read-timeout-ms`.
+    FrameTimeout,
     /// No request memory within `MEMORY_WAIT` (or `POOL_WAITERS_MAX`
     /// connections wait already).
     NoMemory,
+}
+
+/// The counters a close is counted in: (bad requests or timeouts, reason).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseKind {
+    Rejected(Rejected),
+    TimedOut(TimedOut),
+}
+
+/// Requests refused by closing the connection, by reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    FrameSize,
+    UnknownApi,
+    UnsupportedVersion,
+    Malformed,
+    DecodedTooLarge,
+}
+
+impl Rejected {
+    pub const ALL: [Rejected; 5] = [
+        Rejected::FrameSize,
+        Rejected::UnknownApi,
+        Rejected::UnsupportedVersion,
+        Rejected::Malformed,
+        Rejected::DecodedTooLarge,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejected::FrameSize => "frame_size",
+            Rejected::UnknownApi => "unknown_api",
+            Rejected::UnsupportedVersion => "unsupported_version",
+            Rejected::Malformed => "malformed",
+            Rejected::DecodedTooLarge => "decoded_too_large",
+        }
+    }
+}
+
+/// Connections closed for a deadline, by reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimedOut {
+    PartialFrame,
+    ReplyWrite,
+    MemoryWait,
+}
+
+impl TimedOut {
+    pub const ALL: [TimedOut; 3] = [
+        TimedOut::PartialFrame,
+        TimedOut::ReplyWrite,
+        TimedOut::MemoryWait,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TimedOut::PartialFrame => "partial_frame",
+            TimedOut::ReplyWrite => "reply_write",
+            TimedOut::MemoryWait => "memory_wait",
+        }
+    }
+}
+
+impl Close {
+    /// The counter this close goes to; `None` for ordinary ends.
+    pub fn kind(&self) -> Option<CloseKind> {
+        use CloseKind::{Rejected as R, TimedOut as T};
+        Some(match self {
+            Close::BadSize(_) => R(Rejected::FrameSize),
+            Close::UnknownApiKey(_) => R(Rejected::UnknownApi),
+            Close::UnsupportedVersion(..) => R(Rejected::UnsupportedVersion),
+            Close::Malformed(..) | Close::Decode(_) => R(Rejected::Malformed),
+            Close::DecodedTooLarge(..) => R(Rejected::DecodedTooLarge),
+            Close::FrameTimeout => T(TimedOut::PartialFrame),
+            Close::WriteTimeout => T(TimedOut::ReplyWrite),
+            Close::NoMemory => T(TimedOut::MemoryWait),
+            Close::Truncated | Close::Encode(_) | Close::Io(_) | Close::SilentProduceFailed(_) => {
+                return None
+            }
+        })
+    }
+}
+
+/// A shard's count of connections closed, by `CloseKind`. Shard-local.
+#[derive(Debug, Default)]
+pub struct Closes {
+    rejected: [std::cell::Cell<u64>; Rejected::ALL.len()],
+    timed_out: [std::cell::Cell<u64>; TimedOut::ALL.len()],
+}
+
+impl Closes {
+    fn count(&self, kind: CloseKind) {
+        let cell = match kind {
+            CloseKind::Rejected(r) => &self.rejected[r as usize],
+            CloseKind::TimedOut(t) => &self.timed_out[t as usize],
+        };
+        cell.set(cell.get() + 1);
+    }
+
+    pub fn rejected(&self, r: Rejected) -> u64 {
+        self.rejected[r as usize].get()
+    }
+
+    pub fn timed_out(&self, t: TimedOut) -> u64 {
+        self.timed_out[t as usize].get()
+    }
 }
 
 /// Longest time writing one reply may take; a peer that does not read its
@@ -92,8 +218,9 @@ struct InFlight<'a> {
     rest: Rest<'a>,
     /// Set for barriers: tells the read side that the request ran.
     ran: Option<oneshot::Sender<()>>,
-    /// The frame's memory, released once the reply is written.
-    held: RequestBuffer,
+    /// The frame's memory (and its decoded arrays'), released once the
+    /// reply is written.
+    held: (RequestBuffer, Option<RequestBuffer>),
 }
 
 /// How the read side goes on after starting a request.
@@ -106,21 +233,20 @@ enum Started<'a> {
 
 pub struct ConnLimits {
     pub request_max_bytes: u32,
+    /// A started frame's prefix, then its body, must each arrive within it.
+    pub frame_read_timeout: Duration,
 }
 
-/// Serves one connection until the peer closes it or sends bad input.
+/// Serves one connection until the peer closes it or sends bad input;
+/// counts the close in `closes` when it was ours.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     peer: String,
     ctx: &Ctx,
     limits: &ConnLimits,
+    closes: &Closes,
 ) {
-    // The read buffer is charged to the request-buffer pool for the
-    // connection's life; a full pool delays the connection's first read.
-    let Some(_buffer) = ctx.shard.reserve_request(READ_BUFFER_BYTES as u64).await else {
-        return closed(&peer, Close::NoMemory);
-    };
-    let (mut reader, mut writer) = BufReader::with_capacity(READ_BUFFER_BYTES, stream).split();
+    let (mut reader, mut writer) = stream.split();
     let (queue, replies) = local_channel::new_bounded(IN_FLIGHT_MAX);
     let read_side = pin!(read_side(&mut reader, queue, limits, ctx));
     let write_side = pin!(write_side(&mut writer, &replies, ctx));
@@ -131,6 +257,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Either::Right((write_end, _)) => (Ok(()), write_end),
     };
     if let Err(close) = write_end.and(read_end) {
+        if let Some(kind) = close.kind() {
+            closes.count(kind);
+        }
         closed(&peer, close);
     }
 }
@@ -146,12 +275,17 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
         let Some((frame, held)) = read_frame(reader, limits, ctx).await? else {
             return Ok(());
         };
-        let (rest, barrier) = match start_frame(frame, ctx).await? {
+        let (started, decoded) = start_frame(frame, ctx).await?;
+        let (rest, barrier) = match started {
             Started::Pipelined(rest) => (rest, None),
             Started::Barrier(rest) => (rest, Some(oneshot::channel())),
         };
         let (ran, barrier) = barrier.unzip();
-        let item = InFlight { rest, ran, held };
+        let item = InFlight {
+            rest,
+            ran,
+            held: (held, decoded),
+        };
         if queue.send(item).await.is_err() {
             return Ok(()); // The write side is gone.
         }
@@ -236,7 +370,7 @@ fn warn_limited(peer: &str, close: &Close) {
         return;
     };
     let what = match close {
-        Close::WriteTimeout | Close::NoMemory => "closing connection",
+        Close::WriteTimeout | Close::NoMemory | Close::FrameTimeout => "closing connection",
         _ => "closing connection: bad request",
     };
     tracing::warn!(peer, reason = ?close, suppressed, "{what}");
@@ -246,25 +380,26 @@ fn warn_limited(peer: &str, close: &Close) {
 ///
 /// The frame's size is reserved from the shard's request-buffer pool
 /// before its body is read; while the pool is full the connection waits
-/// and its socket is not read (backpressure, not an error).
+/// and its socket is not read (backpressure, not an error). The rest of
+/// the prefix, once its first byte came, and the body, once reserved,
+/// must each arrive within `frame_read_timeout`.
 async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &ConnLimits,
     ctx: &Ctx,
 ) -> Result<Option<(Bytes, RequestBuffer)>, Close> {
     let mut size = [0u8; 4];
-    match stream.read(&mut size[..1]).await {
+    let got = match stream.read(&mut size).await {
         Ok(0) => return Ok(None),
-        Ok(_) => {}
+        Ok(n) => n,
         Err(e) => return Err(Close::Io(e)),
-    }
-    read_exact(stream, &mut size[1..]).await?;
+    };
+    read_exact_within(stream, &mut size[got..], limits, ctx).await?;
     let size = i32::from_be_bytes(size);
     if size < FRAME_BYTES_MIN as i32
         || size as u32 > limits.request_max_bytes
-        // Beside the connection's own read buffer, the frame must fit the
-        // pool, or it could never be read.
-        || size as u64 + READ_BUFFER_BYTES as u64 > ctx.shard.request_bytes_max()
+        // The frame must fit the pool, or it could never be read.
+        || size as u64 > ctx.shard.request_bytes_max()
     {
         return Err(Close::BadSize(size));
     }
@@ -274,10 +409,34 @@ async fn read_frame<S: AsyncRead + Unpin>(
     // The announced size is reserved, so the frame is allocated once at
     // that size (growing a buffer as bytes arrive would hold up to twice
     // the reservation). A peer announcing more than it sends holds at most
-    // its reservation, within the pool.
+    // its reservation, within the pool, for `frame_read_timeout`.
     let mut frame = vec![0u8; size as usize];
-    read_exact(stream, &mut frame).await?;
+    read_exact_within(stream, &mut frame, limits, ctx).await?;
     Ok(Some((Bytes::from(frame), held)))
+}
+
+/// Fills `buf` within `frame_read_timeout`. A read that completes at once
+/// touches no deadline; one that blocks registers its deadline in the
+/// shard's deadline structure (no timer per connection).
+async fn read_exact_within<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut [u8],
+    limits: &ConnLimits,
+    ctx: &Ctx,
+) -> Result<(), Close> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let mut read = pin!(read_exact(stream, buf));
+    if let std::task::Poll::Ready(r) = futures::poll!(read.as_mut()) {
+        return r;
+    }
+    let deadline = Instant::now() + limits.frame_read_timeout;
+    let sleep = pin!(ctx.shard.sleep_until(deadline));
+    match select(read, sleep).await {
+        Either::Left((r, _)) => r,
+        Either::Right(_) => Err(Close::FrameTimeout),
+    }
 }
 
 async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Result<(), Close> {
@@ -287,10 +446,13 @@ async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Res
     })
 }
 
-/// Checks a frame's header and starts its request: a Produce is started
-/// at once (see `produce::start`), anything else is left to run as a
-/// barrier.
-async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> {
+/// Checks a frame (`frame_check`) and starts its request: a Produce is
+/// started at once (see `produce::start`), anything else is left to run
+/// as a barrier. Also returns the reservation for the decoded request.
+async fn start_frame(
+    mut frame: Bytes,
+    ctx: &Ctx,
+) -> Result<(Started<'_>, Option<RequestBuffer>), Close> {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -302,10 +464,13 @@ async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> 
         if key == ApiKey::ApiVersions {
             let body = ResponseKind::ApiVersions(api_versions::unsupported_version());
             let reply = encode(correlation_id, key, 0, &body).map(|b| Outcome::Reply(b, None));
-            return Ok(Started::Barrier(Box::pin(async move { reply })));
+            return Ok((Started::Barrier(Box::pin(async move { reply })), None));
         }
         return Err(Close::UnsupportedVersion(key, version));
     }
+    let checked =
+        frame_check::check(key, version, &frame).map_err(|r| Close::Malformed(key, version, r))?;
+    let decoded = reserve_decoded(key, checked.decoded_bytes, ctx).await?;
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(|e| Close::Decode(format!("header: {e:#}")))?;
     let correlation_id = header.correlation_id;
@@ -314,7 +479,7 @@ async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> 
         let req = ProduceRequest::decode(&mut frame, version)
             .map_err(|e| Close::Decode(format!("{key:?} v{version}: {e:#}")))?;
         let started = produce::start(req, version, ctx).await;
-        return Ok(Started::Pipelined(Box::pin(async move {
+        let pipelined = Started::Pipelined(Box::pin(async move {
             match started.finish().await {
                 produce::Finished::Reply(body) => {
                     let body = ResponseKind::Produce(body);
@@ -323,9 +488,10 @@ async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> 
                 produce::Finished::Silent => Ok(Outcome::Silent),
                 produce::Finished::SilentFailed(code) => Err(Close::SilentProduceFailed(code)),
             }
-        })));
+        }));
+        return Ok((pipelined, decoded));
     }
-    Ok(Started::Barrier(Box::pin(async move {
+    let barrier = Started::Barrier(Box::pin(async move {
         match handlers::dispatch(key, version, &mut frame, ctx).await {
             Ok(Some(r)) => {
                 let bytes = encode(correlation_id, key, version, &r.body)?;
@@ -334,7 +500,27 @@ async fn start_frame(mut frame: Bytes, ctx: &Ctx) -> Result<Started<'_>, Close> 
             Ok(None) => Ok(Outcome::Silent),
             Err(e) => Err(Close::Decode(format!("{key:?} v{version}: {}", e.0))),
         }
-    })))
+    }));
+    Ok((barrier, decoded))
+}
+
+/// Reserves what decoding a checked frame takes (its arrays) from the
+/// request-buffer pool, beside the frame; small requests are not charged.
+async fn reserve_decoded(
+    key: ApiKey,
+    decoded_bytes: u64,
+    ctx: &Ctx,
+) -> Result<Option<RequestBuffer>, Close> {
+    if decoded_bytes < DECODED_CHARGE_BYTES_MIN {
+        return Ok(None);
+    }
+    if decoded_bytes > ctx.shard.request_bytes_max() {
+        return Err(Close::DecodedTooLarge(key, decoded_bytes));
+    }
+    match ctx.shard.reserve_request(decoded_bytes).await {
+        Some(held) => Ok(Some(held)),
+        None => Err(Close::NoMemory),
+    }
 }
 
 /// Size prefix + response header + body.
@@ -364,7 +550,7 @@ fn encode(
 #[cfg(test)]
 pub async fn serve_frame_for_tests(frame: Bytes, ctx: &Ctx, _limits: &ConnLimits) -> Option<Bytes> {
     let rest = match start_frame(frame, ctx).await {
-        Ok(Started::Pipelined(rest) | Started::Barrier(rest)) => rest,
+        Ok((Started::Pipelined(rest) | Started::Barrier(rest), _)) => rest,
         Err(close) => panic!("connection closed: {close:?}"),
     };
     match rest.await {

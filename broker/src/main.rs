@@ -33,6 +33,7 @@ mod admin;
 mod config;
 mod connection;
 mod errors;
+mod frame_check;
 mod handlers;
 mod metrics;
 mod plane;

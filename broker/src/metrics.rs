@@ -413,6 +413,38 @@ impl Snapshot {
             "Connections closed at accept for --connections-per-shard-max.",
             |p| p.connections_refused,
         )?;
+        let rejected = s
+            .iter()
+            .flat_map(|p| {
+                p.requests_rejected.iter().map(move |(r, n)| {
+                    let mut l = shard_label(p);
+                    l.push(("reason", r.label().to_string()));
+                    (l, ConstCounter::new(*n))
+                })
+            })
+            .collect();
+        family(
+            enc,
+            "shard_requests_rejected",
+            "Requests refused by closing their connection (bad frame size, unknown API, unsupported version, malformed, decoded arrays larger than the request-buffer pool).",
+            rejected,
+        )?;
+        let timed_out = s
+            .iter()
+            .flat_map(|p| {
+                p.connections_timed_out.iter().map(move |(t, n)| {
+                    let mut l = shard_label(p);
+                    l.push(("reason", t.label().to_string()));
+                    (l, ConstCounter::new(*n))
+                })
+            })
+            .collect();
+        family(
+            enc,
+            "shard_connections_timed_out",
+            "Connections closed for a deadline: a partial frame past --frame-read-timeout-ms, a reply not read, a memory wait.",
+            timed_out,
+        )?;
         counters(
             enc,
             s,
@@ -622,6 +654,7 @@ fn shard_json(p: &ShardProbe, view: &MetadataView) -> Value {
         "index_entries": s.index_entries,
         "connections": p.connections,
         "connections_refused": p.connections_refused,
+        "requests_rejected": p.requests_rejected.iter().map(|(r, n)| (r.label().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "tasks": s.tasks,
         "produce_tasks": s.produce_tasks,
         "fetch_waiters": s.waiters.waiting,

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::connection::{Rejected, TimedOut};
 use crate::plane::{Shard, ShardStats};
 use crate::server::Connections;
 
@@ -29,6 +30,10 @@ pub struct ShardProbe {
     pub connections: u64,
     /// Connections closed at accept for `--connections-per-shard-max`.
     pub connections_refused: u64,
+    /// Requests refused by closing their connection, by reason.
+    pub requests_rejected: Vec<(Rejected, u64)>,
+    /// Connections closed for a deadline, by reason.
+    pub connections_timed_out: Vec<(TimedOut, u64)>,
 }
 
 /// A request for one snapshot.
@@ -67,6 +72,14 @@ impl ProbeServer {
                 stats: shard.stats(),
                 connections: connections.open(),
                 connections_refused: connections.refused(),
+                requests_rejected: Rejected::ALL
+                    .iter()
+                    .map(|&r| (r, connections.closes.rejected(r)))
+                    .collect(),
+                connections_timed_out: TimedOut::ALL
+                    .iter()
+                    .map(|&t| (t, connections.closes.timed_out(t)))
+                    .collect(),
             };
             // The scrape may have timed out and gone; nothing to do then.
             let _ = req.reply.send(probe);

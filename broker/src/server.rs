@@ -38,6 +38,8 @@ pub struct Connections {
     open: Cell<usize>,
     refused: Cell<u64>,
     warnings: WarnLimiter,
+    /// Connections closed for bad input or a deadline, by reason.
+    pub closes: connection::Closes,
 }
 
 impl Default for Connections {
@@ -46,6 +48,7 @@ impl Default for Connections {
             open: Cell::new(0),
             refused: Cell::new(0),
             warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
+            closes: connection::Closes::default(),
         }
     }
 }
@@ -335,6 +338,7 @@ async fn shard_main(args: ShardArgs) {
     });
     let limits = Rc::new(ConnLimits {
         request_max_bytes: settings.request_max_bytes,
+        frame_read_timeout: Duration::from_millis(settings.frame_read_timeout_ms),
     });
     let conns = Rc::new(Connections::default());
     glommio::spawn_local(probe.run(Rc::clone(&shard), Rc::clone(&conns))).detach();
@@ -382,7 +386,7 @@ async fn accept_loop(
         let (ctx, limits, conns) = (Rc::clone(&ctx), Rc::clone(&limits), Rc::clone(&conns));
         conns.open.set(conns.open.get() + 1);
         glommio::spawn_local(async move {
-            connection::serve(stream, peer, &ctx, &limits).await;
+            connection::serve(stream, peer, &ctx, &limits, &conns.closes).await;
             conns.open.set(conns.open.get() - 1);
         })
         .detach();

@@ -118,6 +118,7 @@ impl Client<'_> {
         self.next_id += 1;
         let limits = ConnLimits {
             request_max_bytes: 1 << 20,
+            frame_read_timeout: std::time::Duration::from_secs(30),
         };
         let reply =
             serve_frame_for_tests(frame(key, version, self.next_id, req), self.ctx, &limits).await;

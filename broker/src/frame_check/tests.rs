@@ -1,0 +1,173 @@
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use super::*;
+use crate::handlers::SUPPORTED;
+
+/// Header + body of a request, without the size prefix.
+fn frame<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
+    let mut header = RequestHeader::default();
+    header.request_api_key = key as i16;
+    header.request_api_version = version;
+    header.correlation_id = 7;
+    header.client_id = Some(StrBytes::from_static_str("frame-check"));
+    let mut buf = BytesMut::new();
+    header
+        .encode(&mut buf, key.request_header_version(version))
+        .unwrap();
+    body.encode(&mut buf, version).unwrap();
+    buf.freeze()
+}
+
+fn name(s: &'static str) -> TopicName {
+    TopicName(StrBytes::from_static_str(s))
+}
+
+fn produce() -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name("t"))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(Bytes::from_static(b"not a batch")))])])
+}
+
+#[test]
+fn every_served_api_has_a_schema_and_empty_requests_pass() {
+    for &(key, min, max) in SUPPORTED {
+        for version in min..=max {
+            let bytes = match key {
+                ApiKey::Produce => frame(key, version, &ProduceRequest::default()),
+                ApiKey::Fetch => frame(key, version, &FetchRequest::default()),
+                ApiKey::Metadata => frame(key, version, &MetadataRequest::default()),
+                ApiKey::ApiVersions => frame(key, version, &ApiVersionsRequest::default()),
+                ApiKey::CreateTopics => frame(key, version, &CreateTopicsRequest::default()),
+                _ => continue,
+            };
+            let checked =
+                check(key, version, &bytes).unwrap_or_else(|r| panic!("{key:?} v{version}: {r}"));
+            assert!(checked.header_bytes >= 8 && checked.header_bytes < bytes.len() + 1);
+        }
+        assert!(schema::of(key).is_some(), "{key:?}");
+    }
+}
+
+#[test]
+fn huge_top_level_count_is_refused_before_decoding() {
+    for version in [3, 8] {
+        let mut bytes = frame(ApiKey::Produce, version, &produce()).to_vec();
+        // Header v1: 8 bytes + client id (2 + 11); then transactional id
+        // (null, 2), acks 2, timeout 4: the topic count follows.
+        let at = 8 + 2 + 11 + 2 + 2 + 4;
+        assert_eq!(&bytes[at..at + 4], &1i32.to_be_bytes());
+        bytes[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
+        let refusal = check(ApiKey::Produce, version, &bytes).unwrap_err();
+        assert!(
+            matches!(refusal.what, Problem::TooLong { length, .. } if length == i32::MAX as u64),
+            "{refusal}"
+        );
+        assert_eq!(refusal.at, at + 4);
+    }
+}
+
+#[test]
+fn huge_compact_count_and_negative_lengths_are_refused() {
+    let bytes = frame(ApiKey::Produce, 9, &produce()).to_vec();
+    let lengths = length_fields(ApiKey::Produce, 9, &bytes);
+    assert!(lengths.len() >= 4, "{lengths:?}");
+    for &at in &lengths {
+        let mut b = bytes[..at].to_vec();
+        // A varint of 0xFFFFFFFF, then the rest unchanged (minus the old
+        // one-byte varint).
+        b.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        b.extend_from_slice(&bytes[at + 1..]);
+        assert!(check(ApiKey::Produce, 9, &b).is_err(), "at {at}");
+    }
+    let mut neg = frame(ApiKey::Produce, 3, &produce()).to_vec();
+    let at = 8 + 2 + 11 + 2 + 2 + 4 + 4; // topic name length
+    neg[at..at + 2].copy_from_slice(&(-2i16).to_be_bytes());
+    let r = check(ApiKey::Produce, 3, &neg).unwrap_err();
+    assert_eq!(r.what, Problem::NegativeLength(-2));
+}
+
+#[test]
+fn truncation_and_trailing_bytes_are_refused() {
+    let bytes = frame(ApiKey::Produce, 7, &produce());
+    assert!(check(ApiKey::Produce, 7, &bytes).is_ok());
+    for len in 0..bytes.len() {
+        assert!(
+            check(ApiKey::Produce, 7, &bytes[..len]).is_err(),
+            "len {len}"
+        );
+    }
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    assert_eq!(
+        check(ApiKey::Produce, 7, &longer).unwrap_err().what,
+        Problem::Trailing(1)
+    );
+}
+
+#[test]
+fn decoded_bytes_count_the_codec_element_sizes() {
+    let topics: Vec<MetadataRequestTopic> = (0..1000)
+        .map(|_| MetadataRequestTopic::default().with_name(Some(name("a"))))
+        .collect();
+    let req = MetadataRequest::default().with_topics(Some(topics));
+    let bytes = frame(ApiKey::Metadata, 12, &req);
+    let checked = check(ApiKey::Metadata, 12, &bytes).unwrap();
+    let elem = std::mem::size_of::<MetadataRequestTopic>() as u64;
+    assert_eq!(checked.decoded_bytes, 1000 * elem);
+}
+
+#[test]
+fn fetch_known_tags_must_fill_their_size() {
+    let req = FetchRequest::default()
+        .with_cluster_id(Some(StrBytes::from_static_str("c")))
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(name("t"))
+            .with_partitions(vec![FetchPartition::default()])]);
+    let bytes = frame(ApiKey::Fetch, 12, &req).to_vec();
+    check(ApiKey::Fetch, 12, &bytes).unwrap();
+    // The tagged section is last: count 1, tag 0, size 2, value "\x02c".
+    let n = bytes.len();
+    assert_eq!(&bytes[n - 5..], &[1, 0, 2, 2, b'c']);
+    let mut lying = bytes.clone();
+    lying[n - 3] = 3; // size 3 for a 2-byte value
+    lying.push(0);
+    let r = check(ApiKey::Fetch, 12, &lying).unwrap_err();
+    assert!(
+        matches!(r.what, Problem::TagSize { tag: 0, size: 3 }),
+        "{r}"
+    );
+    // Tag 1 (replica state) is not valid below v15.
+    let mut tag1 = bytes[..n - 5].to_vec();
+    tag1.extend_from_slice(&[1, 1, 12]);
+    tag1.extend_from_slice(&[0; 12]);
+    assert_eq!(
+        check(ApiKey::Fetch, 12, &tag1).unwrap_err().what,
+        Problem::TagNotValid(1)
+    );
+}
+
+#[test]
+fn oldest_and_newest_create_topics_pass() {
+    let req = CreateTopicsRequest::default().with_topics(vec![CreatableTopic::default()
+        .with_name(name("x"))
+        .with_num_partitions(3)
+        .with_replication_factor(1)]);
+    for version in [0, 7] {
+        let bytes = frame(ApiKey::CreateTopics, version, &req);
+        check(ApiKey::CreateTopics, version, &bytes).unwrap();
+    }
+    let mut b = BytesMut::new();
+    b.put_slice(&frame(ApiKey::CreateTopics, 0, &req));
+    b.truncate(b.len() - 1);
+    assert!(check(ApiKey::CreateTopics, 0, &b).is_err());
+}
