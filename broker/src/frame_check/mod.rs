@@ -21,9 +21,9 @@
 //! shard's request-buffer pool beside the frame. The walk is linear in the
 //! frame's bytes; every loop is bounded by the bytes left.
 
+#[cfg(test)]
+pub mod samples;
 mod schema;
-// #[cfg(test)]
-// mod samples;
 
 use std::fmt;
 
@@ -98,10 +98,19 @@ pub fn check(key: ApiKey, version: i16, frame: &[u8]) -> Result<Checked, Refusal
     })
 }
 
-/// Offsets of every count and length field of a frame that passes
-/// `check`: what a fuzzer aims its mutations at.
+/// How a count or length is encoded.
 #[cfg(test)]
-pub fn length_fields(key: ApiKey, version: i16, frame: &[u8]) -> Vec<usize> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LengthKind {
+    I16,
+    I32,
+    Varint,
+}
+
+/// Offsets and encodings of every count and length field of a frame that
+/// passes `check`: what a fuzzer aims its mutations at.
+#[cfg(test)]
+pub fn length_fields(key: ApiKey, version: i16, frame: &[u8]) -> Vec<(usize, LengthKind)> {
     let mut c = Cursor::new(frame);
     c.lengths = Some(Vec::new());
     let Some(schema) = schema::of(key) else {
@@ -130,7 +139,7 @@ struct Cursor<'a> {
     decoded_bytes: u64,
     /// Where counts and lengths were read (for fuzzing).
     #[cfg(test)]
-    lengths: Option<Vec<usize>>,
+    lengths: Option<Vec<(usize, LengthKind)>>,
 }
 
 impl<'a> Cursor<'a> {
@@ -152,10 +161,17 @@ impl<'a> Cursor<'a> {
         Refusal { at: self.at, what }
     }
 
-    fn mark_length(&mut self) {
+    /// Notes a length at the cursor: `wide` i32 or i16, unless `varint`.
+    #[allow(unused_variables)]
+    fn mark_length(&mut self, varint: bool, wide: bool) {
         #[cfg(test)]
         if let Some(l) = self.lengths.as_mut() {
-            l.push(self.at);
+            let kind = match (varint, wide) {
+                (true, _) => LengthKind::Varint,
+                (false, true) => LengthKind::I32,
+                (false, false) => LengthKind::I16,
+            };
+            l.push((self.at, kind));
         }
     }
 
@@ -195,7 +211,7 @@ impl<'a> Cursor<'a> {
         wide: bool,
         unit_bytes: usize,
     ) -> Result<Option<usize>, Refusal> {
-        self.mark_length();
+        self.mark_length(w.flexible, wide);
         let length: i64 = if w.flexible {
             i64::from(self.uvarint()?) - 1
         } else if wide {
@@ -299,7 +315,7 @@ impl<'a> Cursor<'a> {
 
     /// A tagged-field section: count, then (tag, size, value) each.
     fn tagged(&mut self, known: &[Tagged], version: i16) -> Result<(), Refusal> {
-        self.mark_length();
+        self.mark_length(true, false);
         let count = self.uvarint()?;
         // Each tagged field takes at least two bytes (tag and size).
         if u64::from(count) * 2 > self.left() as u64 {
@@ -310,7 +326,7 @@ impl<'a> Cursor<'a> {
         }
         for _ in 0..count {
             let tag = self.uvarint()?;
-            self.mark_length();
+            self.mark_length(true, false);
             let size = self.uvarint()?;
             match known.iter().find(|t| t.tag == tag) {
                 None => {

@@ -81,7 +81,7 @@ fn huge_compact_count_and_negative_lengths_are_refused() {
     let bytes = frame(ApiKey::Produce, 9, &produce()).to_vec();
     let lengths = length_fields(ApiKey::Produce, 9, &bytes);
     assert!(lengths.len() >= 4, "{lengths:?}");
-    for &at in &lengths {
+    for &(at, _) in &lengths {
         let mut b = bytes[..at].to_vec();
         // A varint of 0xFFFFFFFF, then the rest unchanged (minus the old
         // one-byte varint).
@@ -170,4 +170,77 @@ fn oldest_and_newest_create_topics_pass() {
     b.put_slice(&frame(ApiKey::CreateTopics, 0, &req));
     b.truncate(b.len() - 1);
     assert!(check(ApiKey::CreateTopics, 0, &b).is_err());
+}
+
+#[test]
+fn every_sample_passes_and_every_length_set_huge_is_refused() {
+    let mut fields = 0usize;
+    for (key, version, variant, body) in samples::all() {
+        let bytes = frame(key, version, &RawBody(body.clone()));
+        let what = format!("{key:?} v{version} variant {variant}");
+        let checked = check(key, version, &bytes).unwrap_or_else(|r| panic!("{what}: {r}"));
+        assert_eq!(bytes.len() - checked.header_bytes, body.len(), "{what}");
+        let lengths = length_fields(key, version, &bytes);
+        fields += lengths.len();
+        for (at, kind) in lengths {
+            let b = with_length(&bytes, at, kind, Huge::Max);
+            assert!(
+                check(key, version, &b).is_err(),
+                "{what}: length at {at} set to its max passed"
+            );
+            if kind != LengthKind::Varint {
+                let b = with_length(&bytes, at, kind, Huge::Negative);
+                assert!(
+                    check(key, version, &b).is_err(),
+                    "{what}: length at {at} set to -2 passed"
+                );
+            }
+        }
+    }
+    assert!(fields > 3000, "{fields} length fields");
+}
+
+enum Huge {
+    Max,
+    Negative,
+}
+
+/// `bytes` with the length at `at` replaced by the largest (or a negative
+/// non-null) value of its encoding.
+fn with_length(bytes: &[u8], at: usize, kind: LengthKind, huge: Huge) -> Vec<u8> {
+    let (old, new): (usize, &[u8]) = match (kind, huge) {
+        (LengthKind::Varint, _) => (varint_len(&bytes[at..]), &[0xff, 0xff, 0xff, 0xff, 0x0f]),
+        (LengthKind::I32, Huge::Max) => (4, &[0x7f, 0xff, 0xff, 0xff]),
+        (LengthKind::I32, Huge::Negative) => (4, &[0xff, 0xff, 0xff, 0xfe]),
+        (LengthKind::I16, Huge::Max) => (2, &[0x7f, 0xff]),
+        (LengthKind::I16, Huge::Negative) => (2, &[0xff, 0xfe]),
+    };
+    let mut b = bytes[..at].to_vec();
+    b.extend_from_slice(new);
+    b.extend_from_slice(&bytes[at + old..]);
+    b
+}
+
+/// A body already encoded.
+struct RawBody(Bytes);
+
+impl Encodable for RawBody {
+    fn encode<B: kafka_protocol::protocol::buf::ByteBufMut>(
+        &self,
+        buf: &mut B,
+        _version: i16,
+    ) -> anyhow::Result<()> {
+        buf.put_slice(&self.0);
+        Ok(())
+    }
+    fn compute_size(&self, _version: i16) -> anyhow::Result<usize> {
+        Ok(self.0.len())
+    }
+}
+
+fn varint_len(b: &[u8]) -> usize {
+    b.iter()
+        .take(5)
+        .position(|&x| x < 0x80)
+        .map_or(5, |p| p + 1)
 }
