@@ -244,3 +244,109 @@ fn varint_len(b: &[u8]) -> usize {
         .position(|&x| x < 0x80)
         .map_or(5, |p| p + 1)
 }
+
+/// Prints what `check` adds to decoding on the produce path (and for a
+/// Metadata request naming many topics): ns per frame for the codec's
+/// decode alone and for check + decode, best of several rounds. Asserts
+/// only that both agree. `SLUICE_MEASURE_ITERATIONS` sets the rounds'
+/// length (small by default, so `cargo test` stays quick); measure with
+/// `SLUICE_MEASURE_ITERATIONS=20000 cargo test --release -p sluice --bin
+/// sluice measure_check_cost -- --nocapture`.
+#[test]
+fn measure_check_cost() {
+    use kafka_protocol::protocol::Decodable;
+    let iterations: u32 = std::env::var("SLUICE_MEASURE_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let batch = Bytes::from(vec![7u8; 16 << 10]);
+    let one = ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name("bench"))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch.clone()))])]);
+    let parts: Vec<PartitionProduceData> = (0..1000)
+        .map(|i| {
+            PartitionProduceData::default()
+                .with_index(i)
+                .with_records(Some(batch.slice(..100)))
+        })
+        .collect();
+    let many = ProduceRequest::default()
+        .with_acks(-1)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(name("bench"))
+            .with_partition_data(parts)]);
+    let topics: Vec<MetadataRequestTopic> = (0..1000)
+        .map(|i| {
+            MetadataRequestTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_string(format!("topic-{i}")))))
+        })
+        .collect();
+    let metadata = MetadataRequest::default().with_topics(Some(topics));
+    let cases: [(&str, ApiKey, i16, Bytes); 5] = [
+        (
+            "produce v7, 1 partition, 16 KiB",
+            ApiKey::Produce,
+            7,
+            frame(ApiKey::Produce, 7, &one),
+        ),
+        (
+            "produce v9, 1 partition, 16 KiB",
+            ApiKey::Produce,
+            9,
+            frame(ApiKey::Produce, 9, &one),
+        ),
+        (
+            "produce v7, 1000 partitions",
+            ApiKey::Produce,
+            7,
+            frame(ApiKey::Produce, 7, &many),
+        ),
+        (
+            "produce v9, 1000 partitions",
+            ApiKey::Produce,
+            9,
+            frame(ApiKey::Produce, 9, &many),
+        ),
+        (
+            "metadata v12, 1000 topics",
+            ApiKey::Metadata,
+            12,
+            frame(ApiKey::Metadata, 12, &metadata),
+        ),
+    ];
+    for (what, key, version, bytes) in cases {
+        let decode = |checked: bool| {
+            let mut b = bytes.clone();
+            if checked {
+                check(key, version, &b).expect("passes");
+            }
+            RequestHeader::decode(&mut b, key.request_header_version(version)).expect("header");
+            match key {
+                ApiKey::Produce => ProduceRequest::decode(&mut b, version).map(|_| ()),
+                _ => MetadataRequest::decode(&mut b, version).map(|_| ()),
+            }
+            .expect("decodes");
+            assert!(b.is_empty());
+        };
+        let best = |checked: bool| {
+            (0..5)
+                .map(|_| {
+                    let start = std::time::Instant::now();
+                    for _ in 0..iterations {
+                        decode(checked);
+                    }
+                    start.elapsed().as_nanos() as f64 / f64::from(iterations)
+                })
+                .fold(f64::MAX, f64::min)
+        };
+        let (plain, checked) = (best(false), best(true));
+        eprintln!(
+            "{what}: decode {plain:.0} ns, check + decode {checked:.0} ns ({:.3}x)",
+            checked / plain
+        );
+    }
+}
