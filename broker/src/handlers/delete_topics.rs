@@ -1,4 +1,4 @@
-//! DeleteTopics (key 20): one metadata entry per topic. v0-5 name topics
+//! DeleteTopics (key 20): one metadata entry per existing topic. v0-5 name topics
 //! in `topic_names`; v6 in `topics`, by name or by id.
 
 use futures::future::join_all;
@@ -6,6 +6,8 @@ use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 
 use super::{str_bytes, topic_name, topic_uuid, Ctx};
+use sluice_raft::MetaError;
+
 use crate::errors::{codes, meta_error_code};
 
 pub async fn handle(req: DeleteTopicsRequest, version: i16, ctx: &Ctx) -> DeleteTopicsResponse {
@@ -50,6 +52,15 @@ async fn delete_one(target: Target, ctx: &Ctx) -> DeletableTopicResult {
         },
     };
     r.name = Some(topic_name(&name));
+    // A name the view does not hold costs no metadata entry (a request
+    // naming thousands of unknown topics is answered at once); one
+    // deleted concurrently is refused by the entry itself.
+    if ctx.topic(&name).is_none() {
+        let e = MetaError::UnknownTopic(name);
+        r.error_code = meta_error_code(&e);
+        r.error_message = Some(str_bytes(e.to_string()));
+        return r;
+    }
     match ctx.meta.delete_topic(&name).await {
         Ok(topic) => {
             r.topic_id = topic_uuid(&topic);
