@@ -493,3 +493,93 @@ pub fn metric_sum(b: &Broker, name: &str) -> Option<u64> {
         .collect();
     (!samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
 }
+
+// ---------------------------------------------------------------- process and limits
+
+impl Broker {
+    /// The broker's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the broker process is still running (not exited: an exited
+    /// child stays a zombie until reaped, so its state is read, not just
+    /// its presence).
+    pub fn alive(&self) -> bool {
+        let Some(pid) = self.pid() else {
+            return false;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next());
+        matches!(state, Some(s) if s != 'Z' && s != 'X')
+    }
+
+    /// The broker's resident set size (`VmRSS` of `/proc/PID/status`), bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.pid().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .expect("VmRSS")
+    }
+}
+
+/// The `/metrics` samples of family `name` whose labels contain `label`
+/// (`key="value"`), as values.
+pub fn metric_samples_where(b: &Broker, name: &str, label: &str) -> Vec<f64> {
+    let text = http_get(b, "/metrics");
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter(|rest| {
+            rest.split_once('}')
+                .is_some_and(|(labels, _)| labels.contains(label))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect()
+}
+
+/// The sum of the samples of `name` whose labels contain `label`.
+pub fn metric_sum_where(b: &Broker, name: &str, label: &str) -> Option<u64> {
+    let samples = metric_samples_where(b, name, label);
+    (!samples.is_empty()).then(|| samples.iter().sum::<f64>() as u64)
+}
+
+/// The smallest sample of `name` whose labels contain `label` (e.g. the
+/// smallest shard's pool).
+pub fn metric_min_where(b: &Broker, name: &str, label: &str) -> Option<u64> {
+    let samples = metric_samples_where(b, name, label);
+    samples.into_iter().reduce(f64::min).map(|v| v as u64)
+}
+
+/// Raises this process's open-file limit to at least `wanted` (within the
+/// hard limit), so tests can hold thousands of sockets; the broker it
+/// spawns afterwards inherits it. Panics when the hard limit is lower.
+pub fn raise_fd_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    assert!(
+        limit.rlim_max >= wanted as libc::rlim_t,
+        "RLIMIT_NOFILE hard limit {} is below {wanted}",
+        limit.rlim_max
+    );
+    if limit.rlim_cur < wanted as libc::rlim_t {
+        limit.rlim_cur = wanted as libc::rlim_t;
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+    }
+}
