@@ -41,6 +41,8 @@ mod probe;
 mod server;
 mod topic_config;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod wire_tests;
 
 use clap::{CommandFactory, FromArgMatches};
