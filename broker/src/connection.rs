@@ -91,6 +91,8 @@ pub enum Close {
     /// No request memory within `MEMORY_WAIT` (or `POOL_WAITERS_MAX`
     /// connections wait already).
     NoMemory,
+    /// The peer closed while a request ran: its replies are dropped.
+    PeerGone,
 }
 
 /// The counters a close is counted in: (bad requests or timeouts, reason).
@@ -167,9 +169,11 @@ impl Close {
             Close::FrameTimeout => T(TimedOut::PartialFrame),
             Close::WriteTimeout => T(TimedOut::ReplyWrite),
             Close::NoMemory => T(TimedOut::MemoryWait),
-            Close::Truncated | Close::Encode(_) | Close::Io(_) | Close::SilentProduceFailed(_) => {
-                return None
-            }
+            Close::Truncated
+            | Close::Encode(_)
+            | Close::Io(_)
+            | Close::SilentProduceFailed(_)
+            | Close::PeerGone => return None,
         })
     }
 }
@@ -253,6 +257,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // The write side ends on a write error or once the read side ended
     // (it drops the queue's sender) and every earlier reply was written.
     let (read_end, write_end) = match select(read_side, write_side).await {
+        // Nobody reads the replies: the requests in flight are dropped
+        // (a long poll does not hold the connection for its whole wait).
+        Either::Left((Err(Close::PeerGone), _)) => (Err(Close::PeerGone), Ok(())),
         Either::Left((read_end, write_side)) => (read_end, write_side.await),
         Either::Right((write_end, _)) => (Ok(()), write_end),
     };
@@ -271,8 +278,9 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
     limits: &ConnLimits,
     ctx: &'a Ctx,
 ) -> Result<(), Close> {
+    let mut ahead = Ahead::default();
     loop {
-        let Some((frame, held)) = read_frame(reader, limits, ctx).await? else {
+        let Some((frame, held)) = read_frame(reader, limits, ctx, &mut ahead).await? else {
             return Ok(());
         };
         let (started, decoded) = start_frame(frame, ctx).await?;
@@ -290,10 +298,37 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
             return Ok(()); // The write side is gone.
         }
         if let Some(barrier) = barrier {
-            if barrier.await.is_err() {
+            if !barrier_ran(reader, barrier, &mut ahead).await? {
                 return Ok(());
             }
         }
+    }
+}
+
+/// Bytes of the next size prefix, read while a barrier ran.
+#[derive(Default)]
+struct Ahead {
+    bytes: [u8; 4],
+    len: usize,
+}
+
+/// Waits for a barrier request to run (false: the write side is gone)
+/// while watching the socket: the peer closing ends the connection at once
+/// (`PeerGone`), and the first bytes of a next frame are kept in `ahead`.
+async fn barrier_ran<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    mut barrier: oneshot::Receiver<()>,
+    ahead: &mut Ahead,
+) -> Result<bool, Close> {
+    let mut bytes = [0u8; 4];
+    match select(&mut barrier, reader.read(&mut bytes)).await {
+        Either::Left((ran, _)) => Ok(ran.is_ok()),
+        Either::Right((Ok(0), _)) => Err(Close::PeerGone),
+        Either::Right((Ok(len), _)) => {
+            *ahead = Ahead { bytes, len };
+            Ok(barrier.await.is_ok())
+        }
+        Either::Right((Err(e), _)) => Err(Close::Io(e)),
     }
 }
 
@@ -347,6 +382,7 @@ fn closed(peer: &str, close: Close) {
         // A peer going away mid-stream is ordinary.
         Close::Io(e) => tracing::debug!(peer, error = %e, "connection closed"),
         Close::Truncated => tracing::debug!(peer, "connection closed inside a frame"),
+        Close::PeerGone => tracing::debug!(peer, "connection closed with a request in flight"),
         Close::SilentProduceFailed(code) => {
             tracing::debug!(
                 peer,
@@ -387,13 +423,17 @@ async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &ConnLimits,
     ctx: &Ctx,
+    ahead: &mut Ahead,
 ) -> Result<Option<(Bytes, RequestBuffer)>, Close> {
-    let mut size = [0u8; 4];
-    let got = match stream.read(&mut size).await {
-        Ok(0) => return Ok(None),
-        Ok(n) => n,
-        Err(e) => return Err(Close::Io(e)),
-    };
+    let mut size = ahead.bytes;
+    let mut got = std::mem::take(&mut ahead.len);
+    if got == 0 {
+        got = match stream.read(&mut size).await {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) => return Err(Close::Io(e)),
+        };
+    }
     read_exact_within(stream, &mut size[got..], limits, ctx).await?;
     let size = i32::from_be_bytes(size);
     if size < FRAME_BYTES_MIN as i32

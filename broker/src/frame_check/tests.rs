@@ -97,7 +97,7 @@ fn huge_compact_count_and_negative_lengths_are_refused() {
 }
 
 #[test]
-fn truncation_and_trailing_bytes_are_refused() {
+fn truncation_is_refused_and_trailing_bytes_ignored() {
     let bytes = frame(ApiKey::Produce, 7, &produce());
     assert!(check(ApiKey::Produce, 7, &bytes).is_ok());
     for len in 0..bytes.len() {
@@ -106,12 +106,11 @@ fn truncation_and_trailing_bytes_are_refused() {
             "len {len}"
         );
     }
+    // Bytes after the request are ignored (as by the codec and Kafka).
     let mut longer = bytes.to_vec();
-    longer.push(0);
-    assert_eq!(
-        check(ApiKey::Produce, 7, &longer).unwrap_err().what,
-        Problem::Trailing(1)
-    );
+    longer.extend_from_slice(&[1, 0, 0]);
+    let checked = check(ApiKey::Produce, 7, &longer).unwrap();
+    assert_eq!(checked.header_bytes + checked.body_bytes, bytes.len());
 }
 
 #[test]
@@ -179,7 +178,8 @@ fn every_sample_passes_and_every_length_set_huge_is_refused() {
         let bytes = frame(key, version, &RawBody(body.clone()));
         let what = format!("{key:?} v{version} variant {variant}");
         let checked = check(key, version, &bytes).unwrap_or_else(|r| panic!("{what}: {r}"));
-        assert_eq!(bytes.len() - checked.header_bytes, body.len(), "{what}");
+        assert_eq!(checked.body_bytes, body.len(), "{what}");
+        assert_eq!(checked.header_bytes + body.len(), bytes.len(), "{what}");
         let lengths = length_fields(key, version, &bytes);
         fields += lengths.len();
         for (at, kind) in lengths {
