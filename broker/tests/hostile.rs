@@ -1342,3 +1342,75 @@ fn record_batches_whose_counts_lie_are_refused_and_not_stored() {
         assert!(b.alive());
     });
 }
+
+/// Clients that park a long-poll Fetch (50 s) and then close their socket
+/// do not hold their connection, nor the shard's waiter, for the rest of
+/// the wait: both are gone within seconds.
+#[test]
+fn a_long_poll_ends_with_its_client() {
+    const CLIENTS: usize = 20;
+    const PARKED_TOPIC: &str = "parked";
+    with_shared(|b| {
+        if !topic_exists(b, PARKED_TOPIC) {
+            create_topic(b, PARKED_TOPIC, 1);
+        }
+        let idle_connections = connections(b);
+        let idle_waiters = metric_sum(b, FETCH_WAITERS).unwrap_or(0);
+        let mut req = fetch_request(PARKED_TOPIC, 0..1);
+        req.max_wait_ms = 50_000;
+        let socks: Vec<TcpStream> = (0..CLIENTS)
+            .map(|i| {
+                let mut s = connect(b);
+                let frame = request_frame(ApiKey::Fetch, 12, i as i32, &req);
+                s.write_all(&frame).expect("send fetch");
+                s
+            })
+            .collect();
+        let parked = wait_for(
+            Duration::from_secs(10),
+            || metric_sum(b, FETCH_WAITERS).unwrap_or(0),
+            |w| w >= idle_waiters + CLIENTS as u64,
+        );
+        assert!(
+            parked >= idle_waiters + CLIENTS as u64,
+            "parked fetches: {parked}"
+        );
+        let closed_at = Instant::now();
+        drop(socks);
+        let waiters = wait_for(
+            Duration::from_secs(10),
+            || metric_sum(b, FETCH_WAITERS).unwrap_or(0),
+            |w| w <= idle_waiters,
+        );
+        let open = wait_for(
+            Duration::from_secs(10),
+            || connections(b),
+            |c| c <= idle_connections,
+        );
+        eprintln!(
+            "long polls released {:?} after their clients closed",
+            closed_at.elapsed()
+        );
+        assert_eq!(
+            waiters, idle_waiters,
+            "fetch waiters after the clients closed"
+        );
+        assert_eq!(
+            open, idle_connections,
+            "connections after the clients closed"
+        );
+        assert!(b.alive());
+    });
+}
+
+const FETCH_WAITERS: &str = "sluice_shard_fetch_waiters";
+
+fn topic_exists(b: &Broker, topic: &str) -> bool {
+    let mut s = connect(b);
+    let mut t = MetadataRequestTopic::default();
+    t.name = Some(name(topic));
+    let mut req = MetadataRequest::default();
+    req.topics = Some(vec![t]);
+    let resp: MetadataResponse = call(&mut s, ApiKey::Metadata, 4, &req);
+    resp.topics.first().is_some_and(|t| t.error_code == 0)
+}

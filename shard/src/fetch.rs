@@ -109,7 +109,11 @@ impl Engine {
             seq,
         };
         let local_slot = WaitSlot::new();
-        let mut remaining: BTreeSet<u32> = groups.keys().copied().collect();
+        let mut remaining = CancelOnDrop {
+            engine: self,
+            key,
+            owners: groups.keys().copied().collect(),
+        };
         let mut pending = FuturesUnordered::new();
         for (owner, (idx, partitions)) in groups {
             let sub = OwnerFetch {
@@ -124,7 +128,7 @@ impl Engine {
         let (mut bytes, mut cancelled) = (0u64, false);
         let mut held: Option<Reservation> = None;
         while let Some((owner, idx, (results, memory))) = pending.next().await {
-            remaining.remove(&owner);
+            remaining.owners.remove(&owner);
             let got = results
                 .iter()
                 .map(FetchPartitionResult::records_bytes)
@@ -140,9 +144,13 @@ impl Engine {
             for (i, r) in idx.into_iter().zip(results) {
                 out[i] = Some(r);
             }
-            if !cancelled && !remaining.is_empty() && (bytes >= u64::from(req.min_bytes) || error) {
+            if !cancelled
+                && !remaining.owners.is_empty()
+                && (bytes >= u64::from(req.min_bytes) || error)
+            {
                 cancelled = true;
-                self.cancel_fetch(key, &local_slot, &remaining).await;
+                let owners = std::mem::take(&mut remaining.owners);
+                self.cancel_fetch(key, &local_slot, &owners).await;
             }
         }
         let missing = || {
@@ -196,7 +204,30 @@ impl Engine {
         };
         (results, None)
     }
+}
 
+/// The owners of a fetch that have not answered yet. A fetch dropped
+/// before they did (its client went away) cancels their waits: a remote
+/// long poll must not outlive its request. The cancel is sent only if the
+/// owner's inbox has room; otherwise the wait ends at its deadline.
+struct CancelOnDrop<'a> {
+    engine: &'a Engine,
+    key: FetchKey,
+    owners: BTreeSet<u32>,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        let Some(peers) = &self.engine.peers else {
+            return;
+        };
+        for &owner in self.owners.iter().filter(|&&o| o != self.engine.id()) {
+            peers.try_send(owner, ShardMsg::CancelFetch { key: self.key });
+        }
+    }
+}
+
+impl Engine {
     async fn cancel_fetch(&self, key: FetchKey, local_slot: &Rc<WaitSlot>, owners: &BTreeSet<u32>) {
         for &owner in owners {
             if owner == self.id() {

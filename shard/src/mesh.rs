@@ -178,6 +178,25 @@ impl Peers {
         self.hellos.get() + 1 >= self.shards
     }
 
+    /// Sends `msg` to `shard` if its channel has room; false otherwise
+    /// (for callers that cannot wait, such as a drop).
+    pub fn try_send(&self, shard: u32, msg: ShardMsg) -> bool {
+        let peer = self
+            .peer_of_shard
+            .borrow()
+            .get(shard as usize)
+            .copied()
+            .flatten();
+        let Some(peer) = peer else {
+            return false;
+        };
+        let sent = self.senders.try_send_to(peer, msg).is_ok();
+        if sent {
+            self.sent.set(self.sent.get() + 1);
+        }
+        sent
+    }
+
     /// Sends `msg` to `shard`, waiting while its channel is full.
     pub async fn send(&self, shard: u32, msg: ShardMsg) -> Result<(), ShardError> {
         let peer = self

@@ -350,3 +350,15 @@ fn measure_check_cost() {
         );
     }
 }
+
+/// librdkafka 2.12's all-topics Metadata v12 request, as captured: three
+/// bytes follow the body, which Kafka ignores; so does the check.
+#[test]
+fn librdkafka_metadata_v12_with_trailing_bytes_passes() {
+    let mut frame = vec![0x00, 0x03, 0x00, 0x0c, 0x00, 0x00, 0x00, 0x04, 0x00, 0x11];
+    frame.extend_from_slice(b"corpus-librdkafka");
+    frame.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00]);
+    let checked = check(ApiKey::Metadata, 12, &frame).unwrap();
+    assert_eq!(checked.header_bytes, 28);
+    assert_eq!(checked.body_bytes, 4);
+}
