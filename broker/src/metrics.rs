@@ -163,6 +163,28 @@ fn counters(
     family(enc, name, help, samples)
 }
 
+/// A counter family labelled by shard and reason.
+fn reason_counters(
+    enc: &mut DescriptorEncoder,
+    shards: &[ShardProbe],
+    name: &str,
+    help: &str,
+    by_reason: impl Fn(&ShardProbe) -> &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let by_reason = &by_reason;
+    let samples = shards
+        .iter()
+        .flat_map(|p| {
+            by_reason(p).iter().map(move |(reason, n)| {
+                let mut l = shard_label(p);
+                l.push(("reason", reason.to_string()));
+                (l, ConstCounter::new(*n))
+            })
+        })
+        .collect();
+    family(enc, name, help, samples)
+}
+
 /// An hdrhistogram exported with fixed buckets; values scaled by `scale`
 /// (1e-6 turns microseconds into seconds).
 struct HdrMetric<'a> {
@@ -413,37 +435,19 @@ impl Snapshot {
             "Connections closed at accept for --connections-per-shard-max.",
             |p| p.connections_refused,
         )?;
-        let rejected = s
-            .iter()
-            .flat_map(|p| {
-                p.requests_rejected.iter().map(move |(r, n)| {
-                    let mut l = shard_label(p);
-                    l.push(("reason", r.label().to_string()));
-                    (l, ConstCounter::new(*n))
-                })
-            })
-            .collect();
-        family(
+        reason_counters(
             enc,
+            s,
             "shard_requests_rejected",
             "Requests refused by closing their connection (bad frame size, unknown API, unsupported version, malformed, decoded arrays larger than the request-buffer pool).",
-            rejected,
+            |p| &p.requests_rejected,
         )?;
-        let timed_out = s
-            .iter()
-            .flat_map(|p| {
-                p.connections_timed_out.iter().map(move |(t, n)| {
-                    let mut l = shard_label(p);
-                    l.push(("reason", t.label().to_string()));
-                    (l, ConstCounter::new(*n))
-                })
-            })
-            .collect();
-        family(
+        reason_counters(
             enc,
+            s,
             "shard_connections_timed_out",
             "Connections closed for a deadline: a partial frame past --frame-read-timeout-ms, a reply not read, a memory wait.",
-            timed_out,
+            |p| &p.connections_timed_out,
         )?;
         counters(
             enc,
@@ -654,7 +658,7 @@ fn shard_json(p: &ShardProbe, view: &MetadataView) -> Value {
         "index_entries": s.index_entries,
         "connections": p.connections,
         "connections_refused": p.connections_refused,
-        "requests_rejected": p.requests_rejected.iter().map(|(r, n)| (r.label().to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        "requests_rejected": p.requests_rejected.iter().map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "tasks": s.tasks,
         "produce_tasks": s.produce_tasks,
         "fetch_waiters": s.waiters.waiting,

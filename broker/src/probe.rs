@@ -31,9 +31,9 @@ pub struct ShardProbe {
     /// Connections closed at accept for `--connections-per-shard-max`.
     pub connections_refused: u64,
     /// Requests refused by closing their connection, by reason.
-    pub requests_rejected: Vec<(Rejected, u64)>,
+    pub requests_rejected: Vec<(&'static str, u64)>,
     /// Connections closed for a deadline, by reason.
-    pub connections_timed_out: Vec<(TimedOut, u64)>,
+    pub connections_timed_out: Vec<(&'static str, u64)>,
 }
 
 /// A request for one snapshot.
@@ -74,11 +74,11 @@ impl ProbeServer {
                 connections_refused: connections.refused(),
                 requests_rejected: Rejected::ALL
                     .iter()
-                    .map(|&r| (r, connections.closes.rejected(r)))
+                    .map(|&r| (r.label(), connections.closes.rejected(r)))
                     .collect(),
                 connections_timed_out: TimedOut::ALL
                     .iter()
-                    .map(|&t| (t, connections.closes.timed_out(t)))
+                    .map(|&t| (t.label(), connections.closes.timed_out(t)))
                     .collect(),
             };
             // The scrape may have timed out and gone; nothing to do then.

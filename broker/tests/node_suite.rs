@@ -12,15 +12,13 @@ use std::time::Duration;
 
 use common::*;
 
-/// `npm ci` of one small package; generous for a slow registry.
-const NPM_CI_MAX: Duration = Duration::from_secs(300);
 /// The whole node suite; each of its tests has its own, smaller bound.
 const NODE_SUITE_MAX: Duration = Duration::from_secs(300);
 
 #[test]
 fn kafkajs_suite() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
-    ensure_node_modules(dir);
+    ensure_node_modules();
     // A new consumer group starts at once instead of waiting for members.
     let b = Broker::start_with(1, &["--group-initial-rebalance-delay-ms", "0"]);
     let no_auto = Broker::start_with(1, &["--auto-create-topics", "false"]);
@@ -47,29 +45,4 @@ fn kafkajs_suite() {
         "no test ran:\n{stdout}"
     );
     assert!(stdout.contains("\n# fail 0\n"), "{stdout}");
-}
-
-/// Runs `npm ci` when kafkajs is not installed, so `cargo test` alone runs
-/// this suite on a fresh machine.
-fn ensure_node_modules(dir: &str) {
-    if Path::new(dir)
-        .join("node_modules/kafkajs/package.json")
-        .exists()
-    {
-        return;
-    }
-    let out = run_bounded(
-        Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(dir),
-        None,
-        NPM_CI_MAX,
-    );
-    assert!(
-        out.status.success(),
-        "npm ci in {dir} failed ({}); node and npm must be installed:\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -3,12 +3,14 @@
 //! Needs python3 with the packages of `tests/python/requirements.txt`
 //! (`.ci/run` installs them).
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn kafka_python_suite() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python");
-    ensure_requirements(dir);
+    common::ensure_python_requirements();
     let out = Command::new("python3")
         .args([
             "-m",
@@ -31,33 +33,4 @@ fn kafka_python_suite() {
         out.status
     );
     assert!(stdout.contains(" passed"), "no test ran:\n{stdout}");
-}
-
-/// Installs `requirements.txt` with pip when kafka-python or pytest is
-/// missing, so `cargo test` alone runs this suite on a fresh machine.
-fn ensure_requirements(dir: &str) {
-    let present = Command::new("python3")
-        .args(["-c", "import kafka, pytest"])
-        .status()
-        .expect("python3 must be installed")
-        .success();
-    if present {
-        return;
-    }
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "-r",
-        ])
-        .arg(format!("{dir}/requirements.txt"))
-        .status()
-        .expect("python3 -m pip");
-    assert!(
-        status.success(),
-        "pip install -r {dir}/requirements.txt failed"
-    );
 }

@@ -178,16 +178,19 @@ impl Peers {
         self.hellos.get() + 1 >= self.shards
     }
 
-    /// Sends `msg` to `shard` if its channel has room; false otherwise
-    /// (for callers that cannot wait, such as a drop).
-    pub fn try_send(&self, shard: u32, msg: ShardMsg) -> bool {
-        let peer = self
-            .peer_of_shard
+    /// The mesh peer index of `shard`, once it said hello.
+    fn peer(&self, shard: u32) -> Option<usize> {
+        self.peer_of_shard
             .borrow()
             .get(shard as usize)
             .copied()
-            .flatten();
-        let Some(peer) = peer else {
+            .flatten()
+    }
+
+    /// Sends `msg` to `shard` if its channel has room; false otherwise
+    /// (for callers that cannot wait, such as a drop).
+    pub fn try_send(&self, shard: u32, msg: ShardMsg) -> bool {
+        let Some(peer) = self.peer(shard) else {
             return false;
         };
         let sent = self.senders.try_send_to(peer, msg).is_ok();
@@ -199,13 +202,7 @@ impl Peers {
 
     /// Sends `msg` to `shard`, waiting while its channel is full.
     pub async fn send(&self, shard: u32, msg: ShardMsg) -> Result<(), ShardError> {
-        let peer = self
-            .peer_of_shard
-            .borrow()
-            .get(shard as usize)
-            .copied()
-            .flatten();
-        let Some(peer) = peer else {
+        let Some(peer) = self.peer(shard) else {
             return Err(ShardError::Storage(format!(
                 "shard {shard} is not in the mesh"
             )));

@@ -673,11 +673,11 @@ impl Broker {
     }
 }
 
-/// Installs `tests/python/requirements.txt` with pip when kafka-python is
-/// missing (as `python_suite.rs` does).
+/// Installs `tests/python/requirements.txt` with pip when kafka-python or
+/// pytest is missing, so `cargo test` alone runs on a fresh machine.
 pub fn ensure_python_requirements() {
     let present = Command::new("python3")
-        .args(["-c", "import kafka"])
+        .args(["-c", "import kafka, pytest"])
         .status()
         .expect("python3 must be installed")
         .success();
@@ -701,8 +701,9 @@ pub fn ensure_python_requirements() {
     assert!(out.status.success(), "pip install -r {req} failed");
 }
 
-/// Runs `npm ci` in `tests/node` when kafkajs is not installed (as
-/// `node_suite.rs` does); returns its `node_modules` directory.
+/// Runs `npm ci` in `tests/node` (the pinned kafkajs of its
+/// `package-lock.json`) when kafkajs is not installed; returns its
+/// `node_modules` directory.
 pub fn ensure_node_modules() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
     let modules = dir.join("node_modules");
