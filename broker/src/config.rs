@@ -200,12 +200,12 @@ pub struct StartArgs {
     )]
     pub connections_per_shard_max: u32,
 
-    /// Time a request frame may take to arrive once its first byte came (its size prefix, and then its body once its memory is reserved); a connection that holds a partial frame longer is closed.
+    /// Time a request frame may take to arrive once its first byte came (its size prefix, and then its body once its memory is reserved); a connection that holds a partial frame longer is closed. Below the 15 s others may wait for request memory, so one slow sender cannot make them give up.
     #[arg(
         long,
         env = "SLUICE_FRAME_READ_TIMEOUT_MS",
         value_name = "MS",
-        default_value = "30000"
+        default_value = "10000"
     )]
     pub frame_read_timeout_ms: u64,
 }

@@ -61,6 +61,11 @@ const FRAME_BYTES_MIN: usize = 8;
 /// Decoding a request whose arrays take less than this is not charged
 /// to the request-buffer pool (beside its frame).
 const DECODED_CHARGE_BYTES_MIN: u64 = 4 << 10;
+/// Decoded arrays up to this many times their frame's size are charged at
+/// once (past the pool's limit if need be), as real requests need (a
+/// Metadata v1-8 topic of a 7-character name: 9 bytes on the wire, 72
+/// decoded); larger ratios (arrays of empty elements) wait for the pool.
+const DECODED_PER_FRAME_BYTE_FORCED_MAX: u64 = 8;
 /// Requests of one connection read and not yet answered (the reply queue
 /// between its read and write sides); a full queue stops the reading.
 /// Above librdkafka's default of 5 requests in flight per connection times
@@ -313,8 +318,11 @@ struct Ahead {
 }
 
 /// Waits for a barrier request to run (false: the write side is gone)
-/// while watching the socket: the peer closing ends the connection at once
-/// (`PeerGone`), and the first bytes of a next frame are kept in `ahead`.
+/// while watching the socket: the peer closing (or resetting) ends the
+/// connection at once (`PeerGone`: every reply still due is dropped, as
+/// Kafka drops the responses of a closed channel; a peer that half-closes
+/// while only Produces are in flight still gets their replies), and the
+/// first bytes of a next frame are kept in `ahead`.
 async fn barrier_ran<R: AsyncRead + Unpin>(
     reader: &mut R,
     mut barrier: oneshot::Receiver<()>,
@@ -328,7 +336,8 @@ async fn barrier_ran<R: AsyncRead + Unpin>(
             *ahead = Ahead { bytes, len };
             Ok(barrier.await.is_ok())
         }
-        Either::Right((Err(e), _)) => Err(Close::Io(e)),
+        // A reset peer is gone too.
+        Either::Right((Err(_), _)) => Err(Close::PeerGone),
     }
 }
 
@@ -510,7 +519,7 @@ async fn start_frame(
     }
     let checked =
         frame_check::check(key, version, &frame).map_err(|r| Close::Malformed(key, version, r))?;
-    let decoded = reserve_decoded(key, checked.decoded_bytes, ctx).await?;
+    let decoded = reserve_decoded(key, frame.len() as u64, checked.decoded_bytes, ctx).await?;
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(|e| Close::Decode(format!("header: {e:#}")))?;
     let correlation_id = header.correlation_id;
@@ -545,17 +554,26 @@ async fn start_frame(
 }
 
 /// Reserves what decoding a checked frame takes (its arrays) from the
-/// request-buffer pool, beside the frame; small requests are not charged.
+/// request-buffer pool, beside the frame's own `frame_bytes`; small
+/// requests are not charged. Up to `DECODED_PER_FRAME_BYTE_FORCED_MAX`
+/// times the frame it is charged at once: waiting in the pool's queue
+/// while holding the frame could wait for bytes only this request holds,
+/// and hold up every connection behind it. Frame and arrays together must
+/// fit the pool.
 async fn reserve_decoded(
     key: ApiKey,
+    frame_bytes: u64,
     decoded_bytes: u64,
     ctx: &Ctx,
 ) -> Result<Option<RequestBuffer>, Close> {
     if decoded_bytes < DECODED_CHARGE_BYTES_MIN {
         return Ok(None);
     }
-    if decoded_bytes > ctx.shard.request_bytes_max() {
+    if frame_bytes + decoded_bytes > ctx.shard.request_bytes_max() {
         return Err(Close::DecodedTooLarge(key, decoded_bytes));
+    }
+    if decoded_bytes <= frame_bytes * DECODED_PER_FRAME_BYTE_FORCED_MAX {
+        return Ok(Some(ctx.shard.reserve_request_forced(decoded_bytes)));
     }
     match ctx.shard.reserve_request(decoded_bytes).await {
         Some(held) => Ok(Some(held)),

@@ -1414,3 +1414,54 @@ fn topic_exists(b: &Broker, topic: &str) -> bool {
     let resp: MetadataResponse = call(&mut s, ApiKey::Metadata, 4, &req);
     resp.topics.first().is_some_and(|t| t.error_code == 0)
 }
+
+/// A Metadata v4 request of null topic names (2 bytes each on the wire,
+/// ~72 decoded) whose frame and decoded arrays together exceed the
+/// request-buffer pool is closed at once (`decoded_too_large`) rather than
+/// waiting for memory only it holds; a client meanwhile is not held up.
+#[test]
+fn a_frame_that_decodes_past_the_pool_is_refused_at_once() {
+    with_shared(|b| {
+        let mut w = Witness::open(b, WITNESS_TOPIC);
+        let pool = metric_min_where(b, POOL_LIMIT, REQUEST_BUFFERS).expect("pool limit");
+        let elem = std::mem::size_of::<MetadataRequestTopic>() as u64;
+        let n = pool / (elem + 2) + 1000;
+        let mut body = BytesMut::new();
+        body.put_i32(i32::try_from(n).expect("count"));
+        for _ in 0..n {
+            body.put_i16(-1);
+        }
+        body.put_u8(0); // allow_auto_topic_creation
+        let mut f = frame(
+            ApiKey::Metadata,
+            4,
+            "decoded-too-large",
+            &MetadataRequest::default(),
+        );
+        // The default request's body (empty array, allow_auto) is replaced.
+        f.truncate(f.len() - 5);
+        f.extend_from_slice(&body);
+        let size = i32::try_from(f.len() - 4).expect("size");
+        f[..4].copy_from_slice(&size.to_be_bytes());
+        let label = "reason=\"decoded_too_large\"";
+        let before = metric_sum_where(b, REJECTED, label).unwrap_or(0);
+        let started = Instant::now();
+        let mut s = connect(b);
+        s.write_all(&f).expect("write");
+        assert_closed(&mut s);
+        let closed_after = started.elapsed();
+        eprintln!(
+            "{} byte frame of {n} null names closed after {closed_after:?}",
+            f.len()
+        );
+        assert!(closed_after < Duration::from_secs(5), "{closed_after:?}");
+        let after = wait_for(
+            Duration::from_secs(5),
+            || metric_sum_where(b, REJECTED, label).unwrap_or(0),
+            |v| v > before,
+        );
+        assert_eq!(after, before + 1, "{REJECTED}{{{label}}}");
+        w.check(WITNESS_TOPIC, "after a frame that decodes past the pool");
+        assert!(b.alive());
+    });
+}

@@ -430,6 +430,19 @@ impl Shard {
         Some(RequestBuffer(r))
     }
 
+    /// Charges `bytes` to the request-buffer pool at once, past its limit
+    /// if need be (counted in its `over_bytes`): memory a request already
+    /// admitted takes to decode, which must not wait behind newcomers for
+    /// bytes the request itself holds. Later reservations wait until the
+    /// pool is back under its limit.
+    pub fn reserve_request_forced(&self, bytes: u64) -> RequestBuffer {
+        RequestBuffer(
+            self.core
+                .budget
+                .reserve_forced(budget::Pool::RequestBuffers, bytes),
+        )
+    }
+
     /// Resolves at `deadline`, through the shard's one deadline structure
     /// (no timer of its own while that has room).
     pub async fn sleep_until(&self, deadline: std::time::Instant) {

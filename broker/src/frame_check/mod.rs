@@ -32,8 +32,11 @@ use kafka_protocol::messages::ApiKey;
 
 use schema::{Field, Struct, Tagged, Ty};
 
-/// Bytes a decoded unknown tagged field costs (its map entry).
+/// Bytes a decoded unknown tagged field costs: its map entry, and for the
+/// first of a struct the map's first node (a `BTreeMap` leaf of 11
+/// entries, 408 bytes for `<i32, Bytes>`).
 const TAGGED_FIELD_DECODED_BYTES: u64 = 64;
+const TAGGED_MAP_DECODED_BYTES: u64 = 512;
 
 /// Why a frame was refused: what was wrong and where (bytes from the
 /// start of the frame, after its size prefix).
@@ -323,6 +326,7 @@ impl<'a> Cursor<'a> {
                 left: self.left(),
             }));
         }
+        let mut map_bytes = TAGGED_MAP_DECODED_BYTES;
         for _ in 0..count {
             let tag = self.uvarint()?;
             self.mark_length(true, false);
@@ -330,7 +334,8 @@ impl<'a> Cursor<'a> {
             match known.iter().find(|t| t.tag == tag) {
                 None => {
                     self.skip(size as usize)?;
-                    self.decoded_bytes += TAGGED_FIELD_DECODED_BYTES;
+                    self.decoded_bytes +=
+                        TAGGED_FIELD_DECODED_BYTES + std::mem::take(&mut map_bytes);
                 }
                 Some(t) if !carried(&t.field, version) => {
                     return Err(self.refuse(Problem::TagNotValid(tag)));
