@@ -361,23 +361,34 @@ async fn write_side<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Writes a reply within `REPLY_WRITE_TIMEOUT`. A write that completes at
-/// once (the common case) touches no deadline; one that blocks registers
-/// its deadline in the shard's deadline structure (no timer per connection).
+/// Writes a reply within `REPLY_WRITE_TIMEOUT`.
 async fn write_bounded<S: AsyncWrite + Unpin>(
     stream: &mut S,
     reply: &[u8],
     ctx: &Ctx,
 ) -> Result<(), Close> {
-    let mut write = pin!(write_reply(stream, reply));
-    if let std::task::Poll::Ready(r) = futures::poll!(write.as_mut()) {
-        return r.map_err(Close::Io);
+    let write = async { write_reply(stream, reply).await.map_err(Close::Io) };
+    within(write, REPLY_WRITE_TIMEOUT, Close::WriteTimeout, ctx).await
+}
+
+/// Runs `io` for at most `limit`, else fails with `expired`. I/O that
+/// completes at once (the common case) touches no deadline; I/O that
+/// blocks registers its deadline in the shard's deadline structure (no
+/// timer per connection).
+async fn within<F: Future<Output = Result<(), Close>>>(
+    io: F,
+    limit: Duration,
+    expired: Close,
+    ctx: &Ctx,
+) -> Result<(), Close> {
+    let mut io = pin!(io);
+    if let std::task::Poll::Ready(r) = futures::poll!(io.as_mut()) {
+        return r;
     }
-    let deadline = Instant::now() + REPLY_WRITE_TIMEOUT;
-    let sleep = pin!(ctx.shard.sleep_until(deadline));
-    match select(write, sleep).await {
-        Either::Left((r, _)) => r.map_err(Close::Io),
-        Either::Right(_) => Err(Close::WriteTimeout),
+    let sleep = pin!(ctx.shard.sleep_until(Instant::now() + limit));
+    match select(io, sleep).await {
+        Either::Left((r, _)) => r,
+        Either::Right(_) => Err(expired),
     }
 }
 
@@ -464,9 +475,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
     Ok(Some((Bytes::from(frame), held)))
 }
 
-/// Fills `buf` within `frame_read_timeout`. A read that completes at once
-/// touches no deadline; one that blocks registers its deadline in the
-/// shard's deadline structure (no timer per connection).
+/// Fills `buf` within `frame_read_timeout`.
 async fn read_exact_within<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut [u8],
@@ -476,16 +485,8 @@ async fn read_exact_within<S: AsyncRead + Unpin>(
     if buf.is_empty() {
         return Ok(());
     }
-    let mut read = pin!(read_exact(stream, buf));
-    if let std::task::Poll::Ready(r) = futures::poll!(read.as_mut()) {
-        return r;
-    }
-    let deadline = Instant::now() + limits.frame_read_timeout;
-    let sleep = pin!(ctx.shard.sleep_until(deadline));
-    match select(read, sleep).await {
-        Either::Left((r, _)) => r,
-        Either::Right(_) => Err(Close::FrameTimeout),
-    }
+    let read = read_exact(stream, buf);
+    within(read, limits.frame_read_timeout, Close::FrameTimeout, ctx).await
 }
 
 async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Result<(), Close> {

@@ -22,6 +22,8 @@
 //! run: `SLUICE_FUZZ_INPUTS=10000000 SLUICE_FUZZ_SECONDS=100000 cargo test
 //! --release -p sluice --bin sluice fuzz -- --nocapture`.
 
+#[path = "../tests/common/corpus.rs"]
+mod corpus;
 #[path = "../tests/common/mutate.rs"]
 mod mutate;
 
@@ -29,22 +31,19 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use clap::{CommandFactory, FromArgMatches};
 use futures::io::{AsyncRead, AsyncWrite};
 use futures::{FutureExt, StreamExt};
-use kafka_protocol::messages::{ApiKey, RequestHeader};
-use kafka_protocol::protocol::{Encodable, StrBytes};
+use kafka_protocol::messages::ApiKey;
 
-use crate::config::{Cli, Settings, StartArgs};
 use crate::connection::{self, Closes, ConnLimits, Rejected, TimedOut};
+use crate::frame_check::samples::RawBody;
 use crate::frame_check::{self, LengthKind};
-use crate::handlers::{Ctx, NodeInfo};
-use crate::plane::{self, Shard};
+use crate::handlers::Ctx;
+use crate::wire_tests;
 
 /// Inputs of a default run (`SLUICE_FUZZ_INPUTS`).
 const INPUTS_DEFAULT: u64 = 5_000_000;
@@ -66,23 +65,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn settings(dir: &Path) -> Settings {
-    let argv = [
-        "sluice",
-        "start",
-        "--shards",
-        "1",
-        "--memory",
-        "256MiB",
-        "--request-max-bytes",
-        "8MiB",
-        "--data-dir",
-        dir.to_str().expect("utf-8 path"),
-    ];
-    let matches = Cli::command().try_get_matches_from(argv).expect("args");
-    let (_, sub) = matches.subcommand().expect("start");
-    Settings::resolve(StartArgs::from_arg_matches(sub).expect("start args")).expect("settings")
-}
+/// `sluice start` arguments of the fuzzed shard (beside `--shards 1`).
+const SHARD_ARGS: &[&str] = &["--memory", "256MiB", "--request-max-bytes", "8MiB"];
 
 /// One client connection's stream: reads give `input`, writes are counted.
 struct Wire {
@@ -133,60 +117,24 @@ fn framed(body: &[u8]) -> Bytes {
 }
 
 /// A request frame (with its size prefix) around a sample body.
-fn sample_frame(key: ApiKey, version: i16, body: &[u8], correlation_id: i32) -> Bytes {
-    let mut header = RequestHeader::default();
-    header.request_api_key = key as i16;
-    header.request_api_version = version;
-    header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str("fuzz"));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .expect("header");
-    buf.put_slice(body);
-    framed(&buf)
-}
-
-/// Splits a recorded client stream into its frames (with size prefixes).
-fn split_frames(mut stream: &[u8]) -> Vec<Bytes> {
-    let mut frames = Vec::new();
-    while let Some(size) = stream
-        .get(..4)
-        .map(|b| i32::from_be_bytes(b.try_into().expect("4")))
-    {
-        let end = usize::try_from(size).map_or(usize::MAX, |s| s.saturating_add(4));
-        let Some(frame) = stream.get(..end) else {
-            break;
-        };
-        frames.push(Bytes::copy_from_slice(frame));
-        stream = &stream[end..];
-    }
-    frames
-}
-
-fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus")
+fn sample_frame(key: ApiKey, version: i16, body: Bytes, correlation_id: i32) -> Bytes {
+    framed(&wire_tests::frame(
+        key,
+        version,
+        correlation_id,
+        &RawBody(body),
+    ))
 }
 
 fn seeds() -> Vec<Seed> {
-    let mut seeds = Vec::new();
-    if let Ok(dir) = std::fs::read_dir(corpus_dir()) {
-        let mut files: Vec<PathBuf> = dir
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "bin"))
-            .collect();
-        files.sort();
-        for f in files {
-            let stream = std::fs::read(&f).expect("corpus file");
-            let frames = split_frames(&stream);
-            if !frames.is_empty() {
-                seeds.push(Seed { frames });
-            }
-        }
-    }
+    let mut seeds: Vec<Seed> = corpus::corpus_frames()
+        .into_iter()
+        .map(|(_, frames)| Seed { frames })
+        .filter(|s| !s.frames.is_empty())
+        .collect();
     for (i, (key, version, _, body)) in frame_check::samples::all().into_iter().enumerate() {
         seeds.push(Seed {
-            frames: vec![sample_frame(key, version, &body, i as i32)],
+            frames: vec![sample_frame(key, version, body, i as i32)],
         });
     }
     seeds
@@ -285,101 +233,63 @@ fn fuzz_request_path() {
     let seed: u64 = env_or("SLUICE_FUZZ_SEED", 1);
     let first: u64 = env_or("SLUICE_FUZZ_FIRST", 0);
     let concurrency: usize = env_or("SLUICE_FUZZ_CONCURRENCY", CONCURRENCY_DEFAULT).max(1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let settings = settings(dir.path());
-    let meta = sluice_raft::Metadata::start(sluice_raft::MetaConfig {
-        data_dir: dir.path().to_path_buf(),
-        node_id: 1,
-        shards: 1,
-        partitions_per_shard_max: settings.partitions_per_shard_max(),
-    })
-    .expect("metadata");
-    let meta2 = meta.clone();
-    let mesh = plane::new_mesh(1);
-    let io_memory = plane::io_memory_bytes(&settings) as usize;
     let started = Instant::now();
-    let tally = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(io_memory)
-        .spawn(move || async move {
-            let shard = Shard::start(plane::shard_config(&settings, 0), mesh, meta2.clone())
-                .await
-                .expect("shard");
-            let ctx = Rc::new(Ctx {
-                shard: Rc::clone(&shard),
-                meta: meta2,
-                node: Arc::new(NodeInfo {
-                    node_id: 1,
-                    advertised_host: "127.0.0.1".into(),
-                    advertised_port: 9092,
-                    cluster_id: "fuzz".into(),
-                    default_partitions: 2,
-                    auto_create_topics: true,
-                }),
-            });
-            let limits = Rc::new(ConnLimits {
-                request_max_bytes: settings.request_max_bytes,
-                frame_read_timeout: Duration::from_secs(1),
-            });
-            let closes = Rc::new(Closes::default());
-            let seeds = Rc::new(seeds());
-            assert!(!seeds.is_empty());
-            // The seeds unmutated first: they create the topics and groups
-            // that mutated inputs then reach.
-            for s in seeds.iter() {
-                let stream: Vec<u8> = s.frames.iter().flat_map(|f| f.iter().copied()).collect();
-                serve_one(Bytes::from(stream), &ctx, &limits, &closes).await;
-            }
-            let deadline = started + Duration::from_secs(seconds);
-            let tally = std::cell::RefCell::new(Tally::default());
-            let indexes = futures::stream::iter(first..first.saturating_add(inputs_max))
-                .take_while(|_| futures::future::ready(Instant::now() < deadline));
-            indexes
-                .for_each_concurrent(concurrency, |i| {
-                    let (seeds, tally) = (&seeds, &tally);
-                    let (ctx, limits, closes) = (&ctx, &limits, &closes);
-                    async move {
-                        if i % PROGRESS_EVERY == 0 {
-                            progress(i);
-                        }
-                        let input = input(seeds, seed, i);
-                        let served = std::panic::AssertUnwindSafe(serve_one(
-                            input.clone(),
-                            ctx,
-                            limits,
-                            closes,
-                        ))
-                        .catch_unwind()
-                        .await;
-                        let mut t = tally.borrow_mut();
-                        t.inputs += 1;
-                        match served {
-                            Ok(bytes) => t.reply_bytes += bytes,
-                            Err(_) => {
-                                t.panics += 1;
-                                save_crash(seed, i, &input);
-                            }
+    let tally = wire_tests::on_one_shard(SHARD_ARGS, move |ctx, settings| async move {
+        let limits = Rc::new(ConnLimits {
+            request_max_bytes: settings.request_max_bytes,
+            frame_read_timeout: Duration::from_secs(1),
+        });
+        let closes = Rc::new(Closes::default());
+        let seeds = Rc::new(seeds());
+        assert!(!seeds.is_empty());
+        // The seeds unmutated first: they create the topics and groups
+        // that mutated inputs then reach.
+        for s in seeds.iter() {
+            let stream: Vec<u8> = s.frames.iter().flat_map(|f| f.iter().copied()).collect();
+            serve_one(Bytes::from(stream), &ctx, &limits, &closes).await;
+        }
+        let deadline = started + Duration::from_secs(seconds);
+        let tally = std::cell::RefCell::new(Tally::default());
+        let indexes = futures::stream::iter(first..first.saturating_add(inputs_max))
+            .take_while(|_| futures::future::ready(Instant::now() < deadline));
+        indexes
+            .for_each_concurrent(concurrency, |i| {
+                let (seeds, tally) = (&seeds, &tally);
+                let (ctx, limits, closes) = (&ctx, &limits, &closes);
+                async move {
+                    if i % PROGRESS_EVERY == 0 {
+                        progress(i);
+                    }
+                    let input = input(seeds, seed, i);
+                    let served =
+                        std::panic::AssertUnwindSafe(serve_one(input.clone(), ctx, limits, closes))
+                            .catch_unwind()
+                            .await;
+                    let mut t = tally.borrow_mut();
+                    t.inputs += 1;
+                    match served {
+                        Ok(bytes) => t.reply_bytes += bytes,
+                        Err(_) => {
+                            t.panics += 1;
+                            save_crash(seed, i, &input);
                         }
                     }
-                })
-                .await;
-            let tally = tally.into_inner();
-            // Every frame's memory is back in its pool once its connection
-            // ended (connections hold no buffer between frames).
-            let stats = shard.stats();
-            let request_pool = stats
-                .pools
-                .iter()
-                .find(|p| p.name == "request_buffers")
-                .expect("request_buffers pool");
-            assert_eq!(request_pool.used_bytes, 0, "request buffers leaked");
-            report(&tally, &closes, started.elapsed());
-            shard.close().await;
-            tally
-        })
-        .expect("executor")
-        .join()
-        .expect("executor thread");
-    meta.shutdown();
+                }
+            })
+            .await;
+        let tally = tally.into_inner();
+        // Every frame's memory is back in its pool once its connection
+        // ended (connections hold no buffer between frames).
+        let stats = ctx.shard.stats();
+        let request_pool = stats
+            .pools
+            .iter()
+            .find(|p| p.name == "request_buffers")
+            .expect("request_buffers pool");
+        assert_eq!(request_pool.used_bytes, 0, "request buffers leaked");
+        report(&tally, &closes, started.elapsed());
+        tally
+    });
     assert_eq!(
         tally.panics, 0,
         "panics: inputs saved in target/fuzz-crashes"

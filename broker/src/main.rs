@@ -34,14 +34,14 @@ mod config;
 mod connection;
 mod errors;
 mod frame_check;
+#[cfg(test)]
+mod fuzz;
 mod handlers;
 mod metrics;
 mod plane;
 mod probe;
 mod server;
 mod topic_config;
-#[cfg(test)]
-mod fuzz;
 #[cfg(test)]
 mod wire_tests;
 

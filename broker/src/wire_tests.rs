@@ -26,21 +26,68 @@ use crate::connection::{serve_frame_for_tests, ConnLimits};
 use crate::handlers::{topic_name, Ctx, NodeInfo};
 use crate::plane::{self, Shard};
 
-fn settings(dir: &std::path::Path) -> Settings {
-    let argv = [
-        "sluice",
-        "start",
-        "--shards",
-        "1",
-        "--data-dir",
-        dir.to_str().unwrap(),
-    ];
-    let matches = Cli::command().try_get_matches_from(argv).unwrap();
-    let (_, sub) = matches.subcommand().unwrap();
-    Settings::resolve(StartArgs::from_arg_matches(sub).unwrap()).unwrap()
+/// Runs `f` on one shard (a real data plane and metadata service in a
+/// temporary data dir, set up as `sluice start --shards 1` with `extra`
+/// arguments) and returns its answer. Shared by the in-process tests of
+/// the request path (here and `fuzz`).
+pub(crate) fn on_one_shard<T, F, Fut>(extra: &[&str], f: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce(Rc<Ctx>, Settings) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut argv = vec!["sluice", "start", "--shards", "1", "--data-dir"];
+    argv.push(dir.path().to_str().expect("utf-8 path"));
+    argv.extend_from_slice(extra);
+    let matches = Cli::command().try_get_matches_from(argv).expect("args");
+    let (_, sub) = matches.subcommand().expect("start");
+    let settings =
+        Settings::resolve(StartArgs::from_arg_matches(sub).expect("start args")).expect("settings");
+    let meta = sluice_raft::Metadata::start(sluice_raft::MetaConfig {
+        data_dir: dir.path().to_path_buf(),
+        node_id: 1,
+        shards: 1,
+        partitions_per_shard_max: settings.partitions_per_shard_max(),
+    })
+    .expect("metadata");
+    let meta2 = meta.clone();
+    let mesh = plane::new_mesh(1);
+    // The shard's executor thread, as the broker runs one per shard.
+    let answer = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(plane::io_memory_bytes(&settings) as usize)
+        .spawn(move || async move {
+            let shard = Shard::start(plane::shard_config(&settings, 0), mesh, meta2.clone())
+                .await
+                .expect("shard");
+            let ctx = Rc::new(Ctx {
+                shard: Rc::clone(&shard),
+                meta: meta2,
+                node: Arc::new(NodeInfo {
+                    node_id: 1,
+                    advertised_host: "127.0.0.1".into(),
+                    advertised_port: 9092,
+                    cluster_id: "test".into(),
+                    default_partitions: 2,
+                    auto_create_topics: true,
+                }),
+            });
+            let answer = f(ctx, settings).await;
+            shard.close().await;
+            answer
+        })
+        .expect("executor")
+        .join()
+        .expect("executor thread");
+    meta.shutdown();
+    answer
 }
 
-fn frame<T: Encodable + HeaderVersionOf>(
+/// The client id of `frame`'s requests.
+pub(crate) const CLIENT_ID: &str = "wire-test";
+
+/// A request (header and body, without the size prefix).
+pub(crate) fn frame<T: Encodable>(
     key: ApiKey,
     version: i16,
     correlation_id: i32,
@@ -50,7 +97,7 @@ fn frame<T: Encodable + HeaderVersionOf>(
     header.request_api_key = key as i16;
     header.request_api_version = version;
     header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str("wire-test"));
+    header.client_id = Some(StrBytes::from_static_str(CLIENT_ID));
     let mut buf = BytesMut::new();
     header
         .encode(&mut buf, key.request_header_version(version))
@@ -59,7 +106,7 @@ fn frame<T: Encodable + HeaderVersionOf>(
     buf.freeze()
 }
 
-/// Marker so `frame` only takes request bodies.
+/// Marker so `Client::call` only takes request bodies.
 trait HeaderVersionOf {}
 impl<T: kafka_protocol::protocol::Request> HeaderVersionOf for T {}
 
@@ -95,12 +142,17 @@ fn batch(n: usize) -> Bytes {
             headers: Default::default(),
         })
         .collect();
+    encode_batch(&records)
+}
+
+/// `records` as one uncompressed record batch (magic 2).
+pub(crate) fn encode_batch(records: &[Record]) -> Bytes {
     let mut buf = BytesMut::new();
     let options = RecordEncodeOptions {
         version: 2,
         compression: Compression::None,
     };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).unwrap();
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).expect("record batch");
     buf.freeze()
 }
 
@@ -128,47 +180,13 @@ impl Client<'_> {
 
 #[test]
 fn every_api_at_every_version() {
-    let dir = tempfile::tempdir().unwrap();
-    let settings = settings(dir.path());
-    let meta = sluice_raft::Metadata::start(sluice_raft::MetaConfig {
-        data_dir: dir.path().to_path_buf(),
-        node_id: 1,
-        shards: 1,
-        partitions_per_shard_max: 1000,
-    })
-    .unwrap();
-    let meta2 = meta.clone();
-    let mesh = plane::new_mesh(1);
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(1 << 20)
-        .spawn(move || async move {
-            let shard = Shard::start(plane::shard_config(&settings, 0), mesh, meta2.clone())
-                .await
-                .unwrap();
-            let node = Arc::new(NodeInfo {
-                node_id: 1,
-                advertised_host: "127.0.0.1".into(),
-                advertised_port: 9092,
-                cluster_id: "test".into(),
-                default_partitions: 2,
-                auto_create_topics: true,
-            });
-            let ctx = Ctx {
-                shard: Rc::clone(&shard),
-                meta: meta2,
-                node,
-            };
-            let mut client = Client {
-                ctx: &ctx,
-                next_id: 0,
-            };
-            run_all(&mut client).await;
-            shard.close().await;
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    meta.shutdown();
+    on_one_shard(&[], |ctx, _| async move {
+        let mut client = Client {
+            ctx: &ctx,
+            next_id: 0,
+        };
+        run_all(&mut client).await;
+    });
 }
 
 async fn run_all(c: &mut Client<'_>) {

@@ -505,6 +505,8 @@ impl Run {
                     tally: self.tally.clone(),
                     streams: self.streams.clone(),
                 };
+                // Client threads of the test process (`WORKERS` of them),
+                // each playing one hostile client against the broker.
                 std::thread::Builder::new()
                     .name(format!("replay-{id}"))
                     .spawn(move || w.run())

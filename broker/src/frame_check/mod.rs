@@ -83,15 +83,8 @@ pub struct Checked {
 /// Checks a whole request frame (header and body, without the size
 /// prefix) of `key` at `version`, a version the broker serves.
 pub fn check(key: ApiKey, version: i16, frame: &[u8]) -> Result<Checked, Refusal> {
-    let schema = schema::of(key).ok_or(Refusal {
-        at: 0,
-        what: Problem::NotServed,
-    })?;
     let mut c = Cursor::new(frame);
-    c.header(key.request_header_version(version))?;
-    let header_bytes = c.at;
-    let flexible = version >= schema.flexible_min;
-    c.walk(&Walk { version, flexible }, schema.root)?;
+    let header_bytes = c.frame(key, version)?;
     assert!(c.at <= frame.len());
     Ok(Checked {
         header_bytes,
@@ -115,16 +108,9 @@ pub enum LengthKind {
 pub fn length_fields(key: ApiKey, version: i16, frame: &[u8]) -> Vec<(usize, LengthKind)> {
     let mut c = Cursor::new(frame);
     c.lengths = Some(Vec::new());
-    let Some(schema) = schema::of(key) else {
-        return Vec::new();
-    };
-    let flexible = version >= schema.flexible_min;
-    let ok = c.header(key.request_header_version(version)).is_ok()
-        && c.walk(&Walk { version, flexible }, schema.root).is_ok();
-    if ok {
-        c.lengths.unwrap_or_default()
-    } else {
-        Vec::new()
+    match c.frame(key, version) {
+        Ok(_) => c.lengths.unwrap_or_default(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -153,6 +139,19 @@ impl<'a> Cursor<'a> {
             #[cfg(test)]
             lengths: None,
         }
+    }
+
+    /// Walks the header and the body; returns the header's bytes.
+    fn frame(&mut self, key: ApiKey, version: i16) -> Result<usize, Refusal> {
+        let schema = schema::of(key).ok_or(Refusal {
+            at: 0,
+            what: Problem::NotServed,
+        })?;
+        self.header(key.request_header_version(version))?;
+        let header_bytes = self.at;
+        let flexible = version >= schema.flexible_min;
+        self.walk(&Walk { version, flexible }, schema.root)?;
+        Ok(header_bytes)
     }
 
     fn left(&self) -> usize {

@@ -53,9 +53,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, TimestampType};
 
 use crate::handlers::SUPPORTED;
 
@@ -257,13 +255,7 @@ fn batch(n: usize) -> Bytes {
             .collect(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).expect("record batch");
-    buf.freeze()
+    crate::wire_tests::encode_batch(&records)
 }
 
 fn produce(c: &C) -> ProduceRequest {
@@ -718,4 +710,21 @@ fn every_sample_round_trips() {
     }
     let versions: i16 = SUPPORTED.iter().map(|(_, min, max)| max - min + 1).sum();
     assert_eq!(all.len(), versions as usize * VARIANTS as usize);
+}
+
+/// A body already encoded.
+pub struct RawBody(pub Bytes);
+
+impl Encodable for RawBody {
+    fn encode<B: kafka_protocol::protocol::buf::ByteBufMut>(
+        &self,
+        buf: &mut B,
+        _version: i16,
+    ) -> anyhow::Result<()> {
+        buf.put_slice(&self.0);
+        Ok(())
+    }
+    fn compute_size(&self, _version: i16) -> anyhow::Result<usize> {
+        Ok(self.0.len())
+    }
 }

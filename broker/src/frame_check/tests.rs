@@ -6,22 +6,14 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
+use super::samples::RawBody;
 use super::*;
 use crate::handlers::SUPPORTED;
+use crate::wire_tests::CLIENT_ID;
 
 /// Header + body of a request, without the size prefix.
 fn frame<T: Encodable>(key: ApiKey, version: i16, body: &T) -> Bytes {
-    let mut header = RequestHeader::default();
-    header.request_api_key = key as i16;
-    header.request_api_version = version;
-    header.correlation_id = 7;
-    header.client_id = Some(StrBytes::from_static_str("frame-check"));
-    let mut buf = BytesMut::new();
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .unwrap();
-    body.encode(&mut buf, version).unwrap();
-    buf.freeze()
+    crate::wire_tests::frame(key, version, 7, body)
 }
 
 fn name(s: &'static str) -> TopicName {
@@ -62,9 +54,9 @@ fn every_served_api_has_a_schema_and_empty_requests_pass() {
 fn huge_top_level_count_is_refused_before_decoding() {
     for version in [3, 8] {
         let mut bytes = frame(ApiKey::Produce, version, &produce()).to_vec();
-        // Header v1: 8 bytes + client id (2 + 11); then transactional id
-        // (null, 2), acks 2, timeout 4: the topic count follows.
-        let at = 8 + 2 + 11 + 2 + 2 + 4;
+        // Header v1: 8 bytes + client id (2 + its length); then
+        // transactional id (null, 2), acks 2, timeout 4: the topic count.
+        let at = 8 + 2 + CLIENT_ID.len() + 2 + 2 + 4;
         assert_eq!(&bytes[at..at + 4], &1i32.to_be_bytes());
         bytes[at..at + 4].copy_from_slice(&i32::MAX.to_be_bytes());
         let refusal = check(ApiKey::Produce, version, &bytes).unwrap_err();
@@ -90,7 +82,7 @@ fn huge_compact_count_and_negative_lengths_are_refused() {
         assert!(check(ApiKey::Produce, 9, &b).is_err(), "at {at}");
     }
     let mut neg = frame(ApiKey::Produce, 3, &produce()).to_vec();
-    let at = 8 + 2 + 11 + 2 + 2 + 4 + 4; // topic name length
+    let at = 8 + 2 + CLIENT_ID.len() + 2 + 2 + 4 + 4; // topic name length
     neg[at..at + 2].copy_from_slice(&(-2i16).to_be_bytes());
     let r = check(ApiKey::Produce, 3, &neg).unwrap_err();
     assert_eq!(r.what, Problem::NegativeLength(-2));
@@ -219,23 +211,6 @@ fn with_length(bytes: &[u8], at: usize, kind: LengthKind, huge: Huge) -> Vec<u8>
     b.extend_from_slice(new);
     b.extend_from_slice(&bytes[at + old..]);
     b
-}
-
-/// A body already encoded.
-struct RawBody(Bytes);
-
-impl Encodable for RawBody {
-    fn encode<B: kafka_protocol::protocol::buf::ByteBufMut>(
-        &self,
-        buf: &mut B,
-        _version: i16,
-    ) -> anyhow::Result<()> {
-        buf.put_slice(&self.0);
-        Ok(())
-    }
-    fn compute_size(&self, _version: i16) -> anyhow::Result<usize> {
-        Ok(self.0.len())
-    }
 }
 
 fn varint_len(b: &[u8]) -> usize {

@@ -112,6 +112,8 @@ impl RecordingProxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let upstream = SocketAddr::from(([127, 0, 0, 1], upstream_port));
         let (shared, limits) = (self.shared.clone(), self.limits);
+        // Test-side threads, in the test process: the proxy stands where a
+        // network hop would, outside the broker and its pinned shards.
         let handle = std::thread::Builder::new()
             .name("proxy-accept".into())
             .spawn(move || accept_loop(&listener, upstream, &shared, limits))
@@ -212,6 +214,8 @@ fn serve(client: TcpStream, upstream: SocketAddr, shared: &Arc<Shared>, limits: 
     lock(&shared.conns).push(recording.clone());
     let id = lock(&shared.conns).len();
     let s1 = shared.clone();
+    // Two blocking pumps per proxied connection (bounded by the proxy's
+    // connection limit), in the test process, not the broker.
     let up = std::thread::Builder::new()
         .name(format!("proxy-{id}-up"))
         .spawn(move || {
