@@ -351,13 +351,7 @@ fn batch(values: &[String]) -> Bytes {
         .enumerate()
         .map(|(i, v)| record(i, v))
         .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).expect("encode batch");
-    buf.freeze()
+    encode_batch(&records)
 }
 
 fn partition_data(index: i32, records: Bytes) -> PartitionProduceData {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 
 /// Tests of this file run one at a time: a restarted broker reuses its
@@ -25,9 +25,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Record, TimestampType};
 use rdkafka::producer::FutureRecord;
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
@@ -52,13 +50,7 @@ fn batch(id: i64, epoch: i16, seq: i32, count: i32) -> Bytes {
             headers: Default::default(),
         })
         .collect();
-    let mut buf = BytesMut::new();
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).expect("encode batch");
-    buf.freeze()
+    encode_batch(&records)
 }
 
 /// Produces `records` to partition 0 of `topic`: (error code, base offset).

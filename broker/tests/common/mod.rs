@@ -405,6 +405,18 @@ pub fn call<Req: Encodable, Resp: Decodable>(
     resp
 }
 
+/// `records` as one uncompressed record batch (magic 2).
+pub fn encode_batch(records: &[kafka_protocol::records::Record]) -> Bytes {
+    use kafka_protocol::records::{Compression, RecordBatchEncoder, RecordEncodeOptions};
+    let mut buf = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut buf, records.iter(), &options).expect("encode batch");
+    buf.freeze()
+}
+
 /// Asserts the broker closes `s` (reads EOF) within the read timeout.
 pub fn assert_closed(s: &mut TcpStream) {
     let mut buf = [0u8; 64];
