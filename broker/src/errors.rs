@@ -50,6 +50,11 @@ pub fn meta_error_code(e: &MetaError) -> i16 {
         MetaError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
         MetaError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
         MetaError::PartitionLimit { .. } => ResponseError::PolicyViolation,
+        MetaError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
+        MetaError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+        MetaError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        // Retriable: the request may succeed once a quorum is back.
+        MetaError::NoQuorum(_) => ResponseError::RequestTimedOut,
         MetaError::ShuttingDown => ResponseError::BrokerNotAvailable,
         MetaError::Storage(_) => ResponseError::KafkaStorageError,
         MetaError::Internal(_) => ResponseError::UnknownServerError,

@@ -104,6 +104,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         node_id: u64::try_from(settings.node_id).unwrap_or(0),
         shards: settings.shards,
         partitions_per_shard_max: settings.partitions_per_shard_max(),
+        advertised_host: settings.listen.ip().to_string(),
+        advertised_port: settings.listen.port(),
+        cluster: None,
     })
     .context("starting the metadata service")?;
     let result = serve(&settings, &meta, admin_listener, &stop_tx);
@@ -193,6 +196,8 @@ fn ensure_offsets_topic(meta: &Metadata, shards: u32) -> anyhow::Result<()> {
         name: OFFSETS_TOPIC.to_string(),
         partitions: sluice_shard::group::offsets_topic_partitions(shards),
         configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+        replication_factor: 1,
+        assignment: Vec::new(),
     };
     match futures::executor::block_on(meta.create_topic(spec)) {
         Ok(_) | Err(sluice_raft::MetaError::TopicExists(_)) => Ok(()),

@@ -49,6 +49,9 @@ where
         node_id: 1,
         shards: 1,
         partitions_per_shard_max: settings.partitions_per_shard_max(),
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 9092,
+        cluster: None,
     })
     .expect("metadata");
     let meta2 = meta.clone();

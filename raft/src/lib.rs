@@ -91,8 +91,8 @@ use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
-    MetaConfig, MetaError, MetadataView, PartitionMeta, TopicChange, TopicIdMap, TopicMap,
-    TopicMeta, TopicSpec, PRODUCER_ID_BLOCK_SIZE,
+    BrokerMap, BrokerMeta, ClusterConfig, MetaConfig, MetaError, MetadataView, PartitionMeta,
+    TopicChange, TopicIdMap, TopicMap, TopicMeta, TopicSpec, NO_LEADER, PRODUCER_ID_BLOCK_SIZE,
 };
 use crate::types::{MetaRequest, MetaResponse};
 
@@ -201,6 +201,8 @@ impl Metadata {
             partitions: spec.partitions,
             configs: spec.configs,
             created_ms: now_ms(),
+            replication_factor: spec.replication_factor,
+            assignment: spec.assignment,
         };
         self.propose(request).await
     }
@@ -286,6 +288,41 @@ impl Metadata {
         }
     }
 
+    /// One Raft entry changing a partition's ISR; refused unless `leader`
+    /// leads the partition at `leader_epoch`. Resolves once applied.
+    pub async fn alter_isr(
+        &self,
+        topic: &str,
+        partition: u32,
+        leader: u64,
+        leader_epoch: i32,
+        isr: Vec<u64>,
+    ) -> Result<(), MetaError> {
+        let request = MetaRequest::AlterIsr {
+            topic: topic.to_string(),
+            partition,
+            leader,
+            leader_epoch,
+            isr,
+        };
+        match self.propose_raw(request).await? {
+            MetaResponse::Done(result) => result,
+            other => Err(MetaError::Internal(format!(
+                "unexpected answer to an ISR change: {other:?}"
+            ))),
+        }
+    }
+
+    /// The node id of the current controller (the Raft leader), if known.
+    pub fn controller(&self) -> Option<u64> {
+        Some(self.inner.limits.node_id)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.inner.limits.node_id
+    }
+
     async fn propose(&self, request: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
         match self.propose_raw(request).await? {
             MetaResponse::Topic(result) => result,
@@ -339,6 +376,9 @@ mod tests {
             node_id: 7,
             shards,
             partitions_per_shard_max: per_shard,
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: 9092,
+            cluster: None,
         }
     }
 
@@ -363,6 +403,8 @@ mod tests {
             name: name.to_string(),
             partitions,
             configs,
+            replication_factor: 1,
+            assignment: Vec::new(),
         }
     }
 

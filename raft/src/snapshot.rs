@@ -87,10 +87,16 @@ mod tests {
             PartitionMeta {
                 shard: 1,
                 leader: 7,
+                leader_epoch: 0,
+                replicas: vec![7],
+                isr: vec![7],
             },
             PartitionMeta {
                 shard: 0,
                 leader: 7,
+                leader_epoch: 0,
+                replicas: vec![7],
+                isr: vec![7],
             },
         ];
         TopicMeta {

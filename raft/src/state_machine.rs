@@ -117,6 +117,7 @@ struct Data {
     /// Partitions per shard, `len() == shards`.
     shard_load: Vec<u64>,
     partitions_total: u64,
+    brokers: crate::types::BrokerMap,
 }
 
 impl Data {
@@ -128,6 +129,7 @@ impl Data {
             topic_ids: TopicIdMap::new(),
             shard_load: vec![0; shards as usize],
             partitions_total: 0,
+            brokers: crate::types::BrokerMap::new(),
         }
     }
 
@@ -210,6 +212,9 @@ impl Data {
         PartitionMeta {
             shard: shard as u32,
             leader,
+            leader_epoch: 0,
+            replicas: vec![leader],
+            isr: vec![leader],
         }
     }
 
@@ -280,7 +285,13 @@ impl Data {
             node_id,
             topics: self.topics.clone(),
             topic_ids: self.topic_ids.clone(),
+            brokers: self.brokers.clone(),
         }
+    }
+
+    /// Broker registration, fencing and ISR changes.
+    fn apply_cluster(&mut self, req: MetaRequest) -> Result<(), MetaError> {
+        Err(MetaError::Internal(format!("not applied yet: {req:?}")))
     }
 }
 
@@ -387,6 +398,12 @@ impl StateMachine {
                 );
                 MetaResponse::ProducerIds(start)
             }
+            EntryPayload::Normal(
+                req @ (MetaRequest::RegisterBroker { .. }
+                | MetaRequest::FenceBroker { .. }
+                | MetaRequest::UnfenceBroker { .. }
+                | MetaRequest::AlterIsr { .. }),
+            ) => MetaResponse::Done(self.data.apply_cluster(req)),
             EntryPayload::Normal(req) => {
                 let action = match req {
                     MetaRequest::CreateTopic { .. } => "created",
@@ -394,6 +411,7 @@ impl StateMachine {
                     MetaRequest::ReserveProducerIds => unreachable!("answered above"),
                     MetaRequest::CreatePartitions { .. } => "grown",
                     MetaRequest::SetTopicConfigs { .. } => "reconfigured",
+                    _ => unreachable!("answered above"),
                 };
                 let result = self.apply_request(req);
                 self.log_result(log_id, action, &result);
@@ -410,6 +428,7 @@ impl StateMachine {
                 partitions,
                 configs,
                 created_ms,
+                ..
             } => {
                 let args = CreateArgs {
                     name,
@@ -428,6 +447,7 @@ impl StateMachine {
                 self.data.grow(&self.limits, &name, partitions)
             }
             MetaRequest::SetTopicConfigs { name, configs } => self.data.set_configs(&name, configs),
+            _ => Err(MetaError::Internal("answered in apply_one".into())),
         }
     }
 

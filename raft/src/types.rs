@@ -21,6 +21,26 @@ pub struct MetaConfig {
     /// Upper bound of partitions per shard; the node holds at most
     /// `shards * partitions_per_shard_max` partitions.
     pub partitions_per_shard_max: u32,
+    /// Where this node's Kafka listener is reached (registered with the
+    /// controller and returned in Metadata).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    /// `None`: a one-voter group of this node, with no network.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// The node-to-node side of a cluster member.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where this node accepts Raft traffic from the other nodes.
+    pub listen: std::net::SocketAddr,
+    /// Every voter's node id and cluster address (`host:port`), this node
+    /// included.
+    pub voters: BTreeMap<u64, String>,
+    /// Broker heartbeat interval, ms.
+    pub heartbeat_ms: u64,
+    /// A broker that has not heartbeat for this long is fenced, ms.
+    pub lease_ms: u64,
 }
 
 /// What a client asks for when creating a topic.
@@ -29,13 +49,21 @@ pub struct TopicSpec {
     pub name: String,
     pub partitions: u32,
     pub configs: BTreeMap<String, String>,
+    /// Replicas per partition (>= 1). Ignored when `assignment` is given.
+    pub replication_factor: u16,
+    /// Explicit replica lists, one per partition (preferred leader first);
+    /// empty: placed by the controller.
+    pub assignment: Vec<Vec<u64>>,
 }
 
-/// Where one partition lives.
+/// `PartitionMeta::leader` of a partition that has no leader (every
+/// in-sync replica is fenced; unclean election is off).
+pub const NO_LEADER: u64 = u64::MAX;
+
+/// Where one partition lives and who replicates it.
 #[derive(
     Debug,
     Clone,
-    Copy,
     PartialEq,
     Eq,
     Serialize,
@@ -47,9 +75,54 @@ pub struct TopicSpec {
 pub struct PartitionMeta {
     /// Index of the owning shard, `< MetaConfig::shards`.
     pub shard: u32,
-    /// Node id of the partition leader.
+    /// Node id of the partition leader, `NO_LEADER` when none.
     pub leader: u64,
+    /// Bumped by every leader change; stamped into the batches the leader
+    /// appends (`partitionLeaderEpoch`).
+    pub leader_epoch: i32,
+    /// Node ids holding a replica, the preferred leader first.
+    pub replicas: Vec<u64>,
+    /// The in-sync replicas (a subset of `replicas`; holds the leader
+    /// whenever there is one).
+    pub isr: Vec<u64>,
 }
+
+impl PartitionMeta {
+    /// Whether `node` holds a replica of the partition.
+    pub fn is_replica(&self, node: u64) -> bool {
+        self.replicas.contains(&node)
+    }
+
+    /// Whether `node` is in sync.
+    pub fn in_sync(&self, node: u64) -> bool {
+        self.isr.contains(&node)
+    }
+}
+
+/// One broker (node) as registered in the metadata.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct BrokerMeta {
+    pub id: u64,
+    /// Where Kafka clients reach it (its advertised Kafka listener).
+    pub host: String,
+    pub port: u16,
+    /// Its lease ran out: it leads nothing and is in no ISR until it
+    /// heartbeats again.
+    pub fenced: bool,
+}
+
+/// Registered brokers by node id.
+pub type BrokerMap = imbl::OrdMap<u64, Arc<BrokerMeta>>;
 
 /// One topic as committed in the Raft log.
 #[derive(
@@ -100,6 +173,8 @@ pub struct MetadataView {
     pub topics: TopicMap,
     /// The names of `topics` by topic id.
     pub topic_ids: TopicIdMap,
+    /// Registered brokers, fenced ones too.
+    pub brokers: BrokerMap,
 }
 
 impl MetadataView {
@@ -122,6 +197,14 @@ pub enum MetaError {
     InvalidPartitions(String),
     #[error("partition limit of {limit} per node reached (partitions_per_shard_max x shards; see --partitions-per-shard-max and --memory): {requested} more partitions do not fit")]
     PartitionLimit { limit: u64, requested: u64 },
+    #[error("replication factor {requested} is larger than the {available} live brokers")]
+    InvalidReplicationFactor { requested: u64, available: u64 },
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    #[error("stale leader epoch {got}: the partition is at epoch {current}")]
+    StaleLeaderEpoch { current: i32, got: i32 },
+    #[error("no metadata quorum: {0}")]
+    NoQuorum(String),
     #[error("metadata service is shutting down")]
     ShuttingDown,
     #[error("metadata storage error: {0}")]
@@ -139,6 +222,10 @@ pub enum MetaRequest {
         partitions: u32,
         configs: BTreeMap<String, String>,
         created_ms: i64,
+        #[serde(default = "one")]
+        replication_factor: u16,
+        #[serde(default)]
+        assignment: Vec<Vec<u64>>,
     },
     DeleteTopic {
         name: String,
@@ -158,6 +245,37 @@ pub enum MetaRequest {
         name: String,
         configs: BTreeMap<String, String>,
     },
+    /// A broker announces itself (or a new Kafka address); it is unfenced.
+    RegisterBroker {
+        id: u64,
+        host: String,
+        port: u16,
+    },
+    /// The controller saw a broker's lease run out: it leaves every ISR it
+    /// is not the last member of, and its leaderships move to in-sync
+    /// replicas (epoch bumped) or to nobody.
+    FenceBroker {
+        id: u64,
+    },
+    /// A fenced broker heartbeats again; leaderless partitions whose ISR
+    /// holds it are given to it.
+    UnfenceBroker {
+        id: u64,
+    },
+    /// A partition leader shrinks or grows its ISR; refused unless
+    /// `leader_epoch` is the partition's current epoch and the proposer
+    /// leads it.
+    AlterIsr {
+        topic: String,
+        partition: u32,
+        leader: u64,
+        leader_epoch: i32,
+        isr: Vec<u64>,
+    },
+}
+
+fn one() -> u16 {
+    1
 }
 
 /// Producer ids one `ReserveProducerIds` entry reserves.
@@ -180,6 +298,8 @@ pub enum MetaResponse {
     Topic(Result<Arc<TopicMeta>, MetaError>),
     /// First id of a reserved producer id block.
     ProducerIds(i64),
+    /// Broker registration, fencing and ISR changes.
+    Done(Result<(), MetaError>),
 }
 
 openraft::declare_raft_types!(

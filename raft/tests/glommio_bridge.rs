@@ -12,6 +12,8 @@ fn spec(name: &str) -> TopicSpec {
         name: name.to_string(),
         partitions: 2,
         configs: BTreeMap::new(),
+        replication_factor: 1,
+        assignment: Vec::new(),
     }
 }
 
@@ -23,6 +25,9 @@ fn create_and_changed_from_a_glommio_executor() {
         node_id: 1,
         shards: 2,
         partitions_per_shard_max: 100,
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 9092,
+        cluster: None,
     };
     let meta = Metadata::start(cfg).expect("start");
     let shard_meta = meta.clone();

@@ -555,6 +555,9 @@ mod tests {
             partitions: vec![sluice_raft::PartitionMeta {
                 shard: 0,
                 leader: 1,
+                leader_epoch: 0,
+                replicas: vec![1],
+                isr: vec![1],
             }],
             configs: Default::default(),
             created_ms: 0,

@@ -124,6 +124,9 @@ mod tests {
                 .map(|p| PartitionMeta {
                     shard: (id as u32 + p) % SHARDS,
                     leader: 1,
+                    leader_epoch: 0,
+                    replicas: vec![1],
+                    isr: vec![1],
                 })
                 .collect(),
             configs: BTreeMap::new(),

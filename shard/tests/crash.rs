@@ -27,6 +27,9 @@ fn start_meta(dir: &Path) -> Metadata {
         node_id: 1,
         shards: 1,
         partitions_per_shard_max: 10,
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 9092,
+        cluster: None,
     };
     Metadata::start(cfg).expect("metadata starts")
 }
@@ -77,6 +80,8 @@ fn child(dir: PathBuf) {
                 name: "crash".into(),
                 partitions: 1,
                 configs: BTreeMap::new(),
+                replication_factor: 1,
+                assignment: Vec::new(),
             };
             let topic = meta.create_topic(spec).await.expect("create");
             shard.await_topic_ready(&topic).await.expect("ready");

@@ -35,6 +35,9 @@ fn start_meta(dir: &Path, shards: u32) -> Metadata {
         node_id: 1,
         shards,
         partitions_per_shard_max: 100,
+        advertised_host: "127.0.0.1".into(),
+        advertised_port: 9092,
+        cluster: None,
     };
     Metadata::start(cfg).expect("metadata starts")
 }
@@ -134,6 +137,8 @@ async fn create(
         name: name.to_string(),
         partitions,
         configs,
+        replication_factor: 1,
+        assignment: Vec::new(),
     };
     let topic = meta.create_topic(spec).await.expect("create topic");
     shard.await_topic_ready(&topic).await.expect("topic ready");

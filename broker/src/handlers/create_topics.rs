@@ -130,6 +130,8 @@ fn validate(t: &CreatableTopic, name: &str, ctx: &Ctx) -> Result<TopicSpec, (i16
         name: name.to_string(),
         partitions,
         configs,
+        replication_factor: 1,
+        assignment: Vec::new(),
     })
 }
 

@@ -91,6 +91,8 @@ async fn auto_create(name: &str, ctx: &Ctx) -> MetadataResponseTopic {
         name: name.to_string(),
         partitions: ctx.node.default_partitions,
         configs: Default::default(),
+        replication_factor: 1,
+        assignment: Vec::new(),
     };
     let topic = match ctx.meta.create_topic(spec).await {
         Ok(topic) => topic,
