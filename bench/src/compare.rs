@@ -36,6 +36,15 @@ pub struct CompareArgs {
     /// A run still going after this long is killed and the comparison fails.
     #[arg(long, default_value_t = 900.0, value_parser = parse_seconds)]
     pub run_seconds_max: f64,
+    /// An argument added to the scenario on A only (repeat for more), after
+    /// the shared ones, so it overrides them: compare two topics of one
+    /// cluster with `--a X --b X --a-arg=--replication-factor=3
+    /// --a-arg=--topic=rf3 --b-arg=--topic=rf1`.
+    #[arg(long = "a-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub a_args: Vec<String>,
+    /// An argument added to the scenario on B only (repeat for more).
+    #[arg(long = "b-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub b_args: Vec<String>,
     /// Print one JSON object as the last line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -49,13 +58,18 @@ pub struct CompareArgs {
 type Figures = BTreeMap<String, f64>;
 
 pub fn run(args: CompareArgs) -> anyhow::Result<()> {
-    let scenario = scenario_args(&args.scenario)?;
+    let scenario_a = scenario_args(&[args.scenario.clone(), args.a_args.clone()].concat())?;
+    let scenario_b = scenario_args(&[args.scenario.clone(), args.b_args.clone()].concat())?;
     let exe = std::env::current_exe().context("locating sluice-bench")?;
     let limit = Duration::from_secs_f64(args.run_seconds_max);
     let started = Instant::now();
     let (mut runs_a, mut runs_b) = (Vec::new(), Vec::new());
     for round in 1..=args.rounds {
-        for (label, bootstrap, runs) in [("A", &args.a, &mut runs_a), ("B", &args.b, &mut runs_b)] {
+        let sides = [
+            ("A", &args.a, &scenario_a, &mut runs_a),
+            ("B", &args.b, &scenario_b, &mut runs_b),
+        ];
+        for (label, bootstrap, scenario, runs) in sides {
             if stop_requested() {
                 break;
             }
@@ -63,7 +77,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<()> {
                 "compare: round {round}/{} on {label} ({bootstrap})",
                 args.rounds
             );
-            runs.push(run_child(&exe, &scenario, bootstrap, limit)?);
+            runs.push(run_child(&exe, scenario, bootstrap, limit)?);
         }
     }
     let rounds_done = runs_a.len().min(runs_b.len());
@@ -235,6 +249,11 @@ impl Table {
             args.b,
             args.scenario.join(" ")
         );
+        for (side, extra) in [("A", &args.a_args), ("B", &args.b_args)] {
+            if !extra.is_empty() {
+                out.push_str(&format!("   {side} only: {}\n", extra.join(" ")));
+            }
+        }
         out.push_str(&format!(
             "   {:<34} {:>16} {:>16} {:>9}\n",
             "figure", "A", "B", "A/B"
@@ -342,6 +361,29 @@ mod tests {
         assert!(scenario_args(&args(&["wal"])).is_err());
         assert!(scenario_args(&args(&["produce", "--bootstrap", "x:1"])).is_err());
         assert!(scenario_args(&args(&["produce", "--no-such-flag"])).is_err());
+    }
+
+    /// One side's own arguments come after the shared ones and win.
+    #[test]
+    fn a_side_argument_overrides_a_shared_one() {
+        let shared = ["produce", "--topic", "rf1", "--replication-factor", "1"];
+        let side = ["--topic=rf3", "--replication-factor=3"];
+        let all: Vec<String> = shared.iter().chain(&side).map(|s| s.to_string()).collect();
+        let full = scenario_args(&all).expect("valid");
+        let cli = crate::Cli::try_parse_from(
+            ["sluice-bench".to_string()]
+                .into_iter()
+                .chain(full)
+                .chain(["--bootstrap".to_string(), "127.0.0.1:1".to_string()]),
+        )
+        .expect("parses");
+        let crate::Command::Produce(p) = cli.command else {
+            panic!("produce");
+        };
+        assert_eq!(
+            (p.common.topic.as_str(), p.common.replication_factor),
+            ("rf3", 3)
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "sluice-bench",
     version,
-    about = "Benchmarks a Kafka-compatible broker through the Kafka protocol"
+    about = "Benchmarks a Kafka-compatible broker through the Kafka protocol",
+    // A later value of an option replaces an earlier one (compare's
+    // --a-arg/--b-arg rely on it).
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
