@@ -1,13 +1,27 @@
 //! Cluster metadata of a Sluice node: topics, their partitions and where
-//! each partition lives (shard and leader), replicated through Raft.
+//! each partition lives (shard, replicas, leader, ISR, leader epoch), and
+//! the registered brokers, replicated through Raft.
 //!
 //! # Role
 //!
-//! Every metadata change is one Raft log entry (openraft 0.9). Today the
-//! group has one voter, this node; the same code path takes more voters
-//! once an inter-node network exists (`network` is the only stub).
-//! Placement of new partitions is decided in the state machine's `apply`,
-//! so every replica computes the same answer.
+//! Every metadata change is one Raft log entry (openraft 0.9).
+//!
+//! - Alone (`MetaConfig::cluster` is `None`) the group is one voter, this
+//!   node: no network, no timers (openraft's tick is off), and the node
+//!   registers itself as a broker once.
+//! - In a cluster every node is a voter; the membership (all voters, each
+//!   with its cluster address) is initialized on first start by any node
+//!   that no leader reached within one election timeout. Nodes talk over
+//!   `network` (TCP, length-delimited JSON frames). The Raft leader is the
+//!   controller: brokers heartbeat to it, and it fences the ones whose
+//!   lease runs out (`control`). A write proposed on another node is
+//!   forwarded to the leader; without a leader it is retried until a
+//!   deadline, then fails with `MetaError::NoQuorum`.
+//!
+//! Placement of new partitions (shard and replicas) and the effect of
+//! broker fencing on leaders and ISRs are decided in the state machine's
+//! `apply` from replicated data only, so every node computes the same
+//! answer.
 //!
 //! # Threads
 //!
@@ -25,9 +39,13 @@
 //! - change notification: `Metadata::changed` awaits a `tokio::sync::watch`
 //!   of the applied version.
 //!
+//! - controller: `Metadata::controller` is an atomic load of the Raft
+//!   leader's id, kept current by a watcher of openraft's metrics.
+//!
 //! Disk IO (fdatasync of the log, vote, snapshot) is blocking and happens on
 //! the control thread; the shards never wait on it except through the
-//! futures above.
+//! futures above. In a cluster the node-to-node listener and its
+//! connections also run on the control thread; record data never does.
 //!
 //! # Invariants
 //!
@@ -40,16 +58,24 @@
 //!   other damage (snapshot, vote, a bad entry inside a valid frame) stops
 //!   start-up with `MetaError::Storage`.
 //! - Every queue is bounded: `REQUESTS_MAX` queued requests,
-//!   `WRITES_INFLIGHT_MAX` writes in flight, and the in-memory log is
+//!   `WRITES_INFLIGHT_MAX` writes in flight (of which at most
+//!   `control::FORWARDS_INFLIGHT_MAX` forwarded to the leader), at most
+//!   `network::INBOUND_CONNECTIONS_MAX` inbound node connections and
+//!   `network::FRAME_MAX` bytes per frame, and the in-memory log is
 //!   bounded by the snapshot policy.
-//! - No periodic work shows in logs: per-entry events are `debug`,
-//!   start-up and topic changes are `info`.
+//! - No periodic work of this crate shows in logs: per-entry events and
+//!   heartbeats are `debug`; start-up, topic changes, broker registration,
+//!   fencing and unfencing are `info`, once per event (never per
+//!   partition). A cluster node waiting for a quorum at start logs once
+//!   per 10 s. (openraft itself logs failed RPCs to an unreachable peer.)
 //! - Only the control thread writes metadata.
 //!
 //! # Use from a shard
 //!
-//! `Metadata::start` blocks (it waits for leadership): call it on the main
-//! thread before the shard executors start, then move a clone into each:
+//! `Metadata::start` blocks (alone: until this node leads; in a cluster:
+//! without limit, until a leader is known and this node applied the log):
+//! call it on the main thread before the shard executors start, then move
+//! a clone into each:
 //!
 //! ```text
 //! let meta = Metadata::start(cfg)?;              // main thread
@@ -81,6 +107,7 @@ mod snapshot;
 mod state_machine;
 mod types;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -109,6 +136,9 @@ struct Inner {
     published: Arc<Published>,
     commands: mpsc::Sender<Command>,
     limits: Placement,
+    /// The Raft leader's id (`NO_LEADER`: none known), kept by the control
+    /// thread.
+    leader: Arc<AtomicU64>,
     control: Mutex<Option<Control>>,
 }
 
@@ -127,9 +157,14 @@ impl std::fmt::Debug for Metadata {
 
 impl Metadata {
     /// Spawns the control thread ("sluice-control"), opens/creates the Raft
-    /// log and snapshot under `data_dir/raft`, initializes the one-voter
-    /// membership on first start, and waits until this node is leader and
-    /// the state machine is loaded. Metadata survives restarts.
+    /// log and snapshot under `data_dir/raft`, initializes the membership on
+    /// first start (this node alone, or every voter of `cfg.cluster`), and
+    /// waits until the state machine is loaded: alone, until this node
+    /// leads (it then registers itself as a broker if it is not registered
+    /// with its advertised address); in a cluster, without a time limit,
+    /// until a leader is known and this node applied the committed log
+    /// (logging once per 10 s how many voters answer). Metadata survives
+    /// restarts.
     ///
     /// Blocks the calling thread until then: call it before starting the
     /// shard executors.
@@ -149,6 +184,7 @@ impl Metadata {
             partitions_per_shard_max: cfg.partitions_per_shard_max,
         };
         let published = Arc::new(Published::new(cfg.node_id));
+        let leader = Arc::new(AtomicU64::new(NO_LEADER));
         let (commands_tx, commands) = mpsc::channel(REQUESTS_MAX);
         let (stop_tx, stop) = oneshot::channel();
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
@@ -156,6 +192,7 @@ impl Metadata {
             cfg,
             tuning,
             published: Arc::clone(&published),
+            leader: Arc::clone(&leader),
             commands,
             stop,
             ready: ready_tx,
@@ -181,6 +218,7 @@ impl Metadata {
                 published,
                 commands: commands_tx,
                 limits,
+                leader,
                 control,
             }),
         })
@@ -188,8 +226,10 @@ impl Metadata {
 
     /// One Raft entry; resolves once committed and applied. Placement: each
     /// partition goes to the shard with the fewest partitions (ties: lowest
-    /// shard index), decided in the state machine apply so it is
-    /// deterministic.
+    /// shard index) and to `replication_factor` live brokers (rotating
+    /// start, leader first), or to `assignment` when given; decided in the
+    /// state machine apply so it is deterministic. More replicas than live
+    /// brokers: `MetaError::InvalidReplicationFactor`.
     pub async fn create_topic(&self, spec: TopicSpec) -> Result<Arc<TopicMeta>, MetaError> {
         validate_partitions(spec.partitions, &self.inner.limits)?;
         if self.view().topics.contains_key(spec.name.as_str()) {
@@ -315,7 +355,10 @@ impl Metadata {
 
     /// The node id of the current controller (the Raft leader), if known.
     pub fn controller(&self) -> Option<u64> {
-        Some(self.inner.limits.node_id)
+        match self.inner.leader.load(Ordering::Acquire) {
+            NO_LEADER => None,
+            leader => Some(leader),
+        }
     }
 
     /// This node's id.
@@ -691,6 +734,44 @@ mod tests {
         };
         meta.shutdown();
         waiter.join().expect("released by shutdown");
+    }
+
+    #[test]
+    fn lone_node_registers_itself_once_and_controls() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start(dir.path(), 2, 10);
+        assert_eq!(meta.controller(), Some(7));
+        assert_eq!(meta.node_id(), 7);
+        let view = meta.view();
+        let me = view.brokers.get(&7).expect("registered");
+        assert_eq!(
+            (me.host.as_str(), me.port, me.fenced),
+            ("127.0.0.1", 9092, false)
+        );
+        let version = view.version;
+        assert_eq!(
+            block_on(meta.create_topic(TopicSpec {
+                replication_factor: 2,
+                ..spec("two", 1)
+            })),
+            Err(MetaError::InvalidReplicationFactor {
+                requested: 2,
+                available: 1
+            })
+        );
+        meta.shutdown();
+        let meta = start(dir.path(), 2, 10);
+        assert!(meta.view().version >= version);
+        let replayed = meta.view().version;
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(meta.view().version, replayed, "no second registration");
+        meta.shutdown();
+        // A new advertised address is registered again.
+        let mut cfg = config(dir.path(), 2, 10);
+        cfg.advertised_port = 9093;
+        let meta = Metadata::start(cfg).expect("starts");
+        assert_eq!(meta.view().brokers[&7].port, 9093);
+        meta.shutdown();
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! a few thousand entries between snapshots at most (the snapshot policy
 //! bounds it). Reads are served from memory.
 //!
-//! The committed log id is not persisted: after a restart the one voter
-//! elects itself, commits a blank entry, and so re-applies everything after
+//! The committed log id is not persisted: after a restart a lone voter
+//! elects itself and commits a blank entry (in a cluster, the leader's
+//! commit index reaches the node), and so it re-applies everything after
 //! the snapshot.
 //!
 //! All IO is blocking; it runs on the dedicated control thread, where

@@ -1,23 +1,401 @@
-//! Raft network for the one-voter group: there is nobody to talk to.
+//! Node-to-node transport of the metadata group.
 //!
-//! openraft asks the factory for a client only to replicate to, or request
-//! votes from, *other* members. With one voter and no learners it never
-//! does; if it ever did (a membership change before a real network exists),
-//! every RPC fails as `Unreachable`, which openraft retries with backoff and
-//! which cannot corrupt anything. The factory never connects a node to
-//! itself: a request for its own id is refused the same way and logged.
+//! # Wire format
 //!
-//! The inter-node transport replaces this module when clusters arrive.
+//! TCP, one frame per message: a 4-byte big-endian length, then the JSON
+//! of an `Envelope { from, to, body }` (tokio-util's length-delimited
+//! codec, frames up to `FRAME_MAX` bytes, enough for a snapshot chunk). A
+//! connection carries one request at a time: the client writes a request
+//! frame and reads exactly one response frame before the next request.
+//! Requests (`Request`): openraft's AppendEntries, Vote and InstallSnapshot;
+//! `ClientWrite`, a metadata entry a non-leader forwards to the leader; and
+//! `BrokerHeartbeat`, a node's lease renewal sent to the controller.
+//!
+//! # Client side
+//!
+//! `Link` is one lazily (re)connected connection to one peer. A call is
+//! bounded by a timeout (openraft's `RPCOption` TTL for Raft RPCs); a call
+//! that fails or is cancelled midway drops the connection, so a late
+//! answer can never be read as the answer to the next request. openraft
+//! gets one `Link` per client it asks the factory for (`ClusterNetwork`);
+//! transport failures are `Unreachable`, which openraft retries with
+//! backoff. A node never connects to itself: such a client is refused and
+//! logged, and fails every call as unreachable.
+//!
+//! # Server side
+//!
+//! `serve` accepts on `ClusterConfig::listen`, on the control thread's
+//! runtime: at most `INBOUND_CONNECTIONS_MAX` connections at once (more are
+//! closed at once), each answering its requests in order through a
+//! `Service`. A frame that does not decode, or is addressed to another
+//! node, closes the connection.
+//!
+//! Without cluster settings there is nothing to talk to: `NoNetworkFactory`
+//! hands openraft clients that fail every RPC as unreachable (a one-voter
+//! group never asks for one).
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{SinkExt, StreamExt};
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::RPCOption;
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 use openraft::{RaftNetwork, RaftNetworkFactory};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use crate::types::{Node, NodeId, TypeConfig};
+use crate::types::{MetaError, MetaRequest, MetaResponse, Node, NodeId, TypeConfig};
+
+/// Largest frame sent or accepted, bytes (a snapshot chunk is far smaller).
+pub(crate) const FRAME_MAX: usize = 64 << 20;
+/// Inbound node-to-node connections served at once; more are closed.
+pub(crate) const INBOUND_CONNECTIONS_MAX: usize = 64;
+/// Bound of a connection attempt, ms.
+pub(crate) const CONNECT_TIMEOUT_MS: u64 = 1_000;
+
+/// What travels in one frame.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Envelope<T> {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub body: T,
+}
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A metadata entry forwarded by a node that is not the leader.
+    ClientWrite(MetaRequest),
+    /// A node renews its lease with the controller.
+    BrokerHeartbeat {
+        id: NodeId,
+        host: String,
+        port: u16,
+    },
+}
+
+/// The answer to a `Request`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    /// A forwarded write was committed and applied (or failed for good).
+    Written(Result<MetaResponse, MetaError>),
+    /// A heartbeat was recorded.
+    HeartbeatOk,
+    /// This node is not the leader; the one it knows of, if any.
+    NotLeader(Option<NodeId>),
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CallError {
+    /// The request never left this node (no connection, refused target).
+    #[error("request not sent to node {to}: {source}")]
+    NotSent { to: NodeId, source: io::Error },
+    /// Sent, but no answer came: the peer may or may not have acted on it.
+    #[error("no answer from node {to}: {source}")]
+    NoAnswer { to: NodeId, source: io::Error },
+}
+
+type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+
+fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(FRAME_MAX)
+        .new_codec()
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// One connection to one peer, (re)connected on demand, one request at a
+/// time.
+#[derive(Debug)]
+pub(crate) struct Link {
+    from: NodeId,
+    to: NodeId,
+    /// `None`: this link would connect the node to itself; it never does.
+    addr: Option<String>,
+    conn: Option<Conn>,
+}
+
+impl Link {
+    pub(crate) fn new(from: NodeId, to: NodeId, addr: String) -> Link {
+        let addr = if from == to {
+            tracing::error!(
+                node_id = from,
+                "raft: asked to connect a node to itself; refused"
+            );
+            None
+        } else {
+            Some(addr)
+        };
+        Link {
+            from,
+            to,
+            addr,
+            conn: None,
+        }
+    }
+
+    pub(crate) fn to(&self) -> NodeId {
+        self.to
+    }
+
+    /// Sends `body` and waits for its answer, all within `ttl`.
+    pub(crate) async fn call(
+        &mut self,
+        body: Request,
+        ttl: Duration,
+    ) -> Result<Response, CallError> {
+        let to = self.to;
+        let not_sent = |source| CallError::NotSent { to, source };
+        let no_answer = |source| CallError::NoAnswer { to, source };
+        let deadline = tokio::time::Instant::now() + ttl;
+        let frame = serde_json::to_vec(&Envelope {
+            from: self.from,
+            to,
+            body,
+        })
+        .map_err(|e| not_sent(io::Error::other(e)))?;
+        // Taken out for the call: put back only after a whole exchange.
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                let addr = self.addr.as_deref().ok_or_else(|| {
+                    not_sent(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a node does not connect to itself",
+                    ))
+                })?;
+                let connect_by = deadline
+                    .min(tokio::time::Instant::now() + Duration::from_millis(CONNECT_TIMEOUT_MS));
+                let stream = tokio::time::timeout_at(connect_by, TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| not_sent(io::ErrorKind::TimedOut.into()))?
+                    .map_err(not_sent)?;
+                stream.set_nodelay(true).map_err(not_sent)?;
+                Framed::new(stream, codec())
+            }
+        };
+        let exchange = async {
+            conn.send(Bytes::from(frame)).await?;
+            let answer = conn
+                .next()
+                .await
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))??;
+            let answer: Envelope<Response> =
+                serde_json::from_slice(&answer).map_err(|e| invalid(e.to_string()))?;
+            if answer.from != to || answer.to != self.from {
+                return Err(invalid(format!(
+                    "answer from node {} to node {}, expected {to} to {}",
+                    answer.from, answer.to, self.from
+                )));
+            }
+            Ok(answer.body)
+        };
+        let answer = tokio::time::timeout_at(deadline, exchange)
+            .await
+            .map_err(|_| no_answer(io::ErrorKind::TimedOut.into()))?
+            .map_err(no_answer)?;
+        self.conn = Some(conn);
+        Ok(answer)
+    }
+}
+
+/// Which peers answered their last call; for the start-up log only.
+#[derive(Debug, Default)]
+pub(crate) struct Reachability {
+    answered: Mutex<BTreeMap<NodeId, bool>>,
+}
+
+impl Reachability {
+    fn note(&self, peer: NodeId, answered: bool) {
+        let mut map = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(peer, answered);
+    }
+
+    /// Peers whose last call was answered.
+    pub(crate) fn answering(&self) -> usize {
+        let map = self.answered.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|a| **a).count()
+    }
+}
+
+/// Hands openraft one `Link` per client it asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterNetwork {
+    pub(crate) node_id: NodeId,
+    /// Every voter's cluster address (used when a membership node has none).
+    pub(crate) voters: Arc<BTreeMap<NodeId, String>>,
+    pub(crate) reachability: Arc<Reachability>,
+}
+
+/// openraft's client for one peer.
+#[derive(Debug)]
+pub(crate) struct ClusterClient {
+    link: Link,
+    reachability: Arc<Reachability>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for ClusterNetwork {
+    type Network = ClusterClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        let addr = if node.addr.is_empty() {
+            self.voters.get(&target).cloned().unwrap_or_default()
+        } else {
+            node.addr.clone()
+        };
+        ClusterClient {
+            link: Link::new(self.node_id, target, addr),
+            reachability: Arc::clone(&self.reachability),
+        }
+    }
+}
+
+impl ClusterClient {
+    async fn call<E: std::error::Error>(
+        &mut self,
+        request: Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, Node, E>> {
+        let result = self.link.call(request, option.hard_ttl()).await;
+        self.reachability.note(self.link.to(), result.is_ok());
+        result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    fn unexpected<E: std::error::Error>(&self, answer: &Response) -> RPCError<NodeId, Node, E> {
+        let e = invalid(format!(
+            "node {} answered with an unexpected {answer:?}",
+            self.link.to()
+        ));
+        RPCError::Unreachable(Unreachable::new(&e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for ClusterClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        match self.call(Request::AppendEntries(rpc), &option).await? {
+            Response::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.link.to(), e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        match self.call(Request::InstallSnapshot(rpc), &option).await? {
+            Response::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.link.to(), e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        match self.call(Request::Vote(rpc), &option).await? {
+            Response::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.link.to(), e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+}
+
+/// Answers the requests of one node's peers.
+pub(crate) trait Service: Send + Sync + 'static {
+    fn handle(&self, from: NodeId, request: Request) -> BoxFuture<'static, Response>;
+}
+
+/// Accepts peers on `listener` until the runtime stops.
+pub(crate) async fn serve(listener: TcpListener, node_id: NodeId, service: Arc<dyn Service>) {
+    let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "cluster listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!(%peer, limit = INBOUND_CONNECTIONS_MAX, "cluster listener: too many connections; closed");
+            continue;
+        };
+        let service = Arc::clone(&service);
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, node_id, service).await {
+                tracing::debug!(%peer, error = %e, "cluster connection closed");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    node_id: NodeId,
+    service: Arc<dyn Service>,
+) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut conn = Framed::new(stream, codec());
+    while let Some(frame) = conn.next().await {
+        let frame = frame?;
+        let request: Envelope<Request> =
+            serde_json::from_slice(&frame).map_err(|e| invalid(e.to_string()))?;
+        if request.to != node_id {
+            return Err(invalid(format!(
+                "a request for node {} reached node {node_id}",
+                request.to
+            )));
+        }
+        let body = service.handle(request.from, request.body).await;
+        let answer = serde_json::to_vec(&Envelope {
+            from: node_id,
+            to: request.from,
+            body,
+        })
+        .map_err(io::Error::other)?;
+        conn.send(Bytes::from(answer)).await?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("no raft network: node {target} is unreachable from node {from}")]
@@ -26,7 +404,7 @@ struct NoNetwork {
     target: NodeId,
 }
 
-/// Hands out clients that fail every RPC.
+/// Without cluster settings: hands out clients that fail every RPC.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NoNetworkFactory {
     pub(crate) node_id: NodeId,
@@ -90,5 +468,86 @@ impl RaftNetwork<TypeConfig> for NoNetworkClient {
         _option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         Err(self.unreachable())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+
+    impl Service for Echo {
+        fn handle(&self, from: NodeId, request: Request) -> BoxFuture<'static, Response> {
+            Box::pin(async move {
+                match request {
+                    Request::BrokerHeartbeat { id, .. } if id == from => Response::HeartbeatOk,
+                    Request::ClientWrite(MetaRequest::ReserveProducerIds) => {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Response::Written(Ok(MetaResponse::ProducerIds(from as i64)))
+                    }
+                    _ => Response::NotLeader(Some(9)),
+                }
+            })
+        }
+    }
+
+    fn heartbeat(id: NodeId) -> Request {
+        Request::BrokerHeartbeat {
+            id,
+            host: "h".into(),
+            port: 1,
+        }
+    }
+
+    #[test]
+    fn calls_reconnect_time_out_and_refuse_self() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            let server = tokio::spawn(serve(listener, 2, Arc::new(Echo)));
+            let ttl = Duration::from_secs(5);
+            let mut link = Link::new(1, 2, addr.clone());
+            assert!(matches!(
+                link.call(heartbeat(1), ttl).await,
+                Ok(Response::HeartbeatOk)
+            ));
+            assert!(matches!(
+                link.call(heartbeat(3), ttl).await,
+                Ok(Response::NotLeader(Some(9)))
+            ));
+            // A call cut by its timeout drops the connection: the late
+            // answer is never taken for the next call's.
+            let slow = Request::ClientWrite(MetaRequest::ReserveProducerIds);
+            assert!(matches!(
+                link.call(slow, Duration::from_millis(50)).await,
+                Err(CallError::NoAnswer { .. })
+            ));
+            assert!(matches!(
+                link.call(heartbeat(1), ttl).await,
+                Ok(Response::HeartbeatOk)
+            ));
+            // Addressed to another node: the server closes the connection.
+            let mut wrong = Link::new(1, 5, addr.clone());
+            assert!(wrong.call(heartbeat(1), ttl).await.is_err());
+            // Never to itself.
+            let mut me = Link::new(2, 2, addr);
+            assert!(matches!(
+                me.call(heartbeat(2), ttl).await,
+                Err(CallError::NotSent { .. })
+            ));
+            server.abort();
+            // Nobody listens any more: not sent.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut gone = Link::new(1, 2, "127.0.0.1:1".into());
+            assert!(matches!(
+                gone.call(heartbeat(1), ttl).await,
+                Err(CallError::NotSent { .. })
+            ));
+        });
     }
 }

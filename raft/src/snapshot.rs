@@ -4,13 +4,17 @@
 //! directory fsync), integers little-endian:
 //!
 //! ```text
-//! magic "SLSNAP01" (8 bytes)
+//! magic "SLSNAP02" (8 bytes)
 //! frame: JSON of openraft's SnapshotMeta (last log id, membership, id)
-//! frame: rkyv 0.8 archive of Vec<TopicMeta>  (the snapshot data proper)
+//! frame: rkyv 0.8 archive of SnapshotBody { topics: Vec<TopicMeta>,
+//!        brokers: Vec<BrokerMeta> }  (the snapshot data proper)
 //! ```
 //!
 //! Frames are `durable`'s length + CRC32C frames. The bytes openraft moves
-//! around as `SnapshotData` are the rkyv archive alone.
+//! around as `SnapshotData` (also to other nodes) are the rkyv archive
+//! alone. A file of the previous format ("SLSNAP01", an archive of
+//! `Vec<TopicMeta>` alone, written before brokers were registered) is read
+//! as a body without brokers.
 
 use std::io;
 use std::path::Path;
@@ -19,24 +23,49 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::durable;
-use crate::types::{SnapshotMeta, TopicMeta};
+use crate::types::{BrokerMeta, SnapshotMeta, TopicMeta};
 
 const SNAPSHOT_FILE: &str = "snapshot";
-const MAGIC: &[u8; 8] = b"SLSNAP01";
+const MAGIC: &[u8; 8] = b"SLSNAP02";
+/// The format before brokers: the data is an archive of `Vec<TopicMeta>`.
+const MAGIC_V1: &[u8; 8] = b"SLSNAP01";
+
+/// The snapshot data: everything the state machine replicates.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub(crate) struct SnapshotBody {
+    pub topics: Vec<TopicMeta>,
+    pub brokers: Vec<BrokerMeta>,
+}
+
+/// Serializes a snapshot body to the rkyv archive that is the snapshot data.
+pub(crate) fn encode(body: &SnapshotBody) -> io::Result<Vec<u8>> {
+    let bytes = rkyv::to_bytes::<rancor::Error>(body).map_err(|e| invalid(e.to_string()))?;
+    Ok(bytes.to_vec())
+}
+
+/// Validates and deserializes a snapshot data archive.
+pub(crate) fn decode(data: &[u8]) -> io::Result<SnapshotBody> {
+    let mut aligned = AlignedVec::<16>::with_capacity(data.len());
+    aligned.extend_from_slice(data);
+    rkyv::from_bytes::<SnapshotBody, rancor::Error>(&aligned).map_err(|e| invalid(e.to_string()))
+}
 
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Serializes the topics to the rkyv archive that is the snapshot data.
+/// Serializes topics alone (the previous format's data).
+#[cfg(test)]
 #[allow(clippy::ptr_arg)] // rkyv serializes a sized `Vec`, not a slice.
 pub(crate) fn encode_topics(topics: &Vec<TopicMeta>) -> io::Result<Vec<u8>> {
     let bytes = rkyv::to_bytes::<rancor::Error>(topics).map_err(|e| invalid(e.to_string()))?;
     Ok(bytes.to_vec())
 }
 
-/// Validates and deserializes a snapshot data archive.
-pub(crate) fn decode_topics(data: &[u8]) -> io::Result<Vec<TopicMeta>> {
+/// Validates and deserializes the previous format's data.
+fn decode_topics(data: &[u8]) -> io::Result<Vec<TopicMeta>> {
     // rkyv reads in place and needs the archive aligned.
     let mut aligned = AlignedVec::<16>::with_capacity(data.len());
     aligned.extend_from_slice(data);
@@ -59,9 +88,15 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
     let Some(bytes) = durable::read_optional(dir, SNAPSHOT_FILE)? else {
         return Ok(None);
     };
-    let rest = bytes
-        .strip_prefix(MAGIC.as_slice())
-        .ok_or_else(|| invalid("snapshot: bad magic"))?;
+    let (rest, v1) = match bytes.strip_prefix(MAGIC.as_slice()) {
+        Some(rest) => (rest, false),
+        None => (
+            bytes
+                .strip_prefix(MAGIC_V1.as_slice())
+                .ok_or_else(|| invalid("snapshot: bad magic"))?,
+            true,
+        ),
+    };
     let (meta_json, used) =
         durable::frame_decode(rest).ok_or_else(|| invalid("snapshot: bad meta frame"))?;
     let (data, used_data) =
@@ -71,6 +106,13 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
     }
     let meta: SnapshotMeta =
         serde_json::from_slice(meta_json).map_err(|e| invalid(e.to_string()))?;
+    if v1 {
+        let body = SnapshotBody {
+            topics: decode_topics(data)?,
+            brokers: Vec::new(),
+        };
+        return Ok(Some((meta, encode(&body)?)));
+    }
     Ok(Some((meta, data.to_vec())))
 }
 
@@ -119,11 +161,42 @@ mod tests {
     }
 
     #[test]
+    fn body_round_trip_and_previous_format_is_read() {
+        let body = SnapshotBody {
+            topics: vec![topic("a")],
+            brokers: vec![BrokerMeta {
+                id: 7,
+                host: "h".into(),
+                port: 9092,
+                fenced: true,
+            }],
+        };
+        let data = encode(&body).expect("encode");
+        assert_eq!(decode(&data).expect("decode"), body);
+        // A file written by the previous format: topics only.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = encode_topics(&vec![topic("old")]).expect("encode");
+        let meta_json = serde_json::to_vec(&SnapshotMeta::default()).expect("json");
+        let mut buf = MAGIC_V1.to_vec();
+        durable::frame_encode(&mut buf, &meta_json);
+        durable::frame_encode(&mut buf, &old);
+        durable::write_atomic(dir.path(), SNAPSHOT_FILE, &buf).expect("write");
+        let (_, data) = read(dir.path()).expect("read").expect("some");
+        let back = decode(&data).expect("decode");
+        assert_eq!(back.topics, vec![topic("old")]);
+        assert!(back.brokers.is_empty());
+    }
+
+    #[test]
     fn file_round_trip_and_corruption() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(read(dir.path()).expect("read").is_none());
         let meta = SnapshotMeta::default();
-        let data = encode_topics(&vec![topic("x")]).expect("encode");
+        let body = SnapshotBody {
+            topics: vec![topic("x")],
+            brokers: Vec::new(),
+        };
+        let data = encode(&body).expect("encode");
         write(dir.path(), &meta, &data).expect("write");
         let (meta2, data2) = read(dir.path()).expect("read").expect("some");
         assert_eq!(meta2, meta);

@@ -5,15 +5,29 @@
 //! re-applies the log after it once the leader commits.
 //!
 //! Placement is decided here, in `apply`, so every replica computes the same
-//! answer: each new partition goes to the shard holding the fewest
-//! partitions, ties to the lowest shard index.
+//! answer from the replicated data alone:
+//!
+//! - shard: each new partition goes to the shard holding the fewest
+//!   partitions, ties to the lowest shard index (the same index on every
+//!   node);
+//! - replicas: with replication factor r, the live (registered, unfenced)
+//!   brokers sorted by id, r of them starting at `(entry index + partition)
+//!   % live`, so successive topics and partitions spread their leaders
+//!   (`replicas[0]`) over the nodes; leader = `replicas[0]`, ISR = replicas,
+//!   epoch 0. An explicit assignment is validated and used as given.
+//!   Entries written before any broker registered (a one-voter group's old
+//!   log) place on this node alone, as they did when written.
+//!
+//! Broker entries (register, fence, unfence) and ISR changes are applied
+//! here too (see `MetaRequest`); fencing and unfencing are logged once per
+//! event at info, never per partition.
 //!
 //! After each applied batch a new immutable `MetadataView` is published
 //! through `Published`. The topics are a persistent map (`TopicMap`):
 //! publishing clones its root (O(1)); each change copied O(log topics)
 //! nodes, and the new view shares every other node with the old one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -25,11 +39,11 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
 
-use crate::snapshot;
+use crate::snapshot::{self, SnapshotBody};
 use crate::types::{
-    producer_id_block_start, Entry, LogId, MetaError, MetaRequest, MetaResponse, MetadataView,
-    PartitionMeta, SnapshotData, SnapshotMeta, StorageError, StoredMembership, TopicIdMap,
-    TopicMap, TopicMeta, TypeConfig,
+    producer_id_block_start, BrokerMap, BrokerMeta, Entry, LogId, MetaError, MetaRequest,
+    MetaResponse, MetadataView, PartitionMeta, SnapshotData, SnapshotMeta, StorageError,
+    StoredMembership, TopicIdMap, TopicMap, TopicMeta, TypeConfig, NO_LEADER,
 };
 
 /// The applied view, shared between the control thread (writer) and every
@@ -117,7 +131,8 @@ struct Data {
     /// Partitions per shard, `len() == shards`.
     shard_load: Vec<u64>,
     partitions_total: u64,
-    brokers: crate::types::BrokerMap,
+    /// Registered brokers; shared with the published views.
+    brokers: BrokerMap,
 }
 
 impl Data {
@@ -129,15 +144,18 @@ impl Data {
             topic_ids: TopicIdMap::new(),
             shard_load: vec![0; shards as usize],
             partitions_total: 0,
-            brokers: crate::types::BrokerMap::new(),
+            brokers: BrokerMap::new(),
         }
     }
 
-    fn from_snapshot(shards: u32, meta: &SnapshotMeta, topics: Vec<TopicMeta>) -> Data {
+    fn from_snapshot(shards: u32, meta: &SnapshotMeta, body: SnapshotBody) -> Data {
         let mut data = Data::new(shards);
         data.last_applied = meta.last_log_id;
         data.membership = meta.last_membership.clone();
-        for topic in topics {
+        for broker in body.brokers {
+            data.brokers.insert(broker.id, Arc::new(broker));
+        }
+        for topic in body.topics {
             data.charge(&topic, 1);
             let name: Arc<str> = Arc::from(topic.name.as_str());
             data.topic_ids.insert(topic.id, Arc::clone(&name));
@@ -164,7 +182,12 @@ impl Data {
         };
     }
 
-    fn create(&mut self, limits: &Placement, req: CreateArgs) -> Result<Arc<TopicMeta>, MetaError> {
+    fn create(
+        &mut self,
+        limits: &Placement,
+        req: CreateArgs,
+        index: u64,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
         validate_partitions(req.partitions, limits)?;
         if self.topics.contains_key(req.name.as_str()) {
             return Err(MetaError::TopicExists(req.name));
@@ -181,9 +204,16 @@ impl Data {
         if self.partitions_total + requested > limit {
             return Err(MetaError::PartitionLimit { limit, requested });
         }
+        let replicas = if req.assignment.is_empty() {
+            let factor = u64::from(req.replication_factor);
+            self.placed_replicas(limits, req.partitions, factor, index)?
+        } else {
+            self.assigned_replicas(req.partitions, &req.assignment)?
+        };
         warn_near_limit(self.partitions_total, requested, limit);
-        let partitions = (0..req.partitions)
-            .map(|_| self.place_one(limits.node_id))
+        let partitions = replicas
+            .into_iter()
+            .map(|replicas| self.new_partition(replicas))
             .collect();
         let topic = TopicMeta {
             name: req.name,
@@ -201,7 +231,7 @@ impl Data {
     }
 
     /// Picks the least loaded shard (ties: lowest index) and charges it.
-    fn place_one(&mut self, leader: u64) -> PartitionMeta {
+    fn take_shard(&mut self) -> u32 {
         let (shard, load) = self
             .shard_load
             .iter_mut()
@@ -209,13 +239,116 @@ impl Data {
             .min_by_key(|(i, load)| (**load, *i))
             .expect("at least one shard");
         *load += 1;
+        shard as u32
+    }
+
+    /// Whether `id` is a registered, unfenced broker.
+    fn is_live(&self, id: u64) -> bool {
+        self.brokers.get(&id).is_some_and(|b| !b.fenced)
+    }
+
+    /// A new partition on the least loaded shard: led by its first live
+    /// replica, with the live replicas in sync (all of them when placed by
+    /// the controller; without live ones: no leader, every replica in the
+    /// ISR).
+    fn new_partition(&mut self, replicas: Vec<u64>) -> PartitionMeta {
+        let shard = self.take_shard();
+        let live: Vec<u64> = if self.brokers.is_empty() {
+            replicas.clone() // Written before brokers registered.
+        } else {
+            replicas
+                .iter()
+                .copied()
+                .filter(|&id| self.is_live(id))
+                .collect()
+        };
+        let (leader, isr) = match live.first() {
+            Some(&leader) => (leader, live),
+            None => (NO_LEADER, replicas.clone()),
+        };
         PartitionMeta {
-            shard: shard as u32,
+            shard,
             leader,
             leader_epoch: 0,
-            replicas: vec![leader],
-            isr: vec![leader],
+            replicas,
+            isr,
         }
+    }
+
+    /// Replica lists of `count` new partitions with `factor` replicas each,
+    /// over the live brokers (sorted by id), starting at a rotating offset.
+    fn placed_replicas(
+        &self,
+        limits: &Placement,
+        count: u32,
+        factor: u64,
+        index: u64,
+    ) -> Result<Vec<Vec<u64>>, MetaError> {
+        if self.brokers.is_empty() && self.membership.membership().voter_ids().nth(1).is_none() {
+            // A one-voter group's entries from before brokers registered:
+            // this node alone, as when they were written.
+            return Ok(vec![vec![limits.node_id]; count as usize]);
+        }
+        let live: Vec<u64> = self
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .collect();
+        let available = live.len() as u64;
+        if factor == 0 || factor > available {
+            return Err(MetaError::InvalidReplicationFactor {
+                requested: factor,
+                available,
+            });
+        }
+        let n = live.len() as u64;
+        Ok((0..u64::from(count))
+            .map(|i| {
+                let start = index.wrapping_add(i) % n;
+                (0..factor)
+                    .map(|j| live[((start + j) % n) as usize])
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Validates an explicit assignment: one non-empty list per partition,
+    /// all of one length, of registered brokers, without duplicates.
+    fn assigned_replicas(
+        &self,
+        partitions: u32,
+        assignment: &[Vec<u64>],
+    ) -> Result<Vec<Vec<u64>>, MetaError> {
+        let bad = |msg: String| Err(MetaError::InvalidReplicaAssignment(msg));
+        if assignment.len() != partitions as usize {
+            return bad(format!(
+                "{} replica lists for {partitions} partitions",
+                assignment.len()
+            ));
+        }
+        let width = assignment.first().map_or(0, Vec::len);
+        for (i, list) in assignment.iter().enumerate() {
+            if list.is_empty() {
+                return bad(format!("partition {i} has no replicas"));
+            }
+            if list.len() != width {
+                return bad(format!(
+                    "partition {i} has {} replicas, partition 0 has {width}",
+                    list.len()
+                ));
+            }
+            let mut seen = BTreeSet::new();
+            for &id in list {
+                if !self.brokers.contains_key(&id) {
+                    return bad(format!("broker {id} (partition {i}) is not registered"));
+                }
+                if !seen.insert(id) {
+                    return bad(format!("broker {id} appears twice in partition {i}"));
+                }
+            }
+        }
+        Ok(assignment.to_vec())
     }
 
     /// Adds partitions to a topic up to `partitions` in total.
@@ -224,6 +357,7 @@ impl Data {
         limits: &Placement,
         name: &str,
         partitions: u32,
+        index: u64,
     ) -> Result<Arc<TopicMeta>, MetaError> {
         let old = self
             .topics
@@ -240,9 +374,11 @@ impl Data {
         if self.partitions_total + requested > limit {
             return Err(MetaError::PartitionLimit { limit, requested });
         }
+        let factor = old.partitions.first().map_or(1, |p| p.replicas.len()) as u64;
         let mut topic = TopicMeta::clone(old);
-        for _ in 0..requested {
-            topic.partitions.push(self.place_one(limits.node_id));
+        let replicas = self.placed_replicas(limits, requested as u32, factor, index)?;
+        for replicas in replicas {
+            topic.partitions.push(self.new_partition(replicas));
         }
         self.partitions_total += requested;
         let topic = Arc::new(topic);
@@ -289,9 +425,212 @@ impl Data {
         }
     }
 
-    /// Broker registration, fencing and ISR changes.
-    fn apply_cluster(&mut self, req: MetaRequest) -> Result<(), MetaError> {
-        Err(MetaError::Internal(format!("not applied yet: {req:?}")))
+    /// Broker registration, fencing and ISR changes. `replay`: applied
+    /// before the last restart (logged at debug only).
+    fn apply_cluster(&mut self, req: MetaRequest, replay: bool) -> Result<(), MetaError> {
+        match req {
+            MetaRequest::RegisterBroker { id, host, port } => {
+                let was_fenced = self.brokers.get(&id).is_some_and(|b| b.fenced);
+                let broker = BrokerMeta {
+                    id,
+                    host,
+                    port,
+                    fenced: false,
+                };
+                let led = if was_fenced {
+                    self.lead_leaderless(id)
+                } else {
+                    0
+                };
+                if replay {
+                    tracing::debug!(id, "metadata: replayed broker registration");
+                } else {
+                    tracing::info!(id, host = %broker.host, port, leaderships = led, "metadata: broker registered");
+                }
+                self.brokers.insert(id, Arc::new(broker));
+                Ok(())
+            }
+            MetaRequest::FenceBroker { id } => {
+                let broker = self.registered(id)?;
+                if broker.fenced {
+                    return Ok(());
+                }
+                self.brokers.insert(
+                    id,
+                    Arc::new(BrokerMeta {
+                        fenced: true,
+                        ..BrokerMeta::clone(&broker)
+                    }),
+                );
+                let live: BTreeSet<u64> = self
+                    .brokers
+                    .values()
+                    .filter(|b| !b.fenced)
+                    .map(|b| b.id)
+                    .collect();
+                let (mut moved, mut orphaned, mut shrunk) = (0u64, 0u64, 0u64);
+                self.update_partitions(|p| {
+                    let mut changed = false;
+                    if p.leader == id {
+                        let next = p.isr.iter().copied().find(|r| *r != id && live.contains(r));
+                        p.leader = next.unwrap_or(NO_LEADER);
+                        p.leader_epoch = p.leader_epoch.saturating_add(1);
+                        if next.is_some() {
+                            moved += 1;
+                        } else {
+                            orphaned += 1;
+                        }
+                        changed = true;
+                    }
+                    if p.isr.len() > 1 && p.isr.contains(&id) {
+                        p.isr.retain(|r| *r != id);
+                        shrunk += 1;
+                        changed = true;
+                    }
+                    changed
+                });
+                if replay {
+                    tracing::debug!(id, "metadata: replayed broker fencing");
+                } else {
+                    tracing::info!(
+                        id,
+                        leaderships_moved = moved,
+                        partitions_without_leader = orphaned,
+                        isr_shrunk = shrunk,
+                        "metadata: broker fenced (lease expired)"
+                    );
+                }
+                Ok(())
+            }
+            MetaRequest::UnfenceBroker { id } => {
+                let broker = self.registered(id)?;
+                let was_fenced = broker.fenced;
+                if was_fenced {
+                    self.brokers.insert(
+                        id,
+                        Arc::new(BrokerMeta {
+                            fenced: false,
+                            ..BrokerMeta::clone(&broker)
+                        }),
+                    );
+                }
+                let led = self.lead_leaderless(id);
+                if replay || !was_fenced {
+                    tracing::debug!(id, leaderships = led, "metadata: broker unfenced");
+                } else {
+                    tracing::info!(id, leaderships = led, "metadata: broker unfenced");
+                }
+                Ok(())
+            }
+            MetaRequest::AlterIsr {
+                topic,
+                partition,
+                leader,
+                leader_epoch,
+                isr,
+            } => self.alter_isr(&topic, partition, leader, leader_epoch, isr),
+            other => Err(MetaError::Internal(format!(
+                "not a cluster entry: {other:?}"
+            ))),
+        }
+    }
+
+    fn registered(&self, id: u64) -> Result<Arc<BrokerMeta>, MetaError> {
+        self.brokers
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| MetaError::Internal(format!("broker {id} is not registered")))
+    }
+
+    /// Gives `id` every leaderless partition whose ISR holds it (epoch + 1).
+    fn lead_leaderless(&mut self, id: u64) -> u64 {
+        let mut led = 0;
+        self.update_partitions(|p| {
+            if p.leader == NO_LEADER && p.isr.contains(&id) {
+                p.leader = id;
+                p.leader_epoch = p.leader_epoch.saturating_add(1);
+                led += 1;
+                true
+            } else {
+                false
+            }
+        });
+        led
+    }
+
+    /// Runs `change` on every partition; topics with a changed partition
+    /// are replaced (the others stay shared with earlier views).
+    fn update_partitions(&mut self, mut change: impl FnMut(&mut PartitionMeta) -> bool) {
+        let mut changed = Vec::new();
+        for (name, topic) in &self.topics {
+            let mut copy: Option<TopicMeta> = None;
+            for (i, p) in topic.partitions.iter().enumerate() {
+                let mut next = p.clone();
+                if change(&mut next) {
+                    copy.get_or_insert_with(|| TopicMeta::clone(topic))
+                        .partitions[i] = next;
+                }
+            }
+            if let Some(copy) = copy {
+                changed.push((Arc::clone(name), Arc::new(copy)));
+            }
+        }
+        for (name, topic) in changed {
+            self.topics.insert(name, topic);
+        }
+    }
+
+    fn alter_isr(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        leader: u64,
+        leader_epoch: i32,
+        isr: Vec<u64>,
+    ) -> Result<(), MetaError> {
+        let old = self
+            .topics
+            .get(topic)
+            .ok_or_else(|| MetaError::UnknownTopic(topic.to_string()))?;
+        let Some(p) = old.partitions.get(partition as usize) else {
+            return Err(MetaError::InvalidPartitions(format!(
+                "topic '{topic}' has no partition {partition}"
+            )));
+        };
+        if p.leader_epoch != leader_epoch {
+            return Err(MetaError::StaleLeaderEpoch {
+                current: p.leader_epoch,
+                got: leader_epoch,
+            });
+        }
+        let refuse = |msg: String| {
+            Err(MetaError::Internal(format!(
+                "ISR change of {topic}-{partition} refused: {msg}"
+            )))
+        };
+        if p.leader != leader || leader == NO_LEADER {
+            return refuse(format!("node {leader} does not lead it"));
+        }
+        if !isr.contains(&leader) {
+            return refuse(format!("the new ISR {isr:?} lacks the leader {leader}"));
+        }
+        let mut seen = BTreeSet::new();
+        for &id in &isr {
+            if !p.replicas.contains(&id) {
+                return refuse(format!("node {id} holds no replica"));
+            }
+            if !seen.insert(id) {
+                return refuse(format!("node {id} appears twice"));
+            }
+            if !p.isr.contains(&id) && !self.is_live(id) {
+                return refuse(format!("node {id} is fenced or not registered"));
+            }
+        }
+        tracing::debug!(topic, partition, ?isr, "metadata: ISR changed");
+        let mut copy = TopicMeta::clone(old);
+        copy.partitions[partition as usize].isr = isr;
+        self.topics.insert(Arc::from(topic), Arc::new(copy));
+        Ok(())
     }
 }
 
@@ -305,6 +644,8 @@ struct CreateArgs {
     partitions: u32,
     configs: BTreeMap<String, String>,
     created_ms: i64,
+    replication_factor: u16,
+    assignment: Vec<Vec<u64>>,
 }
 
 /// Share of the partition limit (percent) at which one warning is logged.
@@ -365,7 +706,7 @@ impl StateMachine {
         assert!(limits.shards > 0, "at least one shard");
         let data = match snapshot::read(&dir)? {
             Some((meta, bytes)) => {
-                Data::from_snapshot(limits.shards, &meta, snapshot::decode_topics(&bytes)?)
+                Data::from_snapshot(limits.shards, &meta, snapshot::decode(&bytes)?)
             }
             None => Data::new(limits.shards),
         };
@@ -403,7 +744,10 @@ impl StateMachine {
                 | MetaRequest::FenceBroker { .. }
                 | MetaRequest::UnfenceBroker { .. }
                 | MetaRequest::AlterIsr { .. }),
-            ) => MetaResponse::Done(self.data.apply_cluster(req)),
+            ) => {
+                let replay = self.replay_until.is_some_and(|r| log_id.index <= r);
+                MetaResponse::Done(self.data.apply_cluster(req, replay))
+            }
             EntryPayload::Normal(req) => {
                 let action = match req {
                     MetaRequest::CreateTopic { .. } => "created",
@@ -413,14 +757,14 @@ impl StateMachine {
                     MetaRequest::SetTopicConfigs { .. } => "reconfigured",
                     _ => unreachable!("answered above"),
                 };
-                let result = self.apply_request(req);
+                let result = self.apply_request(req, log_id.index);
                 self.log_result(log_id, action, &result);
                 MetaResponse::Topic(result)
             }
         }
     }
 
-    fn apply_request(&mut self, req: MetaRequest) -> Result<Arc<TopicMeta>, MetaError> {
+    fn apply_request(&mut self, req: MetaRequest, index: u64) -> Result<Arc<TopicMeta>, MetaError> {
         match req {
             MetaRequest::CreateTopic {
                 name,
@@ -428,7 +772,8 @@ impl StateMachine {
                 partitions,
                 configs,
                 created_ms,
-                ..
+                replication_factor,
+                assignment,
             } => {
                 let args = CreateArgs {
                     name,
@@ -436,15 +781,17 @@ impl StateMachine {
                     partitions,
                     configs,
                     created_ms,
+                    replication_factor,
+                    assignment,
                 };
-                self.data.create(&self.limits, args)
+                self.data.create(&self.limits, args, index)
             }
             MetaRequest::DeleteTopic { name } => self.data.delete(&name),
             MetaRequest::ReserveProducerIds => {
                 Err(MetaError::Internal("answered in apply_one".into()))
             }
             MetaRequest::CreatePartitions { name, partitions } => {
-                self.data.grow(&self.limits, &name, partitions)
+                self.data.grow(&self.limits, &name, partitions, index)
             }
             MetaRequest::SetTopicConfigs { name, configs } => self.data.set_configs(&name, configs),
             _ => Err(MetaError::Internal("answered in apply_one".into())),
@@ -480,14 +827,22 @@ pub(crate) struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let topics: Vec<TopicMeta> = self
-            .data
-            .topics
-            .values()
-            .map(|t| TopicMeta::clone(t))
-            .collect();
-        let bytes = snapshot::encode_topics(&topics)
-            .map_err(|e| StorageIOError::write_snapshot(None, sm_err(e)))?;
+        let body = SnapshotBody {
+            topics: self
+                .data
+                .topics
+                .values()
+                .map(|t| TopicMeta::clone(t))
+                .collect(),
+            brokers: self
+                .data
+                .brokers
+                .values()
+                .map(|b| BrokerMeta::clone(b))
+                .collect(),
+        };
+        let bytes =
+            snapshot::encode(&body).map_err(|e| StorageIOError::write_snapshot(None, sm_err(e)))?;
         let last = self.data.last_applied;
         let snapshot_id = last.map_or_else(
             || "empty".to_string(),
@@ -543,10 +898,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = data.into_inner();
         let read_err =
             |e: io::Error| StorageIOError::read_snapshot(Some(meta.signature()), sm_err(e));
-        let topics = snapshot::decode_topics(&bytes).map_err(read_err)?;
+        let body = snapshot::decode(&bytes).map_err(read_err)?;
         snapshot::write(&self.dir, meta, &bytes)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), sm_err(e)))?;
-        self.data = Data::from_snapshot(self.limits.shards, meta, topics);
+        self.data = Data::from_snapshot(self.limits.shards, meta, body);
         self.published.publish(self.data.view(self.limits.node_id));
         tracing::info!(snapshot = %meta.snapshot_id, "metadata: snapshot installed");
         Ok(())
@@ -581,6 +936,8 @@ mod tests {
             partitions,
             configs: BTreeMap::new(),
             created_ms: 0,
+            replication_factor: 1,
+            assignment: Vec::new(),
         }
     }
 
@@ -610,14 +967,14 @@ mod tests {
         let mut d = Data::new(2);
         let names: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
         for n in &names {
-            d.create(&l, args(n, 2)).expect("create");
+            d.create(&l, args(n, 2), 0).expect("create");
         }
         assert_index_matches(&d);
         for n in names.iter().step_by(3) {
             let gone = d.delete(n).expect("delete");
             assert!(d.view(1).topic_by_id(&gone.id).is_none());
         }
-        d.grow(&l, "t1", 5).expect("grow");
+        d.grow(&l, "t1", 5, 0).expect("grow");
         d.set_configs("t2", BTreeMap::from([("k".into(), "v".into())]))
             .expect("configs");
         assert_eq!(
@@ -629,19 +986,22 @@ mod tests {
         // A name reused after its delete gets the new topic's id only.
         let mut again = args("t0", 1);
         again.id = [0xee; 16];
-        d.create(&l, again).expect("recreate t0");
+        d.create(&l, again, 0).expect("recreate t0");
         assert!(d.view(1).topic_by_id(&id_of("t0")).is_none());
         assert_index_matches(&d);
         let mut dup = args("other", 1);
         dup.id = [0xee; 16];
-        assert!(matches!(d.create(&l, dup), Err(MetaError::Internal(_))));
+        assert!(matches!(d.create(&l, dup, 0), Err(MetaError::Internal(_))));
         // Snapshot round trip: encode, decode, rebuild.
-        let topics: Vec<TopicMeta> = d.topics.values().map(|t| TopicMeta::clone(t)).collect();
-        let bytes = snapshot::encode_topics(&topics).expect("encode");
+        let body = SnapshotBody {
+            topics: d.topics.values().map(|t| TopicMeta::clone(t)).collect(),
+            brokers: Vec::new(),
+        };
+        let bytes = snapshot::encode(&body).expect("encode");
         let back = Data::from_snapshot(
             2,
             &SnapshotMeta::default(),
-            snapshot::decode_topics(&bytes).expect("decode"),
+            snapshot::decode(&bytes).expect("decode"),
         );
         assert_index_matches(&back);
         assert_eq!(back.topic_ids, d.topic_ids);
@@ -652,12 +1012,12 @@ mod tests {
     fn placement_fills_least_loaded_then_lowest_index() {
         let l = limits(3, 100);
         let mut d = Data::new(3);
-        let a = d.create(&l, args("a", 2)).expect("a");
+        let a = d.create(&l, args("a", 2), 0).expect("a");
         assert_eq!(
             a.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(),
             vec![0, 1]
         );
-        let b = d.create(&l, args("b", 4)).expect("b");
+        let b = d.create(&l, args("b", 4), 0).expect("b");
         assert_eq!(
             b.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(),
             vec![2, 0, 1, 2]
@@ -666,7 +1026,7 @@ mod tests {
         d.delete("a").expect("delete a");
         assert_eq!(d.shard_load, vec![1, 1, 2]);
         assert_eq!(d.partitions_total, 4);
-        let c = d.create(&l, args("c", 1)).expect("c");
+        let c = d.create(&l, args("c", 1), 0).expect("c");
         assert_eq!(c.partitions[0].shard, 0);
     }
 
@@ -675,19 +1035,19 @@ mod tests {
         let l = limits(2, 3);
         let mut d = Data::new(2);
         assert!(matches!(
-            d.create(&l, args("z", 0)),
+            d.create(&l, args("z", 0), 0),
             Err(MetaError::InvalidPartitions(_))
         ));
         assert!(matches!(
-            d.create(&l, args("z", 7)),
+            d.create(&l, args("z", 7), 0),
             Err(MetaError::InvalidPartitions(_))
         ));
-        d.create(&l, args("a", 4)).expect("a");
+        d.create(&l, args("a", 4), 0).expect("a");
         assert_eq!(
-            d.create(&l, args("a", 1)),
+            d.create(&l, args("a", 1), 0),
             Err(MetaError::TopicExists("a".into()))
         );
-        let err = d.create(&l, args("b", 3)).expect_err("over the limit");
+        let err = d.create(&l, args("b", 3), 0).expect_err("over the limit");
         assert_eq!(
             err,
             MetaError::PartitionLimit {
@@ -699,10 +1059,258 @@ mod tests {
             err.to_string().contains('6'),
             "message names the limit: {err}"
         );
-        d.create(&l, args("b", 2)).expect("exactly at the limit");
+        d.create(&l, args("b", 2), 0).expect("exactly at the limit");
         assert_eq!(
             d.delete("nope"),
             Err(MetaError::UnknownTopic("nope".into()))
         );
+    }
+
+    fn register(d: &mut Data, id: u64) {
+        let req = MetaRequest::RegisterBroker {
+            id,
+            host: format!("h{id}"),
+            port: 9000 + id as u16,
+        };
+        d.apply_cluster(req, false).expect("register");
+    }
+
+    fn fence(d: &mut Data, id: u64) {
+        d.apply_cluster(MetaRequest::FenceBroker { id }, false)
+            .expect("fence");
+    }
+
+    fn unfence(d: &mut Data, id: u64) {
+        d.apply_cluster(MetaRequest::UnfenceBroker { id }, false)
+            .expect("unfence");
+    }
+
+    fn rf(name: &str, partitions: u32, replication_factor: u16) -> CreateArgs {
+        CreateArgs {
+            replication_factor,
+            ..args(name, partitions)
+        }
+    }
+
+    fn part(d: &Data, topic: &str, i: usize) -> PartitionMeta {
+        d.topics[topic].partitions[i].clone()
+    }
+
+    #[test]
+    fn replicas_rotate_over_live_brokers() {
+        let l = limits(2, 100);
+        let mut d = Data::new(2);
+        for id in [3, 1, 2] {
+            register(&mut d, id);
+        }
+        let t = d.create(&l, rf("a", 3, 3), 10).expect("create");
+        let replicas: Vec<Vec<u64>> = t.partitions.iter().map(|p| p.replicas.clone()).collect();
+        // Start at (10 + i) % 3 over [1, 2, 3].
+        assert_eq!(replicas, vec![vec![2, 3, 1], vec![3, 1, 2], vec![1, 2, 3]]);
+        for p in &t.partitions {
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!(p.isr, p.replicas);
+            assert_eq!(p.leader_epoch, 0);
+        }
+        assert_eq!(
+            t.partitions.iter().map(|p| p.shard).collect::<Vec<_>>(),
+            vec![0, 1, 0]
+        );
+        fence(&mut d, 2);
+        assert_eq!(
+            d.create(&l, rf("b", 1, 3), 11),
+            Err(MetaError::InvalidReplicationFactor {
+                requested: 3,
+                available: 2
+            })
+        );
+        let b = d.create(&l, rf("b", 2, 2), 11).expect("rf 2 of 2 live");
+        assert!(b.partitions.iter().all(|p| !p.replicas.contains(&2)));
+        // New partitions get the topic's replica count.
+        let grown = d.grow(&l, "b", 4, 12).expect("grow");
+        assert!(grown.partitions.iter().all(|p| p.replicas.len() == 2));
+        assert_eq!(
+            d.grow(&l, "a", 4, 13),
+            Err(MetaError::InvalidReplicationFactor {
+                requested: 3,
+                available: 2
+            })
+        );
+    }
+
+    #[test]
+    fn explicit_assignment_is_validated() {
+        let l = limits(1, 100);
+        let mut d = Data::new(1);
+        for id in 1..=3 {
+            register(&mut d, id);
+        }
+        let mut a = args("a", 2);
+        a.assignment = vec![vec![3, 1], vec![2, 3]];
+        let t = d.create(&l, a, 5).expect("assigned");
+        assert_eq!(t.partitions[0].replicas, vec![3, 1]);
+        assert_eq!(t.partitions[1].leader, 2);
+        let bad = |assignment: Vec<Vec<u64>>, partitions: u32| {
+            let mut a = args("b", partitions);
+            a.assignment = assignment;
+            a
+        };
+        for (assignment, partitions) in [
+            (vec![vec![1]], 2),
+            (vec![vec![1], vec![]], 2),
+            (vec![vec![1], vec![1, 2]], 2),
+            (vec![vec![9]], 1),
+            (vec![vec![1, 1]], 1),
+        ] {
+            let result = d.create(&l, bad(assignment.clone(), partitions), 6);
+            assert!(
+                matches!(result, Err(MetaError::InvalidReplicaAssignment(_))),
+                "{assignment:?}: {result:?}"
+            );
+        }
+        assert!(!d.topics.contains_key("b"));
+    }
+
+    #[test]
+    fn without_brokers_a_lone_voter_places_on_itself() {
+        let l = limits(1, 100);
+        let mut d = Data::new(1);
+        let t = d.create(&l, rf("old", 2, 1), 3).expect("create");
+        assert!(t
+            .partitions
+            .iter()
+            .all(|p| p.replicas == vec![1] && p.leader == 1));
+    }
+
+    #[test]
+    fn fencing_moves_leaders_and_shrinks_isrs_unfencing_restores_leaders() {
+        let l = limits(1, 100);
+        let mut d = Data::new(1);
+        for id in 1..=3 {
+            register(&mut d, id);
+        }
+        let mut a = args("a", 2);
+        a.assignment = vec![vec![1, 2, 3], vec![2, 1, 3]];
+        d.create(&l, a, 1).expect("create");
+        let mut b = args("b", 1);
+        b.assignment = vec![vec![1]];
+        d.create(&l, b, 2).expect("create");
+        let before = d.topics.clone();
+        fence(&mut d, 1);
+        assert!(d.brokers[&1].fenced);
+        // Led by 1: the next live ISR member leads, epoch + 1, 1 leaves the ISR.
+        assert_eq!(
+            part(&d, "a", 0),
+            PartitionMeta {
+                shard: 0,
+                leader: 2,
+                leader_epoch: 1,
+                replicas: vec![1, 2, 3],
+                isr: vec![2, 3]
+            }
+        );
+        // Not led by 1: same leader and epoch, 1 leaves the ISR.
+        let p1 = part(&d, "a", 1);
+        assert_eq!((p1.leader, p1.leader_epoch, p1.isr), (2, 0, vec![2, 3]));
+        // 1 was the last ISR member: no leader, it stays in the ISR.
+        let p2 = part(&d, "b", 0);
+        assert_eq!(
+            (p2.leader, p2.leader_epoch, p2.isr),
+            (NO_LEADER, 1, vec![1])
+        );
+        // Fencing again changes nothing.
+        let fenced = d.topics.clone();
+        fence(&mut d, 1);
+        assert_eq!(d.topics, fenced);
+        // An ISR member that is fenced is skipped as the next leader.
+        fence(&mut d, 2);
+        let p0 = part(&d, "a", 0);
+        assert_eq!((p0.leader, p0.leader_epoch, p0.isr), (3, 2, vec![3]));
+        unfence(&mut d, 1);
+        assert!(!d.brokers[&1].fenced);
+        let p2 = part(&d, "b", 0);
+        assert_eq!((p2.leader, p2.leader_epoch), (1, 2));
+        assert_eq!(
+            part(&d, "a", 0).leader,
+            3,
+            "led partitions keep their leader"
+        );
+        assert_ne!(before, d.topics);
+        assert!(matches!(
+            d.apply_cluster(MetaRequest::FenceBroker { id: 42 }, false),
+            Err(MetaError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn alter_isr_checks_leader_epoch_and_members() {
+        let l = limits(1, 100);
+        let mut d = Data::new(1);
+        for id in 1..=3 {
+            register(&mut d, id);
+        }
+        let mut a = args("a", 1);
+        a.assignment = vec![vec![1, 2, 3]];
+        d.create(&l, a, 1).expect("create");
+        let alter = |d: &mut Data, leader: u64, epoch: i32, isr: Vec<u64>| {
+            let req = MetaRequest::AlterIsr {
+                topic: "a".into(),
+                partition: 0,
+                leader,
+                leader_epoch: epoch,
+                isr,
+            };
+            d.apply_cluster(req, false)
+        };
+        assert_eq!(
+            alter(&mut d, 1, 3, vec![1]),
+            Err(MetaError::StaleLeaderEpoch { current: 0, got: 3 })
+        );
+        assert!(matches!(
+            alter(&mut d, 2, 0, vec![2]),
+            Err(MetaError::Internal(_))
+        ));
+        assert!(matches!(
+            alter(&mut d, 1, 0, vec![2]),
+            Err(MetaError::Internal(_))
+        ));
+        assert!(matches!(
+            alter(&mut d, 1, 0, vec![1, 4]),
+            Err(MetaError::Internal(_))
+        ));
+        assert!(matches!(
+            alter(&mut d, 1, 0, vec![1, 1]),
+            Err(MetaError::Internal(_))
+        ));
+        assert!(matches!(
+            alter(&mut d, 1, 0, vec![]),
+            Err(MetaError::Internal(_))
+        ));
+        alter(&mut d, 1, 0, vec![1, 3]).expect("shrink");
+        assert_eq!(part(&d, "a", 0).isr, vec![1, 3]);
+        fence(&mut d, 2);
+        assert!(
+            matches!(
+                alter(&mut d, 1, 0, vec![1, 2, 3]),
+                Err(MetaError::Internal(_))
+            ),
+            "a fenced broker does not rejoin the ISR"
+        );
+        unfence(&mut d, 2);
+        alter(&mut d, 1, 0, vec![1, 2, 3]).expect("grow");
+        assert_eq!(part(&d, "a", 0).isr, vec![1, 2, 3]);
+        assert!(matches!(
+            d.apply_cluster(
+                MetaRequest::AlterIsr {
+                    topic: "nope".into(),
+                    partition: 0,
+                    leader: 1,
+                    leader_epoch: 0,
+                    isr: vec![1]
+                },
+                false
+            ),
+            Err(MetaError::UnknownTopic(_))
+        ));
     }
 }
