@@ -7,6 +7,7 @@
 //! a default (`ArgMatches::value_source`). `Settings::resolve` validates the
 //! merged values and names the offending setting when one is wrong.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -42,6 +43,21 @@ pub const CONNECTIONS_PER_SHARD_LIMIT: u32 = 1_000_000;
 /// Bounds of `--frame-read-timeout-ms`.
 pub const FRAME_READ_TIMEOUT_MS_MIN: u64 = 100;
 pub const FRAME_READ_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Voters a cluster may have.
+pub const VOTERS_MAX: usize = 64;
+/// Replication factor of a cluster without `--default-replication-factor`:
+/// min(this, voters).
+pub const DEFAULT_REPLICATION_FACTOR_CLUSTER: u16 = 3;
+/// Bounds of `--broker-heartbeat-ms`; the lease must be at least two
+/// heartbeats.
+const BROKER_HEARTBEAT_MS_MIN: u64 = 10;
+const BROKER_HEARTBEAT_MS_MAX: u64 = 60_000;
+/// Bounds of `--replica-fetch-max-bytes`.
+const REPLICA_FETCH_BYTES_MIN: u64 = 64 << 10;
+const REPLICA_FETCH_BYTES_MAX: u64 = 1 << 30;
+/// Longest `--replica-fetch-wait-max-ms` (it must also stay below
+/// `--replica-lag-time-max-ms`).
+const REPLICA_FETCH_WAIT_MS_MAX: u64 = 60_000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -208,6 +224,72 @@ pub struct StartArgs {
         default_value = "10000"
     )]
     pub frame_read_timeout_ms: u64,
+
+    /// Address this node accepts node-to-node (metadata) traffic on; required with --cluster-voters.
+    #[arg(long, env = "SLUICE_CLUSTER_LISTEN", value_name = "HOST:PORT")]
+    pub cluster_listen: Option<SocketAddr>,
+
+    /// Every node of the cluster as ID@HOST:PORT (its --cluster-listen address), comma-separated, this node included. Unset: a single node.
+    #[arg(long, env = "SLUICE_CLUSTER_VOTERS", value_name = "ID@HOST:PORT,...")]
+    pub cluster_voters: Option<String>,
+
+    /// Replicas of auto-created topics and of CreateTopics with replication_factor = -1. Default: 1 on a single node, min(3, voters) in a cluster.
+    #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
+    pub default_replication_factor: Option<u16>,
+
+    /// min.insync.replicas of topics that do not set it: acks=all produces need this many in-sync replicas.
+    #[arg(
+        long,
+        env = "SLUICE_MIN_INSYNC_REPLICAS",
+        value_name = "N",
+        default_value = "1"
+    )]
+    pub min_insync_replicas: u32,
+
+    /// A follower that has not caught up with the leader for this long leaves the ISR (replica.lag.time.max.ms).
+    #[arg(
+        long,
+        env = "SLUICE_REPLICA_LAG_TIME_MAX_MS",
+        value_name = "MS",
+        default_value = "30000"
+    )]
+    pub replica_lag_time_max_ms: u64,
+
+    /// How often a node heartbeats to the controller.
+    #[arg(
+        long,
+        env = "SLUICE_BROKER_HEARTBEAT_MS",
+        value_name = "MS",
+        default_value = "250"
+    )]
+    pub broker_heartbeat_ms: u64,
+
+    /// A node without a heartbeat for this long is fenced: it leaves the ISRs and its leaderships move.
+    #[arg(
+        long,
+        env = "SLUICE_BROKER_LEASE_MS",
+        value_name = "MS",
+        default_value = "2000"
+    )]
+    pub broker_lease_ms: u64,
+
+    /// Longest wait of a follower's fetch at the leader when there is nothing new (replica.fetch.wait.max.ms).
+    #[arg(
+        long,
+        env = "SLUICE_REPLICA_FETCH_WAIT_MAX_MS",
+        value_name = "MS",
+        default_value = "500"
+    )]
+    pub replica_fetch_wait_max_ms: u64,
+
+    /// Bytes one follower fetch asks for at most (replica.fetch.response.max.bytes).
+    #[arg(
+        long,
+        env = "SLUICE_REPLICA_FETCH_MAX_BYTES",
+        value_name = "SIZE",
+        default_value = "10MiB"
+    )]
+    pub replica_fetch_max_bytes: ByteSize,
 }
 
 /// The TOML file: the same settings, all optional. Unknown keys are refused.
@@ -233,6 +315,15 @@ struct FileConfig {
     connections_per_shard_max: Option<u32>,
     wal_segment_bytes: Option<ByteSize>,
     frame_read_timeout_ms: Option<u64>,
+    cluster_listen: Option<SocketAddr>,
+    cluster_voters: Option<String>,
+    default_replication_factor: Option<u16>,
+    min_insync_replicas: Option<u32>,
+    replica_lag_time_max_ms: Option<u64>,
+    broker_heartbeat_ms: Option<u64>,
+    broker_lease_ms: Option<u64>,
+    replica_fetch_wait_max_ms: Option<u64>,
+    replica_fetch_max_bytes: Option<ByteSize>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -309,6 +400,23 @@ pub struct Settings {
     pub connections_per_shard_max: u32,
     pub wal_segment_bytes: u64,
     pub frame_read_timeout_ms: u64,
+    /// `None`: a single node (one-voter metadata group, no cluster traffic).
+    pub cluster: Option<ClusterSettings>,
+    pub default_replication_factor: u16,
+    pub min_insync_replicas: u32,
+    pub replica_lag_time_max_ms: u64,
+    pub broker_heartbeat_ms: u64,
+    pub broker_lease_ms: u64,
+    pub replica_fetch_wait_max_ms: u64,
+    pub replica_fetch_max_bytes: u32,
+}
+
+/// The node-to-node settings of a cluster member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    pub listen: SocketAddr,
+    /// Every voter's node id and cluster address (`host:port`).
+    pub voters: BTreeMap<u64, String>,
 }
 
 impl StartArgs {
@@ -356,6 +464,15 @@ impl StartArgs {
         fill!(connections_per_shard_max);
         fill!(wal_segment_bytes);
         fill!(frame_read_timeout_ms);
+        fill!(opt cluster_listen);
+        fill!(opt cluster_voters);
+        fill!(opt default_replication_factor);
+        fill!(min_insync_replicas);
+        fill!(replica_lag_time_max_ms);
+        fill!(broker_heartbeat_ms);
+        fill!(broker_lease_ms);
+        fill!(replica_fetch_wait_max_ms);
+        fill!(replica_fetch_max_bytes);
         Ok(self)
     }
 }
@@ -443,6 +560,8 @@ impl Settings {
                 args.producer_id_expiration_ms
             ),
         };
+        let cluster = resolve_cluster(&args)?;
+        let replication = resolve_replication(&args, cluster.as_ref())?;
         if args.listen == args.admin_listen {
             bail!(
                 "--admin-listen (SLUICE_ADMIN_LISTEN, admin_listen): same address as --listen ({})",
@@ -470,7 +589,32 @@ impl Settings {
             connections_per_shard_max: args.connections_per_shard_max,
             wal_segment_bytes,
             frame_read_timeout_ms: args.frame_read_timeout_ms,
+            cluster,
+            default_replication_factor: replication.default_replication_factor,
+            min_insync_replicas: args.min_insync_replicas,
+            replica_lag_time_max_ms: args.replica_lag_time_max_ms,
+            broker_heartbeat_ms: args.broker_heartbeat_ms,
+            broker_lease_ms: args.broker_lease_ms,
+            replica_fetch_wait_max_ms: args.replica_fetch_wait_max_ms,
+            replica_fetch_max_bytes: replication.replica_fetch_max_bytes,
         })
+    }
+
+    /// The cluster id in Metadata and DescribeCluster responses: the same
+    /// on every node of a cluster, derived from the voters (ids and
+    /// addresses, in id order; so every node must spell them alike); a
+    /// single node's is derived from its node id.
+    pub fn cluster_id(&self) -> String {
+        let Some(cluster) = &self.cluster else {
+            return format!("sluice-{}", self.node_id);
+        };
+        let text = cluster
+            .voters
+            .iter()
+            .map(|(id, addr)| format!("{id}@{addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        format!("sluice-{:016x}", fnv1a(text.as_bytes()))
     }
 
     /// Memory budget of one shard.
@@ -487,6 +631,145 @@ impl Settings {
         self.partitions_per_shard_max
             .map_or(derived, |explicit| explicit.min(derived))
     }
+}
+
+/// FNV-1a 64: a hash that is the same in every build (the cluster id must
+/// not change with the compiler).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+/// Parses `--cluster-voters`: `ID@HOST:PORT` items, comma-separated.
+pub fn parse_voters(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut voters = BTreeMap::new();
+    for item in text.split(',').map(str::trim) {
+        if item.is_empty() {
+            return Err(format!(
+                "'{text}' has an empty item (expected ID@HOST:PORT,...)"
+            ));
+        }
+        let (id, addr) = item
+            .split_once('@')
+            .ok_or_else(|| format!("'{item}' is not ID@HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{item}': '{id}' is not a node id"))?;
+        if id > i32::MAX as u64 {
+            return Err(format!("'{item}': node id {id} is above 2147483647"));
+        }
+        let addr = addr.trim();
+        let (host, port) = addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("'{item}' is not ID@HOST:PORT"))?;
+        let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.is_empty() || !port_ok || bare.contains(char::is_whitespace) {
+            return Err(format!("'{item}': '{addr}' is not HOST:PORT"));
+        }
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node id {id} is listed twice"));
+        }
+        if voters.len() > VOTERS_MAX {
+            return Err(format!("more than {VOTERS_MAX} voters"));
+        }
+    }
+    Ok(voters)
+}
+
+fn resolve_cluster(args: &StartArgs) -> anyhow::Result<Option<ClusterSettings>> {
+    const VOTERS: &str = "--cluster-voters (SLUICE_CLUSTER_VOTERS, cluster_voters)";
+    const LISTEN: &str = "--cluster-listen (SLUICE_CLUSTER_LISTEN, cluster_listen)";
+    let Some(text) = args.cluster_voters.as_deref() else {
+        if let Some(listen) = args.cluster_listen {
+            bail!("{LISTEN}: {listen} given without --cluster-voters");
+        }
+        return Ok(None);
+    };
+    let voters = parse_voters(text).map_err(|e| anyhow::anyhow!("{VOTERS}: {e}"))?;
+    if !voters.contains_key(&args.node_id) {
+        bail!(
+            "{VOTERS}: this node (--node-id {}) is not one of the voters {:?}",
+            args.node_id,
+            voters.keys().collect::<Vec<_>>()
+        );
+    }
+    let Some(listen) = args.cluster_listen else {
+        bail!("{LISTEN}: required with --cluster-voters");
+    };
+    if listen == args.listen || listen == args.admin_listen {
+        bail!("{LISTEN}: {listen} is already --listen or --admin-listen");
+    }
+    Ok(Some(ClusterSettings { listen, voters }))
+}
+
+struct Replication {
+    default_replication_factor: u16,
+    replica_fetch_max_bytes: u32,
+}
+
+fn resolve_replication(
+    args: &StartArgs,
+    cluster: Option<&ClusterSettings>,
+) -> anyhow::Result<Replication> {
+    let voters = cluster.map_or(1, |c| c.voters.len());
+    let voters_u16 = u16::try_from(voters).unwrap_or(u16::MAX);
+    let default_replication_factor = match args.default_replication_factor {
+        None if cluster.is_some() => DEFAULT_REPLICATION_FACTOR_CLUSTER.min(voters_u16),
+        None => 1,
+        Some(n) if n >= 1 && n <= voters_u16 => n,
+        Some(n) => bail!(
+            "--default-replication-factor (SLUICE_DEFAULT_REPLICATION_FACTOR, default_replication_factor): {n} is not in 1..={voters} (the voters)"
+        ),
+    };
+    if args.min_insync_replicas == 0 || args.min_insync_replicas > i16::MAX as u32 {
+        bail!(
+            "--min-insync-replicas (SLUICE_MIN_INSYNC_REPLICAS, min_insync_replicas): {} is not in 1..=32767",
+            args.min_insync_replicas
+        );
+    }
+    if !(BROKER_HEARTBEAT_MS_MIN..=BROKER_HEARTBEAT_MS_MAX).contains(&args.broker_heartbeat_ms) {
+        bail!(
+            "--broker-heartbeat-ms (SLUICE_BROKER_HEARTBEAT_MS, broker_heartbeat_ms): {} is not in {BROKER_HEARTBEAT_MS_MIN}..={BROKER_HEARTBEAT_MS_MAX}",
+            args.broker_heartbeat_ms
+        );
+    }
+    if args.broker_lease_ms < 2 * args.broker_heartbeat_ms || args.broker_lease_ms > 3_600_000 {
+        bail!(
+            "--broker-lease-ms (SLUICE_BROKER_LEASE_MS, broker_lease_ms): {} is not in 2 x --broker-heartbeat-ms ({})..=3600000",
+            args.broker_lease_ms,
+            2 * args.broker_heartbeat_ms
+        );
+    }
+    if !(1..=REPLICA_FETCH_WAIT_MS_MAX).contains(&args.replica_fetch_wait_max_ms) {
+        bail!(
+            "--replica-fetch-wait-max-ms (SLUICE_REPLICA_FETCH_WAIT_MAX_MS, replica_fetch_wait_max_ms): {} is not in 1..={REPLICA_FETCH_WAIT_MS_MAX}",
+            args.replica_fetch_wait_max_ms
+        );
+    }
+    if args.replica_lag_time_max_ms <= args.replica_fetch_wait_max_ms
+        || args.replica_lag_time_max_ms > 3_600_000
+    {
+        bail!(
+            "--replica-lag-time-max-ms (SLUICE_REPLICA_LAG_TIME_MAX_MS, replica_lag_time_max_ms): {} is not above --replica-fetch-wait-max-ms ({}) and at most 3600000",
+            args.replica_lag_time_max_ms,
+            args.replica_fetch_wait_max_ms
+        );
+    }
+    let bytes = args.replica_fetch_max_bytes.0;
+    if !(REPLICA_FETCH_BYTES_MIN..=REPLICA_FETCH_BYTES_MAX).contains(&bytes) {
+        bail!(
+            "--replica-fetch-max-bytes (SLUICE_REPLICA_FETCH_MAX_BYTES, replica_fetch_max_bytes): {bytes} is not in 64KiB..=1GiB"
+        );
+    }
+    Ok(Replication {
+        default_replication_factor,
+        replica_fetch_max_bytes: u32::try_from(bytes).unwrap_or(u32::MAX),
+    })
 }
 
 /// Cores available to this process.
@@ -672,6 +955,202 @@ mod tests {
         let p = path.to_str().unwrap();
         let s = parse(&["sluice", "start", "--config", p]).unwrap();
         assert_eq!(s.wal_segment_bytes, 16 << 20);
+    }
+
+    const VOTERS: &str = "1@10.0.0.1:9093,2@10.0.0.2:9093,3@10.0.0.3:9093";
+
+    fn cluster(node: &str, extra: &[&str]) -> anyhow::Result<Settings> {
+        let mut argv = vec![
+            "sluice",
+            "start",
+            "--node-id",
+            node,
+            "--cluster-voters",
+            VOTERS,
+            "--cluster-listen",
+            "127.0.0.1:9093",
+        ];
+        argv.extend_from_slice(extra);
+        parse(&argv)
+    }
+
+    #[test]
+    fn single_node_has_no_cluster_and_replication_factor_one() {
+        let s = parse(&["sluice", "start"]).unwrap();
+        assert_eq!(s.cluster, None);
+        assert_eq!(s.default_replication_factor, 1);
+        assert_eq!(s.min_insync_replicas, 1);
+        assert_eq!(s.replica_lag_time_max_ms, 30_000);
+        assert_eq!((s.broker_heartbeat_ms, s.broker_lease_ms), (250, 2000));
+        assert_eq!(s.replica_fetch_wait_max_ms, 500);
+        assert_eq!(s.replica_fetch_max_bytes, 10 << 20);
+        assert_eq!(s.cluster_id(), "sluice-1");
+        let e = parse(&["sluice", "start", "--default-replication-factor", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--default-replication-factor"), "{e}");
+    }
+
+    #[test]
+    fn cluster_settings_parse() {
+        let s = cluster("2", &[]).unwrap();
+        let c = s.cluster.clone().expect("cluster");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9093");
+        assert_eq!(c.voters.len(), 3);
+        assert_eq!(c.voters[&3], "10.0.0.3:9093");
+        assert_eq!(s.default_replication_factor, 3, "min(3, voters)");
+        let s = cluster("1", &["--default-replication-factor", "2"]).unwrap();
+        assert_eq!(s.default_replication_factor, 2);
+        let two = parse(&[
+            "sluice",
+            "start",
+            "--cluster-voters",
+            "1@a:1,2@b:2",
+            "--cluster-listen",
+            "127.0.0.1:9093",
+        ])
+        .unwrap();
+        assert_eq!(two.default_replication_factor, 2, "min(3, 2 voters)");
+    }
+
+    #[test]
+    fn cluster_id_is_the_same_on_every_node() {
+        let ids: Vec<String> = ["1", "2", "3"]
+            .iter()
+            .map(|n| cluster(n, &[]).unwrap().cluster_id())
+            .collect();
+        assert_eq!(ids[0], ids[1]);
+        assert_eq!(ids[1], ids[2]);
+        assert_ne!(ids[0], "sluice-1");
+        // The order voters are written in does not matter.
+        let reordered = parse(&[
+            "sluice",
+            "start",
+            "--cluster-voters",
+            "3@10.0.0.3:9093, 1@10.0.0.1:9093,2@10.0.0.2:9093",
+            "--cluster-listen",
+            "127.0.0.1:9093",
+        ])
+        .unwrap();
+        assert_eq!(reordered.cluster_id(), ids[0]);
+        let other = parse(&[
+            "sluice",
+            "start",
+            "--cluster-voters",
+            "1@10.0.0.1:9093,2@10.0.0.2:9093",
+            "--cluster-listen",
+            "127.0.0.1:9093",
+        ])
+        .unwrap();
+        assert_ne!(other.cluster_id(), ids[0], "another cluster");
+    }
+
+    #[test]
+    fn bad_cluster_settings_name_the_setting() {
+        for bad in [
+            "1@a:1,,2@b:2",
+            "1a:1",
+            "x@a:1",
+            "1@a",
+            "1@a:0",
+            "1@:9",
+            "1@a:99999",
+            "3000000000@a:1",
+        ] {
+            let e = parse(&[
+                "sluice",
+                "start",
+                "--cluster-voters",
+                bad,
+                "--cluster-listen",
+                "127.0.0.1:9093",
+            ])
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("--cluster-voters"), "{bad}: {e}");
+        }
+        let e = parse(&[
+            "sluice",
+            "start",
+            "--cluster-voters",
+            "1@a:1,1@b:2",
+            "--cluster-listen",
+            "127.0.0.1:9093",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("twice"), "{e}");
+        let e = cluster("4", &[]).unwrap_err().to_string();
+        assert!(e.contains("not one of the voters"), "{e}");
+        let e = parse(&["sluice", "start", "--cluster-voters", VOTERS])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cluster-listen"), "{e}");
+        let e = parse(&["sluice", "start", "--cluster-listen", "127.0.0.1:9093"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cluster-listen"), "{e}");
+        let e = cluster("1", &["--default-replication-factor", "4"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--default-replication-factor"), "{e}");
+        let e = cluster("1", &["--default-replication-factor", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--default-replication-factor"), "{e}");
+        let e = cluster("1", &["--min-insync-replicas", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--min-insync-replicas"), "{e}");
+        let e = cluster("1", &["--broker-lease-ms", "400"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--broker-lease-ms"), "{e}");
+        let e = cluster("1", &["--replica-lag-time-max-ms", "500"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--replica-lag-time-max-ms"), "{e}");
+        let e = cluster("1", &["--replica-fetch-max-bytes", "1KiB"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--replica-fetch-max-bytes"), "{e}");
+    }
+
+    #[test]
+    fn cluster_settings_from_file_env_and_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node_id = 3\ncluster_voters = \"{VOTERS}\"\ncluster_listen = \"127.0.0.1:9093\"\nmin_insync_replicas = 2\nreplica_fetch_max_bytes = \"1MiB\"\nbroker_heartbeat_ms = 100\nbroker_lease_ms = 1000\nreplica_fetch_wait_max_ms = 200\nreplica_lag_time_max_ms = 5000\ndefault_replication_factor = 2\nadvertised_listener = \"kafka-3:9092\"\n"
+            ),
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = parse(&["sluice", "start", "--config", p]).unwrap();
+        assert_eq!(s.node_id, 3);
+        assert_eq!(s.cluster.as_ref().map(|c| c.voters.len()), Some(3));
+        assert_eq!(s.min_insync_replicas, 2);
+        assert_eq!(s.replica_fetch_max_bytes, 1 << 20);
+        assert_eq!((s.broker_heartbeat_ms, s.broker_lease_ms), (100, 1000));
+        assert_eq!(s.replica_fetch_wait_max_ms, 200);
+        assert_eq!(s.replica_lag_time_max_ms, 5000);
+        assert_eq!(s.default_replication_factor, 2);
+        assert_eq!(
+            (s.advertised_host.as_str(), s.advertised_port),
+            ("kafka-3", 9092)
+        );
+        let s = parse(&[
+            "sluice",
+            "start",
+            "--config",
+            p,
+            "--min-insync-replicas",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(s.min_insync_replicas, 3, "a flag beats the file");
     }
 
     #[test]

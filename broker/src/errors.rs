@@ -27,6 +27,10 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
         ShardError::Config(_) => ResponseError::UnknownServerError,
         ShardError::OutOfOrderSequence { .. } => ResponseError::OutOfOrderSequenceNumber,
         ShardError::InvalidProducerEpoch { .. } => ResponseError::InvalidProducerEpoch,
+        ShardError::NotEnoughReplicas => ResponseError::NotEnoughReplicas,
+        ShardError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
+        ShardError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        ShardError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
     };
     code.code()
 }
@@ -69,6 +73,8 @@ pub fn group_error_code(e: Option<&GroupError>) -> i16 {
     };
     let code = match e {
         GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        GroupError::NotCoordinator => ResponseError::NotCoordinator,
+        GroupError::CoordinatorLoadInProgress => ResponseError::CoordinatorLoadInProgress,
         GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
         GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
         GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
@@ -160,6 +166,29 @@ mod tests {
         );
         assert_eq!(shard_error_code(&ShardError::OffsetOutOfRange), 1);
         assert_eq!(shard_error_code(&ShardError::NotLeader), 6);
+        assert_eq!(shard_error_code(&ShardError::NotEnoughReplicas), 19);
+        assert_eq!(
+            shard_error_code(&ShardError::NotEnoughReplicasAfterAppend),
+            20
+        );
+        let epochs = (1, 2);
+        let fenced = ShardError::FencedLeaderEpoch {
+            current: epochs.1,
+            got: epochs.0,
+        };
+        assert_eq!(shard_error_code(&fenced), 74);
+        let unknown = ShardError::UnknownLeaderEpoch {
+            current: epochs.0,
+            got: epochs.1,
+        };
+        assert_eq!(shard_error_code(&unknown), 75);
+        assert_eq!(
+            meta_error_code(&MetaError::InvalidReplicationFactor {
+                requested: 3,
+                available: 1
+            }),
+            38
+        );
         assert_eq!(meta_error_code(&MetaError::TopicExists("t".into())), 36);
         assert_eq!(
             meta_error_code(&MetaError::InvalidPartitions("0".into())),

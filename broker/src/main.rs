@@ -14,7 +14,8 @@
 //! - `sluice-control`: the metadata service (Raft, tokio current-thread);
 //! - `sluice-shard-N`: one glommio executor per shard (pinned to core N+1
 //!   with `--pin-cores`), each with its own SO_REUSEPORT Kafka listener and
-//!   the connections it accepted;
+//!   the connections it accepted and, in a cluster, its replica fetcher
+//!   (`replica`: one task, at most one connection per leader node);
 //! - `sluice-admin`: admin HTTP (tokio current-thread).
 //!
 //! # Invariants
@@ -40,6 +41,7 @@ mod handlers;
 mod metrics;
 mod plane;
 mod probe;
+mod replica;
 mod server;
 mod topic_config;
 #[cfg(test)]

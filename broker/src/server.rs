@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use futures::future::{select, Either};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
-use sluice_raft::{MetaConfig, Metadata};
+use sluice_raft::{ClusterConfig, MetaConfig, Metadata};
 use tokio::sync::watch;
 
 use crate::admin::AdminState;
@@ -27,6 +27,7 @@ use crate::connection::{self, ConnLimits};
 use crate::handlers::{Ctx, NodeInfo};
 use crate::plane::{self, Shard, ShardMesh, WarnLimiter};
 use crate::probe::{self, ProbeServer};
+use crate::replica::{self, ReplicaFetcher};
 
 /// Shortest time between two "connection limit" warnings of one shard.
 const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -99,20 +100,38 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         signalled.send_replace(true);
     })
     .context("installing the SIGTERM/SIGINT handler")?;
-    let meta = Metadata::start(MetaConfig {
-        data_dir: settings.data_dir.clone(),
-        node_id: u64::try_from(settings.node_id).unwrap_or(0),
-        shards: settings.shards,
-        partitions_per_shard_max: settings.partitions_per_shard_max(),
-        advertised_host: settings.listen.ip().to_string(),
-        advertised_port: settings.listen.port(),
-        cluster: None,
-    })
-    .context("starting the metadata service")?;
+    if let Some(cluster) = &settings.cluster {
+        tracing::info!(
+            node_id = settings.node_id,
+            cluster_listen = %cluster.listen,
+            voters = cluster.voters.len(),
+            "waiting for a metadata quorum"
+        );
+    }
+    let meta = Metadata::start(meta_config(&settings)).context("starting the metadata service")?;
     let result = serve(&settings, &meta, admin_listener, &stop_tx);
     stop_tx.send_replace(true);
     meta.shutdown();
     result
+}
+
+/// The metadata service's settings: a one-voter group of this node, or a
+/// member of the cluster's voters.
+fn meta_config(settings: &Settings) -> MetaConfig {
+    MetaConfig {
+        data_dir: settings.data_dir.clone(),
+        node_id: u64::try_from(settings.node_id).unwrap_or(0),
+        shards: settings.shards,
+        partitions_per_shard_max: settings.partitions_per_shard_max(),
+        advertised_host: settings.advertised_host.clone(),
+        advertised_port: settings.advertised_port,
+        cluster: settings.cluster.as_ref().map(|c| ClusterConfig {
+            listen: c.listen,
+            voters: c.voters.clone(),
+            heartbeat_ms: settings.broker_heartbeat_ms,
+            lease_ms: settings.broker_lease_ms,
+        }),
+    }
 }
 
 /// Shards bind with SO_REUSEPORT, which would let a second node of the same
@@ -140,16 +159,14 @@ fn serve(
     admin_listener: std::net::TcpListener,
     stop_tx: &watch::Sender<bool>,
 ) -> anyhow::Result<()> {
-    ensure_offsets_topic(meta, settings.shards)?;
+    // A cluster creates it once enough brokers registered (on the first
+    // FindCoordinator, see `handlers::find_coordinator`): created now, it
+    // would get a replication factor of the brokers up at this moment.
+    if settings.cluster.is_none() {
+        ensure_offsets_topic(meta, settings.shards)?;
+    }
     let stop = stop_tx.subscribe();
-    let node = Arc::new(NodeInfo {
-        node_id: settings.node_id,
-        advertised_host: settings.advertised_host.clone(),
-        advertised_port: settings.advertised_port,
-        cluster_id: format!("sluice-{}", settings.node_id),
-        default_partitions: settings.default_partitions,
-        auto_create_topics: settings.auto_create_topics,
-    });
+    let node = Arc::new(node_info(settings));
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
     let (probes, probe_servers) = probe::channels(settings.shards);
     let (shards, spawned) = spawn_shards(settings, meta, &node, &stop, ready_tx, probe_servers);
@@ -185,8 +202,25 @@ fn serve(
     Ok(())
 }
 
+/// The node facts the handlers share.
+pub fn node_info(settings: &Settings) -> NodeInfo {
+    NodeInfo {
+        node_id: settings.node_id,
+        advertised_host: settings.advertised_host.clone(),
+        advertised_port: settings.advertised_port,
+        cluster_id: settings.cluster_id(),
+        default_partitions: settings.default_partitions,
+        auto_create_topics: settings.auto_create_topics,
+        default_replication_factor: settings.default_replication_factor,
+        cluster: settings.cluster.is_some(),
+        offsets_topic_partitions: plane::offsets_topic_partitions(settings.shards),
+        started: std::time::Instant::now(),
+    }
+}
+
 /// Creates `__consumer_offsets` (whose partitions place consumer groups on
-/// shards) on first start; later starts keep its partition count.
+/// shards) on first start of a single node; later starts keep its
+/// partition count.
 fn ensure_offsets_topic(meta: &Metadata, shards: u32) -> anyhow::Result<()> {
     use crate::plane::OFFSETS_TOPIC;
     if meta.view().topics.contains_key(OFFSETS_TOPIC) {
@@ -194,7 +228,7 @@ fn ensure_offsets_topic(meta: &Metadata, shards: u32) -> anyhow::Result<()> {
     }
     let spec = sluice_raft::TopicSpec {
         name: OFFSETS_TOPIC.to_string(),
-        partitions: sluice_shard::group::offsets_topic_partitions(shards),
+        partitions: plane::offsets_topic_partitions(shards),
         configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
         replication_factor: 1,
         assignment: Vec::new(),
@@ -336,11 +370,11 @@ async fn shard_main(args: ShardArgs) {
         }
     };
     let _ = ready.send(Ok(id));
-    let ctx = Rc::new(Ctx {
-        shard: Rc::clone(&shard),
-        meta,
-        node,
-    });
+    let ctx = Rc::new(Ctx::new(Rc::clone(&shard), meta, node));
+    if settings.cluster.is_some() {
+        let fetcher = ReplicaFetcher::new(Rc::clone(&ctx), replica::Tuning::from(&settings));
+        glommio::spawn_local(fetcher.run(stop.clone())).detach();
+    }
     let limits = Rc::new(ConnLimits {
         request_max_bytes: settings.request_max_bytes,
         frame_read_timeout: Duration::from_millis(settings.frame_read_timeout_ms),

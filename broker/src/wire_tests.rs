@@ -23,7 +23,7 @@ use kafka_protocol::records::{
 
 use crate::config::{Cli, Settings, StartArgs};
 use crate::connection::{serve_frame_for_tests, ConnLimits};
-use crate::handlers::{topic_name, Ctx, NodeInfo};
+use crate::handlers::{topic_name, Ctx};
 use crate::plane::{self, Shard};
 
 /// Runs `f` on one shard (a real data plane and metadata service in a
@@ -63,18 +63,12 @@ where
             let shard = Shard::start(plane::shard_config(&settings, 0), mesh, meta2.clone())
                 .await
                 .expect("shard");
-            let ctx = Rc::new(Ctx {
-                shard: Rc::clone(&shard),
-                meta: meta2,
-                node: Arc::new(NodeInfo {
-                    node_id: 1,
-                    advertised_host: "127.0.0.1".into(),
-                    advertised_port: 9092,
-                    cluster_id: "test".into(),
-                    default_partitions: 2,
-                    auto_create_topics: true,
-                }),
-            });
+            let mut node = crate::server::node_info(&settings);
+            node.cluster_id = "test".into();
+            node.default_partitions = 2;
+            node.advertised_host = "127.0.0.1".into();
+            node.advertised_port = 9092;
+            let ctx = Rc::new(Ctx::new(Rc::clone(&shard), meta2, Arc::new(node)));
             let answer = f(ctx, settings).await;
             shard.close().await;
             answer
@@ -294,6 +288,31 @@ async fn run_all(c: &mut Client<'_>) {
         };
         assert_eq!(latest, 30, "ListOffsets v{v}");
     }
+    for v in 0..=4 {
+        let r: OffsetForLeaderEpochResponse = c
+            .call(
+                ApiKey::OffsetForLeaderEpoch,
+                v,
+                &epoch_request("auto-topic", -1),
+            )
+            .await;
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(p.error_code, 0, "OffsetForLeaderEpoch v{v}");
+        assert_eq!(p.end_offset, 30, "OffsetForLeaderEpoch v{v}: the log end");
+        let epoch = if v >= 1 { 0 } else { -1 };
+        assert_eq!(p.leader_epoch, epoch, "OffsetForLeaderEpoch v{v}");
+    }
+    let r: OffsetForLeaderEpochResponse = c
+        .call(
+            ApiKey::OffsetForLeaderEpoch,
+            4,
+            &epoch_request("auto-topic", 1),
+        )
+        .await;
+    assert_eq!(
+        r.topics[0].partitions[0].error_code, 75,
+        "a newer current epoch: UNKNOWN_LEADER_EPOCH"
+    );
     for v in 0..=6 {
         let r: DeleteTopicsResponse = c
             .call(
@@ -377,6 +396,22 @@ fn list_offsets_request(name: &str, _v: i16) -> ListOffsetsRequest {
     t.partitions = vec![p];
     let mut r = ListOffsetsRequest::default();
     r.replica_id = BrokerId(-1);
+    r.topics = vec![t];
+    r
+}
+
+fn epoch_request(name: &str, current_leader_epoch: i32) -> OffsetForLeaderEpochRequest {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let mut p = OffsetForLeaderPartition::default();
+    p.partition = 0;
+    p.current_leader_epoch = current_leader_epoch;
+    p.leader_epoch = 0;
+    let mut t = OffsetForLeaderTopic::default();
+    t.topic = topic_name(name);
+    t.partitions = vec![p];
+    let mut r = OffsetForLeaderEpochRequest::default();
     r.topics = vec![t];
     r
 }

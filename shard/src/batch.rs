@@ -62,6 +62,7 @@ pub const MAX_MESSAGE_BYTES_DEFAULT: u64 = 1_048_588;
 pub const ATTRIBUTE_LOG_APPEND_TIME: i16 = 0x08;
 
 const LENGTH_AT: usize = 8;
+const LEADER_EPOCH_AT: usize = 12;
 const MAGIC_AT: usize = 16;
 const CRC_AT: usize = 17;
 const ATTRIBUTES_AT: usize = 21;
@@ -387,9 +388,15 @@ impl<'a> Cursor<'a> {
 }
 
 /// Assigns offsets from `base_offset` to the validated batches in `records`,
-/// and for LogAppendTime topics stamps `log_append_time_ms`. Returns the
-/// last offset assigned.
-pub fn patch(records: &mut [u8], base_offset: i64, log_append_time_ms: Option<i64>) -> i64 {
+/// stamps the leader's `leader_epoch` into each `partitionLeaderEpoch`
+/// (outside the CRC, like `baseOffset`), and for LogAppendTime topics
+/// stamps `log_append_time_ms`. Returns the last offset assigned.
+pub fn patch(
+    records: &mut [u8],
+    base_offset: i64,
+    log_append_time_ms: Option<i64>,
+    leader_epoch: i32,
+) -> i64 {
     assert!(base_offset >= 0, "offsets are never negative");
     let mut next = base_offset;
     let mut at = 0usize;
@@ -397,6 +404,7 @@ pub fn patch(records: &mut [u8], base_offset: i64, log_append_time_ms: Option<i6
         let bytes = LOG_OVERHEAD_BYTES + read_i32(&records[at..], LENGTH_AT) as usize;
         let batch = &mut records[at..at + bytes];
         batch[..8].copy_from_slice(&next.to_be_bytes());
+        batch[LEADER_EPOCH_AT..LEADER_EPOCH_AT + 4].copy_from_slice(&leader_epoch.to_be_bytes());
         if let Some(now_ms) = log_append_time_ms {
             stamp_log_append_time(batch, now_ms);
         }
@@ -453,6 +461,16 @@ pub fn producer_fields(batch: &[u8]) -> ProducerFields {
         base_sequence: read_i32(batch, BASE_SEQUENCE_AT),
         last_offset_delta: read_i32(batch, LAST_OFFSET_DELTA_AT),
     }
+}
+
+/// The `partitionLeaderEpoch` of a batch of at least `BATCH_HEADER_BYTES`.
+pub fn leader_epoch(batch: &[u8]) -> i32 {
+    read_i32(batch, LEADER_EPOCH_AT)
+}
+
+/// The `maxTimestamp` of a batch of at least `BATCH_HEADER_BYTES`.
+pub fn max_timestamp(batch: &[u8]) -> i64 {
+    read_i64(batch, MAX_TIMESTAMP_AT)
 }
 
 /// The `baseOffset` of the batch at the start of `batch` (>= 8 bytes).
@@ -617,7 +635,9 @@ mod tests {
                 max_timestamp: 20
             }
         );
-        let last = patch(&mut b, 100, None);
+        let last = patch(&mut b, 100, None, 7);
+        assert_eq!(leader_epoch(&b), 7);
+        assert_eq!(leader_epoch(&b[batch(2, 10, b"a").len()..]), 7);
         assert_eq!(last, 106);
         let first_len = batch(2, 10, b"a").len();
         assert_eq!(base_offset(&b), 100);
@@ -701,7 +721,7 @@ mod tests {
     fn offset_patch_keeps_crc_valid() {
         let mut b = batch(4, 55, b"payload");
         let crc_before = read_u32(&b, CRC_AT);
-        let last = patch(&mut b, 1_000_000_007, None);
+        let last = patch(&mut b, 1_000_000_007, None, 3);
         assert_eq!(last, 1_000_000_010);
         assert_eq!(base_offset(&b), 1_000_000_007);
         assert_eq!(
@@ -715,7 +735,7 @@ mod tests {
     #[test]
     fn log_append_time_sets_bit_timestamp_and_crc() {
         let mut b = batch(2, 55, b"payload");
-        patch(&mut b, 9, Some(123_456));
+        patch(&mut b, 9, Some(123_456), 0);
         assert_eq!(
             read_i16(&b, ATTRIBUTES_AT) & ATTRIBUTE_LOG_APPEND_TIME,
             ATTRIBUTE_LOG_APPEND_TIME

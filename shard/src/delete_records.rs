@@ -117,6 +117,9 @@ impl Engine {
         let key = Engine::key_of(&req.topic, req.partition)?;
         let parts = self.parts.borrow();
         let p = parts.get(&key).ok_or(ShardError::UnknownTopicOrPartition)?;
+        if !p.is_leader {
+            return Err(ShardError::NotLeader);
+        }
         let offset = match req.offset {
             -1 => p.high_watermark,
             o if (0..=p.high_watermark).contains(&o) => o,
@@ -150,6 +153,9 @@ impl Engine {
             if offset > p.next_offset {
                 p.next_offset = offset;
                 p.high_watermark = offset;
+                if let Some(r) = p.repl.as_deref_mut() {
+                    r.durable_end = offset;
+                }
             }
         }
         self.apply_log_start(key, offset);

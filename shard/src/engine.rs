@@ -42,6 +42,11 @@ pub(crate) const PARTITION_BYTES: u64 =
 /// Bytes charged to `Pool::PartitionState` per index entry.
 pub(crate) const INDEX_ENTRY_BYTES: u64 =
     std::mem::size_of::<crate::partition::StoredBatch>() as u64;
+/// Bytes charged to `Pool::PartitionState` per replicated partition: its
+/// boxed replication state, its ISR, follower progress and a few epochs
+/// (an estimate of the small vectors it holds).
+pub(crate) const REPLICATION_BYTES: u64 =
+    (std::mem::size_of::<crate::partition::Replication>() + 256) as u64;
 
 pub(crate) struct Engine {
     pub cfg: ShardConfig,
@@ -77,10 +82,22 @@ pub(crate) struct Engine {
     pub group_wake: Rc<WaitSlot>,
     /// The group deadline that task sleeps until.
     pub group_armed: Cell<Option<Instant>>,
+    /// The offsets partitions this shard coordinates and their loading.
+    pub group_log: crate::group::GroupLog,
     /// This shard's unused producer ids: `next..end` of its reserved block.
     producer_ids: Cell<(i64, i64)>,
     /// Wakes the retention task (configs changed, topics deleted).
     pub retention_wake: Rc<WaitSlot>,
+    /// Replicated partitions this node leads (`replica::run_isr_shrink`).
+    pub leading: RefCell<BTreeSet<PartitionKey>>,
+    /// Replicated partitions this node does not lead (`Shard::followed`).
+    pub following: RefCell<BTreeSet<PartitionKey>>,
+    /// Bumped when `following` or a followed partition's leader or epoch
+    /// changes (`Shard::followed_changed`).
+    pub followed_version: Cell<u64>,
+    /// Wakes the ISR-shrink task when the shard starts leading a
+    /// replicated partition.
+    pub isr_wake: Rc<WaitSlot>,
 }
 
 impl Engine {
@@ -114,12 +131,17 @@ impl Engine {
         let view = engine.meta.view();
         engine.apply_view(&view);
         engine.recover().await?;
+        engine.groups_recovered();
+        engine.spawn(crate::group::run_group_loads(engine.clone()));
         engine.spawn(crate::retention::run_retention(engine.clone()));
+        engine.spawn(crate::replica::run_isr_shrink(engine.clone()));
         for (peer, rx) in inboxes {
             engine.spawn(run_inbox(engine.clone(), peer, rx));
         }
         engine.await_mesh_ready().await?;
         engine.spawn(watch_metadata(engine.clone()));
+        // The groups of the offsets partitions led here at start.
+        engine.await_group_loads().await;
         Ok(engine)
     }
 
@@ -159,8 +181,13 @@ impl Engine {
             )),
             group_wake: WaitSlot::new(),
             group_armed: Cell::new(None),
+            group_log: Default::default(),
             producer_ids: Cell::new((0, 0)),
             retention_wake: WaitSlot::new(),
+            leading: RefCell::new(BTreeSet::new()),
+            following: RefCell::new(BTreeSet::new()),
+            followed_version: Cell::new(0),
+            isr_wake: WaitSlot::new(),
             cfg,
         }
     }
@@ -192,6 +219,12 @@ impl Engine {
         let started = Instant::now();
         let mut reader = self.wal.reader(self.wal.start());
         let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
+        // Epoch caches are rebuilt from the batch headers.
+        for p in self.parts.borrow_mut().values_mut() {
+            if let Some(r) = p.repl.as_deref_mut() {
+                r.epochs.clear();
+            }
+        }
         while let Some(next) = reader.next().await {
             let e = next.map_err(|e| ShardError::Storage(format!("recovering the WAL: {e}")))?;
             if e.kind == crate::group::KIND_GROUP {
@@ -213,7 +246,20 @@ impl Engine {
                 }
                 continue;
             }
-            if e.kind != KIND_BATCHES {
+            if e.kind == crate::replica::KIND_TRUNCATE {
+                match crate::replica::decode_truncate(&e.payload) {
+                    Ok((key, offset, cut)) => {
+                        self.cut_log(&key, offset, cut);
+                    }
+                    Err(reason) => {
+                        damaged += 1;
+                        warn!(shard = self.id(), position = e.position.0, %reason, "undecodable WAL entry skipped");
+                    }
+                }
+                continue;
+            }
+            let replicated = e.kind == crate::replica::KIND_REPLICA_BATCHES;
+            if e.kind != KIND_BATCHES && !replicated {
                 skipped += 1;
                 continue;
             }
@@ -230,7 +276,17 @@ impl Engine {
                 .get_mut(&header.key)
                 .map(|p| p.push_recovered(&header, records.len() as u32, e.position));
             if matches!(pushed, Some(Ok(()))) {
-                self.recover_producer(&mut parts, &header, &records);
+                if replicated {
+                    if let Some(p) = parts.get_mut(&header.key) {
+                        let now = crate::produce::now_ms();
+                        crate::producer_state::record_batches(&mut p.producers, &records, now);
+                    }
+                } else {
+                    self.recover_producer(&mut parts, &header, &records);
+                }
+                if let Some(p) = parts.get_mut(&header.key) {
+                    p.note_epochs(&records);
+                }
             }
             match pushed {
                 Some(Ok(())) => {
@@ -244,6 +300,9 @@ impl Engine {
                 }
                 None => skipped += 1,
             }
+        }
+        for p in self.parts.borrow_mut().values_mut() {
+            p.recovered();
         }
         self.release_below_log_start();
         self.check_partitions();
@@ -307,8 +366,10 @@ impl Engine {
         }
     }
 
-    /// Creates the partitions placed on this shard and drops those whose
-    /// topic is gone. Runs on the watcher task (and once at start).
+    /// Creates the partitions this node replicates on this shard, applies
+    /// role, epoch and ISR changes to them, and drops those whose topic is
+    /// gone or that this node no longer replicates. Runs on the watcher task
+    /// (and once at start).
     ///
     /// Only topics that changed since the last applied view are visited
     /// (`view::apply_changes`: a diff of two persistent maps that skips
@@ -319,20 +380,81 @@ impl Engine {
         let prev = self.last_view.replace(Some(Arc::clone(view)));
         let empty = TopicMap::new();
         let old_topics = prev.as_ref().map_or(&empty, |p| &p.topics);
-        let applied =
-            crate::view::apply_changes(me, &mut self.parts.borrow_mut(), old_topics, &view.topics);
-        let (created, gone) = (applied.created, applied.gone);
+        let applied = crate::view::apply_changes(
+            me,
+            self.node_id,
+            &mut self.parts.borrow_mut(),
+            old_topics,
+            &view.topics,
+        );
+        let (created, gone) = (applied.created, &applied.gone);
         if !gone.is_empty() {
             self.budget.discharge(
                 Pool::PartitionState,
-                gone.len() as u64 * PARTITION_BYTES + applied.gone_entries * INDEX_ENTRY_BYTES,
+                gone.len() as u64 * PARTITION_BYTES
+                    + applied.gone_entries * INDEX_ENTRY_BYTES
+                    + applied.gone_replicated * REPLICATION_BYTES,
             );
         }
         self.budget
             .charge_forced(Pool::PartitionState, created * PARTITION_BYTES);
-        for k in &gone {
+        let was_leading = !self.leading.borrow().is_empty();
+        let mut followed_changed = false;
+        for k in gone {
             self.tail.borrow_mut().forget(k);
             self.waiters.notify(k);
+            self.leading.borrow_mut().remove(k);
+            followed_changed |= self.following.borrow_mut().remove(k);
+        }
+        for (k, change) in &applied.changed {
+            if change.repl_created {
+                self.budget
+                    .charge_forced(Pool::PartitionState, REPLICATION_BYTES);
+            }
+            if change.repl_dropped {
+                self.budget
+                    .discharge(Pool::PartitionState, REPLICATION_BYTES);
+            }
+            let (replicated, leads) = self
+                .parts
+                .borrow()
+                .get(k)
+                .map_or((false, false), |p| (p.repl.is_some(), p.is_leader));
+            let mut leading = self.leading.borrow_mut();
+            let mut following = self.following.borrow_mut();
+            if replicated && leads {
+                leading.insert(*k);
+            } else {
+                leading.remove(k);
+            }
+            let was_following = if replicated && !leads {
+                !following.insert(*k)
+            } else {
+                following.remove(k)
+            };
+            followed_changed |= was_following != (replicated && !leads)
+                || (replicated && !leads && change.leadership);
+            drop((leading, following));
+            // acks=-1 produces re-check the role and the ISR; fetches the HW.
+            self.waiters.notify(k);
+        }
+        for k in &applied.reassigned {
+            // This node no longer replicates the partition: should it come
+            // back, its log starts afresh, also after a restart.
+            let append = self.wal.append(
+                crate::replica::KIND_TRUNCATE,
+                crate::replica::encode_truncate(k, 0, crate::replica::Cut::RestartAt),
+            );
+            glommio::spawn_local(async move {
+                let _ = append.await;
+            })
+            .detach();
+        }
+        if followed_changed {
+            self.bump_followed();
+        }
+        if !was_leading && !self.leading.borrow().is_empty() {
+            self.isr_wake.fire();
         }
         {
             let mut c = self.counters.borrow_mut();
@@ -344,18 +466,22 @@ impl Engine {
             "metadata versions never go back"
         );
         self.applied_version.set(view.version);
+        // Offsets partitions led here: load their groups; no longer led:
+        // drop them.
+        self.sync_group_partitions();
         self.release_version_waiters();
         if !gone.is_empty() || (created == 0 && applied.topics_changed > 0) {
             // Deleted partitions' entries are dead; configs may have changed.
             self.retention_wake.fire();
         }
-        if created > 0 || !gone.is_empty() {
+        if created > 0 || !gone.is_empty() || !applied.changed.is_empty() {
             debug!(
                 shard = me,
                 version = view.version,
                 topics = applied.topics_changed,
                 created,
                 deleted = gone.len(),
+                changed = applied.changed.len(),
                 "shard applied metadata"
             );
         }
@@ -524,6 +650,9 @@ impl Engine {
         else {
             return ListOffsetsResult::failed(ShardError::UnknownTopicOrPartition);
         };
+        if !p.is_leader {
+            return ListOffsetsResult::failed(ShardError::NotLeader);
+        }
         let found = |b: Option<&crate::partition::StoredBatch>| match b {
             Some(b) => (b.base_offset, b.max_timestamp),
             None => (-1, -1),
@@ -562,6 +691,14 @@ impl Engine {
             }
             ShardMsg::ListOffsets { req, reply } => {
                 let _ = reply.send(self.list_offsets_owner(&req));
+            }
+            ShardMsg::EndOffsetForEpoch {
+                topic,
+                partition,
+                epoch,
+                reply,
+            } => {
+                let _ = reply.send(self.end_offset_for_epoch_owner(&topic, partition, epoch));
             }
             ShardMsg::AwaitVersion { version, reply } => self.version_waiter(version, reply),
             ShardMsg::Group { req, reply } => self.group_owner(req, reply),
@@ -614,6 +751,7 @@ impl Engine {
             return;
         }
         self.waiters.fire_all();
+        self.bump_followed();
         self.version_waiters.borrow_mut().clear();
         let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
         for t in tasks {
@@ -707,6 +845,9 @@ async fn watch_metadata(engine: Rc<Engine>) {
             );
             return;
         }
-        engine.apply_view(&view);
+        // A view applied meanwhile by another path (tests) may be newer.
+        if view.version > engine.applied_version.get() {
+            engine.apply_view(&view);
+        }
     }
 }

@@ -19,8 +19,11 @@
 //!
 //! The WAL frames and checksums the whole payload; the header is checked
 //! again against the first batch's `baseOffset` when it is read back.
-//! Kind 2 (`delete_records::KIND_LOG_START`) records a partition's new log
-//! start offset. Other kinds are reserved for later use and are skipped and
+//! Kind 3 (`delete_records::KIND_LOG_START`) records a partition's new log
+//! start offset; kind 4 (`replica::KIND_TRUNCATE`) a follower's log
+//! truncation; kind 5 (`replica::KIND_REPLICA_BATCHES`) holds batches a
+//! follower copied from its leader, in this same format (their offsets and
+//! leader epochs are the leader's). Other kinds are reserved for later use and are skipped and
 //! counted by recovery. Idempotent producer state needs no entry of its
 //! own: recovery reads it from the batch headers (producerId, epoch,
 //! baseSequence).
@@ -32,8 +35,9 @@ use crate::batch;
 /// WAL entry kind of a partition's record batches.
 pub const KIND_BATCHES: u8 = 1;
 // The other kinds in a shard's WAL, each defined beside its codec and kept
-// distinct by the test below: `group::KIND_GROUP` (2, group records) and
-// `delete_records::KIND_LOG_START` (3, log start offsets).
+// distinct by the test below: `group::KIND_GROUP` (2, group records),
+// `delete_records::KIND_LOG_START` (3, log start offsets),
+// `replica::KIND_TRUNCATE` (4) and `replica::KIND_REPLICA_BATCHES` (5).
 /// Bytes of the entry header before the record batches.
 pub const ENTRY_HEADER_BYTES: usize = 45;
 const FORMAT_VERSION: u8 = 1;
@@ -120,6 +124,8 @@ mod kind_tests {
             super::KIND_BATCHES,
             crate::group::KIND_GROUP,
             crate::delete_records::KIND_LOG_START,
+            crate::replica::KIND_TRUNCATE,
+            crate::replica::KIND_REPLICA_BATCHES,
         ];
         for (i, a) in kinds.iter().enumerate() {
             for b in &kinds[i + 1..] {
@@ -141,7 +147,7 @@ mod tests {
             partition: 7,
         };
         let mut records = testing::batch(3, 42, b"v");
-        batch::patch(&mut records, 10, None);
+        batch::patch(&mut records, 10, None, 0);
         let header = EntryHeader {
             key,
             base_offset: 10,

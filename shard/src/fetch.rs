@@ -121,6 +121,7 @@ impl Engine {
                 max_wait_ms: req.max_wait_ms,
                 min_bytes: req.min_bytes,
                 max_bytes: req.max_bytes,
+                replica_id: req.replica_id,
             };
             let slot = local_slot.clone();
             pending.push(async move { (owner, idx, self.sub_fetch(owner, key, sub, &slot).await) });
@@ -166,7 +167,7 @@ impl Engine {
 
     /// Fetches one owner's partitions, locally or over the mesh.
     async fn sub_fetch(
-        &self,
+        self: &Rc<Self>,
         owner: u32,
         key: FetchKey,
         sub: OwnerFetch,
@@ -266,12 +267,16 @@ impl Engine {
         .detach();
     }
 
-    /// The long-poll loop of an owner shard.
+    /// The long-poll loop of an owner shard. A replica fetch first records
+    /// the follower's progress (`replica`).
     pub async fn fetch_owner(
-        &self,
+        self: &Rc<Self>,
         req: &OwnerFetch,
         slot: &Rc<WaitSlot>,
     ) -> (Vec<FetchPartitionResult>, Option<Reservation>) {
+        if let Some(node) = req.replica_id {
+            self.record_replica_fetch(node, &req.partitions);
+        }
         let deadline = Instant::now() + Duration::from_millis(u64::from(req.max_wait_ms));
         let mut waited = false;
         loop {
@@ -300,7 +305,8 @@ impl Engine {
         let (mut bytes, mut error) = (0u64, false);
         for fp in &req.partitions {
             let left = u64::from(req.max_bytes).saturating_sub(bytes);
-            let plan = plan_partition(&parts, fp, bytes == 0, left);
+            let replica = req.replica_id.is_some();
+            let plan = plan_partition(&parts, fp, bytes == 0, left, replica);
             bytes += plan.sources.iter().map(source_bytes).sum::<u64>();
             error |= plan.result.error.is_some();
             plans.push(plan);
@@ -453,12 +459,15 @@ fn source_bytes(s: &Source) -> u64 {
 }
 
 /// Plans one partition: entries from the one holding `fetch_offset`, below
-/// the high watermark, within `partition_max_bytes` and `left`.
+/// the high watermark (a `replica` fetch: below the durable log end), within
+/// `partition_max_bytes` and `left`. Only the leader serves fetches, at the
+/// requester's leader epoch when it gives one.
 fn plan_partition(
     parts: &HashMap<PartitionKey, Partition>,
     fp: &FetchPartition,
     response_empty: bool,
     left: u64,
+    replica: bool,
 ) -> PartPlan {
     let failed = |e| PartPlan {
         key: None,
@@ -471,6 +480,24 @@ fn plan_partition(
     else {
         return failed(ShardError::UnknownTopicOrPartition);
     };
+    if !p.is_leader {
+        return failed(ShardError::NotLeader);
+    }
+    match fp.current_leader_epoch {
+        e if e < 0 || e == p.leader_epoch => {}
+        e if e < p.leader_epoch => {
+            return failed(ShardError::FencedLeaderEpoch {
+                current: p.leader_epoch,
+                got: e,
+            })
+        }
+        e => {
+            return failed(ShardError::UnknownLeaderEpoch {
+                current: p.leader_epoch,
+                got: e,
+            })
+        }
+    }
     let mut result = FetchPartitionResult {
         error: None,
         high_watermark: p.high_watermark,
@@ -492,7 +519,11 @@ fn plan_partition(
     let limit = u64::from(fp.partition_max_bytes).min(left);
     let mut sources = Vec::new();
     let mut bytes = 0u64;
-    let durable = p.durable();
+    let durable = if replica {
+        p.durable_all()
+    } else {
+        p.durable()
+    };
     let start = p.locate(fp.fetch_offset).min(durable.len());
     for b in &durable[start..] {
         let size = u64::from(b.bytes);
@@ -575,8 +606,9 @@ mod tests {
             partition: 0,
             fetch_offset: offset,
             partition_max_bytes: max,
+            current_leader_epoch: -1,
         };
-        plan_partition(parts, &fp, first, u64::MAX)
+        plan_partition(parts, &fp, first, u64::MAX, false)
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! One `Shard` per glommio executor (one per data core; shards may be
 //! over-committed, unpinned, on fewer cores). A shard owns its WAL at
 //! `data_dir/shard-{id}/wal` and the partitions the metadata places on it
-//! (`PartitionMeta::shard == id`). "The WAL is the log": record batches of
+//! (`PartitionMeta::shard == id`) that this node replicates (it is in
+//! `PartitionMeta::replicas`); a partition this node stops replicating is
+//! dropped like a deleted one. "The WAL is the log": record batches of
 //! all the shard's partitions are WAL entries (format in `entry`), each
 //! partition keeps a sparse in-memory index of its entries (`partition`),
 //! recent batches are served from a tail cache (`tail`), older ones are read
@@ -13,6 +15,34 @@
 //!
 //! Each partition also keeps its idempotent producers' sequence windows
 //! (`producer_state`); DeleteRecords moves its log start (`delete_records`).
+//!
+//! Replication (`replica`, Kafka's ISR model): a partition's role comes
+//! from the applied view: leader when `PartitionMeta::leader` is this node,
+//! follower otherwise. Only the leader serves produce and fetch; it stamps
+//! its leader epoch into every batch it appends. A partition with more than
+//! one replica keeps a boxed replication state (durable log end, epoch
+//! cache, ISR, followers' progress); a single-replica partition keeps none
+//! and behaves as before. Followers fetch from the leader node's Kafka
+//! listener (the broker's replica fetcher, one per shard) with replica
+//! fetches (`FetchRequest::replica_id`), write what they get with
+//! `append_replica`, truncate by leader epoch with `truncate_replica`
+//! (`end_offset_for_epoch` on the leader), and learn what to follow from
+//! `followed` / `followed_changed`. The leader grows the ISR when a
+//! follower catches up and shrinks it when one lags
+//! (`replica_lag_time_max_ms`), through `Metadata::alter_isr`.
+//!
+//! Consumer groups (`group`): a group's coordinator is the node leading
+//! its `__consumer_offsets` partition, on the shard owning that partition.
+//! Group records (offset commits and deletions, group deletions) are
+//! record batches in that partition, written through the produce path with
+//! acks=-1 and replicated like any partition. A shard loads the groups of
+//! an offsets partition from its log whenever it becomes its leader (one
+//! loading task per shard; meanwhile those groups answer
+//! `CoordinatorLoadInProgress`) and drops them from memory when it stops
+//! leading it (`NotCoordinator`). Retention carries a partition's group
+//! state forward and moves its log start when its old records alone keep
+//! WAL segments; followers follow the leader's log start through
+//! `advance_replica_log_start`.
 //!
 //! The broker front end calls `produce`, `fetch` and `list_offsets` on the
 //! shard that owns the connection; work for a partition of another shard is
@@ -23,16 +53,35 @@
 //!
 //! One inbox task per peer shard, one metadata watcher, one deadline task
 //! with one timer (`waiters`), one admission task (produces waiting for
-//! memory), the WAL's batcher, and one short-lived task
-//! per in-flight produce (it waits for durability and advances the high
-//! watermark even if the requester went away).
+//! memory), the group-deadline task, the group-loading task (parked while
+//! no offsets partition waits to be loaded), the retention task, the ISR-shrink task (asleep, with no
+//! timer, while the shard leads no partition with followers), the WAL's
+//! batcher, one short-lived task per in-flight produce (it waits for
+//! durability, and for acks=-1 on a replicated partition for the high
+//! watermark, even if the requester went away), and one short-lived task
+//! per ISR change in flight (at most one per partition).
 //!
 //! # Invariants
 //!
 //! - Offsets are assigned and `Wal::append` is called in the same
 //!   synchronous section: WAL order == offset order within a partition.
-//! - `log_start_offset <= high_watermark <= next_offset`; the high watermark
-//!   covers durable entries only; acks=1/-1 are answered after durability.
+//! - `log_start_offset <= high_watermark <= durable end <= next_offset`.
+//!   The high watermark covers durable entries only: with one replica it is
+//!   the durable end; on a leader with followers, the smallest log end of
+//!   the ISR (never moving back); on a follower, min(leader's HW, durable
+//!   end). Consumers read below it; replica fetches below the durable end.
+//! - acks=1 is answered after local durability; acks=-1 after the high
+//!   watermark passed the entry, refused before writing when the ISR is
+//!   smaller than `min.insync.replicas` (`NotEnoughReplicas`), failed when
+//!   it falls below while waiting (`NotEnoughReplicasAfterAppend`) or this
+//!   node stops leading (`NotLeader`).
+//! - A follower's log only changes by `append_replica` (leader batches,
+//!   unchanged), truncations and log start moves
+//!   (`advance_replica_log_start`), which are WAL entries replayed in WAL
+//!   order: a truncated tail never comes back after a restart.
+//! - A group is served only by the shard whose node leads its offsets
+//!   partition, once that partition's log is loaded; its records are
+//!   applied in the partition's offset order (at load, and when queued).
 //! - Every byte that grows with load is reserved in the shard's `Budget`
 //!   first (in-flight produce, tail cache, fetch responses); work that does
 //!   not fit waits for memory in arrival order, at most `MEMORY_WAIT`, and
@@ -54,6 +103,7 @@ mod mesh;
 mod partition;
 mod produce;
 mod producer_state;
+mod replica;
 mod retention;
 mod stats;
 mod tail;
@@ -73,6 +123,7 @@ pub use crate::entry::{ENTRY_HEADER_BYTES, KIND_BATCHES};
 pub use crate::mesh::{new_mesh, ShardMesh, ShardMsg, SHARD_INBOX_MESSAGES_MAX};
 pub use crate::produce::ProduceTicket;
 pub use crate::produce::ADMISSIONS_MAX;
+pub use crate::replica::{KIND_REPLICA_BATCHES, KIND_TRUNCATE};
 pub use crate::stats::ShardStats;
 pub use crate::waiters::WaitersStats;
 pub use crate::warn::WarnLimiter;
@@ -132,6 +183,13 @@ pub struct ShardConfig {
     /// Idle time after which an idempotent producer's state is forgotten
     /// (Kafka's `producer.id.expiration.ms`).
     pub producer_id_expiration_ms: i64,
+    /// In-sync replicas an acks=-1 produce needs (Kafka's
+    /// `min.insync.replicas`); the topic config of that name overrides it.
+    pub min_insync_replicas: u32,
+    /// A follower in the ISR that has not been caught up with the leader's
+    /// log end for this long is removed from the ISR (Kafka's
+    /// `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl ShardConfig {
@@ -141,6 +199,8 @@ impl ShardConfig {
     pub const VERSION_WAITERS_MAX_DEFAULT: usize = 1024;
     pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
     pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 86_400_000;
+    pub const MIN_INSYNC_REPLICAS_DEFAULT: u32 = 1;
+    pub const REPLICA_LAG_TIME_MAX_MS_DEFAULT: u64 = 30_000;
 
     pub fn new(shard_id: u32, shards: u32, data_dir: impl Into<PathBuf>) -> ShardConfig {
         ShardConfig {
@@ -157,6 +217,8 @@ impl ShardConfig {
             topic_ready_timeout_ms: 10_000,
             remote_reply_timeout_ms: 30_000,
             producer_id_expiration_ms: Self::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
+            min_insync_replicas: Self::MIN_INSYNC_REPLICAS_DEFAULT,
+            replica_lag_time_max_ms: Self::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
         }
     }
 }
@@ -193,6 +255,23 @@ pub enum ShardError {
     OutOfOrderSequence { expected: i32, got: i32 },
     #[error("producer epoch {got} is older than the current epoch {current}")]
     InvalidProducerEpoch { current: i16, got: i16 },
+    /// acks=-1 and the ISR is smaller than `min.insync.replicas`: nothing
+    /// was written (Kafka NOT_ENOUGH_REPLICAS, 19).
+    #[error("the in-sync replicas are fewer than min.insync.replicas")]
+    NotEnoughReplicas,
+    /// acks=-1: written, but the ISR fell below `min.insync.replicas`
+    /// before the high watermark passed it (Kafka
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND, 20).
+    #[error("written, but the in-sync replicas fell below min.insync.replicas")]
+    NotEnoughReplicasAfterAppend,
+    /// The requester's leader epoch is older than this replica's (Kafka
+    /// FENCED_LEADER_EPOCH, 74).
+    #[error("leader epoch {got} is older than the current epoch {current}")]
+    FencedLeaderEpoch { current: i32, got: i32 },
+    /// The requester's leader epoch is newer than this replica's: its
+    /// metadata is ahead (Kafka UNKNOWN_LEADER_EPOCH, 76).
+    #[error("leader epoch {got} is newer than the current epoch {current}")]
+    UnknownLeaderEpoch { current: i32, got: i32 },
 }
 
 /// Produce to one partition.
@@ -202,6 +281,9 @@ pub struct ProducePartition {
     pub partition: i32,
     pub records: bytes::Bytes,
     pub acks: i16,
+    /// The request's `timeout_ms`: how long an acks=-1 produce waits for
+    /// the in-sync replicas once durable here (then `ShardError::Timeout`).
+    pub timeout_ms: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -232,6 +314,12 @@ pub struct FetchRequest {
     pub max_bytes: u32,
     /// 0 read_uncommitted, 1 read_committed (the same here: no transactions).
     pub isolation_level: i8,
+    /// The follower node id of a replica fetch (Kafka's `replica_id`), `None`
+    /// for a consumer. A replica fetch reads up to the leader's durable log
+    /// end (not the high watermark), records the follower's progress (its
+    /// log end is its `fetch_offset`), may add it to the ISR, and its long
+    /// poll wakes when the durable log end moves.
+    pub replica_id: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -240,6 +328,9 @@ pub struct FetchPartition {
     pub partition: i32,
     pub fetch_offset: i64,
     pub partition_max_bytes: u32,
+    /// The requester's idea of the leader epoch, -1 for none. An older
+    /// one is `FencedLeaderEpoch`, a newer one `UnknownLeaderEpoch`.
+    pub current_leader_epoch: i32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -310,6 +401,26 @@ pub struct DeleteRecordsPartition {
 
 /// The partition's log start offset after the call (its low watermark).
 pub type DeleteRecordsResult = Result<i64, ShardError>;
+/// A partition of this shard that this node follows (`Shard::followed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Followed {
+    pub topic: Arc<TopicMeta>,
+    pub partition: i32,
+    /// Node id of its leader (never `NO_LEADER`: leaderless partitions are
+    /// not listed).
+    pub leader: u64,
+    pub leader_epoch: i32,
+    /// This replica's log end: the next fetch offset.
+    pub log_end: i64,
+    /// The latest epoch in this replica's epoch cache (-1: none), for
+    /// OffsetForLeaderEpoch and the fetch's `last_fetched_epoch`.
+    pub last_fetched_epoch: i32,
+    /// The log must be truncated by leader epoch (OffsetForLeaderEpoch to
+    /// the leader, then `truncate_replica`) before fetching; cleared by
+    /// `mark_truncated`.
+    pub needs_truncation: bool,
+}
+
 /// Request-buffer memory held by one request frame; released on drop.
 pub struct RequestBuffer(#[allow(dead_code)] budget::Reservation);
 
@@ -392,12 +503,16 @@ impl Shard {
         self.core.list_offsets(req).await
     }
 
-    /// Routes a consumer-group request to the group's coordinator shard.
+    /// Routes a consumer-group request to the shard owning the group's
+    /// `__consumer_offsets` partition. Served there only while this node
+    /// leads that partition and its groups are loaded; otherwise the
+    /// answer carries `GroupError::NotCoordinator` or
+    /// `GroupError::CoordinatorLoadInProgress` (see `group`).
     pub async fn group(&self, req: group::GroupRequest) -> group::GroupResponse {
         self.core.group(req).await
     }
 
-    /// The groups of every shard (ListGroups).
+    /// The groups every shard serves (ListGroups).
     pub async fn list_groups(&self) -> Vec<group::GroupListing> {
         self.core.list_groups().await
     }
@@ -406,6 +521,180 @@ impl Shard {
     /// when durable); resolves with the new log start.
     pub async fn delete_records(&self, req: DeleteRecordsPartition) -> DeleteRecordsResult {
         self.core.delete_records(req).await
+    }
+
+    /// Kafka's OffsetForLeaderEpoch for one partition this node leads,
+    /// answered by the shard that owns it (routed like `list_offsets`):
+    /// `(largest epoch <= requested_epoch in the leader's epoch cache,
+    /// start offset of the next larger epoch)`, or `(requested_epoch, log
+    /// end)` when it is the latest epoch; `(-1, -1)` when the epoch is
+    /// unknown (-1, or newer than every cached one). An epoch older than
+    /// every cached one answers `(requested_epoch, first cached start)`.
+    /// A single-replica partition (never truncated) answers its log end for
+    /// any epoch up to its current one. Errors: `UnknownTopicOrPartition`,
+    /// `NotLeader` (this node does not lead it in the request's or the
+    /// shard's view).
+    pub async fn end_offset_for_epoch(
+        &self,
+        topic: &Arc<TopicMeta>,
+        partition: i32,
+        requested_epoch: i32,
+    ) -> Result<(i32, i64), ShardError> {
+        self.core
+            .end_offset_for_epoch(topic, partition, requested_epoch)
+            .await
+    }
+
+    /// Follower append, for the replica fetcher. MUST be called on the
+    /// shard that owns the partition (`PartitionMeta::shard == self.id()`,
+    /// else `NotLeader`); this node must replicate it without leading it
+    /// (else `NotLeader`).
+    ///
+    /// `records` are whole record batches as fetched from the leader
+    /// (offsets and leader epochs as the leader stamped them; they are
+    /// validated — framing, CRC32C, counts — but never patched). Batches
+    /// wholly below this replica's log end are skipped; a batch holding the
+    /// log end, or batches out of offset order, are `InvalidRecord`.
+    /// Offsets may skip forward (the leader's log has gaps where an append
+    /// of its own failed), as Kafka allows. The rest is appended as WAL
+    /// entries of kind `KIND_REPLICA_BATCHES` (normally one; split at batch
+    /// boundaries when larger than a WAL entry; a single batch larger than
+    /// one is `MessageTooLarge`), charged to `produce_inflight` until
+    /// durable (waiting at most `MEMORY_WAIT`, then `Busy`) and answered
+    /// once durable. The batches' idempotent producer sequences and leader
+    /// epochs are recorded (so deduplication and OffsetForLeaderEpoch
+    /// survive a failover to this replica). Then HW = min(leader's HW,
+    /// durable log end) (never lowered).
+    ///
+    /// Empty `records` only pass `leader_high_watermark` on. Returns the
+    /// log end after the append: the next fetch offset. A failed WAL append
+    /// cuts the log back to where the failed entry began (`Storage`).
+    ///
+    /// Calls for one partition must not overlap each other or
+    /// `truncate_replica` (the fetcher handles a partition in one task).
+    pub async fn append_replica(
+        &self,
+        topic: &Arc<TopicMeta>,
+        partition: i32,
+        records: bytes::Bytes,
+        leader_high_watermark: i64,
+    ) -> Result<i64, ShardError> {
+        self.core
+            .append_replica(topic, partition, records, leader_high_watermark)
+            .await
+    }
+
+    /// Follower truncation (after OffsetForLeaderEpoch), on the owning
+    /// shard, for a partition this node replicates without leading it (else
+    /// `NotLeader`). Drops the index entries at or above `offset`, entry
+    /// granular: an entry holding `offset` is dropped whole, so the log then
+    /// ends at its base offset (which is returned). The HW is lowered to it,
+    /// producer-state and epoch-cache entries at or above it are forgotten,
+    /// and the dropped entries' memory is released. The cut is a durable
+    /// WAL entry (`KIND_TRUNCATE`), replayed by recovery in WAL order, so the
+    /// truncated tail never comes back after a restart; it applies at once
+    /// and the call returns once the entry is durable (`Storage` if that
+    /// fails). An `offset` at or past the log end changes nothing and
+    /// returns the log end; a negative one is `OffsetOutOfRange`.
+    pub async fn truncate_replica(
+        &self,
+        topic: &Arc<TopicMeta>,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, ShardError> {
+        let cut = replica::Cut::Truncate;
+        self.core.cut_replica(topic, partition, offset, cut).await
+    }
+
+    /// Drops a follower's whole log and continues it at `offset` (Kafka's
+    /// truncate-fully-and-start-at, for a follower whose log end is below
+    /// the leader's log start: its fetch got `OffsetOutOfRange`). Log
+    /// start, HW and log end become `offset`. Same conditions and
+    /// durability as `truncate_replica`; returns `offset`.
+    pub async fn restart_replica_at(
+        &self,
+        topic: &Arc<TopicMeta>,
+        partition: i32,
+        offset: i64,
+    ) -> Result<i64, ShardError> {
+        let cut = replica::Cut::RestartAt;
+        self.core.cut_replica(topic, partition, offset, cut).await
+    }
+
+    /// Follower log start, for the replica fetcher: moves the log start of
+    /// a partition this node follows forward to `leader_log_start` (the
+    /// `log_start_offset` of the leader's fetch response) when that is
+    /// larger, so that the leader's retention, DeleteRecords and group
+    /// carry-forward reclaim the follower's WAL too. Never past this
+    /// replica's high watermark (so never past its log end): a follower
+    /// behind the leader's log start keeps its log start at its HW until
+    /// it has fetched further (or restarts at the leader's log start
+    /// through `restart_replica_at`). The move is the durable kind-3 log
+    /// start entry DeleteRecords writes, replayed by recovery; it applies
+    /// once durable and wakes retention. Returns the log start after the
+    /// call (unchanged, without writing, when `leader_log_start` is not
+    /// larger). MUST be called on the owning shard, for a partition this
+    /// node replicates without leading it (else `NotLeader`); calls must
+    /// not overlap `append_replica` or the truncations of the same
+    /// partition. Errors: `UnknownTopicOrPartition`, `NotLeader`,
+    /// `Storage`, `ShuttingDown`.
+    pub async fn advance_replica_log_start(
+        &self,
+        topic: &Arc<TopicMeta>,
+        partition: i32,
+        leader_log_start: i64,
+    ) -> Result<i64, ShardError> {
+        self.core
+            .advance_replica_log_start(topic, partition, leader_log_start)
+            .await
+    }
+
+    /// The partitions of this shard that this node follows: replicated
+    /// (more than one replica), not led here, with a leader (leaderless
+    /// ones are left out until one is elected). In partition-key order.
+    pub fn followed(&self) -> Vec<Followed> {
+        self.core.followed()
+    }
+
+    /// Clears `needs_truncation` of a followed partition once the fetcher
+    /// truncated it for `leader_epoch` (the `Followed::leader_epoch` it
+    /// acted on). Returns false, and leaves the flag set, when the
+    /// partition's epoch moved meanwhile (truncate again). Errors:
+    /// `UnknownTopicOrPartition`, `NotLeader` (not followed here).
+    pub fn mark_truncated(
+        &self,
+        topic: &Arc<TopicMeta>,
+        partition: i32,
+        leader_epoch: i32,
+    ) -> Result<bool, ShardError> {
+        self.core.mark_truncated(topic, partition, leader_epoch)
+    }
+
+    /// The version of the followed set: bumped when a partition is added to
+    /// or removed from `followed()`, or a followed partition's leader or
+    /// epoch changes (and once at close).
+    pub fn followed_version(&self) -> u64 {
+        self.core.followed_version.get()
+    }
+
+    /// Resolves with the followed-set version once it is greater than
+    /// `since` (at once if it already is, or the shard is closing). Woken
+    /// by view application; no polling. Usage: `let v =
+    /// shard.followed_version(); let set = shard.followed(); ...;
+    /// shard.followed_changed(v).await`.
+    pub async fn followed_changed(&self, since: u64) -> u64 {
+        self.core.followed_changed(since).await
+    }
+
+    /// Testing only: applies `view` as if the metadata service had
+    /// published it (roles, epochs, ISRs that a single-node `Metadata`
+    /// cannot produce). Views the service publishes later are applied only
+    /// once their version is greater than `view.version`.
+    #[doc(hidden)]
+    pub fn apply_view_for_tests(&self, view: Arc<MetadataView>) {
+        if view.version > self.core.applied_version.get() {
+            self.core.apply_view(&view);
+        }
     }
 
     /// A new producer id (epoch 0) for InitProducerId, from this shard's

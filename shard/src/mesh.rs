@@ -67,6 +67,8 @@ pub struct OwnerFetch {
     pub max_wait_ms: u32,
     pub min_bytes: u32,
     pub max_bytes: u32,
+    /// The follower node of a replica fetch.
+    pub replica_id: Option<u64>,
 }
 
 /// A request from one shard to another.
@@ -93,6 +95,13 @@ pub enum ShardMsg {
     DeleteRecords {
         req: crate::DeleteRecordsPartition,
         reply: oneshot::Sender<crate::DeleteRecordsResult>,
+    },
+    /// OffsetForLeaderEpoch on the owning shard.
+    EndOffsetForEpoch {
+        topic: std::sync::Arc<sluice_raft::TopicMeta>,
+        partition: i32,
+        epoch: i32,
+        reply: oneshot::Sender<Result<(i32, i64), ShardError>>,
     },
     /// Answer (with the applied version) once metadata `version` is applied.
     AwaitVersion {

@@ -2,13 +2,34 @@
 //! pre-sized buffer. Its batches live in the shard's WAL; the partition
 //! keeps a sparse index with one `StoredBatch` per WAL entry.
 //!
+//! Replication: a partition with more than one replica also holds a boxed
+//! `Replication` (its durable log end, the epoch cache, the ISR of the
+//! applied view, and on the leader each follower's progress). A
+//! single-replica partition holds `None` there: it costs one pointer.
+//!
+//! High watermark (HW):
+//! - one replica: the durable log end (every durable entry is committed);
+//! - leader with followers: the largest of its current HW and
+//!   `min(durable log end, log end of every other member of the ISR)` (the
+//!   ISR of the applied view, joined with an ISR change in flight, so a
+//!   member being added counts before it is committed); an ISR member whose
+//!   log end is unknown (no fetch since this node became leader) holds it;
+//! - follower: the largest of its current HW and `min(leader's HW, durable
+//!   log end)`.
+//!
+//! The HW only moves back by truncation (`truncate`, `restart_at`).
+//!
 //! Invariants (checked by `check`): `log_start_offset <= high_watermark <=
-//! next_offset`; batches are sorted by offset and do not overlap; every
-//! batch below the high watermark has a WAL position (is durable).
+//! durable end <= next_offset`; batches are sorted by offset and do not
+//! overlap; every batch below the durable end has a WAL position.
+
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sluice_raft::PartitionMeta;
 use sluice_wal::Position;
 
+use crate::batch;
 use crate::entry::{EntryHeader, PartitionKey};
 use crate::producer_state::ProducerStates;
 
@@ -29,25 +50,151 @@ pub struct StoredBatch {
 #[derive(Debug)]
 pub struct Partition {
     pub key: PartitionKey,
+    /// The partition's leader epoch in the applied view: the leader stamps
+    /// it into every batch it appends.
+    pub leader_epoch: i32,
+    /// This node leads the partition (applied view).
+    pub is_leader: bool,
     pub next_offset: i64,
     pub log_start_offset: i64,
-    /// Last durable offset + 1: consumers see offsets below it.
+    /// Consumers see offsets below it (see the module doc).
     pub high_watermark: i64,
     pub batches: Vec<StoredBatch>,
     /// Idempotent producers' sequence windows (empty map when none).
     pub producers: ProducerStates,
+    /// Replication state; `None` for a single-replica partition.
+    pub repl: Option<Box<Replication>>,
+}
+
+/// The replication state of a partition with more than one replica.
+#[derive(Debug)]
+pub struct Replication {
+    /// Last durable offset + 1 (the HW of a single replica).
+    pub durable_end: i64,
+    /// The leader of the applied view (`NO_LEADER` when none).
+    pub leader: u64,
+    /// The ISR of the applied view.
+    pub isr: Vec<u64>,
+    /// Epoch cache: `(leader epoch, first offset written in it)`, both
+    /// increasing.
+    pub epochs: Vec<(i32, i64)>,
+    /// Leader only: the other replicas' progress.
+    pub followers: Vec<FollowerProgress>,
+    /// The ISR this node proposed and that is not applied yet: at most one
+    /// ISR change in flight per partition.
+    pub proposed_isr: Option<Vec<u64>>,
+    /// Follower only: the log must be truncated by leader epoch before the
+    /// next fetch (set whenever the partition becomes a follower or its
+    /// leader or epoch changes; cleared by `Shard::mark_truncated`).
+    pub needs_truncation: bool,
+    /// Follower only: the leader's HW as last reported.
+    pub leader_high_watermark: i64,
+}
+
+/// What the leader knows of one follower.
+#[derive(Clone, Copy, Debug)]
+pub struct FollowerProgress {
+    pub node: u64,
+    /// The follower's log end (its last fetch offset); -1 until it fetches.
+    pub log_end: i64,
+    /// Last time it was caught up with the leader's durable log end.
+    pub caught_up: Instant,
+    /// Time of its previous fetch and the leader's durable end then.
+    pub last_fetch: Option<(Instant, i64)>,
+}
+
+impl FollowerProgress {
+    fn new(node: u64, now: Instant) -> FollowerProgress {
+        FollowerProgress {
+            node,
+            log_end: -1,
+            caught_up: now,
+            last_fetch: None,
+        }
+    }
+}
+
+/// What applying a partition's metadata changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MetaChange {
+    /// Role, leader or leader epoch changed (or replication just started).
+    pub leadership: bool,
+    pub isr: bool,
+    pub hw_moved: bool,
+    pub repl_created: bool,
+    pub repl_dropped: bool,
+}
+
+/// What a replica fetch changed on the leader.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FetchProgress {
+    pub hw_moved: bool,
+    /// The ISR to propose (the follower joins it).
+    pub expand: Option<Vec<u64>>,
+}
+
+impl Replication {
+    fn new(durable_end: i64) -> Replication {
+        Replication {
+            durable_end,
+            leader: sluice_raft::NO_LEADER,
+            isr: Vec::new(),
+            epochs: Vec::new(),
+            followers: Vec::new(),
+            proposed_isr: None,
+            needs_truncation: false,
+            leader_high_watermark: 0,
+        }
+    }
+
+    /// Records that epoch `epoch` starts at `start` (ignored unless newer
+    /// than the latest cached epoch). Entries starting at or after `start`
+    /// are replaced, as Kafka's epoch cache does.
+    pub fn push_epoch(&mut self, epoch: i32, start: i64) {
+        if epoch < 0 || self.epochs.last().is_some_and(|(e, _)| *e >= epoch) {
+            return;
+        }
+        while self.epochs.last().is_some_and(|(_, s)| *s >= start) {
+            self.epochs.pop();
+        }
+        self.epochs.push((epoch, start));
+    }
+
+    /// The latest cached epoch, -1 when none.
+    pub fn latest_epoch(&self) -> i32 {
+        self.epochs.last().map_or(-1, |e| e.0)
+    }
+
+    /// The leader's bound on the HW: `end` lowered to the log end of every
+    /// other ISR member (-1 while one is unknown).
+    fn isr_bound(&self, end: i64) -> i64 {
+        let members = self.isr.iter().chain(self.proposed_isr.iter().flatten());
+        members
+            .filter_map(|n| self.followers.iter().find(|f| f.node == *n))
+            .fold(end, |bound, f| bound.min(f.log_end))
+    }
 }
 
 impl Partition {
     pub fn new(key: PartitionKey) -> Partition {
         Partition {
             key,
+            leader_epoch: 0,
+            is_leader: true,
             next_offset: 0,
             log_start_offset: 0,
             high_watermark: 0,
             batches: Vec::new(),
             producers: ProducerStates::default(),
+            repl: None,
         }
+    }
+
+    /// Last durable offset + 1.
+    pub fn durable_end(&self) -> i64 {
+        self.repl
+            .as_ref()
+            .map_or(self.high_watermark, |r| r.durable_end)
     }
 
     /// Takes `offsets` offsets for a new entry and records it as pending.
@@ -55,25 +202,43 @@ impl Partition {
     pub fn assign(&mut self, offsets: i64, max_timestamp: i64, records: Bytes) -> i64 {
         assert!(offsets > 0);
         let base_offset = self.next_offset;
-        self.next_offset += offsets;
+        self.push_pending(
+            base_offset,
+            base_offset + offsets - 1,
+            max_timestamp,
+            records,
+        );
+        base_offset
+    }
+
+    /// Records a pending entry at offsets chosen elsewhere (a follower's
+    /// copy of the leader's batches): `base_offset >= next_offset`.
+    pub fn push_pending(
+        &mut self,
+        base_offset: i64,
+        last_offset: i64,
+        max_timestamp: i64,
+        records: Bytes,
+    ) {
+        assert!(base_offset >= self.next_offset && last_offset >= base_offset);
+        self.next_offset = last_offset + 1;
         self.batches.push(StoredBatch {
             base_offset,
-            last_offset: self.next_offset - 1,
+            last_offset,
             max_timestamp,
             bytes: records.len() as u32,
             position: None,
             cached: Some(records),
         });
-        base_offset
     }
 
     /// The entry at `base_offset` is durable at `position`. Returns true if
-    /// the high watermark moved.
+    /// the durable end or the high watermark moved.
     pub fn mark_durable(&mut self, base_offset: i64, position: Position) -> bool {
         if let Some(i) = self.find(base_offset) {
             self.batches[i].position = Some(position);
         }
-        self.advance_high_watermark()
+        self.refresh()
     }
 
     /// The append of the entry at `base_offset` failed: its offsets are
@@ -86,24 +251,41 @@ impl Partition {
             );
             self.batches.remove(i);
         }
-        self.advance_high_watermark()
+        self.refresh()
     }
 
-    /// Moves the high watermark over every durable entry that follows it.
-    fn advance_high_watermark(&mut self) -> bool {
-        let before = self.high_watermark;
-        let mut i = self.locate(self.high_watermark);
+    /// Moves the durable end over every durable entry that follows it and
+    /// recomputes the high watermark (module doc). Returns true if either
+    /// moved.
+    pub fn refresh(&mut self) -> bool {
+        let before = (self.durable_end(), self.high_watermark);
+        let mut end = before.0;
+        let mut i = self.locate(end);
         while let Some(b) = self.batches.get(i) {
             if b.position.is_none() {
                 break;
             }
-            self.high_watermark = b.last_offset + 1;
+            end = b.last_offset + 1;
             i += 1;
         }
+        match self.repl.as_deref_mut() {
+            None => self.high_watermark = end,
+            Some(r) => {
+                r.durable_end = end;
+                let bound = if self.is_leader {
+                    r.isr_bound(end)
+                } else {
+                    r.leader_high_watermark.min(end)
+                };
+                self.high_watermark = self.high_watermark.max(bound);
+            }
+        }
         assert!(
-            self.log_start_offset <= self.high_watermark && self.high_watermark <= self.next_offset
+            self.log_start_offset <= self.high_watermark
+                && self.high_watermark <= self.durable_end()
+                && self.durable_end() <= self.next_offset
         );
-        self.high_watermark != before
+        (self.durable_end(), self.high_watermark) != before
     }
 
     /// Adds an entry found by recovery. Entries must come in offset order.
@@ -132,7 +314,266 @@ impl Partition {
         });
         self.next_offset = header.last_offset + 1;
         self.high_watermark = self.next_offset;
+        if let Some(r) = self.repl.as_deref_mut() {
+            r.durable_end = self.next_offset;
+        }
         Ok(())
+    }
+
+    /// After recovery: a replicated partition starts with its HW at its log
+    /// start (the HW is not stored; it rises again as the ISR confirms the
+    /// log), a leader caches its current epoch, a follower must truncate.
+    pub fn recovered(&mut self) {
+        let Some(r) = self.repl.as_deref_mut() else {
+            return;
+        };
+        r.durable_end = self.next_offset;
+        self.high_watermark = self.log_start_offset;
+        r.leader_high_watermark = self.log_start_offset;
+        if self.is_leader {
+            r.push_epoch(self.leader_epoch, self.next_offset);
+        } else {
+            r.needs_truncation = true;
+        }
+    }
+
+    /// Caches the epochs stamped in `records` (a follower's append, or
+    /// recovery). No-op for a single-replica partition.
+    pub fn note_epochs(&mut self, records: &[u8]) {
+        let Some(r) = self.repl.as_deref_mut() else {
+            return;
+        };
+        for b in batch::batches(records) {
+            r.push_epoch(batch::leader_epoch(b), batch::base_offset(b));
+        }
+    }
+
+    /// Truncates the log at `offset`, entry-granular: an entry holding
+    /// `offset` is dropped whole, so the log then ends at its base offset.
+    /// Producer-state and epoch-cache entries at or above the new end are
+    /// forgotten. Returns the index entries dropped.
+    pub fn truncate(&mut self, offset: i64) -> u64 {
+        if offset >= self.next_offset {
+            return 0;
+        }
+        let offset = offset.max(0);
+        let i = self.locate(offset);
+        let new_end = match self.batches.get(i) {
+            Some(b) if b.base_offset < offset => b.base_offset,
+            _ => offset,
+        };
+        let dropped = (self.batches.len() - i) as u64;
+        self.batches.truncate(i);
+        self.cut_at(new_end);
+        dropped
+    }
+
+    /// Drops the whole log and continues at `offset` (a follower whose log
+    /// ends below the leader's log start). Returns the index entries dropped.
+    pub fn restart_at(&mut self, offset: i64) -> u64 {
+        let offset = offset.max(0);
+        let dropped = self.batches.len() as u64;
+        self.batches.clear();
+        self.producers = ProducerStates::default();
+        if let Some(r) = self.repl.as_deref_mut() {
+            r.epochs.clear();
+        }
+        self.next_offset = offset;
+        self.log_start_offset = offset;
+        self.high_watermark = offset;
+        if let Some(r) = self.repl.as_deref_mut() {
+            r.durable_end = offset;
+            r.leader_high_watermark = offset;
+        }
+        dropped
+    }
+
+    fn cut_at(&mut self, new_end: i64) {
+        self.next_offset = new_end;
+        self.log_start_offset = self.log_start_offset.min(new_end);
+        self.high_watermark = self.high_watermark.min(new_end);
+        if let Some(r) = self.repl.as_deref_mut() {
+            r.durable_end = r.durable_end.min(new_end);
+            r.leader_high_watermark = r.leader_high_watermark.min(new_end);
+            r.epochs.retain(|(_, start)| *start < new_end);
+        }
+        self.producers.forget_from(new_end);
+    }
+
+    /// Kafka's OffsetForLeaderEpoch on this replica: `(largest cached epoch
+    /// <= requested, start offset of the next larger epoch)`, or the log end
+    /// for the latest epoch; `(-1, -1)` when unknown. A single-replica
+    /// partition is never truncated: any epoch up to the current one ends at
+    /// its log end.
+    pub fn end_offset_for_epoch(&self, requested: i32) -> (i32, i64) {
+        if requested < 0 {
+            return (-1, -1);
+        }
+        let Some(r) = self.repl.as_deref() else {
+            return if requested <= self.leader_epoch {
+                (requested, self.next_offset)
+            } else {
+                (-1, -1)
+            };
+        };
+        if r.epochs.last().is_some_and(|(e, _)| *e == requested) {
+            return (requested, self.next_offset);
+        }
+        match r.epochs.iter().position(|(e, _)| *e > requested) {
+            None => (-1, -1),
+            Some(0) => (requested, r.epochs[0].1),
+            Some(i) => (r.epochs[i - 1].0, r.epochs[i].1),
+        }
+    }
+
+    /// Applies the partition's metadata from a new view: role, epoch,
+    /// replicas and ISR. `node` is this node's id.
+    pub fn apply_meta(&mut self, pm: &PartitionMeta, node: u64, now: Instant) -> MetaChange {
+        let mut c = MetaChange::default();
+        let is_leader = pm.leader == node;
+        let leadership = is_leader != self.is_leader || pm.leader_epoch != self.leader_epoch;
+        self.is_leader = is_leader;
+        self.leader_epoch = pm.leader_epoch;
+        let replicated = pm.replicas.len() > 1;
+        match (replicated, self.repl.is_some()) {
+            (true, false) => {
+                self.repl = Some(Box::new(Replication::new(self.high_watermark)));
+                c.repl_created = true;
+            }
+            (false, true) => {
+                let r = self.repl.take().expect("checked");
+                self.high_watermark = self.high_watermark.max(r.durable_end);
+                c.repl_dropped = true;
+                c.hw_moved = true;
+            }
+            _ => {}
+        }
+        let has_data = !self.batches.is_empty();
+        let (log_start, next) = (self.log_start_offset, self.next_offset);
+        let hw = self.high_watermark;
+        let Some(r) = self.repl.as_deref_mut() else {
+            c.leadership = leadership;
+            return c;
+        };
+        let moved = c.repl_created || leadership || r.leader != pm.leader;
+        r.leader = pm.leader;
+        if r.isr != pm.isr {
+            r.isr = pm.isr.clone();
+            c.isr = true;
+        }
+        if moved || c.isr {
+            r.proposed_isr = None;
+        }
+        if is_leader {
+            if moved {
+                r.followers = pm
+                    .replicas
+                    .iter()
+                    .filter(|n| **n != node)
+                    .map(|n| FollowerProgress::new(*n, now))
+                    .collect();
+                // Replication starting on a log written before it: its
+                // older batches' epochs are not known; they count as this one.
+                let start = if c.repl_created && has_data {
+                    log_start
+                } else {
+                    next
+                };
+                r.push_epoch(pm.leader_epoch, start);
+            } else {
+                r.followers.retain(|f| pm.replicas.contains(&f.node));
+                for n in pm.replicas.iter().filter(|n| **n != node) {
+                    if !r.followers.iter().any(|f| f.node == *n) {
+                        r.followers.push(FollowerProgress::new(*n, now));
+                    }
+                }
+            }
+            r.needs_truncation = false;
+        } else {
+            if !r.followers.is_empty() {
+                r.followers = Vec::new();
+            }
+            if moved {
+                r.needs_truncation = true;
+                r.leader_high_watermark = hw;
+            }
+        }
+        c.leadership = moved;
+        c.hw_moved |= self.refresh();
+        c
+    }
+
+    /// A replica fetch from follower `node` at `fetch_offset` (within the
+    /// log): records its log end and when it was last caught up (its fetch
+    /// offset reached the durable end now, or the durable end of its
+    /// previous fetch), moves the HW, and says whether the follower should
+    /// join the ISR (it is out of it, no ISR change is in flight, and its
+    /// log end reached the HW and the start of the current epoch, as in
+    /// Kafka). No-op unless this node leads the partition.
+    pub fn record_fetch(&mut self, node: u64, fetch_offset: i64, now: Instant) -> FetchProgress {
+        let mut out = FetchProgress::default();
+        let (end, hw) = (self.durable_end(), self.high_watermark);
+        if !self.is_leader {
+            return out;
+        }
+        let Some(r) = self.repl.as_deref_mut() else {
+            return out;
+        };
+        let epoch_start = r.epochs.last().map_or(0, |e| e.1);
+        let Some(f) = r.followers.iter_mut().find(|f| f.node == node) else {
+            return out;
+        };
+        f.log_end = fetch_offset;
+        if fetch_offset >= end {
+            f.caught_up = now;
+        } else if let Some((at, end_then)) = f.last_fetch {
+            if fetch_offset >= end_then {
+                f.caught_up = f.caught_up.max(at);
+            }
+        }
+        f.last_fetch = Some((now, end));
+        let log_end = f.log_end;
+        if !r.isr.contains(&node)
+            && r.proposed_isr.is_none()
+            && log_end >= hw
+            && log_end >= epoch_start
+        {
+            let mut isr = r.isr.clone();
+            isr.push(node);
+            r.proposed_isr = Some(isr.clone());
+            out.expand = Some(isr);
+        }
+        out.hw_moved = self.refresh();
+        out
+    }
+
+    /// Leader: the ISR without the followers that have not been caught up
+    /// for `lag`, when there are such followers and no ISR change is in
+    /// flight (it is then marked in flight).
+    pub fn shrink_isr(&mut self, now: Instant, lag: Duration) -> Option<Vec<u64>> {
+        if !self.is_leader {
+            return None;
+        }
+        let r = self.repl.as_deref_mut()?;
+        if r.proposed_isr.is_some() {
+            return None;
+        }
+        let lagging = |n: &u64| {
+            r.followers
+                .iter()
+                .any(|f| f.node == *n && now.saturating_duration_since(f.caught_up) > lag)
+        };
+        if !r.isr.iter().any(lagging) {
+            return None;
+        }
+        let isr: Vec<u64> = r.isr.iter().copied().filter(|n| !lagging(n)).collect();
+        r.proposed_isr = Some(isr.clone());
+        Some(isr)
+    }
+
+    /// Members of the ISR of the applied view (1 for a single replica).
+    pub fn isr_len(&self) -> usize {
+        self.repl.as_ref().map_or(1, |r| r.isr.len())
     }
 
     /// Index of the first entry whose last offset is >= `offset`.
@@ -151,9 +592,16 @@ impl Partition {
         Some(&mut self.batches[i])
     }
 
-    /// The durable entries, in offset order.
+    /// The entries below the high watermark, in offset order.
     pub fn durable(&self) -> &[StoredBatch] {
         let end = self.locate(self.high_watermark);
+        &self.batches[..end]
+    }
+
+    /// The durable entries (below the durable end), what a replica fetch
+    /// may read.
+    pub fn durable_all(&self) -> &[StoredBatch] {
+        let end = self.locate(self.durable_end());
         &self.batches[..end]
     }
 
@@ -178,11 +626,15 @@ impl Partition {
 
     pub fn check(&self) -> Result<(), String> {
         if !(self.log_start_offset <= self.high_watermark
-            && self.high_watermark <= self.next_offset)
+            && self.high_watermark <= self.durable_end()
+            && self.durable_end() <= self.next_offset)
         {
             return Err(format!(
-                "offsets out of order: log start {} hw {} next {}",
-                self.log_start_offset, self.high_watermark, self.next_offset
+                "offsets out of order: log start {} hw {} durable end {} next {}",
+                self.log_start_offset,
+                self.high_watermark,
+                self.durable_end(),
+                self.next_offset
             ));
         }
         for w in self.batches.windows(2) {
@@ -190,8 +642,8 @@ impl Partition {
                 return Err(format!("entries overlap at {}", w[1].base_offset));
             }
         }
-        if self.durable().iter().any(|b| b.position.is_none()) {
-            return Err("an entry below the high watermark has no WAL position".into());
+        if self.durable_all().iter().any(|b| b.position.is_none()) {
+            return Err("an entry below the durable end has no WAL position".into());
         }
         Ok(())
     }
@@ -200,6 +652,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_raft::PartitionMeta;
 
     fn part() -> Partition {
         Partition::new(PartitionKey {
@@ -225,6 +678,208 @@ mod tests {
         assert_eq!(p.by_timestamp(15).map(|x| x.base_offset), Some(3));
         assert_eq!(p.max_timestamp().map(|x| x.base_offset), Some(3));
         p.check().expect("invariants");
+    }
+
+    fn meta(leader: u64, epoch: i32, replicas: &[u64], isr: &[u64]) -> PartitionMeta {
+        PartitionMeta {
+            shard: 0,
+            leader,
+            leader_epoch: epoch,
+            replicas: replicas.to_vec(),
+            isr: isr.to_vec(),
+        }
+    }
+
+    /// Appends durable entries of `sizes` offsets each.
+    fn write(p: &mut Partition, sizes: &[i64]) {
+        for n in sizes {
+            let base = p.assign(*n, 0, Bytes::from_static(b"x"));
+            p.mark_durable(base, Position(base as u64));
+        }
+    }
+
+    #[test]
+    fn single_replica_costs_one_pointer_and_an_idle_replica_under_1k() {
+        assert_eq!(
+            std::mem::size_of::<Option<Box<Replication>>>(),
+            std::mem::size_of::<usize>()
+        );
+        const { assert!(crate::engine::REPLICATION_BYTES < 1024) };
+        let mut p = part();
+        let c = p.apply_meta(&meta(1, 0, &[1], &[1]), 1, Instant::now());
+        assert_eq!(c, MetaChange::default());
+        assert!(p.repl.is_none() && p.is_leader);
+        write(&mut p, &[3]);
+        assert_eq!(p.high_watermark, 3, "one replica: HW = durable end");
+    }
+
+    #[test]
+    fn leader_high_watermark_is_the_isr_minimum() {
+        let now = Instant::now();
+        let mut p = part();
+        let c = p.apply_meta(&meta(1, 2, &[1, 2, 3], &[1, 2, 3]), 1, now);
+        assert!(c.repl_created && c.leadership);
+        assert_eq!(p.repl.as_ref().expect("repl").epochs, vec![(2, 0)]);
+        write(&mut p, &[5, 5]);
+        assert_eq!((p.durable_end(), p.high_watermark), (10, 0));
+        assert!(!p.record_fetch(2, 7, now).hw_moved, "follower 3 unknown");
+        assert!(p.record_fetch(3, 4, now).hw_moved);
+        assert_eq!(p.high_watermark, 4);
+        p.record_fetch(3, 10, now);
+        assert_eq!(p.high_watermark, 7);
+        // Follower 2 leaves the ISR: the HW is the durable end.
+        let c = p.apply_meta(&meta(1, 2, &[1, 2, 3], &[1, 3]), 1, now);
+        assert!(c.isr && c.hw_moved && !c.leadership);
+        assert_eq!(p.high_watermark, 10);
+        // A slow fetch never lowers it.
+        p.record_fetch(3, 2, now);
+        assert_eq!(p.high_watermark, 10);
+        p.check().expect("invariants");
+    }
+
+    #[test]
+    fn follower_joins_the_isr_once_caught_up_one_proposal_at_a_time() {
+        let now = Instant::now();
+        let mut p = part();
+        p.apply_meta(&meta(1, 0, &[1, 2], &[1]), 1, now);
+        write(&mut p, &[4]);
+        assert_eq!(p.high_watermark, 4, "ISR of the leader alone");
+        assert_eq!(p.record_fetch(2, 3, now).expand, None, "behind the HW");
+        assert_eq!(p.record_fetch(2, 4, now).expand, Some(vec![1, 2]));
+        assert_eq!(p.record_fetch(2, 4, now).expand, None, "one in flight");
+        // While the addition is in flight the follower already holds the HW.
+        write(&mut p, &[2]);
+        assert_eq!(p.high_watermark, 4);
+        p.apply_meta(&meta(1, 0, &[1, 2], &[1, 2]), 1, now);
+        assert!(p.repl.as_ref().expect("repl").proposed_isr.is_none());
+        p.record_fetch(2, 6, now);
+        assert_eq!(p.high_watermark, 6);
+    }
+
+    #[test]
+    fn lagging_followers_are_shrunk_out() {
+        let t0 = Instant::now();
+        let lag = Duration::from_millis(100);
+        let mut p = part();
+        p.apply_meta(&meta(1, 0, &[1, 2, 3], &[1, 2, 3]), 1, t0);
+        write(&mut p, &[4]);
+        let t1 = t0 + Duration::from_millis(60);
+        p.record_fetch(2, 4, t1); // caught up at t1
+        p.record_fetch(3, 1, t1); // behind
+        assert_eq!(p.shrink_isr(t1, lag), None);
+        let t2 = t0 + Duration::from_millis(150);
+        assert_eq!(p.shrink_isr(t2, lag), Some(vec![1, 2]));
+        assert_eq!(p.shrink_isr(t2, lag), None, "one in flight");
+        // A follower that keeps fetching what was there at its previous
+        // fetch stays caught up under load.
+        let mut q = part();
+        q.apply_meta(&meta(1, 0, &[1, 2], &[1, 2]), 1, t0);
+        write(&mut q, &[4]);
+        q.record_fetch(2, 2, t1); // behind, at t1
+        write(&mut q, &[4]);
+        let t3 = t1 + Duration::from_millis(80);
+        q.record_fetch(2, 4, t3); // behind again, but at the end of t1's log
+        let t4 = t1 + Duration::from_millis(90);
+        assert_eq!(q.shrink_isr(t4, lag), None, "caught up as of t1");
+        assert_eq!(q.shrink_isr(t1 + lag * 2, lag), Some(vec![1]));
+    }
+
+    #[test]
+    fn epoch_cache_answers_like_kafka() {
+        let now = Instant::now();
+        let mut p = part();
+        p.apply_meta(&meta(2, 1, &[1, 2], &[1, 2]), 1, now);
+        assert!(p.repl.as_ref().expect("repl").needs_truncation);
+        // A follower caches epochs from the batches it appends.
+        let mut records = Vec::new();
+        for (base, epoch) in [(0i64, 1i32), (3, 1), (5, 3)] {
+            let mut b = crate::batch::testing::batch(2, 0, b"v");
+            crate::batch::patch(&mut b, base, None, epoch);
+            records.extend(b);
+        }
+        p.note_epochs(&records);
+        p.push_pending(0, 6, 0, Bytes::from(records));
+        assert_eq!(p.repl.as_ref().expect("repl").epochs, vec![(1, 0), (3, 5)]);
+        // Leader again at epoch 5.
+        p.apply_meta(&meta(1, 5, &[1, 2], &[1, 2]), 1, now);
+        assert_eq!(p.end_offset_for_epoch(5), (5, 7), "latest: the log end");
+        assert_eq!(p.end_offset_for_epoch(4), (3, 7));
+        assert_eq!(p.end_offset_for_epoch(3), (3, 7));
+        assert_eq!(p.end_offset_for_epoch(2), (1, 5));
+        assert_eq!(p.end_offset_for_epoch(1), (1, 5));
+        assert_eq!(p.end_offset_for_epoch(0), (0, 0), "older than all");
+        assert_eq!(p.end_offset_for_epoch(6), (-1, -1));
+        assert_eq!(p.end_offset_for_epoch(-1), (-1, -1));
+        let mut single = part();
+        single.apply_meta(&meta(1, 2, &[1], &[1]), 1, now);
+        write(&mut single, &[3]);
+        assert_eq!(single.end_offset_for_epoch(1), (1, 3));
+        assert_eq!(single.end_offset_for_epoch(3), (-1, -1));
+    }
+
+    #[test]
+    fn truncation_is_entry_granular_and_forgets_what_it_drops() {
+        let now = Instant::now();
+        let mut p = part();
+        p.apply_meta(&meta(2, 1, &[2, 1], &[2, 1]), 1, now);
+        let mut records = Vec::new();
+        for (base, epoch, pid, seq) in [(0i64, 1i32, 7i64, 0i32), (4, 2, 7, 4), (8, 3, 8, 0)] {
+            let b = crate::batch::testing::with_producer(
+                crate::batch::testing::batch(4, 0, b"v"),
+                pid,
+                0,
+                seq,
+            );
+            let mut b = b;
+            crate::batch::patch(&mut b, base, None, epoch);
+            p.note_epochs(&b);
+            crate::producer_state::record_batches(&mut p.producers, &b, 0);
+            p.push_pending(base, base + 3, 0, Bytes::from(b.clone()));
+            p.mark_durable(base, Position(base as u64));
+            records.extend(b);
+        }
+        p.repl.as_mut().expect("repl").leader_high_watermark = 12;
+        p.refresh();
+        assert_eq!((p.high_watermark, p.next_offset), (12, 12));
+        assert_eq!(p.truncate(20), 0, "past the end: nothing");
+        assert_eq!(p.truncate(6), 2, "the entry holding 6 goes whole");
+        assert_eq!(
+            (p.next_offset, p.high_watermark, p.durable_end()),
+            (4, 4, 4)
+        );
+        assert_eq!(p.repl.as_ref().expect("repl").epochs, vec![(1, 0)]);
+        assert_eq!(p.producers.len(), 1, "producer 8 only wrote above");
+        p.check().expect("invariants");
+        assert_eq!(p.restart_at(50), 1);
+        assert_eq!(
+            (p.log_start_offset, p.high_watermark, p.next_offset),
+            (50, 50, 50)
+        );
+        p.check().expect("invariants");
+    }
+
+    #[test]
+    fn follower_high_watermark_is_bounded_by_the_leader_and_durability() {
+        let now = Instant::now();
+        let mut p = part();
+        p.apply_meta(&meta(2, 0, &[2, 1], &[2, 1]), 1, now);
+        p.push_pending(0, 9, 0, Bytes::from_static(b"x"));
+        p.repl.as_mut().expect("repl").leader_high_watermark = 20;
+        assert!(!p.refresh());
+        assert_eq!(p.high_watermark, 0, "nothing durable yet");
+        p.mark_durable(0, Position(0));
+        assert_eq!(p.high_watermark, 10);
+        p.repl.as_mut().expect("repl").leader_high_watermark = 5;
+        p.refresh();
+        assert_eq!(p.high_watermark, 10, "never lowered but by truncation");
+        // Becoming leader: epoch pushed at the log end, followers unknown.
+        let c = p.apply_meta(&meta(1, 1, &[2, 1], &[2, 1]), 1, now);
+        assert!(c.leadership);
+        let r = p.repl.as_ref().expect("repl");
+        assert_eq!(r.epochs.last(), Some(&(1, 10)));
+        assert_eq!(r.followers.len(), 1);
+        assert_eq!(r.followers[0].log_end, -1);
+        assert!(!r.needs_truncation);
     }
 
     #[test]

@@ -79,10 +79,12 @@ impl Admissions {
 struct TopicLimits {
     max_message_bytes: u64,
     log_append_time: bool,
+    /// `min.insync.replicas`, else the shard's default.
+    min_insync: usize,
 }
 
 impl TopicLimits {
-    fn of(topic: &TopicMeta) -> TopicLimits {
+    fn of(topic: &TopicMeta, min_insync_default: u32) -> TopicLimits {
         let max_message_bytes = topic
             .configs
             .get("max.message.bytes")
@@ -92,9 +94,16 @@ impl TopicLimits {
             .configs
             .get("message.timestamp.type")
             .is_some_and(|v| v == "LogAppendTime");
+        let min_insync = topic
+            .configs
+            .get("min.insync.replicas")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(min_insync_default)
+            .max(1) as usize;
         TopicLimits {
             max_message_bytes,
             log_append_time,
+            min_insync,
         }
     }
 }
@@ -103,6 +112,10 @@ impl TopicLimits {
 pub(crate) struct PendingProduce {
     key: PartitionKey,
     base_offset: i64,
+    last_offset: i64,
+    /// acks=-1 on a replicated partition: wait for the HW after durability,
+    /// with this many in-sync replicas, until this deadline.
+    isr_wait: Option<(usize, Instant)>,
     append: Append,
     inflight: Reservation,
     log_append_time_ms: i64,
@@ -121,6 +134,16 @@ pub(crate) enum Begun {
         base_offset: i64,
         last_offset: i64,
     },
+}
+
+/// What `on_durable` found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durable {
+    Kept,
+    /// The partition was deleted meanwhile.
+    Gone,
+    /// The partition's log was cut below the entry meanwhile.
+    Truncated,
 }
 
 /// A started produce (`Engine::produce_start`): its order is fixed, its
@@ -223,7 +246,11 @@ impl Engine {
         let Some(peers) = &self.peers else {
             return TicketWait::Done(ProducePartitionResult::failed(ShardError::NotLeader));
         };
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
+        let mut wait_ms = self.cfg.remote_reply_timeout_ms;
+        if req.acks == -1 {
+            wait_ms += u64::from(req.timeout_ms);
+        }
+        let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let (tx, rx) = oneshot::channel();
         self.counters.borrow_mut().remote_sent += 1;
         let msg = ShardMsg::Produce { req, reply: tx };
@@ -384,7 +411,8 @@ impl Engine {
         inflight: Reservation,
     ) {
         let acks = req.acks;
-        let pending = match self.begin_produce(&req, inflight) {
+        let started = Instant::now();
+        let pending = match self.begin_produce(&req, inflight, started) {
             Ok(Begun::Queued(p)) => p,
             Ok(Begun::Duplicate {
                 key,
@@ -406,7 +434,20 @@ impl Engine {
         let engine = self.clone();
         self.produce_tasks.set(self.produce_tasks.get() + 1);
         glommio::spawn_local(async move {
-            let result = engine.finish_produce(pending).await;
+            let isr_wait = pending.isr_wait;
+            let (key, base_offset, last_offset) =
+                (pending.key, pending.base_offset, pending.last_offset);
+            let mut result = engine.finish_produce(pending).await;
+            if let (Some((min_insync, deadline)), None) = (isr_wait, &result.error) {
+                engine.counters.borrow_mut().produce_isr_waits += 1;
+                let replicated = engine
+                    .await_replicated(key, base_offset, last_offset, min_insync, deadline)
+                    .await;
+                if let Err(e) = replicated {
+                    engine.counters.borrow_mut().produce_errors += 1;
+                    result = ProducePartitionResult::failed(e);
+                }
+            }
             engine.produce_tasks.set(engine.produce_tasks.get() - 1);
             if let Some(reply) = reply {
                 let _ = reply.send(result);
@@ -421,12 +462,13 @@ impl Engine {
         &self,
         req: &ProducePartition,
         inflight: Reservation,
+        started: Instant,
     ) -> Result<Begun, ShardError> {
         if self.closing.get() {
             return Err(ShardError::ShuttingDown);
         }
         let key = Engine::key_of(&req.topic, req.partition)?;
-        let limits = TopicLimits::of(&req.topic);
+        let limits = TopicLimits::of(&req.topic, self.cfg.min_insync_replicas);
         let summary = batch::validate(&req.records, limits.max_message_bytes)?;
         let producer = producer_state::producer_batch(&req.records)?;
         let payload_bytes = (ENTRY_HEADER_BYTES + req.records.len()) as u64;
@@ -439,11 +481,21 @@ impl Engine {
             });
         }
         let log_append_time = limits.log_append_time.then(now_ms);
-        let (payload, base_offset, log_start_offset) = {
+        let (payload, base_offset, log_start_offset, isr_wait) = {
             let mut parts = self.parts.borrow_mut();
             let part = parts
                 .get_mut(&key)
                 .ok_or(ShardError::UnknownTopicOrPartition)?;
+            if !part.is_leader {
+                return Err(ShardError::NotLeader);
+            }
+            if req.acks == -1 && part.isr_len() < limits.min_insync {
+                return Err(ShardError::NotEnoughReplicas);
+            }
+            let isr_wait = (req.acks == -1 && part.repl.is_some()).then(|| {
+                let timeout = Duration::from_millis(u64::from(req.timeout_ms));
+                (limits.min_insync, started + timeout)
+            });
             if let Some(d) = self.check_producer(part, producer.as_ref())? {
                 return Ok(d);
             }
@@ -455,7 +507,12 @@ impl Engine {
                 max_timestamp: log_append_time.unwrap_or(summary.max_timestamp),
             };
             let mut buf = entry::encode(&header, &req.records);
-            let last = batch::patch(&mut buf[ENTRY_HEADER_BYTES..], base_offset, log_append_time);
+            let last = batch::patch(
+                &mut buf[ENTRY_HEADER_BYTES..],
+                base_offset,
+                log_append_time,
+                part.leader_epoch,
+            );
             assert_eq!(
                 last, header.last_offset,
                 "patched offsets match the validated count"
@@ -472,7 +529,7 @@ impl Engine {
             }
             self.budget
                 .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
-            (payload, base_offset, part.log_start_offset)
+            (payload, base_offset, part.log_start_offset, isr_wait)
         };
         let append = self.wal.append(KIND_BATCHES, payload);
         let mut c = self.counters.borrow_mut();
@@ -489,6 +546,8 @@ impl Engine {
         Ok(Begun::Queued(PendingProduce {
             key,
             base_offset,
+            last_offset: base_offset + summary.offsets - 1,
+            isr_wait,
             append,
             inflight,
             log_append_time_ms: log_append_time.unwrap_or(-1),
@@ -628,7 +687,11 @@ impl Engine {
             Ok(position) => {
                 let bytes = inflight.bytes();
                 drop(inflight);
-                self.on_durable(key, base_offset, position, bytes);
+                if self.on_durable(key, base_offset, position, bytes) == Durable::Truncated {
+                    // This node stopped leading and its log was truncated
+                    // below the entry meanwhile.
+                    return ProducePartitionResult::failed(ShardError::NotLeader);
+                }
                 result
             }
             Err(e) => {
@@ -641,18 +704,76 @@ impl Engine {
         }
     }
 
-    fn on_durable(&self, key: PartitionKey, base_offset: i64, position: Position, bytes: u64) {
-        let moved = self
-            .parts
-            .borrow_mut()
-            .get_mut(&key)
-            .map(|p| p.mark_durable(base_offset, position));
+    /// An entry is durable: moves the durable end and the HW (waking
+    /// fetches, replica fetches and acks=-1 produces) and keeps its batches
+    /// in the tail cache.
+    pub(crate) fn on_durable(
+        &self,
+        key: PartitionKey,
+        base_offset: i64,
+        position: Position,
+        bytes: u64,
+    ) -> Durable {
+        let moved = self.parts.borrow_mut().get_mut(&key).map(|p| {
+            let held = p.batch_mut(base_offset).is_some();
+            (held, p.mark_durable(base_offset, position))
+        });
         match moved {
-            None => return, // Deleted meanwhile.
-            Some(true) => self.waiters.notify(&key),
-            Some(false) => {}
+            None => return Durable::Gone, // Deleted meanwhile.
+            Some((false, _)) => return Durable::Truncated,
+            Some((true, true)) => self.waiters.notify(&key),
+            Some((true, false)) => {}
         }
         self.cache_tail(key, base_offset, bytes);
+        Durable::Kept
+    }
+
+    /// acks=-1 on a replicated partition, after local durability: waits
+    /// until the HW passes `last_offset` (the ISR has the entry), failing
+    /// with `NotLeader` once this node stops leading (or the entry was
+    /// truncated), `NotEnoughReplicasAfterAppend` once the ISR is smaller
+    /// than `min_insync`, `Timeout` at `deadline`.
+    async fn await_replicated(
+        &self,
+        key: PartitionKey,
+        base_offset: i64,
+        last_offset: i64,
+        min_insync: usize,
+        deadline: Instant,
+    ) -> Result<(), ShardError> {
+        let check = || -> Option<Result<(), ShardError>> {
+            let parts = self.parts.borrow();
+            let Some(p) = parts.get(&key) else {
+                return Some(Err(ShardError::UnknownTopicOrPartition));
+            };
+            if !p.is_leader || p.next_offset <= last_offset {
+                return Some(Err(ShardError::NotLeader));
+            }
+            if p.isr_len() < min_insync {
+                return Some(Err(ShardError::NotEnoughReplicasAfterAppend));
+            }
+            (p.high_watermark > last_offset).then_some(Ok(()))
+        };
+        if let Some(r) = check() {
+            return r;
+        }
+        let slot = WaitSlot::new();
+        let Some(_guard) = self.waiters.register(&slot, vec![key], deadline) else {
+            return Err(ShardError::Busy);
+        };
+        loop {
+            if let Some(r) = check() {
+                return r;
+            }
+            if self.closing.get() {
+                return Err(ShardError::ShuttingDown);
+            }
+            if Instant::now() >= deadline {
+                trace!(shard = self.id(), base_offset, "acks=-1 wait ran out");
+                return Err(ShardError::Timeout);
+            }
+            slot.wait().await;
+        }
     }
 
     /// Always notifies: duplicates waiting for this entry must learn it failed.
@@ -672,7 +793,7 @@ impl Engine {
 
     /// Keeps the entry's batches in the tail cache, evicting the oldest
     /// entries while the pool is full.
-    fn cache_tail(&self, key: PartitionKey, base_offset: i64, bytes: u64) {
+    pub(crate) fn cache_tail(&self, key: PartitionKey, base_offset: i64, bytes: u64) {
         let pool = Pool::TailCache;
         if bytes > self.budget.max(pool) {
             self.uncache(&key, base_offset);

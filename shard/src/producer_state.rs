@@ -148,6 +148,32 @@ pub fn producer_batch(records: &[u8]) -> Result<Option<ProducerBatch>, ShardErro
     Ok(found)
 }
 
+/// Records the producer fields of every batch of validated `records`, one
+/// window entry per batch (batches a follower copied from its leader, or
+/// recovered from such an entry): the leader records one entry per produce
+/// request, which is one batch per producer and partition for Kafka clients.
+pub fn record_batches(states: &mut ProducerStates, records: &[u8], now_ms: i64) {
+    for b in batch::batches(records) {
+        let h = batch::producer_fields(b);
+        if h.producer_id < 0 {
+            continue;
+        }
+        let pb = ProducerBatch {
+            producer_id: h.producer_id,
+            epoch: h.producer_epoch,
+            first_seq: h.base_sequence,
+            last_seq: seq_plus(h.base_sequence, h.last_offset_delta.max(0)),
+        };
+        let base = batch::base_offset(b);
+        states.record(
+            &pb,
+            base,
+            base + i64::from(h.last_offset_delta.max(0)),
+            now_ms,
+        );
+    }
+}
+
 impl ProducerStates {
     #[cfg(test)]
     pub fn len(&self) -> usize {
@@ -232,6 +258,15 @@ impl ProducerStates {
         if let Some(p) = self.producers.get_mut(&producer_id) {
             p.written.retain(|w| w.base_offset != base_offset);
         }
+    }
+
+    /// The log was truncated at `end`: forgets every entry written at or
+    /// above it, and the producers left with none (they count as unknown).
+    pub fn forget_from(&mut self, end: i64) {
+        self.producers.retain(|_, p| {
+            p.written.retain(|w| w.base_offset < end);
+            !p.written.is_empty()
+        });
     }
 
     /// Drops expired producers once the map doubled since the last sweep.
@@ -387,6 +422,22 @@ mod tests {
         let mut mixed = with_producer(batch(1, 0, b"v"), 42, 1, 0);
         mixed.extend(with_producer(batch(1, 0, b"v"), 43, 1, 1));
         assert!(producer_batch(&mixed).is_err());
+    }
+
+    #[test]
+    fn truncation_forgets_entries_at_or_above_the_end() {
+        let mut s = ProducerStates::default();
+        s.record(&pb(0, 0, 0), 0, 0, 1_000);
+        s.record(&pb(0, 1, 1), 1, 1, 1_000);
+        let other = ProducerBatch {
+            producer_id: 8,
+            ..pb(0, 0, 0)
+        };
+        s.record(&other, 2, 2, 1_000);
+        s.forget_from(1);
+        assert_eq!(s.len(), 1, "producer 8 had only truncated entries");
+        assert_eq!(check(&s, pb(0, 1, 1)), Ok(Verdict::Append));
+        assert!(s.check(&other, 1_000, DAY_MS).is_ok());
     }
 
     #[test]

@@ -4,20 +4,26 @@
 //! One task per shard (`run_retention`), no timer per partition. A pass:
 //!
 //! 1. For each partition of a topic whose `cleanup.policy` includes
-//!    `delete`, walks its oldest live entries that lie in sealed WAL
+//!    `delete` (but `__consumer_offsets`, whose log start only the group
+//!    coordinator moves), walks its oldest live entries that lie in sealed WAL
 //!    segments (an entry of the active segment always stays, as in Kafka)
 //!    and moves the log start past each whole entry that is older than
 //!    `retention.ms` (its largest timestamp) or that `retention.bytes`
 //!    allows to drop. The new log start is a durable `KIND_LOG_START` entry
 //!    (the DeleteRecords record), applied once durable; index entries and
 //!    tail-cache bytes below it are released.
-//! 2. The removal boundary is the WAL position of the first live entry of
+//! 2. Offsets partitions coordinated here whose old group records alone
+//!    keep sealed segments from being removed are carried forward: their
+//!    groups' state is written again as group records and their log start
+//!    moved past the superseded ones (`group::load`).
+//! 3. The removal boundary is the WAL position of the first live entry of
 //!    every partition of the shard (entries of deleted partitions are
-//!    dead). When whole sealed segments lie below it, everything recovery
-//!    still needs from them is appended again first: a log start record for
-//!    each partition whose log start is above 0, and every committed
-//!    consumer-group offset of the shard. Once those are durable, the
-//!    segments are removed (`Wal::remove_below`).
+//!    dead). When whole sealed segments lie below it, what recovery still
+//!    needs from them is appended again first: a log start record for each
+//!    partition whose log start is above 0. Once those are durable, the
+//!    segments are removed (`Wal::remove_below`). Nothing is removed while
+//!    groups replayed from old `KIND_GROUP` entries are not yet written to
+//!    their offsets partition.
 //!
 //! The task sleeps until the oldest sealed, unexpired entry can expire (on
 //! the shard's one deadline structure), until the WAL rolls a segment (new
@@ -117,7 +123,7 @@ pub fn expire(
 
 impl Engine {
     /// One retention pass. Returns the wall-clock ms of the next expiry.
-    pub(crate) async fn retention_pass(&self) -> Option<i64> {
+    pub(crate) async fn retention_pass(self: &Rc<Self>) -> Option<i64> {
         let now_ms = crate::produce::now_ms();
         let sealed_end = self.wal.active_base().0;
         let (moves, next_ms) = self.plan_log_starts(now_ms, sealed_end);
@@ -146,6 +152,7 @@ impl Engine {
                 "retention moved log starts"
             );
         }
+        self.carry_group_partitions().await;
         self.release_below_log_start();
         self.remove_dead_segments().await;
         next_ms
@@ -163,6 +170,9 @@ impl Engine {
         let mut next: Option<i64> = None;
         let me = self.id();
         for topic in view.iter().flat_map(|v| v.topics.values()) {
+            if topic.name == crate::group::OFFSETS_TOPIC {
+                continue;
+            }
             let Some(r) = Retention::of(&topic.configs) else {
                 continue;
             };
@@ -211,15 +221,38 @@ impl Engine {
 
     /// WAL position below which nothing of a live partition remains.
     fn removal_boundary(&self) -> u64 {
-        let end = self.wal.durable_end().0;
+        self.removal_boundary_of(|_| true)
+    }
+
+    /// WAL position below which nothing live remains of the partitions
+    /// `counted` selects (and of no sealed segment's successor: at most
+    /// the active segment's base).
+    pub(crate) fn removal_boundary_of(&self, counted: impl Fn(&PartitionKey) -> bool) -> u64 {
         let sealed_end = self.wal.active_base().0;
         let parts = self.parts.borrow();
-        let first_live = parts.values().filter_map(|p| {
-            p.batches
-                .get(p.locate(p.log_start_offset))
-                .map(|b| b.position.map_or(end, |pos| pos.0))
-        });
-        first_live.fold(sealed_end, u64::min)
+        parts
+            .keys()
+            .filter(|k| counted(k))
+            .filter_map(|k| self.first_live_in(&parts, k))
+            .fold(sealed_end, u64::min)
+    }
+
+    /// WAL position of the partition's first live entry (the WAL's durable
+    /// end while it is not durable yet); `None` when it has none.
+    pub(crate) fn first_live_position(&self, key: &PartitionKey) -> Option<u64> {
+        self.first_live_in(&self.parts.borrow(), key)
+    }
+
+    fn first_live_in(
+        &self,
+        parts: &HashMap<PartitionKey, crate::partition::Partition>,
+        key: &PartitionKey,
+    ) -> Option<u64> {
+        let end = self.wal.durable_end().0;
+        let p = parts.get(key)?;
+        p.batches
+            .get(p.locate(p.log_start_offset))
+            .map(|b| b.position.map_or(end, |pos| pos.0))
     }
 
     /// Carries what recovery needs past the boundary, then removes the
@@ -229,7 +262,14 @@ impl Engine {
         if self.wal.removable_below(Position(boundary)) == 0 {
             return;
         }
-        let mut carried: Vec<Append> = {
+        if self.group_log.holds_unwritten_legacy() {
+            trace!(
+                shard = self.id(),
+                "WAL segments kept: old group records not yet in their offsets partition"
+            );
+            return;
+        }
+        let carried: Vec<Append> = {
             let parts = self.parts.borrow();
             parts
                 .values()
@@ -240,8 +280,6 @@ impl Engine {
                 })
                 .collect()
         };
-        let log_starts = carried.len();
-        carried.extend(self.carry_group_records());
         let records = carried.len() as u64;
         for append in carried {
             if let Err(e) = append.await {
@@ -262,8 +300,7 @@ impl Engine {
                 info!(
                     shard = self.id(),
                     segments = removed,
-                    log_starts,
-                    group_records = records - log_starts as u64,
+                    log_starts = records,
                     wal_start = self.wal.start().0,
                     ms = started.elapsed().as_millis() as u64,
                     "retention removed WAL segments"

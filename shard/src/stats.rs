@@ -56,6 +56,16 @@ pub struct Counters {
     pub retention_segments_removed: u64,
     /// Log start and group records appended again before a removal.
     pub retention_carried_records: u64,
+    /// Follower appends (`append_replica` calls that wrote entries) and
+    /// their bytes.
+    pub replica_appends: u64,
+    pub replica_append_bytes: u64,
+    /// Follower log truncations (`truncate_replica`, `restart_replica_at`).
+    pub replica_truncations: u64,
+    /// ISR changes this shard proposed as partition leader.
+    pub isr_proposals: u64,
+    /// acks=-1 produces that waited for the ISR after durability.
+    pub produce_isr_waits: u64,
 }
 
 /// A snapshot of one shard's observability state.

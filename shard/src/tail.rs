@@ -43,6 +43,12 @@ impl TailCache {
         self.items.retain(|i| i.key != *key);
     }
 
+    /// Forgets a partition's entries at or above `offset` (truncation).
+    pub fn forget_from(&mut self, key: &PartitionKey, offset: i64) {
+        self.items
+            .retain(|i| i.key != *key || i.base_offset < offset);
+    }
+
     /// Forgets the entries below each given partition's log start.
     pub fn forget_below(&mut self, log_starts: &std::collections::HashMap<PartitionKey, i64>) {
         self.items

@@ -7,11 +7,12 @@
 //! dropping the previous view frees only the nodes the new one replaced.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
-use sluice_raft::{TopicChange, TopicMap, TopicMeta};
+use sluice_raft::{PartitionMeta, TopicChange, TopicMap, TopicMeta};
 
 use crate::entry::PartitionKey;
-use crate::partition::Partition;
+use crate::partition::{MetaChange, Partition};
 
 /// What applying one view changed on a shard.
 #[derive(Debug, Default)]
@@ -22,33 +23,50 @@ pub(crate) struct Applied {
     pub gone: Vec<PartitionKey>,
     /// Index entries the removed partitions held.
     pub gone_entries: u64,
+    /// Removed partitions that held a replication state.
+    pub gone_replicated: u64,
+    /// Removed partitions whose topic lives on (this node no longer
+    /// replicates them): their log must not come back at recovery.
+    pub reassigned: Vec<PartitionKey>,
+    /// Partitions held here whose role, epoch, ISR or HW changed.
+    pub changed: Vec<(PartitionKey, MetaChange)>,
     /// Topics the diff yielded: added, changed or removed ones.
     pub topics_changed: u64,
 }
 
-/// Brings `parts` (the partitions of shard `shard`) from view `old` to view
-/// `new`: creates the partitions placed on `shard` of added topics and the
-/// added partitions of grown ones, removes those of removed topics, and
-/// both for a name that now holds a topic with another id.
+/// Whether partition `pm` is held by shard `shard` of node `node`: placed
+/// on that shard and replicated on that node.
+pub(crate) fn hosted(pm: &PartitionMeta, shard: u32, node: u64) -> bool {
+    pm.shard == shard && (pm.is_replica(node) || (pm.replicas.is_empty() && pm.leader == node))
+}
+
+/// Brings `parts` (the partitions of shard `shard` of node `node`) from
+/// view `old` to view `new`: creates the partitions of added or grown
+/// topics this node replicates on `shard`, applies role, epoch and ISR
+/// changes to the held ones, removes those of removed topics and those this
+/// node no longer replicates, and both for a name that now holds a topic
+/// with another id.
 pub(crate) fn apply_changes(
     shard: u32,
+    node: u64,
     parts: &mut HashMap<PartitionKey, Partition>,
     old: &TopicMap,
     new: &TopicMap,
 ) -> Applied {
     let mut applied = Applied::default();
+    let now = Instant::now();
     for change in old.diff(new) {
         applied.topics_changed += 1;
         match change {
-            TopicChange::Add(_, topic) => add_topic(shard, parts, topic, &mut applied),
+            TopicChange::Add(_, topic) => add_topic(shard, node, parts, topic, now, &mut applied),
             TopicChange::Update {
                 old: (_, was),
-                new: (_, now),
+                new: (_, now_topic),
             } => {
-                if was.id != now.id {
+                if was.id != now_topic.id {
                     drop_topic(parts, was, &mut applied);
                 }
-                add_topic(shard, parts, now, &mut applied);
+                add_topic(shard, node, parts, now_topic, now, &mut applied);
             }
             TopicChange::Remove(_, topic) => drop_topic(parts, topic, &mut applied),
         }
@@ -69,18 +87,38 @@ pub(crate) fn keys_on(topic: &TopicMeta, shard: u32) -> impl Iterator<Item = Par
         })
 }
 
-/// Creates the missing partitions of `topic` placed on `shard`.
+/// Creates the missing partitions of `topic` held here, applies the
+/// metadata of every held one, removes those no longer held.
 fn add_topic(
     shard: u32,
+    node: u64,
     parts: &mut HashMap<PartitionKey, Partition>,
     topic: &TopicMeta,
+    now: Instant,
     applied: &mut Applied,
 ) {
-    for key in keys_on(topic, shard) {
-        parts.entry(key).or_insert_with(|| {
+    for (i, pm) in topic.partitions.iter().enumerate() {
+        let key = PartitionKey {
+            topic_id: topic.id,
+            partition: i as u32,
+        };
+        if !hosted(pm, shard, node) {
+            if let Some(p) = parts.remove(&key) {
+                applied.gone_entries += p.batches.len() as u64;
+                applied.gone_replicated += u64::from(p.repl.is_some());
+                applied.gone.push(key);
+                applied.reassigned.push(key);
+            }
+            continue;
+        }
+        let p = parts.entry(key).or_insert_with(|| {
             applied.created += 1;
             Partition::new(key)
         });
+        let change = p.apply_meta(pm, node, now);
+        if change != MetaChange::default() {
+            applied.changed.push((key, change));
+        }
     }
 }
 
@@ -97,6 +135,7 @@ fn drop_topic(
         };
         if let Some(p) = parts.remove(&key) {
             applied.gone_entries += p.batches.len() as u64;
+            applied.gone_replicated += u64::from(p.repl.is_some());
             applied.gone.push(key);
         }
     }
@@ -113,6 +152,7 @@ mod tests {
 
     const SHARDS: u32 = 3;
     const ME: u32 = 1;
+    const NODE: u64 = 1;
 
     fn topic(name: &str, id: u64, partitions: u32) -> Arc<TopicMeta> {
         let mut bytes = [0u8; 16];
@@ -182,7 +222,7 @@ mod tests {
             insert(&mut v1, topic(&format!("t-{i:05}"), i, 3));
         }
         let mut parts = HashMap::new();
-        let first = apply_changes(ME, &mut parts, &TopicMap::new(), &v1);
+        let first = apply_changes(ME, NODE, &mut parts, &TopicMap::new(), &v1);
         assert_eq!(first.topics_changed, 10_000);
         assert_eq!(first.created, 10_000);
         assert_holds(&parts, &v1);
@@ -199,7 +239,7 @@ mod tests {
         insert(&mut v2, grown);
         insert(&mut v2, topic("t-07000", 30_000, 3)); // recreated: new id
         let removed = v2.remove("t-09000").expect("present");
-        let applied = apply_changes(ME, &mut parts, &v1, &v2);
+        let applied = apply_changes(ME, NODE, &mut parts, &v1, &v2);
         assert_eq!(applied.topics_changed, 4, "only the changed topics");
         assert_holds(&parts, &v2);
         // Added: 1 of 3; grown: 1 of the 3 new; recreated: 1 of 3.
@@ -208,7 +248,53 @@ mod tests {
         assert_eq!(applied.gone.len(), 2);
         assert!(applied.gone.iter().any(|k| k.topic_id == removed.id));
         assert_eq!(parts[&kept].next_offset, 42);
-        assert_eq!(apply_changes(ME, &mut parts, &v2, &v2).topics_changed, 0);
+        assert_eq!(
+            apply_changes(ME, NODE, &mut parts, &v2, &v2).topics_changed,
+            0
+        );
+    }
+
+    #[test]
+    fn partitions_follow_the_replica_lists_and_roles() {
+        let mut t = (*topic("r", 7, 1)).clone();
+        t.partitions[0].shard = ME;
+        let with = |leader: u64, replicas: &[u64]| {
+            let mut x = t.clone();
+            x.partitions[0].leader = leader;
+            x.partitions[0].leader_epoch += 1;
+            x.partitions[0].replicas = replicas.to_vec();
+            x.partitions[0].isr = replicas.to_vec();
+            Arc::new(x)
+        };
+        let mut v1 = TopicMap::new();
+        insert(&mut v1, with(2, &[2, 3]));
+        let mut parts = HashMap::new();
+        let a = apply_changes(ME, NODE, &mut parts, &TopicMap::new(), &v1);
+        assert_eq!((a.created, parts.len()), (0, 0), "not a replica here");
+        let mut v2 = TopicMap::new();
+        insert(&mut v2, with(2, &[2, NODE]));
+        let a = apply_changes(ME, NODE, &mut parts, &v1, &v2);
+        assert_eq!(a.created, 1);
+        let p = parts.values().next().expect("created");
+        assert!(!p.is_leader && p.repl.as_ref().is_some_and(|r| r.needs_truncation));
+        assert!(a.changed[0].1.repl_created && a.changed[0].1.leadership);
+        let mut v3 = TopicMap::new();
+        insert(&mut v3, with(NODE, &[2, NODE]));
+        let a = apply_changes(ME, NODE, &mut parts, &v2, &v3);
+        assert!(parts.values().next().expect("kept").is_leader);
+        assert!(a.changed[0].1.leadership && !a.changed[0].1.repl_created);
+        let mut v4 = TopicMap::new();
+        insert(&mut v4, with(2, &[2, 3]));
+        let a = apply_changes(ME, NODE, &mut parts, &v3, &v4);
+        assert_eq!(
+            (a.gone.len(), a.reassigned.len(), a.gone_replicated),
+            (1, 1, 1)
+        );
+        assert!(parts.is_empty());
+        println!(
+            "partition struct bytes {}",
+            std::mem::size_of::<Partition>()
+        );
     }
 
     /// A long series of views, each changing a few topics anywhere in a
@@ -231,7 +317,7 @@ mod tests {
             );
         }
         let mut parts = HashMap::new();
-        apply_changes(ME, &mut parts, &TopicMap::new(), &view);
+        apply_changes(ME, NODE, &mut parts, &TopicMap::new(), &view);
         let mut next_id = 1_000_000;
         for _ in 0..200 {
             let mut next = view.clone();
@@ -254,7 +340,7 @@ mod tests {
                     }
                 }
             }
-            let applied = apply_changes(ME, &mut parts, &view, &next);
+            let applied = apply_changes(ME, NODE, &mut parts, &view, &next);
             assert_eq!(applied.topics_changed, changed_names(&view, &next));
             assert_holds(&parts, &next);
             view = next;

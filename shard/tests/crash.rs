@@ -96,6 +96,7 @@ fn child(dir: PathBuf) {
                                 partition: 0,
                                 records,
                                 acks: 1,
+                                timeout_ms: 30_000,
                             })
                             .await;
                         assert_eq!(r.error, None);
@@ -170,6 +171,7 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
                     partition: 0,
                     fetch_offset: next,
                     partition_max_bytes: 1 << 20,
+                    current_leader_epoch: -1,
                 };
                 let req = FetchRequest {
                     partitions: vec![fp],
@@ -177,6 +179,7 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
                     min_bytes: 1,
                     max_bytes: 1 << 20,
                     isolation_level: 0,
+                    replica_id: None,
                 };
                 let r = shard.fetch(req).await;
                 assert_eq!(r[0].error, None);
@@ -194,6 +197,7 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
                     partition: 0,
                     records,
                     acks: 1,
+                    timeout_ms: 30_000,
                 })
                 .await;
             assert_eq!(

@@ -151,6 +151,7 @@ async fn produce(shard: &Shard, topic: &Arc<TopicMeta>, partition: i32, records:
         partition,
         records: Bytes::from(records),
         acks: -1,
+        timeout_ms: 30_000,
     };
     let r = shard.produce(req).await;
     assert_eq!(r.error, None, "produce to {}/{partition}", topic.name);
@@ -170,6 +171,7 @@ fn fetch_req(
             partition,
             fetch_offset,
             partition_max_bytes: 1 << 20,
+            current_leader_epoch: -1,
         })
         .collect();
     FetchRequest {
@@ -178,6 +180,7 @@ fn fetch_req(
         min_bytes,
         max_bytes: 50 << 20,
         isolation_level: 0,
+        replica_id: None,
     }
 }
 
@@ -280,6 +283,7 @@ fn bad_batches_get_errors() {
                 partition,
                 records: Bytes::from(records),
                 acks: 1,
+                timeout_ms: 30_000,
             };
             shard.produce(req)
         };
@@ -333,6 +337,7 @@ fn log_append_time_and_acks_zero() {
             partition: 0,
             records: Bytes::from(batch(2, 5, b"v")),
             acks: 1,
+            timeout_ms: 30_000,
         };
         let r = shard.produce(req).await;
         assert!(r.log_append_time_ms > 1_600_000_000_000, "{r:?}");
@@ -341,6 +346,7 @@ fn log_append_time_and_acks_zero() {
             partition: 0,
             records: Bytes::from(batch(1, 5, b"w")),
             acks: 0,
+            timeout_ms: 30_000,
         };
         assert_eq!(shard.produce(req).await.base_offset, 2);
         // acks=0 is still written: a long poll sees it become durable.
@@ -386,6 +392,7 @@ fn produces_beyond_the_inflight_pool_wait_and_keep_call_order() {
                 partition,
                 records: Bytes::from(batch(RECORDS, 1000 + i as i64, value)),
                 acks: -1,
+                timeout_ms: 30_000,
             };
             let shard = shard.clone();
             async move { (partition, shard.produce(req).await) }
@@ -527,6 +534,7 @@ fn deleted_topic_entries_are_skipped_on_recovery() {
             partition: 0,
             records: Bytes::from(batch(1, 0, b"z")),
             acks: 1,
+            timeout_ms: 30_000,
         };
         assert_eq!(
             shard.produce(req).await.error,

@@ -49,6 +49,9 @@ use kafka_protocol::messages::offset_delete_request::{
 use kafka_protocol::messages::offset_fetch_request::{
     OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_request::{
+    OffsetForLeaderPartition, OffsetForLeaderTopic,
+};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::*;
@@ -88,6 +91,7 @@ macro_rules! per_key {
             ApiKey::IncrementalAlterConfigs => $f(incremental_alter_configs($c) $(, $arg)*),
             ApiKey::DescribeCluster => $f(describe_cluster($c) $(, $arg)*),
             ApiKey::DeleteRecords => $f(delete_records($c) $(, $arg)*),
+            ApiKey::OffsetForLeaderEpoch => $f(offset_for_leader_epoch($c) $(, $arg)*),
             other => panic!("no sample for {other:?}"),
         }
     };
@@ -681,6 +685,24 @@ fn delete_records(c: &C) -> DeleteRecordsRequest {
                 .with_unknown_tagged_fields(c.tags())
         }))
         .with_timeout_ms(4000)
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn offset_for_leader_epoch(c: &C) -> OffsetForLeaderEpochRequest {
+    OffsetForLeaderEpochRequest::default()
+        .at(c.has(3, 4), |r| r.with_replica_id(BrokerId(2)))
+        .with_topics(c.vec(|i| {
+            OffsetForLeaderTopic::default()
+                .with_topic(topic(c, i))
+                .with_partitions(c.vec(|j| {
+                    OffsetForLeaderPartition::default()
+                        .with_partition(j as i32 + 1)
+                        .at(c.has(2, 4), |p| p.with_current_leader_epoch(7))
+                        .with_leader_epoch(6 - j as i32)
+                        .with_unknown_tagged_fields(c.tags())
+                }))
+                .with_unknown_tagged_fields(c.tags())
+        }))
         .with_unknown_tagged_fields(c.tags())
 }
 

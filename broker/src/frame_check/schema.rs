@@ -379,6 +379,23 @@ const DELETE_RECORDS_TOPIC: Struct = st::<m::delete_records_request::DeleteRecor
 const DELETE_RECORDS: Struct =
     st::<m::DeleteRecordsRequest>(&[all(Array(&DELETE_RECORDS_TOPIC)), all(I32)]);
 
+// OffsetForLeaderEpoch (followers truncating by leader epoch).
+const OFFSET_FOR_LEADER_EPOCH_PARTITION: Struct =
+    st::<m::offset_for_leader_epoch_request::OffsetForLeaderPartition>(&[
+        all(I32),     // partition
+        from(2, I32), // current_leader_epoch
+        all(I32),     // leader_epoch
+    ]);
+const OFFSET_FOR_LEADER_EPOCH_TOPIC: Struct =
+    st::<m::offset_for_leader_epoch_request::OffsetForLeaderTopic>(&[
+        all(Str),
+        all(Array(&OFFSET_FOR_LEADER_EPOCH_PARTITION)),
+    ]);
+const OFFSET_FOR_LEADER_EPOCH: Struct = st::<m::OffsetForLeaderEpochRequest>(&[
+    from(3, I32), // replica_id
+    all(Array(&OFFSET_FOR_LEADER_EPOCH_TOPIC)),
+]);
+
 /// The schema of `key`'s request body; `None` for an API not served.
 pub fn of(key: ApiKey) -> Option<Schema> {
     let (flexible_min, root) = match key {
@@ -407,6 +424,7 @@ pub fn of(key: ApiKey) -> Option<Schema> {
         ApiKey::IncrementalAlterConfigs => (1, &INCREMENTAL_ALTER_CONFIGS),
         ApiKey::DescribeCluster => (0, &DESCRIBE_CLUSTER),
         ApiKey::DeleteRecords => (2, &DELETE_RECORDS),
+        ApiKey::OffsetForLeaderEpoch => (4, &OFFSET_FOR_LEADER_EPOCH),
         _ => return None,
     };
     Some(Schema { flexible_min, root })

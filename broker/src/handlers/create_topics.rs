@@ -1,8 +1,11 @@
 //! CreateTopics (key 19). Each topic is one metadata (Raft) entry; the
 //! answer waits until the shards owning its partitions have created them
 //! (`Shard::await_topic_ready`), bounded by the request's `timeout_ms`.
-//! `num_partitions = -1` takes the node default; replication factor must be
-//! -1 or 1 (single node); manual assignments are refused.
+//! `num_partitions = -1` takes the node default, `replication_factor = -1`
+//! the node's default replication factor (at most the live brokers);
+//! explicit `assignments` (with both at -1, as Kafka requires) give each
+//! partition's replicas, the preferred leader first. The answer carries
+//! the replication factor the topic got.
 
 use std::collections::BTreeMap;
 
@@ -62,8 +65,14 @@ async fn create_one(
         Err((code, message)) => return result(&t, code, Some(message)),
     };
     let partitions = spec.partitions;
+    let factor = spec
+        .assignment
+        .first()
+        .map_or(spec.replication_factor, |r| {
+            u16::try_from(r.len()).unwrap_or(u16::MAX)
+        });
     if validate_only {
-        return ok_result(&t, None, partitions);
+        return ok_result(&t, None, partitions, factor);
     }
     let topic = match ctx.meta.create_topic(spec).await {
         Ok(topic) => topic,
@@ -71,7 +80,12 @@ async fn create_one(
     };
     tracing::debug!(topic = name, partitions, "topic created");
     match with_deadline(wait_ms, ctx.shard.await_topic_ready(&topic)).await {
-        Some(Ok(())) => ok_result(&t, Some(topic_uuid(&topic)), partitions),
+        Some(Ok(())) => {
+            let factor = topic.partitions.first().map_or(factor, |p| {
+                u16::try_from(p.replicas.len()).unwrap_or(u16::MAX)
+            });
+            ok_result(&t, Some(topic_uuid(&topic)), partitions, factor)
+        }
         Some(Err(e)) => result(&t, shard_error_code(&e), Some(e.to_string())),
         None => result(
             &t,
@@ -95,15 +109,25 @@ fn validate(t: &CreatableTopic, name: &str, ctx: &Ctx) -> Result<TopicSpec, (i16
         ));
     }
     if !t.assignments.is_empty() {
-        return Err((
-            codes::invalid_replica_assignment(),
-            "manual replica assignment is not supported".into(),
-        ));
+        return explicit(t, name);
     }
-    if t.replication_factor != -1 && t.replication_factor != 1 {
+    let live = ctx.live_brokers(&ctx.view()).len();
+    let replication_factor = match t.replication_factor {
+        -1 => ctx.node.default_replication_factor,
+        n if n >= 1 => n as u16,
+        n => {
+            return Err((
+                codes::invalid_replication_factor(),
+                format!("replication factor {n} is not -1 or at least 1"),
+            ))
+        }
+    };
+    if usize::from(replication_factor) > live {
         return Err((
             codes::invalid_replication_factor(),
-            "replication factor must be 1 on a single node".into(),
+            format!(
+                "replication factor {replication_factor} is larger than the {live} live brokers"
+            ),
         ));
     }
     let partitions = match t.num_partitions {
@@ -116,6 +140,17 @@ fn validate(t: &CreatableTopic, name: &str, ctx: &Ctx) -> Result<TopicSpec, (i16
             ))
         }
     };
+    let configs = configs_of(t)?;
+    Ok(TopicSpec {
+        name: name.to_string(),
+        partitions,
+        configs,
+        replication_factor,
+        assignment: Vec::new(),
+    })
+}
+
+fn configs_of(t: &CreatableTopic) -> Result<BTreeMap<String, String>, (i16, String)> {
     let configs: BTreeMap<String, String> = t
         .configs
         .iter()
@@ -126,20 +161,70 @@ fn validate(t: &CreatableTopic, name: &str, ctx: &Ctx) -> Result<TopicSpec, (i16
         })
         .collect();
     crate::topic_config::validate_known(&configs).map_err(|m| (codes::invalid_config(), m))?;
+    Ok(configs)
+}
+
+/// A topic with explicit replica assignments: partitions 0..n each listed
+/// once, every list as long as the first, no broker twice in one list.
+/// Whether the brokers exist is the metadata's to decide.
+fn explicit(t: &CreatableTopic, name: &str) -> Result<TopicSpec, (i16, String)> {
+    let bad = |m: String| (codes::invalid_replica_assignment(), m);
+    if t.num_partitions != -1 || t.replication_factor != -1 {
+        return Err((
+            codes::invalid_request(),
+            "with assignments, num_partitions and replication_factor must be -1".into(),
+        ));
+    }
+    let count = t.assignments.len();
+    if count > PARTITIONS_PER_TOPIC_MAX as usize {
+        return Err((
+            codes::invalid_partitions(),
+            format!("{count} partitions is not in 1..={PARTITIONS_PER_TOPIC_MAX}"),
+        ));
+    }
+    let mut assignment: Vec<Option<Vec<u64>>> = vec![None; count];
+    for a in &t.assignments {
+        let slot = usize::try_from(a.partition_index)
+            .ok()
+            .and_then(|i| assignment.get_mut(i))
+            .ok_or_else(|| {
+                bad(format!(
+                    "partition {} is not in 0..{count}",
+                    a.partition_index
+                ))
+            })?;
+        let replicas = super::replica_list(&a.broker_ids).map_err(bad)?;
+        if slot.replace(replicas).is_some() {
+            return Err(bad(format!(
+                "partition {} is listed twice",
+                a.partition_index
+            )));
+        }
+    }
+    let assignment: Vec<Vec<u64>> = assignment.into_iter().flatten().collect();
+    let factor = assignment.first().map_or(0, Vec::len);
+    if assignment.iter().any(|r| r.len() != factor) {
+        return Err(bad("every partition must have as many replicas".into()));
+    }
     Ok(TopicSpec {
         name: name.to_string(),
-        partitions,
-        configs,
-        replication_factor: 1,
-        assignment: Vec::new(),
+        partitions: u32::try_from(count).unwrap_or(u32::MAX),
+        configs: configs_of(t)?,
+        replication_factor: u16::try_from(factor).unwrap_or(u16::MAX),
+        assignment,
     })
 }
 
-fn ok_result(t: &CreatableTopic, id: Option<uuid::Uuid>, partitions: u32) -> CreatableTopicResult {
+fn ok_result(
+    t: &CreatableTopic,
+    id: Option<uuid::Uuid>,
+    partitions: u32,
+    replication_factor: u16,
+) -> CreatableTopicResult {
     let mut r = result(t, codes::NONE, None);
     r.topic_id = id.unwrap_or_default();
     r.num_partitions = i32::try_from(partitions).unwrap_or(i32::MAX);
-    r.replication_factor = 1;
+    r.replication_factor = i16::try_from(replication_factor).unwrap_or(i16::MAX);
     r
 }
 

@@ -11,6 +11,13 @@ use crate::plane::{GroupRequest, GroupResponse};
 pub async fn handle(req: DeleteGroupsRequest, _version: i16, ctx: &Ctx) -> DeleteGroupsResponse {
     let mut resp = DeleteGroupsResponse::default();
     for group_id in req.groups_names {
+        if let Some(code) = ctx.not_coordinator(&group_id.0) {
+            let mut out = DeletableGroupResult::default();
+            out.group_id = group_id;
+            out.error_code = code;
+            resp.results.push(out);
+            continue;
+        }
         let error = match ctx
             .shard
             .group(GroupRequest::Delete(group_id.0.to_string()))

@@ -2,7 +2,8 @@
 //! (offset -1: up to the high watermark). The owning shard logs the new
 //! log start as a WAL entry and answers once it is durable, with the
 //! partition's low watermark; an offset above the high watermark gets
-//! OFFSET_OUT_OF_RANGE.
+//! OFFSET_OUT_OF_RANGE. Only the partition's leader deletes (else
+//! NOT_LEADER_OR_FOLLOWER).
 
 use futures::future::join_all;
 use kafka_protocol::messages::delete_records_response::{
@@ -29,6 +30,10 @@ pub async fn handle(req: DeleteRecordsRequest, _version: i16, ctx: &Ctx) -> Dele
                     r.error_code = codes::unknown_topic_or_partition();
                     return r;
                 };
+                if let Err(code) = ctx.led_here(&topic, index) {
+                    r.error_code = code;
+                    return r;
+                }
                 let req = DeleteRecordsPartition {
                     topic,
                     partition: index,

@@ -1,6 +1,6 @@
-//! DescribeCluster (key 60): this node is the only broker and the
-//! controller. Authorized operations are not computed (INT32_MIN, "not
-//! requested", as Kafka answers without an authorizer).
+//! DescribeCluster (key 60): the unfenced brokers and the controller.
+//! Authorized operations are not computed (INT32_MIN, "not requested", as
+//! Kafka answers without an authorizer).
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeClusterResponse};
@@ -8,16 +8,21 @@ use kafka_protocol::messages::{BrokerId, DescribeClusterRequest, DescribeCluster
 use super::{str_bytes, Ctx};
 
 pub fn handle(req: &DescribeClusterRequest, version: i16, ctx: &Ctx) -> DescribeClusterResponse {
-    let n = &ctx.node;
-    let mut broker = DescribeClusterBroker::default();
-    broker.broker_id = BrokerId(n.node_id);
-    broker.host = str_bytes(n.advertised_host.clone());
-    broker.port = i32::from(n.advertised_port);
     let mut resp = DescribeClusterResponse::default();
     resp.endpoint_type = if version >= 1 { req.endpoint_type } else { 1 };
-    resp.cluster_id = str_bytes(n.cluster_id.clone());
-    resp.controller_id = BrokerId(n.node_id);
-    resp.brokers = vec![broker];
+    resp.cluster_id = str_bytes(ctx.node.cluster_id.clone());
+    resp.controller_id = BrokerId(ctx.controller_id());
+    resp.brokers = ctx
+        .live_brokers(&ctx.view())
+        .into_iter()
+        .map(|a| {
+            let mut b = DescribeClusterBroker::default();
+            b.broker_id = BrokerId(a.id);
+            b.host = str_bytes(a.host);
+            b.port = a.port;
+            b
+        })
+        .collect();
     resp.cluster_authorized_operations = i32::MIN;
     resp
 }

@@ -18,6 +18,14 @@ pub async fn handle(
 ) -> DescribeGroupsResponse {
     let mut resp = DescribeGroupsResponse::default();
     for group_id in req.groups {
+        if let Some(code) = ctx.not_coordinator(&group_id.0) {
+            let mut out = DescribedGroup::default();
+            out.group_id = group_id;
+            out.error_code = code;
+            out.authorized_operations = AUTHORIZED_OPERATIONS_OMITTED;
+            resp.groups.push(out);
+            continue;
+        }
         let r = ctx
             .shard
             .group(GroupRequest::Describe(group_id.0.to_string()))

@@ -3,11 +3,20 @@
 //! requests; a request naming a session id gets FETCH_SESSION_ID_NOT_FOUND.
 //! The long poll (max_wait_ms / min_bytes) lives in the data plane; stored
 //! batches come back whole and are concatenated here.
+//!
+//! A partition this node does not lead is answered NOT_LEADER_OR_FOLLOWER
+//! (v12: with the current leader and epoch in the `current_leader` tagged
+//! field). A request with `replica_id >= 0` is a follower's: the data
+//! plane serves it as a replica fetch (the follower's fetch offset is its
+//! log end, which moves the high watermark and the ISR).
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+};
+use kafka_protocol::messages::BrokerId;
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::Ctx;
@@ -21,6 +30,8 @@ const MAX_WAIT_MS_MAX: u32 = 60_000;
 enum Slot {
     Plane(usize),
     Error(i16),
+    /// Not led here: NOT_LEADER_OR_FOLLOWER, with (leader id, epoch).
+    NotLeader(i16, (i32, i32)),
 }
 
 /// The response, and the `fetch_response` memory its batches hold: the
@@ -50,18 +61,20 @@ pub async fn handle(
         } else {
             i32::MAX
         };
-        let plane_req = plane::FetchRequest {
+        let replica_id = u64::try_from(req.replica_id.0).ok();
+        let plane_req = plane::fetch_request(
             partitions,
             max_wait_ms,
-            min_bytes: u32::try_from(req.min_bytes).unwrap_or(0),
-            max_bytes: u32::try_from(max_bytes).unwrap_or(0),
-            isolation_level: req.isolation_level,
-        };
+            u32::try_from(req.min_bytes).unwrap_or(0),
+            u32::try_from(max_bytes).unwrap_or(0),
+            req.isolation_level,
+            replica_id,
+        );
         let (results, held) = ctx.shard.fetch_held(plane_req).await;
         (results, Some(held))
     };
     let throttled = results.iter().any(|r| r.throttled);
-    resp.responses = assemble(&req, slots, results);
+    resp.responses = assemble(&req, slots, results, version);
     let busy = resp
         .responses
         .iter()
@@ -86,13 +99,19 @@ fn plan(req: &FetchRequest, ctx: &Ctx) -> (Slots, Vec<plane::FetchPartition>) {
                 topic_slots.push(Slot::Error(codes::unknown_topic_or_partition()));
                 continue;
             };
+            if let Err(code) = ctx.led_here(&topic, p.partition) {
+                let hint = Ctx::leader_hint(&topic, p.partition);
+                topic_slots.push(Slot::NotLeader(code, hint));
+                continue;
+            }
             topic_slots.push(Slot::Plane(partitions.len()));
-            partitions.push(plane::FetchPartition {
+            partitions.push(plane::fetch_partition(
                 topic,
-                partition: p.partition,
-                fetch_offset: p.fetch_offset,
-                partition_max_bytes: u32::try_from(p.partition_max_bytes).unwrap_or(0),
-            });
+                p.partition,
+                p.fetch_offset,
+                u32::try_from(p.partition_max_bytes).unwrap_or(0),
+                p.current_leader_epoch,
+            ));
         }
         slots.push((ti, topic_slots));
     }
@@ -103,6 +122,7 @@ fn assemble(
     req: &FetchRequest,
     slots: Slots,
     results: Vec<FetchPartitionResult>,
+    version: i16,
 ) -> Vec<FetchableTopicResponse> {
     let mut results: Vec<Option<FetchPartitionResult>> = results.into_iter().map(Some).collect();
     slots
@@ -124,6 +144,16 @@ fn assemble(
                         ),
                     },
                     Slot::Error(code) => error_data(p.partition, code),
+                    Slot::NotLeader(code, (leader, epoch)) => {
+                        let mut d = error_data(p.partition, code);
+                        if version >= 12 {
+                            let mut current = LeaderIdAndEpoch::default();
+                            current.leader_id = BrokerId(leader);
+                            current.leader_epoch = epoch;
+                            d.current_leader = current;
+                        }
+                        d
+                    }
                 })
                 .collect();
             out

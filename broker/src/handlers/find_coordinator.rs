@@ -1,18 +1,40 @@
-//! FindCoordinator (key 10): the coordinator of a group (key type 0) or of
-//! a transactional id (key type 1) is always this node; a group can only be
-//! coordinated once `__consumer_offsets` exists. v4+ looks up many keys.
+//! FindCoordinator (key 10): the coordinator of a group (key type 0) is
+//! the node leading the group's `__consumer_offsets` partition
+//! (COORDINATOR_NOT_AVAILABLE while it has no leader); a transactional id
+//! (key type 1) is answered with this node. v4+ looks up many keys.
+//!
+//! In a cluster `__consumer_offsets` is created here, on the first lookup
+//! that finds it missing, like Kafka: once as many brokers are live as the
+//! default replication factor (or, after `OFFSETS_TOPIC_BROKERS_WAIT` of
+//! uptime, with the live ones), with a replication factor of min(default,
+//! live brokers). Lookups answer COORDINATOR_NOT_AVAILABLE until then.
+
+use std::time::Duration;
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
+use sluice_raft::{MetaError, TopicSpec};
 
-use super::{str_bytes, Ctx};
+use super::{str_bytes, with_deadline, BrokerAddr, Ctx};
 use crate::errors::{codes, group_error_code};
 use crate::plane::{GroupError, OFFSETS_TOPIC};
 
 const KEY_TYPE_GROUP: i8 = 0;
+/// Uptime after which a cluster creates `__consumer_offsets` with the
+/// brokers that are live, fewer than the default replication factor.
+const OFFSETS_TOPIC_BROKERS_WAIT: Duration = Duration::from_secs(30);
+/// How long one lookup waits for the creation it started.
+const OFFSETS_TOPIC_CREATE_WAIT_MS: u64 = 5_000;
 
-pub fn handle(req: FindCoordinatorRequest, version: i16, ctx: &Ctx) -> FindCoordinatorResponse {
+pub async fn handle(
+    req: FindCoordinatorRequest,
+    version: i16,
+    ctx: &Ctx,
+) -> FindCoordinatorResponse {
+    if req.key_type == KEY_TYPE_GROUP && ctx.topic(OFFSETS_TOPIC).is_none() {
+        create_offsets_topic(ctx).await;
+    }
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
         resp.coordinators = req
@@ -32,18 +54,76 @@ pub fn handle(req: FindCoordinatorRequest, version: i16, ctx: &Ctx) -> FindCoord
 }
 
 fn coordinator(key: StrBytes, key_type: i8, ctx: &Ctx) -> Coordinator {
+    let found = if key_type == KEY_TYPE_GROUP {
+        ctx.group_leader(key.as_str())
+            .ok()
+            .and_then(|leader| ctx.broker(&ctx.view(), leader))
+    } else {
+        ctx.broker(&ctx.view(), ctx.node_id())
+    };
     let mut c = Coordinator::default();
     c.key = key;
-    let ready = key_type != KEY_TYPE_GROUP || ctx.topic(OFFSETS_TOPIC).is_some();
-    if !ready {
+    let Some(BrokerAddr { id, host, port }) = found else {
         c.error_code = group_error_code(Some(&GroupError::CoordinatorNotAvailable));
         c.node_id = BrokerId(-1);
         c.port = -1;
         return c;
-    }
+    };
     c.error_code = codes::NONE;
-    c.node_id = BrokerId(ctx.node.node_id);
-    c.host = str_bytes(ctx.node.advertised_host.clone());
-    c.port = i32::from(ctx.node.advertised_port);
+    c.node_id = BrokerId(id);
+    c.host = str_bytes(host);
+    c.port = port;
     c
+}
+
+/// Clears the shard's "creation under way" flag when the lookup that set
+/// it ends (also when it is dropped with its connection).
+struct Creating<'a>(&'a Ctx);
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.offsets_creating.set(false);
+    }
+}
+
+/// Creates `__consumer_offsets` in a cluster once enough brokers are live
+/// (see the module docs); at most one creation per shard at a time.
+async fn create_offsets_topic(ctx: &Ctx) {
+    if !ctx.node.cluster || ctx.offsets_creating.get() {
+        return;
+    }
+    let live = ctx.live_brokers(&ctx.view()).len();
+    let wanted = usize::from(ctx.node.default_replication_factor.max(1));
+    let waited = ctx.node.started.elapsed() >= OFFSETS_TOPIC_BROKERS_WAIT;
+    if live == 0 || (live < wanted && !waited) {
+        tracing::debug!(live, wanted, "{OFFSETS_TOPIC}: waiting for brokers");
+        return;
+    }
+    let factor = wanted.min(live);
+    if factor < wanted {
+        tracing::warn!(
+            live,
+            wanted,
+            "{OFFSETS_TOPIC}: creating it with fewer replicas than --default-replication-factor (brokers missing)"
+        );
+    }
+    ctx.offsets_creating.set(true);
+    let _creating = Creating(ctx);
+    let spec = TopicSpec {
+        name: OFFSETS_TOPIC.to_string(),
+        partitions: ctx.node.offsets_topic_partitions,
+        configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
+        replication_factor: u16::try_from(factor).unwrap_or(1),
+        assignment: Vec::new(),
+    };
+    match with_deadline(OFFSETS_TOPIC_CREATE_WAIT_MS, ctx.meta.create_topic(spec)).await {
+        Some(Ok(topic)) => tracing::info!(
+            partitions = topic.partitions.len(),
+            replication_factor = factor,
+            "{OFFSETS_TOPIC} created"
+        ),
+        Some(Err(MetaError::TopicExists(_))) => {}
+        Some(Err(e)) => tracing::debug!(error = %e, "{OFFSETS_TOPIC}: creation failed"),
+        None => tracing::debug!("{OFFSETS_TOPIC}: creation still pending"),
+    }
 }

@@ -8,6 +8,11 @@ use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, HeartbeatRequest};
 
 pub async fn handle(req: WireHeartbeat, _version: i16, ctx: &Ctx) -> HeartbeatResponse {
+    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+        let mut resp = HeartbeatResponse::default();
+        resp.error_code = code;
+        return resp;
+    }
     let hb = HeartbeatRequest {
         group_id: req.group_id.0.to_string(),
         generation_id: req.generation_id,

@@ -10,6 +10,14 @@ use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, JoinRequest, Protocol};
 
 pub async fn handle(req: JoinGroupRequest, version: i16, ctx: &Ctx) -> JoinGroupResponse {
+    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+        let mut resp = JoinGroupResponse::default();
+        resp.error_code = code;
+        resp.generation_id = -1;
+        resp.protocol_name = Some(str_bytes(""));
+        resp.member_id = req.member_id;
+        return resp;
+    }
     let join = JoinRequest {
         group_id: req.group_id.0.to_string(),
         member_id: req.member_id.to_string(),

@@ -9,6 +9,11 @@ use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, LeaveRequest, LeavingMember};
 
 pub async fn handle(req: LeaveGroupRequest, version: i16, ctx: &Ctx) -> LeaveGroupResponse {
+    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+        let mut resp = LeaveGroupResponse::default();
+        resp.error_code = code;
+        return resp;
+    }
     let members: Vec<LeavingMember> = if version >= 3 {
         req.members
             .iter()

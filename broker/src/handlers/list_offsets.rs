@@ -1,5 +1,6 @@
 //! ListOffsets (key 2): EARLIEST (-2), LATEST (-1) or the first offset whose
 //! timestamp is at or after the given one. v0 answers in `old_style_offsets`.
+//! Only the partition's leader answers (else NOT_LEADER_OR_FOLLOWER).
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition as RequestPartition;
@@ -45,6 +46,13 @@ async fn list_one(
         r.error_code = codes::unknown_topic_or_partition();
         return (ti, r);
     };
+    let epoch = match ctx.led_here(&topic, p.partition_index) {
+        Ok(meta) => meta.leader_epoch,
+        Err(code) => {
+            r.error_code = code;
+            return (ti, r);
+        }
+    };
     let req = ListOffsetsPartition {
         topic,
         partition: p.partition_index,
@@ -60,7 +68,7 @@ async fn list_one(
     } else {
         r.offset = result.offset;
         r.timestamp = result.timestamp;
-        r.leader_epoch = if version >= 4 { 0 } else { -1 };
+        r.leader_epoch = if version >= 4 { epoch } else { -1 };
     }
     (ti, r)
 }

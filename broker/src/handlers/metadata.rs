@@ -1,6 +1,9 @@
-//! Metadata (key 3): brokers (this node), controller, topics and their
-//! partitions. Unknown topics are created when the node allows it and the
-//! request does (`allow_auto_topic_creation`, implied below v4).
+//! Metadata (key 3): the unfenced brokers, the controller, topics and their
+//! partitions (leader and its epoch, replicas, in-sync replicas, replicas
+//! on fenced brokers as offline; a leaderless partition answers leader -1
+//! with LEADER_NOT_AVAILABLE). Unknown topics are created when the node
+//! allows it and the request does (`allow_auto_topic_creation`, implied
+//! below v4), with the node's default replication factor.
 
 use std::sync::Arc;
 
@@ -10,9 +13,10 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse};
-use sluice_raft::{MetaError, TopicMeta, TopicSpec};
+use kafka_protocol::ResponseError;
+use sluice_raft::{MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec, NO_LEADER};
 
-use super::{str_bytes, topic_name, topic_uuid, valid_topic_name, with_deadline, Ctx};
+use super::{str_bytes, topic_name, topic_uuid, valid_topic_name, wire_id, with_deadline, Ctx};
 use crate::errors::{codes, meta_error_code, shard_error_code};
 
 /// How long an auto-creation waits for the shards to open the partitions.
@@ -21,18 +25,16 @@ const AUTO_CREATE_READY_MS_MAX: u64 = 10_000;
 pub async fn handle(req: MetadataRequest, version: i16, ctx: &Ctx) -> MetadataResponse {
     let allow_auto = ctx.node.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
     let topics = match requested(req.topics, version) {
-        None => ctx
-            .view()
-            .topics
-            .values()
-            .map(|t| describe(t, ctx))
-            .collect(),
+        None => {
+            let view = ctx.view();
+            view.topics.values().map(|t| describe(t, &view)).collect()
+        }
         Some(list) => join_all(list.into_iter().map(|t| lookup(t, allow_auto, ctx))).await,
     };
     let mut resp = MetadataResponse::default();
-    resp.brokers = vec![this_broker(ctx)];
+    resp.brokers = brokers(ctx);
     resp.cluster_id = Some(str_bytes(ctx.node.cluster_id.clone()));
-    resp.controller_id = BrokerId(ctx.node.node_id);
+    resp.controller_id = BrokerId(ctx.controller_id());
     resp.topics = topics;
     resp
 }
@@ -48,12 +50,19 @@ fn requested(
     }
 }
 
-fn this_broker(ctx: &Ctx) -> MetadataResponseBroker {
-    let mut b = MetadataResponseBroker::default();
-    b.node_id = BrokerId(ctx.node.node_id);
-    b.host = str_bytes(ctx.node.advertised_host.clone());
-    b.port = i32::from(ctx.node.advertised_port);
-    b
+/// Every unfenced broker (taken after the topics: a topic's leader was
+/// registered before it led anything).
+fn brokers(ctx: &Ctx) -> Vec<MetadataResponseBroker> {
+    ctx.live_brokers(&ctx.view())
+        .into_iter()
+        .map(|a| {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(a.id);
+            b.host = str_bytes(a.host);
+            b.port = a.port;
+            b
+        })
+        .collect()
 }
 
 async fn lookup(req: MetadataRequestTopic, allow_auto: bool, ctx: &Ctx) -> MetadataResponseTopic {
@@ -64,8 +73,9 @@ async fn lookup(req: MetadataRequestTopic, allow_auto: bool, ctx: &Ctx) -> Metad
     if !valid_topic_name(name) {
         return error_topic(name, codes::invalid_topic());
     }
-    if let Some(topic) = ctx.topic(name) {
-        return describe(&topic, ctx);
+    let view = ctx.view();
+    if let Some(topic) = view.topics.get(name) {
+        return describe(topic, &view);
     }
     if !allow_auto {
         return error_topic(name, codes::unknown_topic_or_partition());
@@ -76,7 +86,7 @@ async fn lookup(req: MetadataRequestTopic, allow_auto: bool, ctx: &Ctx) -> Metad
 fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx) -> MetadataResponseTopic {
     let view = ctx.view();
     match view.topic_by_id(id.as_bytes()) {
-        Some(topic) => describe(topic, ctx),
+        Some(topic) => describe(topic, &view),
         None => {
             let mut t = MetadataResponseTopic::default();
             t.error_code = codes::unknown_topic_id();
@@ -91,7 +101,7 @@ async fn auto_create(name: &str, ctx: &Ctx) -> MetadataResponseTopic {
         name: name.to_string(),
         partitions: ctx.node.default_partitions,
         configs: Default::default(),
-        replication_factor: 1,
+        replication_factor: ctx.node.default_replication_factor,
         assignment: Vec::new(),
     };
     let topic = match ctx.meta.create_topic(spec).await {
@@ -113,7 +123,7 @@ async fn auto_create(name: &str, ctx: &Ctx) -> MetadataResponseTopic {
     )
     .await
     {
-        Some(Ok(())) => describe(&topic, ctx),
+        Some(Ok(())) => describe(&topic, &ctx.view()),
         Some(Err(e)) => error_topic(name, shard_error_code(&e)),
         // Kafka's answer for a topic whose partitions are still being set up.
         None => error_topic(
@@ -123,7 +133,7 @@ async fn auto_create(name: &str, ctx: &Ctx) -> MetadataResponseTopic {
     }
 }
 
-fn describe(topic: &Arc<TopicMeta>, ctx: &Ctx) -> MetadataResponseTopic {
+fn describe(topic: &Arc<TopicMeta>, view: &MetadataView) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(topic_name(&topic.name));
     t.topic_id = topic_uuid(topic);
@@ -132,18 +142,34 @@ fn describe(topic: &Arc<TopicMeta>, ctx: &Ctx) -> MetadataResponseTopic {
         .partitions
         .iter()
         .enumerate()
-        .map(|(index, p)| {
-            let leader = BrokerId(i32::try_from(p.leader).unwrap_or(ctx.node.node_id));
-            let mut mp = MetadataResponsePartition::default();
-            mp.partition_index = i32::try_from(index).unwrap_or(i32::MAX);
-            mp.leader_id = leader;
-            mp.leader_epoch = 0;
-            mp.replica_nodes = vec![leader];
-            mp.isr_nodes = vec![leader];
-            mp
-        })
+        .map(|(index, p)| describe_partition(index, p, view))
         .collect();
     t
+}
+
+fn describe_partition(
+    index: usize,
+    p: &PartitionMeta,
+    view: &MetadataView,
+) -> MetadataResponsePartition {
+    let ids = |nodes: &[u64]| nodes.iter().map(|&n| BrokerId(wire_id(n))).collect();
+    let mut mp = MetadataResponsePartition::default();
+    mp.partition_index = i32::try_from(index).unwrap_or(i32::MAX);
+    mp.leader_id = BrokerId(wire_id(p.leader));
+    mp.leader_epoch = p.leader_epoch;
+    mp.replica_nodes = ids(&p.replicas);
+    mp.isr_nodes = ids(&p.isr);
+    let offline: Vec<u64> = p
+        .replicas
+        .iter()
+        .copied()
+        .filter(|n| view.brokers.get(n).is_some_and(|b| b.fenced))
+        .collect();
+    mp.offline_replicas = ids(&offline);
+    if p.leader == NO_LEADER {
+        mp.error_code = ResponseError::LeaderNotAvailable.code();
+    }
+    mp
 }
 
 fn error_topic(name: &str, error_code: i16) -> MetadataResponseTopic {

@@ -18,6 +18,7 @@ pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 // Consumer groups (classic protocol) and committed offsets.
 pub mod delete_groups;
@@ -32,14 +33,18 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod sync_group;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ResponseKind, TopicName};
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use sluice_raft::{Metadata, MetadataView, TopicMeta};
+use kafka_protocol::ResponseError;
+use sluice_raft::{BrokerMeta, Metadata, MetadataView, PartitionMeta, TopicMeta, NO_LEADER};
 
+use crate::errors;
 use crate::plane::{ResponseMemory, Shard};
 
 /// APIs served and their version ranges. Only what is implemented is
@@ -72,6 +77,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
+    // Followers truncate by leader epoch before fetching.
+    (ApiKey::OffsetForLeaderEpoch, 0, 4),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -91,6 +98,15 @@ pub struct NodeInfo {
     pub cluster_id: String,
     pub default_partitions: u32,
     pub auto_create_topics: bool,
+    /// Replicas of topics created without an explicit factor.
+    pub default_replication_factor: u16,
+    /// Part of a cluster (`--cluster-voters`): `__consumer_offsets` is
+    /// created once enough brokers registered, not at start.
+    pub cluster: bool,
+    /// Partitions `__consumer_offsets` is created with.
+    pub offsets_topic_partitions: u32,
+    /// When the node started serving.
+    pub started: Instant,
 }
 
 /// What a handler may use: this shard's data plane, the metadata service
@@ -99,9 +115,29 @@ pub struct Ctx {
     pub shard: Rc<Shard>,
     pub meta: Metadata,
     pub node: Arc<NodeInfo>,
+    /// A creation of `__consumer_offsets` started by this shard is under
+    /// way (at most one per shard).
+    pub offsets_creating: Cell<bool>,
+}
+
+/// A broker's id and Kafka address as the wire carries them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub id: i32,
+    pub host: String,
+    pub port: i32,
 }
 
 impl Ctx {
+    pub fn new(shard: Rc<Shard>, meta: Metadata, node: Arc<NodeInfo>) -> Ctx {
+        Ctx {
+            shard,
+            meta,
+            node,
+            offsets_creating: Cell::new(false),
+        }
+    }
+
     pub fn view(&self) -> Arc<MetadataView> {
         self.meta.view()
     }
@@ -110,6 +146,142 @@ impl Ctx {
     pub fn topic(&self, name: &str) -> Option<Arc<TopicMeta>> {
         self.view().topics.get(name).cloned()
     }
+
+    /// This node's id as the metadata knows it.
+    pub fn node_id(&self) -> u64 {
+        u64::try_from(self.node.node_id).unwrap_or(0)
+    }
+
+    /// The unfenced brokers, by id; this node alone while the metadata
+    /// lists no broker (a single node before it registered).
+    pub fn live_brokers(&self, view: &MetadataView) -> Vec<BrokerAddr> {
+        let live: Vec<BrokerAddr> = view
+            .brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .filter_map(|b| broker_addr(b))
+            .collect();
+        if live.is_empty() && view.brokers.is_empty() {
+            return vec![self.this_broker()];
+        }
+        live
+    }
+
+    /// The Kafka address of broker `id` (fenced ones too); this node's own
+    /// from its settings.
+    pub fn broker(&self, view: &MetadataView, id: u64) -> Option<BrokerAddr> {
+        if id == self.node_id() {
+            return Some(self.this_broker());
+        }
+        view.brokers.get(&id).and_then(|b| broker_addr(b))
+    }
+
+    fn this_broker(&self) -> BrokerAddr {
+        BrokerAddr {
+            id: self.node.node_id,
+            host: self.node.advertised_host.clone(),
+            port: i32::from(self.node.advertised_port),
+        }
+    }
+
+    /// The controller's id on the wire (-1 when unknown).
+    pub fn controller_id(&self) -> i32 {
+        self.meta
+            .controller()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or(-1)
+    }
+
+    /// Whether this node leads `partition` of `topic`: the partition's
+    /// metadata, or the error code to answer (UNKNOWN_TOPIC_OR_PARTITION,
+    /// NOT_LEADER_OR_FOLLOWER).
+    pub fn led_here<'t>(
+        &self,
+        topic: &'t TopicMeta,
+        partition: i32,
+    ) -> Result<&'t PartitionMeta, i16> {
+        let p = usize::try_from(partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .ok_or_else(errors::codes::unknown_topic_or_partition)?;
+        if p.leader != self.node_id() {
+            return Err(ResponseError::NotLeaderOrFollower.code());
+        }
+        Ok(p)
+    }
+
+    /// The broker to name as a partition's current leader in a
+    /// NOT_LEADER_OR_FOLLOWER answer: (id, epoch), id -1 when leaderless.
+    pub fn leader_hint(topic: &TopicMeta, partition: i32) -> (i32, i32) {
+        usize::try_from(partition)
+            .ok()
+            .and_then(|i| topic.partitions.get(i))
+            .map_or((-1, -1), |p| (wire_id(p.leader), p.leader_epoch))
+    }
+
+    /// Whether this node coordinates `group_id` (leads its
+    /// `__consumer_offsets` partition): `None`, or the error code to
+    /// answer (NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE).
+    pub fn not_coordinator(&self, group_id: &str) -> Option<i16> {
+        match self.group_leader(group_id) {
+            Ok(leader) if leader == self.node_id() => None,
+            Ok(_) => Some(ResponseError::NotCoordinator.code()),
+            Err(code) => Some(code),
+        }
+    }
+
+    /// The node leading the group's `__consumer_offsets` partition, or
+    /// COORDINATOR_NOT_AVAILABLE (no such topic yet, or leaderless).
+    pub fn group_leader(&self, group_id: &str) -> Result<u64, i16> {
+        let unavailable = ResponseError::CoordinatorNotAvailable.code();
+        let offsets = self.topic(crate::plane::OFFSETS_TOPIC).ok_or(unavailable)?;
+        let count = u32::try_from(offsets.partitions.len()).unwrap_or(0);
+        if count == 0 {
+            return Err(unavailable);
+        }
+        let index = crate::plane::offsets_partition_for(group_id, count) as usize;
+        match offsets.partitions.get(index).map(|p| p.leader) {
+            Some(leader) if leader != NO_LEADER => Ok(leader),
+            _ => Err(unavailable),
+        }
+    }
+}
+
+/// A replica list from the wire: node ids >= 0, none twice, at least one.
+pub fn replica_list(ids: &[kafka_protocol::messages::BrokerId]) -> Result<Vec<u64>, String> {
+    // No cluster has more nodes: a longer list is refused before the
+    // duplicate check (quadratic in its length).
+    if ids.len() > crate::config::VOTERS_MAX {
+        return Err(format!("{} replicas for one partition", ids.len()));
+    }
+    let mut out: Vec<u64> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let n = u64::try_from(id.0).map_err(|_| format!("broker id {} is negative", id.0))?;
+        if out.contains(&n) {
+            return Err(format!("broker {n} is listed twice for one partition"));
+        }
+        out.push(n);
+    }
+    if out.is_empty() {
+        return Err("a partition needs at least one replica".into());
+    }
+    Ok(out)
+}
+
+/// A node id on the wire (-1 for none or out of range).
+pub fn wire_id(id: u64) -> i32 {
+    if id == NO_LEADER {
+        return -1;
+    }
+    i32::try_from(id).unwrap_or(-1)
+}
+
+fn broker_addr(b: &BrokerMeta) -> Option<BrokerAddr> {
+    Some(BrokerAddr {
+        id: i32::try_from(b.id).ok()?,
+        host: b.host.clone(),
+        port: i32::from(b.port),
+    })
 }
 
 /// The request could not be decoded: the connection is closed.
@@ -187,6 +359,9 @@ pub async fn dispatch(
         ApiKey::DeleteRecords => ResponseKind::DeleteRecords(
             delete_records::handle(decode(body, version)?, version, ctx).await,
         ),
+        ApiKey::OffsetForLeaderEpoch => ResponseKind::OffsetForLeaderEpoch(
+            offset_for_leader_epoch::handle(decode(body, version)?, version, ctx).await,
+        ),
         other => match dispatch_groups(other, version, body, ctx).await? {
             Some(r) => r,
             None => return Err(DecodeError(format!("api {other:?} is not served"))),
@@ -209,7 +384,7 @@ async fn dispatch_groups(
     let v = version;
     Ok(Some(match key {
         ApiKey::FindCoordinator => {
-            ResponseKind::FindCoordinator(find_coordinator::handle(decode(b, v)?, v, ctx))
+            ResponseKind::FindCoordinator(find_coordinator::handle(decode(b, v)?, v, ctx).await)
         }
         ApiKey::JoinGroup => {
             ResponseKind::JoinGroup(join_group::handle(decode(b, v)?, v, ctx).await)

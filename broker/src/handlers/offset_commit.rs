@@ -43,9 +43,12 @@ pub async fn handle(req: OffsetCommitRequest, _version: i16, ctx: &Ctx) -> Offse
         group_instance_id: req.group_instance_id.map(|s| s.to_string()),
         offsets,
     };
-    let code = match ctx.shard.group(GroupRequest::Commit(commit)).await {
-        GroupResponse::Commit(r) => group_error_code(r.error.as_ref()),
-        _ => codes::NONE,
+    let code = match ctx.not_coordinator(&commit.group_id) {
+        Some(code) => code,
+        None => match ctx.shard.group(GroupRequest::Commit(commit)).await {
+            GroupResponse::Commit(r) => group_error_code(r.error.as_ref()),
+            _ => codes::NONE,
+        },
     };
     let mut resp = OffsetCommitResponse::default();
     resp.topics = req

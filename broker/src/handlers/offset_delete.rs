@@ -12,6 +12,11 @@ use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, OffsetDeleteRequest as DeleteOffsets};
 
 pub async fn handle(req: OffsetDeleteRequest, _version: i16, ctx: &Ctx) -> OffsetDeleteResponse {
+    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+        let mut resp = OffsetDeleteResponse::default();
+        resp.error_code = code;
+        return resp;
+    }
     let partitions = req
         .topics
         .iter()

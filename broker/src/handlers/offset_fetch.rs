@@ -72,6 +72,12 @@ async fn fetch_group(
     partitions: Partitions,
     ctx: &Ctx,
 ) -> OffsetFetchResponseGroup {
+    if let Some(code) = ctx.not_coordinator(&group_id.0) {
+        let mut out = OffsetFetchResponseGroup::default();
+        out.group_id = group_id;
+        out.error_code = code;
+        return out;
+    }
     let req = FetchOffsets {
         group_id: group_id.0.to_string(),
         partitions,

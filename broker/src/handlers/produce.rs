@@ -6,7 +6,8 @@
 //! UNSUPPORTED_FOR_MESSAGE_FORMAT. acks=0 gets no response at all; the
 //! writes are still awaited (a connection cannot run ahead of the data
 //! plane) and a failed one closes the connection, as in Kafka: the client
-//! has no other way to learn of it.
+//! has no other way to learn of it. A partition this node does not lead
+//! is answered NOT_LEADER_OR_FOLLOWER (the client refreshes its metadata).
 
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
@@ -56,6 +57,8 @@ pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<Prod
 /// partition's order (see `Shard::produce_start`).
 pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx) -> Started {
     let acks = req.acks;
+    // How long acks=-1 waits for the in-sync replicas once durable here.
+    let timeout_ms = u32::try_from(req.timeout_ms).unwrap_or(0);
     let refuse = if !(-1..=1).contains(&acks) {
         Some(codes::invalid_required_acks())
     } else if req.transactional_id.is_some() {
@@ -73,7 +76,7 @@ pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx) -> Started {
             ..
         } = topic;
         for p in partition_data {
-            let started = start_one(name.0.as_str(), p, acks, refuse, ctx).await;
+            let started = start_one(name.0.as_str(), p, (acks, timeout_ms), refuse, ctx).await;
             partitions.push((topic_index, started));
         }
     }
@@ -139,7 +142,7 @@ fn topic_response(topic: &TopicProduceData) -> TopicProduceResponse {
 async fn start_one(
     name: &str,
     p: PartitionProduceData,
-    acks: i16,
+    (acks, timeout_ms): (i16, u32),
     refuse: Option<i16>,
     ctx: &Ctx,
 ) -> Partition {
@@ -153,6 +156,15 @@ async fn start_one(
     let Some(topic) = ctx.topic(name) else {
         return fail(codes::unknown_topic_or_partition(), None);
     };
+    if name == crate::plane::OFFSETS_TOPIC {
+        // As Kafka: only the group coordinators write the offsets topic.
+        let message = format!("cannot append to internal topic {name}");
+        return fail(codes::invalid_topic(), Some(message));
+    }
+    // Produce v10+ would carry the current leader here; served up to v9.
+    if let Err(code) = ctx.led_here(&topic, index) {
+        return fail(code, None);
+    }
     let records = match p.records {
         Some(r) => r,
         None => return fail(codes::corrupt_message(), Some("no records".into())),
@@ -174,6 +186,7 @@ async fn start_one(
             partition: index,
             records,
             acks,
+            timeout_ms,
         })
         .await;
     Partition::Waiting(index, ticket)

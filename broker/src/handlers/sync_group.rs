@@ -8,6 +8,11 @@ use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, SyncRequest};
 
 pub async fn handle(req: SyncGroupRequest, _version: i16, ctx: &Ctx) -> SyncGroupResponse {
+    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+        let mut resp = SyncGroupResponse::default();
+        resp.error_code = code;
+        return resp;
+    }
     let sync = SyncRequest {
         group_id: req.group_id.0.to_string(),
         generation_id: req.generation_id,

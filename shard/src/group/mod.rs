@@ -2,19 +2,32 @@
 //!
 //! # Ownership
 //!
-//! Each group is owned by ONE shard, its coordinator: the group id is
-//! hashed onto the partitions of the internal topic `__consumer_offsets`
-//! as Kafka does (`abs(java_string_hash(group)) % partitions`) and the
-//! shard that owns that partition coordinates the group. Requests reaching
-//! another shard travel as `ShardMsg::Group` over the mesh.
+//! Each group belongs to one partition of the internal topic
+//! `__consumer_offsets` (`abs(java_string_hash(group)) % partitions`, as
+//! Kafka does). Its coordinator is the node that leads that partition, and
+//! within the node the shard that owns it (`PartitionMeta::shard`, the same
+//! index on every node); requests reaching another shard travel as
+//! `ShardMsg::Group` over the mesh. The owner shard serves the group only
+//! while this node leads the partition and its groups are loaded
+//! (`load`); otherwise it answers `NotCoordinator` or
+//! `CoordinatorLoadInProgress`.
 //!
 //! # Durability
 //!
-//! Offset commits, offset deletions and group deletions are WAL entries of
-//! kind `KIND_GROUP` (format in `record`) in the coordinator shard's WAL;
-//! recovery replays them in WAL order. A commit is answered once its entry
-//! is durable. Membership is not persisted: after a restart members get
-//! UNKNOWN_MEMBER_ID and rejoin, as after a coordinator move in Kafka.
+//! Offset commits, offset deletions and group deletions are record
+//! batches in the group's `__consumer_offsets` partition (format in
+//! `record`), written through the produce path with acks=-1 and
+//! replicated to followers like any partition; a commit is answered once
+//! the in-sync replicas have it. When a node becomes leader of an offsets
+//! partition (at start, or on a role change) the shard rebuilds that
+//! partition's groups from its log; when it stops leading it, their groups
+//! are dropped from memory. Membership is not persisted: after a restart or
+//! a coordinator move members get UNKNOWN_MEMBER_ID (or NOT_COORDINATOR)
+//! and rejoin, as in Kafka. The state of each partition's groups is
+//! written again (a snapshot) and the partition's log start moved past the
+//! superseded records when they alone keep WAL segments from being
+//! removed (`load`, retention). `KIND_GROUP` WAL entries of data
+//! directories written before this are still replayed at recovery.
 //!
 //! # Deadlines
 //!
@@ -23,12 +36,17 @@
 //! task per shard that sleeps through the shard's deadline structure
 //! (`waiters`). A group with no members has no deadline: idle costs nothing.
 
+mod load;
 mod record;
 mod serve;
 mod state;
 mod types;
 
-pub use record::KIND_GROUP;
+pub(crate) use load::{run_group_loads, GroupLog};
+pub use load::{GROUP_WRITE_TIMEOUT_MS, LOAD_SLICE_BYTES};
+pub use record::{
+    decode_batch, encode as encode_record, encode_batch, GroupRecord, GROUP_RECORD_KEY, KIND_GROUP,
+};
 pub(crate) use serve::run_group_timers;
 pub use serve::GroupReply;
 pub use state::Coordinator;

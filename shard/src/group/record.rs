@@ -1,30 +1,63 @@
-//! The WAL entry format of group state (kind `KIND_GROUP` = 2), written by
-//! the coordinator shard and replayed by its recovery in WAL order.
+//! Group records: their encoding, and how they are stored.
+//!
+//! # In `__consumer_offsets`
+//!
+//! The coordinator writes each record as its own record batch (magic 2,
+//! uncompressed, one record) into the group's `__consumer_offsets`
+//! partition (`encode_batch`). The record's key is `GROUP_RECORD_KEY`;
+//! its value is the encoding below. Loading (`decode_batch`) ignores
+//! compressed and control batches and records with another key, so other
+//! data in the partition is skipped.
+//!
+//! # The value
 //!
 //! ```text
 //! u8  format version (= 1)
-//! u8  record type: 1 offsets committed, 2 offsets deleted, 3 group deleted
-//! str group id                (str = u16 big-endian length + UTF-8)
+//! u8  record type: 1 offsets committed, 2 offsets deleted, 3 group deleted,
+//!                  4 partition reset
+//! str group id                (str = u16 big-endian length + UTF-8;
+//!                              empty for type 4)
 //! type 1: u32 count, then per partition:
 //!         str topic, i32 partition, i64 offset, i32 leader epoch,
 //!         i32 metadata length (-1 = null) + UTF-8, i64 commit time (ms)
 //! type 2: u32 count, then per partition: str topic, i32 partition
 //! type 3: nothing more
+//! type 4: nothing more
 //! ```
 //!
-//! All integers are big-endian. The WAL frames and checksums the payload;
-//! decoding still checks every length (no panics on disk data).
+//! Type 4 opens a snapshot of the partition's groups (written by the
+//! carry-forward, `load`): loading forgets every group of the partition
+//! when it meets one, and the commit records after it restore them.
+//!
+//! All integers are big-endian. Decoding checks every length (no panics on
+//! disk or network data).
+//!
+//! # Old data directories
+//!
+//! Before group records went to `__consumer_offsets`, the same value was
+//! a WAL entry of kind `KIND_GROUP` (2) in the coordinator shard's WAL.
+//! Recovery still replays such entries (before the partitions' logs are
+//! loaded on top); nothing writes them any more.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::types::CommittedOffset;
 
-/// WAL entry kind of group records.
+/// WAL entry kind of group records written before they went to
+/// `__consumer_offsets` (still replayed, no longer written).
 pub const KIND_GROUP: u8 = 2;
+/// The key of every group record in `__consumer_offsets`.
+pub const GROUP_RECORD_KEY: &[u8] = b"sluice.group.v1";
 const FORMAT_VERSION: u8 = 1;
 const TYPE_COMMIT: u8 = 1;
 const TYPE_OFFSETS_DELETED: u8 = 2;
 const TYPE_GROUP_DELETED: u8 = 3;
+const TYPE_PARTITION_RESET: u8 = 4;
+/// Bytes of a record batch header (up to its first record).
+const BATCH_HEADER_BYTES: usize = crate::batch::BATCH_HEADER_BYTES;
+/// Batch attribute bits: compression codec, control batch.
+const ATTRIBUTE_CODEC_MASK: i16 = 0x07;
+const ATTRIBUTE_CONTROL: i16 = 0x20;
 
 /// One decoded group record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +73,9 @@ pub enum GroupRecord {
     GroupDeleted {
         group_id: String,
     },
+    /// The start of a snapshot of the partition's groups: loading forgets
+    /// every group of the partition here.
+    PartitionReset,
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -87,8 +123,150 @@ pub fn encode(rec: &GroupRecord) -> Bytes {
             b.put_u8(TYPE_GROUP_DELETED);
             put_str(&mut b, group_id);
         }
+        GroupRecord::PartitionReset => {
+            b.put_u8(TYPE_PARTITION_RESET);
+            put_str(&mut b, "");
+        }
     }
     b.freeze()
+}
+
+fn put_varint(b: &mut BytesMut, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        b.put_u8((z as u8) | 0x80);
+        z >>= 7;
+    }
+    b.put_u8(z as u8);
+}
+
+/// One record batch (magic 2, uncompressed, one record keyed
+/// `GROUP_RECORD_KEY`, no producer) carrying `rec`, stamped `timestamp_ms`,
+/// at base offset 0 (the produce path assigns the real one). CRC valid.
+pub fn encode_batch(rec: &GroupRecord, timestamp_ms: i64) -> Bytes {
+    let value = encode(rec);
+    let mut body = BytesMut::with_capacity(value.len() + GROUP_RECORD_KEY.len() + 16);
+    body.put_u8(0); // attributes
+    put_varint(&mut body, 0); // timestampDelta
+    put_varint(&mut body, 0); // offsetDelta
+    put_varint(&mut body, GROUP_RECORD_KEY.len() as i64);
+    body.put_slice(GROUP_RECORD_KEY);
+    put_varint(&mut body, value.len() as i64);
+    body.put_slice(&value);
+    put_varint(&mut body, 0); // headers
+    let mut b = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len() + 5);
+    b.put_i64(0); // baseOffset
+    b.put_i32(0); // batchLength, set below
+    b.put_i32(-1); // partitionLeaderEpoch, stamped by the leader
+    b.put_i8(2); // magic
+    b.put_u32(0); // crc, set below
+    b.put_i16(0); // attributes
+    b.put_i32(0); // lastOffsetDelta
+    b.put_i64(timestamp_ms); // baseTimestamp
+    b.put_i64(timestamp_ms); // maxTimestamp
+    b.put_i64(-1); // producerId
+    b.put_i16(-1); // producerEpoch
+    b.put_i32(-1); // baseSequence
+    b.put_i32(1); // recordCount
+    put_varint(&mut b, body.len() as i64);
+    b.put_slice(&body);
+    let length = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b.freeze()
+}
+
+/// A bounds-checked cursor over a record batch's records.
+struct Records<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Records<'a> {
+    fn varint(&mut self) -> Result<i64, String> {
+        let mut z: u64 = 0;
+        for i in 0..10 {
+            let Some(&byte) = self.buf.get(self.at) else {
+                return Err("record batch truncated in a varint".into());
+            };
+            self.at += 1;
+            z |= u64::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            }
+        }
+        Err("record batch holds an overlong varint".into())
+    }
+
+    fn bytes(&mut self, len: i64) -> Result<Option<&'a [u8]>, String> {
+        if len < 0 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| "record length overflows")?;
+        let end = self.at.checked_add(len).filter(|e| *e <= self.buf.len());
+        let Some(end) = end else {
+            return Err("record batch truncated in a record field".into());
+        };
+        let out = &self.buf[self.at..end];
+        self.at = end;
+        Ok(Some(out))
+    }
+
+    /// The key and value of the next record.
+    fn next_record(&mut self) -> Result<(Option<&'a [u8]>, Option<&'a [u8]>), String> {
+        let len = self.varint()?;
+        let Some(body) = self.bytes(len)? else {
+            return Err("record with a negative length".into());
+        };
+        let mut r = Records { buf: body, at: 0 };
+        r.bytes(1)?; // attributes
+        r.varint()?; // timestampDelta
+        r.varint()?; // offsetDelta
+        let key_len = r.varint()?;
+        let key = r.bytes(key_len)?;
+        let value_len = r.varint()?;
+        let value = r.bytes(value_len)?;
+        Ok((key, value))
+    }
+}
+
+/// The group records of one stored record batch, in record order: its
+/// records keyed `GROUP_RECORD_KEY`, decoded. Compressed and control
+/// batches and other records yield nothing; a batch that does not parse,
+/// or a group record that does not decode, yields an `Err` (and nothing
+/// after it from that batch).
+pub fn decode_batch(batch: &[u8]) -> Vec<Result<GroupRecord, String>> {
+    let mut out = Vec::new();
+    if batch.len() < BATCH_HEADER_BYTES || batch[16] != 2 {
+        out.push(Err(format!(
+            "not a v2 record batch ({} bytes)",
+            batch.len()
+        )));
+        return out;
+    }
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+    if attributes & (ATTRIBUTE_CODEC_MASK | ATTRIBUTE_CONTROL) != 0 {
+        return out;
+    }
+    let count = i32::from_be_bytes([batch[57], batch[58], batch[59], batch[60]]);
+    let mut records = Records {
+        buf: &batch[BATCH_HEADER_BYTES..],
+        at: 0,
+    };
+    for _ in 0..count.max(0) {
+        match records.next_record() {
+            Ok((Some(key), Some(value))) if key == GROUP_RECORD_KEY => {
+                out.push(decode(&Bytes::copy_from_slice(value)));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                out.push(Err(e));
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// A bounds-checked reader over a payload.
@@ -179,6 +357,7 @@ pub fn decode(payload: &Bytes) -> Result<GroupRecord, String> {
             }
         }
         TYPE_GROUP_DELETED => GroupRecord::GroupDeleted { group_id },
+        TYPE_PARTITION_RESET if group_id.is_empty() => GroupRecord::PartitionReset,
         other => return Err(format!("unknown group record type {other}")),
     };
     if r.0.has_remaining() {
@@ -218,9 +397,36 @@ mod tests {
             GroupRecord::GroupDeleted {
                 group_id: "g".into(),
             },
+            GroupRecord::PartitionReset,
         ] {
             assert_eq!(decode(&encode(&rec)).unwrap(), rec);
+            let batch = encode_batch(&rec, 1_700_000_000_000);
+            crate::batch::validate(&batch, u64::MAX).expect("a valid batch");
+            assert_eq!(decode_batch(&batch), vec![Ok(rec)]);
         }
+    }
+
+    #[test]
+    fn other_records_are_ignored_and_damage_is_an_error() {
+        use crate::batch::testing::{batch, framed, raw_batch, record_fields};
+        let record = |delta: i32, key: &[u8], value: &[u8]| {
+            let mut body = record_fields(delta, Some(key), Some(value));
+            body.push(0); // no headers
+            framed(&body)
+        };
+        assert!(decode_batch(&batch(3, 0, b"data")).is_empty());
+        let mut two = record(0, b"other", b"v");
+        two.extend(record(1, GROUP_RECORD_KEY, &encode(&commit())));
+        let mixed = raw_batch(&two, 2, 0);
+        crate::batch::validate(&mixed, u64::MAX).expect("a valid batch");
+        assert_eq!(decode_batch(&mixed), vec![Ok(commit())]);
+        let good = encode_batch(&commit(), 5);
+        for len in [0, 20, BATCH_HEADER_BYTES, good.len() - 3] {
+            let got = decode_batch(&good[..len]);
+            assert!(got.iter().any(Result::is_err), "len {len}: {got:?}");
+        }
+        let bad_value = raw_batch(&record(0, GROUP_RECORD_KEY, b"\x01"), 1, 0);
+        assert!(decode_batch(&bad_value)[0].is_err());
     }
 
     #[test]

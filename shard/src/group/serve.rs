@@ -1,9 +1,16 @@
 //! The coordinator inside the shard: routing a group request to the shard
-//! that coordinates the group, serving it there (state machine + WAL),
-//! recovery of group records, and the one group-deadline task per shard.
+//! that owns the group's `__consumer_offsets` partition, serving it there
+//! (state machine + group records written to that partition, `load`),
+//! replay of old `KIND_GROUP` WAL entries, and the one group-deadline task
+//! per shard.
 //!
-//! Commits are applied to memory when their WAL entry is queued and
-//! answered when it is durable (WAL order is apply order).
+//! On the owner shard a request is served only while this node leads the
+//! group's offsets partition and its groups are loaded (`group_gate`):
+//! otherwise it is answered `NotCoordinator` or
+//! `CoordinatorLoadInProgress` (ListGroups lists only served groups).
+//! Commits, offset deletions and group deletions are applied to memory when
+//! their record batch is queued in the partition (log order is apply
+//! order) and answered once the in-sync replicas have it.
 
 use std::pin::pin;
 use std::rc::Rc;
@@ -14,7 +21,7 @@ use futures::channel::oneshot;
 use futures::future::{select, Either};
 use tracing::{trace, warn};
 
-use super::record::{self, GroupRecord, KIND_GROUP};
+use super::record::{self, GroupRecord};
 use super::types::*;
 use super::{offsets_partition_for, OFFSETS_TOPIC};
 use crate::engine::Engine;
@@ -149,6 +156,18 @@ impl Engine {
         if self.closing.get() {
             return; // Dropping `reply` answers: shutting down.
         }
+        if let Some(group_id) = req.group_id() {
+            if let Err(e) = self.group_gate(group_id) {
+                trace!(shard = self.id(), group = group_id, error = %e, "group not served here");
+                match (reply, req.failed(e)) {
+                    (GroupReply::Join(tx), GroupResponse::Join(r)) => drop(tx.send(r)),
+                    (GroupReply::Sync(tx), GroupResponse::Sync(r)) => drop(tx.send(r)),
+                    (GroupReply::Other(tx), r) => drop(tx.send(r)),
+                    _ => {}
+                }
+                return;
+            }
+        }
         match (req, reply) {
             (GroupRequest::Join(r), GroupReply::Join(tx)) => {
                 self.groups.borrow_mut().join(r, now, tx)
@@ -177,7 +196,9 @@ impl Engine {
                 GroupResponse::OffsetFetch(self.groups.borrow().offset_fetch(&r))
             }
             GroupRequest::Describe(g) => GroupResponse::Describe(self.groups.borrow().describe(&g)),
-            GroupRequest::List => GroupResponse::List(self.groups.borrow().list()),
+            GroupRequest::List => {
+                GroupResponse::List(self.groups.borrow().list(|id| self.group_gate(id).is_ok()))
+            }
             GroupRequest::Commit(r) => return self.commit_owner(r, tx),
             GroupRequest::Delete(g) => return self.delete_owner(g, tx),
             GroupRequest::OffsetDelete(r) => return self.offset_delete_owner(r, tx),
@@ -241,84 +262,49 @@ impl Engine {
         });
     }
 
-    /// Queues `rec` in the WAL, applies it, answers once durable.
+    /// Writes `rec` into the group's offsets partition (acks=-1), applies
+    /// it once queued there, answers once the in-sync replicas have it.
+    /// A write refused before anything was queued is answered at once and
+    /// not applied.
     fn write_group_record(
         self: &Rc<Self>,
         rec: GroupRecord,
         tx: oneshot::Sender<GroupResponse>,
         answer: impl FnOnce(Option<GroupError>) -> GroupResponse + 'static,
     ) {
-        let payload = record::encode(&rec);
-        if payload.len() as u64 > u64::from(self.wal.config().entry_bytes_max) {
-            let _ = tx.send(answer(Some(GroupError::OffsetMetadataTooLarge)));
-            return;
-        }
-        let append = self.wal.append(KIND_GROUP, payload);
+        let group_id = match &rec {
+            GroupRecord::Commit { group_id, .. }
+            | GroupRecord::OffsetsDeleted { group_id, .. }
+            | GroupRecord::GroupDeleted { group_id } => group_id.as_str(),
+            GroupRecord::PartitionReset => return,
+        };
+        let started = self
+            .group_gate(group_id)
+            .and_then(|p| self.start_group_write(p, std::slice::from_ref(&rec)));
+        let mut waits = match started {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.send(answer(Some(e)));
+                return;
+            }
+        };
         self.groups.borrow_mut().apply(rec);
-        let engine = self.clone();
+        let Some(wait) = waits.pop() else {
+            return;
+        };
         glommio::spawn_local(async move {
-            let error = match append.await {
-                Ok(_) => None,
-                Err(e) => {
-                    engine.warn_rate_limited("group record append", &e);
-                    Some(GroupError::Shard(ShardError::Storage(e.to_string())))
-                }
-            };
+            let error = Engine::group_write_result(wait).await.err();
             let _ = tx.send(answer(error));
         })
         .detach();
     }
 
-    /// Re-appends every committed offset of this shard's groups (as commit
-    /// records, in the WAL's call order), so that WAL segments holding older
-    /// group records can be removed. Returns the appends; the caller waits
-    /// for them to be durable before removing anything.
-    pub(crate) fn carry_group_records(&self) -> Vec<sluice_wal::Append> {
-        const OFFSETS_PER_RECORD: usize = 512;
-        let max = self.wal.config().entry_bytes_max as usize;
-        let mut records = Vec::new();
-        {
-            let coord = self.groups.borrow();
-            let mut ids: Vec<&String> = coord.groups.keys().collect();
-            ids.sort_unstable();
-            for id in ids {
-                let g = &coord.groups[id];
-                let all: Vec<_> = g
-                    .offsets
-                    .iter()
-                    .map(|((t, p), c)| (t.clone(), *p, c.clone()))
-                    .collect();
-                for chunk in all.chunks(OFFSETS_PER_RECORD) {
-                    let rec = GroupRecord::Commit {
-                        group_id: id.clone(),
-                        offsets: chunk.to_vec(),
-                    };
-                    let payload = record::encode(&rec);
-                    if payload.len() > max {
-                        // Only metadata near the entry limit gets here:
-                        // one offset per record then.
-                        for one in chunk {
-                            records.push(record::encode(&GroupRecord::Commit {
-                                group_id: id.clone(),
-                                offsets: vec![one.clone()],
-                            }));
-                        }
-                    } else {
-                        records.push(payload);
-                    }
-                }
-            }
-        }
-        records
-            .into_iter()
-            .map(|payload| self.wal.append(KIND_GROUP, payload))
-            .collect()
-    }
-
-    /// Replays one `KIND_GROUP` WAL entry (recovery).
+    /// Replays one `KIND_GROUP` WAL entry of an old data directory
+    /// (recovery); the offsets partitions' logs are loaded on top.
     pub fn recover_group_entry(&self, payload: &Bytes) -> Result<(), String> {
         let rec = record::decode(payload)?;
         self.groups.borrow_mut().apply(rec);
+        self.group_log.note_legacy_replayed();
         Ok(())
     }
 

@@ -789,7 +789,36 @@ impl Coordinator {
                 }
                 self.touch(&group_id, false);
             }
+            // Loading handles it (`drop_groups`); nothing to apply live.
+            GroupRecord::PartitionReset => {}
         }
+    }
+
+    /// Forgets every group `pick` selects (their coordinator moved away, or
+    /// a snapshot replaces them): members waiting for a join or sync answer
+    /// get `error`, deadlines go, and their `group_state` charges are
+    /// released. Returns the groups dropped.
+    pub fn drop_groups(&mut self, pick: impl Fn(&str) -> bool, error: GroupError) -> usize {
+        let ids: Vec<String> = self.groups.keys().filter(|id| pick(id)).cloned().collect();
+        for id in &ids {
+            let Some(mut g) = self.groups.remove(id) else {
+                continue;
+            };
+            if let Some(d) = g.indexed.take() {
+                self.deadlines.remove(&(d, id.clone()));
+            }
+            for (member_id, m) in g.members.iter_mut() {
+                if let Some(tx) = m.awaiting_join.take() {
+                    let _ = tx.send(JoinResult::failed(error.clone(), member_id));
+                }
+                if let Some(tx) = m.awaiting_sync.take() {
+                    let _ = tx.send(SyncResult::failed(error.clone()));
+                }
+            }
+            self.offsets_total -= g.offsets.len();
+            self.budget.discharge(Pool::GroupState, g.charged);
+        }
+        ids.len()
     }
 
     pub fn offset_fetch(&self, req: &OffsetFetchRequest) -> OffsetFetchResult {
@@ -817,9 +846,11 @@ impl Coordinator {
         }
     }
 
-    pub fn list(&self) -> Vec<GroupListing> {
+    /// The groups `pick` selects.
+    pub fn list(&self, pick: impl Fn(&str) -> bool) -> Vec<GroupListing> {
         self.groups
             .iter()
+            .filter(|(id, _)| pick(id))
             .map(|(id, g)| GroupListing {
                 group_id: id.clone(),
                 protocol_type: g.protocol_type.clone(),
@@ -1399,6 +1430,35 @@ mod tests {
         });
         assert_eq!(c.groups(), 0);
         assert_eq!(used(), 0, "a deleted group releases everything");
+    }
+
+    #[test]
+    fn dropped_groups_answer_their_waiters_and_release_everything() {
+        let budget = Budget::new(crate::budget::BudgetLimits::derive(64 << 20, 0, 0));
+        let mut c = Coordinator::new(0, DELAY, budget.clone());
+        let t0 = Instant::now();
+        let mut waiting = join(&mut c, "", t0);
+        c.apply(commit_record(&[("t", 0, 1), ("t", 1, 2)]));
+        let mut other = commit_record(&[("t", 0, 9)]);
+        if let crate::group::record::GroupRecord::Commit { group_id, .. } = &mut other {
+            *group_id = "kept".into();
+        }
+        c.apply(other);
+        assert_eq!((c.groups(), c.committed_offsets()), (2, 3));
+        assert!(c.next_deadline().is_some());
+        let dropped = c.drop_groups(|id| id == "g", GroupError::NotCoordinator);
+        assert_eq!(dropped, 1);
+        assert_eq!(
+            got(&mut waiting).error,
+            Some(GroupError::NotCoordinator),
+            "the joining member is told"
+        );
+        assert_eq!((c.groups(), c.committed_offsets()), (1, 1));
+        assert_eq!(c.next_deadline(), None, "its deadline is gone");
+        assert_eq!(c.list(|_| true).len(), 1);
+        assert_eq!(c.list(|id| id != "kept").len(), 0);
+        c.drop_groups(|_| true, GroupError::NotCoordinator);
+        assert_eq!(budget.used(Pool::GroupState), 0);
     }
 
     #[test]

@@ -36,6 +36,16 @@ pub enum GroupError {
     OffsetMetadataTooLarge,
     #[error("group subscribed to topic")]
     GroupSubscribedToTopic,
+    /// The group's `__consumer_offsets` partition is led here but its
+    /// groups are still being loaded from its log (Kafka
+    /// COORDINATOR_LOAD_IN_PROGRESS, 14; retriable).
+    #[error("coordinator load in progress")]
+    CoordinatorLoadInProgress,
+    /// This node does not lead the group's `__consumer_offsets` partition
+    /// (any more), or lost the lead while writing the group record (Kafka
+    /// NOT_COORDINATOR, 16; clients look the coordinator up again).
+    #[error("not coordinator")]
+    NotCoordinator,
     #[error(transparent)]
     Shard(#[from] ShardError),
 }
