@@ -50,6 +50,16 @@ running_pid() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Live brokers node $1 knows of, from its /metrics (0 when it cannot tell).
+live_brokers() {
+    local n
+    n=$( (exec 3<>"/dev/tcp/127.0.0.1/$(admin_port "$1")" &&
+        printf 'GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3 &&
+        grep -a '^sluice_cluster_brokers{state="live"}' <&3) 2>/dev/null |
+        awk '{print $2}')
+    echo "${n:-0}"
+}
+
 start() {
     if [ ! -x "$bin" ]; then
         echo "no sluice binary at $bin: run 'cargo build --release -p sluice' or set SLUICE" >&2
@@ -91,7 +101,10 @@ start() {
                 stop
                 exit 1
             fi
-            port_open "$(kafka_port "$n")" && ready=$((ready + 1))
+            # Ready: listening, and every broker registered (a topic
+            # auto-created before that would be refused its 3 replicas).
+            port_open "$(kafka_port "$n")" && [ "$(live_brokers "$n")" -eq "$NODES" ] &&
+                ready=$((ready + 1))
         done
         [ "$ready" -eq "$NODES" ] && break
         if [ "$SECONDS" -ge "$deadline" ]; then

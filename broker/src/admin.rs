@@ -26,6 +26,8 @@ use crate::probe::ProbeClient;
 pub struct AdminState {
     pub probes: ProbeClient,
     pub meta: Metadata,
+    /// The broker default of `min.insync.replicas` (for `/metrics`).
+    pub min_insync_replicas: usize,
 }
 
 /// Admin connections served at once; further ones wait in the backlog.
@@ -122,7 +124,14 @@ async fn route(
             (
                 StatusCode::OK,
                 PROMETHEUS,
-                crate::metrics::render_prometheus(probes),
+                crate::metrics::render_prometheus(
+                    probes,
+                    crate::metrics::ClusterFigures::of(
+                        &state.meta.view(),
+                        state.meta.controller(),
+                        state.min_insync_replicas,
+                    ),
+                ),
             )
         }
         (&Method::GET, "/admin/memory") => {

@@ -74,9 +74,12 @@ fn main() -> std::process::ExitCode {
 
 fn start(args: StartArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     let settings = Settings::resolve(args.merge_file(matches)?)?;
-    // openraft logs every election step at info; keep it at warn unless the
-    // filter names it (a later directive for the same target wins).
-    let directives = format!("openraft=warn,{}", settings.log_level);
+    // openraft logs every election step at info and every failed call to
+    // an unreachable peer (twice a second) at warn and error; the metadata
+    // service reports elections, unreachable peers (rate-limited) and
+    // failures itself. A filter that names openraft still wins (a later
+    // directive for the same target does).
+    let directives = format!("openraft=off,{}", settings.log_level);
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(directives));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()

@@ -72,17 +72,80 @@ impl ProcessMemory {
     }
 }
 
+/// The node's view of the cluster, from the applied metadata (Kafka's
+/// under-replicated and offline partition counts, the controller).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClusterFigures {
+    pub brokers_live: u64,
+    pub brokers_fenced: u64,
+    /// Node id of the controller, -1 when none is known.
+    pub controller: i64,
+    /// Partitions this node leads.
+    pub leader_partitions: u64,
+    /// Partitions this node leads whose ISR is smaller than their replicas.
+    pub under_replicated: u64,
+    /// Partitions this node leads with fewer in-sync replicas than their
+    /// `min.insync.replicas` (acks=all is refused there).
+    pub under_min_isr: u64,
+    /// Partitions without a leader (every in-sync replica fenced).
+    pub offline: u64,
+}
+
+impl ClusterFigures {
+    /// One pass over the view's partitions (a scrape, not a hot path).
+    pub fn of(
+        view: &MetadataView,
+        controller: Option<u64>,
+        min_insync_default: usize,
+    ) -> ClusterFigures {
+        let me = view.node_id;
+        let mut f = ClusterFigures {
+            controller: controller.and_then(|c| i64::try_from(c).ok()).unwrap_or(-1),
+            ..ClusterFigures::default()
+        };
+        for b in view.brokers.values() {
+            if b.fenced {
+                f.brokers_fenced += 1;
+            } else {
+                f.brokers_live += 1;
+            }
+        }
+        for topic in view.topics.values() {
+            let min_insync = topic
+                .configs
+                .get("min.insync.replicas")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(min_insync_default);
+            for p in &topic.partitions {
+                if p.leader == sluice_raft::NO_LEADER {
+                    f.offline += 1;
+                    continue;
+                }
+                if p.leader != me {
+                    continue;
+                }
+                f.leader_partitions += 1;
+                f.under_replicated += u64::from(p.isr.len() < p.replicas.len());
+                f.under_min_isr += u64::from(p.isr.len() < min_insync.min(p.replicas.len()));
+            }
+        }
+        f
+    }
+}
+
 /// Everything one scrape exports.
 #[derive(Debug)]
 struct Snapshot {
     shards: Vec<ShardProbe>,
     missing: Vec<u32>,
     process: ProcessMemory,
+    cluster: ClusterFigures,
 }
 
 /// Renders the Prometheus text exposition.
-pub fn render_prometheus(probes: Vec<Result<ShardProbe, u32>>) -> String {
-    let snapshot = split(probes, ProcessMemory::read());
+pub fn render_prometheus(probes: Vec<Result<ShardProbe, u32>>, cluster: ClusterFigures) -> String {
+    let mut snapshot = split(probes, ProcessMemory::read());
+    snapshot.cluster = cluster;
     let mut registry = Registry::with_prefix("sluice");
     registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
@@ -104,6 +167,7 @@ fn split(probes: Vec<Result<ShardProbe, u32>>, process: ProcessMemory) -> Snapsh
         shards,
         missing,
         process,
+        cluster: ClusterFigures::default(),
     }
 }
 
@@ -259,6 +323,7 @@ fn histograms(
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         self.encode_process(&mut enc)?;
+        self.encode_cluster(&mut enc)?;
         self.encode_pools(&mut enc)?;
         self.encode_shards(&mut enc)?;
         self.encode_histograms(&mut enc)
@@ -304,6 +369,58 @@ impl Snapshot {
             "shards_unanswered",
             "Shards that did not answer this scrape.",
             one(self.missing.len() as u64),
+        )
+    }
+
+    fn encode_cluster(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.cluster;
+        let one = |v: i64| vec![(Labels::new(), ConstGauge::new(v))];
+        let n = |v: u64| one(i64::try_from(v).unwrap_or(i64::MAX));
+        let brokers = vec![
+            (
+                vec![("state", "live".to_string())],
+                ConstGauge::new(c.brokers_live as i64),
+            ),
+            (
+                vec![("state", "fenced".to_string())],
+                ConstGauge::new(c.brokers_fenced as i64),
+            ),
+        ];
+        family(
+            enc,
+            "cluster_brokers",
+            "Registered brokers, by state (fenced: lease expired).",
+            brokers,
+        )?;
+        family(
+            enc,
+            "cluster_controller_id",
+            "Node id of the controller (the Raft leader); -1 when none.",
+            one(c.controller),
+        )?;
+        family(
+            enc,
+            "cluster_leader_partitions",
+            "Partitions this node leads.",
+            n(c.leader_partitions),
+        )?;
+        family(
+            enc,
+            "cluster_under_replicated_partitions",
+            "Partitions this node leads whose ISR is smaller than their replica set.",
+            n(c.under_replicated),
+        )?;
+        family(
+            enc,
+            "cluster_under_min_isr_partitions",
+            "Partitions this node leads with fewer in-sync replicas than min.insync.replicas (acks=all refused).",
+            n(c.under_min_isr),
+        )?;
+        family(
+            enc,
+            "cluster_offline_partitions",
+            "Partitions without a leader (no in-sync replica is live).",
+            n(c.offline),
         )
     }
 
@@ -703,6 +820,68 @@ mod tests {
                 (name.to_string(), value.parse().expect("count"))
             })
             .collect()
+    }
+
+    /// Under-replicated and under-min-ISR count only partitions led here;
+    /// offline ones count wherever they are.
+    #[test]
+    fn cluster_figures_follow_the_view() {
+        use sluice_raft::{BrokerMeta, PartitionMeta, TopicMeta, NO_LEADER};
+        use std::sync::Arc;
+        let part = |leader: u64, isr: &[u64]| PartitionMeta {
+            shard: 0,
+            leader,
+            leader_epoch: 0,
+            replicas: vec![1, 2, 3],
+            isr: isr.to_vec(),
+        };
+        let topic = TopicMeta {
+            name: "t".into(),
+            id: [1; 16],
+            partitions: vec![
+                part(1, &[1, 2, 3]),
+                part(1, &[1, 2]),
+                part(1, &[1]),
+                part(2, &[2]),
+                part(NO_LEADER, &[3]),
+            ],
+            configs: [("min.insync.replicas".to_string(), "2".to_string())].into(),
+            created_ms: 0,
+        };
+        let mut view = MetadataView {
+            node_id: 1,
+            ..MetadataView::default()
+        };
+        view.topics.insert(Arc::from("t"), Arc::new(topic));
+        for (id, fenced) in [(1, false), (2, false), (3, true)] {
+            let b = BrokerMeta {
+                id,
+                host: "127.0.0.1".into(),
+                port: 9092,
+                fenced,
+            };
+            view.brokers.insert(id, Arc::new(b));
+        }
+        let f = ClusterFigures::of(&view, Some(2), 1);
+        let expected = ClusterFigures {
+            brokers_live: 2,
+            brokers_fenced: 1,
+            controller: 2,
+            leader_partitions: 3,
+            under_replicated: 2,
+            under_min_isr: 1,
+            offline: 1,
+        };
+        assert_eq!(f, expected);
+        let text = render_prometheus(Vec::new(), f);
+        assert!(
+            text.contains("sluice_cluster_under_replicated_partitions 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_cluster_brokers{state=\"fenced\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

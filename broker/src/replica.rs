@@ -232,6 +232,9 @@ impl ReplicaFetcher {
                 }
             };
             match select(changed, std::pin::pin!(ended)).await {
+                // Resolving without a newer version means the shard is
+                // closing: stop (the sessions are dropped with the loop).
+                Either::Left((version, _)) if version <= self.version.get() => return,
                 Either::Left((version, _)) => self.version.set(version),
                 Either::Right((leader, _)) => {
                     self.running.borrow_mut().remove(&leader);
@@ -300,7 +303,11 @@ impl ReplicaFetcher {
                 // Everything waits for a new leader or epoch, or a retry.
                 let retry = s.parked_since + PARKED_RETRY;
                 let sleep = std::pin::pin!(self.ctx.shard.sleep_until(retry));
-                let _ = select(std::pin::pin!(self.wait_change()), sleep).await;
+                if let Either::Left((false, _)) =
+                    select(std::pin::pin!(self.wait_change()), sleep).await
+                {
+                    return leader; // The shard is closing.
+                }
                 continue;
             }
             match self.round(&mut s, parts).await {
@@ -315,11 +322,15 @@ impl ReplicaFetcher {
         }
     }
 
-    async fn wait_change(&self) {
+    /// Waits for the followed set to change; false when it resolved
+    /// without a change (the shard is closing).
+    async fn wait_change(&self) -> bool {
         let version = plane::followed_changed(&self.ctx.shard, self.version.get()).await;
         if version > self.version.get() {
             self.version.set(version);
+            return true;
         }
+        false
     }
 
     fn warn_unreachable(&self, leader: u64, failure: &Failure) {

@@ -174,6 +174,7 @@ fn serve(
     let state = AdminState {
         probes,
         meta: meta.clone(),
+        min_insync_replicas: settings.min_insync_replicas as usize,
     };
     let admin = match started {
         Ok(()) => crate::admin::start(admin_listener, state, stop.clone()),
@@ -215,6 +216,7 @@ pub fn node_info(settings: &Settings) -> NodeInfo {
         cluster: settings.cluster.is_some(),
         offsets_topic_partitions: plane::offsets_topic_partitions(settings.shards),
         started: std::time::Instant::now(),
+        broker_configs: settings.broker_configs(),
     }
 }
 

@@ -523,8 +523,19 @@ fn watch_leader(raft: &Raft, leader: Arc<AtomicU64>) {
     leader.store(current.unwrap_or(NO_LEADER), Ordering::Release);
     tokio::spawn(async move {
         loop {
-            let current = metrics.borrow_and_update().current_leader;
-            leader.store(current.unwrap_or(NO_LEADER), Ordering::Release);
+            let (current, term) = {
+                let m = metrics.borrow_and_update();
+                (m.current_leader, m.current_term)
+            };
+            let before = leader.swap(current.unwrap_or(NO_LEADER), Ordering::AcqRel);
+            if before != current.unwrap_or(NO_LEADER) {
+                match current {
+                    Some(id) => {
+                        tracing::info!(controller = id, term, "metadata: controller elected")
+                    }
+                    None => tracing::info!(term, "metadata: no controller; election under way"),
+                }
+            }
             if metrics.changed().await.is_err() {
                 leader.store(NO_LEADER, Ordering::Release);
                 return;

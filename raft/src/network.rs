@@ -221,22 +221,76 @@ impl Link {
     }
 }
 
-/// Which peers answered their last call; for the start-up log only.
+/// Which peers answered their last call: for the start-up log, and the
+/// one rate-limited warning per unreachable peer (openraft's own logs of
+/// each failed call are turned off by the broker).
 #[derive(Debug, Default)]
 pub(crate) struct Reachability {
-    answered: Mutex<BTreeMap<NodeId, bool>>,
+    peers: Mutex<BTreeMap<NodeId, PeerState>>,
+}
+
+/// Interval between two warnings about one unreachable peer.
+const UNREACHABLE_WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+struct PeerState {
+    answered: bool,
+    /// Calls that failed since the peer last answered.
+    failures: u64,
+    /// Failures already reported in a warning.
+    reported: u64,
+    last_warning: Option<std::time::Instant>,
 }
 
 impl Reachability {
+    /// Records one call's outcome. A peer that stops answering is reported
+    /// once, then at most every `UNREACHABLE_WARN_INTERVAL` with the count
+    /// of failed calls since; its return is reported once.
     fn note(&self, peer: NodeId, answered: bool) {
-        let mut map = self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        map.insert(peer, answered);
+        let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let state = map.entry(peer).or_insert(PeerState {
+            answered: true,
+            failures: 0,
+            reported: 0,
+            last_warning: None,
+        });
+        if answered {
+            if !state.answered {
+                tracing::info!(
+                    node_id = peer,
+                    failed_calls = state.failures,
+                    "raft: node reachable again"
+                );
+            }
+            *state = PeerState {
+                answered: true,
+                failures: 0,
+                reported: 0,
+                last_warning: None,
+            };
+            return;
+        }
+        state.answered = false;
+        state.failures += 1;
+        let due = state
+            .last_warning
+            .map_or(true, |at| at.elapsed() >= UNREACHABLE_WARN_INTERVAL);
+        if due {
+            tracing::warn!(
+                node_id = peer,
+                failed_calls = state.failures,
+                since_last_warning = state.failures - state.reported,
+                "raft: cannot reach node; retrying"
+            );
+            state.reported = state.failures;
+            state.last_warning = Some(std::time::Instant::now());
+        }
     }
 
     /// Peers whose last call was answered.
     pub(crate) fn answering(&self) -> usize {
-        let map = self.answered.lock().unwrap_or_else(|p| p.into_inner());
-        map.values().filter(|a| **a).count()
+        let map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|a| a.answered).count()
     }
 }
 
