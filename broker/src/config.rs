@@ -7,7 +7,7 @@
 //! a default (`ArgMatches::value_source`). `Settings::resolve` validates the
 //! merged values and names the offending setting when one is wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -290,6 +290,12 @@ pub struct StartArgs {
         default_value = "10MiB"
     )]
     pub replica_fetch_max_bytes: ByteSize,
+
+    /// Settings given by flag, environment or file (setting ids, e.g.
+    /// "min_insync_replicas"): their DescribeConfigs source is
+    /// STATIC_BROKER_CONFIG, the others' DEFAULT_CONFIG.
+    #[arg(skip)]
+    pub explicit: BTreeSet<String>,
 }
 
 /// The TOML file: the same settings, all optional. Unknown keys are refused.
@@ -409,6 +415,23 @@ pub struct Settings {
     pub broker_lease_ms: u64,
     pub replica_fetch_wait_max_ms: u64,
     pub replica_fetch_max_bytes: u32,
+    /// Settings given by flag, environment or file (setting ids).
+    pub explicit: BTreeSet<String>,
+}
+
+/// One broker setting as DescribeConfigs lists it (resource type BROKER):
+/// Kafka's name, the value, and whether it was set (flag, environment,
+/// file: STATIC_BROKER_CONFIG) or is the default (DEFAULT_CONFIG). Every
+/// one is read-only: broker settings are read at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    pub name: &'static str,
+    pub value: Option<String>,
+    pub explicit: bool,
+    pub kind: crate::topic_config::ConfigType,
+    /// The setting that gives it (its id: the TOML key; the flag with
+    /// dashes, the variable upper-cased after `SLUICE_`); empty when fixed.
+    pub flag: &'static str,
 }
 
 /// The node-to-node settings of a cluster member.
@@ -423,6 +446,16 @@ impl StartArgs {
     /// Fills the settings that still hold their default (or are unset)
     /// from the `--config` file, if any.
     pub fn merge_file(mut self, matches: &ArgMatches) -> anyhow::Result<StartArgs> {
+        self.explicit = matches
+            .ids()
+            .filter(|id| {
+                matches!(
+                    matches.value_source(id.as_str()),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+            })
+            .map(|id| id.to_string())
+            .collect();
         let Some(path) = self.config.clone() else {
             return Ok(self);
         };
@@ -437,11 +470,13 @@ impl StartArgs {
             ($field:ident) => {
                 if let (true, Some(v)) = (defaulted(stringify!($field)), file.$field) {
                     self.$field = v;
+                    self.explicit.insert(stringify!($field).to_string());
                 }
             };
             (opt $field:ident) => {
                 if let (true, Some(v)) = (defaulted(stringify!($field)), file.$field) {
                     self.$field = Some(v);
+                    self.explicit.insert(stringify!($field).to_string());
                 }
             };
         }
@@ -597,7 +632,168 @@ impl Settings {
             broker_lease_ms: args.broker_lease_ms,
             replica_fetch_wait_max_ms: args.replica_fetch_wait_max_ms,
             replica_fetch_max_bytes: replication.replica_fetch_max_bytes,
+            explicit: args.explicit,
         })
+    }
+
+    /// The broker configs DescribeConfigs lists for this node, by Kafka
+    /// name (`sluice.*` for settings Kafka lacks), sorted by name.
+    pub fn broker_configs(&self) -> Vec<BrokerConfig> {
+        use crate::topic_config::ConfigType::{Boolean, Int, List, Long, String as Str};
+        let log_dir = std::fs::canonicalize(&self.data_dir)
+            .unwrap_or_else(|_| self.data_dir.clone())
+            .display()
+            .to_string();
+        let voters = self.cluster.as_ref().map(|c| {
+            c.voters
+                .iter()
+                .map(|(id, addr)| format!("{id}@{addr}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let advertised = format!(
+            "PLAINTEXT://{}:{}",
+            self.advertised_host, self.advertised_port
+        );
+        let offsets_partitions = crate::plane::offsets_topic_partitions(self.shards).to_string();
+        let set = |id: &str| self.explicit.contains(id);
+        let mut out: Vec<BrokerConfig> = [
+            (
+                "advertised.listeners",
+                Some(advertised),
+                "advertised_listener",
+                Str,
+            ),
+            (
+                "auto.create.topics.enable",
+                Some(self.auto_create_topics.to_string()),
+                "auto_create_topics",
+                Boolean,
+            ),
+            (
+                "broker.heartbeat.interval.ms",
+                Some(self.broker_heartbeat_ms.to_string()),
+                "broker_heartbeat_ms",
+                Long,
+            ),
+            ("broker.id", Some(self.node_id.to_string()), "node_id", Int),
+            (
+                "broker.session.timeout.ms",
+                Some(self.broker_lease_ms.to_string()),
+                "broker_lease_ms",
+                Long,
+            ),
+            ("controller.quorum.voters", voters, "cluster_voters", List),
+            (
+                "default.replication.factor",
+                Some(self.default_replication_factor.to_string()),
+                "default_replication_factor",
+                Int,
+            ),
+            (
+                "group.initial.rebalance.delay.ms",
+                Some(self.group_initial_rebalance_delay_ms.to_string()),
+                "group_initial_rebalance_delay_ms",
+                Int,
+            ),
+            (
+                "listeners",
+                Some(format!("PLAINTEXT://{}", self.listen)),
+                "listen",
+                List,
+            ),
+            ("log.dirs", Some(log_dir), "data_dir", List),
+            (
+                "min.insync.replicas",
+                Some(self.min_insync_replicas.to_string()),
+                "min_insync_replicas",
+                Int,
+            ),
+            ("node.id", Some(self.node_id.to_string()), "node_id", Int),
+            (
+                "num.partitions",
+                Some(self.default_partitions.to_string()),
+                "default_partitions",
+                Int,
+            ),
+            (
+                "offsets.topic.num.partitions",
+                Some(offsets_partitions),
+                "shards",
+                Int,
+            ),
+            (
+                "producer.id.expiration.ms",
+                Some(self.producer_id_expiration_ms.to_string()),
+                "producer_id_expiration_ms",
+                Int,
+            ),
+            (
+                "replica.fetch.response.max.bytes",
+                Some(self.replica_fetch_max_bytes.to_string()),
+                "replica_fetch_max_bytes",
+                Int,
+            ),
+            (
+                "replica.fetch.wait.max.ms",
+                Some(self.replica_fetch_wait_max_ms.to_string()),
+                "replica_fetch_wait_max_ms",
+                Int,
+            ),
+            (
+                "replica.lag.time.max.ms",
+                Some(self.replica_lag_time_max_ms.to_string()),
+                "replica_lag_time_max_ms",
+                Long,
+            ),
+            (
+                "sluice.memory.bytes",
+                Some(self.memory_bytes.to_string()),
+                "memory",
+                Long,
+            ),
+            (
+                "sluice.shards",
+                Some(self.shards.to_string()),
+                "shards",
+                Int,
+            ),
+            (
+                "sluice.wal.commit.bytes.max",
+                Some(self.wal_commit_bytes_max.to_string()),
+                "wal_commit_bytes_max",
+                Long,
+            ),
+            (
+                "sluice.wal.segment.bytes",
+                Some(self.wal_segment_bytes.to_string()),
+                "wal_segment_bytes",
+                Long,
+            ),
+            (
+                "socket.request.max.bytes",
+                Some(self.request_max_bytes.to_string()),
+                "request_max_bytes",
+                Int,
+            ),
+            (
+                "unclean.leader.election.enable",
+                Some("false".to_string()),
+                "",
+                Boolean,
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value, id, kind)| BrokerConfig {
+            name,
+            value,
+            explicit: !id.is_empty() && set(id),
+            kind,
+            flag: id,
+        })
+        .collect();
+        out.sort_by_key(|c| c.name);
+        out
     }
 
     /// The cluster id in Metadata and DescribeCluster responses: the same

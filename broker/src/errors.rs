@@ -57,6 +57,10 @@ pub fn meta_error_code(e: &MetaError) -> i16 {
         MetaError::InvalidReplicationFactor { .. } => ResponseError::InvalidReplicationFactor,
         MetaError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
         MetaError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+        MetaError::ElectionNotNeeded(_) => ResponseError::ElectionNotNeeded,
+        MetaError::PreferredLeaderNotAvailable(_) => ResponseError::PreferredLeaderNotAvailable,
+        MetaError::EligibleLeadersNotAvailable(_) => ResponseError::EligibleLeadersNotAvailable,
+        MetaError::NoReassignmentInProgress(_) => ResponseError::NoReassignmentInProgress,
         // Retriable: the request may succeed once a quorum is back.
         MetaError::NoQuorum(_) => ResponseError::RequestTimedOut,
         MetaError::ShuttingDown => ResponseError::BrokerNotAvailable,
@@ -148,6 +152,9 @@ pub mod codes {
     pub fn invalid_request() -> i16 {
         ResponseError::InvalidRequest.code()
     }
+    pub fn log_dir_not_found() -> i16 {
+        ResponseError::LogDirNotFound.code()
+    }
     pub fn transactional_id_authorization_failed() -> i16 {
         ResponseError::TransactionalIdAuthorizationFailed.code()
     }
@@ -195,6 +202,23 @@ mod tests {
             37
         );
         assert_eq!(codes::invalid_topic(), 17);
+        assert_eq!(
+            meta_error_code(&MetaError::ElectionNotNeeded(String::new())),
+            84
+        );
+        assert_eq!(
+            meta_error_code(&MetaError::PreferredLeaderNotAvailable(String::new())),
+            80
+        );
+        assert_eq!(
+            meta_error_code(&MetaError::EligibleLeadersNotAvailable(String::new())),
+            83
+        );
+        assert_eq!(
+            meta_error_code(&MetaError::NoReassignmentInProgress(String::new())),
+            85
+        );
+        assert_eq!(codes::log_dir_not_found(), 57);
         assert_eq!(codes::unsupported_version(), 35);
         assert_eq!(codes::invalid_required_acks(), 21);
         assert_eq!(codes::unsupported_for_message_format(), 43);

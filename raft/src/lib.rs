@@ -18,10 +18,11 @@
 //!   forwarded to the leader; without a leader it is retried until a
 //!   deadline, then fails with `MetaError::NoQuorum`.
 //!
-//! Placement of new partitions (shard and replicas) and the effect of
-//! broker fencing on leaders and ISRs are decided in the state machine's
-//! `apply` from replicated data only, so every node computes the same
-//! answer.
+//! Placement of new partitions (shard and replicas), the effect of broker
+//! fencing on leaders and ISRs, leader elections (preferred, unclean, and
+//! by the topic config `unclean.leader.election.enable`) and the progress
+//! of partition reassignments are decided in the state machine's `apply`
+//! from replicated data only, so every node computes the same answer.
 //!
 //! # Threads
 //!
@@ -116,10 +117,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
+pub use crate::state_machine::UNCLEAN_LEADER_ELECTION;
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
-    BrokerMap, BrokerMeta, ClusterConfig, MetaConfig, MetaError, MetadataView, PartitionMeta,
-    TopicChange, TopicIdMap, TopicMap, TopicMeta, TopicSpec, NO_LEADER, PRODUCER_ID_BLOCK_SIZE,
+    BrokerMap, BrokerMeta, ClusterConfig, Election, MetaConfig, MetaError, MetadataView,
+    PartitionMeta, PartitionRef, Reassignment, ReassignmentMap, TopicChange, TopicIdMap, TopicMap,
+    TopicMeta, TopicSpec, NO_LEADER, PRODUCER_ID_BLOCK_SIZE,
 };
 use crate::types::{MetaRequest, MetaResponse};
 
@@ -295,12 +298,78 @@ impl Metadata {
         name: &str,
         partitions: u32,
     ) -> Result<Arc<TopicMeta>, MetaError> {
+        self.create_partitions_assigned(name, partitions, Vec::new())
+            .await
+    }
+
+    /// `create_partitions` with the replica list of each new partition
+    /// (preferred leader first; empty: placed by the controller). Checked
+    /// in apply: one list per new partition, as many replicas as the
+    /// topic's partitions have, registered brokers, none twice
+    /// (`MetaError::InvalidReplicaAssignment`).
+    pub async fn create_partitions_assigned(
+        &self,
+        name: &str,
+        partitions: u32,
+        assignment: Vec<Vec<u64>>,
+    ) -> Result<Arc<TopicMeta>, MetaError> {
         validate_partitions(partitions, &self.inner.limits)?;
         self.propose(MetaRequest::CreatePartitions {
             name: name.to_string(),
             partitions,
+            assignment,
         })
         .await
+    }
+
+    /// One Raft entry electing leaders of `partitions` (topic, partition):
+    /// preferred (the first replica, when in sync and unfenced;
+    /// `ElectionNotNeeded` when it leads already, else
+    /// `PreferredLeaderNotAvailable`) or unclean (only for a partition
+    /// without leader: a live in-sync replica, else any live replica, which
+    /// then is the ISR alone; `ElectionNotNeeded` when it has a leader,
+    /// `EligibleLeadersNotAvailable` when no replica is live). A new leader
+    /// bumps the epoch. Resolves with one result per partition, in order.
+    pub async fn elect_leaders(
+        &self,
+        election: Election,
+        partitions: Vec<(String, u32)>,
+    ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
+        let n = partitions.len();
+        let request = MetaRequest::ElectLeaders {
+            election,
+            partitions,
+        };
+        self.propose_each(request, n).await
+    }
+
+    /// One Raft entry starting (`Some(target replicas)`) or cancelling
+    /// (`None`) partition reassignments. A started one adds the target
+    /// replicas first (`replicas` = target, then the original replicas not
+    /// in it); the ISR change that makes the ISR hold every target replica
+    /// completes it (replicas := target, ISR := ISR ∩ target, a removed
+    /// leader hands over to the first in-sync target replica, epoch + 1).
+    /// A cancellation restores the original replicas. Resolves with one
+    /// result per partition, in order.
+    pub async fn reassign_partitions(
+        &self,
+        moves: Vec<(String, u32, Option<Vec<u64>>)>,
+    ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
+        let n = moves.len();
+        self.propose_each(MetaRequest::Reassign { moves }, n).await
+    }
+
+    async fn propose_each(
+        &self,
+        request: MetaRequest,
+        n: usize,
+    ) -> Result<Vec<Result<(), MetaError>>, MetaError> {
+        match self.propose_raw(request).await? {
+            MetaResponse::Each(results) if results.len() == n => Ok(results),
+            other => Err(MetaError::Internal(format!(
+                "unexpected answer to a per-partition entry: {other:?}"
+            ))),
+        }
     }
 
     /// One Raft entry replacing a topic's configs (validated by the caller).

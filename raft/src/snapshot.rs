@@ -4,17 +4,19 @@
 //! directory fsync), integers little-endian:
 //!
 //! ```text
-//! magic "SLSNAP02" (8 bytes)
+//! magic "SLSNAP03" (8 bytes)
 //! frame: JSON of openraft's SnapshotMeta (last log id, membership, id)
 //! frame: rkyv 0.8 archive of SnapshotBody { topics: Vec<TopicMeta>,
-//!        brokers: Vec<BrokerMeta> }  (the snapshot data proper)
+//!        brokers: Vec<BrokerMeta>,
+//!        reassignments: Vec<(topic, partition, Reassignment)> }
+//!        (the snapshot data proper)
 //! ```
 //!
 //! Frames are `durable`'s length + CRC32C frames. The bytes openraft moves
 //! around as `SnapshotData` (also to other nodes) are the rkyv archive
-//! alone. A file of the previous format ("SLSNAP01", an archive of
-//! `Vec<TopicMeta>` alone, written before brokers were registered) is read
-//! as a body without brokers.
+//! alone. Files of the previous formats are read: "SLSNAP02" (a body
+//! without reassignments) and "SLSNAP01" (an archive of `Vec<TopicMeta>`
+//! alone, written before brokers were registered).
 
 use std::io;
 use std::path::Path;
@@ -23,10 +25,12 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::durable;
-use crate::types::{BrokerMeta, SnapshotMeta, TopicMeta};
+use crate::types::{BrokerMeta, Reassignment, SnapshotMeta, TopicMeta};
 
 const SNAPSHOT_FILE: &str = "snapshot";
-const MAGIC: &[u8; 8] = b"SLSNAP02";
+const MAGIC: &[u8; 8] = b"SLSNAP03";
+/// The format before reassignments: a `SnapshotBodyV2` archive.
+const MAGIC_V2: &[u8; 8] = b"SLSNAP02";
 /// The format before brokers: the data is an archive of `Vec<TopicMeta>`.
 const MAGIC_V1: &[u8; 8] = b"SLSNAP01";
 
@@ -35,6 +39,17 @@ const MAGIC_V1: &[u8; 8] = b"SLSNAP01";
     Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub(crate) struct SnapshotBody {
+    pub topics: Vec<TopicMeta>,
+    pub brokers: Vec<BrokerMeta>,
+    /// Partition reassignments in progress: (topic, partition, state).
+    pub reassignments: Vec<(String, u32, Reassignment)>,
+}
+
+/// The snapshot data of format "SLSNAP02".
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub(crate) struct SnapshotBodyV2 {
     pub topics: Vec<TopicMeta>,
     pub brokers: Vec<BrokerMeta>,
 }
@@ -88,14 +103,15 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
     let Some(bytes) = durable::read_optional(dir, SNAPSHOT_FILE)? else {
         return Ok(None);
     };
-    let (rest, v1) = match bytes.strip_prefix(MAGIC.as_slice()) {
-        Some(rest) => (rest, false),
-        None => (
-            bytes
-                .strip_prefix(MAGIC_V1.as_slice())
-                .ok_or_else(|| invalid("snapshot: bad magic"))?,
-            true,
-        ),
+    let (rest, version) = if let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) {
+        (rest, 3)
+    } else if let Some(rest) = bytes.strip_prefix(MAGIC_V2.as_slice()) {
+        (rest, 2)
+    } else {
+        let rest = bytes
+            .strip_prefix(MAGIC_V1.as_slice())
+            .ok_or_else(|| invalid("snapshot: bad magic"))?;
+        (rest, 1)
     };
     let (meta_json, used) =
         durable::frame_decode(rest).ok_or_else(|| invalid("snapshot: bad meta frame"))?;
@@ -106,10 +122,22 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
     }
     let meta: SnapshotMeta =
         serde_json::from_slice(meta_json).map_err(|e| invalid(e.to_string()))?;
-    if v1 {
+    if version == 1 {
         let body = SnapshotBody {
             topics: decode_topics(data)?,
-            brokers: Vec::new(),
+            ..SnapshotBody::default()
+        };
+        return Ok(Some((meta, encode(&body)?)));
+    }
+    if version == 2 {
+        let mut aligned = AlignedVec::<16>::with_capacity(data.len());
+        aligned.extend_from_slice(data);
+        let old = rkyv::from_bytes::<SnapshotBodyV2, rancor::Error>(&aligned)
+            .map_err(|e| invalid(e.to_string()))?;
+        let body = SnapshotBody {
+            topics: old.topics,
+            brokers: old.brokers,
+            reassignments: Vec::new(),
         };
         return Ok(Some((meta, encode(&body)?)));
     }
@@ -170,9 +198,35 @@ mod tests {
                 port: 9092,
                 fenced: true,
             }],
+            reassignments: vec![(
+                "a".into(),
+                1,
+                Reassignment {
+                    target: vec![2, 3],
+                    original: vec![7],
+                    adding: vec![2, 3],
+                    removing: vec![7],
+                },
+            )],
         };
         let data = encode(&body).expect("encode");
         assert_eq!(decode(&data).expect("decode"), body);
+        // A file of format 2: a body without reassignments.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let v2 = SnapshotBodyV2 {
+            topics: body.topics.clone(),
+            brokers: body.brokers.clone(),
+        };
+        let v2_data = rkyv::to_bytes::<rancor::Error>(&v2).expect("encode v2");
+        let meta_json = serde_json::to_vec(&SnapshotMeta::default()).expect("json");
+        let mut buf = MAGIC_V2.to_vec();
+        durable::frame_encode(&mut buf, &meta_json);
+        durable::frame_encode(&mut buf, &v2_data);
+        durable::write_atomic(dir2.path(), SNAPSHOT_FILE, &buf).expect("write");
+        let (_, data) = read(dir2.path()).expect("read").expect("some");
+        let back = decode(&data).expect("decode");
+        assert_eq!((back.topics, back.brokers), (v2.topics, v2.brokers));
+        assert!(back.reassignments.is_empty());
         // A file written by the previous format: topics only.
         let dir = tempfile::tempdir().expect("tempdir");
         let old = encode_topics(&vec![topic("old")]).expect("encode");
@@ -194,7 +248,7 @@ mod tests {
         let meta = SnapshotMeta::default();
         let body = SnapshotBody {
             topics: vec![topic("x")],
-            brokers: Vec::new(),
+            ..SnapshotBody::default()
         };
         let data = encode(&body).expect("encode");
         write(dir.path(), &meta, &data).expect("write");

@@ -20,7 +20,20 @@
 //!
 //! Broker entries (register, fence, unfence) and ISR changes are applied
 //! here too (see `MetaRequest`); fencing and unfencing are logged once per
-//! event at info, never per partition.
+//! event at info, never per partition. A topic with
+//! `unclean.leader.election.enable=true` whose partition is left without
+//! an in-sync leader by a fencing gets a live out-of-sync replica as
+//! leader (alone in the ISR, epoch + 1), also when that replica is
+//! unfenced later.
+//!
+//! Leader elections (`ElectLeaders`) and partition reassignments
+//! (`Reassign`) answer per partition. A reassignment in progress is kept
+//! in `reassignments` (published with the view, in the snapshot): the
+//! partition's replicas are the target followed by the original replicas
+//! not in it; the `AlterIsr` whose ISR holds every target replica
+//! completes it in the same apply (replicas := target, ISR := ISR ∩
+//! target, a removed leader hands over to the first in-sync target
+//! replica, epoch + 1); a cancellation restores the original replicas.
 //!
 //! After each applied batch a new immutable `MetadataView` is published
 //! through `Published`. The topics are a persistent map (`TopicMap`):
@@ -41,10 +54,23 @@ use tokio::sync::watch;
 
 use crate::snapshot::{self, SnapshotBody};
 use crate::types::{
-    producer_id_block_start, BrokerMap, BrokerMeta, Entry, LogId, MetaError, MetaRequest,
-    MetaResponse, MetadataView, PartitionMeta, SnapshotData, SnapshotMeta, StorageError,
-    StoredMembership, TopicIdMap, TopicMap, TopicMeta, TypeConfig, NO_LEADER,
+    producer_id_block_start, BrokerMap, BrokerMeta, Election, Entry, LogId, MetaError, MetaRequest,
+    MetaResponse, MetadataView, PartitionMeta, Reassignment, ReassignmentMap, SnapshotData,
+    SnapshotMeta, StorageError, StoredMembership, TopicIdMap, TopicMap, TopicMeta, TypeConfig,
+    NO_LEADER,
 };
+
+/// Topic config that lets a partition without an in-sync leader be led by
+/// an out-of-sync replica (records may be lost).
+pub const UNCLEAN_LEADER_ELECTION: &str = "unclean.leader.election.enable";
+
+/// Whether `topic` enables unclean leader election.
+fn unclean_enabled(topic: &TopicMeta) -> bool {
+    topic
+        .configs
+        .get(UNCLEAN_LEADER_ELECTION)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+}
 
 /// The applied view, shared between the control thread (writer) and every
 /// `Metadata` handle (readers).
@@ -133,6 +159,8 @@ struct Data {
     partitions_total: u64,
     /// Registered brokers; shared with the published views.
     brokers: BrokerMap,
+    /// Reassignments in progress; shared with the published views.
+    reassignments: ReassignmentMap,
 }
 
 impl Data {
@@ -145,6 +173,7 @@ impl Data {
             shard_load: vec![0; shards as usize],
             partitions_total: 0,
             brokers: BrokerMap::new(),
+            reassignments: ReassignmentMap::new(),
         }
     }
 
@@ -160,6 +189,10 @@ impl Data {
             let name: Arc<str> = Arc::from(topic.name.as_str());
             data.topic_ids.insert(topic.id, Arc::clone(&name));
             data.topics.insert(name, Arc::new(topic));
+        }
+        for (topic, partition, r) in body.reassignments {
+            data.reassignments
+                .insert((Arc::from(topic.as_str()), partition), Arc::new(r));
         }
         data
     }
@@ -351,12 +384,16 @@ impl Data {
         Ok(assignment.to_vec())
     }
 
-    /// Adds partitions to a topic up to `partitions` in total.
+    /// Adds partitions to a topic up to `partitions` in total, placed by
+    /// the controller or, when `assignment` is not empty, on its replica
+    /// lists (one per new partition, as many replicas as the topic's
+    /// partitions have, registered brokers only).
     fn grow(
         &mut self,
         limits: &Placement,
         name: &str,
         partitions: u32,
+        assignment: &[Vec<u64>],
         index: u64,
     ) -> Result<Arc<TopicMeta>, MetaError> {
         let old = self
@@ -376,7 +413,18 @@ impl Data {
         }
         let factor = old.partitions.first().map_or(1, |p| p.replicas.len()) as u64;
         let mut topic = TopicMeta::clone(old);
-        let replicas = self.placed_replicas(limits, requested as u32, factor, index)?;
+        let replicas = if assignment.is_empty() {
+            self.placed_replicas(limits, requested as u32, factor, index)?
+        } else {
+            let lists = self.assigned_replicas(requested as u32, assignment)?;
+            let width = lists.first().map_or(0, Vec::len) as u64;
+            if width != factor {
+                return Err(MetaError::InvalidReplicaAssignment(format!(
+                    "the new partitions have {width} replicas, the topic's have {factor}"
+                )));
+            }
+            lists
+        };
         for replicas in replicas {
             topic.partitions.push(self.new_partition(replicas));
         }
@@ -410,6 +458,9 @@ impl Data {
             .ok_or_else(|| MetaError::UnknownTopic(name.to_string()))?;
         self.topic_ids.remove(&topic.id);
         self.charge(&topic, -1);
+        for i in 0..topic.partitions.len() {
+            self.reassignments.remove(&(Arc::from(name), i as u32));
+        }
         Ok(topic)
     }
 
@@ -422,6 +473,7 @@ impl Data {
             topics: self.topics.clone(),
             topic_ids: self.topic_ids.clone(),
             brokers: self.brokers.clone(),
+            reassignments: self.reassignments.clone(),
         }
     }
 
@@ -469,9 +521,11 @@ impl Data {
                     .map(|b| b.id)
                     .collect();
                 let (mut moved, mut orphaned, mut shrunk) = (0u64, 0u64, 0u64);
-                self.update_partitions(|p| {
+                let mut unclean = 0u64;
+                self.update_partitions(|topic, p| {
                     let mut changed = false;
-                    if p.leader == id {
+                    let led_by_it = p.leader == id;
+                    if led_by_it {
                         let next = p.isr.iter().copied().find(|r| *r != id && live.contains(r));
                         p.leader = next.unwrap_or(NO_LEADER);
                         p.leader_epoch = p.leader_epoch.saturating_add(1);
@@ -487,6 +541,19 @@ impl Data {
                         shrunk += 1;
                         changed = true;
                     }
+                    if p.leader == NO_LEADER && unclean_enabled(topic) {
+                        let any = p.replicas.iter().copied().find(|r| live.contains(r));
+                        if let Some(r) = any {
+                            if led_by_it {
+                                orphaned -= 1; // Counted above; led after all.
+                            } else {
+                                p.leader_epoch = p.leader_epoch.saturating_add(1);
+                            }
+                            elect_unclean(p, r);
+                            unclean += 1;
+                            changed = true;
+                        }
+                    }
                     changed
                 });
                 if replay {
@@ -497,6 +564,7 @@ impl Data {
                         leaderships_moved = moved,
                         partitions_without_leader = orphaned,
                         isr_shrunk = shrunk,
+                        unclean_elections = unclean,
                         "metadata: broker fenced (lease expired)"
                     );
                 }
@@ -542,31 +610,43 @@ impl Data {
             .ok_or_else(|| MetaError::Internal(format!("broker {id} is not registered")))
     }
 
-    /// Gives `id` every leaderless partition whose ISR holds it (epoch + 1).
+    /// Gives `id` every leaderless partition whose ISR holds it (epoch + 1),
+    /// and those it replicates out of sync when their topic enables
+    /// unclean leader election.
     fn lead_leaderless(&mut self, id: u64) -> u64 {
         let mut led = 0;
-        self.update_partitions(|p| {
-            if p.leader == NO_LEADER && p.isr.contains(&id) {
+        self.update_partitions(|topic, p| {
+            if p.leader != NO_LEADER {
+                return false;
+            }
+            if p.isr.contains(&id) {
                 p.leader = id;
                 p.leader_epoch = p.leader_epoch.saturating_add(1);
-                led += 1;
-                true
+            } else if p.replicas.contains(&id) && unclean_enabled(topic) {
+                p.leader_epoch = p.leader_epoch.saturating_add(1);
+                elect_unclean(p, id);
             } else {
-                false
+                return false;
             }
+            led += 1;
+            true
         });
         led
     }
 
-    /// Runs `change` on every partition; topics with a changed partition
-    /// are replaced (the others stay shared with earlier views).
-    fn update_partitions(&mut self, mut change: impl FnMut(&mut PartitionMeta) -> bool) {
+    /// Runs `change` on every partition (with its topic); topics with a
+    /// changed partition are replaced (the others stay shared with earlier
+    /// views).
+    fn update_partitions(
+        &mut self,
+        mut change: impl FnMut(&TopicMeta, &mut PartitionMeta) -> bool,
+    ) {
         let mut changed = Vec::new();
         for (name, topic) in &self.topics {
             let mut copy: Option<TopicMeta> = None;
             for (i, p) in topic.partitions.iter().enumerate() {
                 let mut next = p.clone();
-                if change(&mut next) {
+                if change(topic, &mut next) {
                     copy.get_or_insert_with(|| TopicMeta::clone(topic))
                         .partitions[i] = next;
                 }
@@ -628,10 +708,266 @@ impl Data {
         }
         tracing::debug!(topic, partition, ?isr, "metadata: ISR changed");
         let mut copy = TopicMeta::clone(old);
-        copy.partitions[partition as usize].isr = isr;
+        let key: (Arc<str>, u32) = (Arc::from(topic), partition);
+        let done = self
+            .reassignments
+            .get(&key)
+            .filter(|r| r.target.iter().all(|t| isr.contains(t)))
+            .cloned();
+        let p = &mut copy.partitions[partition as usize];
+        p.isr = isr;
+        if let Some(r) = done {
+            // Every target replica is in sync: the reassignment completes.
+            let live = self.live_ids();
+            if let Err(e) = set_replicas(p, r.target.clone(), &live) {
+                return Err(MetaError::Internal(e));
+            }
+            self.reassignments.remove(&key);
+            tracing::debug!(topic, partition, replicas = ?p.replicas, leader = p.leader, "metadata: reassignment completed");
+        }
         self.topics.insert(Arc::from(topic), Arc::new(copy));
         Ok(())
     }
+
+    /// The registered, unfenced brokers.
+    fn live_ids(&self) -> BTreeSet<u64> {
+        self.brokers
+            .values()
+            .filter(|b| !b.fenced)
+            .map(|b| b.id)
+            .collect()
+    }
+
+    /// A copy of the partition to change, from `changed` (copies of topics
+    /// already changed by this entry) or the current topics.
+    fn partition_of<'c>(
+        &self,
+        changed: &'c mut BTreeMap<Arc<str>, TopicMeta>,
+        topic: &str,
+        partition: u32,
+    ) -> Result<&'c mut PartitionMeta, MetaError> {
+        if !changed.contains_key(topic) {
+            let t = self
+                .topics
+                .get(topic)
+                .ok_or_else(|| MetaError::UnknownTopic(topic.to_string()))?;
+            changed.insert(Arc::from(topic), TopicMeta::clone(t));
+        }
+        let t = changed.get_mut(topic).expect("inserted above");
+        t.partitions.get_mut(partition as usize).ok_or_else(|| {
+            MetaError::UnknownTopic(format!("{topic} (it has no partition {partition})"))
+        })
+    }
+
+    /// Stores the topics an entry changed.
+    fn store(&mut self, changed: BTreeMap<Arc<str>, TopicMeta>) {
+        for (name, topic) in changed {
+            self.topics.insert(name, Arc::new(topic));
+        }
+    }
+
+    /// ElectLeaders: one result per partition, in order.
+    fn elect(
+        &mut self,
+        election: Election,
+        partitions: Vec<(String, u32)>,
+    ) -> Vec<Result<(), MetaError>> {
+        let live = self.live_ids();
+        let mut changed = BTreeMap::new();
+        let mut elected = 0u64;
+        let results = partitions
+            .into_iter()
+            .map(|(topic, partition)| {
+                let p = self.partition_of(&mut changed, &topic, partition)?;
+                let name = || format!("{topic}-{partition}");
+                match election {
+                    Election::Preferred => {
+                        let preferred = p.replicas.first().copied().unwrap_or(NO_LEADER);
+                        if p.leader == preferred {
+                            return Err(MetaError::ElectionNotNeeded(format!(
+                                "{} is already led by its preferred replica {preferred}",
+                                name()
+                            )));
+                        }
+                        if !p.isr.contains(&preferred) || !live.contains(&preferred) {
+                            return Err(MetaError::PreferredLeaderNotAvailable(format!(
+                                "the preferred replica {preferred} of {} is not in sync or not live (ISR {:?})",
+                                name(),
+                                p.isr
+                            )));
+                        }
+                        p.leader = preferred;
+                        p.leader_epoch = p.leader_epoch.saturating_add(1);
+                    }
+                    Election::Unclean => {
+                        if p.leader != NO_LEADER {
+                            return Err(MetaError::ElectionNotNeeded(format!(
+                                "{} has a leader ({})",
+                                name(),
+                                p.leader
+                            )));
+                        }
+                        let in_sync = p.isr.iter().copied().find(|r| live.contains(r));
+                        let any = p.replicas.iter().copied().find(|r| live.contains(r));
+                        p.leader_epoch = p.leader_epoch.saturating_add(1);
+                        match (in_sync, any) {
+                            (Some(r), _) => p.leader = r,
+                            (None, Some(r)) => elect_unclean(p, r),
+                            (None, None) => {
+                                p.leader_epoch = p.leader_epoch.saturating_sub(1);
+                                return Err(MetaError::EligibleLeadersNotAvailable(format!(
+                                    "no replica of {} is live (replicas {:?})",
+                                    name(),
+                                    p.replicas
+                                )));
+                            }
+                        }
+                    }
+                }
+                elected += 1;
+                Ok(())
+            })
+            .collect();
+        self.store(changed);
+        if elected > 0 {
+            tracing::info!(?election, partitions = elected, "metadata: leaders elected");
+        }
+        results
+    }
+
+    /// AlterPartitionReassignments: one result per partition, in order.
+    fn reassign(
+        &mut self,
+        moves: Vec<(String, u32, Option<Vec<u64>>)>,
+    ) -> Vec<Result<(), MetaError>> {
+        let live = self.live_ids();
+        let mut changed = BTreeMap::new();
+        let (mut started, mut cancelled) = (0u64, 0u64);
+        let mut results = Vec::with_capacity(moves.len());
+        for (topic, partition, target) in moves {
+            let result = (|| {
+                let key: (Arc<str>, u32) = (Arc::from(topic.as_str()), partition);
+                let ongoing = self.reassignments.get(&key).cloned();
+                if let Some(target) = &target {
+                    self.check_target(target)?;
+                }
+                let p = self.partition_of(&mut changed, &topic, partition)?;
+                let bad = MetaError::InvalidReplicaAssignment;
+                match target {
+                    None => {
+                        let Some(r) = ongoing else {
+                            return Err(MetaError::NoReassignmentInProgress(format!(
+                                "{topic}-{partition} is not being reassigned"
+                            )));
+                        };
+                        set_replicas(p, r.original.clone(), &live).map_err(bad)?;
+                        self.reassignments.remove(&key);
+                        cancelled += 1;
+                    }
+                    Some(target) => {
+                        let original =
+                            ongoing.map_or_else(|| p.replicas.clone(), |r| r.original.clone());
+                        let adding: Vec<u64> = target
+                            .iter()
+                            .copied()
+                            .filter(|t| !original.contains(t))
+                            .collect();
+                        let removing: Vec<u64> = original
+                            .iter()
+                            .copied()
+                            .filter(|o| !target.contains(o))
+                            .collect();
+                        let mut replicas = target.clone();
+                        replicas.extend(removing.iter().copied());
+                        set_replicas(p, replicas, &live).map_err(bad)?;
+                        if target.iter().all(|t| p.isr.contains(t)) {
+                            // Already in sync (a reorder or a removal): done.
+                            set_replicas(p, target, &live).map_err(bad)?;
+                            self.reassignments.remove(&key);
+                        } else {
+                            let r = Reassignment {
+                                target,
+                                original,
+                                adding,
+                                removing,
+                            };
+                            self.reassignments.insert(key, Arc::new(r));
+                        }
+                        started += 1;
+                    }
+                }
+                Ok(())
+            })();
+            results.push(result);
+        }
+        self.store(changed);
+        tracing::info!(
+            started,
+            cancelled,
+            in_progress = self.reassignments.len(),
+            "metadata: partition reassignments"
+        );
+        results
+    }
+
+    /// A reassignment target: replicas on registered brokers, none twice.
+    fn check_target(&self, target: &[u64]) -> Result<(), MetaError> {
+        let bad = |m: String| Err(MetaError::InvalidReplicaAssignment(m));
+        if target.is_empty() {
+            return bad("a partition needs at least one replica".into());
+        }
+        let mut seen = BTreeSet::new();
+        for &id in target {
+            if !self.brokers.contains_key(&id) {
+                return bad(format!("broker {id} is not registered"));
+            }
+            if !seen.insert(id) {
+                return bad(format!("broker {id} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An unclean election: `leader` (live, maybe out of sync) leads alone in
+/// the ISR; the caller bumps the epoch.
+fn elect_unclean(p: &mut PartitionMeta, leader: u64) {
+    p.leader = leader;
+    p.isr = vec![leader];
+}
+
+/// Gives the partition the replica list `replicas`: the ISR keeps its
+/// members that are in it (it must keep one), and a leader not in it hands
+/// over to the first in-sync live replica of the list (or to nobody),
+/// epoch + 1.
+fn set_replicas(
+    p: &mut PartitionMeta,
+    replicas: Vec<u64>,
+    live: &BTreeSet<u64>,
+) -> Result<(), String> {
+    let isr: Vec<u64> = p
+        .isr
+        .iter()
+        .copied()
+        .filter(|r| replicas.contains(r))
+        .collect();
+    if isr.is_empty() {
+        return Err(format!(
+            "none of the replicas {replicas:?} is in sync (ISR {:?})",
+            p.isr
+        ));
+    }
+    if p.leader != NO_LEADER && !replicas.contains(&p.leader) {
+        p.leader = replicas
+            .iter()
+            .copied()
+            .find(|r| isr.contains(r) && live.contains(r))
+            .unwrap_or(NO_LEADER);
+        p.leader_epoch = p.leader_epoch.saturating_add(1);
+    }
+    p.isr = isr;
+    p.replicas = replicas;
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -748,6 +1084,13 @@ impl StateMachine {
                 let replay = self.replay_until.is_some_and(|r| log_id.index <= r);
                 MetaResponse::Done(self.data.apply_cluster(req, replay))
             }
+            EntryPayload::Normal(MetaRequest::ElectLeaders {
+                election,
+                partitions,
+            }) => MetaResponse::Each(self.data.elect(election, partitions)),
+            EntryPayload::Normal(MetaRequest::Reassign { moves }) => {
+                MetaResponse::Each(self.data.reassign(moves))
+            }
             EntryPayload::Normal(req) => {
                 let action = match req {
                     MetaRequest::CreateTopic { .. } => "created",
@@ -790,9 +1133,13 @@ impl StateMachine {
             MetaRequest::ReserveProducerIds => {
                 Err(MetaError::Internal("answered in apply_one".into()))
             }
-            MetaRequest::CreatePartitions { name, partitions } => {
-                self.data.grow(&self.limits, &name, partitions, index)
-            }
+            MetaRequest::CreatePartitions {
+                name,
+                partitions,
+                assignment,
+            } => self
+                .data
+                .grow(&self.limits, &name, partitions, &assignment, index),
             MetaRequest::SetTopicConfigs { name, configs } => self.data.set_configs(&name, configs),
             _ => Err(MetaError::Internal("answered in apply_one".into())),
         }
@@ -839,6 +1186,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .brokers
                 .values()
                 .map(|b| BrokerMeta::clone(b))
+                .collect(),
+            reassignments: self
+                .data
+                .reassignments
+                .iter()
+                .map(|((t, p), r)| (t.to_string(), *p, Reassignment::clone(r)))
                 .collect(),
         };
         let bytes =
@@ -974,7 +1327,7 @@ mod tests {
             let gone = d.delete(n).expect("delete");
             assert!(d.view(1).topic_by_id(&gone.id).is_none());
         }
-        d.grow(&l, "t1", 5, 0).expect("grow");
+        d.grow(&l, "t1", 5, &[], 0).expect("grow");
         d.set_configs("t2", BTreeMap::from([("k".into(), "v".into())]))
             .expect("configs");
         assert_eq!(
@@ -996,6 +1349,7 @@ mod tests {
         let body = SnapshotBody {
             topics: d.topics.values().map(|t| TopicMeta::clone(t)).collect(),
             brokers: Vec::new(),
+            reassignments: Vec::new(),
         };
         let bytes = snapshot::encode(&body).expect("encode");
         let back = Data::from_snapshot(
@@ -1127,10 +1481,10 @@ mod tests {
         let b = d.create(&l, rf("b", 2, 2), 11).expect("rf 2 of 2 live");
         assert!(b.partitions.iter().all(|p| !p.replicas.contains(&2)));
         // New partitions get the topic's replica count.
-        let grown = d.grow(&l, "b", 4, 12).expect("grow");
+        let grown = d.grow(&l, "b", 4, &[], 12).expect("grow");
         assert!(grown.partitions.iter().all(|p| p.replicas.len() == 2));
         assert_eq!(
-            d.grow(&l, "a", 4, 13),
+            d.grow(&l, "a", 4, &[], 13),
             Err(MetaError::InvalidReplicationFactor {
                 requested: 3,
                 available: 2
@@ -1312,5 +1666,208 @@ mod tests {
             ),
             Err(MetaError::UnknownTopic(_))
         ));
+    }
+
+    #[test]
+    fn grown_partitions_take_an_explicit_assignment() {
+        let l = limits(1, 100);
+        let mut d = Data::new(1);
+        for id in 1..=3 {
+            register(&mut d, id);
+        }
+        let mut a = args("a", 1);
+        a.assignment = vec![vec![1, 2]];
+        d.create(&l, a, 1).expect("create");
+        let t = d
+            .grow(&l, "a", 3, &[vec![3, 1], vec![2, 3]], 2)
+            .expect("grow");
+        assert_eq!(t.partitions[1].replicas, vec![3, 1]);
+        assert_eq!(
+            (t.partitions[2].leader, t.partitions[2].isr.clone()),
+            (2, vec![2, 3])
+        );
+        for bad in [
+            vec![vec![1, 2]],             // one list for two partitions
+            vec![vec![1], vec![2]],       // not the topic's replica count
+            vec![vec![1, 9], vec![2, 3]], // unregistered broker
+            vec![vec![1, 1], vec![2, 3]], // twice
+        ] {
+            let r = d.grow(&l, "a", 5, &bad, 3);
+            assert!(
+                matches!(r, Err(MetaError::InvalidReplicaAssignment(_))),
+                "{bad:?}: {r:?}"
+            );
+        }
+        assert_eq!(d.topics["a"].partitions.len(), 3);
+    }
+
+    fn topic_with(d: &mut Data, name: &str, lists: Vec<Vec<u64>>, unclean: bool) {
+        let mut a = args(name, lists.len() as u32);
+        a.assignment = lists;
+        if unclean {
+            a.configs
+                .insert(UNCLEAN_LEADER_ELECTION.into(), "true".into());
+        }
+        d.create(&limits(1, 100), a, 1).expect("create");
+    }
+
+    fn alter(d: &mut Data, topic: &str, isr: Vec<u64>) -> Result<(), MetaError> {
+        let p = part(d, topic, 0);
+        d.apply_cluster(
+            MetaRequest::AlterIsr {
+                topic: topic.into(),
+                partition: 0,
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                isr,
+            },
+            false,
+        )
+    }
+
+    #[test]
+    fn preferred_and_unclean_elections() {
+        let mut d = Data::new(1);
+        for id in 1..=3 {
+            register(&mut d, id);
+        }
+        topic_with(&mut d, "a", vec![vec![1, 2, 3]], false);
+        let one = |t: &str| vec![(t.to_string(), 0)];
+        let elect = |d: &mut Data, e: Election, t: &str| d.elect(e, one(t)).remove(0);
+        assert!(matches!(
+            elect(&mut d, Election::Preferred, "a"),
+            Err(MetaError::ElectionNotNeeded(_))
+        ));
+        fence(&mut d, 1);
+        assert_eq!(part(&d, "a", 0).leader, 2);
+        // The preferred replica is fenced and out of the ISR.
+        assert!(matches!(
+            elect(&mut d, Election::Preferred, "a"),
+            Err(MetaError::PreferredLeaderNotAvailable(_))
+        ));
+        unfence(&mut d, 1);
+        alter(&mut d, "a", vec![2, 3, 1]).expect("1 back in sync");
+        let epoch = part(&d, "a", 0).leader_epoch;
+        elect(&mut d, Election::Preferred, "a").expect("preferred");
+        let p = part(&d, "a", 0);
+        assert_eq!((p.leader, p.leader_epoch), (1, epoch + 1));
+        assert!(matches!(
+            elect(&mut d, Election::Unclean, "a"),
+            Err(MetaError::ElectionNotNeeded(_))
+        ));
+        // Unclean: a leaderless partition gets a live out-of-sync replica.
+        topic_with(&mut d, "b", vec![vec![1, 2]], false);
+        alter(&mut d, "b", vec![1]).expect("shrink");
+        fence(&mut d, 1);
+        let p = part(&d, "b", 0);
+        assert_eq!(
+            (p.leader, p.isr.clone()),
+            (NO_LEADER, vec![1]),
+            "clean: no leader"
+        );
+        let results = d.elect(
+            Election::Unclean,
+            vec![("b".into(), 0), ("nope".into(), 0), ("b".into(), 7)],
+        );
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(MetaError::UnknownTopic(_))));
+        assert!(matches!(results[2], Err(MetaError::UnknownTopic(_))));
+        let q = part(&d, "b", 0);
+        assert_eq!(
+            (q.leader, q.isr.clone(), q.leader_epoch),
+            (2, vec![2], p.leader_epoch + 1)
+        );
+        fence(&mut d, 2);
+        fence(&mut d, 3);
+        topic_with(&mut d, "c", vec![vec![2]], false);
+        assert!(matches!(
+            elect(&mut d, Election::Unclean, "c"),
+            Err(MetaError::EligibleLeadersNotAvailable(_))
+        ));
+    }
+
+    #[test]
+    fn fencing_elects_out_of_sync_replicas_when_the_topic_allows_it() {
+        let mut d = Data::new(1);
+        for id in 1..=3 {
+            register(&mut d, id);
+        }
+        topic_with(&mut d, "clean", vec![vec![1, 2]], false);
+        topic_with(&mut d, "dirty", vec![vec![1, 2]], true);
+        alter(&mut d, "clean", vec![1]).expect("shrink");
+        alter(&mut d, "dirty", vec![1]).expect("shrink");
+        fence(&mut d, 1);
+        assert_eq!(part(&d, "clean", 0).leader, NO_LEADER);
+        let p = part(&d, "dirty", 0);
+        assert_eq!((p.leader, p.isr, p.leader_epoch), (2, vec![2], 1));
+        // Unfencing an out-of-sync replica of a leaderless unclean topic.
+        topic_with(&mut d, "late", vec![vec![3, 1]], true);
+        alter(&mut d, "late", vec![3]).expect("shrink");
+        fence(&mut d, 3);
+        let p = part(&d, "late", 0);
+        assert_eq!(p.leader, NO_LEADER, "1 is fenced too");
+        unfence(&mut d, 1);
+        let p = part(&d, "late", 0);
+        assert_eq!((p.leader, p.isr), (1, vec![1]));
+    }
+
+    #[test]
+    fn reassignment_adds_then_completes_with_the_isr_or_is_cancelled() {
+        let mut d = Data::new(1);
+        for id in 1..=4 {
+            register(&mut d, id);
+        }
+        topic_with(&mut d, "a", vec![vec![1, 2]], false);
+        let mv = |t: Option<Vec<u64>>| vec![("a".to_string(), 0u32, t)];
+        d.reassign(mv(Some(vec![3, 4]))).remove(0).expect("start");
+        let p = part(&d, "a", 0);
+        assert_eq!(
+            (p.replicas.clone(), p.isr.clone(), p.leader),
+            (vec![3, 4, 1, 2], vec![1, 2], 1)
+        );
+        let r = d.view(1).reassignments[&(Arc::from("a"), 0)].clone();
+        assert_eq!(
+            (r.adding.clone(), r.removing.clone()),
+            (vec![3, 4], vec![1, 2])
+        );
+        alter(&mut d, "a", vec![1, 2, 3]).expect("3 in sync");
+        assert!(
+            d.reassignments.contains_key(&(Arc::from("a"), 0)),
+            "4 is not yet"
+        );
+        alter(&mut d, "a", vec![1, 2, 3, 4]).expect("4 in sync");
+        let p = part(&d, "a", 0);
+        assert_eq!(
+            (p.replicas, p.isr, p.leader, p.leader_epoch),
+            (vec![3, 4], vec![3, 4], 3, 1),
+            "done: the old leader handed over"
+        );
+        assert!(d.reassignments.is_empty());
+        // Cancel restores the original replicas.
+        d.reassign(mv(Some(vec![3, 1]))).remove(0).expect("start");
+        assert_eq!(part(&d, "a", 0).replicas, vec![3, 1, 4]);
+        d.reassign(mv(None)).remove(0).expect("cancel");
+        let p = part(&d, "a", 0);
+        assert_eq!((p.replicas, p.isr), (vec![3, 4], vec![3, 4]));
+        assert!(matches!(
+            d.reassign(mv(None)).remove(0),
+            Err(MetaError::NoReassignmentInProgress(_))
+        ));
+        // A removal completes at once; bad targets are refused.
+        d.reassign(mv(Some(vec![4])))
+            .remove(0)
+            .expect("shrink to 4");
+        let p = part(&d, "a", 0);
+        assert_eq!((p.replicas, p.isr, p.leader), (vec![4], vec![4], 4));
+        for bad in [vec![], vec![9], vec![2, 2]] {
+            assert!(matches!(
+                d.reassign(mv(Some(bad))).remove(0),
+                Err(MetaError::InvalidReplicaAssignment(_))
+            ));
+        }
+        // Deleting the topic forgets its reassignments.
+        d.reassign(mv(Some(vec![1]))).remove(0).expect("start");
+        d.delete("a").expect("delete");
+        assert!(d.reassignments.is_empty());
     }
 }

@@ -175,6 +175,8 @@ pub struct MetadataView {
     pub topic_ids: TopicIdMap,
     /// Registered brokers, fenced ones too.
     pub brokers: BrokerMap,
+    /// Partition reassignments in progress.
+    pub reassignments: ReassignmentMap,
 }
 
 impl MetadataView {
@@ -185,6 +187,40 @@ impl MetadataView {
             .and_then(|name| self.topics.get(&**name))
     }
 }
+
+/// A partition being moved to other replicas (AlterPartitionReassignments).
+/// While it runs, the partition's `replicas` are `target` followed by the
+/// original replicas that are not in it; it completes in the apply of the
+/// ISR change that makes the ISR hold every target replica.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Reassignment {
+    /// The replicas the partition will have, the preferred leader first.
+    pub target: Vec<u64>,
+    /// The replicas before the reassignment began (what a cancellation
+    /// restores).
+    pub original: Vec<u64>,
+    /// Target replicas that are not original ones (being copied).
+    pub adding: Vec<u64>,
+    /// Original replicas that are not target ones (removed at completion).
+    pub removing: Vec<u64>,
+}
+
+/// The key of a partition in a `ReassignmentMap`: topic name and partition.
+pub type PartitionRef = (Arc<str>, u32);
+
+/// Reassignments in progress by partition: a persistent map like `TopicMap`
+/// (empty but for the partitions being moved).
+pub type ReassignmentMap = imbl::OrdMap<PartitionRef, Arc<Reassignment>>;
 
 /// Errors of the metadata service. Mapped to Kafka error codes in `broker`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -203,6 +239,14 @@ pub enum MetaError {
     InvalidReplicaAssignment(String),
     #[error("stale leader epoch {got}: the partition is at epoch {current}")]
     StaleLeaderEpoch { current: i32, got: i32 },
+    #[error("election not needed: {0}")]
+    ElectionNotNeeded(String),
+    #[error("preferred leader not available: {0}")]
+    PreferredLeaderNotAvailable(String),
+    #[error("no eligible leader: {0}")]
+    EligibleLeadersNotAvailable(String),
+    #[error("no reassignment in progress: {0}")]
+    NoReassignmentInProgress(String),
     #[error("no metadata quorum: {0}")]
     NoQuorum(String),
     #[error("metadata service is shutting down")]
@@ -239,6 +283,11 @@ pub enum MetaRequest {
     CreatePartitions {
         name: String,
         partitions: u32,
+        /// Replica lists of the new partitions (one each, preferred leader
+        /// first, as many replicas as the topic's partitions have); empty:
+        /// placed by the controller.
+        #[serde(default)]
+        assignment: Vec<Vec<u64>>,
     },
     /// Replaces a topic's configs with `configs` (validated by the proposer).
     SetTopicConfigs {
@@ -253,18 +302,22 @@ pub enum MetaRequest {
     },
     /// The controller saw a broker's lease run out: it leaves every ISR it
     /// is not the last member of, and its leaderships move to in-sync
-    /// replicas (epoch bumped) or to nobody.
+    /// replicas (epoch bumped), to a live out-of-sync replica when the
+    /// topic enables unclean leader election (which is then the ISR), or
+    /// to nobody.
     FenceBroker {
         id: u64,
     },
     /// A fenced broker heartbeats again; leaderless partitions whose ISR
-    /// holds it are given to it.
+    /// holds it are given to it, and those it replicates out of sync when
+    /// their topic enables unclean leader election.
     UnfenceBroker {
         id: u64,
     },
     /// A partition leader shrinks or grows its ISR; refused unless
     /// `leader_epoch` is the partition's current epoch and the proposer
-    /// leads it.
+    /// leads it. An ISR that holds every target replica of the
+    /// partition's reassignment completes it (see `Reassignment`).
     AlterIsr {
         topic: String,
         partition: u32,
@@ -272,6 +325,26 @@ pub enum MetaRequest {
         leader_epoch: i32,
         isr: Vec<u64>,
     },
+    /// Leader elections (ElectLeaders), answered per partition in order
+    /// (`MetaResponse::Each`); a change bumps the partition's epoch.
+    ElectLeaders {
+        election: Election,
+        partitions: Vec<(String, u32)>,
+    },
+    /// Starts (`Some(target)`) or cancels (`None`) partition
+    /// reassignments, answered per partition in order (`MetaResponse::Each`).
+    Reassign {
+        moves: Vec<(String, u32, Option<Vec<u64>>)>,
+    },
+}
+
+/// What an `ElectLeaders` entry elects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Election {
+    /// The first replica becomes leader when it is in sync and unfenced.
+    Preferred,
+    /// A partition without leader gets any live replica, in sync or not.
+    Unclean,
 }
 
 fn one() -> u16 {
@@ -300,6 +373,8 @@ pub enum MetaResponse {
     ProducerIds(i64),
     /// Broker registration, fencing and ISR changes.
     Done(Result<(), MetaError>),
+    /// One result per item of the entry (elections, reassignments).
+    Each(Vec<Result<(), MetaError>>),
 }
 
 openraft::declare_raft_types!(

@@ -670,6 +670,41 @@ impl Engine {
         }
     }
 
+    /// Every partition replica of the node (all shards) with its size.
+    pub async fn partition_disk(&self) -> Result<Vec<crate::stats::PartitionDisk>, ShardError> {
+        let mut out = self.partition_disk_owner();
+        for shard in (0..self.cfg.shards).filter(|s| *s != self.id()) {
+            let (tx, rx) = oneshot::channel();
+            let deadline = Instant::now() + Duration::from_millis(self.cfg.remote_reply_timeout_ms);
+            let msg = ShardMsg::PartitionDisk { reply: tx };
+            out.extend(self.call(shard, msg, rx, deadline).await?);
+        }
+        Ok(out)
+    }
+
+    /// The partitions of this shard with their sizes: one pass over them
+    /// and their index entries, no allocation but the answer.
+    pub fn partition_disk_owner(&self) -> Vec<crate::stats::PartitionDisk> {
+        let parts = self.parts.borrow();
+        parts
+            .values()
+            .map(|p| {
+                let known_hw = match p.repl.as_deref() {
+                    Some(r) if !p.is_leader => r.leader_high_watermark,
+                    _ => p.high_watermark,
+                };
+                crate::stats::PartitionDisk {
+                    topic_id: p.key.topic_id,
+                    partition: p.key.partition,
+                    bytes: p.batches.iter().map(|b| u64::from(b.bytes)).sum(),
+                    log_end: p.next_offset,
+                    offset_lag: (known_hw - p.next_offset).max(0),
+                    is_leader: p.is_leader,
+                }
+            })
+            .collect()
+    }
+
     /// Handles one message from another shard. Only local work: never sends
     /// on the mesh (answers go on oneshots).
     fn serve(self: &Rc<Self>, peer: usize, msg: ShardMsg) {
@@ -701,6 +736,9 @@ impl Engine {
                 let _ = reply.send(self.end_offset_for_epoch_owner(&topic, partition, epoch));
             }
             ShardMsg::AwaitVersion { version, reply } => self.version_waiter(version, reply),
+            ShardMsg::PartitionDisk { reply } => {
+                let _ = reply.send(self.partition_disk_owner());
+            }
             ShardMsg::Group { req, reply } => self.group_owner(req, reply),
             ShardMsg::DeleteRecords { req, reply } => self.delete_records_owner(req, reply),
         }

@@ -124,7 +124,7 @@ pub use crate::mesh::{new_mesh, ShardMesh, ShardMsg, SHARD_INBOX_MESSAGES_MAX};
 pub use crate::produce::ProduceTicket;
 pub use crate::produce::ADMISSIONS_MAX;
 pub use crate::replica::{KIND_REPLICA_BATCHES, KIND_TRUNCATE};
-pub use crate::stats::ShardStats;
+pub use crate::stats::{PartitionDisk, ShardStats};
 pub use crate::waiters::WaitersStats;
 pub use crate::warn::WarnLimiter;
 pub use sluice_wal::SyncMode;
@@ -742,6 +742,14 @@ impl Shard {
     /// request-buffer pool.
     pub fn request_bytes_max(&self) -> u64 {
         self.core.budget.max(budget::Pool::RequestBuffers)
+    }
+
+    /// Every partition replica this node holds (on every shard), with the
+    /// bytes of its stored batches, its log end and offset lag
+    /// (DescribeLogDirs). Costs one pass over each shard's partitions and
+    /// index entries; the other shards answer over the mesh.
+    pub async fn partition_disk(&self) -> Result<Vec<PartitionDisk>, ShardError> {
+        self.core.partition_disk().await
     }
 
     /// Counters, pools and latency histograms of this shard.

@@ -108,6 +108,10 @@ pub enum ShardMsg {
         version: u64,
         reply: oneshot::Sender<u64>,
     },
+    /// The partitions the receiving shard holds, with their sizes.
+    PartitionDisk {
+        reply: oneshot::Sender<Vec<crate::stats::PartitionDisk>>,
+    },
     /// A request for the group coordinator on the receiving shard.
     Group {
         req: crate::group::GroupRequest,

@@ -68,6 +68,21 @@ pub struct Counters {
     pub produce_isr_waits: u64,
 }
 
+/// What one partition replica holds on this node (DescribeLogDirs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionDisk {
+    pub topic_id: [u8; 16],
+    pub partition: u32,
+    /// Bytes of its stored record batches (the sum over its index entries).
+    pub bytes: u64,
+    /// Its log end offset.
+    pub log_end: i64,
+    /// How far its log end is behind the high watermark it knows (0 for a
+    /// leader: Kafka's `offset_lag` of a current log).
+    pub offset_lag: i64,
+    pub is_leader: bool,
+}
+
 /// A snapshot of one shard's observability state.
 #[derive(Clone, Debug)]
 pub struct ShardStats {

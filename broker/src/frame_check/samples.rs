@@ -92,6 +92,15 @@ macro_rules! per_key {
             ApiKey::DescribeCluster => $f(describe_cluster($c) $(, $arg)*),
             ApiKey::DeleteRecords => $f(delete_records($c) $(, $arg)*),
             ApiKey::OffsetForLeaderEpoch => $f(offset_for_leader_epoch($c) $(, $arg)*),
+            ApiKey::ElectLeaders => $f(elect_leaders($c) $(, $arg)*),
+            ApiKey::AlterPartitionReassignments => {
+                $f(alter_partition_reassignments($c) $(, $arg)*)
+            }
+            ApiKey::ListPartitionReassignments => {
+                $f(list_partition_reassignments($c) $(, $arg)*)
+            }
+            ApiKey::DescribeLogDirs => $f(describe_log_dirs($c) $(, $arg)*),
+            ApiKey::AlterReplicaLogDirs => $f(alter_replica_log_dirs($c) $(, $arg)*),
             other => panic!("no sample for {other:?}"),
         }
     };
@@ -699,6 +708,84 @@ fn offset_for_leader_epoch(c: &C) -> OffsetForLeaderEpochRequest {
                         .with_partition(j as i32 + 1)
                         .at(c.has(2, 4), |p| p.with_current_leader_epoch(7))
                         .with_leader_epoch(6 - j as i32)
+                        .with_unknown_tagged_fields(c.tags())
+                }))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn elect_leaders(c: &C) -> ElectLeadersRequest {
+    use kafka_protocol::messages::elect_leaders_request::TopicPartitions;
+    ElectLeadersRequest::default()
+        .at(c.has(1, 2), |r| r.with_election_type(1))
+        .with_topic_partitions(c.opt_vec(0, |i| {
+            TopicPartitions::default()
+                .with_topic(topic(c, i))
+                .with_partitions(c.vec(|j| j as i32 + 1))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_timeout_ms(6000)
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn alter_partition_reassignments(c: &C) -> AlterPartitionReassignmentsRequest {
+    use kafka_protocol::messages::alter_partition_reassignments_request::{
+        ReassignablePartition, ReassignableTopic,
+    };
+    AlterPartitionReassignmentsRequest::default()
+        .with_timeout_ms(6000)
+        .with_topics(c.vec(|i| {
+            ReassignableTopic::default()
+                .with_name(topic(c, i))
+                .with_partitions(c.keep(|j| {
+                    ReassignablePartition::default()
+                        .with_partition_index(j as i32)
+                        .with_replicas(c.opt(0, brokers(c)))
+                        .with_unknown_tagged_fields(c.tags())
+                }))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn list_partition_reassignments(c: &C) -> ListPartitionReassignmentsRequest {
+    use kafka_protocol::messages::list_partition_reassignments_request::ListPartitionReassignmentsTopics;
+    ListPartitionReassignmentsRequest::default()
+        .with_timeout_ms(6000)
+        .with_topics(c.opt_vec(0, |i| {
+            ListPartitionReassignmentsTopics::default()
+                .with_name(topic(c, i))
+                .with_partition_indexes(c.vec(|j| j as i32))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn describe_log_dirs(c: &C) -> DescribeLogDirsRequest {
+    use kafka_protocol::messages::describe_log_dirs_request::DescribableLogDirTopic;
+    DescribeLogDirsRequest::default()
+        .with_topics(c.opt_vec(0, |i| {
+            DescribableLogDirTopic::default()
+                .with_topic(topic(c, i))
+                .with_partitions(c.vec(|j| j as i32 + 2))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn alter_replica_log_dirs(c: &C) -> AlterReplicaLogDirsRequest {
+    use kafka_protocol::messages::alter_replica_log_dirs_request::{
+        AlterReplicaLogDir, AlterReplicaLogDirTopic,
+    };
+    AlterReplicaLogDirsRequest::default()
+        .with_dirs(c.vec(|i| {
+            AlterReplicaLogDir::default()
+                .with_path([c.s("/data/sluice", i), c.long("/data/other")][i].clone())
+                .with_topics(c.vec(|j| {
+                    AlterReplicaLogDirTopic::default()
+                        .with_name(topic(c, j))
+                        .with_partitions(c.vec(|k| k as i32))
                         .with_unknown_tagged_fields(c.tags())
                 }))
                 .with_unknown_tagged_fields(c.tags())

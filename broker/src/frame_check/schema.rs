@@ -396,6 +396,48 @@ const OFFSET_FOR_LEADER_EPOCH: Struct = st::<m::OffsetForLeaderEpochRequest>(&[
     all(Array(&OFFSET_FOR_LEADER_EPOCH_TOPIC)),
 ]);
 
+// Cluster administration.
+const ELECT_LEADERS_TOPIC: Struct =
+    st::<m::elect_leaders_request::TopicPartitions>(&[all(Str), all(ArrayI32)]);
+const ELECT_LEADERS: Struct = st::<m::ElectLeadersRequest>(&[
+    from(1, I8),                      // election_type
+    all(Array(&ELECT_LEADERS_TOPIC)), // topic_partitions (nullable)
+    all(I32),                         // timeout_ms
+]);
+const REASSIGNABLE_PARTITION: Struct =
+    st::<m::alter_partition_reassignments_request::ReassignablePartition>(&[
+        all(I32),      // partition_index
+        all(ArrayI32), // replicas (nullable)
+    ]);
+const REASSIGNABLE_TOPIC: Struct =
+    st::<m::alter_partition_reassignments_request::ReassignableTopic>(&[
+        all(Str),
+        all(Array(&REASSIGNABLE_PARTITION)),
+    ]);
+const ALTER_PARTITION_REASSIGNMENTS: Struct = st::<m::AlterPartitionReassignmentsRequest>(&[
+    all(I32), // timeout_ms
+    all(Array(&REASSIGNABLE_TOPIC)),
+]);
+const LIST_REASSIGNMENTS_TOPIC: Struct = st::<
+    m::list_partition_reassignments_request::ListPartitionReassignmentsTopics,
+>(&[all(Str), all(ArrayI32)]);
+const LIST_PARTITION_REASSIGNMENTS: Struct = st::<m::ListPartitionReassignmentsRequest>(&[
+    all(I32),                              // timeout_ms
+    all(Array(&LIST_REASSIGNMENTS_TOPIC)), // topics (nullable)
+]);
+const DESCRIBE_LOG_DIRS_TOPIC: Struct =
+    st::<m::describe_log_dirs_request::DescribableLogDirTopic>(&[all(Str), all(ArrayI32)]);
+const DESCRIBE_LOG_DIRS: Struct =
+    st::<m::DescribeLogDirsRequest>(&[all(Array(&DESCRIBE_LOG_DIRS_TOPIC))]);
+const ALTER_LOG_DIR_TOPIC: Struct =
+    st::<m::alter_replica_log_dirs_request::AlterReplicaLogDirTopic>(&[all(Str), all(ArrayI32)]);
+const ALTER_LOG_DIR: Struct = st::<m::alter_replica_log_dirs_request::AlterReplicaLogDir>(&[
+    all(Str), // path
+    all(Array(&ALTER_LOG_DIR_TOPIC)),
+]);
+const ALTER_REPLICA_LOG_DIRS: Struct =
+    st::<m::AlterReplicaLogDirsRequest>(&[all(Array(&ALTER_LOG_DIR))]);
+
 /// The schema of `key`'s request body; `None` for an API not served.
 pub fn of(key: ApiKey) -> Option<Schema> {
     let (flexible_min, root) = match key {
@@ -425,6 +467,11 @@ pub fn of(key: ApiKey) -> Option<Schema> {
         ApiKey::DescribeCluster => (0, &DESCRIBE_CLUSTER),
         ApiKey::DeleteRecords => (2, &DELETE_RECORDS),
         ApiKey::OffsetForLeaderEpoch => (4, &OFFSET_FOR_LEADER_EPOCH),
+        ApiKey::ElectLeaders => (2, &ELECT_LEADERS),
+        ApiKey::AlterPartitionReassignments => (0, &ALTER_PARTITION_REASSIGNMENTS),
+        ApiKey::ListPartitionReassignments => (0, &LIST_PARTITION_REASSIGNMENTS),
+        ApiKey::DescribeLogDirs => (2, &DESCRIBE_LOG_DIRS),
+        ApiKey::AlterReplicaLogDirs => (2, &ALTER_REPLICA_LOG_DIRS),
         _ => return None,
     };
     Some(Schema { flexible_min, root })

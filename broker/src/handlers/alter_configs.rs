@@ -1,8 +1,15 @@
 //! AlterConfigs (key 33): replaces a topic's whole config set (keys left
 //! out return to their defaults), as Kafka does. Each topic is one
-//! metadata (Raft) entry; values are validated in `topic_config` first.
-//! Broker resources are refused with INVALID_REQUEST: broker settings are
-//! static (flags, env, file).
+//! metadata (Raft) entry; names and values are validated in
+//! `topic_config` first (a name that is no Kafka topic config, or a value
+//! of the wrong type: INVALID_CONFIG).
+//!
+//! Broker resources (name: this node's id, or empty for the cluster
+//! default): every broker setting is static (flag, environment, file, read
+//! at start), so a change of a known one is refused with INVALID_CONFIG
+//! saying which setting to change instead, and an unknown name with
+//! INVALID_CONFIG too; an empty change succeeds. Another broker's id is
+//! INVALID_REQUEST, as in Kafka.
 //!
 //! Concurrent alters of one topic are last-writer-wins: each entry carries
 //! the full new set.
@@ -40,6 +47,10 @@ async fn alter_one(
     validate_only: bool,
     ctx: &Ctx,
 ) -> (i16, Option<String>) {
+    if r.resource_type == RESOURCE_BROKER {
+        let names = r.configs.iter().map(|c| c.name.as_str());
+        return alter_broker(r.resource_name.as_str(), names, ctx);
+    }
     if r.resource_type != RESOURCE_TOPIC {
         return refuse_resource(r.resource_type);
     }
@@ -61,14 +72,51 @@ async fn alter_one(
     set_topic_configs(ctx, r.resource_name.as_str(), configs, validate_only).await
 }
 
-/// The answer for a resource type other than TOPIC.
+/// The answer for a resource type other than TOPIC and BROKER.
 pub fn refuse_resource(resource_type: i8) -> (i16, Option<String>) {
-    let message = if resource_type == RESOURCE_BROKER {
-        "broker configs are static (flags, environment, config file)".to_string()
-    } else {
-        format!("config resource type {resource_type} is not supported")
-    };
+    let message = format!("config resource type {resource_type} is not supported");
     (codes::invalid_request(), Some(message))
+}
+
+/// A BROKER resource must name this node or be empty (cluster default).
+pub fn check_broker_name(name: &str, ctx: &Ctx) -> Result<(), (i16, String)> {
+    if name.is_empty() || name.parse::<i32>().ok() == Some(ctx.node.node_id) {
+        return Ok(());
+    }
+    Err((
+        codes::invalid_request(),
+        format!(
+            "unexpected broker id '{name}': this is broker {} (send a broker's configs to that broker, or use an empty name)",
+            ctx.node.node_id
+        ),
+    ))
+}
+
+/// A change of broker configs `names` (AlterConfigs and
+/// IncrementalAlterConfigs): refused unless empty, every setting being
+/// static.
+pub fn alter_broker<'a>(
+    resource: &str,
+    mut names: impl Iterator<Item = &'a str>,
+    ctx: &Ctx,
+) -> (i16, Option<String>) {
+    if let Err((code, message)) = check_broker_name(resource, ctx) {
+        return (code, Some(message));
+    }
+    let Some(name) = names.next() else {
+        return (codes::NONE, None);
+    };
+    let message = match ctx.node.broker_configs.iter().find(|c| c.name == name) {
+        Some(c) if !c.flag.is_empty() => format!(
+            "broker config '{name}' is read-only: it is the static setting --{} (SLUICE_{}, TOML key {}), read at start; Sluice has no dynamic broker configs",
+            c.flag.replace('_', "-"),
+            c.flag.to_ascii_uppercase(),
+            c.flag
+        ),
+        Some(_) => format!("broker config '{name}' is read-only: Sluice fixes it"),
+        None => format!("unknown broker config '{name}'"),
+    };
+    (codes::invalid_config(), Some(message))
 }
 
 /// Validates `configs` and, unless `validate_only`, stores them as the
@@ -85,7 +133,7 @@ pub async fn set_topic_configs(
             Some(format!("unknown topic '{name}'")),
         );
     }
-    if let Err(message) = topic_config::validate_known(&configs) {
+    if let Err(message) = topic_config::validate_all(&configs) {
         return (codes::invalid_config(), Some(message));
     }
     if validate_only {

@@ -1,8 +1,12 @@
 //! CreatePartitions (key 37): grows a topic to `count` partitions, one
 //! metadata (Raft) entry per topic; new partitions are placed on shards as
 //! CreateTopics places them, and the answer waits (bounded by the
-//! request's `timeout_ms`) until their shards created them. Manual
-//! assignments are refused; partitions never shrink.
+//! request's `timeout_ms`) until their shards created them. Explicit
+//! `assignments` give the replicas of each new partition (preferred
+//! leader first): one list per new partition, as many replicas as the
+//! topic's partitions have, no broker twice; the metadata checks in apply
+//! that every broker is registered (INVALID_REPLICA_ASSIGNMENT otherwise).
+//! Partitions never shrink.
 
 use futures::future::join_all;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
@@ -55,12 +59,6 @@ async fn grow_one(
             Some(format!("unknown topic '{name}'")),
         );
     };
-    if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
-        return (
-            codes::invalid_replica_assignment(),
-            Some("manual replica assignment is not supported".into()),
-        );
-    }
     let have = topic.partitions.len();
     let count = match u32::try_from(t.count) {
         Ok(n) if n as usize > have && n <= PARTITIONS_PER_TOPIC_MAX => n,
@@ -73,10 +71,18 @@ async fn grow_one(
             return (codes::invalid_partitions(), Some(message));
         }
     };
+    let assignment = match assignment(t, count as usize - have, &topic) {
+        Ok(a) => a,
+        Err(message) => return (codes::invalid_replica_assignment(), Some(message)),
+    };
     if validate_only {
         return (codes::NONE, None);
     }
-    let grown = match ctx.meta.create_partitions(name, count).await {
+    let grown = match ctx
+        .meta
+        .create_partitions_assigned(name, count, assignment)
+        .await
+    {
         Ok(t) => t,
         Err(e) => return (meta_error_code(&e), Some(e.to_string())),
     };
@@ -89,4 +95,39 @@ async fn grow_one(
             Some("partitions not ready in time".into()),
         ),
     }
+}
+
+/// The replica lists of the `new` partitions (empty: placed by the
+/// controller). Whether the brokers are registered is the metadata's to
+/// decide, in apply.
+fn assignment(
+    t: &CreatePartitionsTopic,
+    new: usize,
+    topic: &sluice_raft::TopicMeta,
+) -> Result<Vec<Vec<u64>>, String> {
+    let Some(lists) = t.assignments.as_ref().filter(|a| !a.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    if lists.len() != new {
+        return Err(format!(
+            "{new} new partitions but {} replica assignments",
+            lists.len()
+        ));
+    }
+    let factor = topic.partitions.first().map_or(1, |p| p.replicas.len());
+    lists
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let replicas = super::replica_list(&a.broker_ids)?;
+            if replicas.len() != factor {
+                return Err(format!(
+                    "new partition {} has {} replicas; the topic's partitions have {factor}",
+                    topic.partitions.len() + i,
+                    replicas.len()
+                ));
+            }
+            Ok(replicas)
+        })
+        .collect()
 }

@@ -5,7 +5,9 @@
 //! the node's default replication factor (at most the live brokers);
 //! explicit `assignments` (with both at -1, as Kafka requires) give each
 //! partition's replicas, the preferred leader first. The answer carries
-//! the replication factor the topic got.
+//! the replication factor the topic got. Configs are checked by
+//! `topic_config::validate_all`: a name that is no Kafka topic config, or
+//! a value of the wrong type, is INVALID_CONFIG.
 
 use std::collections::BTreeMap;
 
@@ -160,7 +162,7 @@ fn configs_of(t: &CreatableTopic) -> Result<BTreeMap<String, String>, (i16, Stri
                 .map(|v| (c.name.to_string(), v.to_string()))
         })
         .collect();
-    crate::topic_config::validate_known(&configs).map_err(|m| (codes::invalid_config(), m))?;
+    crate::topic_config::validate_all(&configs).map_err(|m| (codes::invalid_config(), m))?;
     Ok(configs)
 }
 

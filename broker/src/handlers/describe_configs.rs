@@ -1,7 +1,17 @@
-//! DescribeConfigs (key 32). Topics: every key of `topic_config` with its
-//! value (DYNAMIC_TOPIC_CONFIG when set on the topic, DEFAULT_CONFIG
-//! otherwise), filtered by the requested keys. Brokers: a few read-only
-//! static settings of this node.
+//! DescribeConfigs (key 32).
+//!
+//! - Topics: every key of `topic_config::TOPIC_CONFIGS` with its value:
+//!   DYNAMIC_TOPIC_CONFIG when set on the topic; otherwise the default,
+//!   which for `min.insync.replicas` is the broker's
+//!   (STATIC_BROKER_CONFIG when `--min-insync-replicas` was given,
+//!   DEFAULT_CONFIG otherwise); Kafka topic configs Sluice stores without
+//!   using are listed when set. Filtered by the requested keys.
+//! - Brokers (name = this node's id, or empty for the cluster default):
+//!   the node's settings under Kafka's names (`Settings::broker_configs`),
+//!   STATIC_BROKER_CONFIG when given by flag, environment or file,
+//!   DEFAULT_CONFIG otherwise, every one read-only (Sluice has no dynamic
+//!   broker configs). Another broker's id is INVALID_REQUEST, as in Kafka
+//!   (clients send a broker's describe to that broker).
 
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{
@@ -9,10 +19,10 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
-use super::alter_configs::{RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::alter_configs::{check_broker_name, RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
-use crate::topic_config::{ConfigType, TOPIC_CONFIGS};
+use crate::topic_config::{ConfigType, KAFKA_TOPIC_CONFIGS, MIN_INSYNC_REPLICAS, TOPIC_CONFIGS};
 
 /// Kafka's `ConfigSource` codes.
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
@@ -51,30 +61,80 @@ fn describe_one(
                 out.error_message = Some(str_bytes(format!("unknown topic '{}'", r.resource_name)));
                 return out;
             };
-            TOPIC_CONFIGS
+            let broker_min_isr = ctx
+                .node
+                .broker_configs
                 .iter()
-                .filter(|d| wanted(d.name))
-                .map(|d| {
-                    let set = topic.configs.get(d.name);
-                    let source = if set.is_some() {
-                        SOURCE_DYNAMIC_TOPIC
+                .find(|c| c.name == MIN_INSYNC_REPLICAS);
+            let known = TOPIC_CONFIGS.iter().filter(|d| wanted(d.name)).map(|d| {
+                let set = topic.configs.get(d.name);
+                let (value, source) = match (set, broker_min_isr) {
+                    (Some(v), _) => (v.clone(), SOURCE_DYNAMIC_TOPIC),
+                    (None, Some(b)) if d.name == MIN_INSYNC_REPLICAS => (
+                        b.value.clone().unwrap_or_else(|| d.default.to_string()),
+                        if b.explicit {
+                            SOURCE_STATIC_BROKER
+                        } else {
+                            SOURCE_DEFAULT
+                        },
+                    ),
+                    (None, _) => (d.default.to_string(), SOURCE_DEFAULT),
+                };
+                let mut e = entry(d.name, Some(&value), source, d.kind, version);
+                e.read_only = false;
+                if version >= 3 {
+                    e.documentation = docs.then(|| str_bytes(d.doc));
+                }
+                e
+            });
+            let stored = KAFKA_TOPIC_CONFIGS
+                .iter()
+                .filter(|(name, _)| wanted(name))
+                .filter_map(|&(name, kind)| {
+                    let v = topic.configs.get(name)?;
+                    let mut e = entry(name, Some(v), SOURCE_DYNAMIC_TOPIC, kind, version);
+                    e.read_only = false;
+                    if version >= 3 {
+                        e.documentation =
+                            docs.then(|| str_bytes("stored; Sluice does not use this config"));
+                    }
+                    Some(e)
+                });
+            known.chain(stored).collect()
+        }
+        RESOURCE_BROKER => {
+            if let Err((code, message)) = check_broker_name(r.resource_name.as_str(), ctx) {
+                out.error_code = code;
+                out.error_message = Some(str_bytes(message));
+                return out;
+            }
+            ctx.node
+                .broker_configs
+                .iter()
+                .filter(|c| wanted(c.name))
+                .map(|c| {
+                    let source = if c.explicit {
+                        SOURCE_STATIC_BROKER
                     } else {
                         SOURCE_DEFAULT
                     };
-                    let value = set.map_or(d.default, String::as_str);
-                    let mut e = entry(d.name, value, source, d.kind, version);
-                    e.read_only = false;
-                    if version >= 3 {
-                        e.documentation = docs.then(|| str_bytes(d.doc));
+                    let mut e = entry(c.name, c.value.as_deref(), source, c.kind, version);
+                    e.read_only = true;
+                    if version >= 3 && docs {
+                        let doc = if c.flag.is_empty() {
+                            "fixed in Sluice (read-only)".to_string()
+                        } else {
+                            format!(
+                                "set at start with --{} (read-only: Sluice has no dynamic broker configs)",
+                                c.flag.replace('_', "-")
+                            )
+                        };
+                        e.documentation = Some(str_bytes(doc));
                     }
                     e
                 })
                 .collect()
         }
-        RESOURCE_BROKER => broker_entries(ctx, version)
-            .into_iter()
-            .filter(|e| wanted(e.name.as_str()))
-            .collect(),
         other => {
             out.error_code = codes::invalid_request();
             out.error_message = Some(str_bytes(format!(
@@ -87,40 +147,16 @@ fn describe_one(
     out
 }
 
-fn broker_entries(ctx: &Ctx, version: i16) -> Vec<DescribeConfigsResourceResult> {
-    let n = &ctx.node;
-    [
-        (
-            "auto.create.topics.enable",
-            n.auto_create_topics.to_string(),
-            ConfigType::String,
-        ),
-        ("broker.id", n.node_id.to_string(), ConfigType::Int),
-        (
-            "num.partitions",
-            n.default_partitions.to_string(),
-            ConfigType::Int,
-        ),
-    ]
-    .into_iter()
-    .map(|(name, value, kind)| {
-        let mut e = entry(name, &value, SOURCE_STATIC_BROKER, kind, version);
-        e.read_only = true;
-        e
-    })
-    .collect()
-}
-
 fn entry(
     name: &str,
-    value: &str,
+    value: Option<&str>,
     source: i8,
     kind: ConfigType,
     version: i16,
 ) -> DescribeConfigsResourceResult {
     let mut e = DescribeConfigsResourceResult::default();
     e.name = str_bytes(name);
-    e.value = Some(str_bytes(value));
+    e.value = value.map(str_bytes);
     // Each field exists only in some versions; the codec refuses others.
     if version == 0 {
         e.is_default = source == SOURCE_DEFAULT;

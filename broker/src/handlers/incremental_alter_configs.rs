@@ -1,6 +1,9 @@
 //! IncrementalAlterConfigs (key 44): SET, DELETE (back to the default),
 //! APPEND and SUBTRACT (list configs: `cleanup.policy`) on a topic's
-//! configs; the result is stored like AlterConfigs (one Raft entry).
+//! configs; the result is validated and stored like AlterConfigs (one Raft
+//! entry): a name that is no Kafka topic config or a value of the wrong
+//! type is INVALID_CONFIG. Broker resources are answered as AlterConfigs
+//! answers them (every broker setting is static: INVALID_CONFIG).
 
 use std::collections::BTreeMap;
 
@@ -8,7 +11,9 @@ use kafka_protocol::messages::incremental_alter_configs_request::AlterConfigsRes
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
-use super::alter_configs::{refuse_resource, set_topic_configs, RESOURCE_TOPIC};
+use super::alter_configs::{
+    alter_broker, refuse_resource, set_topic_configs, RESOURCE_BROKER, RESOURCE_TOPIC,
+};
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
 use crate::topic_config::{self, ConfigType};
@@ -41,6 +46,10 @@ async fn alter_one(
     validate_only: bool,
     ctx: &Ctx,
 ) -> (i16, Option<String>) {
+    if r.resource_type == RESOURCE_BROKER {
+        let names = r.configs.iter().map(|c| c.name.as_str());
+        return alter_broker(r.resource_name.as_str(), names, ctx);
+    }
     if r.resource_type != RESOURCE_TOPIC {
         return refuse_resource(r.resource_type);
     }
@@ -68,7 +77,11 @@ fn apply_op(
     op: i8,
     value: Option<&str>,
 ) -> Result<(), String> {
-    let def = topic_config::def_of(name).ok_or_else(|| format!("unknown topic config '{name}'"))?;
+    let (kind, default) = match (topic_config::def_of(name), topic_config::kafka_only(name)) {
+        (Some(def), _) => (def.kind, def.default),
+        (None, Some(kind)) => (kind, ""),
+        (None, None) => return Err(format!("unknown topic config '{name}'")),
+    };
     let need_value = || value.ok_or_else(|| format!("no value for '{name}'"));
     match op {
         OP_SET => {
@@ -77,8 +90,8 @@ fn apply_op(
         OP_DELETE => {
             configs.remove(name);
         }
-        OP_APPEND | OP_SUBTRACT if def.kind == ConfigType::List => {
-            let current = configs.get(name).map(String::as_str).unwrap_or(def.default);
+        OP_APPEND | OP_SUBTRACT if kind == ConfigType::List => {
+            let current = configs.get(name).map(String::as_str).unwrap_or(default);
             let edited = topic_config::edit_list(Some(current), need_value()?, op == OP_APPEND);
             configs.insert(name.to_string(), edited);
         }
@@ -104,5 +117,7 @@ mod tests {
         assert!(!c.contains_key("retention.ms"));
         assert!(apply_op(&mut c, "retention.ms", OP_APPEND, Some("1")).is_err());
         assert!(apply_op(&mut c, "nope", OP_SET, Some("1")).is_err());
+        apply_op(&mut c, "compression.type", OP_SET, Some("zstd")).expect("kafka config");
+        assert_eq!(c["compression.type"], "zstd");
     }
 }

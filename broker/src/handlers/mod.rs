@@ -6,6 +6,8 @@
 //! partition work to the owning shard.
 
 pub mod alter_configs;
+pub mod alter_partition_reassignments;
+pub mod alter_replica_log_dirs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;
@@ -13,10 +15,13 @@ pub mod delete_records;
 pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
+pub mod describe_log_dirs;
+pub mod elect_leaders;
 pub mod fetch;
 pub mod incremental_alter_configs;
 pub mod init_producer_id;
 pub mod list_offsets;
+pub mod list_partition_reassignments;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
 pub mod produce;
@@ -79,6 +84,12 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     // Followers truncate by leader epoch before fetching.
     (ApiKey::OffsetForLeaderEpoch, 0, 4),
+    // Cluster administration.
+    (ApiKey::AlterReplicaLogDirs, 0, 2),
+    (ApiKey::DescribeLogDirs, 0, 4),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -107,6 +118,9 @@ pub struct NodeInfo {
     pub offsets_topic_partitions: u32,
     /// When the node started serving.
     pub started: Instant,
+    /// The node's settings as broker configs (DescribeConfigs), its log
+    /// dir among them.
+    pub broker_configs: Vec<crate::config::BrokerConfig>,
 }
 
 /// What a handler may use: this shard's data plane, the metadata service
@@ -361,6 +375,21 @@ pub async fn dispatch(
         ),
         ApiKey::OffsetForLeaderEpoch => ResponseKind::OffsetForLeaderEpoch(
             offset_for_leader_epoch::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::ElectLeaders => ResponseKind::ElectLeaders(
+            elect_leaders::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::AlterPartitionReassignments => ResponseKind::AlterPartitionReassignments(
+            alter_partition_reassignments::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::ListPartitionReassignments => ResponseKind::ListPartitionReassignments(
+            list_partition_reassignments::handle(decode(body, version)?, version, ctx),
+        ),
+        ApiKey::DescribeLogDirs => ResponseKind::DescribeLogDirs(
+            describe_log_dirs::handle(decode(body, version)?, version, ctx).await,
+        ),
+        ApiKey::AlterReplicaLogDirs => ResponseKind::AlterReplicaLogDirs(
+            alter_replica_log_dirs::handle(decode(body, version)?, version, ctx),
         ),
         other => match dispatch_groups(other, version, body, ctx).await? {
             Some(r) => r,
