@@ -269,7 +269,7 @@ pub struct StartArgs {
         long,
         env = "SLUICE_BROKER_LEASE_MS",
         value_name = "MS",
-        default_value = "2000"
+        default_value = "1500"
     )]
     pub broker_lease_ms: u64,
 
@@ -1177,7 +1177,7 @@ mod tests {
         assert_eq!(s.default_replication_factor, 1);
         assert_eq!(s.min_insync_replicas, 1);
         assert_eq!(s.replica_lag_time_max_ms, 30_000);
-        assert_eq!((s.broker_heartbeat_ms, s.broker_lease_ms), (250, 2000));
+        assert_eq!((s.broker_heartbeat_ms, s.broker_lease_ms), (250, 1500));
         assert_eq!(s.replica_fetch_wait_max_ms, 500);
         assert_eq!(s.replica_fetch_max_bytes, 10 << 20);
         assert_eq!(s.cluster_id(), "sluice-1");

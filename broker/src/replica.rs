@@ -90,9 +90,12 @@ const IO_SLACK: Duration = Duration::from_secs(15);
 /// Longest connect attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Backoff between failed attempts to reach a leader: doubles from MIN
-/// up to MAX; reset by an answered fetch.
+/// up to MAX; reset by an answered fetch. MAX stays short: a leader that
+/// restarts before its lease runs out keeps its partitions, and its
+/// followers (and so acks=all) wait for their next attempt; at most one
+/// connection attempt per second per leader is cheap.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A partition refused by the leader (it may not have applied the same
 /// metadata yet) is asked again after this, if nothing changed before.
 const PARKED_RETRY: Duration = Duration::from_secs(1);

@@ -130,6 +130,7 @@ fn meta_config(settings: &Settings) -> MetaConfig {
             voters: c.voters.clone(),
             heartbeat_ms: settings.broker_heartbeat_ms,
             lease_ms: settings.broker_lease_ms,
+            heartbeat_when_serving: true,
         }),
     }
 }
@@ -181,6 +182,8 @@ fn serve(
         Err(e) => Err(e),
     };
     if let Ok(admin) = &admin {
+        // Only now is this node announced (heartbeats): it serves.
+        meta.serving();
         tracing::info!(
             kafka = %settings.listen,
             advertised = format!("{}:{}", settings.advertised_host, settings.advertised_port),

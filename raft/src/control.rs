@@ -69,8 +69,8 @@ pub(crate) const FORWARDS_INFLIGHT_MAX: usize = 8;
 /// Raft timing of a cluster: heartbeat and election timeout range, ms. A
 /// lost leader is replaced within about two election timeouts.
 pub(crate) const RAFT_HEARTBEAT_MS: u64 = 200;
-pub(crate) const RAFT_ELECTION_MIN_MS: u64 = 1_000;
-pub(crate) const RAFT_ELECTION_MAX_MS: u64 = 1_600;
+pub(crate) const RAFT_ELECTION_MIN_MS: u64 = 800;
+pub(crate) const RAFT_ELECTION_MAX_MS: u64 = 1_300;
 /// Bound of one snapshot chunk's transfer, ms.
 pub(crate) const RAFT_SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 5_000;
 /// Longest host name accepted in a heartbeat.
@@ -108,6 +108,9 @@ pub(crate) struct ControlArgs {
     pub published: Arc<Published>,
     /// The current Raft leader's id, `NO_LEADER` when none is known.
     pub leader: Arc<AtomicU64>,
+    /// Set by `Metadata::serving`; heartbeats wait for it when the cluster
+    /// config asks so.
+    pub serving: Arc<std::sync::atomic::AtomicBool>,
     pub commands: mpsc::Receiver<Command>,
     pub stop: oneshot::Receiver<()>,
     pub ready: std::sync::mpsc::SyncSender<Result<(), MetaError>>,
@@ -139,11 +142,20 @@ async fn control_main(args: ControlArgs) {
         tuning,
         published,
         leader,
+        serving,
         commands,
         stop,
         ready,
     } = args;
-    let node = match boot(&cfg, tuning, Arc::clone(&published), Arc::clone(&leader)).await {
+    let node = match boot(
+        &cfg,
+        tuning,
+        Arc::clone(&published),
+        Arc::clone(&leader),
+        serving,
+    )
+    .await
+    {
         Ok(node) => node,
         Err(e) => {
             published.close();
@@ -219,6 +231,8 @@ struct Cluster {
     /// `FORWARDS_INFLIGHT_MAX`, all to the latest leader written to).
     idle_links: Mutex<Vec<Link>>,
     leases: Mutex<Leases>,
+    /// Heartbeats are sent only while true.
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The controller's lease table (meaningful on the leader only).
@@ -248,6 +262,7 @@ async fn boot(
     tuning: Tuning,
     published: Arc<Published>,
     leader: Arc<AtomicU64>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Arc<Node>, MetaError> {
     if let Some(cluster) = &cfg.cluster {
         if !cluster.voters.contains_key(&cfg.node_id) {
@@ -276,7 +291,7 @@ async fn boot(
     .map_err(storage)?;
     let node = match &cfg.cluster {
         None => boot_alone(cfg, tuning, log, sm, published).await?,
-        Some(cluster) => boot_cluster(cfg, cluster, tuning, log, sm, published).await?,
+        Some(cluster) => boot_cluster(cfg, cluster, tuning, log, sm, published, serving).await?,
     };
     watch_leader(&node.raft, leader);
     let version = node
@@ -364,6 +379,7 @@ async fn boot_cluster(
     log: LogStore,
     sm: StateMachine,
     published: Arc<Published>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Arc<Node>, MetaError> {
     let listener = tokio::net::TcpListener::bind(cluster.listen)
         .await
@@ -389,6 +405,7 @@ async fn boot_cluster(
             forwards: Semaphore::new(FORWARDS_INFLIGHT_MAX),
             idle_links: Mutex::new(Vec::new()),
             leases: Mutex::new(Leases::default()),
+            serving,
         }),
     });
     let service: Arc<dyn Service> = Arc::new(PeerService {
@@ -707,6 +724,9 @@ async fn heartbeat_loop(node: Arc<Node>) {
     let mut link: Option<Link> = None;
     loop {
         tick.tick().await;
+        if !cluster.serving.load(Ordering::Acquire) {
+            continue;
+        }
         let leader = node.raft.metrics().borrow().current_leader;
         let Some(leader) = leader else {
             continue;
@@ -757,8 +777,14 @@ async fn lease_loop(node: Arc<Node>) {
             }
             continue;
         }
-        // A new leader gives every broker a full lease.
-        let since = *leading_since.get_or_insert_with(Instant::now);
+        // A new leader gives every broker half a lease: a live broker
+        // learns of the new leader from its first AppendEntries and
+        // heartbeats it within one interval, while a broker that died with
+        // the old leader is fenced sooner than after a whole new lease.
+        let since = *leading_since.get_or_insert_with(|| {
+            let now = Instant::now();
+            now.checked_sub(lease / 2).unwrap_or(now)
+        });
         let now = Instant::now();
         let view = node.published.view();
         let mut proposals = Vec::new();

@@ -142,6 +142,8 @@ struct Inner {
     /// The Raft leader's id (`NO_LEADER`: none known), kept by the control
     /// thread.
     leader: Arc<AtomicU64>,
+    /// See `Metadata::serving`.
+    serving: Arc<std::sync::atomic::AtomicBool>,
     control: Mutex<Option<Control>>,
 }
 
@@ -188,6 +190,11 @@ impl Metadata {
         };
         let published = Arc::new(Published::new(cfg.node_id));
         let leader = Arc::new(AtomicU64::new(NO_LEADER));
+        let waits_for_serving = cfg
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.heartbeat_when_serving);
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(!waits_for_serving));
         let (commands_tx, commands) = mpsc::channel(REQUESTS_MAX);
         let (stop_tx, stop) = oneshot::channel();
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
@@ -196,6 +203,7 @@ impl Metadata {
             tuning,
             published: Arc::clone(&published),
             leader: Arc::clone(&leader),
+            serving: Arc::clone(&serving),
             commands,
             stop,
             ready: ready_tx,
@@ -222,6 +230,7 @@ impl Metadata {
                 commands: commands_tx,
                 limits,
                 leader,
+                serving,
                 control,
             }),
         })
@@ -428,6 +437,15 @@ impl Metadata {
             NO_LEADER => None,
             leader => Some(leader),
         }
+    }
+
+    /// This node serves its clients (its Kafka listeners accept): with
+    /// `ClusterConfig::heartbeat_when_serving`, its heartbeats (and so its
+    /// registration, unfencing and leaderships) start now. Idempotent.
+    pub fn serving(&self) {
+        self.inner
+            .serving
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// This node's id.

@@ -41,6 +41,11 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// A broker that has not heartbeat for this long is fenced, ms.
     pub lease_ms: u64,
+    /// Heartbeat (and so be registered, unfenced, made leader) only once
+    /// `Metadata::serving` was called: a broker does when its Kafka
+    /// listeners accept connections, so that a restarting node is not
+    /// listed as live while it still recovers its logs.
+    pub heartbeat_when_serving: bool,
 }
 
 /// What a client asks for when creating a topic.

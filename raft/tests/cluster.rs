@@ -59,6 +59,7 @@ impl Cluster {
                         voters: voters.clone(),
                         heartbeat_ms: HEARTBEAT_MS,
                         lease_ms: LEASE_MS,
+                        heartbeat_when_serving: false,
                     }),
                 };
                 (id, cfg)
