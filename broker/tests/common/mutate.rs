@@ -44,6 +44,12 @@ pub const SERVED: &[(i16, i16, i16)] = &[
     (44, 0, 1), // IncrementalAlterConfigs
     (60, 0, 1), // DescribeCluster
     (21, 0, 2), // DeleteRecords
+    (23, 0, 4), // OffsetForLeaderEpoch
+    (34, 0, 2), // AlterReplicaLogDirs
+    (35, 0, 4), // DescribeLogDirs
+    (43, 0, 2), // ElectLeaders
+    (45, 0, 0), // AlterPartitionReassignments
+    (46, 0, 0), // ListPartitionReassignments
 ];
 
 /// Mutations stacked on one frame, at most.
