@@ -463,16 +463,42 @@ async fn read_frame<S: AsyncRead + Unpin>(
     {
         return Err(Close::BadSize(size));
     }
-    let Some(held) = ctx.shard.reserve_request(size as u64).await else {
-        return Err(Close::NoMemory);
+    // The API key decides whether the frame may wait for the pool.
+    let mut key = [0u8; 2];
+    read_exact_within(stream, &mut key, limits, ctx).await?;
+    let held = if never_waits(i16::from_be_bytes(key), size as u64) {
+        ctx.shard.reserve_request_forced(size as u64)
+    } else {
+        match ctx.shard.reserve_request(size as u64).await {
+            Some(held) => held,
+            None => return Err(Close::NoMemory),
+        }
     };
     // The announced size is reserved, so the frame is allocated once at
     // that size (growing a buffer as bytes arrive would hold up to twice
     // the reservation). A peer announcing more than it sends holds at most
     // its reservation, within the pool, for `frame_read_timeout`.
     let mut frame = vec![0u8; size as usize];
-    read_exact_within(stream, &mut frame, limits, ctx).await?;
+    frame[..2].copy_from_slice(&key);
+    read_exact_within(stream, &mut frame[2..], limits, ctx).await?;
     Ok(Some((Bytes::from(frame), held)))
+}
+
+/// Largest Fetch or OffsetForLeaderEpoch frame charged without waiting
+/// (a follower's fetch of 20,000 partitions is ~800 KB).
+const UNQUEUED_FRAME_BYTES_MAX: u64 = 1 << 20;
+
+/// Whether a frame is charged to the request-buffer pool at once, past its
+/// limit if need be, instead of waiting for room. Fetch and
+/// OffsetForLeaderEpoch are how followers replicate: with acks=all, the
+/// pool may be full of Produce frames held until their replies, which wait
+/// for exactly these requests, so waiting would stall the partition until
+/// the memory wait ran out. They are barriers (one per connection at a
+/// time) and small (bounded by `UNQUEUED_FRAME_BYTES_MAX`).
+fn never_waits(api_key: i16, size: u64) -> bool {
+    let replication =
+        api_key == ApiKey::Fetch as i16 || api_key == ApiKey::OffsetForLeaderEpoch as i16;
+    replication && size <= UNQUEUED_FRAME_BYTES_MAX
 }
 
 /// Fills `buf` within `frame_read_timeout`.

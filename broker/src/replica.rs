@@ -146,8 +146,6 @@ enum Failure {
     /// The leader answered something we cannot use (bad frame, error code
     /// for the whole request).
     Protocol(String),
-    /// No memory for the response within the wait.
-    NoMemory,
 }
 
 impl std::fmt::Display for Failure {
@@ -156,7 +154,6 @@ impl std::fmt::Display for Failure {
             Failure::Io(e) => write!(f, "{e}"),
             Failure::TimedOut => write!(f, "timed out"),
             Failure::Protocol(m) => write!(f, "{m}"),
-            Failure::NoMemory => write!(f, "no memory for the response"),
         }
     }
 }
@@ -648,17 +645,13 @@ impl ReplicaFetcher {
             }
         };
         let bytes = u64::from(size);
-        let shard = &self.ctx.shard;
-        let held = if bytes > shard.request_bytes_max() {
-            // Larger than the whole pool (one huge batch): charged past
-            // its limit rather than never fetched.
-            shard.reserve_request_forced(bytes)
-        } else {
-            shard
-                .reserve_request(bytes)
-                .await
-                .ok_or(Failure::NoMemory)?
-        };
+        // Charged at once, past the pool's limit if need be: the pool may
+        // be full of client produce frames that wait (acks=all) for this
+        // very replication, here or on the leader, so waiting for it could
+        // stall every node until the memory wait runs out. The bytes are
+        // bounded all the same: one response per leader session, each at
+        // most `response_bytes_max`.
+        let held = self.ctx.shard.reserve_request_forced(bytes);
         let mut body = vec![0u8; size as usize];
         stream.read_exact(&mut body).await.map_err(Failure::Io)?;
         Ok((Bytes::from(body), Some(held)))
