@@ -15,8 +15,10 @@
 //! - a lease task that acts only on the leader: every `heartbeat_ms` it
 //!   proposes `RegisterBroker` for a heartbeating broker that is unknown or
 //!   has a new address, `UnfenceBroker` for a fenced one that heartbeats,
-//!   and `FenceBroker` for an unfenced one silent for `lease_ms` (a new
-//!   leader gives every broker a full lease first). Heartbeat instants live
+//!   and `FenceBroker` for an unfenced one silent for `lease_ms`, or for
+//!   two heartbeat intervals when its Raft port refuses connections (its
+//!   process is gone); a new leader gives every broker half a lease first.
+//!   Heartbeat instants live
 //!   in memory only; at most one proposal per broker is outstanding;
 //! - a watcher of openraft's metrics that keeps `Metadata::controller`
 //!   current.
@@ -765,7 +767,8 @@ async fn lease_loop(node: Arc<Node>) {
         return;
     };
     let lease = Duration::from_millis(cluster.cfg.lease_ms);
-    let mut tick = tokio::time::interval(Duration::from_millis(cluster.cfg.heartbeat_ms.max(1)));
+    let heartbeat = Duration::from_millis(cluster.cfg.heartbeat_ms.max(1));
+    let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut leading_since: Option<Instant> = None;
     loop {
@@ -795,7 +798,15 @@ async fn lease_loop(node: Arc<Node>) {
                     continue;
                 }
                 let last = leases.heard.get(&id);
-                let fresh = last.filter(|h| now.duration_since(h.at) < lease);
+                let heard_at = last.map_or(since, |h| h.at.max(since));
+                let silent = now.duration_since(heard_at);
+                // A node whose Raft port refuses connections is gone
+                // (killed, or restarting): its lease ends after two missed
+                // heartbeats instead of a whole lease.
+                let gone = id != node.node_id
+                    && cluster.reachability.refused(id)
+                    && silent >= 2 * heartbeat;
+                let fresh = last.filter(|h| now.duration_since(h.at) < lease && !gone);
                 let request = match (fresh, view.brokers.get(&id)) {
                     (Some(h), None) => Some(MetaRequest::RegisterBroker {
                         id,
@@ -811,9 +822,7 @@ async fn lease_loop(node: Arc<Node>) {
                     }
                     (Some(_), Some(b)) if b.fenced => Some(MetaRequest::UnfenceBroker { id }),
                     (None, Some(b)) if !b.fenced => {
-                        let heard_at = last.map_or(since, |h| h.at.max(since));
-                        (now.duration_since(heard_at) >= lease)
-                            .then_some(MetaRequest::FenceBroker { id })
+                        (silent >= lease || gone).then_some(MetaRequest::FenceBroker { id })
                     }
                     _ => None,
                 };

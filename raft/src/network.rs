@@ -235,6 +235,9 @@ const UNREACHABLE_WARN_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct PeerState {
     answered: bool,
+    /// The last call found nothing listening at the peer's address (its
+    /// process is gone, or its port closed): a connection refused.
+    refused: bool,
     /// Calls that failed since the peer last answered.
     failures: u64,
     /// Failures already reported in a warning.
@@ -246,14 +249,19 @@ impl Reachability {
     /// Records one call's outcome. A peer that stops answering is reported
     /// once, then at most every `UNREACHABLE_WARN_INTERVAL` with the count
     /// of failed calls since; its return is reported once.
-    fn note(&self, peer: NodeId, answered: bool) {
+    fn note(&self, peer: NodeId, result: &Result<Response, CallError>) {
+        let answered = result.is_ok();
+        let refused = matches!(result, Err(CallError::NotSent { source, .. })
+            if source.kind() == io::ErrorKind::ConnectionRefused);
         let mut map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         let state = map.entry(peer).or_insert(PeerState {
             answered: true,
+            refused: false,
             failures: 0,
             reported: 0,
             last_warning: None,
         });
+        state.refused = refused;
         if answered {
             if !state.answered {
                 tracing::info!(
@@ -264,6 +272,7 @@ impl Reachability {
             }
             *state = PeerState {
                 answered: true,
+                refused: false,
                 failures: 0,
                 reported: 0,
                 last_warning: None,
@@ -285,6 +294,13 @@ impl Reachability {
             state.reported = state.failures;
             state.last_warning = Some(std::time::Instant::now());
         }
+    }
+
+    /// Whether the last call to `peer` was refused (nothing listens at its
+    /// address).
+    pub(crate) fn refused(&self, peer: NodeId) -> bool {
+        let map = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&peer).is_some_and(|p| p.refused)
     }
 
     /// Peers whose last call was answered.
@@ -333,7 +349,7 @@ impl ClusterClient {
         option: &RPCOption,
     ) -> Result<Response, RPCError<NodeId, Node, E>> {
         let result = self.link.call(request, option.hard_ttl()).await;
-        self.reachability.note(self.link.to(), result.is_ok());
+        self.reachability.note(self.link.to(), &result);
         result.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 
