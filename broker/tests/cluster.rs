@@ -312,6 +312,8 @@ fn idempotent_acks_all_load_survives_killing_leaders_followers_and_the_controlle
             Arc::clone(&sent),
             Arc::clone(&deliveries),
         );
+        // The producer loop runs in the test process, not on a broker core:
+        // a thread of its own keeps sending while the test kills nodes.
         std::thread::spawn(move || {
             let mut seqs = [0u64; FAILOVER_PARTITIONS as usize];
             let mut n = 0usize;

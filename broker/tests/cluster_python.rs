@@ -112,6 +112,8 @@ impl Script {
         let out = Arc::new(Mutex::new(Output::default()));
         let reader = {
             let out = Arc::clone(&out);
+            // A test-process thread drains the script's stdout, so the child never
+            // blocks on a full pipe while the test kills nodes.
             std::thread::spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };

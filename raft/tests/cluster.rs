@@ -78,6 +78,8 @@ impl Cluster {
             let cfg = configs[id].clone();
             let tx = tx.clone();
             let id = *id;
+            // `Metadata::start` blocks until a quorum exists, so each node starts
+            // on a thread of its own (as the broker starts it before its shards).
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(150 * i as u64));
                 let _ = tx.send((id, Metadata::start(cfg)));
@@ -153,6 +155,7 @@ impl Cluster {
     fn restart(&mut self, id: u64) {
         let cfg = self.configs[&id].clone();
         let (tx, rx) = mpsc::channel();
+        // `Metadata::start` blocks until the node rejoins a quorum.
         std::thread::spawn(move || {
             let _ = tx.send(Metadata::start(cfg));
         });
@@ -379,6 +382,7 @@ fn start_waits_for_a_quorum() {
     let spawn = |id: u64| {
         let cfg = configs[&id].clone();
         let tx = tx.clone();
+        // `Metadata::start` blocks until a quorum exists: one thread per node.
         std::thread::spawn(move || {
             let _ = tx.send((id, Metadata::start(cfg)));
         });

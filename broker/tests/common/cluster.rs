@@ -272,6 +272,8 @@ impl Cluster {
             for (listener, _, _) in &listeners {
                 listener.set_nonblocking(true).expect("nonblocking");
             }
+            // The link proxies run in the test process (blocking std sockets), not
+            // on a broker core: one accept thread for all of them.
             std::thread::Builder::new()
                 .name("cluster-proxy-accept".into())
                 .spawn(move || accept_loop(&listeners, &l))
@@ -1235,6 +1237,8 @@ fn serve(
     threads.retain(|t| !t.is_finished());
     for (name, a, b) in [("up", client, server), ("down", s2, c2)] {
         let (l, ls) = (Arc::clone(&link), Arc::clone(links));
+        // One test-process thread per direction of a proxied connection
+        // (blocking copies); finished ones are reaped above.
         let t = std::thread::Builder::new()
             .name(format!("cluster-proxy-{name}"))
             .stack_size(256 * 1024)
