@@ -3,6 +3,9 @@
 //! long poll, ListOffsets, cross-shard routing over the mesh, then close,
 //! reopen and recover.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
@@ -11,36 +14,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use sluice_raft::{MetaConfig, Metadata, TopicMeta, TopicSpec};
+use sluice_raft::{Metadata, TopicMeta, TopicSpec};
 use sluice_shard::{
     new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition, Shard,
     ShardConfig, ShardError, ShardMesh, WalTuning,
 };
 
 // ---- helpers ---------------------------------------------------------------
-
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}
-
-fn start_meta(dir: &Path, shards: u32) -> Metadata {
-    init_logs();
-    let cfg = MetaConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: 1,
-        shards,
-        partitions_per_shard_max: 100,
-        advertised_host: "127.0.0.1".into(),
-        advertised_port: 9092,
-        cluster: None,
-    };
-    Metadata::start(cfg).expect("metadata starts")
-}
 
 fn shard_config(dir: &Path, id: u32, shards: u32) -> ShardConfig {
     let mut cfg = ShardConfig::new(id, shards, dir);
@@ -54,19 +34,6 @@ fn shard_config(dir: &Path, id: u32, shards: u32) -> ShardConfig {
         ..WalTuning::default()
     };
     cfg
-}
-
-/// Runs `f` on a fresh glommio executor thread and waits for it.
-fn on_executor<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("executor thread");
 }
 
 /// One uncompressed Kafka v2 record batch with a valid CRC32C.
@@ -103,19 +70,6 @@ fn batch(count: i32, timestamp_ms: i64, value: &[u8]) -> Vec<u8> {
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
-}
-
-fn varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn base_offset(b: &[u8]) -> i64 {
-    i64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
 }
 
 fn crc_ok(b: &[u8]) -> bool {

@@ -6,6 +6,9 @@
 //! from views applied with `Shard::apply_view_for_tests`, the other replica
 //! is played by the test (replica fetches, `append_replica`).
 
+mod common;
+use common::*;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_raft::{MetaConfig, Metadata, MetadataView, PartitionMeta, TopicMeta, TopicSpec};
+use sluice_raft::{Metadata, TopicMeta, TopicSpec};
 use sluice_shard::group::{
     decode_batch, encode_batch, encode_record, CommitRequest, CommittedOffset, GroupError,
     GroupRecord, GroupRequest, GroupResponse, OffsetDeleteRequest, OffsetFetchRequest, KIND_GROUP,
@@ -27,30 +30,8 @@ use sluice_shard::{
 
 // ---- helpers ---------------------------------------------------------------
 
-/// Versions of the test's views: far above anything the metadata service
-/// reaches in a test, so its own views never replace them.
-const VIEW_BASE: u64 = 1 << 40;
 /// Bound of every wait for an asynchronous effect.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn start_meta(dir: &Path) -> Metadata {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-    let cfg = MetaConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: 1,
-        shards: 1,
-        partitions_per_shard_max: 100,
-        advertised_host: "127.0.0.1".into(),
-        advertised_port: 9092,
-        cluster: None,
-    };
-    Metadata::start(cfg).expect("metadata starts")
-}
 
 fn wal_tuning(segment_bytes: u64) -> WalTuning {
     WalTuning {
@@ -74,22 +55,6 @@ async fn start_shard(dir: &Path, meta: &Metadata, segment_bytes: u64) -> Rc<Shar
     Shard::start(shard_config(dir, segment_bytes), new_mesh(1), meta.clone())
         .await
         .expect("shard starts")
-}
-
-fn on_executor<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("executor thread");
-}
-
-async fn sleep_ms(ms: u64) {
-    glommio::timer::sleep(Duration::from_millis(ms)).await;
 }
 
 async fn create(
@@ -124,33 +89,6 @@ async fn create_offsets(shard: &Shard, meta: &Metadata) -> Arc<TopicMeta> {
         &[("cleanup.policy", "compact")],
     )
     .await
-}
-
-/// Applies a view in which partition 0 of `topic` has the given leader,
-/// epoch, replicas and ISR; returns the topic as that view holds it.
-fn set_partition(
-    shard: &Shard,
-    meta: &Metadata,
-    topic: &Arc<TopicMeta>,
-    step: u64,
-    leader: u64,
-    epoch: i32,
-    replicas: &[u64],
-) -> Arc<TopicMeta> {
-    let mut t = (**topic).clone();
-    t.partitions[0] = PartitionMeta {
-        shard: 0,
-        leader,
-        leader_epoch: epoch,
-        replicas: replicas.to_vec(),
-        isr: replicas.to_vec(),
-    };
-    let t = Arc::new(t);
-    let mut v: MetadataView = (*meta.view()).clone();
-    v.version = VIEW_BASE + step;
-    v.topics.insert(Arc::from(t.name.as_str()), Arc::clone(&t));
-    shard.apply_view_for_tests(Arc::new(v));
-    t
 }
 
 fn committed(offset: i64) -> CommittedOffset {
@@ -341,7 +279,7 @@ fn commits_are_batches_in_the_offsets_partition_and_a_restart_reloads_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     on_executor(move || async move {
-        let meta = start_meta(&path);
+        let meta = start_meta(&path, 1);
         let shard = start_shard(&path, &meta, SEGMENT).await;
         let offsets_topic = create_offsets(&shard, &meta).await;
         commit(&shard, "g", &[("orders", 0, 42), ("orders", 1, 7)]).await;
@@ -400,14 +338,14 @@ fn a_new_leader_loads_replicated_group_records_and_a_former_one_drops_them() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     on_executor(move || async move {
-        let meta = start_meta(&path);
+        let meta = start_meta(&path, 1);
         let shard = start_shard(&path, &meta, SEGMENT).await;
         let created = create_offsets(&shard, &meta).await;
         commit(&shard, "mine", &[("t", 0, 1)]).await;
         assert!(group_state_bytes(&shard) > 0);
 
         // Node 2 leads the partition: this node follows, its groups go.
-        let t = set_partition(&shard, &meta, &created, 1, 2, 1, &[2, 1]);
+        let t = set_partition(&shard, &meta, &created, 1, 2, 1, &[2, 1], &[2, 1]);
         assert_eq!(
             fetch_offsets(&shard, "mine").await,
             Err(GroupError::NotCoordinator)
@@ -444,7 +382,7 @@ fn a_new_leader_loads_replicated_group_records_and_a_former_one_drops_them() {
 
         // This node becomes leader: until the loading task ran, the
         // partition's groups answer COORDINATOR_LOAD_IN_PROGRESS.
-        let t = set_partition(&shard, &meta, &t, 2, 1, 2, &[1, 2]);
+        let t = set_partition(&shard, &meta, &t, 2, 1, 2, &[1, 2], &[1, 2]);
         assert_eq!(
             fetch_offsets(&shard, "a").await,
             Err(GroupError::CoordinatorLoadInProgress)
@@ -504,7 +442,7 @@ fn a_new_leader_loads_replicated_group_records_and_a_former_one_drops_them() {
         assert_eq!(loaded_offsets(&shard, "a").await, offsets(&[("t", 0, 12)]));
 
         // Leadership moves away again: everything is dropped.
-        set_partition(&shard, &meta, &t, 3, 2, 3, &[2, 1]);
+        set_partition(&shard, &meta, &t, 3, 2, 3, &[2, 1], &[2, 1]);
         for g in ["a", "b", "mine"] {
             assert_eq!(
                 fetch_offsets(&shard, g).await,
@@ -527,7 +465,7 @@ fn carry_forward_keeps_the_wal_reclaimable_and_the_offsets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     on_executor(move || async move {
-        let meta = start_meta(&path);
+        let meta = start_meta(&path, 1);
         let shard = start_shard(&path, &meta, SMALL).await;
         let offsets_topic = create_offsets(&shard, &meta).await;
         let data = create(&shard, &meta, "data", 1, &[("retention.ms", "300")]).await;
@@ -607,7 +545,7 @@ fn old_group_wal_entries_still_replay_and_move_into_the_partition() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     on_executor(move || async move {
-        let meta = start_meta(&path);
+        let meta = start_meta(&path, 1);
         // A shard's first start creates its WAL; then the topic exists.
         let shard = start_shard(&path, &meta, SEGMENT).await;
         let offsets_topic = create_offsets(&shard, &meta).await;
@@ -708,13 +646,4 @@ fn batch_of(value: &[u8], timestamp_ms: i64) -> Vec<u8> {
     let crc = crc32c::crc32c(&b[21..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
     b
-}
-
-fn varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
 }

@@ -5,6 +5,9 @@
 //! test (replica fetches with `replica_id`, and leader batches handed to
 //! `append_replica`).
 
+mod common;
+use common::*;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_raft::{MetaConfig, Metadata, MetadataView, PartitionMeta, TopicMeta, TopicSpec};
+use sluice_raft::{Metadata, TopicMeta, TopicSpec};
 use sluice_shard::{
     new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition,
     ProducePartitionResult, Shard, ShardConfig, ShardError, WalTuning,
@@ -21,29 +24,7 @@ use sluice_shard::{
 
 // ---- helpers ---------------------------------------------------------------
 
-/// Versions of the test's views: far above anything the metadata service
-/// reaches in a test, so its own views never replace them.
-const VIEW_BASE: u64 = 1 << 40;
 const TIMEOUT_MS: u32 = 10_000;
-
-fn start_meta(dir: &Path) -> Metadata {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-    let cfg = MetaConfig {
-        data_dir: dir.to_path_buf(),
-        node_id: 1,
-        shards: 1,
-        partitions_per_shard_max: 100,
-        advertised_host: "127.0.0.1".into(),
-        advertised_port: 9092,
-        cluster: None,
-    };
-    Metadata::start(cfg).expect("metadata starts")
-}
 
 fn shard_config(dir: &Path) -> ShardConfig {
     let mut cfg = ShardConfig::new(0, 1, dir);
@@ -57,22 +38,6 @@ fn shard_config(dir: &Path) -> ShardConfig {
         ..WalTuning::default()
     };
     cfg
-}
-
-fn on_executor<F, Fut>(f: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
-{
-    glommio::LocalExecutorBuilder::default()
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("executor thread");
-}
-
-async fn sleep_ms(ms: u64) {
-    glommio::timer::sleep(Duration::from_millis(ms)).await;
 }
 
 /// One uncompressed v2 batch of `count` records carrying `value`, at
@@ -113,19 +78,6 @@ fn batch(count: i32, value: &[u8], base: i64, epoch: i32, pid: i64, seq: i32) ->
     b
 }
 
-fn varint(out: &mut Vec<u8>, v: i64) {
-    let mut z = ((v << 1) ^ (v >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn base_offset(b: &[u8]) -> i64 {
-    i64::from_be_bytes(b[..8].try_into().expect("8 bytes"))
-}
-
 fn leader_epoch(b: &[u8]) -> i32 {
     i32::from_be_bytes(b[12..16].try_into().expect("4 bytes"))
 }
@@ -154,35 +106,6 @@ async fn create(
     let topic = meta.create_topic(spec).await.expect("create topic");
     shard.await_topic_ready(&topic).await.expect("topic ready");
     topic
-}
-
-/// Applies a view in which partition 0 of `topic` has the given leader,
-/// epoch, replicas and ISR; returns the topic as that view holds it.
-#[allow(clippy::too_many_arguments)]
-fn set_partition(
-    shard: &Shard,
-    meta: &Metadata,
-    topic: &Arc<TopicMeta>,
-    step: u64,
-    leader: u64,
-    epoch: i32,
-    replicas: &[u64],
-    isr: &[u64],
-) -> Arc<TopicMeta> {
-    let mut t = (**topic).clone();
-    t.partitions[0] = PartitionMeta {
-        shard: 0,
-        leader,
-        leader_epoch: epoch,
-        replicas: replicas.to_vec(),
-        isr: isr.to_vec(),
-    };
-    let t = Arc::new(t);
-    let mut v: MetadataView = (*meta.view()).clone();
-    v.version = VIEW_BASE + step;
-    v.topics.insert(Arc::from(t.name.as_str()), Arc::clone(&t));
-    shard.apply_view_for_tests(Arc::new(v));
-    t
 }
 
 fn produce_req(topic: &Arc<TopicMeta>, records: Vec<u8>, acks: i16) -> ProducePartition {
@@ -259,7 +182,7 @@ async fn latest(shard: &Shard, topic: &Arc<TopicMeta>) -> i64 {
 #[test]
 fn not_enough_replicas_is_refused_before_writing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let meta = start_meta(dir.path());
+    let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
         let shard = Shard::start(shard_config(&d), new_mesh(1), m.clone())
@@ -291,7 +214,7 @@ fn not_enough_replicas_is_refused_before_writing() {
 #[test]
 fn acks_all_is_answered_once_the_follower_fetched_past_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let meta = start_meta(dir.path());
+    let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
         let shard = Shard::start(shard_config(&d), new_mesh(1), m.clone())
@@ -358,7 +281,7 @@ fn acks_all_is_answered_once_the_follower_fetched_past_it() {
 #[test]
 fn isr_loss_and_leadership_loss_fail_waiting_produces() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let meta = start_meta(dir.path());
+    let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
         let shard = Shard::start(shard_config(&d), new_mesh(1), m.clone())
@@ -396,7 +319,7 @@ fn isr_loss_and_leadership_loss_fail_waiting_produces() {
 #[test]
 fn isr_changes_are_proposed_by_the_leader() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let meta = start_meta(dir.path());
+    let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
         let mut cfg = shard_config(&d);
@@ -425,7 +348,7 @@ fn isr_changes_are_proposed_by_the_leader() {
 #[test]
 fn follower_appends_truncates_fails_over_and_recovers() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let meta = start_meta(dir.path());
+    let meta = start_meta(dir.path(), 1);
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
         let shard = Shard::start(shard_config(&d), new_mesh(1), m.clone())
