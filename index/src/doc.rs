@@ -37,7 +37,10 @@ pub fn document(f: &Fields, origin: &Origin, record: &RecordRef<'_>) -> TantivyD
     );
     doc.add_u64(f.partition, origin.partition.max(0) as u64);
     doc.add_u64(f.offset, record.offset.max(0) as u64);
-    doc.add_date(f.timestamp, DateTime::from_timestamp_millis(record.timestamp_ms));
+    doc.add_date(
+        f.timestamp,
+        DateTime::from_timestamp_millis(record.timestamp_ms),
+    );
     if let Some(key) = record.key {
         doc.add_bytes(f.key_bytes, key);
         if let Ok(k) = std::str::from_utf8(key) {
@@ -142,7 +145,11 @@ mod tests {
     #[test]
     fn a_json_value_is_the_document_and_text_is_a_message() {
         let f = Fields::new();
-        let origin = Origin { topic: "logs".into(), topic_id: [1; 16], partition: 2 };
+        let origin = Origin {
+            topic: "logs".into(),
+            topic_id: [1; 16],
+            partition: 2,
+        };
         let headers = [(&b"trace"[..], Some(&b"abc"[..]))];
         let r = RecordRef {
             offset: 7,
@@ -157,12 +164,20 @@ mod tests {
         assert!(doc.get_first(f.json_keyword).is_some());
         assert!(doc.get_first(f.headers).is_some());
 
-        let plain = RecordRef { value: Some(b"hello world"), key: None, headers: &[], ..r };
+        let plain = RecordRef {
+            value: Some(b"hello world"),
+            key: None,
+            headers: &[],
+            ..r
+        };
         let doc = document(&f, &origin, &plain);
         assert!(doc.get_first(f.json).is_some());
         assert!(doc.get_first(f.key).is_none());
 
-        let binary = RecordRef { value: Some(&[0xff, 0xfe]), ..plain };
+        let binary = RecordRef {
+            value: Some(&[0xff, 0xfe]),
+            ..plain
+        };
         let doc = document(&f, &origin, &binary);
         assert!(doc.get_first(f.json).is_none());
         assert!(doc.get_first(f.source).is_some());

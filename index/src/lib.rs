@@ -4,10 +4,13 @@
 //!
 //! - `schema`: the one schema of every shard index and how Elasticsearch
 //!   field names map onto it;
-//! - `doc`: a record as a document.
+//! - `doc`: a record as a document;
+//! - `writer`: one shard's index, its helper thread and its commits.
 
 pub mod doc;
 pub mod schema;
+pub mod writer;
 
 pub use doc::{Origin, RecordRef};
 pub use schema::{FieldRef, Fields};
+pub use writer::{Decoder, IndexConfig, IndexError, IndexStats, Op, Positions, ShardIndex, Shared};

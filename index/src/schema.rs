@@ -98,7 +98,10 @@ impl Fields {
         let topic = b.add_text_field(TOPIC, STRING | FAST | STORED);
         let topic_id = b.add_text_field(TOPIC_ID, STRING);
         let partition_key = b.add_text_field(PARTITION_KEY, STRING);
-        let partition = b.add_u64_field(PARTITION, NumericOptions::default() | INDEXED | FAST | STORED);
+        let partition = b.add_u64_field(
+            PARTITION,
+            NumericOptions::default() | INDEXED | FAST | STORED,
+        );
         let offset = b.add_u64_field(OFFSET, NumericOptions::default() | INDEXED | FAST | STORED);
         let timestamp = b.add_date_field(
             TIMESTAMP,
@@ -111,17 +114,17 @@ impl Fields {
         let key = b.add_text_field(KEY, TEXT);
         let key_keyword = b.add_text_field(KEY_KEYWORD, STRING | FAST);
         let key_bytes = b.add_bytes_field(KEY_BYTES, STORED);
-        let headers = b.add_json_field(
-            HEADERS,
-            JsonObjectOptions::from(TEXT | STORED),
-        );
+        let headers = b.add_json_field(HEADERS, JsonObjectOptions::from(TEXT | STORED));
         let headers_keyword = b.add_json_field(
             HEADERS_KEYWORD,
             JsonObjectOptions::default()
                 .set_indexing_options(raw_exact.clone())
                 .set_fast(RAW),
         );
-        let json = b.add_json_field(JSON, JsonObjectOptions::from(TEXT).set_expand_dots_enabled());
+        let json = b.add_json_field(
+            JSON,
+            JsonObjectOptions::from(TEXT).set_expand_dots_enabled(),
+        );
         let json_keyword = b.add_json_field(
             JSON_KEYWORD,
             JsonObjectOptions::default()
@@ -186,7 +189,9 @@ impl Fields {
     pub fn fast_column(&self, name: &str) -> Option<String> {
         match self.resolve(name) {
             FieldRef::Timestamp(_) => Some(TIMESTAMP.to_string()),
-            FieldRef::Number(f) | FieldRef::Keyword(f) => Some(self.schema.get_field_name(f).to_string()),
+            FieldRef::Number(f) | FieldRef::Keyword(f) => {
+                Some(self.schema.get_field_name(f).to_string())
+            }
             FieldRef::Text(_) => None,
             FieldRef::Json { exact, path, .. } => {
                 Some(format!("{}.{}", self.schema.get_field_name(exact), path))
@@ -227,19 +232,37 @@ mod tests {
         assert_eq!(f.resolve("_key.keyword"), FieldRef::Keyword(f.key_keyword));
         assert_eq!(
             f.resolve("user.keyword"),
-            FieldRef::Json { text: None, exact: f.json_keyword, path: "user".into() }
+            FieldRef::Json {
+                text: None,
+                exact: f.json_keyword,
+                path: "user".into()
+            }
         );
         assert_eq!(
             f.resolve("payload.id"),
-            FieldRef::Json { text: Some(f.json), exact: f.json_keyword, path: "payload.id".into() }
+            FieldRef::Json {
+                text: Some(f.json),
+                exact: f.json_keyword,
+                path: "payload.id".into()
+            }
         );
         assert_eq!(
             f.resolve("_headers.trace"),
-            FieldRef::Json { text: Some(f.headers), exact: f.headers_keyword, path: "trace".into() }
+            FieldRef::Json {
+                text: Some(f.headers),
+                exact: f.headers_keyword,
+                path: "trace".into()
+            }
         );
-        assert_eq!(f.fast_column("user.keyword").as_deref(), Some("_json_kw.user"));
+        assert_eq!(
+            f.fast_column("user.keyword").as_deref(),
+            Some("_json_kw.user")
+        );
         assert_eq!(f.fast_column("user"), Some("_json_kw.user".to_string()));
         assert_eq!(f.fast_column("_key"), None);
-        assert_eq!(partition_term(&[0xab; 16], 3), format!("{}/3", "ab".repeat(16)));
+        assert_eq!(
+            partition_term(&[0xab; 16], 3),
+            format!("{}/3", "ab".repeat(16))
+        );
     }
 }
