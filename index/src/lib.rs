@@ -13,4 +13,6 @@ pub mod writer;
 
 pub use doc::{Origin, RecordRef};
 pub use schema::{FieldRef, Fields};
-pub use writer::{Decoder, IndexConfig, IndexError, IndexStats, Op, Positions, ShardIndex, Shared};
+pub use writer::{
+    Decoder, IndexConfig, IndexError, IndexFigures, IndexStats, Op, Positions, ShardIndex, Shared,
+};

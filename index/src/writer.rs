@@ -139,6 +139,26 @@ pub struct IndexStats {
     pub searches: AtomicU64,
 }
 
+/// A snapshot of `IndexStats` (for `/metrics` and `/admin/memory`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IndexFigures {
+    pub shard: u32,
+    pub docs_indexed: u64,
+    pub docs_committed: u64,
+    pub records_skipped: u64,
+    pub batches_failed: u64,
+    pub commits: u64,
+    pub commit_failures: u64,
+    pub deletes: u64,
+    pub segments: u64,
+    pub disk_bytes: u64,
+    pub queued_bytes: u64,
+    pub searcher_opens: u64,
+    pub cache_bytes: u64,
+    pub cache_bytes_max: u64,
+    pub searches: u64,
+}
+
 /// What the helper thread and searches share.
 pub struct Shared {
     pub fields: Fields,
@@ -149,6 +169,14 @@ pub struct Shared {
     reader: Mutex<Option<IndexReader>>,
     cache_bytes_max: u64,
     pub stats: IndexStats,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("shard", &self.shard)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The handle a shard keeps: sends work, closes the helper on drop.
@@ -196,6 +224,7 @@ impl ShardIndex {
                 dir: cfg.dir.display().to_string(),
                 reason: e.to_string(),
             })?;
+        writer.set_merge_policy(Box::new(merge_policy()));
         let thread = std::thread::Builder::new()
             .name(format!("sluice-index-{}", cfg.shard))
             .spawn(move || helper.run(writer, rx))
@@ -274,6 +303,28 @@ impl Shared {
         Ok(searcher)
     }
 
+    pub fn figures(&self) -> IndexFigures {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        IndexFigures {
+            shard: self.shard,
+            docs_indexed: get(&s.docs_indexed),
+            docs_committed: get(&s.docs_committed),
+            records_skipped: get(&s.records_skipped),
+            batches_failed: get(&s.batches_failed),
+            commits: get(&s.commits),
+            commit_failures: get(&s.commit_failures),
+            deletes: get(&s.deletes),
+            segments: get(&s.segments),
+            disk_bytes: get(&s.disk_bytes),
+            queued_bytes: get(&s.queued_bytes).saturating_sub(get(&s.consumed_bytes)),
+            searcher_opens: get(&s.searcher_opens),
+            cache_bytes: get(&s.cache_bytes),
+            cache_bytes_max: self.cache_bytes_max,
+            searches: get(&s.searches),
+        }
+    }
+
     /// After a commit: the open searcher sees it, or is closed when the
     /// index outgrew the cache.
     fn refresh_reader(&self) {
@@ -313,6 +364,16 @@ impl Shared {
             self.stats.docs_committed.store(docs, Ordering::Relaxed);
         }
     }
+}
+
+/// Tantivy's log merge policy, except that a split with half its
+/// documents deleted (retention, DeleteRecords, a deleted topic) is merged
+/// (rewritten without them) even when it has no peers to merge with. A
+/// split with all its documents deleted is dropped at the next commit.
+fn merge_policy() -> tantivy::indexer::LogMergePolicy {
+    let mut p = tantivy::indexer::LogMergePolicy::default();
+    p.set_del_docs_ratio_before_merge(0.5);
+    p
 }
 
 /// Opens the index in `dir` with its positions; creates it when missing;

@@ -41,6 +41,9 @@ pub enum Pool {
     /// Consumer groups of the coordinator: groups, members (with their
     /// protocol metadata and assignments) and committed offsets, estimated.
     GroupState = 6,
+    /// The search index: its builders' heaps while it is open, and the
+    /// record bytes queued for its helper thread.
+    SearchIndex = 7,
 }
 
 const POOLS: [Pool; POOL_COUNT] = [
@@ -51,8 +54,9 @@ const POOLS: [Pool; POOL_COUNT] = [
     Pool::PartitionState,
     Pool::IoMemory,
     Pool::GroupState,
+    Pool::SearchIndex,
 ];
-const POOL_COUNT: usize = 7;
+const POOL_COUNT: usize = 8;
 
 /// Longest wait for memory of a produce (admission) or a fetch (its first
 /// batch); a wait that runs out is answered `ShardError::Busy` (produce) or
@@ -73,6 +77,7 @@ impl Pool {
             Pool::PartitionState => "partition_state",
             Pool::IoMemory => "io_memory",
             Pool::GroupState => "group_state",
+            Pool::SearchIndex => "search_index",
         }
     }
 }
@@ -87,6 +92,7 @@ pub struct BudgetLimits {
     pub partition_state_bytes_max: u64,
     pub io_memory_bytes: u64,
     pub group_state_bytes_max: u64,
+    pub search_index_bytes_max: u64,
 }
 
 impl BudgetLimits {
@@ -94,9 +100,10 @@ impl BudgetLimits {
     /// most a quarter for the tail cache (and never more than
     /// `tail_cache_bytes_max`), a quarter for in-flight produce data, an
     /// eighth each for fetch responses, request buffers and partition state,
-    /// a sixteenth for group state. The remaining sixteenth (at least) is for
-    /// what is not pooled: executor, task and connection structs, allocator
-    /// slack.
+    /// a sixteenth for group state and a sixteenth for the search index
+    /// (taken from the tail cache's quarter). The remaining sixteenth (at
+    /// least) is for what is not pooled: executor, task and connection
+    /// structs, allocator slack.
     pub fn derive(
         memory_bytes_max: u64,
         tail_cache_bytes_max: u64,
@@ -104,13 +111,16 @@ impl BudgetLimits {
     ) -> BudgetLimits {
         let rest = memory_bytes_max.saturating_sub(io_memory_bytes);
         BudgetLimits {
-            tail_cache_bytes_max: tail_cache_bytes_max.min(rest / 4),
+            // A sixteenth of the tail cache's quarter goes to the search
+            // index (the tail cache is capped lower by default anyway).
+            tail_cache_bytes_max: tail_cache_bytes_max.min(rest / 4 - rest / 16),
             produce_inflight_bytes_max: rest / 4,
             fetch_response_bytes_max: rest / 8,
             request_buffers_bytes_max: rest / 8,
             partition_state_bytes_max: rest / 8,
             io_memory_bytes,
             group_state_bytes_max: rest / 16,
+            search_index_bytes_max: rest / 16,
         }
     }
 
@@ -129,6 +139,7 @@ impl BudgetLimits {
             Pool::PartitionState => self.partition_state_bytes_max,
             Pool::IoMemory => self.io_memory_bytes,
             Pool::GroupState => self.group_state_bytes_max,
+            Pool::SearchIndex => self.search_index_bytes_max,
         }
     }
 }
@@ -452,7 +463,8 @@ mod tests {
     #[test]
     fn reserve_refuse_release() {
         let b = Budget::new(BudgetLimits::derive(1000, 10_000, 0));
-        assert_eq!(b.max(Pool::TailCache), 250);
+        assert_eq!(b.max(Pool::TailCache), 250 - 62);
+        assert_eq!(b.max(Pool::SearchIndex), 62);
         let r1 = b.try_reserve(Pool::ProduceInflight, 200).expect("fits");
         assert!(b.try_reserve(Pool::ProduceInflight, 51).is_none());
         let r2 = b

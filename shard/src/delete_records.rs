@@ -168,9 +168,15 @@ impl Engine {
         let Some(p) = parts.get_mut(key) else {
             return -1;
         };
+        let before = p.log_start_offset;
         p.log_start_offset = p.log_start_offset.max(offset.min(p.high_watermark));
         assert!(p.log_start_offset <= p.high_watermark);
-        p.log_start_offset
+        let after = p.log_start_offset;
+        drop(parts);
+        if after > before {
+            self.search_log_start_moved(key);
+        }
+        after
     }
 }
 

@@ -32,6 +32,10 @@ use crate::waiters::{run_deadlines, sleep_until, WaitSlot, Waiters};
 use crate::warn::WarnLimiter;
 use crate::{ListOffsetsPartition, ListOffsetsResult, ShardConfig, ShardError};
 
+/// Shares of the background task queue (search indexing) against the
+/// default queue's 1000: a tenth of the core while both have work.
+const BACKGROUND_SHARES: usize = 100;
+
 /// Shortest time between two storage-error warnings of one shard.
 const STORAGE_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -98,6 +102,8 @@ pub(crate) struct Engine {
     /// Wakes the ISR-shrink task when the shard starts leading a
     /// replicated partition.
     pub isr_wake: Rc<WaitSlot>,
+    /// Search indexing: indexed partitions and the index (`search`).
+    pub search: crate::search::Search,
 }
 
 impl Engine {
@@ -125,6 +131,8 @@ impl Engine {
             (None, Vec::new())
         };
         let engine = Rc::new(Engine::new(cfg, meta, wal, peers));
+        let queue = engine.search.queue.clone();
+        engine.waiters.on_growth(Rc::new(move |k| queue.grew(k)));
         engine.spawn(run_deadlines(engine.waiters.clone()));
         engine.spawn(crate::group::run_group_timers(engine.clone()));
         engine.spawn(engine.clone().run_admissions());
@@ -135,6 +143,7 @@ impl Engine {
         engine.spawn(crate::group::run_group_loads(engine.clone()));
         engine.spawn(crate::retention::run_retention(engine.clone()));
         engine.spawn(crate::replica::run_isr_shrink(engine.clone()));
+        engine.spawn_low_priority(crate::search::run_indexer(engine.clone()));
         for (peer, rx) in inboxes {
             engine.spawn(run_inbox(engine.clone(), peer, rx));
         }
@@ -188,12 +197,27 @@ impl Engine {
             following: RefCell::new(BTreeSet::new()),
             followed_version: Cell::new(0),
             isr_wake: WaitSlot::new(),
+            search: Default::default(),
             cfg,
         }
     }
 
     fn spawn(&self, fut: impl Future<Output = ()> + 'static) {
         self.tasks.borrow_mut().push(glommio::spawn_local(fut));
+    }
+
+    /// Spawns `fut` into the shard's background task queue: a small share
+    /// of the core when produces and fetches want it.
+    fn spawn_low_priority(&self, fut: impl Future<Output = ()> + 'static) {
+        let tq = glommio::executor().create_task_queue(
+            glommio::Shares::Static(BACKGROUND_SHARES),
+            glommio::Latency::NotImportant,
+            "background",
+        );
+        match glommio::spawn_local_into(fut, tq) {
+            Ok(task) => self.tasks.borrow_mut().push(task),
+            Err(e) => warn!(shard = self.id(), error = %e, "no background task queue"),
+        }
     }
 
     pub fn id(&self) -> u32 {
@@ -469,6 +493,7 @@ impl Engine {
         // Offsets partitions led here: load their groups; no longer led:
         // drop them.
         self.sync_group_partitions();
+        self.sync_search(view);
         self.release_version_waiters();
         if !gone.is_empty() || (created == 0 && applied.topics_changed > 0) {
             // Deleted partitions' entries are dead; configs may have changed.
@@ -800,6 +825,7 @@ impl Engine {
         if let Some(p) = &self.peers {
             p.close();
         }
+        self.close_search().await;
         if let Err(e) = self.wal.clone().close().await {
             warn!(shard = self.id(), error = %e, "closing the shard WAL");
         }

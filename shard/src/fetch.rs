@@ -404,7 +404,7 @@ impl Engine {
     }
 
     /// Reads one entry back from the WAL and checks it is the one indexed.
-    async fn read_stored(
+    pub(crate) async fn read_stored(
         &self,
         key: PartitionKey,
         position: Position,

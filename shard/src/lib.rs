@@ -103,8 +103,10 @@ mod mesh;
 mod partition;
 mod produce;
 mod producer_state;
+pub mod records;
 mod replica;
 mod retention;
+mod search;
 mod stats;
 mod tail;
 mod view;
@@ -124,9 +126,11 @@ pub use crate::mesh::{new_mesh, ShardMesh, ShardMsg, SHARD_INBOX_MESSAGES_MAX};
 pub use crate::produce::ProduceTicket;
 pub use crate::produce::ADMISSIONS_MAX;
 pub use crate::replica::{KIND_REPLICA_BATCHES, KIND_TRUNCATE};
+pub use crate::search::{search_enabled, SearchHandles, SearchTuning, SEARCH_ENABLE};
 pub use crate::stats::{PartitionDisk, ShardStats};
 pub use crate::waiters::WaitersStats;
 pub use crate::warn::WarnLimiter;
+pub use sluice_index::writer::BUILDER_HEAP_BYTES_MIN as SEARCH_BUILDER_HEAP_BYTES_MIN;
 pub use sluice_wal::SyncMode;
 
 /// Tuning of the shard's WAL (its directory is chosen by the shard).
@@ -190,6 +194,10 @@ pub struct ShardConfig {
     /// log end for this long is removed from the ISR (Kafka's
     /// `replica.lag.time.max.ms`).
     pub replica_lag_time_max_ms: u64,
+    /// The search index of topics that set `sluice.search.enable`.
+    pub search: SearchTuning,
+    /// Where the shard publishes its open search index for searches.
+    pub search_handles: Option<std::sync::Arc<SearchHandles>>,
 }
 
 impl ShardConfig {
@@ -219,6 +227,8 @@ impl ShardConfig {
             producer_id_expiration_ms: Self::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
             min_insync_replicas: Self::MIN_INSYNC_REPLICAS_DEFAULT,
             replica_lag_time_max_ms: Self::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
+            search: SearchTuning::default(),
+            search_handles: None,
         }
     }
 }

@@ -97,6 +97,8 @@ struct Inner {
 pub struct Waiters {
     inner: RefCell<Inner>,
     waiters_max: usize,
+    /// Told of every growth too (the search indexer's queue).
+    growth_hook: RefCell<Option<Rc<dyn Fn(&PartitionKey)>>>,
 }
 
 /// Counters of the structure, for `Shard::stats`.
@@ -115,7 +117,13 @@ impl Waiters {
         Rc::new(Waiters {
             inner: RefCell::new(Inner::default()),
             waiters_max,
+            growth_hook: RefCell::new(None),
         })
+    }
+
+    /// Calls `hook` on every `notify`, before the waiters.
+    pub fn on_growth(&self, hook: Rc<dyn Fn(&PartitionKey)>) {
+        *self.growth_hook.borrow_mut() = Some(hook);
     }
 
     /// Registers `slot` to be fired by growth of any of `keys` or at
@@ -162,6 +170,9 @@ impl Waiters {
 
     /// A partition grew (or went away): fire everything that watches it.
     pub fn notify(&self, key: &PartitionKey) {
+        if let Some(hook) = self.growth_hook.borrow().as_ref() {
+            hook(key);
+        }
         let st = self.inner.borrow();
         let Some(ids) = st.by_partition.get(key) else {
             return;
