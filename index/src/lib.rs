@@ -5,10 +5,17 @@
 //! - `schema`: the one schema of every shard index and how Elasticsearch
 //!   field names map onto it;
 //! - `doc`: a record as a document;
-//! - `writer`: one shard's index, its helper thread and its commits.
+//! - `writer`: one shard's index, its helper thread and its commits;
+//! - `query`: the Elasticsearch query DSL as Tantivy queries;
+//! - `search`: a search over several shards' indexes, with Elasticsearch's
+//!   request and response bodies and aggregations;
+//! - `error`: the errors of a search, shaped like Elasticsearch's.
 
 pub mod doc;
+pub mod error;
+pub mod query;
 pub mod schema;
+pub mod search;
 pub mod writer;
 
 pub use doc::{Origin, RecordRef};
