@@ -28,6 +28,8 @@ pub struct AdminState {
     pub meta: Metadata,
     /// The broker default of `min.insync.replicas` (for `/metrics`).
     pub min_insync_replicas: usize,
+    /// The search API (`search`).
+    pub search: crate::search::SearchState,
 }
 
 /// Admin connections served at once; further ones wait in the backlog.
@@ -117,6 +119,10 @@ async fn route(
     const TEXT: &str = "text/plain; charset=utf-8";
     const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
     const JSON: &str = "application/json";
+    if crate::search::handles(req.uri().path()) {
+        let view = state.meta.view();
+        return Ok(crate::search::serve(req, view, &state.search).await);
+    }
     let (status, kind, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, "ok".to_string()),
         (&Method::GET, "/metrics") => {
@@ -131,6 +137,7 @@ async fn route(
                         state.meta.controller(),
                         state.min_insync_replicas,
                     ),
+                    state.search.figures(),
                 ),
             )
         }

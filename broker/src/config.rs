@@ -291,6 +291,42 @@ pub struct StartArgs {
     )]
     pub replica_fetch_max_bytes: ByteSize,
 
+    /// Longest time from a record's acknowledgement to its being searchable, for topics with sluice.search.enable (once indexing caught up).
+    #[arg(
+        long,
+        env = "SLUICE_SEARCH_REFRESH_MS",
+        value_name = "MS",
+        default_value = "1000"
+    )]
+    pub search_refresh_ms: u64,
+
+    /// Search index builders per shard: each holds one heap of --search-builder-heap, charged to the shard's memory once the shard indexes a topic.
+    #[arg(
+        long,
+        env = "SLUICE_SEARCH_BUILDERS_PER_SHARD",
+        value_name = "N",
+        default_value = "1"
+    )]
+    pub search_builders_per_shard: u32,
+
+    /// Heap of one search index builder (at least 15MB, the search library's minimum); a full heap cuts a split.
+    #[arg(
+        long,
+        env = "SLUICE_SEARCH_BUILDER_HEAP",
+        value_name = "SIZE",
+        default_value = "15MB"
+    )]
+    pub search_builder_heap: ByteSize,
+
+    /// Per shard: an open searcher stays open between searches while the index files it maps take at most this much (the index cache).
+    #[arg(
+        long,
+        env = "SLUICE_SEARCH_CACHE",
+        value_name = "SIZE",
+        default_value = "256MiB"
+    )]
+    pub search_cache: ByteSize,
+
     /// Settings given by flag, environment or file (setting ids, e.g.
     /// "min_insync_replicas"): their DescribeConfigs source is
     /// STATIC_BROKER_CONFIG, the others' DEFAULT_CONFIG.
@@ -330,6 +366,10 @@ struct FileConfig {
     broker_lease_ms: Option<u64>,
     replica_fetch_wait_max_ms: Option<u64>,
     replica_fetch_max_bytes: Option<ByteSize>,
+    search_refresh_ms: Option<u64>,
+    search_builders_per_shard: Option<u32>,
+    search_builder_heap: Option<ByteSize>,
+    search_cache: Option<ByteSize>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -415,6 +455,10 @@ pub struct Settings {
     pub broker_lease_ms: u64,
     pub replica_fetch_wait_max_ms: u64,
     pub replica_fetch_max_bytes: u32,
+    pub search_refresh_ms: u64,
+    pub search_builders_per_shard: u32,
+    pub search_builder_heap_bytes: u64,
+    pub search_cache_bytes: u64,
     /// Settings given by flag, environment or file (setting ids).
     pub explicit: BTreeSet<String>,
 }
@@ -508,6 +552,10 @@ impl StartArgs {
         fill!(broker_lease_ms);
         fill!(replica_fetch_wait_max_ms);
         fill!(replica_fetch_max_bytes);
+        fill!(search_refresh_ms);
+        fill!(search_builders_per_shard);
+        fill!(search_builder_heap);
+        fill!(search_cache);
         Ok(self)
     }
 }
@@ -632,6 +680,10 @@ impl Settings {
             broker_lease_ms: args.broker_lease_ms,
             replica_fetch_wait_max_ms: args.replica_fetch_wait_max_ms,
             replica_fetch_max_bytes: replication.replica_fetch_max_bytes,
+            search_refresh_ms: args.search_refresh_ms,
+            search_builders_per_shard: args.search_builders_per_shard,
+            search_builder_heap_bytes: args.search_builder_heap.0,
+            search_cache_bytes: args.search_cache.0,
             explicit: args.explicit,
         })
     }
@@ -750,6 +802,30 @@ impl Settings {
                 "sluice.memory.bytes",
                 Some(self.memory_bytes.to_string()),
                 "memory",
+                Long,
+            ),
+            (
+                "sluice.search.builder.heap.bytes",
+                Some(self.search_builder_heap_bytes.to_string()),
+                "search_builder_heap",
+                Long,
+            ),
+            (
+                "sluice.search.builders.per.shard",
+                Some(self.search_builders_per_shard.to_string()),
+                "search_builders_per_shard",
+                Int,
+            ),
+            (
+                "sluice.search.cache.bytes",
+                Some(self.search_cache_bytes.to_string()),
+                "search_cache",
+                Long,
+            ),
+            (
+                "sluice.search.refresh.ms",
+                Some(self.search_refresh_ms.to_string()),
+                "search_refresh_ms",
                 Long,
             ),
             (
@@ -947,6 +1023,7 @@ fn resolve_replication(
             args.replica_fetch_wait_max_ms
         );
     }
+    check_search(args)?;
     if args.replica_lag_time_max_ms <= args.replica_fetch_wait_max_ms
         || args.replica_lag_time_max_ms > 3_600_000
     {
@@ -1360,4 +1437,29 @@ mod tests {
         );
         assert!(e.contains("shardz"), "{e}");
     }
+}
+
+/// Search settings: a refresh of 1 ms to 1 h, 1 to 16 builders of at
+/// least the search library's 15 MB heap each.
+fn check_search(args: &StartArgs) -> anyhow::Result<()> {
+    if !(1..=3_600_000).contains(&args.search_refresh_ms) {
+        bail!(
+            "--search-refresh-ms (SLUICE_SEARCH_REFRESH_MS, search_refresh_ms): {} is not in 1..=3600000",
+            args.search_refresh_ms
+        );
+    }
+    if !(1..=16).contains(&args.search_builders_per_shard) {
+        bail!(
+            "--search-builders-per-shard (SLUICE_SEARCH_BUILDERS_PER_SHARD, search_builders_per_shard): {} is not in 1..=16",
+            args.search_builders_per_shard
+        );
+    }
+    let heap_min = sluice_shard::SEARCH_BUILDER_HEAP_BYTES_MIN as u64;
+    if args.search_builder_heap.0 < heap_min || args.search_builder_heap.0 > 4 << 30 {
+        bail!(
+            "--search-builder-heap (SLUICE_SEARCH_BUILDER_HEAP, search_builder_heap): {} bytes is not in {heap_min}..=4GiB",
+            args.search_builder_heap.0
+        );
+    }
+    Ok(())
 }

@@ -42,6 +42,7 @@ mod metrics;
 mod plane;
 mod probe;
 mod replica;
+mod search;
 mod server;
 mod topic_config;
 #[cfg(test)]

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
+use sluice_index::IndexFigures;
 use sluice_raft::MetadataView;
 
 use crate::probe::ShardProbe;
@@ -140,12 +141,19 @@ struct Snapshot {
     missing: Vec<u32>,
     process: ProcessMemory,
     cluster: ClusterFigures,
+    /// The shards' open search indexes.
+    search: Vec<IndexFigures>,
 }
 
 /// Renders the Prometheus text exposition.
-pub fn render_prometheus(probes: Vec<Result<ShardProbe, u32>>, cluster: ClusterFigures) -> String {
+pub fn render_prometheus(
+    probes: Vec<Result<ShardProbe, u32>>,
+    cluster: ClusterFigures,
+    search: Vec<IndexFigures>,
+) -> String {
     let mut snapshot = split(probes, ProcessMemory::read());
     snapshot.cluster = cluster;
+    snapshot.search = search;
     let mut registry = Registry::with_prefix("sluice");
     registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
@@ -168,6 +176,7 @@ fn split(probes: Vec<Result<ShardProbe, u32>>, process: ProcessMemory) -> Snapsh
         missing,
         process,
         cluster: ClusterFigures::default(),
+        search: Vec::new(),
     }
 }
 
@@ -326,6 +335,7 @@ impl Collector for Snapshot {
         self.encode_cluster(&mut enc)?;
         self.encode_pools(&mut enc)?;
         self.encode_shards(&mut enc)?;
+        self.encode_search(&mut enc)?;
         self.encode_histograms(&mut enc)
     }
 }
@@ -370,6 +380,104 @@ impl Snapshot {
             "Shards that did not answer this scrape.",
             one(self.missing.len() as u64),
         )
+    }
+
+    /// One sample per shard with an open search index.
+    fn encode_search(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        type Pick = fn(&IndexFigures) -> u64;
+        let per_shard = |pick: Pick| -> Vec<(Labels, ConstGauge)> {
+            self.search
+                .iter()
+                .map(|f| {
+                    let v = i64::try_from(pick(f)).unwrap_or(i64::MAX);
+                    (vec![("shard", f.shard.to_string())], ConstGauge::new(v))
+                })
+                .collect()
+        };
+        let gauges: [(&str, &str, Pick); 6] = [
+            (
+                "index_docs",
+                "Documents in the search index's last commit.",
+                |f| f.docs_committed,
+            ),
+            (
+                "index_splits",
+                "Splits (index segments) in the last commit.",
+                |f| f.segments,
+            ),
+            (
+                "index_disk_bytes",
+                "Bytes of the search index's files.",
+                |f| f.disk_bytes,
+            ),
+            (
+                "index_queued_bytes",
+                "Record bytes queued for the index's helper thread.",
+                |f| f.queued_bytes,
+            ),
+            (
+                "index_cache_bytes",
+                "Bytes of index the open searcher maps (the index cache); 0 when closed.",
+                |f| f.cache_bytes,
+            ),
+            (
+                "index_cache_max_bytes",
+                "An open searcher stays open while it maps at most this much.",
+                |f| f.cache_bytes_max,
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            family(enc, name, help, per_shard(pick))?;
+        }
+        let counters: [(&str, &str, Pick); 7] = [
+            (
+                "index_docs_indexed",
+                "Documents added to the index since start.",
+                |f| f.docs_indexed,
+            ),
+            (
+                "index_commits",
+                "Index commits (each makes what it holds searchable).",
+                |f| f.commits,
+            ),
+            (
+                "index_batches_failed",
+                "Record batches that did not decode and were not indexed.",
+                |f| f.batches_failed,
+            ),
+            ("index_commit_failures", "Index commits that failed.", |f| {
+                f.commit_failures
+            }),
+            (
+                "index_deletes",
+                "Deletions (log start moved, topic gone) applied to the index.",
+                |f| f.deletes,
+            ),
+            (
+                "index_searcher_opens",
+                "Searchers opened (index cache misses).",
+                |f| f.searcher_opens,
+            ),
+            (
+                "index_searches",
+                "Searches run over the shard's index.",
+                |f| f.searches,
+            ),
+        ];
+        for (name, help, pick) in counters {
+            let samples: Vec<(Labels, ConstCounter)> = self
+                .search
+                .iter()
+                .map(|f| {
+                    (
+                        vec![("shard", f.shard.to_string())],
+                        ConstCounter::new(pick(f)),
+                    )
+                })
+                .collect();
+            family(enc, name, help, samples)?;
+        }
+        Ok(())
     }
 
     fn encode_cluster(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -873,11 +981,21 @@ mod tests {
             offline: 1,
         };
         assert_eq!(f, expected);
-        let text = render_prometheus(Vec::new(), f);
+        let index = IndexFigures {
+            shard: 1,
+            docs_committed: 42,
+            docs_indexed: 50,
+            cache_bytes: 7,
+            ..IndexFigures::default()
+        };
+        let text = render_prometheus(Vec::new(), f, vec![index]);
         assert!(
             text.contains("sluice_cluster_under_replicated_partitions 2"),
             "{text}"
         );
+        assert!(text.contains("sluice_index_docs{shard=\"1\"} 42"), "{text}");
+        assert!(text.contains("sluice_index_docs_indexed_total{shard=\"1\"} 50"), "{text}");
+        assert!(text.contains("sluice_index_cache_bytes{shard=\"1\"} 7"), "{text}");
         assert!(
             text.contains("sluice_cluster_brokers{state=\"fenced\"} 1"),
             "{text}"

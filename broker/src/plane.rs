@@ -52,6 +52,13 @@ pub fn shard_config(settings: &Settings, shard_id: u32) -> ShardConfig {
     cfg.group_initial_rebalance_delay_ms = settings.group_initial_rebalance_delay_ms;
     cfg.min_insync_replicas = settings.min_insync_replicas;
     cfg.replica_lag_time_max_ms = settings.replica_lag_time_max_ms;
+    cfg.search = sluice_shard::SearchTuning {
+        builders: settings.search_builders_per_shard as usize,
+        builder_heap_bytes: usize::try_from(settings.search_builder_heap_bytes)
+            .unwrap_or(usize::MAX),
+        refresh_ms: settings.search_refresh_ms,
+        cache_bytes_max: settings.search_cache_bytes,
+    };
     cfg
 }
 

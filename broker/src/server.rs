@@ -170,12 +170,22 @@ fn serve(
     let node = Arc::new(node_info(settings));
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
     let (probes, probe_servers) = probe::channels(settings.shards);
-    let (shards, spawned) = spawn_shards(settings, meta, &node, &stop, ready_tx, probe_servers);
+    let search = sluice_shard::SearchHandles::new(settings.shards);
+    let (shards, spawned) = spawn_shards(
+        settings,
+        meta,
+        &node,
+        &stop,
+        ready_tx,
+        probe_servers,
+        &search,
+    );
     let started = spawned.and_then(|()| wait_ready(&ready_rx, settings.shards));
     let state = AdminState {
         probes,
         meta: meta.clone(),
         min_insync_replicas: settings.min_insync_replicas as usize,
+        search: crate::search::SearchState::new(search),
     };
     let admin = match started {
         Ok(()) => crate::admin::start(admin_listener, state, stop.clone()),
@@ -253,6 +263,7 @@ fn spawn_shards(
     stop: &watch::Receiver<bool>,
     ready: std_mpsc::Sender<Result<u32, String>>,
     probes: Vec<ProbeServer>,
+    search: &Arc<sluice_shard::SearchHandles>,
 ) -> (Vec<glommio::ExecutorJoinHandle<()>>, anyhow::Result<()>) {
     let mesh = plane::new_mesh(settings.shards);
     let mut shards = Vec::with_capacity(settings.shards as usize);
@@ -266,6 +277,7 @@ fn spawn_shards(
             node: Arc::clone(node),
             stop: stop.clone(),
             ready: ready.clone(),
+            search: Arc::clone(search),
         };
         match spawn_shard(args) {
             Ok(handle) => shards.push(handle),
@@ -315,6 +327,8 @@ struct ShardArgs {
     stop: watch::Receiver<bool>,
     ready: std_mpsc::Sender<Result<u32, String>>,
     probe: ProbeServer,
+    /// Where the shard publishes its search index.
+    search: Arc<sluice_shard::SearchHandles>,
 }
 
 fn placement(settings: &Settings, id: u32) -> Placement {
@@ -354,8 +368,10 @@ async fn shard_main(args: ShardArgs) {
         stop,
         ready,
         probe,
+        search,
     } = args;
-    let cfg = plane::shard_config(&settings, id);
+    let mut cfg = plane::shard_config(&settings, id);
+    cfg.search_handles = Some(search);
     let shard = match Shard::start(cfg, mesh, meta.clone()).await {
         Ok(shard) => shard,
         Err(e) => {

@@ -6,7 +6,8 @@
 //! `max.message.bytes`, `message.timestamp.type` and
 //! `min.insync.replicas` (default `--min-insync-replicas`), the shards'
 //! retention task `retention.ms`, `retention.bytes` and `cleanup.policy`,
-//! and the metadata's leader elections `unclean.leader.election.enable`.
+//! the metadata's leader elections `unclean.leader.election.enable`, and
+//! the shards' search indexing `sluice.search.enable`.
 //! `segment.bytes` is stored and described, not enforced (segments belong
 //! to a shard's WAL: `--wal-segment-bytes`).
 //!
@@ -72,6 +73,12 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         default: "1",
         kind: ConfigType::Int,
         doc: "in-sync replicas an acks=all produce needs (default: the broker's --min-insync-replicas)",
+    },
+    ConfigDef {
+        name: sluice_shard::SEARCH_ENABLE,
+        default: "false",
+        kind: ConfigType::Boolean,
+        doc: "index the topic's records for search (admin port, Elasticsearch query API)",
     },
     ConfigDef {
         name: "segment.bytes",
