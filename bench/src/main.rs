@@ -1,6 +1,7 @@
 //! `sluice-bench`: measures a Kafka-compatible broker (Sluice or any other)
 //! only through the Kafka protocol, with librdkafka as the client, plus a
-//! storage benchmark of Sluice's WAL (`wal`, in `wal.rs`).
+//! storage benchmark of Sluice's WAL (`wal`, in `wal.rs`); `search` also
+//! reaches the Elasticsearch-compatible search API over HTTP.
 //!
 //! Role: a program that prints numbers (throughput, latency percentiles,
 //! broker memory and CPU), never a pass/fail timing test, except where a
@@ -28,6 +29,7 @@ mod payload;
 mod procstat;
 mod produce;
 mod report;
+mod search;
 mod wal;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +64,8 @@ pub enum Command {
     Groups(groups::GroupsArgs),
     /// Benchmark the write-ahead log directly (no network).
     Wal(wal::WalArgs),
+    /// Indexing lag, indexing rate and query latency of the search API.
+    Search(search::SearchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,5 +79,6 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(args),
         Command::Wal(args) => wal::run(args),
         Command::Groups(args) => groups::run(args),
+        Command::Search(args) => search::run(args),
     }
 }

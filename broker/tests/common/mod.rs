@@ -695,3 +695,157 @@ impl Broker {
         &self.log
     }
 }
+
+// ---------------------------------------------------------------- search (Elasticsearch-compatible API)
+
+/// An HTTP answer of the admin port: status, headers (names in lower
+/// case) and body (chunked transfer decoded).
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpReply {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request to the broker's admin port (`Connection: close`),
+/// any method, with an optional JSON body; any status is returned.
+pub fn http_request(b: &Broker, method: &str, path: &str, body: Option<&str>) -> HttpReply {
+    let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    if let Some(body) = body {
+        req.push_str(body);
+    }
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("{method} {path}: no header end in {raw:?}"));
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut rest = &raw[split + 4..];
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        let mut out = Vec::new();
+        loop {
+            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            let size_text = String::from_utf8_lossy(&rest[..eol]);
+            let size_text = size_text.split(';').next().unwrap_or("0").trim();
+            let size = usize::from_str_radix(size_text, 16).unwrap_or(0);
+            rest = &rest[eol + 2..];
+            if size == 0 || rest.len() < size {
+                break;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[(size + 2).min(rest.len())..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    HttpReply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Installs `tests/python/requirements.txt` with pip when the Elasticsearch
+/// clients (`elasticsearch`, `opensearch-py`) or pytest are missing.
+pub fn ensure_python_search_requirements() {
+    let present = Command::new("python3")
+        .args(["-c", "import elasticsearch, opensearchpy, pytest"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("python3 must be installed")
+        .success();
+    if present {
+        return;
+    }
+    let req = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/requirements.txt");
+    let out = run_bounded(
+        Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+            req,
+        ]),
+        None,
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "pip install -r {req} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Broker {
+    /// The broker's peak resident set size (`VmHWM` of `/proc/PID/status`),
+    /// bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let pid = self.pid().expect("running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .expect("VmHWM")
+    }
+
+    /// CPU time the broker used so far (user + system, every thread),
+    /// from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.pid().expect("running");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // Fields after the command name (in parentheses): state is field 3,
+        // utime 14 and stime 15 (1-based), in clock ticks.
+        let rest = stat.rsplit_once(") ").map(|(_, r)| r).expect("stat format");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 =
+            f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+}
