@@ -721,67 +721,42 @@ impl HttpReply {
 /// One HTTP/1.1 request to the broker's admin port (`Connection: close`),
 /// any method, with an optional JSON body; any status is returned.
 pub fn http_request(b: &Broker, method: &str, path: &str, body: Option<&str>) -> HttpReply {
-    let mut s = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    if let Some(body) = body {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    req.push_str("\r\n");
-    if let Some(body) = body {
-        req.push_str(body);
-    }
-    s.write_all(req.as_bytes()).expect("send");
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no header end in {raw:?}"));
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut rest = &raw[split + 4..];
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line {status_line:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked {
-        let mut out = Vec::new();
-        loop {
-            let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
-            let size_text = String::from_utf8_lossy(&rest[..eol]);
-            let size_text = size_text.split(';').next().unwrap_or("0").trim();
-            let size = usize::from_str_radix(size_text, 16).unwrap_or(0);
-            rest = &rest[eol + 2..];
-            if size == 0 || rest.len() < size {
-                break;
-            }
-            out.extend_from_slice(&rest[..size]);
-            rest = &rest[(size + 2).min(rest.len())..];
-        }
-        out
-    } else {
-        rest.to_vec()
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let url = format!("http://127.0.0.1:{}{path}", b.admin_port);
+    let req = agent.request(method, &url).set("Connection", "close");
+    let result = match body {
+        Some(body) => req
+            .set("Content-Type", "application/json")
+            .send_string(body),
+        None => req.call(),
     };
+    let response = match result {
+        Ok(response) => response,
+        // ureq reports 4xx and 5xx as errors; they are answers here.
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    let status = response.status();
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for name in response.headers_names() {
+        if headers.iter().any(|(k, _)| *k == name) {
+            continue;
+        }
+        for value in response.all(&name) {
+            headers.push((name.clone(), value.to_string()));
+        }
+    }
+    let mut raw = Vec::new();
+    response
+        .into_reader()
+        .read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("{method} {path}: read body: {e}"));
     HttpReply {
         status,
         headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body: String::from_utf8_lossy(&raw).into_owned(),
     }
 }
 
