@@ -68,6 +68,9 @@ pub fn start(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
+        // Searches run on blocking threads, at most this many at once:
+        // more threads would only add allocator arenas.
+        .max_blocking_threads(crate::search::SEARCHES_MAX)
         .build()
         .context("admin runtime")?;
     let state = Arc::new(state);

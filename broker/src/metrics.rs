@@ -394,7 +394,8 @@ impl Snapshot {
                 })
                 .collect()
         };
-        let gauges: [(&str, &str, Pick); 6] = [
+        let gauges: [(&str, &str, Pick); 7] = [
+            ("index_commit_max_micros", "Longest index commit since start, microseconds.", |f| f.commit_micros_max),
             (
                 "index_docs",
                 "Documents in the search index's last commit.",
@@ -429,7 +430,8 @@ impl Snapshot {
         for (name, help, pick) in gauges {
             family(enc, name, help, per_shard(pick))?;
         }
-        let counters: [(&str, &str, Pick); 7] = [
+        let counters: [(&str, &str, Pick); 8] = [
+            ("index_commit_micros", "Time spent in index commits, microseconds.", |f| f.commit_micros),
             (
                 "index_docs_indexed",
                 "Documents added to the index since start.",

@@ -210,11 +210,14 @@ async fn run(
             deadline: Some(started + SEARCH_TIMEOUT),
             ..Limits::default()
         };
-        if counting {
+        let answer = if counting {
             sluice_index::search::count(&fields, &req, &shards, &limits)
         } else {
             sluice_index::search::search(&fields, &req, &shards, &limits)
-        }
+        };
+        drop(shards);
+        sluice_index::writer::release_free_memory();
+        answer
     });
     match job.await {
         Ok(Ok(body)) => answer(StatusCode::OK, &body, false),
