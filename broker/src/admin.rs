@@ -147,7 +147,7 @@ async fn route(
         (&Method::GET, "/admin/memory") => {
             let probes = state.probes.collect().await;
             let view = state.meta.view();
-            let body = crate::metrics::render_memory_json(probes, &view);
+            let body = crate::metrics::render_memory_json(probes, &view, &state.search.figures());
             (StatusCode::OK, JSON, body)
         }
         _ => (StatusCode::NOT_FOUND, TEXT, "not found".to_string()),

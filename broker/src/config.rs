@@ -318,7 +318,7 @@ pub struct StartArgs {
     )]
     pub search_builder_heap: ByteSize,
 
-    /// Per shard: an open searcher stays open between searches while the index files it maps take at most this much (the index cache).
+    /// Per shard: an open searcher stays open between searches while the heap it holds (64 KiB per split, estimated; its mapped files are page cache) is at most this much (the index cache).
     #[arg(
         long,
         env = "SLUICE_SEARCH_CACHE",

@@ -418,7 +418,7 @@ impl Snapshot {
             ),
             (
                 "index_cache_bytes",
-                "Bytes of index the open searcher maps (the index cache); 0 when closed.",
+                "Heap of the open searcher, estimated at 64 KiB per split (the index cache); 0 when closed.",
                 |f| f.cache_bytes,
             ),
             (
@@ -431,7 +431,11 @@ impl Snapshot {
             family(enc, name, help, per_shard(pick))?;
         }
         let counters: [(&str, &str, Pick); 8] = [
-            ("index_commit_micros", "Time spent in index commits, microseconds.", |f| f.commit_micros),
+            (
+                "index_commit_micros",
+                "Time spent in index commits, microseconds.",
+                |f| f.commit_micros,
+            ),
             (
                 "index_docs_indexed",
                 "Documents added to the index since start.",
@@ -832,7 +836,11 @@ impl Snapshot {
 
 /// `/admin/memory`: the same figures as JSON, with the topics holding the
 /// most partition state.
-pub fn render_memory_json(probes: Vec<Result<ShardProbe, u32>>, view: &MetadataView) -> String {
+pub fn render_memory_json(
+    probes: Vec<Result<ShardProbe, u32>>,
+    view: &MetadataView,
+    search: &[IndexFigures],
+) -> String {
     let snapshot = split(probes, ProcessMemory::read());
     let shards: Vec<Value> = snapshot
         .shards
@@ -850,8 +858,23 @@ pub fn render_memory_json(probes: Vec<Result<ShardProbe, u32>>, view: &MetadataV
         },
         "shards_unanswered": snapshot.missing,
         "shards": shards,
+        "search_indexes": search.iter().map(search_json).collect::<Vec<_>>(),
     });
     serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
+/// One shard's search index: its index cache (the open searcher) and
+/// its size; its builders and queue are in the `search_index` pool.
+fn search_json(f: &IndexFigures) -> Value {
+    json!({
+        "shard": f.shard,
+        "docs": f.docs_committed,
+        "splits": f.segments,
+        "disk_bytes": f.disk_bytes,
+        "queued_bytes": f.queued_bytes,
+        "cache_bytes": f.cache_bytes,
+        "cache_max_bytes": f.cache_bytes_max,
+    })
 }
 
 fn shard_json(p: &ShardProbe, view: &MetadataView) -> Value {
@@ -996,8 +1019,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_index_docs{shard=\"1\"} 42"), "{text}");
-        assert!(text.contains("sluice_index_docs_indexed_total{shard=\"1\"} 50"), "{text}");
-        assert!(text.contains("sluice_index_cache_bytes{shard=\"1\"} 7"), "{text}");
+        assert!(
+            text.contains("sluice_index_docs_indexed_total{shard=\"1\"} 50"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_index_cache_bytes{shard=\"1\"} 7"),
+            "{text}"
+        );
         assert!(
             text.contains("sluice_cluster_brokers{state=\"fenced\"} 1"),
             "{text}"

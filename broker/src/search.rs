@@ -165,13 +165,15 @@ async fn run(
     };
     let topic_ids = match resolve_targets(targets, &view) {
         Ok(ids) => ids,
-        Err(name) => return error(
-            StatusCode::NOT_FOUND,
-            "index_not_found_exception",
-            &format!(
+        Err(name) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "index_not_found_exception",
+                &format!(
                 "no such index [{name}] (a topic that exists and sets sluice.search.enable=true)"
             ),
-        ),
+            )
+        }
     };
     let started = Instant::now();
     let permit =

@@ -59,7 +59,12 @@ pub const BUILDER_HEAP_BYTES_MIN: usize = 15_000_000;
 
 /// Blocks of decompressed stored documents an open searcher caches per
 /// segment (Tantivy's default is 100).
-const DOC_STORE_CACHE_BLOCKS: usize = 8;
+const DOC_STORE_CACHE_BLOCKS: usize = 2;
+/// Heap an open searcher holds per split, estimated: its document-store
+/// cache (16 KiB blocks) and the term-dictionary and column metadata it
+/// reads at open. The split's files are mapped: page cache, which the
+/// kernel reclaims, not heap.
+const SEARCHER_BYTES_PER_SPLIT: u64 = DOC_STORE_CACHE_BLOCKS as u64 * 16 * 1024 + 32 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct IndexConfig {
@@ -74,8 +79,8 @@ pub struct IndexConfig {
     pub refresh: Duration,
     /// Operations queued between the shard and the helper thread.
     pub queue_ops_max: usize,
-    /// An open searcher is kept between searches while the segments it
-    /// maps take at most this many bytes (the index cache).
+    /// An open searcher is kept between searches while the heap it holds
+    /// (estimated per split) is at most this many bytes (the index cache).
     pub cache_bytes_max: u64,
 }
 
@@ -137,7 +142,7 @@ pub struct IndexStats {
     /// Record batch bytes the helper took off the queue.
     pub consumed_bytes: AtomicU64,
     pub searcher_opens: AtomicU64,
-    /// Bytes the open searcher maps (0 when closed): the index cache.
+    /// Heap of the open searcher, estimated (0 when closed): the index cache.
     pub cache_bytes: AtomicU64,
     pub searches: AtomicU64,
 }
@@ -300,9 +305,9 @@ impl Shared {
             .map_err(|e| IndexError::Tantivy(e.to_string()))?;
         self.stats.searcher_opens.fetch_add(1, Ordering::Relaxed);
         let searcher = r.searcher();
-        let mapped = self.stats.disk_bytes.load(Ordering::Relaxed);
-        if mapped <= self.cache_bytes_max {
-            self.stats.cache_bytes.store(mapped, Ordering::Relaxed);
+        let cost = searcher.segment_readers().len() as u64 * SEARCHER_BYTES_PER_SPLIT;
+        if cost <= self.cache_bytes_max {
+            self.stats.cache_bytes.store(cost, Ordering::Relaxed);
             *reader = Some(r);
         }
         Ok(searcher)
@@ -336,8 +341,8 @@ impl Shared {
     /// index outgrew the cache.
     fn refresh_reader(&self) {
         let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        let mapped = self.stats.disk_bytes.load(Ordering::Relaxed);
-        if mapped > self.cache_bytes_max {
+        let cost = self.stats.segments.load(Ordering::Relaxed) * SEARCHER_BYTES_PER_SPLIT;
+        if cost > self.cache_bytes_max {
             *reader = None;
             self.stats.cache_bytes.store(0, Ordering::Relaxed);
             return;
@@ -349,7 +354,7 @@ impl Shared {
                 self.stats.cache_bytes.store(0, Ordering::Relaxed);
                 return;
             }
-            self.stats.cache_bytes.store(mapped, Ordering::Relaxed);
+            self.stats.cache_bytes.store(cost, Ordering::Relaxed);
         }
     }
 
@@ -373,17 +378,34 @@ impl Shared {
     }
 }
 
-/// Gives the allocator's free memory back to the system. glibc keeps
-/// what a thread freed in that thread's arena; the index's threads (the
-/// builders, the merger, searches) allocate and free tens of MB at a time,
-/// which would otherwise stay resident. Called after each commit and after
-/// searches, never on a shard core.
+/// Gives the allocator's free memory back to the system, at most once per
+/// `TRIM_INTERVAL` for the whole process. glibc keeps what a thread freed
+/// in that thread's arena; the index's threads (the builders, the merger,
+/// searches) allocate and free tens of MB at a time, which would otherwise
+/// stay resident (200 MB after a 1M-record run). Called after commits and
+/// searches, never on a shard core; trimming locks each arena in turn, so
+/// it is not done per search.
 pub fn release_free_memory() {
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let last = LAST_MS.load(Ordering::Relaxed);
+    if now_ms < last + TRIM_INTERVAL.as_millis() as u64
+        || LAST_MS
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
     // SAFETY: malloc_trim has no preconditions; it locks each arena in turn.
     unsafe {
         libc::malloc_trim(0);
     }
 }
+
+/// Shortest time between two `release_free_memory` trims.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Tantivy's log merge policy, except that a split with half its
 /// documents deleted (retention, DeleteRecords, a deleted topic) is merged
