@@ -1455,9 +1455,11 @@ fn check_search(args: &StartArgs) -> anyhow::Result<()> {
         );
     }
     let heap_min = sluice_shard::SEARCH_BUILDER_HEAP_BYTES_MIN as u64;
-    if args.search_builder_heap.0 < heap_min || args.search_builder_heap.0 > 4 << 30 {
+    // Tantivy refuses a builder heap of 4 GB less 1 MB or more.
+    let heap_max = 4_000_000_000u64;
+    if args.search_builder_heap.0 < heap_min || args.search_builder_heap.0 > heap_max {
         bail!(
-            "--search-builder-heap (SLUICE_SEARCH_BUILDER_HEAP, search_builder_heap): {} bytes is not in {heap_min}..=4GiB",
+            "--search-builder-heap (SLUICE_SEARCH_BUILDER_HEAP, search_builder_heap): {} bytes is not in {heap_min}..={heap_max}",
             args.search_builder_heap.0
         );
     }

@@ -37,10 +37,10 @@ pub fn document(f: &Fields, origin: &Origin, record: &RecordRef<'_>) -> TantivyD
     );
     doc.add_u64(f.partition, origin.partition.max(0) as u64);
     doc.add_u64(f.offset, record.offset.max(0) as u64);
-    doc.add_date(
-        f.timestamp,
-        DateTime::from_timestamp_millis(record.timestamp_ms),
-    );
+    // Tantivy keeps nanoseconds in an i64: clamp what a producer may send.
+    const MS_MAX: i64 = i64::MAX / 1_000_000;
+    let ms = record.timestamp_ms.clamp(-MS_MAX, MS_MAX);
+    doc.add_date(f.timestamp, DateTime::from_timestamp_millis(ms));
     if let Some(key) = record.key {
         doc.add_bytes(f.key_bytes, key);
         if let Ok(k) = std::str::from_utf8(key) {
@@ -173,6 +173,15 @@ mod tests {
         let doc = document(&f, &origin, &plain);
         assert!(doc.get_first(f.json).is_some());
         assert!(doc.get_first(f.key).is_none());
+
+        // Past what nanoseconds in an i64 hold: clamped, not overflowed.
+        let late = RecordRef {
+            timestamp_ms: i64::MAX,
+            ..plain
+        };
+        let doc = document(&f, &origin, &late);
+        let ts = doc.get_first(f.timestamp).and_then(|v| v.as_datetime());
+        assert!(ts.is_some_and(|t| t.into_timestamp_millis() > 9_000_000_000_000_000 / 1_000));
 
         let binary = RecordRef {
             value: Some(&[0xff, 0xfe]),

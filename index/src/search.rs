@@ -69,6 +69,8 @@ pub struct Limits {
     pub buckets_max: u32,
     /// The most memory the aggregations of a search may use.
     pub aggregation_memory_bytes_max: u64,
+    /// Bytes of stored values (`_source`) one answer may carry.
+    pub source_bytes_max: u64,
     /// When the search must be over: checked between targets.
     pub deadline: Option<Instant>,
 }
@@ -78,7 +80,8 @@ impl Default for Limits {
         Limits {
             result_window_max: 10_000,
             buckets_max: 65_535,
-            aggregation_memory_bytes_max: 500_000_000,
+            aggregation_memory_bytes_max: 64 << 20,
+            source_bytes_max: 64 << 20,
             deadline: None,
         }
     }
@@ -851,7 +854,10 @@ pub fn search(
             max: limits.result_window_max,
         });
     }
-    let deadline = earliest(limits.deadline, req.timeout.map(|t| started + t));
+    let deadline = earliest(
+        limits.deadline,
+        req.timeout.and_then(|t| started.checked_add(t)),
+    );
     let order = RecordOrder::new(req);
     let guard = AggregationLimitsGuard::new(
         Some(limits.aggregation_memory_bytes_max),
@@ -905,11 +911,22 @@ pub fn search(
         None
     };
     let mut hits = Vec::with_capacity(req.size.min(candidates.len()));
+    let mut source_bytes = 0u64;
     for c in candidates.iter().skip(req.from).take(req.size) {
         let Some(target) = targets.get(c.target) else {
             continue;
         };
         let doc: TantivyDocument = target.searcher.doc(c.address)?;
+        source_bytes += doc
+            .get_first(fields.source)
+            .and_then(|v| v.as_leaf().and_then(|l| l.as_bytes()))
+            .map_or(0, |b| b.len() as u64);
+        if source_bytes > limits.source_bytes_max {
+            return Err(SearchError::TooManyBuckets(format!(
+                "the hits' [_source] exceed [{}] bytes; ask for fewer hits (size) or less of each (_source)",
+                limits.source_bytes_max
+            )));
+        }
         hits.push(hit(fields, &doc, req, scoring.then_some(c.key.score)));
     }
 
@@ -1022,7 +1039,10 @@ pub fn count(
     limits: &Limits,
 ) -> Result<Value> {
     let started = Instant::now();
-    let deadline = earliest(limits.deadline, req.timeout.map(|t| started + t));
+    let deadline = earliest(
+        limits.deadline,
+        req.timeout.and_then(|t| started.checked_add(t)),
+    );
     let mut total: u64 = 0;
     for target in targets {
         check_deadline(deadline)?;

@@ -106,6 +106,8 @@ pub enum Op {
     },
     /// The topic is gone or no longer searchable: drop its documents.
     DeleteTopic { topic_id: [u8; 16] },
+    /// The partition left this shard: drop its documents and position.
+    DeletePartition { topic_id: [u8; 16], partition: i32 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -515,7 +517,22 @@ impl Helper {
             };
             match op {
                 Ok(op) => {
-                    self.apply(&writer, op, &mut scratch);
+                    // A panic while building documents (a record the
+                    // decoder or Tantivy chokes on) loses that operation,
+                    // counted, not the index.
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.apply(&writer, op, &mut scratch)
+                    }));
+                    if applied.is_err() {
+                        self.shared
+                            .stats
+                            .batches_failed
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            shard = self.shared.shard,
+                            "indexing an operation panicked; it was skipped"
+                        );
+                    }
                     due.get_or_insert_with(|| Instant::now() + self.refresh);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -578,6 +595,16 @@ impl Helper {
                 writer.delete_term(Term::from_field_text(f.topic_id, &topic_id_term(&topic_id)));
                 stats.deletes.fetch_add(1, Ordering::Relaxed);
                 self.positions.retain(|(id, _), _| *id != topic_id);
+            }
+            Op::DeletePartition {
+                topic_id,
+                partition,
+            } => {
+                let f = &self.shared.fields;
+                let pk = partition_term(&topic_id, partition);
+                writer.delete_term(Term::from_field_text(f.partition_key, &pk));
+                stats.deletes.fetch_add(1, Ordering::Relaxed);
+                self.positions.remove(&(topic_id, partition));
             }
         }
     }
@@ -764,6 +791,29 @@ mod tests {
         let (ix, positions) = ShardIndex::open(config(tmp.path()), lines).unwrap();
         assert_eq!(positions.get(&([7; 16], 1)), Some(&12));
         assert_eq!(ix.shared.searcher().unwrap().num_docs(), 8);
+        // Another partition of the topic, then that partition leaves.
+        let other = Origin {
+            partition: 2,
+            ..origin.clone()
+        };
+        send(
+            &ix,
+            Op::Index {
+                origin: other,
+                batches: batch(0..3),
+                from: 0,
+                next: 3,
+            },
+        );
+        wait_docs(&ix, 11);
+        send(
+            &ix,
+            Op::DeletePartition {
+                topic_id: [7; 16],
+                partition: 2,
+            },
+        );
+        wait_docs(&ix, 8);
         send(&ix, Op::DeleteTopic { topic_id: [7; 16] });
         wait_docs(&ix, 0);
     }

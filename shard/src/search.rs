@@ -34,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_index::{IndexConfig, IndexError, Op, Origin, Positions, RecordRef, ShardIndex, Shared};
 use sluice_raft::MetadataView;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::budget::Pool;
 use crate::engine::Engine;
@@ -50,6 +50,8 @@ const SLICE_BYTES: u64 = 1 << 20;
 const QUEUED_BYTES_MAX: u64 = 8 << 20;
 /// Operations queued for the helper thread at most.
 const QUEUE_OPS_MAX: usize = 64;
+/// Pause before opening the index again after it failed to open.
+const OPEN_RETRY_PAUSE: Duration = Duration::from_secs(10);
 /// Pause when the helper's queue is full.
 const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(10);
 
@@ -143,7 +145,6 @@ struct Indexed {
 pub(crate) struct Search {
     pub queue: Rc<SearchQueue>,
     index: RefCell<Option<ShardIndex>>,
-    opening: Cell<bool>,
     /// Positions of the last commit not yet taken by a partition.
     resume: RefCell<Positions>,
     parts: RefCell<HashMap<PartitionKey, Indexed>>,
@@ -186,21 +187,33 @@ impl Engine {
             }
         }
         let mut indexed = search.parts.borrow_mut();
-        let mut dropped_topics = BTreeSet::new();
+        let mut dropped = Vec::new();
         indexed.retain(|k, _| {
             let keep = wanted.contains_key(k);
             if !keep {
-                dropped_topics.insert(k.topic_id);
+                dropped.push(*k);
             }
             keep
         });
-        for t in dropped_topics {
-            if !wanted.keys().any(|k| k.topic_id == t) {
-                search
-                    .ops
-                    .borrow_mut()
-                    .push_back(Op::DeleteTopic { topic_id: t });
+        let kept_topics: HashSet<[u8; 16]> = wanted.keys().map(|k| k.topic_id).collect();
+        let mut dropped_topics = BTreeSet::new();
+        for k in dropped {
+            if kept_topics.contains(&k.topic_id) {
+                // The partition left this shard (reassigned), its topic
+                // stays searchable here.
+                search.ops.borrow_mut().push_back(Op::DeletePartition {
+                    topic_id: k.topic_id,
+                    partition: k.partition as i32,
+                });
+            } else {
+                dropped_topics.insert(k.topic_id);
             }
+        }
+        for t in dropped_topics {
+            search
+                .ops
+                .borrow_mut()
+                .push_back(Op::DeleteTopic { topic_id: t });
         }
         let mut fresh = false;
         for (k, origin) in wanted {
@@ -261,14 +274,33 @@ impl Engine {
         self.budget.charge_forced(Pool::SearchIndex, builders);
         self.search.builders_charged.set(builders);
         self.search.open_wanted.set(false);
-        // Topics indexed before that are no longer searchable here.
+        // Topics and partitions indexed before that are no longer indexed
+        // here.
         let indexed = self.search.parts.borrow();
+        let topics: HashSet<[u8; 16]> = indexed.keys().map(|k| k.topic_id).collect();
         let gone: BTreeSet<[u8; 16]> = positions
             .keys()
             .map(|(t, _)| *t)
-            .filter(|t| !indexed.keys().any(|k| k.topic_id == *t))
+            .filter(|t| !topics.contains(t))
+            .collect();
+        let moved: Vec<([u8; 16], i32)> = positions
+            .keys()
+            .filter(|(t, p)| {
+                topics.contains(t)
+                    && !indexed.contains_key(&PartitionKey {
+                        topic_id: *t,
+                        partition: *p as u32,
+                    })
+            })
+            .copied()
             .collect();
         drop(indexed);
+        for (topic_id, partition) in moved {
+            self.search.ops.borrow_mut().push_back(Op::DeletePartition {
+                topic_id,
+                partition,
+            });
+        }
         for t in gone {
             self.search
                 .ops
@@ -297,7 +329,8 @@ impl Engine {
         match ix.try_send(op) {
             Ok(()) => Ok(()),
             Err(IndexError::Full(op)) => Err(op),
-            // The helper stopped (it only does at close): drop the work.
+            // The helper stopped: at close, or after a panic it caught
+            // and counted; the work is dropped.
             Err(_) => Ok(()),
         }
     }
@@ -330,7 +363,12 @@ impl Engine {
     /// One turn over the dirty partitions. Returns false when the helper's
     /// queue is full (pause before the next turn).
     async fn search_turn(self: &Rc<Self>) -> bool {
-        while let Some(op) = self.search.ops.borrow_mut().pop_front() {
+        loop {
+            // The borrow ends with this statement (a `while let` would hold
+            // it through the body).
+            let Some(op) = self.search.ops.borrow_mut().pop_front() else {
+                break;
+            };
             if let Err(op) = self.send_search(op) {
                 self.search.ops.borrow_mut().push_front(op);
                 return false;
@@ -384,11 +422,15 @@ impl Engine {
                             match self.read_stored(*key, position, base_offset).await {
                                 Ok(b) => b,
                                 Err(e) => {
-                                    // Retention removed it meanwhile, or
-                                    // storage failed: skip the entry.
-                                    self.warn_rate_limited("reading an entry to index", &e);
-                                    self.note_sent(key, next);
-                                    continue;
+                                    // Retention moved or removed it meanwhile
+                                    // (the next step sees the new position or
+                                    // log start), or storage failed: try again
+                                    // after a pause, never skip live records.
+                                    if !matches!(e, crate::ShardError::OffsetOutOfRange) {
+                                        self.warn_rate_limited("reading an entry to index", &e);
+                                    }
+                                    self.search.queue.dirty.borrow_mut().insert(*key);
+                                    return false;
                                 }
                             }
                         }
@@ -515,12 +557,10 @@ pub(crate) async fn run_indexer(engine: Rc<Engine>) {
             continue;
         }
         if engine.search.index.borrow().is_none() {
-            if engine.search.opening.replace(true) {
-                return;
-            }
             if let Err(e) = engine.open_search_index().await {
-                warn!(shard = engine.id(), error = %e, "search index did not open; records are not indexed");
-                return;
+                engine.warn_rate_limited("opening the search index (retried in 10 s)", &e);
+                glommio::timer::sleep(OPEN_RETRY_PAUSE).await;
+                continue;
             }
         }
         if !engine.search_turn().await {
