@@ -281,6 +281,8 @@ pub fn run(args: SearchArgs) -> anyhow::Result<()> {
     eprintln!("search: load to {} (search on)", args.topic);
     let shared = Arc::new(AckShared::default());
     let done = AtomicBool::new(false);
+    // The lag sampler polls the search API with blocking HTTP while the
+    // load runs: a thread of the bench process, not of any broker.
     let (outcome_on, lag, catch_up) = std::thread::scope(|scope| {
         let sampler = scope.spawn(|| sample_lag(&args.admin, &args.topic, &shared, &done));
         let outcome = produce(&common, &load, Some(Arc::clone(&shared)));

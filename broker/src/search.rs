@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
-use sluice_index::search::{Limits, SearchRequest, Target};
+use sluice_index::search::{glob, Limits, SearchRequest, Target};
 use sluice_index::Fields;
 use sluice_raft::MetadataView;
 use sluice_shard::SearchHandles;
@@ -263,26 +263,6 @@ fn resolve_targets(targets: &str, view: &MetadataView) -> Result<Vec<[u8; 16]>, 
         }
     }
     Ok(ids.into_iter().collect())
-}
-
-/// `*` matches any run of characters; everything else itself.
-fn glob(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
-        return false;
-    }
-    let mut rest = &name[first.len()..name.len() - last.len()];
-    for middle in &parts[1..parts.len() - 1] {
-        match rest.find(middle) {
-            Some(i) => rest = &rest[i + middle.len()..],
-            None => return false,
-        }
-    }
-    true
 }
 
 fn info(view: &MetadataView) -> Value {

@@ -411,7 +411,7 @@ fn expected_file(searchable: &[&str], topics: &[(&str, i32)], recs: &[Rec]) -> V
 
 #[test]
 fn es_clients() {
-    common::ensure_python_search_requirements();
+    common::ensure_python_requirements();
     let b = start(2, &[]);
 
     // The root answers like Elasticsearch 8 (the official client checks).
@@ -631,6 +631,8 @@ fn load(b: &Broker, stop: Arc<AtomicBool>, acked: Acked) -> std::thread::JoinHan
             ("compression.type", "lz4"),
         ],
     );
+    // The producer runs in the test process (blocking librdkafka calls),
+    // beside the broker under test, never inside it.
     std::thread::spawn(move || {
         let mut sent = 0u64;
         while !stop.load(Ordering::Relaxed) {

@@ -1208,8 +1208,9 @@ fn filter_object(
     out
 }
 
-/// Whether `text` matches `pattern`, whose `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
+/// Whether `text` matches `pattern`, whose `*` matches any run of characters
+/// (`_source` filters here, index patterns in the broker's search API).
+pub fn glob(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
     let Some(first) = parts.next() else {
         return text.is_empty();

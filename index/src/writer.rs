@@ -237,6 +237,10 @@ impl ShardIndex {
                 reason: e.to_string(),
             })?;
         writer.set_merge_policy(Box::new(merge_policy()));
+        // The helper thread: document building and commits block (Tantivy's
+        // queue, fsync), so they cannot run on a shard's executor. It
+        // inherits the caller's affinity and priority (the shard unpins the
+        // opening thread first), so it never owns a shard core.
         let thread = std::thread::Builder::new()
             .name(format!("sluice-index-{}", cfg.shard))
             .spawn(move || helper.run(writer, rx))

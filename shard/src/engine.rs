@@ -493,7 +493,11 @@ impl Engine {
         // Offsets partitions led here: load their groups; no longer led:
         // drop them.
         self.sync_group_partitions();
-        self.sync_search(view);
+        if applied.topics_changed > 0 {
+            // Only a topic change (configs, partitions, placement) can
+            // change what is indexed here.
+            self.sync_search(view);
+        }
         self.release_version_waiters();
         if !gone.is_empty() || (created == 0 && applied.topics_changed > 0) {
             // Deleted partitions' entries are dead; configs may have changed.

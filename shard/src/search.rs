@@ -255,6 +255,9 @@ impl Engine {
             cache_bytes_max: self.cfg.search.cache_bytes_max,
         };
         let (tx, rx) = futures::channel::oneshot::channel();
+        // A short-lived thread, not this core: opening reads (and checks)
+        // the index's files, and the helper and Tantivy's threads it starts
+        // must inherit an unpinned, low-priority thread, not the shard's.
         let spawned = std::thread::Builder::new()
             .name(format!("sluice-index-open-{}", self.id()))
             .spawn(move || {
@@ -577,6 +580,8 @@ impl Engine {
             return;
         };
         let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        // Joining the helper blocks until its last commit is synced: done
+        // on a short-lived thread so the shard's executor keeps running.
         let spawned = std::thread::Builder::new()
             .name(format!("sluice-index-close-{}", self.id()))
             .spawn(move || {

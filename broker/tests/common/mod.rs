@@ -634,11 +634,13 @@ impl Broker {
     }
 }
 
-/// Installs `tests/python/requirements.txt` with pip when kafka-python or
-/// pytest is missing, so `cargo test` alone runs on a fresh machine.
+/// Installs `tests/python/requirements.txt` with pip when one of its
+/// packages (kafka-python, pytest, the Elasticsearch and OpenSearch
+/// clients) is missing, so `cargo test` alone runs on a fresh machine.
 pub fn ensure_python_requirements() {
     let present = Command::new("python3")
-        .args(["-c", "import kafka, pytest"])
+        .args(["-c", "import kafka, pytest, elasticsearch, opensearchpy"])
+        .stderr(Stdio::null())
         .status()
         .expect("python3 must be installed")
         .success();
@@ -758,39 +760,6 @@ pub fn http_request(b: &Broker, method: &str, path: &str, body: Option<&str>) ->
         headers,
         body: String::from_utf8_lossy(&raw).into_owned(),
     }
-}
-
-/// Installs `tests/python/requirements.txt` with pip when the Elasticsearch
-/// clients (`elasticsearch`, `opensearch-py`) or pytest are missing.
-pub fn ensure_python_search_requirements() {
-    let present = Command::new("python3")
-        .args(["-c", "import elasticsearch, opensearchpy, pytest"])
-        .stderr(Stdio::null())
-        .status()
-        .expect("python3 must be installed")
-        .success();
-    if present {
-        return;
-    }
-    let req = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/requirements.txt");
-    let out = run_bounded(
-        Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            "-r",
-            req,
-        ]),
-        None,
-        Duration::from_secs(300),
-    );
-    assert!(
-        out.status.success(),
-        "pip install -r {req} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 impl Broker {
