@@ -14,6 +14,7 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
         ShardError::CorruptMessage(_) => ResponseError::CorruptMessage,
         ShardError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         ShardError::InvalidRecord(_) => ResponseError::InvalidRecord,
+        ShardError::KeylessRecord { .. } => ResponseError::InvalidRecord,
         ShardError::OffsetOutOfRange => ResponseError::OffsetOutOfRange,
         ShardError::NotLeader => ResponseError::NotLeaderOrFollower,
         ShardError::Timeout => ResponseError::RequestTimedOut,

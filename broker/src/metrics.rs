@@ -791,7 +791,48 @@ impl Snapshot {
             "shard_retention_carried_records",
             "Log start and group records appended again before segments were removed.",
             |p| p.stats.counters.retention_carried_records,
-        )
+        )?;
+        let compaction: [(&str, &str, fn(&ShardProbe) -> u64); 7] = [
+            (
+                "compaction_passes",
+                "Compaction passes over a partition that wrote replacements.",
+                |p| p.stats.counters.compaction_passes,
+            ),
+            (
+                "compaction_records_removed",
+                "Records dropped by compaction (superseded, keyless, or expired tombstones).",
+                |p| p.stats.counters.compaction_records_removed,
+            ),
+            (
+                "compaction_tombstones_removed",
+                "Tombstones dropped by compaction after delete.retention.ms.",
+                |p| p.stats.counters.compaction_tombstones_removed,
+            ),
+            (
+                "compaction_entries_replaced",
+                "Log entries replaced by compacted ones.",
+                |p| p.stats.counters.compaction_entries_replaced,
+            ),
+            (
+                "compaction_bytes_written",
+                "Bytes of the replacement entries compaction wrote.",
+                |p| p.stats.counters.compaction_bytes_written,
+            ),
+            (
+                "wal_collector_entries_moved",
+                "Live entries the segment collector copied out of mostly dead WAL segments.",
+                |p| p.stats.counters.collector_entries_moved,
+            ),
+            (
+                "wal_collector_bytes_moved",
+                "Bytes the segment collector copied forward.",
+                |p| p.stats.counters.collector_bytes_moved,
+            ),
+        ];
+        for (name, help, value) in compaction {
+            counters(enc, s, name, help, value)?;
+        }
+        Ok(())
     }
 
     fn encode_histograms(&self, enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -6,8 +6,11 @@
 //! `max.message.bytes`, `message.timestamp.type` and
 //! `min.insync.replicas` (default `--min-insync-replicas`), the shards'
 //! retention task `retention.ms`, `retention.bytes` and `cleanup.policy`,
-//! the metadata's leader elections `unclean.leader.election.enable`, and
-//! the shards' search indexing `sluice.search.enable`.
+//! the shards' compaction `cleanup.policy=compact`, `delete.retention.ms`,
+//! `min.cleanable.dirty.ratio`, `min.compaction.lag.ms` and
+//! `max.compaction.lag.ms`, the metadata's leader elections
+//! `unclean.leader.election.enable`, and the shards' search indexing
+//! `sluice.search.enable`.
 //! `segment.bytes` is stored and described, not enforced (segments belong
 //! to a shard's WAL: `--wal-segment-bytes`).
 //!
@@ -25,6 +28,7 @@ pub enum ConfigType {
     String = 2,
     Int = 3,
     Long = 5,
+    Double = 6,
     List = 7,
 }
 
@@ -81,6 +85,30 @@ pub const TOPIC_CONFIGS: &[ConfigDef] = &[
         doc: "index the topic's records for search (admin port, Elasticsearch query API)",
     },
     ConfigDef {
+        name: "delete.retention.ms",
+        default: "86400000",
+        kind: ConfigType::Long,
+        doc: "compacted topics: how long a tombstone stays after compaction first kept it, ms",
+    },
+    ConfigDef {
+        name: "min.cleanable.dirty.ratio",
+        default: "0.5",
+        kind: ConfigType::Double,
+        doc: "compacted topics: share of the cleanable log not yet compacted that starts a pass",
+    },
+    ConfigDef {
+        name: "min.compaction.lag.ms",
+        default: "0",
+        kind: ConfigType::Long,
+        doc: "compacted topics: records younger than this are not compacted, ms",
+    },
+    ConfigDef {
+        name: "max.compaction.lag.ms",
+        default: "9223372036854775807",
+        kind: ConfigType::Long,
+        doc: "compacted topics: a record older than this gets compacted whatever the dirty ratio, ms",
+    },
+    ConfigDef {
         name: "segment.bytes",
         default: "1073741824",
         kind: ConfigType::Int,
@@ -104,7 +132,6 @@ pub const KAFKA_TOPIC_CONFIGS: &[(&str, ConfigType)] = &[
     ("compression.lz4.level", ConfigType::Int),
     ("compression.type", ConfigType::String),
     ("compression.zstd.level", ConfigType::Int),
-    ("delete.retention.ms", ConfigType::Long),
     ("file.delete.delay.ms", ConfigType::Long),
     ("flush.messages", ConfigType::Long),
     ("flush.ms", ConfigType::Long),
@@ -113,14 +140,11 @@ pub const KAFKA_TOPIC_CONFIGS: &[(&str, ConfigType)] = &[
     ("leader.replication.throttled.replicas", ConfigType::List),
     ("local.retention.bytes", ConfigType::Long),
     ("local.retention.ms", ConfigType::Long),
-    ("max.compaction.lag.ms", ConfigType::Long),
     ("message.downconversion.enable", ConfigType::Boolean),
     ("message.format.version", ConfigType::String),
     ("message.timestamp.after.max.ms", ConfigType::Long),
     ("message.timestamp.before.max.ms", ConfigType::Long),
     ("message.timestamp.difference.max.ms", ConfigType::Long),
-    ("min.cleanable.dirty.ratio", ConfigType::String),
-    ("min.compaction.lag.ms", ConfigType::Long),
     ("preallocate", ConfigType::Boolean),
     ("remote.log.copy.disable", ConfigType::Boolean),
     ("remote.log.delete.on.disable", ConfigType::Boolean),
@@ -151,6 +175,7 @@ fn of_type(kind: ConfigType, value: &str) -> bool {
         }
         ConfigType::Int => value.trim().parse::<i32>().is_ok(),
         ConfigType::Long => value.trim().parse::<i64>().is_ok(),
+        ConfigType::Double => value.trim().parse::<f64>().is_ok_and(f64::is_finite),
         ConfigType::String | ConfigType::List => true,
     }
 }
@@ -179,6 +204,27 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
         "segment.bytes" => int_at_least(value, 14).ok_or_else(bad),
         "max.message.bytes" => int_at_least(value, 0).ok_or_else(bad),
         MIN_INSYNC_REPLICAS => int_at_least(value, 1).ok_or_else(bad),
+        "min.cleanable.dirty.ratio" => value
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .map(|_| ())
+            .ok_or_else(bad),
+        "delete.retention.ms" | "min.compaction.lag.ms" => value
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 0)
+            .map(|_| ())
+            .ok_or_else(bad),
+        "max.compaction.lag.ms" => value
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|v| *v >= 1)
+            .map(|_| ())
+            .ok_or_else(bad),
         _ => match def.kind {
             ConfigType::Long => value
                 .parse::<i64>()

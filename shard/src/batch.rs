@@ -91,6 +91,31 @@ pub struct RecordsSummary {
 
 /// Checks every batch in `records`: framing, magic, size, CRC32C, offsets.
 pub fn validate(records: &[u8], max_batch_bytes: u64) -> Result<RecordsSummary, ShardError> {
+    validate_from(records, max_batch_bytes, Gaps::Refused)
+}
+
+/// `validate` for batches a leader already stored (a follower's copy):
+/// compaction leaves gaps, so a batch may hold fewer records than its
+/// `lastOffsetDelta` says (even none), their offset deltas increasing.
+pub fn validate_replicated(
+    records: &[u8],
+    max_batch_bytes: u64,
+) -> Result<RecordsSummary, ShardError> {
+    validate_from(records, max_batch_bytes, Gaps::Allowed)
+}
+
+/// Whether records may skip offsets within a batch (compacted batches).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gaps {
+    Refused,
+    Allowed,
+}
+
+fn validate_from(
+    records: &[u8],
+    max_batch_bytes: u64,
+    gaps: Gaps,
+) -> Result<RecordsSummary, ShardError> {
     if records.is_empty() {
         return Err(ShardError::InvalidRecord(
             "produce request without record batches".into(),
@@ -103,7 +128,7 @@ pub fn validate(records: &[u8], max_batch_bytes: u64) -> Result<RecordsSummary, 
     };
     let mut at = 0usize;
     while at < records.len() {
-        let bytes = validate_one(&records[at..], max_batch_bytes)?;
+        let bytes = validate_one(&records[at..], max_batch_bytes, gaps)?;
         let batch = &records[at..at + bytes];
         summary.batches += 1;
         summary.offsets += i64::from(read_i32(batch, LAST_OFFSET_DELTA_AT)) + 1;
@@ -116,7 +141,7 @@ pub fn validate(records: &[u8], max_batch_bytes: u64) -> Result<RecordsSummary, 
 }
 
 /// Validates the batch at the start of `rest`; returns its size in bytes.
-fn validate_one(rest: &[u8], max_batch_bytes: u64) -> Result<usize, ShardError> {
+fn validate_one(rest: &[u8], max_batch_bytes: u64, gaps: Gaps) -> Result<usize, ShardError> {
     let corrupt = |m: String| Err(ShardError::CorruptMessage(m));
     if rest.len() < LOG_OVERHEAD_BYTES {
         return corrupt(format!(
@@ -156,20 +181,31 @@ fn validate_one(rest: &[u8], max_batch_bytes: u64) -> Result<usize, ShardError> 
             "record batch CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}"
         ));
     }
-    check_counts(batch)?;
+    check_counts(batch, gaps)?;
     let codec = read_i16(batch, ATTRIBUTES_AT) & ATTRIBUTE_CODEC_MASK;
     if codec > CODEC_ID_MAX {
         return corrupt(format!("record batch with compression codec id {codec}"));
     }
     if codec == 0 {
-        check_records(batch)?;
+        check_records(batch, gaps)?;
     }
     Ok(bytes)
 }
 
-fn check_counts(batch: &[u8]) -> Result<(), ShardError> {
+fn check_counts(batch: &[u8], gaps: Gaps) -> Result<(), ShardError> {
     let last_offset_delta = read_i32(batch, LAST_OFFSET_DELTA_AT);
     let record_count = read_i32(batch, RECORD_COUNT_AT);
+    if gaps == Gaps::Allowed {
+        if record_count < 0
+            || last_offset_delta < 0
+            || i64::from(record_count) > i64::from(last_offset_delta) + 1
+        {
+            return Err(ShardError::InvalidRecord(format!(
+                "inconsistent batch: lastOffsetDelta {last_offset_delta} with recordCount {record_count}"
+            )));
+        }
+        return Ok(());
+    }
     if record_count <= 0 {
         return Err(ShardError::InvalidRecord(format!(
             "record batch with recordCount {record_count}"
@@ -186,11 +222,13 @@ fn check_counts(batch: &[u8]) -> Result<(), ShardError> {
 /// Walks the records of an uncompressed batch that passed `check_counts`
 /// (so `recordCount` = `lastOffsetDelta` + 1 > 0): they must parse within
 /// the batch, be exactly `recordCount`, carry offset deltas 0, 1, ... in
-/// order, and end at the batch end. No allocation on success; the loops
-/// are bounded by the bytes of the batch (a record takes at least 7).
-fn check_records(batch: &[u8]) -> Result<(), ShardError> {
+/// order (with `Gaps::Allowed`: increasing, at most `lastOffsetDelta`),
+/// and end at the batch end. No allocation on success; the loops are
+/// bounded by the bytes of the batch (a record takes at least 7).
+fn check_records(batch: &[u8], gaps: Gaps) -> Result<(), ShardError> {
     let record_count = read_i32(batch, RECORD_COUNT_AT);
-    assert!(record_count > 0, "check_counts ran first");
+    let last_offset_delta = read_i32(batch, LAST_OFFSET_DELTA_AT);
+    let mut previous: i32 = -1;
     let mut c = Cursor::new(&batch[BATCH_HEADER_BYTES..]);
     let mut records: i32 = 0;
     while c.left() > 0 {
@@ -204,11 +242,16 @@ fn check_records(batch: &[u8]) -> Result<(), ShardError> {
         let offset_delta = c.record().map_err(|m| {
             ShardError::CorruptMessage(m.describe(records, BATCH_HEADER_BYTES + start))
         })?;
-        if offset_delta != records {
+        let in_order = match gaps {
+            Gaps::Refused => offset_delta == records,
+            Gaps::Allowed => offset_delta > previous && offset_delta <= last_offset_delta,
+        };
+        if !in_order {
             return Err(ShardError::InvalidRecord(format!(
-                "record {records} has offsetDelta {offset_delta}, expected {records}"
+                "record {records} has offsetDelta {offset_delta} out of order"
             )));
         }
+        previous = offset_delta;
         records += 1;
     }
     if records != record_count {

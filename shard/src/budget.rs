@@ -44,6 +44,9 @@ pub enum Pool {
     /// The search index: its builders' heaps while it is open, and the
     /// record bytes queued for its helper thread.
     SearchIndex = 7,
+    /// Log compaction: the key map of a pass and the entries it holds
+    /// while it rewrites them.
+    Compaction = 8,
 }
 
 const POOLS: [Pool; POOL_COUNT] = [
@@ -55,8 +58,9 @@ const POOLS: [Pool; POOL_COUNT] = [
     Pool::IoMemory,
     Pool::GroupState,
     Pool::SearchIndex,
+    Pool::Compaction,
 ];
-const POOL_COUNT: usize = 8;
+const POOL_COUNT: usize = 9;
 
 /// Longest wait for memory of a produce (admission) or a fetch (its first
 /// batch); a wait that runs out is answered `ShardError::Busy` (produce) or
@@ -78,6 +82,7 @@ impl Pool {
             Pool::IoMemory => "io_memory",
             Pool::GroupState => "group_state",
             Pool::SearchIndex => "search_index",
+            Pool::Compaction => "compaction",
         }
     }
 }
@@ -93,6 +98,7 @@ pub struct BudgetLimits {
     pub io_memory_bytes: u64,
     pub group_state_bytes_max: u64,
     pub search_index_bytes_max: u64,
+    pub compaction_bytes_max: u64,
 }
 
 impl BudgetLimits {
@@ -100,8 +106,9 @@ impl BudgetLimits {
     /// most a quarter for the tail cache (and never more than
     /// `tail_cache_bytes_max`), a quarter for in-flight produce data, an
     /// eighth each for fetch responses, request buffers and partition state,
-    /// a sixteenth for group state and a sixteenth for the search index
-    /// (taken from the tail cache's quarter). The remaining sixteenth (at
+    /// a sixteenth for group state, a sixteenth for the search index and a
+    /// thirty-second for compaction (both taken from the tail cache's
+    /// quarter). The remaining sixteenth (at
     /// least) is for what is not pooled: executor, task and connection
     /// structs, allocator slack.
     pub fn derive(
@@ -113,7 +120,7 @@ impl BudgetLimits {
         BudgetLimits {
             // A sixteenth of the tail cache's quarter goes to the search
             // index (the tail cache is capped lower by default anyway).
-            tail_cache_bytes_max: tail_cache_bytes_max.min(rest / 4 - rest / 16),
+            tail_cache_bytes_max: tail_cache_bytes_max.min(rest / 4 - rest / 16 - rest / 32),
             produce_inflight_bytes_max: rest / 4,
             fetch_response_bytes_max: rest / 8,
             request_buffers_bytes_max: rest / 8,
@@ -121,6 +128,7 @@ impl BudgetLimits {
             io_memory_bytes,
             group_state_bytes_max: rest / 16,
             search_index_bytes_max: rest / 16,
+            compaction_bytes_max: rest / 32,
         }
     }
 
@@ -140,6 +148,7 @@ impl BudgetLimits {
             Pool::IoMemory => self.io_memory_bytes,
             Pool::GroupState => self.group_state_bytes_max,
             Pool::SearchIndex => self.search_index_bytes_max,
+            Pool::Compaction => self.compaction_bytes_max,
         }
     }
 }
@@ -463,8 +472,9 @@ mod tests {
     #[test]
     fn reserve_refuse_release() {
         let b = Budget::new(BudgetLimits::derive(1000, 10_000, 0));
-        assert_eq!(b.max(Pool::TailCache), 250 - 62);
+        assert_eq!(b.max(Pool::TailCache), 250 - 62 - 31);
         assert_eq!(b.max(Pool::SearchIndex), 62);
+        assert_eq!(b.max(Pool::Compaction), 31);
         let r1 = b.try_reserve(Pool::ProduceInflight, 200).expect("fits");
         assert!(b.try_reserve(Pool::ProduceInflight, 51).is_none());
         let r2 = b

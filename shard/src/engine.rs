@@ -104,6 +104,10 @@ pub(crate) struct Engine {
     pub isr_wake: Rc<WaitSlot>,
     /// Search indexing: indexed partitions and the index (`search`).
     pub search: crate::search::Search,
+    /// Compaction and the segment collector (`cleaner`).
+    pub cleaner: RefCell<crate::cleaner::CleanerState>,
+    /// Wakes the cleaner task (configs changed, topics created).
+    pub cleaner_wake: Rc<WaitSlot>,
 }
 
 impl Engine {
@@ -144,6 +148,7 @@ impl Engine {
         engine.spawn(crate::retention::run_retention(engine.clone()));
         engine.spawn(crate::replica::run_isr_shrink(engine.clone()));
         engine.spawn_low_priority(crate::search::run_indexer(engine.clone()));
+        engine.spawn_low_priority(crate::cleaner::run_cleaner(engine.clone()));
         for (peer, rx) in inboxes {
             engine.spawn(run_inbox(engine.clone(), peer, rx));
         }
@@ -198,6 +203,8 @@ impl Engine {
             followed_version: Cell::new(0),
             isr_wake: WaitSlot::new(),
             search: Default::default(),
+            cleaner: Default::default(),
+            cleaner_wake: WaitSlot::new(),
             cfg,
         }
     }
@@ -243,6 +250,7 @@ impl Engine {
         let started = Instant::now();
         let mut reader = self.wal.reader(self.wal.start());
         let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
+        let mut log_starts: HashMap<PartitionKey, i64> = HashMap::new();
         // Epoch caches are rebuilt from the batch headers.
         for p in self.parts.borrow_mut().values_mut() {
             if let Some(r) = p.repl.as_deref_mut() {
@@ -261,6 +269,8 @@ impl Engine {
             if e.kind == crate::delete_records::KIND_LOG_START {
                 match crate::delete_records::decode(&e.payload) {
                     Ok((key, offset)) => {
+                        let explicit = log_starts.entry(key).or_insert(offset);
+                        *explicit = (*explicit).max(offset);
                         self.recover_log_start(&key, offset);
                     }
                     Err(reason) => {
@@ -274,6 +284,23 @@ impl Engine {
                 match crate::replica::decode_truncate(&e.payload) {
                     Ok((key, offset, cut)) => {
                         self.cut_log(&key, offset, cut);
+                    }
+                    Err(reason) => {
+                        damaged += 1;
+                        warn!(shard = self.id(), position = e.position.0, %reason, "undecodable WAL entry skipped");
+                    }
+                }
+                continue;
+            }
+            if e.kind == crate::compact::KIND_REPLACE {
+                match crate::compact::decode_stored(e.kind, &e.payload) {
+                    Ok(stored) => {
+                        if let Err(reason) = self.recover_replacement(&stored, e.position) {
+                            damaged += 1;
+                            warn!(shard = self.id(), position = e.position.0, %reason, "replacement WAL entry skipped");
+                        } else {
+                            entries += 1;
+                        }
                     }
                     Err(reason) => {
                         damaged += 1;
@@ -325,6 +352,11 @@ impl Engine {
                 None => skipped += 1,
             }
         }
+        // A replacement that came before every other entry of its
+        // partition lowered its log start; the log start records win.
+        for (key, offset) in log_starts {
+            self.apply_log_start(&key, offset);
+        }
         for p in self.parts.borrow_mut().values_mut() {
             p.recovered();
         }
@@ -343,6 +375,35 @@ impl Engine {
             ms,
             "shard recovered"
         );
+        Ok(())
+    }
+
+    /// Replays a replacement entry (compaction, or an entry the segment
+    /// collector copied forward): it takes the place of the entries inside
+    /// its range. Producer state is not rebuilt from it (its batches are
+    /// older than what the originals recorded when they were replayed).
+    fn recover_replacement(
+        &self,
+        stored: &crate::compact::Stored,
+        position: sluice_wal::Position,
+    ) -> Result<(), String> {
+        let mut parts = self.parts.borrow_mut();
+        let Some(p) = parts.get_mut(&stored.header.key) else {
+            return Ok(());
+        };
+        let (removed, added) =
+            p.replace_recovered(&stored.header, stored.records.len() as u32, position)?;
+        p.note_epochs(&stored.records);
+        drop(parts);
+        if added {
+            self.budget
+                .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
+        }
+        self.budget
+            .discharge(Pool::PartitionState, removed * INDEX_ENTRY_BYTES);
+        if let Some(r) = stored.replace.as_ref() {
+            self.cleaner.borrow_mut().recovered(r);
+        }
         Ok(())
     }
 
@@ -502,6 +563,10 @@ impl Engine {
         if !gone.is_empty() || (created == 0 && applied.topics_changed > 0) {
             // Deleted partitions' entries are dead; configs may have changed.
             self.retention_wake.fire();
+        }
+        if applied.topics_changed > 0 || !applied.changed.is_empty() {
+            // Compaction configs, or which partitions this node leads.
+            self.cleaner_wake.fire();
         }
         if created > 0 || !gone.is_empty() || !applied.changed.is_empty() {
             debug!(

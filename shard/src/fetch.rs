@@ -36,7 +36,7 @@ use tracing::trace;
 
 use crate::budget::{Pool, Reservation, MEMORY_WAIT};
 use crate::engine::Engine;
-use crate::entry::{self, PartitionKey};
+use crate::entry::PartitionKey;
 use crate::mesh::{FetchKey, OwnerFetch, ShardMsg};
 use crate::partition::Partition;
 use crate::waiters::WaitSlot;
@@ -416,7 +416,9 @@ impl Engine {
             sluice_wal::WalError::OutOfRange { .. } => ShardError::OffsetOutOfRange,
             e => ShardError::Storage(e.to_string()),
         })?;
-        let (header, records) = entry::decode(&e.payload).map_err(ShardError::Storage)?;
+        let crate::compact::Stored {
+            header, records, ..
+        } = crate::compact::decode_stored(e.kind, &e.payload).map_err(ShardError::Storage)?;
         if header.key != key || header.base_offset != base_offset {
             return Err(ShardError::Storage(format!(
                 "WAL position {} holds offset {} of another partition, expected {base_offset}",

@@ -94,6 +94,8 @@
 
 mod batch;
 mod budget;
+mod cleaner;
+pub mod compact;
 mod delete_records;
 mod engine;
 mod entry;
@@ -245,6 +247,12 @@ pub enum ShardError {
     MessageTooLarge { bytes: u64, max: u64 },
     #[error("invalid record batch: {0}")]
     InvalidRecord(String),
+    /// A record without a key for a compacted topic (Kafka INVALID_RECORD,
+    /// with the record's index in its batch as the record error).
+    #[error(
+        "Compacted topic cannot accept message without key (record {batch_index} of its batch)"
+    )]
+    KeylessRecord { batch_index: i32 },
     #[error("fetch offset out of range")]
     OffsetOutOfRange,
     #[error("this node does not lead the partition")]

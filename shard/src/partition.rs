@@ -577,6 +577,100 @@ impl Partition {
     }
 
     /// Index of the first entry whose last offset is >= `offset`.
+    /// The entries lying wholly inside `base..=last`, as an index range;
+    /// `None` when an entry straddles either end.
+    pub fn covered(&self, base: i64, last: i64) -> Option<std::ops::Range<usize>> {
+        let from = self.batches.partition_point(|b| b.base_offset < base);
+        let to = self.batches.partition_point(|b| b.last_offset <= last);
+        let straddles = |i: usize| {
+            self.batches
+                .get(i)
+                .is_some_and(|b| b.base_offset < base && b.last_offset >= base)
+        };
+        if from > 0 && straddles(from - 1) {
+            return None;
+        }
+        if self
+            .batches
+            .get(to)
+            .is_some_and(|b| b.base_offset <= last && b.last_offset > last)
+        {
+            return None;
+        }
+        Some(from..to.max(from))
+    }
+
+    /// Puts a replacement (compaction, or an entry copied forward by the
+    /// segment collector) in place of the entries lying wholly inside its
+    /// range; `None` for a replacement that kept nothing. Returns the
+    /// entries removed and whether one was added, or `Err` when an entry
+    /// straddles the range. Offsets, the log start and the high watermark
+    /// do not move.
+    pub fn replace(
+        &mut self,
+        base: i64,
+        last: i64,
+        with: Option<StoredBatch>,
+    ) -> Result<(u64, bool), String> {
+        let range = self
+            .covered(base, last)
+            .ok_or_else(|| format!("an entry straddles the replaced range {base}..={last}"))?;
+        let removed = range.len() as u64;
+        let added = with.is_some();
+        self.batches.splice(range, with);
+        debug_assert!(self
+            .batches
+            .windows(2)
+            .all(|w| w[0].last_offset < w[1].base_offset));
+        Ok((removed, added))
+    }
+
+    /// Recovery's side of `replace`: the replacement may also extend the
+    /// log (its originals were removed with their segment), and one that
+    /// lands before every entry lowers the log start to its base (the
+    /// caller applies the log start records afterwards).
+    pub fn replace_recovered(
+        &mut self,
+        header: &EntryHeader,
+        bytes: u32,
+        position: Position,
+    ) -> Result<(u64, bool), String> {
+        let with = (bytes > 0).then(|| StoredBatch {
+            base_offset: header.base_offset,
+            last_offset: header.last_offset,
+            max_timestamp: header.max_timestamp,
+            bytes,
+            position: Some(position),
+            cached: None,
+        });
+        let was_empty = self.batches.is_empty();
+        let out = self.replace(header.base_offset, header.last_offset, with)?;
+        if was_empty && out.1 {
+            self.log_start_offset = header.base_offset;
+        } else if out.1 {
+            self.log_start_offset = self.log_start_offset.min(header.base_offset);
+        }
+        if header.last_offset >= self.next_offset {
+            self.next_offset = header.last_offset + 1;
+            self.high_watermark = self.next_offset;
+            if let Some(r) = self.repl.as_deref_mut() {
+                r.durable_end = self.next_offset;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The smallest WAL position of the partition's live entries (from the
+    /// log start); the WAL's durable end `end` for one not durable yet.
+    /// Entries copied forward are out of position order, so every live
+    /// entry is looked at.
+    pub fn first_live_position(&self, end: u64) -> Option<u64> {
+        self.batches[self.locate(self.log_start_offset)..]
+            .iter()
+            .map(|b| b.position.map_or(end, |p| p.0))
+            .min()
+    }
+
     pub fn locate(&self, offset: i64) -> usize {
         self.batches.partition_point(|b| b.last_offset < offset)
     }

@@ -81,6 +81,8 @@ struct TopicLimits {
     log_append_time: bool,
     /// `min.insync.replicas`, else the shard's default.
     min_insync: usize,
+    /// `cleanup.policy` includes `compact`: every record needs a key.
+    compacted: bool,
 }
 
 impl TopicLimits {
@@ -104,6 +106,7 @@ impl TopicLimits {
             max_message_bytes,
             log_append_time,
             min_insync,
+            compacted: crate::compact::CompactConfig::of(&topic.configs).is_some(),
         }
     }
 }
@@ -470,6 +473,11 @@ impl Engine {
         let key = Engine::key_of(&req.topic, req.partition)?;
         let limits = TopicLimits::of(&req.topic, self.cfg.min_insync_replicas);
         let summary = batch::validate(&req.records, limits.max_message_bytes)?;
+        if limits.compacted {
+            // Kafka refuses keyless records on a compacted topic; compressed
+            // batches are decompressed to look (only for such topics).
+            crate::compact::check_keys(&req.records)?;
+        }
         let producer = producer_state::producer_batch(&req.records)?;
         let payload_bytes = (ENTRY_HEADER_BYTES + req.records.len()) as u64;
         let entry_max = u64::from(self.wal.config().entry_bytes_max);

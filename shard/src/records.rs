@@ -261,7 +261,60 @@ fn decode_batch(
     };
     let mut headers = Vec::new();
     walk(&h, records, limits, &mut headers, None)?;
-    walk(&h, records, limits, &mut headers, Some(each))
+    walk(&h, records, limits, &mut headers, Some(&mut |r, _| each(r)))
+}
+
+/// What `rewrite_walk` tells of a batch besides its records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchFacts {
+    pub base_offset: i64,
+    pub attributes: i16,
+    pub record_count: i32,
+    /// A control batch (transaction markers): its records were not walked.
+    pub control: bool,
+}
+
+/// Walks one framed v2 batch (`12 + batchLength` bytes, as `decode_batches`
+/// takes them) for rewriting it: `each(record, encoded)` gets every record
+/// in order with its encoded bytes (length varint and body) as they lie in
+/// the batch's records (decompressed into `scratch` when compressed). Every
+/// record is checked before the first one is delivered, as in
+/// `decode_batches`; control batches deliver nothing.
+pub fn rewrite_walk(
+    batch: &[u8],
+    limits: &DecodeLimits,
+    scratch: &mut Vec<u8>,
+    each: &mut dyn FnMut(RecordRef<'_>, &[u8]),
+) -> Result<BatchFacts, String> {
+    let bytes = batch_bytes(batch)?;
+    if bytes != batch.len() {
+        return Err(format!(
+            "batchLength says {bytes} bytes, the batch has {}",
+            batch.len()
+        ));
+    }
+    let h = Header::parse(batch)?;
+    let facts = BatchFacts {
+        base_offset: h.base_offset,
+        attributes: h.attributes,
+        record_count: h.record_count,
+        control: h.attributes & ATTRIBUTE_CONTROL != 0,
+    };
+    if facts.control {
+        return Ok(facts);
+    }
+    let body = &batch[BATCH_HEADER_BYTES..];
+    let records: &[u8] = match h.codec() {
+        0 => body,
+        codec => {
+            decompress(codec, body, scratch, limits.decompressed_bytes_max)?;
+            &scratch[..]
+        }
+    };
+    let mut headers = Vec::new();
+    walk(&h, records, limits, &mut headers, None)?;
+    walk(&h, records, limits, &mut headers, Some(each))?;
+    Ok(facts)
 }
 
 /// Walks the records of a batch: checks them all, and hands them to
@@ -271,7 +324,7 @@ fn walk<'a>(
     records: &'a [u8],
     limits: &DecodeLimits,
     headers: &mut Vec<(&'a [u8], Option<&'a [u8]>)>,
-    mut deliver: Option<&mut dyn FnMut(RecordRef<'_>)>,
+    mut deliver: Option<&mut dyn FnMut(RecordRef<'_>, &[u8])>,
 ) -> Result<u64, String> {
     let mut c = Cursor::new(records);
     let mut n: i32 = 0;
@@ -293,10 +346,14 @@ fn walk<'a>(
         let r = c.record(headers, headers_max).map_err(describe)?;
         let record = located(h, &r).map_err(|m| format!("record {n}: {m}"))?;
         if let Some(deliver) = deliver.as_mut() {
-            deliver(RecordRef {
-                headers: headers.as_slice(),
-                ..record
-            });
+            let encoded = &records[at..c.at];
+            deliver(
+                RecordRef {
+                    headers: headers.as_slice(),
+                    ..record
+                },
+                encoded,
+            );
         }
         n += 1;
     }

@@ -209,7 +209,7 @@ impl Engine {
         if records.is_empty() {
             return self.follower_high_watermark(&key, leader_high_watermark);
         }
-        batch::validate(&records, u64::MAX)?;
+        batch::validate_replicated(&records, u64::MAX)?;
         let payload_max = self.wal.config().entry_bytes_max as usize - ENTRY_HEADER_BYTES;
         let log_end = self.check_follower(&key)?;
         let planned = chunks(&records, log_end, payload_max)?;

@@ -237,8 +237,8 @@ impl Engine {
             .fold(sealed_end, u64::min)
     }
 
-    /// WAL position of the partition's first live entry (the WAL's durable
-    /// end while it is not durable yet); `None` when it has none.
+    /// Smallest WAL position of the partition's live entries (the WAL's
+    /// durable end for one not durable yet); `None` when it has none.
     pub(crate) fn first_live_position(&self, key: &PartitionKey) -> Option<u64> {
         self.first_live_in(&self.parts.borrow(), key)
     }
@@ -249,10 +249,7 @@ impl Engine {
         key: &PartitionKey,
     ) -> Option<u64> {
         let end = self.wal.durable_end().0;
-        let p = parts.get(key)?;
-        p.batches
-            .get(p.locate(p.log_start_offset))
-            .map(|b| b.position.map_or(end, |pos| pos.0))
+        parts.get(key)?.first_live_position(end)
     }
 
     /// Carries what recovery needs past the boundary, then removes the
@@ -314,6 +311,7 @@ impl Engine {
 /// The shard's one retention task.
 pub(crate) async fn run_retention(engine: Rc<Engine>) {
     let mut last_pass: Option<Instant> = None;
+    let mut rolls_seen = 0;
     loop {
         if let Some(t) = last_pass {
             let earliest = t + PASS_INTERVAL_MIN;
@@ -327,6 +325,12 @@ pub(crate) async fn run_retention(engine: Rc<Engine>) {
         let rolls = engine.wal.rolls();
         last_pass = Some(Instant::now());
         let next_ms = engine.retention_pass().await;
+        if rolls != rolls_seen {
+            // New sealed segments: the cleaner may have work too (the WAL
+            // wakes one task per roll).
+            rolls_seen = rolls;
+            engine.cleaner_wake.fire();
+        }
         let deadline = next_ms.map(|ms| {
             let wait = ms.saturating_sub(crate::produce::now_ms()).max(0) as u64;
             Instant::now() + Duration::from_millis(wait)

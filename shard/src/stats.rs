@@ -56,6 +56,17 @@ pub struct Counters {
     pub retention_segments_removed: u64,
     /// Log start and group records appended again before a removal.
     pub retention_carried_records: u64,
+    /// Compaction passes over a partition that wrote replacements.
+    pub compaction_passes: u64,
+    /// Records, and among them tombstones, compaction dropped.
+    pub compaction_records_removed: u64,
+    pub compaction_tombstones_removed: u64,
+    /// Entries compaction replaced, and the bytes of the replacements.
+    pub compaction_entries_replaced: u64,
+    pub compaction_bytes_written: u64,
+    /// Entries the segment collector copied forward, and their bytes.
+    pub collector_entries_moved: u64,
+    pub collector_bytes_moved: u64,
     /// Follower appends (`append_replica` calls that wrote entries) and
     /// their bytes.
     pub replica_appends: u64,

@@ -49,6 +49,13 @@ impl TailCache {
             .retain(|i| i.key != *key || i.base_offset < offset);
     }
 
+    /// Forgets a partition's entries whose base offset lies in
+    /// `base..=last` (entries a replacement took the place of).
+    pub fn forget_range(&mut self, key: &PartitionKey, base: i64, last: i64) {
+        self.items
+            .retain(|i| i.key != *key || i.base_offset < base || i.base_offset > last);
+    }
+
     /// Forgets the entries below each given partition's log start.
     pub fn forget_below(&mut self, log_starts: &std::collections::HashMap<PartitionKey, i64>) {
         self.items

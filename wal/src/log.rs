@@ -317,6 +317,12 @@ impl Wal {
         Position(active(&self.inner).base)
     }
 
+    /// Base positions of every segment, oldest first; the last one is the
+    /// active segment's.
+    pub fn segment_bases(&self) -> Vec<u64> {
+        self.inner.segments.borrow().keys().copied().collect()
+    }
+
     /// Segments rolled since the WAL was opened.
     pub fn rolls(&self) -> u64 {
         self.inner.st.borrow().rolls

@@ -10,12 +10,14 @@
 //! is answered NOT_LEADER_OR_FOLLOWER (the client refreshes its metadata).
 
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
-use crate::plane::{ProducePartition, ProduceTicket};
+use crate::plane::{ProducePartition, ProduceTicket, ShardError};
 
 /// Offset of the magic byte in a record batch (and in old message sets).
 const MAGIC_OFFSET: usize = 16;
@@ -201,6 +203,14 @@ async fn partition_response(index: i32, ticket: ProduceTicket) -> PartitionProdu
             r.error_code = shard_error_code(&e);
             r.error_message = Some(str_bytes(e.to_string()));
             r.base_offset = -1;
+            if let ShardError::KeylessRecord { batch_index } = e {
+                // KIP-467: the record that made the batch fail (v8+).
+                r.record_errors = vec![BatchIndexAndErrorMessage::default()
+                    .with_batch_index(batch_index)
+                    .with_batch_index_error_message(Some(str_bytes(
+                        "Compacted topic cannot accept message without key".to_string(),
+                    )))];
+            }
         }
         None => {
             r.base_offset = result.base_offset;

@@ -73,7 +73,7 @@ use super::types::GroupError;
 use super::{offsets_partition_for, OFFSETS_TOPIC};
 use crate::budget::Pool;
 use crate::engine::Engine;
-use crate::entry::{self, PartitionKey, ENTRY_HEADER_BYTES};
+use crate::entry::{PartitionKey, ENTRY_HEADER_BYTES};
 use crate::waiters::{sleep_until, WaitSlot};
 use crate::{ProducePartition, ProducePartitionResult, ShardError};
 
@@ -555,7 +555,9 @@ impl Engine {
             .read(position)
             .await
             .map_err(|e| format!("reading offset {base_offset}: {e}"))?;
-        let (header, records) = entry::decode(&e.payload)?;
+        let crate::compact::Stored {
+            header, records, ..
+        } = crate::compact::decode_stored(e.kind, &e.payload)?;
         if header.key != key || header.base_offset != base_offset {
             return Err(format!(
                 "WAL position {} holds another entry than offset {base_offset}",
