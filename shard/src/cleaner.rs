@@ -7,7 +7,7 @@
 //!
 //! A partition of a topic whose `cleanup.policy` includes `compact` (but
 //! `__consumer_offsets`, which the group coordinator carries forward
-//! itself) is compacted on the replica that leads it. Its log has a clean
+//! itself) is compacted on every replica, each on its own (as in Kafka). Its log has a clean
 //! part (offsets below `clean_end`, compacted before) and a dirty part.
 //! The cleanable end is the first entry that is not durable below the high
 //! watermark, is younger than `min.compaction.lag.ms`, or belongs to the
@@ -236,9 +236,6 @@ impl Engine {
             for key in crate::view::keys_on(topic, me) {
                 let Some(p) = parts.get(&key) else { continue };
                 seen.insert(key);
-                if !p.is_leader {
-                    continue;
-                }
                 let state = cleaner.parts.entry(key).or_default();
                 let live = &p.batches[p.locate(p.log_start_offset)..];
                 // The active part: the last entry and the entries after the

@@ -774,6 +774,71 @@ mod tests {
         p.check().expect("invariants");
     }
 
+    fn durable_entries(p: &mut Partition, sizes: &[i64]) {
+        for (i, n) in sizes.iter().enumerate() {
+            let base = p.assign(*n, 10 * i as i64, Bytes::from_static(b"x"));
+            p.mark_durable(base, Position(1000 * i as u64));
+        }
+    }
+
+    fn stored(base: i64, last: i64, position: u64) -> StoredBatch {
+        StoredBatch {
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: 0,
+            bytes: 1,
+            position: Some(Position(position)),
+            cached: None,
+        }
+    }
+
+    #[test]
+    fn a_replacement_takes_the_place_of_whole_entries_only() {
+        let mut p = part();
+        // Entries 0..=2, 3..=4, 5..=9, 10..=10.
+        durable_entries(&mut p, &[3, 2, 5, 1]);
+        assert_eq!(p.covered(3, 9), Some(1..3));
+        assert_eq!(p.covered(4, 9), None, "3..=4 straddles");
+        assert_eq!(p.covered(3, 8), None, "5..=9 straddles");
+        assert_eq!(
+            p.replace(3, 9, Some(stored(3, 9, 9000))).expect("whole"),
+            (2, true)
+        );
+        let bases: Vec<i64> = p.batches.iter().map(|b| b.base_offset).collect();
+        assert_eq!(bases, vec![0, 3, 10]);
+        assert_eq!((p.log_start_offset, p.high_watermark, p.next_offset), (0, 11, 11));
+        // Out of position order now: the smallest live position counts.
+        assert_eq!(p.first_live_position(u64::MAX), Some(0));
+        assert_eq!(p.replace(0, 2, None).expect("whole"), (1, false));
+        assert_eq!(p.first_live_position(u64::MAX), Some(3000));
+        assert_eq!(p.locate(0), 0, "a fetch in the gap gets the next entry");
+        p.check().expect("invariants");
+    }
+
+    #[test]
+    fn recovered_replacements_extend_or_lower_the_log() {
+        let mut p = part();
+        let key = p.key;
+        let header = |base, last| EntryHeader {
+            key,
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: 0,
+        };
+        // Only the copies remain: 20..=29 first, then 0..=9 copied later.
+        let h = header(20, 29);
+        p.replace_recovered(&h, 5, Position(1)).expect("fits");
+        assert_eq!((p.log_start_offset, p.next_offset), (20, 30));
+        let h = header(0, 9);
+        p.replace_recovered(&h, 5, Position(2)).expect("fits");
+        assert_eq!((p.log_start_offset, p.next_offset), (0, 30));
+        // A later entry continues the log.
+        let h = header(30, 39);
+        p.push_recovered(&h, 5, Position(3)).expect("in order");
+        assert_eq!(p.batches.len(), 3);
+        p.check().expect("invariants");
+    }
+
     fn meta(leader: u64, epoch: i32, replicas: &[u64], isr: &[u64]) -> PartitionMeta {
         PartitionMeta {
             shard: 0,
