@@ -330,6 +330,21 @@ impl Engine {
         Ok((e.kind, e.payload, stored))
     }
 
+    /// `read_entry` for a pass: `None` when the entry is no longer where
+    /// the pass found it (retention, or a truncation, moved on meanwhile).
+    async fn read_live(
+        &self,
+        key: PartitionKey,
+        base: i64,
+        position: Position,
+    ) -> Result<Option<Stored>, String> {
+        match self.read_entry(key, base, position).await {
+            Ok((_, _, stored)) => Ok(Some(stored)),
+            Err(_) if !self.is_live_at(key, base, position) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// One compaction pass over one partition (module doc).
     async fn compact_partition(self: &Rc<Self>, plan: Plan, now: i64) -> Result<(), String> {
         let Plan {
@@ -363,7 +378,9 @@ impl Engine {
         // The dirty part into the key map, until it is full.
         let mut dirty_end = clean_idx;
         'map: for &(base, _, position) in &entries[clean_idx..] {
-            let (_, _, stored) = self.read_entry(key, base, position).await?;
+            let Some(stored) = self.read_live(key, base, position).await? else {
+                return Ok(());
+            };
             let mut full = false;
             for b in crate::batch::batches(&stored.records) {
                 rewrite_walk(b, &limits, &mut scratch, &mut |r, _| {
@@ -398,7 +415,9 @@ impl Engine {
         let mut replaced = 0u64;
         for idx in 0..dirty_end {
             let (base, last, position) = entries[idx];
-            let (_, _, stored) = self.read_entry(key, base, position).await?;
+            let Some(stored) = self.read_live(key, base, position).await? else {
+                break;
+            };
             let clean = idx < clean_idx;
             let horizon = stored.replace.map_or(-1, |r| r.tombstone_horizon_ms);
             let rules = Rules {

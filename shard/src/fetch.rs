@@ -411,11 +411,34 @@ impl Engine {
         base_offset: i64,
     ) -> Result<Bytes, ShardError> {
         self.counters.borrow_mut().fetch_wal_reads += 1;
-        let e = self.wal.read(position).await.map_err(|e| match e {
-            // Retention removed the segment after the fetch was planned.
-            sluice_wal::WalError::OutOfRange { .. } => ShardError::OffsetOutOfRange,
-            e => ShardError::Storage(e.to_string()),
-        })?;
+        let e = match self.wal.read(position).await {
+            Ok(e) => e,
+            Err(sluice_wal::WalError::OutOfRange { .. }) => {
+                // The segment was removed after the read was planned: the
+                // entry expired, or the segment collector copied it forward
+                // (then it is read where it is now).
+                let moved = self
+                    .parts
+                    .borrow()
+                    .get(&key)
+                    .and_then(|p| {
+                        let i = p.locate(base_offset);
+                        p.batches
+                            .get(i)
+                            .filter(|b| b.base_offset == base_offset)?
+                            .position
+                    })
+                    .filter(|now| *now != position);
+                let Some(now) = moved else {
+                    return Err(ShardError::OffsetOutOfRange);
+                };
+                self.wal.read(now).await.map_err(|e| match e {
+                    sluice_wal::WalError::OutOfRange { .. } => ShardError::OffsetOutOfRange,
+                    e => ShardError::Storage(e.to_string()),
+                })?
+            }
+            Err(e) => return Err(ShardError::Storage(e.to_string())),
+        };
         let crate::compact::Stored {
             header, records, ..
         } = crate::compact::decode_stored(e.kind, &e.payload).map_err(ShardError::Storage)?;
