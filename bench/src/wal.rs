@@ -12,7 +12,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
-use sluice_wal::{SyncMode, Wal, WalConfig};
+use sluice_wal::{CrcSpan, Payload, SyncMode, Wal, WalConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct WalArgs {
@@ -34,6 +34,11 @@ pub struct WalArgs {
     /// How commits are made durable: fdatasync after each write, or O_DSYNC writes.
     #[arg(long, value_enum, default_value_t = SyncArg::Fdatasync)]
     sync: SyncArg,
+    /// Whether each payload's CRC32C is computed by the WAL (`computed`), or
+    /// mostly given with it (`given`: all but the first 64 bytes, as a produce
+    /// hands over a record batch's verified CRC).
+    #[arg(long, value_enum, default_value_t = CrcArg::Computed)]
+    payload_crc: CrcArg,
     /// Bytes one commit may write at most.
     #[arg(long, default_value_t = WalConfig::COMMIT_BYTES_MAX_DEFAULT)]
     commit_bytes_max: u64,
@@ -50,6 +55,16 @@ enum SyncArg {
     Fdatasync,
     Dsync,
 }
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CrcArg {
+    Computed,
+    Given,
+}
+
+/// Bytes at the head of a payload whose CRC the WAL computes under
+/// `--payload-crc given` (an entry header and a batch's own header).
+const HEAD_BYTES_COMPUTED: usize = 64;
 
 /// What one lane-run measured.
 struct Measured {
@@ -80,6 +95,7 @@ pub fn run(a: WalArgs) -> anyhow::Result<()> {
     cfg.queue_bytes_max = cfg.queue_bytes_max.max(cfg.commit_bytes_max);
     let record_bytes = a.record_bytes;
     let in_flight = a.in_flight;
+    let crc_given = a.payload_crc == CrcArg::Given;
     let (warmup, measure) = (
         Duration::from_secs(a.warmup_seconds),
         Duration::from_secs(a.seconds),
@@ -87,7 +103,7 @@ pub fn run(a: WalArgs) -> anyhow::Result<()> {
     let result = LocalExecutorBuilder::new(Placement::Unbound)
         .name("bench-wal")
         .io_memory(24 << 20)
-        .spawn(move || drive(cfg, record_bytes, in_flight, warmup, measure))
+        .spawn(move || drive(cfg, record_bytes, in_flight, crc_given, warmup, measure))
         .map_err(|e| anyhow::anyhow!("starting the glommio executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("executor: {e:?}"))?;
@@ -103,11 +119,12 @@ async fn drive(
     cfg: WalConfig,
     record_bytes: usize,
     in_flight: usize,
+    crc_given: bool,
     warmup: Duration,
     measure: Duration,
 ) -> anyhow::Result<(Measured, sluice_wal::WalStats)> {
     let (wal, _) = Wal::open(cfg).await.context("opening the WAL")?;
-    let payload = Bytes::from(vec![0xA5u8; record_bytes]);
+    let payload = bench_payload(record_bytes, crc_given);
     let started = Instant::now();
     let measure_from = started + warmup;
     let stop_at = measure_from + measure;
@@ -131,7 +148,7 @@ async fn drive(
                 if t >= stop_at {
                     return Ok::<(), anyhow::Error>(());
                 }
-                wal.append(1, payload.clone()).await?;
+                wal.append_payload(1, payload.clone()).await?;
                 let done = Instant::now();
                 if done >= measure_from && done < stop_at {
                     if before.borrow().is_none() {
@@ -169,6 +186,18 @@ async fn drive(
     ))
 }
 
+/// The payload every append writes; under `crc_given`, with the CRC of
+/// all but its head computed once here.
+fn bench_payload(record_bytes: usize, crc_given: bool) -> Payload {
+    let bytes = Bytes::from(vec![0xA5u8; record_bytes]);
+    if !crc_given || record_bytes <= HEAD_BYTES_COMPUTED {
+        return Payload::new(bytes);
+    }
+    let head = HEAD_BYTES_COMPUTED as u32;
+    let span = CrcSpan::compute(&bytes, head, record_bytes as u32 - head);
+    Payload::with_crc_spans(bytes, vec![span])
+}
+
 fn print(a: &WalArgs, m: &Measured, s: &sluice_wal::WalStats) {
     let secs = m.elapsed.as_secs_f64();
     let appends_per_sec = m.appends as f64 / secs;
@@ -180,8 +209,9 @@ fn print(a: &WalArgs, m: &Measured, s: &sluice_wal::WalStats) {
     };
     let p = |q: f64| m.latency_us.value_at_quantile(q);
     println!(
-        "wal {:?}: {} B records, {} in flight, {} s: {:.0} appends/s, {:.1} MB/s, {} commits ({:.0}/s), {} B per commit on average",
+        "wal {:?}, CRC {:?}: {} B records, {} in flight, {} s: {:.0} appends/s, {:.1} MB/s, {} commits ({:.0}/s), {} B per commit on average",
         a.sync,
+        a.payload_crc,
         a.record_bytes,
         a.in_flight,
         a.seconds,
@@ -202,6 +232,7 @@ fn print(a: &WalArgs, m: &Measured, s: &sluice_wal::WalStats) {
         let j = serde_json::json!({
             "scenario": "wal",
             "sync": format!("{:?}", a.sync).to_lowercase(),
+            "payload_crc": format!("{:?}", a.payload_crc).to_lowercase(),
             "record_bytes": a.record_bytes,
             "in_flight": a.in_flight,
             "seconds": secs,

@@ -494,6 +494,19 @@ pub fn batches(records: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Where a batch's CRC32C starts to cover it (`attributes`, to its end).
+pub const CRC_COVERS_FROM: usize = ATTRIBUTES_AT;
+
+/// The CRC32C field of a whole batch (at least `BATCH_HEADER_BYTES`, and
+/// exactly as long as its `batchLength` says), `None` otherwise. For a batch
+/// that passed `validate` (and `patch`, which keeps it valid) it equals the
+/// CRC32C of `batch[CRC_COVERS_FROM..]`: verified, so the WAL may reuse it.
+pub fn stored_crc(batch: &[u8]) -> Option<u32> {
+    let whole = batch.len() >= BATCH_HEADER_BYTES
+        && LOG_OVERHEAD_BYTES + read_i32(batch, LENGTH_AT).max(0) as usize == batch.len();
+    whole.then(|| read_u32(batch, CRC_AT))
+}
+
 /// Producer id, epoch, base sequence and last offset delta of a batch of at
 /// least `BATCH_HEADER_BYTES`.
 pub fn producer_fields(batch: &[u8]) -> ProducerFields {

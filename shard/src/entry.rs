@@ -18,7 +18,12 @@
 //! ```
 //!
 //! The WAL frames and checksums the whole payload; the header is checked
-//! again against the first batch's `baseOffset` when it is read back.
+//! again against the first batch's `baseOffset` when it is read back. The
+//! WAL does not read the batches again to checksum them: `wal_payload` hands
+//! it each batch's own CRC32C (which covers the batch from `attributes` on,
+//! and which `batch::validate` checked against these very bytes), and the
+//! frame's CRC is combined from them; only the entry header and each batch's
+//! first 21 bytes are read for it.
 //! Kind 3 (`delete_records::KIND_LOG_START`) records a partition's new log
 //! start offset; kind 4 (`replica::KIND_TRUNCATE`) a follower's log
 //! truncation; kind 5 (`replica::KIND_REPLICA_BATCHES`) holds batches a
@@ -29,6 +34,7 @@
 //! baseSequence).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use sluice_wal::{CrcSpan, Payload};
 
 use crate::batch;
 
@@ -71,6 +77,39 @@ pub fn encode(header: &EntryHeader, records: &[u8]) -> BytesMut {
     assert_eq!(b.len(), ENTRY_HEADER_BYTES);
     b.put_slice(records);
     b
+}
+
+/// The CRC spans of an encoded entry whose record batches passed
+/// `batch::validate` (and `batch::patch`): one per batch, from its
+/// `attributes` to its end, with the CRC32C the batch carries. `None` when
+/// the batches do not fill the entry exactly (never for validated ones).
+pub fn crc_spans(entry: &[u8]) -> Option<Vec<CrcSpan>> {
+    let records = entry.get(ENTRY_HEADER_BYTES..)?;
+    let mut spans = Vec::with_capacity(1);
+    let mut at = ENTRY_HEADER_BYTES;
+    for b in batch::batches(records) {
+        let crc = batch::stored_crc(b)?;
+        spans.push(CrcSpan {
+            offset: u32::try_from(at + batch::CRC_COVERS_FROM).ok()?,
+            len: u32::try_from(b.len() - batch::CRC_COVERS_FROM).ok()?,
+            crc,
+        });
+        at += b.len();
+    }
+    (at == entry.len()).then_some(spans)
+}
+
+/// What the WAL writes for an encoded entry of validated batches: the bytes,
+/// with every batch's verified CRC so that the WAL combines the frame's CRC
+/// instead of reading the batches again (see the module doc).
+pub fn wal_payload(entry: Bytes) -> Payload {
+    match crc_spans(&entry) {
+        Some(spans) => Payload::with_crc_spans(entry, spans),
+        None => {
+            debug_assert!(false, "an entry of validated batches has CRC spans");
+            Payload::new(entry)
+        }
+    }
 }
 
 /// Decodes and checks an entry read back from the WAL; returns the header
@@ -158,6 +197,82 @@ mod tests {
         let (h, r) = decode(&payload).expect("decodes");
         assert_eq!(h, header);
         assert_eq!(&r[..], &records[..]);
+    }
+
+    /// An encoded entry of three validated batches, patched as a produce
+    /// patches them (LogAppendTime recomputes each batch's CRC).
+    fn produced_entry(log_append_time_ms: Option<i64>) -> Bytes {
+        let mut records = testing::batch(3, 42, b"value");
+        records.extend_from_slice(&testing::batch(1, 43, &[7u8; 5000]));
+        records.extend_from_slice(&testing::batch(20, 44, b"v"));
+        let summary = batch::validate(&records, u64::MAX).expect("valid batches");
+        let header = EntryHeader {
+            key: PartitionKey {
+                topic_id: [3; 16],
+                partition: 1,
+            },
+            base_offset: 100,
+            last_offset: 100 + summary.offsets - 1,
+            max_timestamp: 44,
+        };
+        let mut buf = encode(&header, &records);
+        batch::patch(&mut buf[ENTRY_HEADER_BYTES..], 100, log_append_time_ms, 5);
+        buf.freeze()
+    }
+
+    fn frame_of(payload: &[u8], spans: &[CrcSpan]) -> Vec<u8> {
+        let len = sluice_wal::format::frame_bytes(payload.len() as u32) as usize;
+        let mut out = vec![0u8; len];
+        sluice_wal::format::encode_frame_spans(&mut out, 8192, KIND_BATCHES, payload, spans);
+        out
+    }
+
+    #[test]
+    fn a_frame_from_the_batches_crcs_equals_one_computed_over_the_bytes() {
+        use sluice_wal::format::{check_frame, encode_frame, FrameCheck};
+        for log_append_time in [None, Some(1_700_000_000_000)] {
+            let entry = produced_entry(log_append_time);
+            let spans = crc_spans(&entry).expect("validated batches fill the entry");
+            assert_eq!(spans.len(), 3);
+            assert_eq!(spans[0].offset as usize, ENTRY_HEADER_BYTES + 21);
+            let given = frame_of(&entry, &spans);
+            let mut computed = vec![0u8; given.len()];
+            encode_frame(&mut computed, 8192, KIND_BATCHES, &entry);
+            assert_eq!(given, computed);
+            assert!(matches!(
+                check_frame(&given, 8192, 1 << 20),
+                FrameCheck::Valid(_)
+            ));
+            let payload = wal_payload(entry.clone());
+            assert_eq!(payload.spans(), &spans[..]);
+            assert_eq!(payload.bytes(), &entry);
+        }
+    }
+
+    #[test]
+    fn a_batch_whose_bytes_differ_from_its_crc_never_gets_a_valid_frame() {
+        use sluice_wal::format::{check_frame, FrameCheck};
+        let entry = produced_entry(None);
+        let spans = crc_spans(&entry).expect("spans");
+        // A byte inside each batch's CRC run changed after validation: the
+        // batch's claimed CRC no longer matches, and neither does the frame.
+        for s in &spans {
+            let mut bad = entry.to_vec();
+            bad[s.offset as usize + s.len as usize / 2] ^= 0x20;
+            let spans = crc_spans(&bad).expect("the framing is intact");
+            let frame = frame_of(&bad, &spans);
+            assert_eq!(check_frame(&frame, 8192, 1 << 20), FrameCheck::Invalid);
+            // And such batches never get this far: validation refuses them.
+            assert!(batch::validate(&bad[ENTRY_HEADER_BYTES..], u64::MAX).is_err());
+        }
+    }
+
+    #[test]
+    fn entries_that_are_not_whole_batches_have_no_spans() {
+        let entry = produced_entry(None);
+        assert!(crc_spans(&entry[..entry.len() - 1]).is_none());
+        assert!(crc_spans(&entry[..ENTRY_HEADER_BYTES + 30]).is_none());
+        assert!(crc_spans(&entry[..10]).is_none());
     }
 
     #[test]

@@ -539,7 +539,9 @@ impl Engine {
                 .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
             (payload, base_offset, part.log_start_offset, isr_wait)
         };
-        let append = self.wal.append(KIND_BATCHES, payload);
+        let append = self
+            .wal
+            .append_payload(KIND_BATCHES, entry::wal_payload(payload));
         let mut c = self.counters.borrow_mut();
         c.produce_requests += 1;
         c.produce_bytes += req.records.len() as u64;

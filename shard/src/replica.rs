@@ -267,7 +267,9 @@ impl Engine {
                 self.budget
                     .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
                 let entry_bytes = payload.len() as u64;
-                let append = self.wal.append(KIND_REPLICA_BATCHES, payload);
+                let append = self
+                    .wal
+                    .append_payload(KIND_REPLICA_BATCHES, entry::wal_payload(payload));
                 appends.push((c.base_offset, entry_bytes, append));
             }
             appends

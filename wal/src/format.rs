@@ -32,6 +32,12 @@
 //! Mixing the position into the CRC means a frame read at the wrong place,
 //! or left over from an older write at another position, never validates.
 //!
+//! Writing a frame takes one pass over its payload: bytes are copied and
+//! checksummed together, and a run whose CRC32C the caller already holds
+//! (a `CrcSpan`, such as a record batch's own CRC that the caller verified)
+//! is copied only, its CRC combined into the frame's. Reading checks every
+//! frame's CRC over the bytes read.
+//!
 //! # Commits
 //! Each group commit starts with a commit marker frame (kind 0xFF) whose
 //! 16-byte payload is `frames u32, body_bytes u32, reserved u64`: the number
@@ -40,6 +46,8 @@
 //! after another, each only after the previous one was synced, so a commit
 //! that does not validate is either the torn tail (nothing valid follows it)
 //! or corruption (a valid commit marker exists further on).
+
+use crate::crc;
 
 /// Bytes before the first frame of a segment; one O_DIRECT block.
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
@@ -78,19 +86,83 @@ fn frame_crc(header_tail: &[u8], payload: &[u8], position: u64) -> u32 {
     crc32c::crc32c_append(crc, &position.to_le_bytes())
 }
 
+/// A run of a payload whose CRC32C (the `crc32c` crate's convention) the
+/// caller already holds: `crc` = CRC32C(`payload[offset..offset + len]`).
+/// The frame's CRC is then combined from it instead of read off the bytes
+/// again. A wrong `crc` is not caught when writing (debug builds check it);
+/// it makes the frame fail its check when read, as corruption does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CrcSpan {
+    pub offset: u32,
+    pub len: u32,
+    pub crc: u32,
+}
+
+impl CrcSpan {
+    /// The span of `payload[offset..offset + len]`, its CRC computed here.
+    pub fn compute(payload: &[u8], offset: u32, len: u32) -> CrcSpan {
+        let run = &payload[offset as usize..offset as usize + len as usize];
+        CrcSpan {
+            offset,
+            len,
+            crc: crc32c::crc32c(run),
+        }
+    }
+
+    pub fn end(&self) -> u64 {
+        u64::from(self.offset) + u64::from(self.len)
+    }
+}
+
+/// Whether `spans` are in order, apart and within `payload_len` bytes.
+pub fn spans_fit(spans: &[CrcSpan], payload_len: usize) -> bool {
+    let mut at = 0u64;
+    for s in spans {
+        if u64::from(s.offset) < at || s.end() > payload_len as u64 {
+            return false;
+        }
+        at = s.end();
+    }
+    true
+}
+
 /// Writes one frame (header, payload, zero padding) into `out`, which must be
 /// exactly `frame_bytes(payload.len())` long.
 pub fn encode_frame(out: &mut [u8], position: u64, kind: u8, payload: &[u8]) {
+    encode_frame_spans(out, position, kind, payload, &[]);
+}
+
+/// `encode_frame` for a payload with runs of known CRC (`spans`, which must
+/// fit: `spans_fit`). Copies the payload once; the bytes outside the spans
+/// are checksummed as they are copied, the spans' CRCs are combined.
+pub fn encode_frame_spans(
+    out: &mut [u8],
+    position: u64,
+    kind: u8,
+    payload: &[u8],
+    spans: &[CrcSpan],
+) {
     let len = u32::try_from(payload.len()).expect("payload length checked by the caller");
     assert_eq!(out.len() as u64, frame_bytes(len));
     assert_eq!(position % FRAME_ALIGN_BYTES, 0, "frames start 8-aligned");
+    debug_assert!(spans_fit(spans, payload.len()));
     out[4..8].copy_from_slice(&len.to_le_bytes());
     out[8] = kind;
     out[9..12].fill(0);
     let body_end = FRAME_HEADER_BYTES as usize + payload.len();
-    out[12..body_end].copy_from_slice(payload);
+    let mut crc = crc32c::crc32c(&out[4..12]);
+    let body = &mut out[FRAME_HEADER_BYTES as usize..body_end];
+    let mut at = 0usize;
+    for s in spans {
+        let (from, to) = (s.offset as usize, s.end() as usize);
+        crc = crc::copy_and_append(crc, &mut body[at..from], &payload[at..from]);
+        body[from..to].copy_from_slice(&payload[from..to]);
+        crc = crc::combine(crc, s.crc, u64::from(s.len));
+        at = to;
+    }
+    crc = crc::copy_and_append(crc, &mut body[at..], &payload[at..]);
+    crc = crc32c::crc32c_append(crc, &position.to_le_bytes());
     out[body_end..].fill(0);
-    let crc = frame_crc(&out[4..12], payload, position);
     out[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -139,20 +211,42 @@ pub enum FrameCheck {
     Invalid,
 }
 
-/// Validates the frame that starts at `buf[0]`, which is at `position`.
-pub fn check_frame(buf: &[u8], position: u64, entry_bytes_max: u32) -> FrameCheck {
-    if (buf.len() as u64) < FRAME_HEADER_BYTES {
-        return FrameCheck::NeedBytes(FRAME_HEADER_BYTES);
-    }
+/// Parses and checks the header at `buf[0]` (at least `FRAME_HEADER_BYTES`):
+/// length, kind and reserved bytes; `None` when any is wrong. The CRC is
+/// checked with the payload.
+pub fn check_header(buf: &[u8], entry_bytes_max: u32) -> Option<FrameHeader> {
     let h = FrameHeader::parse(buf);
     let len_ok = if h.kind == KIND_COMMIT {
         h.len == COMMIT_PAYLOAD_BYTES
     } else {
         h.kind < KIND_RESERVED_MIN && h.len <= entry_bytes_max
     };
-    if !len_ok || buf[9..12] != [0, 0, 0] {
-        return FrameCheck::Invalid;
+    (len_ok && buf[9..12] == [0, 0, 0]).then_some(h)
+}
+
+/// Copies the payload of a frame whose header `header` (its first
+/// `FRAME_HEADER_BYTES`) passed `check_header`, from `parts` (the payload's
+/// bytes in order, split anywhere) into a new buffer, checksumming as it
+/// copies; returns the payload if the frame's CRC holds at `position`.
+pub fn copy_checked_payload(header: &[u8], position: u64, parts: &[&[u8]]) -> Option<Vec<u8>> {
+    let h = FrameHeader::parse(header);
+    let mut out = Vec::with_capacity(h.len as usize);
+    let mut crc = crc32c::crc32c(&header[4..FRAME_HEADER_BYTES as usize]);
+    for part in parts {
+        crc = crc::copy_and_extend(crc, &mut out, part);
     }
+    crc = crc32c::crc32c_append(crc, &position.to_le_bytes());
+    (out.len() == h.len as usize && crc == h.crc).then_some(out)
+}
+
+/// Validates the frame that starts at `buf[0]`, which is at `position`.
+pub fn check_frame(buf: &[u8], position: u64, entry_bytes_max: u32) -> FrameCheck {
+    if (buf.len() as u64) < FRAME_HEADER_BYTES {
+        return FrameCheck::NeedBytes(FRAME_HEADER_BYTES);
+    }
+    let Some(h) = check_header(buf, entry_bytes_max) else {
+        return FrameCheck::Invalid;
+    };
     let total = h.total_bytes();
     if (buf.len() as u64) < total {
         return FrameCheck::NeedBytes(total);
@@ -288,6 +382,63 @@ mod tests {
         let g = frame(0, 0xF1, b"x");
         assert_eq!(check_frame(&g, 0, 63), FrameCheck::Invalid);
         assert_eq!(check_frame(&[0u8; 32], 0, 63), FrameCheck::Invalid);
+    }
+
+    #[test]
+    fn a_frame_from_given_crcs_equals_one_computed_over_the_bytes() {
+        let payload: Vec<u8> = (0..50_000u32).map(|i| (i * 7 + 3) as u8).collect();
+        let spans = [
+            CrcSpan::compute(&payload, 45, 16_000),
+            CrcSpan::compute(&payload, 16_066, 0),
+            CrcSpan::compute(&payload, 16_066, 30_000),
+            CrcSpan::compute(&payload, 46_066, 3_934),
+        ];
+        assert!(spans_fit(&spans, payload.len()));
+        let computed = frame(4096, 1, &payload);
+        let mut given = vec![0xEEu8; computed.len()];
+        encode_frame_spans(&mut given, 4096, 1, &payload, &spans);
+        assert_eq!(given, computed);
+        assert!(matches!(
+            check_frame(&given, 4096, 1 << 20),
+            FrameCheck::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn bytes_that_differ_from_their_given_crc_never_make_a_valid_frame() {
+        let mut payload: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
+        let span = CrcSpan::compute(&payload, 21, 4979);
+        for at in [21usize, 2500, 4999] {
+            let mut bad = payload.clone();
+            bad[at] ^= 0x01;
+            let mut out = vec![0u8; frame_bytes(bad.len() as u32) as usize];
+            encode_frame_spans(&mut out, 64, 1, &bad, &[span]);
+            assert_eq!(
+                check_frame(&out, 64, 1 << 20),
+                FrameCheck::Invalid,
+                "byte {at}"
+            );
+        }
+        payload[0] ^= 0x01; // outside the span: checksummed as copied
+        let mut out = vec![0u8; frame_bytes(payload.len() as u32) as usize];
+        encode_frame_spans(&mut out, 64, 1, &payload, &[span]);
+        assert!(matches!(
+            check_frame(&out, 64, 1 << 20),
+            FrameCheck::Valid(_)
+        ));
+    }
+
+    #[test]
+    fn spans_must_be_ordered_apart_and_inside() {
+        let s = |offset, len| CrcSpan {
+            offset,
+            len,
+            crc: 0,
+        };
+        assert!(spans_fit(&[s(0, 10), s(10, 5)], 15));
+        assert!(!spans_fit(&[s(0, 10), s(9, 5)], 20));
+        assert!(!spans_fit(&[s(10, 5), s(0, 5)], 20));
+        assert!(!spans_fit(&[s(10, 11)], 20));
     }
 
     #[test]

@@ -16,12 +16,23 @@
 //!   `commit_bytes_max`) the moment the previous one completes. A lone append
 //!   is written at once. When nothing is queued the batcher task is parked:
 //!   no timer, no wake-up, no log line.
+//!   Commit N+1 is written while commit N syncs, and commit N+2 is laid out
+//!   while N+1 is written (see `log`).
+//! - **One pass over the bytes.** Laying out a commit copies each payload
+//!   into the commit's buffer once, checksumming it as it is copied; runs of
+//!   a payload whose CRC32C the caller already holds (`Payload::
+//!   with_crc_spans`, e.g. record batches whose own CRC was verified) are
+//!   copied only, their CRCs combined into the frame's. Reads and recovery
+//!   check every frame's CRC over the bytes read.
 //! - **Buffers.** Each commit's aligned buffer comes from the executor's
-//!   `io_memory` arena (glommio's `alloc_dma_buffer`). Size that arena to at
-//!   least twice `commit_bytes_max`: a commit that does not fit falls back to
-//!   a fresh heap buffer and pays a page fault per 4 KiB (measured: 16 KiB
-//!   records at 256 in flight went from 211 MB/s to 443 MB/s when the arena
-//!   was made large enough).
+//!   `io_memory` arena (glommio's `alloc_dma_buffer`); two exist at once (one
+//!   written, one laid out), each at most `commit_bytes_max` unless it holds
+//!   a single larger entry. Size that arena to at least twice
+//!   `commit_bytes_max`, a power of two (the arena's allocator rounds each
+//!   buffer up to one): a commit that does not fit falls back to a fresh heap
+//!   buffer and pays a page fault per 4 KiB (measured: 16 KiB records at 256
+//!   in flight went from 211 MB/s to 443 MB/s when the arena was made large
+//!   enough).
 //! - **Bounds.** `queue_bytes_max` (appends wait, in call order, and the waits
 //!   are counted), `commit_bytes_max`, `entry_bytes_max`, `segment_bytes`.
 //! - **Recovery.** See `recovery`: a torn tail is truncated and reported;
@@ -32,6 +43,7 @@
 //! durable and never rewritten with different bytes; entries are logged in
 //! the order `append` was called; the WAL knows nothing about Kafka.
 
+mod crc;
 mod error;
 pub mod format;
 mod log;
@@ -42,12 +54,75 @@ mod stats;
 use std::path::PathBuf;
 
 pub use error::WalError;
+pub use format::CrcSpan;
 pub use log::{segment_paths, Append, Wal, WalReader};
 pub use stats::WalStats;
 
 /// A stable 64-bit address of an entry in the log.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
 pub struct Position(pub u64);
+
+/// What one append writes: the entry's bytes and, optionally, the CRC32C
+/// of runs of them that the caller already holds (`CrcSpan`), so the frame's
+/// CRC is combined from those instead of computed over the bytes again.
+#[derive(Clone, Debug, Default)]
+pub struct Payload {
+    bytes: bytes::Bytes,
+    spans: Box<[CrcSpan]>,
+}
+
+impl Payload {
+    /// A payload whose CRC the WAL computes in full.
+    pub fn new(bytes: bytes::Bytes) -> Payload {
+        Payload {
+            bytes,
+            spans: Box::default(),
+        }
+    }
+
+    /// A payload with runs of known CRC. The caller vouches for each span's
+    /// `crc` over exactly those bytes of `bytes` (debug builds check it);
+    /// spans must be in order, apart and within the bytes (checked always).
+    pub fn with_crc_spans(bytes: bytes::Bytes, spans: Vec<CrcSpan>) -> Payload {
+        assert!(
+            format::spans_fit(&spans, bytes.len()),
+            "CRC spans out of order or past the payload"
+        );
+        debug_assert!(
+            spans.iter().all(|s| {
+                let run = &bytes[s.offset as usize..s.end() as usize];
+                crc32c::crc32c(run) == s.crc
+            }),
+            "a CRC span does not match its bytes"
+        );
+        Payload {
+            bytes,
+            spans: spans.into_boxed_slice(),
+        }
+    }
+
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+
+    pub fn spans(&self) -> &[CrcSpan] {
+        &self.spans
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl From<bytes::Bytes> for Payload {
+    fn from(bytes: bytes::Bytes) -> Payload {
+        Payload::new(bytes)
+    }
+}
 
 /// One entry read back from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]

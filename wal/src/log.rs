@@ -2,21 +2,24 @@
 //! executor; every type here is `!Send`.
 //!
 //! Write path: `append` frames nothing and copies nothing; it puts the
-//! payload (`Bytes`) into the open batch at the back of the queue. One
-//! batcher task takes the front batch as soon as the previous commit
-//! completes, lays out a commit marker and the frames in one aligned DMA
-//! buffer (starting with the partial last block kept in memory), writes it
-//! with one O_DIRECT write and syncs (`fdatasync`, or nothing more under
-//! `O_DSYNC`); the next commit's write overlaps that sync. Only after its
-//! own sync are a batch's appends resolved. When the queue is
-//! empty the batcher parks on a waker: no timer, no wake-up, no log line.
+//! payload (`Payload`: `Bytes` and any runs of known CRC) into the open
+//! batch at the back of the queue. One batcher task takes the front batch,
+//! lays out a commit marker and the frames in one aligned DMA buffer
+//! (starting with the partial last block kept in memory; each payload
+//! copied and checksummed in one pass), writes it with one O_DIRECT write
+//! and syncs (`fdatasync`, or nothing more under `O_DSYNC`); the next
+//! commit's write overlaps that sync, and the commit after it is laid out
+//! meanwhile. Only after its own sync are a batch's appends resolved. When
+//! the queue is empty the batcher parks on a waker: no timer, no wake-up,
+//! no log line.
 //!
 //! Watermarks: `durable_end <= written_end`. `written_end` is the end of the
 //! last commit written; `durable_end` the end of the last one synced. Every
 //! position below `durable_end` is durable and immutable; between the two
 //! lies at most one commit, whose sync is in flight while the next commit is
 //! written. Queued entries have no position yet: positions are assigned when
-//! a commit is laid out.
+//! a commit is laid out; a commit laid out ahead starts where the one being
+//! written ends, and is laid out again if that write fails.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -35,7 +38,7 @@ use crate::format::{
 };
 use crate::recovery;
 use crate::segment::{self, Segment, Window};
-use crate::{Entry, Position, Recovery, SyncMode, WalConfig, WalError, WalStats};
+use crate::{Entry, Payload, Position, Recovery, SyncMode, WalConfig, WalError, WalStats};
 
 /// A handle to one shard's WAL. Cheap to clone; all clones share the log.
 #[derive(Clone)]
@@ -76,7 +79,7 @@ pub(crate) struct State {
 
 /// Entries that will be written by one commit, and its outcome.
 struct Batch {
-    entries: RefCell<Vec<(u8, Bytes)>>,
+    entries: RefCell<Vec<(u8, Payload)>>,
     body_bytes: Cell<u64>,
     positions: RefCell<Vec<u64>>,
     outcome: RefCell<Option<Result<(), WalError>>>,
@@ -104,7 +107,7 @@ impl Batch {
 
 /// An append waiting for queue space (backpressure), admitted in FIFO order.
 struct Waiting {
-    entry: RefCell<Option<(u8, Bytes)>>,
+    entry: RefCell<Option<(u8, Payload)>>,
     ticket: RefCell<Option<(Rc<Batch>, usize)>>,
     failed: RefCell<Option<WalError>>,
     waker: RefCell<Option<Waker>>,
@@ -165,6 +168,12 @@ impl Wal {
     /// resolves once the entry is durable. Dropping the future does not
     /// cancel the write.
     pub fn append(&self, kind: u8, payload: Bytes) -> Append {
+        self.append_payload(kind, Payload::new(payload))
+    }
+
+    /// `append` of a payload that may carry runs of known CRC (`Payload::
+    /// with_crc_spans`): the frame's CRC is combined from them.
+    pub fn append_payload(&self, kind: u8, payload: Payload) -> Append {
         let state = match self.try_enqueue(kind, payload) {
             Ok(s) => s,
             Err(e) => AppendState::Failed(Some(e)),
@@ -175,7 +184,7 @@ impl Wal {
         }
     }
 
-    fn try_enqueue(&self, kind: u8, payload: Bytes) -> Result<AppendState, WalError> {
+    fn try_enqueue(&self, kind: u8, payload: Payload) -> Result<AppendState, WalError> {
         if kind >= KIND_RESERVED_MIN {
             return Err(WalError::ReservedKind(kind));
         }
@@ -211,42 +220,61 @@ impl Wal {
     }
 
     /// Reads the entry at `position` (a position returned by `append` or an
-    /// entry's `next`). Entries of the last commit come from memory.
+    /// entry's `next`). Entries of the last commit come from memory; others
+    /// are read alone (no read window), checked and copied out once.
     pub async fn read(&self, position: Position) -> Result<Entry, WalError> {
+        self.read_sized(position, 0).await
+    }
+
+    /// `read` of an entry the caller expects to hold about
+    /// `payload_bytes_hint` bytes: the first read is made that large, so
+    /// such an entry takes one read (0: `recovery::READ_FIRST_BYTES`).
+    pub async fn read_sized(
+        &self,
+        position: Position,
+        payload_bytes_hint: u32,
+    ) -> Result<Entry, WalError> {
         let p = position.0;
         let (start, end, recent) = {
             let st = self.inner.st.borrow();
             (st.start, st.durable_end, st.recent.clone())
         };
+        let out_of_range = WalError::OutOfRange {
+            position: p,
+            start,
+            end,
+        };
         if p < start || p >= end {
-            return Err(WalError::OutOfRange {
-                position: p,
-                start,
-                end,
-            });
+            return Err(out_of_range);
         }
         if let Some(e) = recent.and_then(|b| entry_from_batch(&b, p)) {
             return Ok(e);
         }
-        let mut reader = self.reader(position);
-        match reader.read_frame().await {
-            Some(Ok((kind, payload, next))) if kind != KIND_COMMIT => Ok(Entry {
-                position,
-                kind,
-                payload,
-                next: Position(next),
-            }),
-            Some(Ok(_)) => Err(WalError::Corrupt {
+        let seg = self
+            .inner
+            .segments
+            .borrow()
+            .range(..=p)
+            .next_back()
+            .map(|(_, s)| s.clone());
+        let Some(seg) = seg else {
+            return Err(out_of_range);
+        };
+        let limit = end.min(seg.end_max());
+        let max = self.inner.cfg.entry_bytes_max;
+        let f = recovery::read_alone(&seg, p, limit, max, payload_bytes_hint).await?;
+        if f.kind == KIND_COMMIT {
+            return Err(WalError::Corrupt {
                 position: p,
                 reason: "position holds a commit marker, not an entry".into(),
-            }),
-            Some(Err(e)) => Err(e),
-            None => Err(WalError::OutOfRange {
-                position: p,
-                start,
-                end,
-            }),
+            });
         }
+        Ok(Entry {
+            position,
+            kind: f.kind,
+            payload: f.payload,
+            next: Position(f.next),
+        })
     }
 
     /// An iterator over entries from `from` up to the durable end as it is
@@ -382,15 +410,23 @@ impl Wal {
     }
 }
 
+/// Frame bytes one commit gathers from several appends. A commit's buffer
+/// also holds the block bytes before its start (less than a block), so a
+/// block is left for them: the buffer of a commit of several entries is then
+/// at most `commit_bytes_max`, and the two that exist at once (one written,
+/// one laid out) each fit a block of the `io_memory` arena, whose allocator
+/// rounds every buffer up to a power of two (a 2 MiB + 4 KiB buffer takes
+/// 4 MiB). An entry larger than this still gets a commit of its own.
 fn body_bytes_max(cfg: &WalConfig) -> u64 {
-    cfg.commit_bytes_max - format::align_up(COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES)
+    cfg.commit_bytes_max
+        .saturating_sub(format::align_up(COMMIT_FRAME_BYTES, FRAME_ALIGN_BYTES) + BLOCK_BYTES)
 }
 
 fn has_room(st: &State, cfg: &WalConfig, frame_bytes: u64) -> bool {
     st.queued_bytes == 0 || st.queued_bytes + frame_bytes <= cfg.queue_bytes_max
 }
 
-fn enqueue(st: &mut State, cfg: &WalConfig, kind: u8, payload: Bytes) -> (Rc<Batch>, usize) {
+fn enqueue(st: &mut State, cfg: &WalConfig, kind: u8, payload: Payload) -> (Rc<Batch>, usize) {
     let fb = format::frame_bytes(payload.len() as u32);
     let fits = st
         .queue
@@ -443,12 +479,13 @@ fn admit_waiting(st: &mut State, cfg: &WalConfig) {
 fn entry_from_batch(batch: &Batch, position: u64) -> Option<Entry> {
     let positions = batch.positions.borrow();
     let i = positions.binary_search(&position).ok()?;
-    let (kind, payload) = batch.entries.borrow()[i].clone();
+    let entries = batch.entries.borrow();
+    let (kind, payload) = &entries[i];
     let next = position + format::frame_bytes(payload.len() as u32);
     Some(Entry {
         position: Position(position),
-        kind,
-        payload,
+        kind: *kind,
+        payload: payload.bytes().clone(),
         next: Position(next),
     })
 }
@@ -504,6 +541,19 @@ impl Future for Append {
     }
 }
 
+/// A commit laid out in its DMA buffer, not yet written.
+struct Prepared {
+    batch: Rc<Batch>,
+    seg: Rc<Segment>,
+    start: u64,
+    total: u64,
+    /// File offset of the buffer's first byte (the block holding `start`).
+    buf_offset: u64,
+    buf: glommio::io::DmaBuffer,
+    /// Bytes of the block holding `start + total`, up to it.
+    new_tail: Vec<u8>,
+}
+
 /// A commit that is written but not yet synced.
 struct Written {
     batch: Rc<Batch>,
@@ -517,13 +567,30 @@ struct Written {
 ///
 /// Pipelined: while commit N is being synced, commit N+1 (whatever queued
 /// meanwhile) is already written, so a cycle costs max(write, sync) rather
-/// than their sum. Writes stay strictly sequential; a commit is resolved only
-/// after the sync that follows its own write.
+/// than their sum. Commit N's appends are resolved as soon as its sync is
+/// done, and commit N+2 is laid out (copied and checksummed into its
+/// buffer) while N+1's write is still in flight, so the CPU work of a
+/// commit is off the disk's path. Writes stay strictly sequential; a commit
+/// is resolved only after the sync that follows its own write; at most two
+/// commit buffers exist at once (one written, one laid out).
 async fn run_batcher(weak: Weak<Inner>) {
     let mut unsynced: Option<Written> = None;
+    let mut ahead: Option<Prepared> = None;
     loop {
         let Some(w) = unsynced.take() else {
-            let Some((inner, batch)) = next_batch(&weak).await else {
+            // A commit laid out ahead goes first, laid out again at the end
+            // of what was really written (a failed write leaves it behind).
+            let next = match ahead.take() {
+                Some(p) => match weak.upgrade() {
+                    Some(inner) => Some((inner, p.batch)),
+                    None => {
+                        p.batch.finish(Err(WalError::Closed));
+                        return;
+                    }
+                },
+                None => next_batch(&weak).await,
+            };
+            let Some((inner, batch)) = next else {
                 return;
             };
             unsynced = write_or_fail(&inner, batch).await;
@@ -531,59 +598,101 @@ async fn run_batcher(weak: Weak<Inner>) {
         };
         let Some(inner) = weak.upgrade() else {
             w.batch.finish(Err(WalError::Closed));
+            if let Some(p) = ahead.take() {
+                p.batch.finish(Err(WalError::Closed));
+            }
             return;
         };
-        let next = pop_if_no_roll(&inner);
-        let Some(batch) = next else {
-            let synced = sync(&inner, &w).await;
+        let next = ahead.take().or_else(|| {
+            let (end, tail) = {
+                let st = inner.st.borrow();
+                (st.written_end, st.tail.clone())
+            };
+            pop_and_lay_out(&inner, end, &tail)
+        });
+        let Some(next) = next else {
+            let synced = sync(&inner, &w.seg).await;
             finish(&inner, w, synced);
             continue;
         };
-        let (synced, written) = futures_join(sync(&inner, &w), write(&inner, &batch)).await;
-        let sync_ok = synced.is_ok();
-        finish(&inner, w, synced);
-        unsynced = match written {
-            Ok(next) if sync_ok => Some(next),
-            Ok(next) => {
+        let batch = next.batch.clone();
+        let (sync_ok, written, prepared) = cycle(&inner, w, next).await;
+        match written {
+            Ok(n) if sync_ok => {
+                unsynced = Some(n);
+                ahead = prepared;
+            }
+            Ok(n) => {
                 let p = inner.st.borrow().poisoned.clone().unwrap_or_default();
-                finish(&inner, next, Err(WalError::Poisoned(p)));
-                None
+                finish(&inner, n, Err(WalError::Poisoned(p.clone())));
+                if let Some(a) = prepared {
+                    a.batch.finish(Err(WalError::Poisoned(p)));
+                }
             }
             Err(e) => {
                 batch.finish(Err(e));
-                None
+                ahead = prepared;
             }
-        };
+        }
     }
 }
 
-/// Runs two futures to completion concurrently on this executor.
-async fn futures_join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
-    let mut a = std::pin::pin!(a);
-    let mut b = std::pin::pin!(b);
-    let (mut ra, mut rb) = (None, None);
+/// One pipelined cycle: syncs `w` while `next` is written. `w`'s appends
+/// are resolved as soon as its sync is done; when the first of the two
+/// completes (the write is then surely submitted), the commit after `next`
+/// is laid out, after one yield so that appenders just resolved can queue
+/// again first. Returns whether the sync succeeded, the write's outcome and
+/// the commit laid out ahead, if any.
+async fn cycle(
+    inner: &Rc<Inner>,
+    w: Written,
+    next: Prepared,
+) -> (bool, Result<Written, WalError>, Option<Prepared>) {
+    let (after_end, after_tail, seg) = (
+        next.start + next.total,
+        next.new_tail.clone(),
+        next.seg.clone(),
+    );
+    let sync_seg = w.seg.clone();
+    let mut sync_f = std::pin::pin!(sync(inner, &sync_seg));
+    let mut write_f = std::pin::pin!(submit(inner, next));
+    let mut w = Some(w);
+    let mut synced: Option<bool> = None;
+    let mut written: Option<Result<Written, WalError>> = None;
+    let mut ahead: Option<Prepared> = None;
+    let mut ahead_step = 0u8; // 0: not yet, 1: yielded once, 2: done
     std::future::poll_fn(|cx| {
-        if ra.is_none() {
-            if let Poll::Ready(v) = a.as_mut().poll(cx) {
-                ra = Some(v);
+        if synced.is_none() {
+            if let Poll::Ready(r) = sync_f.as_mut().poll(cx) {
+                synced = Some(r.is_ok());
+                finish(inner, w.take().expect("finished once"), r);
             }
         }
-        if rb.is_none() {
-            if let Poll::Ready(v) = b.as_mut().poll(cx) {
-                rb = Some(v);
+        if written.is_none() {
+            if let Poll::Ready(r) = write_f.as_mut().poll(cx) {
+                written = Some(r);
             }
         }
-        if ra.is_some() && rb.is_some() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+        if synced.is_some() && written.is_some() {
+            return Poll::Ready(());
         }
+        let one_done = synced.is_some() || written.is_some();
+        if one_done && synced != Some(false) && ahead_step < 2 {
+            if ahead_step == 0 {
+                ahead_step = 1;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            ahead_step = 2;
+            if active(inner).base == seg.base {
+                ahead = pop_and_lay_out(inner, after_end, &after_tail);
+            }
+        }
+        Poll::Pending
     })
     .await;
-    (
-        ra.expect("polled to completion"),
-        rb.expect("polled to completion"),
-    )
+    let written = written.expect("polled to completion");
+    (synced == Some(true), written, ahead)
 }
 
 async fn write_or_fail(inner: &Rc<Inner>, batch: Rc<Batch>) -> Option<Written> {
@@ -620,23 +729,28 @@ fn finish(inner: &Rc<Inner>, w: Written, synced: Result<(), WalError>) {
     admit_waiting(&mut inner.st.borrow_mut(), &inner.cfg);
 }
 
-/// Pops the next queued batch unless it would start a new segment: a roll
-/// waits until everything written before it is synced.
-fn pop_if_no_roll(inner: &Rc<Inner>) -> Option<Rc<Batch>> {
+/// Pops the next queued batch and lays it out at `start` after the block
+/// bytes `tail`, unless the WAL is poisoned, nothing is queued, or the batch
+/// would start a new segment: a roll waits until everything written before
+/// it is synced.
+fn pop_and_lay_out(inner: &Rc<Inner>, start: u64, tail: &[u8]) -> Option<Prepared> {
     let seg = active(inner);
-    let mut st = inner.st.borrow_mut();
-    if st.poisoned.is_some() {
-        return None;
-    }
-    let total = commit_total(st.queue.front()?);
-    if st.written_end + total > seg.end_max() {
-        return None;
-    }
-    let batch = st.queue.pop_front()?;
-    st.queued_bytes -= batch.body_bytes.get();
-    st.queued_entries -= batch.entries.borrow().len() as u64;
-    admit_waiting(&mut st, &inner.cfg);
-    Some(batch)
+    let batch = {
+        let mut st = inner.st.borrow_mut();
+        if st.poisoned.is_some() {
+            return None;
+        }
+        let total = commit_total(st.queue.front()?);
+        if start + total > seg.end_max() {
+            return None;
+        }
+        let batch = st.queue.pop_front()?;
+        st.queued_bytes -= batch.body_bytes.get();
+        st.queued_entries -= batch.entries.borrow().len() as u64;
+        admit_waiting(&mut st, &inner.cfg);
+        batch
+    };
+    Some(lay_out(&seg, batch, start, tail))
 }
 
 fn commit_total(batch: &Batch) -> u64 {
@@ -666,8 +780,8 @@ async fn next_batch(weak: &Weak<Inner>) -> Option<(Rc<Inner>, Rc<Batch>)> {
     .await
 }
 
-/// Writes one batch after everything written so far (rolling to a new
-/// segment when it does not fit); advances `written_end`, not `durable_end`.
+/// Lays out and writes one batch after everything written so far (rolling
+/// to a new segment when it does not fit).
 async fn write(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<Written, WalError> {
     let total = commit_total(batch);
     let start = inner.st.borrow().written_end;
@@ -680,8 +794,27 @@ async fn write(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<Written, WalError
         );
         seg = roll(inner, start).await?;
     }
+    let tail = inner.st.borrow().tail.clone();
+    submit(inner, lay_out(&seg, batch.clone(), start, &tail)).await
+}
+
+/// Writes a laid-out commit; advances `written_end`, not `durable_end`.
+async fn submit(inner: &Rc<Inner>, p: Prepared) -> Result<Written, WalError> {
+    let Prepared {
+        batch,
+        seg,
+        start,
+        total,
+        buf_offset,
+        buf,
+        new_tail,
+    } = p;
+    assert_eq!(
+        inner.st.borrow().written_end,
+        start,
+        "a commit is written where the last one ended"
+    );
     let began = Instant::now();
-    let (buf_offset, new_tail, buf) = lay_out(inner, &seg, batch, start, total);
     let len = buf.len();
     let written = seg
         .file
@@ -698,7 +831,7 @@ async fn write(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<Written, WalError
     st.written_end = start + total;
     st.tail = new_tail;
     Ok(Written {
-        batch: batch.clone(),
+        batch,
         seg,
         end: start + total,
         total,
@@ -706,14 +839,14 @@ async fn write(inner: &Rc<Inner>, batch: &Rc<Batch>) -> Result<Written, WalError
     })
 }
 
-/// Makes a written commit durable. A failed sync poisons the WAL: what the
-/// kernel dropped cannot be told apart from what it kept.
-async fn sync(inner: &Rc<Inner>, w: &Written) -> Result<(), WalError> {
+/// Makes what was written to `seg` durable. A failed sync poisons the WAL:
+/// what the kernel dropped cannot be told apart from what it kept.
+async fn sync(inner: &Rc<Inner>, seg: &Segment) -> Result<(), WalError> {
     if inner.cfg.sync_mode != SyncMode::Fdatasync {
         return Ok(());
     }
-    if let Err(e) = w.seg.file.fdatasync().await {
-        let err = WalError::glommio("syncing", &w.seg.path, e);
+    if let Err(e) = seg.file.fdatasync().await {
+        let err = WalError::glommio("syncing", &seg.path, e);
         inner.st.borrow_mut().poisoned = Some(err.to_string());
         tracing::error!(error = %err, "WAL sync failed; refusing further appends");
         return Err(err);
@@ -748,52 +881,77 @@ async fn roll(inner: &Rc<Inner>, start: u64) -> Result<Rc<Segment>, WalError> {
     Ok(seg)
 }
 
-/// Builds the aligned buffer of one commit: the kept tail bytes, the commit
-/// marker, every frame, zero padding to the block. Records entry positions.
-fn lay_out(
-    inner: &Inner,
-    seg: &Segment,
-    batch: &Batch,
-    start: u64,
-    total: u64,
-) -> (u64, Vec<u8>, glommio::io::DmaBuffer) {
-    let st = inner.st.borrow();
+/// Builds the aligned buffer of one commit starting at `start`: the block
+/// bytes before it (`tail`), the commit marker, every frame, zero padding to
+/// the block. Records entry positions. The one pass over each payload.
+fn lay_out(seg: &Rc<Segment>, batch: Rc<Batch>, start: u64, tail: &[u8]) -> Prepared {
+    let total = commit_total(&batch);
     let file_start = seg.file_offset(start);
     let aligned = format::align_down(file_start, BLOCK_BYTES);
     let tail_len = (file_start - aligned) as usize;
     assert_eq!(
-        st.tail.len(),
+        tail.len(),
         tail_len,
-        "tail block out of step with written_end"
+        "tail block out of step with the log end"
     );
     let file_end = file_start + total;
     let mut buf = seg
         .file
         .alloc_dma_buffer((format::align_up(file_end, BLOCK_BYTES) - aligned) as usize);
     let out = buf.as_bytes_mut();
-    out[..tail_len].copy_from_slice(&st.tail);
-    let entries = batch.entries.borrow();
-    let marker = format::commit_payload(entries.len() as u32, batch.body_bytes.get() as u32);
-    let mut at = tail_len;
-    let mut pos = start;
+    out[..tail_len].copy_from_slice(tail);
+    let at = {
+        let entries = batch.entries.borrow();
+        let mut positions = batch.positions.borrow_mut();
+        lay_out_frames(
+            &mut out[tail_len..],
+            start,
+            &entries,
+            &mut positions,
+            batch.body_bytes.get(),
+        )
+    };
+    let at = tail_len + at;
+    assert_eq!(at as u64, tail_len as u64 + total);
+    out[at..].fill(0);
+    let tail_from = (format::align_down(file_end, BLOCK_BYTES) - aligned) as usize;
+    let new_tail = out[tail_from..at].to_vec();
+    Prepared {
+        batch,
+        seg: seg.clone(),
+        start,
+        total,
+        buf_offset: aligned,
+        buf,
+        new_tail,
+    }
+}
+
+/// Encodes the commit marker and every entry's frame into `out` from
+/// position `start`; returns the bytes used.
+fn lay_out_frames(
+    out: &mut [u8],
+    start: u64,
+    entries: &[(u8, Payload)],
+    positions: &mut Vec<u64>,
+    body_bytes: u64,
+) -> usize {
+    let marker = format::commit_payload(entries.len() as u32, body_bytes as u32);
     let mfb = format::frame_bytes(marker.len() as u32) as usize;
-    format::encode_frame(&mut out[at..at + mfb], pos, KIND_COMMIT, &marker);
-    at += mfb;
-    pos += mfb as u64;
-    let mut positions = batch.positions.borrow_mut();
+    format::encode_frame(&mut out[..mfb], start, KIND_COMMIT, &marker);
+    let mut at = mfb;
+    let mut pos = start + mfb as u64;
     positions.clear();
-    for (kind, payload) in entries.iter() {
+    for (kind, payload) in entries {
         let fb = format::frame_bytes(payload.len() as u32) as usize;
-        format::encode_frame(&mut out[at..at + fb], pos, *kind, payload);
+        let frame = &mut out[at..at + fb];
+        format::encode_frame_spans(frame, pos, *kind, payload.bytes(), payload.spans());
         positions.push(pos);
         at += fb;
         pos += fb as u64;
     }
-    assert_eq!(pos, start + total);
-    out[at..].fill(0);
-    let tail_from = (format::align_down(file_end, BLOCK_BYTES) - aligned) as usize;
-    let new_tail = out[tail_from..at].to_vec();
-    (aligned, new_tail, buf)
+    assert_eq!(at as u64, mfb as u64 + body_bytes);
+    at
 }
 
 /// Iterates entries from a position. Obtained from `Wal::reader`.
@@ -855,11 +1013,12 @@ impl WalReader {
             self.window = Some(Window::new(seg.base));
         }
         let window = self.window.as_mut().expect("set above");
-        let got = recovery::frame_at(window, &seg, p, limit, inner.cfg.entry_bytes_max).await;
+        let max = inner.cfg.entry_bytes_max;
+        let got = recovery::frame_at(window, &seg, p, limit, max, recovery::Copy::Payload).await;
         match got {
-            Ok((kind, payload, next)) => {
-                self.position = next;
-                Some(Ok((kind, payload, next)))
+            Ok(f) => {
+                self.position = f.next;
+                Some(Ok((f.kind, f.payload, f.next)))
             }
             Err(e) => {
                 self.position = end;

@@ -154,19 +154,19 @@ async fn check_commit(
     limit: u64,
     max: u32,
 ) -> Result<CommitScan, WalError> {
-    let marker = match frame_at(w, seg, pos, limit, max).await {
-        Ok((KIND_COMMIT, payload, next)) => (payload, next),
+    let marker = match frame_at(w, seg, pos, limit, max, Copy::Payload).await {
+        Ok(f) if f.kind == KIND_COMMIT => f,
         Ok(_) | Err(WalError::Corrupt { .. }) => return Ok(CommitScan::Bad { at: pos }),
         Err(e) => return Err(e),
     };
     let mut full = vec![0u8; FRAME_HEADER_BYTES as usize];
-    full.extend_from_slice(&marker.0);
+    full.extend_from_slice(&marker.payload);
     let m = format::parse_commit(&full);
-    let body_end = marker.1 + u64::from(m.body_bytes);
-    let mut at = marker.1;
+    let body_end = marker.next + u64::from(m.body_bytes);
+    let mut at = marker.next;
     for _ in 0..m.frames {
-        match frame_at(w, seg, at, limit.min(body_end), max).await {
-            Ok((kind, _, next)) if kind != KIND_COMMIT => at = next,
+        match frame_at(w, seg, at, limit.min(body_end), max, Copy::Nothing).await {
+            Ok(f) if f.kind != KIND_COMMIT => at = f.next,
             Ok(_) | Err(WalError::Corrupt { .. }) => return Ok(CommitScan::Bad { at }),
             Err(e) => return Err(e),
         }
@@ -180,6 +180,30 @@ async fn check_commit(
     })
 }
 
+/// A frame that passed its checks.
+pub(crate) struct Frame {
+    pub kind: u8,
+    /// Empty unless asked for with `Copy::Payload`.
+    pub payload: Bytes,
+    /// Position of the frame after it.
+    pub next: u64,
+}
+
+/// Whether `frame_at` copies the payload out (checking the CRC as it
+/// copies) or only checks it in place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Copy {
+    Payload,
+    Nothing,
+}
+
+fn corrupt(position: u64, reason: &str) -> WalError {
+    WalError::Corrupt {
+        position,
+        reason: reason.to_owned(),
+    }
+}
+
 /// Reads and checks the frame at `p`, which must end at or before `limit`.
 pub(crate) async fn frame_at(
     w: &mut Window,
@@ -187,29 +211,105 @@ pub(crate) async fn frame_at(
     p: u64,
     limit: u64,
     max: u32,
-) -> Result<(u8, Bytes, u64), WalError> {
-    let corrupt = |reason: &str| WalError::Corrupt {
-        position: p,
-        reason: reason.to_owned(),
-    };
+    copy: Copy,
+) -> Result<Frame, WalError> {
     let mut want = FRAME_HEADER_BYTES;
     for _ in 0..2 {
         let b = w.bytes_at(seg, p, want, limit).await?;
-        match format::check_frame(b, p, max) {
-            FrameCheck::Valid(h) => {
-                let payload = Bytes::copy_from_slice(
-                    &b[FRAME_HEADER_BYTES as usize..FRAME_HEADER_BYTES as usize + h.len as usize],
-                );
-                return Ok((h.kind, payload, p + h.total_bytes()));
-            }
-            FrameCheck::NeedBytes(n) if n > want => want = n,
-            FrameCheck::NeedBytes(_) => {
-                return Err(corrupt("frame extends past the end of the log"))
-            }
-            FrameCheck::Invalid => return Err(corrupt("bad frame length, kind or CRC")),
+        if (b.len() as u64) < FRAME_HEADER_BYTES {
+            return Err(corrupt(p, "frame extends past the end of the log"));
         }
+        let h = format::check_header(b, max)
+            .ok_or_else(|| corrupt(p, "bad frame length, kind or CRC"))?;
+        let total = h.total_bytes();
+        if (b.len() as u64) < total {
+            if total > want {
+                want = total;
+                continue;
+            }
+            return Err(corrupt(p, "frame extends past the end of the log"));
+        }
+        let next = p + total;
+        let payload = match copy {
+            Copy::Nothing => match format::check_frame(b, p, max) {
+                FrameCheck::Valid(_) => Bytes::new(),
+                _ => return Err(corrupt(p, "bad frame length, kind or CRC")),
+            },
+            Copy::Payload => {
+                let header = &b[..FRAME_HEADER_BYTES as usize];
+                let body = &b[FRAME_HEADER_BYTES as usize..][..h.len as usize];
+                let copied = format::copy_checked_payload(header, p, &[body]);
+                Bytes::from(copied.ok_or_else(|| corrupt(p, "bad frame length, kind or CRC"))?)
+            }
+        };
+        return Ok(Frame {
+            kind: h.kind,
+            payload,
+            next,
+        });
     }
-    Err(corrupt("frame extends past the end of the log"))
+    Err(corrupt(p, "frame extends past the end of the log"))
+}
+
+/// Bytes `read_alone` reads first: most entries fit; a longer frame takes
+/// one more read for its rest.
+pub(crate) const READ_FIRST_BYTES: u64 = 128 << 10;
+
+/// Reads the one frame at `p` (ending at or before `limit`) without a read
+/// window: `READ_FIRST_BYTES` (or `size_hint` bytes of payload, when given),
+/// then the rest of a longer frame. The payload is copied out of the read
+/// buffers once, its CRC checked as it is copied.
+pub(crate) async fn read_alone(
+    seg: &Segment,
+    p: u64,
+    limit: u64,
+    max: u32,
+    size_hint: u32,
+) -> Result<Frame, WalError> {
+    let read = |at: u64, len: u64| {
+        let file = seg.file.clone();
+        let offset = seg.file_offset(at);
+        async move { file.read_at(offset, len as usize).await }
+    };
+    let hinted = format::frame_bytes(size_hint).max(READ_FIRST_BYTES);
+    let first = hinted.min(limit.saturating_sub(p));
+    if first < FRAME_HEADER_BYTES {
+        return Err(corrupt(p, "frame extends past the end of the log"));
+    }
+    let head = read(p, first)
+        .await
+        .map_err(|e| WalError::glommio("reading", &seg.path, e))?;
+    if (head.len() as u64) < FRAME_HEADER_BYTES {
+        return Err(corrupt(p, "frame extends past the end of the log"));
+    }
+    let h = format::check_header(&head, max)
+        .ok_or_else(|| corrupt(p, "bad frame length, kind or CRC"))?;
+    let next = p + h.total_bytes();
+    if next > limit {
+        return Err(corrupt(p, "frame extends past the end of the log"));
+    }
+    let header = &head[..FRAME_HEADER_BYTES as usize];
+    let len = h.len as usize;
+    let in_head = len.min(head.len() - FRAME_HEADER_BYTES as usize);
+    let first_part = &head[FRAME_HEADER_BYTES as usize..][..in_head];
+    let copied = if in_head == len {
+        format::copy_checked_payload(header, p, &[first_part])
+    } else {
+        let rest_at = p + FRAME_HEADER_BYTES + in_head as u64;
+        let rest = read(rest_at, (len - in_head) as u64)
+            .await
+            .map_err(|e| WalError::glommio("reading", &seg.path, e))?;
+        if rest.len() < len - in_head {
+            return Err(corrupt(p, "segment shorter than its data"));
+        }
+        format::copy_checked_payload(header, p, &[first_part, &rest[..len - in_head]])
+    };
+    let payload = copied.ok_or_else(|| corrupt(p, "bad frame length, kind or CRC"))?;
+    Ok(Frame {
+        kind: h.kind,
+        payload: Bytes::from(payload),
+        next,
+    })
 }
 
 struct Rest {

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use common::{check_payload, payload, read_all, run, small_config};
 use futures::future::join_all;
 use proptest::prelude::*;
-use sluice_wal::{segment_paths, Position, Wal, WalError};
+use sluice_wal::{segment_paths, CrcSpan, Payload, Position, Wal, WalError};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
@@ -328,5 +328,137 @@ fn corruption_before_the_tail_is_an_error_naming_its_position() {
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("corruption in the middle was silently accepted"),
         }
+    });
+}
+
+/// `payload(seq, len)` with the CRC of all but its first 8 bytes given, as a
+/// caller that verified a checksum over them hands it to the WAL.
+fn spanned(seq: u64, len: usize) -> Payload {
+    let bytes = payload(seq, len);
+    let span = CrcSpan::compute(&bytes, 8, bytes.len() as u32 - 8);
+    Payload::with_crc_spans(bytes, vec![span])
+}
+
+/// Writes `n` spanned entries as `n` separate commits; returns their positions.
+fn write_spanned_commits(dir: &std::path::Path, n: u64) -> Vec<Position> {
+    let cfg = small_config(dir);
+    run(async move {
+        let (wal, _) = Wal::open(cfg).await.unwrap();
+        let mut ps = Vec::new();
+        for i in 0..n {
+            ps.push(wal.append_payload(1, spanned(i, 300)).await.unwrap());
+        }
+        wal.close().await.unwrap();
+        ps
+    })
+}
+
+#[test]
+fn entries_with_given_crcs_read_back_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small_config(dir.path());
+    let sizes = [9usize, 300, 4096, 40_000, 100_000];
+    run(async move {
+        let (wal, _) = Wal::open(cfg.clone()).await.unwrap();
+        let appends: Vec<_> = (0..40u64)
+            .map(|i| {
+                let len = sizes[i as usize % sizes.len()];
+                if i % 3 == 0 {
+                    wal.append(1, payload(i, len))
+                } else {
+                    wal.append_payload(1, spanned(i, len))
+                }
+            })
+            .collect();
+        join_all(appends).await;
+        wal.close().await.unwrap();
+        let (wal, rec) = Wal::open(cfg).await.unwrap();
+        assert_eq!(rec.torn_bytes_dropped, 0);
+        let seqs: Vec<u64> = read_all(&wal)
+            .await
+            .iter()
+            .map(|e| check_payload(&e.payload).unwrap())
+            .collect();
+        assert_eq!(seqs, (0..40).collect::<Vec<_>>());
+        wal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn damage_inside_a_given_crc_run_is_caught_by_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps = write_spanned_commits(dir.path(), 10);
+    // Byte 100 of the frame is payload byte 88, inside the given span.
+    flip_byte_at(dir.path(), ps[4], 100);
+    let cfg = small_config(dir.path());
+    run(async move {
+        match Wal::open(cfg).await {
+            Err(WalError::Corrupt { position, .. }) => assert_eq!(position, ps[4].0),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("damage inside a given CRC run was accepted"),
+        }
+    });
+}
+
+#[test]
+fn damage_inside_a_given_crc_run_at_the_tail_is_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let ps = write_spanned_commits(dir.path(), 6);
+    flip_byte_at(dir.path(), ps[5], 100);
+    run(async move {
+        let (wal, rec) = Wal::open(small_config(dir.path())).await.unwrap();
+        assert!(rec.torn_bytes_dropped > 0, "{rec:?}");
+        assert_eq!(read_all(&wal).await.len(), 5);
+        match wal.read(ps[5]).await {
+            Err(WalError::OutOfRange { .. }) => {}
+            other => panic!("the damaged entry must be gone: {other:?}"),
+        }
+        wal.close().await.unwrap();
+    });
+}
+
+#[test]
+fn entries_read_alone_in_one_or_two_reads_and_damage_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small_config(dir.path());
+    cfg.segment_bytes = 8 << 20;
+    cfg.commit_bytes_max = 1 << 20;
+    cfg.entry_bytes_max = 512 << 10;
+    let seg = dir.path().join("00000000000000000000.wal");
+    run(async move {
+        let (wal, _) = Wal::open(cfg).await.unwrap();
+        let sizes = [10usize, 100_000, 131_060, 200_000, 400_000];
+        let mut ps = Vec::new();
+        for (i, &len) in sizes.iter().enumerate() {
+            ps.push(wal.append(1, payload(i as u64, len)).await.unwrap());
+        }
+        // One more commit, so that none of the above is served from memory.
+        wal.append(1, payload(99, 8)).await.unwrap();
+        for (i, &p) in ps.iter().enumerate() {
+            let e = wal.read(p).await.unwrap();
+            assert_eq!(check_payload(&e.payload), Some(i as u64));
+            assert_eq!(e.payload.len(), sizes[i]);
+            let hinted = wal.read_sized(p, sizes[i] as u32).await.unwrap();
+            assert_eq!(hinted, e);
+        }
+        // Damage the largest entry in the part its second read covers.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&seg)
+            .unwrap();
+        let off = 4096 + ps[4].0 + 12 + 300_000;
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, off).unwrap();
+        f.write_all_at(&[b[0] ^ 0x01], off).unwrap();
+        f.sync_all().unwrap();
+        for hint in [0, 400_000] {
+            match wal.read_sized(ps[4], hint).await {
+                Err(WalError::Corrupt { position, .. }) => assert_eq!(position, ps[4].0),
+                other => panic!("damage was not caught: {other:?}"),
+            }
+        }
+        assert!(wal.read(ps[3]).await.is_ok());
+        wal.close().await.unwrap();
     });
 }
