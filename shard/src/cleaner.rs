@@ -114,6 +114,13 @@ pub struct CleanerState {
 }
 
 impl CleanerState {
+    /// The partition's log was cut at `end`: nothing above it is clean.
+    pub fn cut(&mut self, key: &PartitionKey, end: i64) {
+        if let Some(c) = self.parts.get_mut(key) {
+            c.clean_end = c.clean_end.min(end);
+        }
+    }
+
     /// Recovery replayed a replacement.
     pub fn recovered(&mut self, r: &Replacement) {
         if !r.compacted {
@@ -142,12 +149,25 @@ struct Plan {
 }
 
 /// One replacement being gathered.
-#[derive(Default)]
 struct Group {
     members: Vec<(i64, i64, Position)>,
     batches: Vec<u8>,
     max_timestamp: i64,
+    /// -1: it keeps no tombstone.
     horizon: i64,
+    dropped: Dropped,
+}
+
+impl Default for Group {
+    fn default() -> Group {
+        Group {
+            members: Vec::new(),
+            batches: Vec::new(),
+            max_timestamp: -1,
+            horizon: -1,
+            dropped: Dropped::default(),
+        }
+    }
 }
 
 /// The shard's one cleaner task.
@@ -197,21 +217,36 @@ impl Engine {
         let now = crate::produce::now_ms();
         let (mut plans, next) = self.plan_compaction(now);
         plans.sort_by(|a, b| b.dirty_ratio.total_cmp(&a.dirty_ratio));
+        let mut next = next;
         for plan in plans {
             if self.closing.get() {
                 break;
             }
             let key = plan.key;
-            if let Err(e) = self.compact_partition(plan, now).await {
-                self.warn_rate_limited("compacting a partition", &e);
-                debug!(
-                    shard = self.id(),
-                    partition = key.partition,
-                    "compaction pass stopped"
-                );
+            match self.compact_partition(plan, now).await {
+                // The key map filled up: the rest of the dirty part next.
+                Ok(true) => next = earliest(next, Some(now)),
+                Ok(false) => {}
+                Err(e) => {
+                    self.warn_rate_limited("compacting a partition", &e);
+                    debug!(
+                        shard = self.id(),
+                        partition = key.partition,
+                        "compaction pass stopped"
+                    );
+                }
             }
         }
-        next
+        // Tombstones kept by these passes reach their horizon later.
+        let due = self
+            .cleaner
+            .borrow()
+            .parts
+            .values()
+            .filter_map(|c| c.tombstones_due_ms)
+            .filter(|d| *d > now)
+            .min();
+        earliest(next, due)
     }
 
     /// The partitions due now, and the next deadline of the others.
@@ -345,8 +380,9 @@ impl Engine {
         }
     }
 
-    /// One compaction pass over one partition (module doc).
-    async fn compact_partition(self: &Rc<Self>, plan: Plan, now: i64) -> Result<(), String> {
+    /// One compaction pass over one partition (module doc). True when
+    /// the key map filled up before the end of the dirty part.
+    async fn compact_partition(self: &Rc<Self>, plan: Plan, now: i64) -> Result<bool, String> {
         let Plan {
             key,
             cfg,
@@ -379,15 +415,17 @@ impl Engine {
         let mut dirty_end = clean_idx;
         'map: for &(base, _, position) in &entries[clean_idx..] {
             let Some(stored) = self.read_live(key, base, position).await? else {
-                return Ok(());
+                return Ok(false);
             };
             let mut full = false;
             for b in crate::batch::batches(&stored.records) {
-                rewrite_walk(b, &limits, &mut scratch, &mut |r, _| {
+                // A batch that does not decode is kept whole by the rewrite:
+                // its keys are not mapped.
+                let _ = rewrite_walk(b, &limits, &mut scratch, &mut |r, _| {
                     if let Some(k) = r.key {
                         full |= !map.put(k, r.offset);
                     }
-                })?;
+                });
             }
             if full {
                 break 'map;
@@ -429,7 +467,8 @@ impl Engine {
                 rewrite_entry(&stored.records, &rules, &mut scratch, &mut out)?;
             let kept_horizon = if dropped.tombstones_kept == 0 {
                 -1
-            } else if clean && horizon >= 0 {
+            } else if horizon >= 0 {
+                // Kept by an earlier pass: its horizon stands.
                 horizon
             } else {
                 now.saturating_add(cfg.delete_retention_ms)
@@ -445,6 +484,13 @@ impl Engine {
                 continue;
             }
             let limit = entry_max as usize - REPLACE_HEADER_BYTES - ENTRY_HEADER_BYTES;
+            if out.len() > limit {
+                // Rewritten larger than an entry may be (recompressed):
+                // left as it is.
+                group = None;
+                stalled = true;
+                continue;
+            }
             let g = group.get_or_insert_with(Group::default);
             if g.batches.len() + out.len() > limit {
                 // Cannot close before it grows too large: leave these
@@ -456,7 +502,7 @@ impl Engine {
             g.batches.extend_from_slice(&out);
             g.max_timestamp = g.max_timestamp.max(stored.header.max_timestamp);
             g.horizon = g.horizon.max(kept_horizon);
-            dropped_all.add(dropped);
+            g.dropped.add(dropped);
             let close = last_kept
                 && (g.batches.len() >= GROUP_BYTES_TARGET
                     || g.members.len() >= GROUP_ENTRIES_MAX
@@ -469,13 +515,22 @@ impl Engine {
             if g.horizon >= 0 {
                 due = earliest(due, Some(g.horizon));
             }
-            if self.write_replacement(key, g).await? {
-                replaced += 1;
-                if !stalled {
-                    clean_end = Some(last + 1);
+            let dropped = g.dropped;
+            // Only a range every entry before which is clean may be marked
+            // clean: recovery takes the last clean mark as the clean end.
+            match self.write_replacement(key, g, !stalled).await {
+                Ok(true) => {
+                    replaced += 1;
+                    dropped_all.add(dropped);
+                    if !stalled {
+                        clean_end = Some(last + 1);
+                    }
                 }
-            } else {
-                stalled = true;
+                Ok(false) => stalled = true,
+                Err(e) => {
+                    self.warn_rate_limited("writing a compacted entry", &e);
+                    stalled = true;
+                }
             }
             glommio::yield_if_needed().await;
         }
@@ -501,12 +556,17 @@ impl Engine {
             records_removed = dropped_all.records,
             "compaction pass"
         );
-        Ok(())
+        Ok(dirty_end < entries.len())
     }
 
     /// Appends one replacement and puts it in the index once durable.
     /// Returns false when the index changed meanwhile (nothing replaced).
-    async fn write_replacement(&self, key: PartitionKey, g: Group) -> Result<bool, String> {
+    async fn write_replacement(
+        &self,
+        key: PartitionKey,
+        g: Group,
+        clean: bool,
+    ) -> Result<bool, String> {
         let first = g.members[0];
         let last = *g.members.last().expect("a group has members");
         let (base, last_offset) = (first.0, last.1);
@@ -523,7 +583,7 @@ impl Engine {
             key,
             base_offset: base,
             last_offset,
-            compacted: true,
+            compacted: clean,
             tombstone_horizon_ms: g.horizon,
         };
         let payload = encode_replace(&r, &inner);
@@ -579,8 +639,8 @@ impl Engine {
             };
             let present = p
                 .batches
-                .iter()
-                .any(|b| b.base_offset == must.0 && b.position == Some(must.1));
+                .binary_search_by_key(&must.0, |b| b.base_offset)
+                .is_ok_and(|i| p.batches[i].position == Some(must.1));
             if !present {
                 return false;
             }
@@ -640,7 +700,10 @@ impl Engine {
                 return 0;
             }
             for p in parts.values() {
-                for b in &p.batches[p.locate(p.log_start_offset)..] {
+                // Entries above the high watermark are not acknowledged
+                // yet: they stay (and keep their segment) until they are.
+                let acked = &p.batches[p.locate(p.log_start_offset)..p.locate(p.high_watermark)];
+                for b in acked {
                     if let Some(pos) = b.position.filter(|pos| pos.0 < end) {
                         candidates.push((pos, p.key, b.base_offset));
                     }
@@ -662,8 +725,8 @@ impl Engine {
                 }
                 Ok(None) => {}
                 Err(e) => {
+                    // Left where it is: its segment stays until it expires.
                     self.warn_rate_limited("copying a live WAL entry forward", &e);
-                    break;
                 }
             }
             if slice >= COLLECT_SLICE_BYTES {

@@ -370,7 +370,8 @@ fn keeps(r: &RecordRef<'_>, rules: &Rules<'_>, dropped: &mut Dropped) -> bool {
 
 /// Rewrites the batches of one entry by `rules` into `out` (appended).
 /// Returns what was dropped and whether the entry's last batch kept a
-/// record (so `out` then ends at the entry's last offset).
+/// record (so `out` then ends at the entry's last offset). A batch that
+/// does not decode is kept whole.
 pub fn rewrite_entry(
     records: &[u8],
     rules: &Rules<'_>,
@@ -385,13 +386,20 @@ pub fn rewrite_entry(
         kept_raw.clear();
         let mut kept: i32 = 0;
         let mut total: i32 = 0;
-        let facts = rewrite_walk(b, &limits, scratch, &mut |r, raw| {
+        let walked = rewrite_walk(b, &limits, scratch, &mut |r, raw| {
             total += 1;
             if keeps(&r, rules, &mut dropped) {
                 kept += 1;
                 kept_raw.extend_from_slice(raw);
             }
-        })?;
+        });
+        // A batch that does not decode (no record was delivered) is kept
+        // whole, as stored.
+        let Ok(facts) = walked else {
+            out.extend_from_slice(b);
+            last_kept = true;
+            continue;
+        };
         if facts.control || kept == total {
             out.extend_from_slice(b);
             last_kept = true;

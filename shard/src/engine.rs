@@ -251,6 +251,8 @@ impl Engine {
         let mut reader = self.wal.reader(self.wal.start());
         let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
         let mut log_starts: HashMap<PartitionKey, i64> = HashMap::new();
+        let mut set_aside: HashMap<PartitionKey, Vec<crate::partition::StoredBatch>> =
+            HashMap::new();
         // Epoch caches are rebuilt from the batch headers.
         for p in self.parts.borrow_mut().values_mut() {
             if let Some(r) = p.repl.as_deref_mut() {
@@ -283,6 +285,9 @@ impl Engine {
             if e.kind == crate::replica::KIND_TRUNCATE {
                 match crate::replica::decode_truncate(&e.payload) {
                     Ok((key, offset, cut)) => {
+                        self.merge_set_aside(&key, &mut set_aside);
+                        // The cut's log start stands over older records.
+                        log_starts.remove(&key);
                         self.cut_log(&key, offset, cut);
                     }
                     Err(reason) => {
@@ -295,7 +300,9 @@ impl Engine {
             if e.kind == crate::compact::KIND_REPLACE {
                 match crate::compact::decode_stored(e.kind, &e.payload) {
                     Ok(stored) => {
-                        if let Err(reason) = self.recover_replacement(&stored, e.position) {
+                        if let Err(reason) =
+                            self.recover_replacement(&stored, e.position, &mut set_aside)
+                        {
                             damaged += 1;
                             warn!(shard = self.id(), position = e.position.0, %reason, "replacement WAL entry skipped");
                         } else {
@@ -352,6 +359,10 @@ impl Engine {
                 None => skipped += 1,
             }
         }
+        let keys: Vec<PartitionKey> = set_aside.keys().copied().collect();
+        for key in keys {
+            self.merge_set_aside(&key, &mut set_aside);
+        }
         // A replacement that came before every other entry of its
         // partition lowered its log start; the log start records win.
         for (key, offset) in log_starts {
@@ -386,14 +397,51 @@ impl Engine {
         &self,
         stored: &crate::compact::Stored,
         position: sluice_wal::Position,
+        set_aside: &mut HashMap<PartitionKey, Vec<crate::partition::StoredBatch>>,
     ) -> Result<(), String> {
+        if let Some(r) = stored.replace.as_ref() {
+            self.cleaner.borrow_mut().recovered(r);
+        }
+        let key = stored.header.key;
         let mut parts = self.parts.borrow_mut();
-        let Some(p) = parts.get_mut(&stored.header.key) else {
+        let Some(p) = parts.get_mut(&key) else {
+            return Ok(());
+        };
+        p.note_older_epochs(&stored.records);
+        let h = &stored.header;
+        let covered = p
+            .covered(h.base_offset, h.last_offset)
+            .ok_or_else(|| format!("an entry straddles {}..={}", h.base_offset, h.last_offset))?;
+        let pending = set_aside.entry(key).or_default();
+        let after_pending = pending
+            .last()
+            .map_or(true, |l| l.last_offset < h.base_offset);
+        if covered.is_empty()
+            && covered.start < p.batches.len()
+            && after_pending
+            && !stored.records.is_empty()
+        {
+            // A copy of entries whose segment is gone, older than entries
+            // already replayed: inserted with the others at once, later
+            // (one insertion each would shift the whole index every time).
+            pending.push(crate::partition::StoredBatch {
+                base_offset: h.base_offset,
+                last_offset: h.last_offset,
+                max_timestamp: h.max_timestamp,
+                bytes: stored.records.len() as u32,
+                position: Some(position),
+                cached: None,
+            });
+            return Ok(());
+        }
+        drop(parts);
+        self.merge_set_aside(&key, set_aside);
+        let mut parts = self.parts.borrow_mut();
+        let Some(p) = parts.get_mut(&key) else {
             return Ok(());
         };
         let (removed, added) =
             p.replace_recovered(&stored.header, stored.records.len() as u32, position)?;
-        p.note_epochs(&stored.records);
         drop(parts);
         if added {
             self.budget
@@ -401,10 +449,30 @@ impl Engine {
         }
         self.budget
             .discharge(Pool::PartitionState, removed * INDEX_ENTRY_BYTES);
-        if let Some(r) = stored.replace.as_ref() {
-            self.cleaner.borrow_mut().recovered(r);
-        }
         Ok(())
+    }
+
+    /// Inserts the copies recovery set aside for `key` (see
+    /// `recover_replacement`).
+    fn merge_set_aside(
+        &self,
+        key: &PartitionKey,
+        set_aside: &mut HashMap<PartitionKey, Vec<crate::partition::StoredBatch>>,
+    ) {
+        let Some(pending) = set_aside.remove(key).filter(|v| !v.is_empty()) else {
+            return;
+        };
+        let mut parts = self.parts.borrow_mut();
+        let Some(p) = parts.get_mut(key) else {
+            return;
+        };
+        let (added, error) = p.merge_recovered(pending);
+        drop(parts);
+        self.budget
+            .charge_forced(Pool::PartitionState, added * INDEX_ENTRY_BYTES);
+        if let Some(reason) = error {
+            warn!(shard = self.id(), partition = key.partition, %reason, "copied WAL entries skipped");
+        }
     }
 
     /// Rebuilds the producer state from a recovered entry's batch headers.

@@ -346,7 +346,7 @@ impl Engine {
                         break;
                     }
                 }
-                let (position, base_offset) = match source {
+                let (position, base_offset, bytes) = match source {
                     Source::Cached(b) => {
                         self.counters.borrow_mut().fetch_tail_hits += 1;
                         result.records.push(b);
@@ -355,12 +355,20 @@ impl Engine {
                     Source::Wal {
                         position,
                         base_offset,
-                        ..
-                    } => (position, base_offset),
+                        bytes,
+                    } => (position, base_offset, bytes),
                 };
                 let key = plan.key.expect("only known partitions have sources");
-                match self.read_stored(key, position, base_offset).await {
+                match self
+                    .read_stored(key, position, base_offset, Some(bytes))
+                    .await
+                {
                     Ok(b) => result.records.push(b),
+                    Err(ShardError::OffsetOutOfRange) if self.in_log(&key, base_offset) => {
+                        // Replaced by compaction after the plan: the answer
+                        // stops here and the client fetches again.
+                        break;
+                    }
                     Err(e) => {
                         self.warn_rate_limited("WAL read", &e);
                         if result.records.is_empty() {
@@ -403,12 +411,24 @@ impl Engine {
         }
     }
 
+    /// Whether `offset` is at or above the partition's log start.
+    fn in_log(&self, key: &PartitionKey, offset: i64) -> bool {
+        self.parts
+            .borrow()
+            .get(key)
+            .is_some_and(|p| offset >= p.log_start_offset)
+    }
+
     /// Reads one entry back from the WAL and checks it is the one indexed.
+    /// An entry the segment collector copied forward after the read was
+    /// planned is read where it is now, if it still holds `bytes` (when
+    /// given) of batches; otherwise `OffsetOutOfRange`.
     pub(crate) async fn read_stored(
         &self,
         key: PartitionKey,
         position: Position,
         base_offset: i64,
+        bytes: Option<u32>,
     ) -> Result<Bytes, ShardError> {
         self.counters.borrow_mut().fetch_wal_reads += 1;
         let e = match self.wal.read(position).await {
@@ -423,10 +443,10 @@ impl Engine {
                     .get(&key)
                     .and_then(|p| {
                         let i = p.locate(base_offset);
-                        p.batches
-                            .get(i)
-                            .filter(|b| b.base_offset == base_offset)?
-                            .position
+                        let b = p.batches.get(i).filter(|b| {
+                            b.base_offset == base_offset && bytes.map_or(true, |n| n == b.bytes)
+                        })?;
+                        b.position
                     })
                     .filter(|now| *now != position);
                 let Some(now) = moved else {

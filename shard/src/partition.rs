@@ -160,6 +160,29 @@ impl Replication {
         self.epochs.push((epoch, start));
     }
 
+    /// Records that epoch `epoch` starts at `start` wherever it fits in
+    /// the cache (recovery of a copied entry, older than entries replayed
+    /// before it); ignored when it contradicts the cache.
+    pub fn insert_epoch(&mut self, epoch: i32, start: i64) {
+        if epoch < 0 {
+            return;
+        }
+        match self.epochs.binary_search_by_key(&epoch, |e| e.0) {
+            Ok(i) => {
+                if start < self.epochs[i].1 && (i == 0 || self.epochs[i - 1].1 < start) {
+                    self.epochs[i].1 = start;
+                }
+            }
+            Err(i) => {
+                let after = i == 0 || self.epochs[i - 1].1 < start;
+                let before = self.epochs.get(i).map_or(true, |e| start < e.1);
+                if after && before {
+                    self.epochs.insert(i, (epoch, start));
+                }
+            }
+        }
+    }
+
     /// The latest cached epoch, -1 when none.
     pub fn latest_epoch(&self) -> i32 {
         self.epochs.last().map_or(-1, |e| e.0)
@@ -335,6 +358,69 @@ impl Partition {
         } else {
             r.needs_truncation = true;
         }
+    }
+
+    /// `note_epochs` for batches older than the entries already replayed
+    /// (a copied entry met by recovery).
+    pub fn note_older_epochs(&mut self, records: &[u8]) {
+        let Some(r) = self.repl.as_deref_mut() else {
+            return;
+        };
+        for b in batch::batches(records) {
+            r.insert_epoch(batch::leader_epoch(b), batch::base_offset(b));
+        }
+    }
+
+    /// Merges entries recovery set aside (copies of entries whose segment
+    /// is gone, met after newer entries of the partition): sorted, apart
+    /// from each other and from the index. Returns how many were added
+    /// (an overlapping one is dropped, and counted in the error).
+    pub fn merge_recovered(&mut self, mut pending: Vec<StoredBatch>) -> (u64, Option<String>) {
+        pending.sort_by_key(|b| b.base_offset);
+        let was_empty = self.batches.is_empty();
+        let first_before = self.batches.first().map(|b| b.base_offset);
+        let old = std::mem::take(&mut self.batches);
+        let mut merged = Vec::with_capacity(old.len() + pending.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), pending.into_iter().peekable());
+        let (mut added, mut dropped) = (0u64, 0u64);
+        loop {
+            let take_pending = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => y.base_offset < x.base_offset,
+                (None, Some(_)) => true,
+                (_, None) => false,
+            };
+            let next = if take_pending { b.next() } else { a.next() };
+            let Some(next) = next else { break };
+            let fits = merged
+                .last()
+                .map_or(true, |l: &StoredBatch| l.last_offset < next.base_offset)
+                && (!take_pending || a.peek().map_or(true, |x| next.last_offset < x.base_offset));
+            if take_pending && !fits {
+                dropped += 1;
+                continue;
+            }
+            added += u64::from(take_pending);
+            merged.push(next);
+        }
+        self.batches = merged;
+        if let Some(first) = self.batches.first().map(|b| b.base_offset) {
+            if was_empty {
+                self.log_start_offset = first;
+            } else if first_before.is_some_and(|f| first < f) {
+                self.log_start_offset = self.log_start_offset.min(first);
+            }
+        }
+        if let Some(last) = self.batches.last().map(|b| b.last_offset) {
+            if last >= self.next_offset {
+                self.next_offset = last + 1;
+                self.high_watermark = self.next_offset;
+                if let Some(r) = self.repl.as_deref_mut() {
+                    r.durable_end = self.next_offset;
+                }
+            }
+        }
+        let error = (dropped > 0).then(|| format!("{dropped} copied entries overlap the log"));
+        (added, error)
     }
 
     /// Caches the epochs stamped in `records` (a follower's append, or
@@ -806,7 +892,10 @@ mod tests {
         );
         let bases: Vec<i64> = p.batches.iter().map(|b| b.base_offset).collect();
         assert_eq!(bases, vec![0, 3, 10]);
-        assert_eq!((p.log_start_offset, p.high_watermark, p.next_offset), (0, 11, 11));
+        assert_eq!(
+            (p.log_start_offset, p.high_watermark, p.next_offset),
+            (0, 11, 11)
+        );
         // Out of position order now: the smallest live position counts.
         assert_eq!(p.first_live_position(u64::MAX), Some(0));
         assert_eq!(p.replace(0, 2, None).expect("whole"), (1, false));
@@ -837,6 +926,37 @@ mod tests {
         p.push_recovered(&h, 5, Position(3)).expect("in order");
         assert_eq!(p.batches.len(), 3);
         p.check().expect("invariants");
+    }
+
+    #[test]
+    fn set_aside_copies_merge_in_order() {
+        let mut p = part();
+        let key = p.key;
+        for base in [40, 50] {
+            let h = EntryHeader {
+                key,
+                base_offset: base,
+                last_offset: base + 9,
+                max_timestamp: 0,
+            };
+            p.push_recovered(&h, 1, Position(base as u64))
+                .expect("in order");
+        }
+        let copies = vec![stored(20, 29, 900), stored(0, 9, 800), stored(45, 47, 1)];
+        let (added, error) = p.merge_recovered(copies);
+        assert_eq!(added, 2);
+        assert!(error.is_some(), "45..=47 overlaps 40..=49");
+        let bases: Vec<i64> = p.batches.iter().map(|b| b.base_offset).collect();
+        assert_eq!(bases, vec![0, 20, 40, 50]);
+        assert_eq!((p.log_start_offset, p.next_offset), (0, 60));
+        p.check().expect("invariants");
+
+        let mut r = Replication::new(0);
+        r.push_epoch(5, 100);
+        r.insert_epoch(3, 50);
+        r.insert_epoch(4, 40);
+        r.insert_epoch(1, 10);
+        assert_eq!(r.epochs, vec![(1, 10), (3, 50), (5, 100)]);
     }
 
     fn meta(leader: u64, epoch: i32, replicas: &[u64], isr: &[u64]) -> PartitionMeta {

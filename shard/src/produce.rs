@@ -480,7 +480,9 @@ impl Engine {
         }
         let producer = producer_state::producer_batch(&req.records)?;
         let payload_bytes = (ENTRY_HEADER_BYTES + req.records.len()) as u64;
-        let entry_max = u64::from(self.wal.config().entry_bytes_max);
+        // Room is left for the header of a copy (`compact::REPLACE_HEADER_BYTES`).
+        let entry_max = u64::from(self.wal.config().entry_bytes_max)
+            - crate::compact::REPLACE_HEADER_BYTES as u64;
         if payload_bytes > entry_max {
             let max = entry_max - ENTRY_HEADER_BYTES as u64;
             return Err(ShardError::MessageTooLarge {

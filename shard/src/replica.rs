@@ -210,7 +210,9 @@ impl Engine {
             return self.follower_high_watermark(&key, leader_high_watermark);
         }
         batch::validate_replicated(&records, u64::MAX)?;
-        let payload_max = self.wal.config().entry_bytes_max as usize - ENTRY_HEADER_BYTES;
+        let payload_max = self.wal.config().entry_bytes_max as usize
+            - ENTRY_HEADER_BYTES
+            - crate::compact::REPLACE_HEADER_BYTES;
         let log_end = self.check_follower(&key)?;
         let planned = chunks(&records, log_end, payload_max)?;
         if planned.is_empty() {
@@ -449,6 +451,7 @@ impl Engine {
         self.budget
             .discharge(Pool::PartitionState, dropped * INDEX_ENTRY_BYTES);
         self.tail.borrow_mut().forget_from(key, end);
+        self.cleaner.borrow_mut().cut(key, end);
         self.waiters.notify(key);
         end
     }

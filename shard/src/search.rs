@@ -422,7 +422,7 @@ impl Engine {
                             position,
                             base_offset,
                         } => {
-                            match self.read_stored(*key, position, base_offset).await {
+                            match self.read_stored(*key, position, base_offset, None).await {
                                 Ok(b) => b,
                                 Err(e) => {
                                     // Retention moved or removed it meanwhile

@@ -580,7 +580,8 @@ impl Engine {
         let (topic, key) = self
             .offsets_key(partition)
             .ok_or(GroupError::CoordinatorNotAvailable)?;
-        let entry_max = u64::from(self.wal.config().entry_bytes_max);
+        let entry_max = u64::from(self.wal.config().entry_bytes_max)
+            - crate::compact::REPLACE_HEADER_BYTES as u64;
         let message_max = topic
             .configs
             .get("max.message.bytes")
