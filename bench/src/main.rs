@@ -25,6 +25,7 @@ mod control;
 mod e2e;
 mod groups;
 mod many_topics;
+mod mixed_retention;
 mod payload;
 mod procstat;
 mod produce;
@@ -58,6 +59,8 @@ pub enum Command {
     E2e(e2e::E2eArgs),
     /// Create many topics, write one record to every partition, verify all.
     ManyTopics(many_topics::ManyTopicsArgs),
+    /// WAL disk use over time with a short- and a long-retention topic.
+    MixedRetention(mixed_retention::MixedRetentionArgs),
     /// Run one scenario against two brokers alternately and compare medians.
     Compare(compare::CompareArgs),
     /// Consumer-group join and leave-recovery latency (p50 over runs).
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Consume(args) => consume::run(args),
         Command::E2e(args) => e2e::run(args),
         Command::ManyTopics(args) => many_topics::run(args),
+        Command::MixedRetention(args) => mixed_retention::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Wal(args) => wal::run(args),
         Command::Groups(args) => groups::run(args),

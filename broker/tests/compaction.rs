@@ -463,19 +463,11 @@ fn tombstones_go_after_delete_retention() {
     let before = watermarks(&b, TOPIC, 1);
     fill(&b, FILLER_BYTES);
 
-    // The deleted keys leave nothing once their tombstones expired; more
-    // filler rolls segments, which wakes compaction for a further pass.
+    // The deleted keys leave nothing once their tombstones expired: the
+    // cleaner wakes at their horizon by itself, with no further writes.
     let expected = without_tombstones(&latest_per_key(&produced));
     assert_eq!(expected.len(), KEYS - DELETED.len() + 1);
-    let mut nudge = || fill(&b, NUDGE_BYTES);
-    wait_for_log(
-        &b,
-        TOPIC,
-        1,
-        &produced,
-        &expected,
-        Some(&mut nudge as &mut dyn FnMut()),
-    );
+    wait_for_log(&b, TOPIC, 1, &produced, &expected, None);
 
     let deleted: BTreeSet<String> = DELETED.iter().map(|k| key(*k)).collect();
     assert!(expected.values().all(|r| !deleted.contains(&r.key)));
@@ -667,9 +659,9 @@ fn check_after_restart(b: &Broker, topic: &str, produced: &Log) {
 }
 
 /// Produces `bytes` of filler from another thread, so the caller can kill
-/// the broker while segments roll and compaction runs; records whose
-/// delivery fails (the broker was killed) are counted, not retried.
-/// Returns `(acknowledged, failed)`.
+/// the broker while segments roll and compaction runs. Filler is not
+/// checked: librdkafka may deliver it after the restart, or fail it, and
+/// both are counted. Returns `(acknowledged, failed)`.
 fn fill_in_background(bootstrap: String, bytes: usize) -> std::thread::JoinHandle<(usize, usize)> {
     std::thread::spawn(move || {
         let p: FutureProducer = rdkafka::ClientConfig::new()
@@ -683,10 +675,10 @@ fn fill_in_background(bootstrap: String, bytes: usize) -> std::thread::JoinHandl
         let value = value("f", 0, FILLER_VALUE_BYTES);
         let futures: Vec<_> = (0..bytes.div_ceil(FILLER_VALUE_BYTES))
             .map(|i| {
-                let key = format!("f{i}");
+                let k = format!("f{i}");
                 let r: FutureRecord<'_, str, [u8]> = FutureRecord::to(FILLER_TOPIC)
                     .partition(0)
-                    .key(key.as_str())
+                    .key(k.as_str())
                     .payload(value.as_slice());
                 p.send_result(r).map_err(|(e, _)| e).expect("enqueue")
             })

@@ -23,10 +23,11 @@
 //! map (charged to the `Compaction` pool; when it is full the pass stops
 //! its dirty part there), then the whole cleanable part again, rewriting
 //! each entry by the map. Consecutive rewritten entries are gathered into
-//! one replacement (up to `GROUP_BYTES_TARGET` of batches), closed only
-//! after an entry whose last batch kept a record, so every index entry
-//! still ends with a batch at its last offset (a consumer's fetch always
-//! moves forward). Unchanged clean entries are left where they are. Before
+//! one replacement (up to `GROUP_BYTES_TARGET` of batches). Its index
+//! entry ends at the last batch it kept, so every index entry still ends
+//! with a batch at its last offset, and a fetch in the gap after it goes on
+//! to the next entry (there is one: the last entry is never compacted), so
+//! a consumer always moves forward. Unchanged clean entries are left where they are. Before
 //! a replacement is appended, the index must still hold exactly the
 //! entries it replaces (checked in the same synchronous section as the
 //! append, so a truncation can never be overtaken by an older copy); once
@@ -39,12 +40,15 @@
 //! A shard's WAL holds all its partitions, and a segment is removed only
 //! as part of a prefix of dead segments (`retention`). After each pass the
 //! collector measures the live bytes of every sealed segment from the
-//! partition indexes and takes the longest prefix of sealed segments whose
-//! live bytes are at most `COLLECT_LIVE_RATIO_MAX` of its size; it copies
+//! partition indexes and takes the prefix of sealed segments that frees
+//! the most beyond twice the live bytes it must copy (its size minus its
+//! live bytes over `COLLECT_LIVE_RATIO_MAX`), if any; it copies
 //! the live entries of that prefix forward (as replacements of their own
 //! range), oldest first, at most `COLLECT_BYTES_PER_SEC`, then wakes
-//! retention, which removes the prefix. So once the cleaner has run, the
-//! sealed segments hold more than `COLLECT_LIVE_RATIO_MAX` live bytes:
+//! retention, which removes the prefix. A segment more live than dead is
+//! never copied for its own sake, so an idle shard settles. Once the
+//! cleaner has run, every prefix of the sealed segments holds at least
+//! `COLLECT_LIVE_RATIO_MAX` live bytes:
 //! the WAL's disk use stays below `1 / COLLECT_LIVE_RATIO_MAX` times the
 //! live data plus the active segment.
 //!
@@ -277,10 +281,11 @@ impl Engine {
                 // last one in a sealed segment (an old entry the collector
                 // copied into the active segment is not active).
                 let sealed = |b: &StoredBatch| b.position.is_some_and(|pos| pos < active_base);
-                let mut active_from = live.len().saturating_sub(1);
-                while active_from > 0 && !sealed(&live[active_from - 1]) {
-                    active_from -= 1;
-                }
+                let active_from = live
+                    .iter()
+                    .rposition(sealed)
+                    .map_or(0, |i| i + 1)
+                    .min(live.len().saturating_sub(1));
                 let mut limit = 0;
                 for (i, b) in live[..active_from].iter().enumerate() {
                     if b.position.is_none() || b.last_offset >= p.high_watermark {
@@ -463,8 +468,7 @@ impl Engine {
                 tombstones_expired: clean && horizon >= 0 && horizon <= now,
             };
             let mut out = Vec::new();
-            let (dropped, last_kept) =
-                rewrite_entry(&stored.records, &rules, &mut scratch, &mut out)?;
+            let (dropped, _) = rewrite_entry(&stored.records, &rules, &mut scratch, &mut out)?;
             let kept_horizon = if dropped.tombstones_kept == 0 {
                 -1
             } else if horizon >= 0 {
@@ -503,11 +507,10 @@ impl Engine {
             g.max_timestamp = g.max_timestamp.max(stored.header.max_timestamp);
             g.horizon = g.horizon.max(kept_horizon);
             g.dropped.add(dropped);
-            let close = last_kept
-                && (g.batches.len() >= GROUP_BYTES_TARGET
-                    || g.members.len() >= GROUP_ENTRIES_MAX
-                    || idx + 1 == dirty_end
-                    || !changed);
+            let close = g.batches.len() >= GROUP_BYTES_TARGET
+                || g.members.len() >= GROUP_ENTRIES_MAX
+                || idx + 1 == dirty_end
+                || !changed;
             if !close {
                 continue;
             }
@@ -570,15 +573,21 @@ impl Engine {
         let first = g.members[0];
         let last = *g.members.last().expect("a group has members");
         let (base, last_offset) = (first.0, last.1);
-        let inner = entry::encode(
-            &EntryHeader {
-                key,
-                base_offset: crate::batch::base_offset(&g.batches),
-                last_offset,
-                max_timestamp: g.max_timestamp,
-            },
-            &g.batches,
-        );
+        // The index entry ends at the last batch kept (a fetch after it
+        // goes on to the next entry); none when nothing was kept.
+        let kept_last = crate::compact::last_batch_offset(&g.batches);
+        let inner = match kept_last {
+            Some(kept_last) => entry::encode(
+                &EntryHeader {
+                    key,
+                    base_offset: crate::batch::base_offset(&g.batches),
+                    last_offset: kept_last,
+                    max_timestamp: g.max_timestamp,
+                },
+                &g.batches,
+            ),
+            None => bytes::BytesMut::new(),
+        };
         let r = Replacement {
             key,
             base_offset: base,
@@ -609,15 +618,15 @@ impl Engine {
             self.wal.append(KIND_REPLACE, payload)
         };
         let position = append.await.map_err(|e| e.to_string())?;
-        let batch = StoredBatch {
+        let batch = kept_last.map(|kept_last| StoredBatch {
             base_offset: base,
-            last_offset,
+            last_offset: kept_last,
             max_timestamp: g.max_timestamp,
             bytes: g.batches.len() as u32,
             position: Some(position),
             cached: None,
-        };
-        if !self.put_replacement(key, (last.0, last.2), batch) {
+        });
+        if !self.put_replacement(key, (last.0, last.2), (base, last_offset), batch) {
             return Ok(false);
         }
         let mut c = self.counters.borrow_mut();
@@ -630,8 +639,13 @@ impl Engine {
     /// its range, unless the entry `(base, position)` it must cover is gone
     /// (the log was truncated meanwhile: recovery replays the replacement
     /// before the truncation, so it never comes back).
-    fn put_replacement(&self, key: PartitionKey, must: (i64, Position), with: StoredBatch) -> bool {
-        let (base, last) = (with.base_offset, with.last_offset);
+    fn put_replacement(
+        &self,
+        key: PartitionKey,
+        must: (i64, Position),
+        (base, last): (i64, i64),
+        with: Option<StoredBatch>,
+    ) -> bool {
         let (removed, added) = {
             let mut parts = self.parts.borrow_mut();
             let Some(p) = parts.get_mut(&key) else {
@@ -644,7 +658,7 @@ impl Engine {
             if !present {
                 return false;
             }
-            match p.replace(base, last, Some(with)) {
+            match p.replace(base, last, with) {
                 Ok(x) => x,
                 Err(e) => {
                     warn!(shard = self.id(), partition = key.partition, %e, "replacement not applied");
@@ -685,11 +699,17 @@ impl Engine {
                     live[i] += u64::from(b.bytes) + (ENTRY_HEADER_BYTES as u64) + FRAME_BYTES;
                 }
             }
+            // The prefix that frees the most beyond twice what it copies
+            // (size - 2 x live): never one that is mostly live, and after
+            // the copy every prefix is at least half live.
             let (mut cum_live, mut cum_size, mut end) = (0u64, 0u64, None);
+            let mut best = 0i64;
             for i in 0..sealed {
                 cum_live += live[i];
                 cum_size += bases[i + 1] - bases[i];
-                if cum_live as f64 <= COLLECT_LIVE_RATIO_MAX * cum_size as f64 {
+                let gain = cum_size as i64 - (cum_live as f64 / COLLECT_LIVE_RATIO_MAX) as i64;
+                if gain > best {
+                    best = gain;
                     end = Some((bases[i + 1], cum_live));
                 }
             }

@@ -17,7 +17,9 @@
 //!      2   16 topic id
 //!     18    4 partition u32
 //!     22    8 range base offset i64 (the first replaced entry's base)
-//!     30    8 range last offset i64 (the last replaced entry's last)
+//!     30    8 range last offset i64 (the last replaced entry's last; the
+//!             index entry ends at the last batch kept, so that a fetch in
+//!             the gap after it goes on to the next entry)
 //!     38    8 tombstone horizon i64 (wall-clock ms after which the
 //!             tombstones kept here may go; -1: none kept)
 //!     46    . an entry in `entry.rs`'s format (its header, then the
@@ -213,16 +215,29 @@ pub fn decode_stored(kind: u8, payload: &Bytes) -> Result<Stored, String> {
         }
         (inner.max_timestamp, records)
     };
+    let last_offset = if records.is_empty() {
+        r.last_offset
+    } else {
+        last_batch_offset(&records).unwrap_or(r.last_offset)
+    };
     Ok(Stored {
         header: EntryHeader {
             key,
             base_offset: r.base_offset,
-            last_offset: r.last_offset,
+            last_offset,
             max_timestamp,
         },
         records,
         replace: Some(r),
     })
+}
+
+/// The last offset of the last of `batches` (its base offset plus its
+/// `lastOffsetDelta`).
+pub fn last_batch_offset(batches: &[u8]) -> Option<i64> {
+    let last = batch::batches(batches).last()?;
+    let delta = i64::from(batch::producer_fields(last).last_offset_delta);
+    batch::base_offset(last).checked_add(delta)
 }
 
 /// The payload of a replacement that copies `stored` forward unchanged
@@ -646,7 +661,10 @@ mod tests {
         let payload = encode_replace(&r, &inner);
         let s = decode_stored(KIND_REPLACE, &payload).expect("decodes");
         assert_eq!(s.replace, Some(r));
-        assert_eq!((s.header.base_offset, s.header.last_offset), (10, 19));
+        // The index entry ends at the last batch kept; the range replaced
+        // is the header's.
+        assert_eq!((s.header.base_offset, s.header.last_offset), (10, 12));
+        assert_eq!(s.replace.map(|r| r.last_offset), Some(19));
         assert_eq!(s.header.max_timestamp, 5);
         assert_eq!(&s.records[..], &batches[..]);
         assert_eq!(relocation_payload(KIND_REPLACE, &payload, &s), payload);

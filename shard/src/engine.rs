@@ -409,9 +409,10 @@ impl Engine {
         };
         p.note_older_epochs(&stored.records);
         let h = &stored.header;
+        let replaced_last = stored.replace.map_or(h.last_offset, |r| r.last_offset);
         let covered = p
-            .covered(h.base_offset, h.last_offset)
-            .ok_or_else(|| format!("an entry straddles {}..={}", h.base_offset, h.last_offset))?;
+            .covered(h.base_offset, replaced_last)
+            .ok_or_else(|| format!("an entry straddles {}..={replaced_last}", h.base_offset))?;
         let pending = set_aside.entry(key).or_default();
         let after_pending = pending
             .last()
@@ -440,8 +441,12 @@ impl Engine {
         let Some(p) = parts.get_mut(&key) else {
             return Ok(());
         };
-        let (removed, added) =
-            p.replace_recovered(&stored.header, stored.records.len() as u32, position)?;
+        let (removed, added) = p.replace_recovered(
+            &stored.header,
+            replaced_last,
+            stored.records.len() as u32,
+            position,
+        )?;
         drop(parts);
         if added {
             self.budget

@@ -718,6 +718,7 @@ impl Partition {
     pub fn replace_recovered(
         &mut self,
         header: &EntryHeader,
+        replaced_last: i64,
         bytes: u32,
         position: Position,
     ) -> Result<(u64, bool), String> {
@@ -730,14 +731,14 @@ impl Partition {
             cached: None,
         });
         let was_empty = self.batches.is_empty();
-        let out = self.replace(header.base_offset, header.last_offset, with)?;
+        let out = self.replace(header.base_offset, replaced_last, with)?;
         if was_empty && out.1 {
             self.log_start_offset = header.base_offset;
         } else if out.1 {
             self.log_start_offset = self.log_start_offset.min(header.base_offset);
         }
-        if header.last_offset >= self.next_offset {
-            self.next_offset = header.last_offset + 1;
+        if replaced_last >= self.next_offset {
+            self.next_offset = replaced_last + 1;
             self.high_watermark = self.next_offset;
             if let Some(r) = self.repl.as_deref_mut() {
                 r.durable_end = self.next_offset;
@@ -916,10 +917,12 @@ mod tests {
         };
         // Only the copies remain: 20..=29 first, then 0..=9 copied later.
         let h = header(20, 29);
-        p.replace_recovered(&h, 5, Position(1)).expect("fits");
+        p.replace_recovered(&h, h.last_offset, 5, Position(1))
+            .expect("fits");
         assert_eq!((p.log_start_offset, p.next_offset), (20, 30));
         let h = header(0, 9);
-        p.replace_recovered(&h, 5, Position(2)).expect("fits");
+        p.replace_recovered(&h, h.last_offset, 5, Position(2))
+            .expect("fits");
         assert_eq!((p.log_start_offset, p.next_offset), (0, 30));
         // A later entry continues the log.
         let h = header(30, 39);

@@ -324,10 +324,12 @@ pub(crate) async fn run_retention(engine: Rc<Engine>) {
         }
         let rolls = engine.wal.rolls();
         last_pass = Some(Instant::now());
+        let moved = engine.counters.borrow().retention_log_start_moves;
         let next_ms = engine.retention_pass().await;
-        if rolls != rolls_seen {
-            // New sealed segments: the cleaner may have work too (the WAL
-            // wakes one task per roll).
+        let moved = engine.counters.borrow().retention_log_start_moves != moved;
+        if rolls != rolls_seen || moved {
+            // New sealed segments, or entries expired: the segment
+            // collector may have work too (the WAL wakes one task per roll).
             rolls_seen = rolls;
             engine.cleaner_wake.fire();
         }
