@@ -247,21 +247,12 @@ fn decode_batch(
     scratch: &mut Vec<u8>,
     each: &mut dyn FnMut(RecordRef<'_>),
 ) -> Result<u64, String> {
-    let h = Header::parse(batch)?;
-    if h.attributes & ATTRIBUTE_CONTROL != 0 {
-        return Ok(0);
-    }
-    let body = &batch[BATCH_HEADER_BYTES..];
-    let records: &[u8] = match h.codec() {
-        0 => body,
-        codec => {
-            decompress(codec, body, scratch, limits.decompressed_bytes_max)?;
-            &scratch[..]
-        }
-    };
-    let mut headers = Vec::new();
-    walk(&h, records, limits, &mut headers, None)?;
-    walk(&h, records, limits, &mut headers, Some(&mut |r, _| each(r)))
+    let mut delivered = 0u64;
+    rewrite_walk(batch, limits, scratch, &mut |r, _| {
+        delivered += 1;
+        each(r);
+    })?;
+    Ok(delivered)
 }
 
 /// What `rewrite_walk` tells of a batch besides its records.
