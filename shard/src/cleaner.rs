@@ -188,8 +188,11 @@ pub(crate) async fn run_cleaner(engine: Rc<Engine>) {
             return;
         }
         last_pass = Some(Instant::now());
+        let replaced = engine.counters.borrow().compaction_entries_replaced;
         let next_ms = engine.compaction_pass().await;
-        if engine.collect_pass().await > 0 {
+        let compacted = engine.counters.borrow().compaction_entries_replaced != replaced;
+        if engine.collect_pass().await > 0 || compacted {
+            // Segments may be dead now: retention removes them.
             engine.retention_wake.fire();
         }
         let deadline = next_ms.map(|ms| {
