@@ -10,9 +10,18 @@
 //!   omission corrected).
 //!
 //! Records whose (intended) send time falls in the warm-up are sent but not
-//! counted. The producer is a `BaseProducer` polled only from the sending
-//! thread, so delivery callbacks run on that thread and the lock around the
-//! delivery state is never contended.
+//! counted.
+//!
+//! Threads: the calling thread paces and sends and never polls; librdkafka's
+//! delivery reports are served by the `ThreadedProducer`'s polling thread,
+//! which blocks on the delivery queue and is woken as soon as librdkafka
+//! queues a report, so an acknowledgement's time is taken when librdkafka
+//! delivered it, not when the sender got round to polling. (A sender that
+//! polls between sends, `poll(0)`, serves one delivery event per call: once
+//! reports queue up faster than that, for example after the catch-up burst
+//! of the warm-up, they stay queued and every later acknowledgement is
+//! timed late by the whole backlog.) The delivery state's lock is taken
+//! only by the polling thread until the run ends.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
@@ -29,15 +38,23 @@ use crate::args::{CommonArgs, DRAIN_SECONDS_MAX};
 use crate::client::{ensure_topic, ErrorProbe};
 use crate::control::{stop_requested, Progress};
 use crate::payload::{filler, new_run_id, Header};
-use crate::report::{emit, new_latency_histogram, record_latency_us, Outputs, Summary};
+use crate::report::{
+    emit, new_latency_histogram, record_latency_us, LatencySummary, Outputs, Summary,
+};
 
 // The delivery opaque carries a u64 nanosecond timestamp in a usize.
 const _: () = assert!(usize::BITS == 64, "sluice-bench needs a 64-bit target");
 
-/// Sends between two non-blocking polls of the delivery queue.
-const SENDS_PER_POLL: u64 = 256;
 /// Longest pause of the open-loop pacer before it checks the clock again.
 const PACER_SLEEP_MAX: Duration = Duration::from_millis(1);
+/// How late the kernel may end one of the sender's sleeps (Linux's default
+/// timer slack is 50 us, which would make every paced send that late).
+const PACER_TIMER_SLACK_NS: u64 = 1_000;
+/// Pause of the sender while it waits for acknowledgements to make room (the
+/// in-flight bound or librdkafka's queue is full).
+const ACK_WAIT: Duration = Duration::from_micros(100);
+/// Pause between two checks of the drain.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 /// Drain time left after Ctrl-C.
 const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
 const RATE_PER_SEC_MAX: f64 = 50_000_000.0;
@@ -130,6 +147,10 @@ pub struct ProduceOutcome {
     /// Client-level errors librdkafka reported (connection loss, ...).
     pub client_errors: u64,
     pub latency: Histogram<u64>,
+    /// How late measured records were handed to librdkafka after their
+    /// intended send time (open loop: the pacer's own delay, part of
+    /// `latency`; closed loop: zero).
+    pub send_lag: Histogram<u64>,
     pub seconds: f64,
     pub interrupted: bool,
 }
@@ -198,7 +219,7 @@ impl ProducerContext for DeliveryProbe {
     }
 }
 
-type BenchProducer = BaseProducer<DeliveryProbe>;
+type BenchProducer = ThreadedProducer<DeliveryProbe>;
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let common = &args.common;
@@ -235,6 +256,10 @@ pub fn put_producer_counts(summary: &mut Summary, outcome: &ProduceOutcome, plan
     summary.put("client_errors", outcome.client_errors);
     if let Some(rate) = plan.rate_per_sec {
         summary.put("rate_target", rate);
+        summary.put(
+            "send_lag_us",
+            serde_json::json!(LatencySummary::of(&outcome.send_lag)),
+        );
     }
     if let Some(failure) = &outcome.first_failure {
         summary.put("first_failure", failure.clone());
@@ -280,6 +305,7 @@ pub fn run_producer(common: &CommonArgs, plan: &ProducerPlan) -> anyhow::Result<
     let unfinished = drain(&producer, plan, sent.count, &mut progress);
     let outcome = collect(&producer, sent, unfinished, send_window_ns);
     assert!(outcome.acked_total + outcome.failed + outcome.unfinished == outcome.sent);
+    // Dropping the producer stops and joins its polling thread.
     Ok(outcome)
 }
 
@@ -290,9 +316,12 @@ struct Sent {
     interrupted: bool,
     /// Why sending stopped early, when librdkafka refused a record.
     send_error: Option<String>,
+    /// Send time minus intended time of measured records (us).
+    lag: Histogram<u64>,
 }
 
 fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progress) -> Sent {
+    set_timer_slack_ns(PACER_TIMER_SLACK_NS);
     let mut payload = filler(plan.record_bytes, u64::from(plan.run_id));
     let mut sent = Sent {
         count: 0,
@@ -300,8 +329,10 @@ fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progr
         stopped_at_ns: 0,
         interrupted: false,
         send_error: None,
+        lag: new_latency_histogram(),
     };
-    let end_ns = plan.send_end_ns();
+    let (end_ns, measure_from_ns) = (plan.send_end_ns(), duration_ns(plan.warmup));
+    let deadline = plan.hard_deadline();
     while sent.count < plan.records_max {
         if stop_requested() {
             sent.interrupted = true;
@@ -311,13 +342,19 @@ fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progr
         let completed = producer.context().completed.load(Ordering::Acquire);
         progress.tick(completed, || progress_detail(plan, sent.count, completed));
         if sent.count - completed >= plan.in_flight_records_max {
-            producer.poll(Duration::from_millis(1));
+            if Instant::now() >= deadline {
+                sent.send_error = Some(format!(
+                    "{} records unacknowledged until the deadline",
+                    sent.count - completed
+                ));
+                break;
+            }
+            std::thread::sleep(ACK_WAIT);
             continue;
         }
         let intended_ns = match next_send(plan, sent.count, now_ns, end_ns) {
             NextSend::Now(ns) => ns,
             NextSend::Wait(wait) => {
-                producer.poll(Duration::ZERO);
                 std::thread::sleep(wait.min(PACER_SLEEP_MAX));
                 continue;
             }
@@ -345,12 +382,29 @@ fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progr
             }
         }
         sent.count += 1;
-        if sent.count % SENDS_PER_POLL == 0 {
-            producer.poll(Duration::ZERO);
+        if intended_ns >= measure_from_ns {
+            let lag_ns = elapsed_ns(plan.origin).saturating_sub(intended_ns);
+            record_latency_us(&mut sent.lag, lag_ns / 1_000);
         }
     }
     sent.stopped_at_ns = elapsed_ns(plan.origin).min(end_ns);
     sent
+}
+
+/// Asks the kernel to end this thread's sleeps within `slack_ns` of their
+/// deadline, so the pacer sends on time. Best effort: on failure the
+/// pacer is only later, which `send_lag_us` shows.
+fn set_timer_slack_ns(slack_ns: u64) {
+    assert!(slack_ns > 0, "a timer slack of 0 restores the default");
+    // SAFETY: PR_SET_TIMERSLACK reads one integer argument and changes only
+    // the calling thread's timer slack.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, slack_ns as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        eprintln!(
+            "note: could not lower the pacer's timer slack: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 enum NextSend {
@@ -397,7 +451,7 @@ fn send_one(
             Ok(()) => return Ok(true),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 *queue_full_waits += 1;
-                producer.poll(Duration::from_millis(1));
+                std::thread::sleep(ACK_WAIT);
                 if stop_requested() || Instant::now() >= deadline {
                     return Ok(false);
                 }
@@ -412,7 +466,7 @@ fn send_one(
     }
 }
 
-/// Polls until every sent record is acknowledged or failed, or the deadline
+/// Waits until every sent record is acknowledged or failed, or the deadline
 /// passes; returns how many are still outstanding.
 fn drain(producer: &BenchProducer, plan: &ProducerPlan, sent: u64, progress: &mut Progress) -> u64 {
     let mut deadline = plan.hard_deadline();
@@ -427,7 +481,7 @@ fn drain(producer: &BenchProducer, plan: &ProducerPlan, sent: u64, progress: &mu
         progress.tick(completed, || {
             format!("completed, draining {} outstanding", sent - completed)
         });
-        producer.poll(Duration::from_millis(10));
+        std::thread::sleep(DRAIN_CHECK_INTERVAL);
     }
 }
 
@@ -458,6 +512,7 @@ fn collect(
         send_error: sent.send_error,
         client_errors: probe.errors.count(),
         latency: hist.clone(),
+        send_lag: sent.lag,
         seconds: window_ns as f64 / 1e9,
         interrupted: sent.interrupted,
     }
