@@ -102,6 +102,8 @@ impl DelayProxy {
             .set_nonblocking(true)
             .expect("nonblocking listener");
         let signal = stop.clone();
+        // Test threads, outside the broker process: its shards own their
+        // cores, the proxy is only the test's stand-in for a slow network.
         let acceptor = std::thread::spawn(move || accept_loop(listener, upstream, delay, signal));
         DelayProxy {
             port,
@@ -166,6 +168,8 @@ fn start_relay(
     let (client_in, client_out) = (clone(&client), client);
     let (broker_in, broker_out) = (clone(&broker), broker);
     let (s1, s2, s3) = (stop.clone(), stop.clone(), stop.clone());
+    // Blocking relays, one thread per direction and stage: test threads,
+    // bounded by `PROXY_CONNECTIONS_MAX` and the proxy's lifetime.
     vec![
         std::thread::spawn(move || forward_now(client_in, broker_out, s1)),
         std::thread::spawn(move || read_stamped(broker_in, tx, s2)),

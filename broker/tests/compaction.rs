@@ -663,6 +663,7 @@ fn check_after_restart(b: &Broker, topic: &str, produced: &Log) {
 /// checked: librdkafka may deliver it after the restart, or fail it, and
 /// both are counted. Returns `(acknowledged, failed)`.
 fn fill_in_background(bootstrap: String, bytes: usize) -> std::thread::JoinHandle<(usize, usize)> {
+    // A test thread (the client side), so the kill can land while it writes.
     std::thread::spawn(move || {
         let p: FutureProducer = rdkafka::ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)

@@ -63,11 +63,9 @@
 //! shard's one deadline structure; with nothing to do it has no deadline.
 
 use std::collections::HashMap;
-use std::pin::pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use futures::future::select;
 use sluice_wal::Position;
 use tracing::{debug, info, warn};
 
@@ -80,7 +78,7 @@ use crate::engine::{Engine, INDEX_ENTRY_BYTES};
 use crate::entry::{self, EntryHeader, PartitionKey, ENTRY_HEADER_BYTES};
 use crate::partition::StoredBatch;
 use crate::records::{rewrite_walk, DecodeLimits};
-use crate::retention::PASS_INTERVAL_MIN;
+use crate::retention::{event_or_deadline, next_pass};
 use crate::waiters::sleep_until;
 
 /// Batches gathered into one replacement before it is closed.
@@ -178,16 +176,10 @@ impl Default for Group {
 pub(crate) async fn run_cleaner(engine: Rc<Engine>) {
     let mut last_pass: Option<Instant> = None;
     loop {
-        if let Some(t) = last_pass {
-            let earliest = t + PASS_INTERVAL_MIN;
-            if Instant::now() < earliest {
-                sleep_until(&engine.waiters, earliest).await;
-            }
-        }
+        last_pass = Some(next_pass(&engine.waiters, last_pass).await);
         if engine.closing.get() {
             return;
         }
-        last_pass = Some(Instant::now());
         let replaced = engine.counters.borrow().compaction_entries_replaced;
         let next_ms = engine.compaction_pass().await;
         let compacted = engine.counters.borrow().compaction_entries_replaced != replaced;
@@ -195,17 +187,7 @@ pub(crate) async fn run_cleaner(engine: Rc<Engine>) {
             // Segments may be dead now: retention removes them.
             engine.retention_wake.fire();
         }
-        let deadline = next_ms.map(|ms| {
-            let wait = ms.saturating_sub(crate::produce::now_ms()).max(0) as u64;
-            Instant::now() + Duration::from_millis(wait)
-        });
-        let event = pin!(engine.cleaner_wake.wait());
-        match deadline {
-            None => event.await,
-            Some(d) => {
-                let _ = select(event, pin!(sleep_until(&engine.waiters, d))).await;
-            }
-        }
+        event_or_deadline(&engine.waiters, engine.cleaner_wake.wait(), next_ms).await;
     }
 }
 

@@ -308,22 +308,49 @@ impl Engine {
     }
 }
 
+/// Waits until `PASS_INTERVAL_MIN` after the previous pass of a
+/// background task (retention, the cleaner); returns the new pass's start.
+pub(crate) async fn next_pass(
+    waiters: &Rc<crate::waiters::Waiters>,
+    last: Option<Instant>,
+) -> Instant {
+    if let Some(earliest) = last.map(|t| t + PASS_INTERVAL_MIN) {
+        if Instant::now() < earliest {
+            sleep_until(waiters, earliest).await;
+        }
+    }
+    Instant::now()
+}
+
+/// Waits for `event`, or until the wall-clock `deadline_ms` when there is
+/// one (on the shard's deadline structure).
+pub(crate) async fn event_or_deadline(
+    waiters: &Rc<crate::waiters::Waiters>,
+    event: impl std::future::Future<Output = ()>,
+    deadline_ms: Option<i64>,
+) {
+    let event = pin!(event);
+    match deadline_ms {
+        None => event.await,
+        Some(ms) => {
+            let wait = ms.saturating_sub(crate::produce::now_ms()).max(0) as u64;
+            let d = Instant::now() + Duration::from_millis(wait);
+            let _ = select(event, pin!(sleep_until(waiters, d))).await;
+        }
+    }
+}
+
 /// The shard's one retention task.
 pub(crate) async fn run_retention(engine: Rc<Engine>) {
     let mut last_pass: Option<Instant> = None;
     let mut rolls_seen = 0;
     loop {
-        if let Some(t) = last_pass {
-            let earliest = t + PASS_INTERVAL_MIN;
-            if Instant::now() < earliest {
-                sleep_until(&engine.waiters, earliest).await;
-            }
-        }
+        let started = next_pass(&engine.waiters, last_pass).await;
         if engine.closing.get() {
             return;
         }
         let rolls = engine.wal.rolls();
-        last_pass = Some(Instant::now());
+        last_pass = Some(started);
         let moved = engine.counters.borrow().retention_log_start_moves;
         let next_ms = engine.retention_pass().await;
         let moved = engine.counters.borrow().retention_log_start_moves != moved;
@@ -333,22 +360,13 @@ pub(crate) async fn run_retention(engine: Rc<Engine>) {
             rolls_seen = rolls;
             engine.cleaner_wake.fire();
         }
-        let deadline = next_ms.map(|ms| {
-            let wait = ms.saturating_sub(crate::produce::now_ms()).max(0) as u64;
-            Instant::now() + Duration::from_millis(wait)
-        });
-        trace!(shard = engine.id(), ?deadline, "retention pass done");
+        trace!(shard = engine.id(), ?next_ms, "retention pass done");
         let wake = engine.retention_wake.clone();
-        let event = pin!(async {
+        let event = async {
             let rolled = pin!(engine.wal.rolled(rolls));
             let _ = select(rolled, pin!(wake.wait())).await;
-        });
-        match deadline {
-            None => event.await,
-            Some(d) => {
-                let _ = select(event, pin!(sleep_until(&engine.waiters, d))).await;
-            }
-        }
+        };
+        event_or_deadline(&engine.waiters, event, next_ms).await;
     }
 }
 

@@ -230,13 +230,18 @@ pub fn check_header(buf: &[u8], entry_bytes_max: u32) -> Option<FrameHeader> {
 /// copies; returns the payload if the frame's CRC holds at `position`.
 pub fn copy_checked_payload(header: &[u8], position: u64, parts: &[&[u8]]) -> Option<Vec<u8>> {
     let h = FrameHeader::parse(header);
-    let mut out = Vec::with_capacity(h.len as usize);
+    // The length is read from disk: sized by the bytes really there.
+    let present: usize = parts.iter().map(|p| p.len()).sum();
+    if present != h.len as usize {
+        return None;
+    }
+    let mut out = Vec::with_capacity(present);
     let mut crc = crc32c::crc32c(&header[4..FRAME_HEADER_BYTES as usize]);
     for part in parts {
         crc = crc::copy_and_extend(crc, &mut out, part);
     }
     crc = crc32c::crc32c_append(crc, &position.to_le_bytes());
-    (out.len() == h.len as usize && crc == h.crc).then_some(out)
+    (crc == h.crc).then_some(out)
 }
 
 /// Validates the frame that starts at `buf[0]`, which is at `position`.
