@@ -22,17 +22,15 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{run_bench, sluice_bin};
+use common::run_bench;
 use serde_json::Value;
 
 /// Delay the proxy adds to every byte from the broker.
@@ -52,7 +50,6 @@ const PROXY_LIFETIME_MAX: Duration = Duration::from_secs(180);
 const PROXY_LOOP_ITERATIONS_MAX: u64 = 50_000_000;
 /// How long a proxy thread blocks before it checks whether to stop.
 const PROXY_WAIT_SLICE: Duration = Duration::from_millis(50);
-const BROKER_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Low and high send rates (records/s) the bench is checked at. The high
 /// one is what a debug broker on a shared 2-core machine keeps up with.
@@ -249,75 +246,6 @@ fn write_when_due(
     let _ = to.shutdown(Shutdown::Write);
 }
 
-/// A broker that advertises the proxy's address; killed when dropped.
-struct ProxiedBroker {
-    child: Child,
-    data_dir: tempfile::TempDir,
-}
-
-impl ProxiedBroker {
-    fn start(listen_port: u16, advertised_port: u16) -> ProxiedBroker {
-        let bin = sluice_bin();
-        let data_dir = tempfile::tempdir().expect("tempdir");
-        let log = File::create(data_dir.path().join("broker.log")).expect("broker log");
-        let admin_port = free_port();
-        let child = Command::new(&bin)
-            .arg("start")
-            .args(["--listen", &format!("127.0.0.1:{listen_port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .args([
-                "--advertised-listener",
-                &format!("127.0.0.1:{advertised_port}"),
-            ])
-            .arg("--data-dir")
-            .arg(data_dir.path().join("data"))
-            .args(["--shards", "1"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        let mut broker = ProxiedBroker { child, data_dir };
-        broker.wait_until_accepting(SocketAddr::from(([127, 0, 0, 1], listen_port)));
-        broker
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.data_dir.path().join("broker.log")).unwrap_or_default()
-    }
-
-    fn wait_until_accepting(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + BROKER_START_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "broker exited during start ({status}); log:\n{}",
-                    self.log()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not accept on {addr}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ProxiedBroker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("broker log:\n{}", self.log());
-        }
-    }
-}
-
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
@@ -382,7 +310,9 @@ fn assert_p50_near_delay(json: &Value, rate: u32) {
 fn produce_latency_matches_a_known_response_delay() {
     let broker_port = free_port();
     let (listener, proxy_port) = DelayProxy::bind();
-    let _broker = ProxiedBroker::start(broker_port, proxy_port);
+    // The broker advertises the proxy's address.
+    let advertised = format!("127.0.0.1:{proxy_port}");
+    let _broker = common::Broker::start_on(broker_port, &["--advertised-listener", &advertised]);
     let upstream = SocketAddr::from(([127, 0, 0, 1], broker_port));
     let proxy = DelayProxy::start(listener, upstream, RESPONSE_DELAY);
     for (topic, rate) in [("slow", RATE_LOW_PER_SEC), ("fast", RATE_HIGH_PER_SEC)] {

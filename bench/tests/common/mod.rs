@@ -77,16 +77,24 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
+        let (kafka_listener, kafka_port) = free_port();
+        drop(kafka_listener);
+        Broker::start_on(kafka_port, &[])
+    }
+
+    /// A broker listening on `kafka_port`, with `extra` flags.
+    #[allow(dead_code)] // not every test binary uses every helper
+    pub fn start_on(kafka_port: u16, extra: &[&str]) -> Broker {
         let bin = sluice_bin();
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let ((kafka_listener, kafka_port), (admin_listener, admin_port)) =
-            (free_port(), free_port());
-        drop((kafka_listener, admin_listener));
+        let (admin_listener, admin_port) = free_port();
+        drop(admin_listener);
         let log = File::create(data_dir.path().join("broker.log")).expect("broker log");
         let child = Command::new(&bin)
             .arg("start")
             .args(["--listen", &format!("127.0.0.1:{kafka_port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(extra)
             .arg("--data-dir")
             .arg(data_dir.path().join("data"))
             .args(["--shards", "1"])
