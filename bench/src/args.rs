@@ -149,6 +149,28 @@ impl CommonArgs {
     }
 
     pub fn producer_config(&self) -> ClientConfig {
+        let config = self.producer_settings();
+        self.finish(config)
+    }
+
+    /// A transactional producer's configuration: `transactional.id` (which
+    /// needs idempotence, so `--idempotence` is implied) and a transaction
+    /// timeout well above the commit interval (librdkafka requires
+    /// `message.timeout.ms` <= `transaction.timeout.ms`).
+    pub fn transactional_producer_config(
+        &self,
+        transactional_id: &str,
+        commit_every: Duration,
+    ) -> ClientConfig {
+        let mut config = self.producer_settings();
+        config.set("transactional.id", transactional_id);
+        config.set("enable.idempotence", "true");
+        let timeout_ms = transaction_timeout_ms(commit_every);
+        config.set("transaction.timeout.ms", timeout_ms.to_string());
+        self.finish(config)
+    }
+
+    fn producer_settings(&self) -> ClientConfig {
         let client = &self.client;
         let mut config = self.base_config();
         config.set("linger.ms", client.linger_ms.to_string());
@@ -157,16 +179,29 @@ impl CommonArgs {
         config.set("acks", client.acks.as_librdkafka());
         config.set("enable.idempotence", client.idempotence.to_string());
         config.set("message.timeout.ms", MESSAGE_TIMEOUT_MS_DEFAULT.to_string());
-        self.finish(config)
+        config
     }
 
     pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let config = self.consumer_settings(group_id);
+        self.finish(config)
+    }
+
+    /// A consumer that reads committed records only
+    /// (`isolation.level=read_committed`, also librdkafka's default).
+    pub fn read_committed_consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.consumer_settings(group_id);
+        config.set("isolation.level", "read_committed");
+        self.finish(config)
+    }
+
+    fn consumer_settings(&self, group_id: &str) -> ClientConfig {
         let mut config = self.base_config();
         config.set("group.id", group_id);
         config.set("enable.auto.commit", "false");
         config.set("auto.offset.reset", "earliest");
         config.set("enable.partition.eof", "false");
-        self.finish(config)
+        config
     }
 
     pub fn admin_config(&self) -> ClientConfig {
@@ -192,6 +227,23 @@ impl CommonArgs {
             c.extra
         )
     }
+}
+
+/// Longest commit interval of a transactional producer.
+pub const TRANSACTIONAL_COMMIT_MS_MAX: u64 = 300_000;
+/// Shortest transaction timeout asked for (Kafka's default).
+const TRANSACTION_TIMEOUT_MS_MIN: u64 = 60_000;
+
+/// `transaction.timeout.ms` for a producer committing every `commit_every`:
+/// twice the interval plus 10 s, at least 60 s (Kafka's default), so a
+/// slow commit does not let the coordinator abort the transaction; at most
+/// 610 s, below the broker's default `transaction.max.timeout.ms` (900 s).
+pub fn transaction_timeout_ms(commit_every: Duration) -> u64 {
+    let every_ms = u64::try_from(commit_every.as_millis()).unwrap_or(u64::MAX);
+    every_ms
+        .saturating_mul(2)
+        .saturating_add(10_000)
+        .max(TRANSACTION_TIMEOUT_MS_MIN)
 }
 
 pub fn parse_key_value(text: &str) -> anyhow::Result<(String, String)> {
@@ -227,6 +279,14 @@ mod tests {
         assert_eq!(v, "a=b");
         assert!(parse_key_value("novalue").is_err());
         assert!(parse_key_value("=x").is_err());
+    }
+
+    #[test]
+    fn transaction_timeout_covers_the_commit_interval() {
+        assert_eq!(transaction_timeout_ms(Duration::from_millis(100)), 60_000);
+        assert_eq!(transaction_timeout_ms(Duration::from_secs(40)), 90_000);
+        let longest = transaction_timeout_ms(Duration::from_millis(TRANSACTIONAL_COMMIT_MS_MAX));
+        assert!(longest <= 900_000, "{longest}");
     }
 
     #[test]

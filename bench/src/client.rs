@@ -80,6 +80,17 @@ pub fn new_consumer(common: &CommonArgs, group_id: &str) -> anyhow::Result<Bench
         .context("creating consumer")
 }
 
+/// A consumer of `isolation.level=read_committed`.
+pub fn new_read_committed_consumer(
+    common: &CommonArgs,
+    group_id: &str,
+) -> anyhow::Result<BenchConsumer> {
+    common
+        .read_committed_consumer_config(group_id)
+        .create_with_context(BenchContext::default())
+        .context("creating read_committed consumer")
+}
+
 pub fn new_admin(common: &CommonArgs) -> anyhow::Result<AdminClient<BenchContext>> {
     common
         .admin_config()

@@ -6,6 +6,13 @@
 //!
 //! The consumer starts at the end offsets seen before the producer starts,
 //! and ignores records of other runs (different run id).
+//!
+//! With `--transactional-commit-ms N` the producer is transactional and
+//! commits every N ms (see `produce`), and the consumer reads with
+//! `isolation.level=read_committed`, so a record's latency runs until its
+//! transaction's commit marker made it readable. Without the option the
+//! consumer's configuration is left as it was (librdkafka's default
+//! isolation level, read_committed, which plain records never wait for).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,11 +25,14 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::args::CommonArgs;
-use crate::client::{ensure_topic, new_consumer, watermarks, BenchConsumer};
+use crate::client::{
+    ensure_topic, new_consumer, new_read_committed_consumer, watermarks, BenchConsumer,
+};
 use crate::control::stop_requested;
 use crate::payload::{Header, HEADER_BYTES};
 use crate::produce::{
-    duration_ns, elapsed_ns, parse_rate, put_producer_counts, run_producer, ProducerPlan,
+    duration_ns, elapsed_ns, parse_commit_ms, parse_rate, put_producer_counts, run_producer,
+    transactional_commit, ProducerPlan,
 };
 use crate::report::{
     emit, new_latency_histogram, record_latency_us, LatencySummary, Outputs, Summary,
@@ -43,6 +53,10 @@ pub struct E2eArgs {
     #[arg(long = "in-flight-max", value_name = "RECORDS", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub in_flight_records_max: u64,
+    /// Transactional producer committing every MS milliseconds; the
+    /// consumer then reads with isolation.level=read_committed.
+    #[arg(long, value_name = "MS", value_parser = parse_commit_ms)]
+    pub transactional_commit_ms: Option<u64>,
 }
 
 /// State shared between the producer (main thread) and the consumer thread.
@@ -68,10 +82,15 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
     if (common.record_bytes as usize) < HEADER_BYTES {
         bail!("e2e needs --record-bytes >= {HEADER_BYTES} to carry the send time");
     }
+    let every = transactional_commit(common, args.transactional_commit_ms)?;
     let partitions = ensure_topic(common)?;
-    let consumer = new_consumer(common, "sluice-bench-e2e")?;
+    let consumer = match every {
+        Some(_) => new_read_committed_consumer(common, "sluice-bench-e2e")?,
+        None => new_consumer(common, "sluice-bench-e2e")?,
+    };
     assign_at_end(&consumer, &common.topic, &partitions)?;
     let mut plan = ProducerPlan::new(common, Some(args.rate), args.in_flight_records_max);
+    plan.transactional_commit = every;
     let shared = Shared {
         received: Arc::new(AtomicU64::new(0)),
         expected: AtomicU64::new(u64::MAX),
@@ -81,7 +100,11 @@ pub fn run(args: E2eArgs) -> anyhow::Result<()> {
         let (plan_ref, shared_ref) = (&plan, &shared);
         let reader = scope.spawn(move || read_loop(&consumer, plan_ref, shared_ref));
         let produced = run_producer(common, &plan);
-        let acked = produced.as_ref().map_or(0, |o| o.acked_total);
+        // Records of aborted transactions are acknowledged but never read.
+        let acked = produced.as_ref().map_or(0, |o| {
+            let aborted = o.transactions.as_ref().map_or(0, |t| t.records_aborted);
+            o.acked_total.saturating_sub(aborted)
+        });
         shared.expected.store(acked, Ordering::Release);
         (produced, reader.join())
     });
@@ -162,8 +185,9 @@ fn summarize(
     received: &Received,
 ) -> Summary {
     let settings = format!(
-        "rate={}/s; {}",
+        "rate={}/s; {}{}",
         plan.rate_per_sec.unwrap_or(0.0),
+        plan.describe_transactions(),
         common.describe()
     );
     let mut summary = Summary::new("e2e", settings);
@@ -184,6 +208,9 @@ fn summarize(
     );
     summary.put("records_foreign", received.foreign);
     summary.put("consume_errors", received.errors);
+    if plan.transactional_commit.is_some() {
+        summary.put("consumer_isolation_level", "read_committed");
+    }
     summary
 }
 

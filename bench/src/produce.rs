@@ -12,6 +12,18 @@
 //! Records whose (intended) send time falls in the warm-up are sent but not
 //! counted.
 //!
+//! With `--transactional-commit-ms N` the producer is transactional
+//! (`transactional.id`, KIP-98): it runs `init_transactions` at the start
+//! (in the warm-up), keeps one transaction open and commits it every N ms
+//! (checked before each send, so a commit is at most one send late), and
+//! commits the last one before the drain. The sender blocks during a
+//! commit (librdkafka flushes the transaction's records first); records
+//! due meanwhile go out late and, in open loop, their latency counts from
+//! their intended time. A record is acknowledged when its produce is, not
+//! when its transaction commits (the end-to-end latency of `e2e` shows the
+//! latter). Commit durations are reported as `commit_latency_us`; a
+//! transaction that has to be aborted fails the run.
+//!
 //! Threads: the calling thread paces and sends and never polls; librdkafka's
 //! delivery reports are served by the `ThreadedProducer`'s polling thread,
 //! which blocks on the delivery queue and is woken as soon as librdkafka
@@ -30,11 +42,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
 use rdkafka::error::KafkaError;
+use rdkafka::error::RDKafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 
-use crate::args::{CommonArgs, DRAIN_SECONDS_MAX};
+use crate::args::{Acks, CommonArgs, DRAIN_SECONDS_MAX, TRANSACTIONAL_COMMIT_MS_MAX};
 use crate::client::{ensure_topic, ErrorProbe};
 use crate::control::{stop_requested, Progress};
 use crate::payload::{filler, new_run_id, Header};
@@ -58,6 +71,10 @@ const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
 /// Drain time left after Ctrl-C.
 const DRAIN_AFTER_STOP: Duration = Duration::from_secs(5);
 const RATE_PER_SEC_MAX: f64 = 50_000_000.0;
+/// Time `init_transactions` may take (finding the coordinator included).
+const INIT_TRANSACTIONS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before a retriable commit failure is retried.
+const COMMIT_RETRY_PAUSE: Duration = Duration::from_millis(10);
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProduceArgs {
@@ -70,6 +87,39 @@ pub struct ProduceArgs {
     #[arg(long = "in-flight-max", value_name = "RECORDS", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub in_flight_records_max: u64,
+    /// Transactional producer committing every MS milliseconds.
+    #[arg(long, value_name = "MS", value_parser = parse_commit_ms)]
+    pub transactional_commit_ms: Option<u64>,
+}
+
+/// A commit interval in milliseconds, within 1..=`TRANSACTIONAL_COMMIT_MS_MAX`.
+pub fn parse_commit_ms(text: &str) -> anyhow::Result<u64> {
+    let ms: u64 = text
+        .parse()
+        .with_context(|| format!("not a whole number of milliseconds: {text:?}"))?;
+    if !(1..=TRANSACTIONAL_COMMIT_MS_MAX).contains(&ms) {
+        bail!("the commit interval must be within 1..={TRANSACTIONAL_COMMIT_MS_MAX} ms, got {ms}");
+    }
+    Ok(ms)
+}
+
+/// The commit interval of `--transactional-commit-ms`, checked against the
+/// client settings (a transactional producer is idempotent, which needs
+/// acks=all).
+pub fn transactional_commit(
+    common: &CommonArgs,
+    commit_ms: Option<u64>,
+) -> anyhow::Result<Option<Duration>> {
+    let Some(ms) = commit_ms else {
+        return Ok(None);
+    };
+    if common.client.acks != Acks::All {
+        bail!(
+            "--transactional-commit-ms needs --acks all (a transactional producer is idempotent), got {:?}",
+            common.client.acks
+        );
+    }
+    Ok(Some(Duration::from_millis(ms)))
 }
 
 pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
@@ -97,6 +147,9 @@ pub struct ProducerPlan {
     pub origin: Instant,
     /// A counter shown on the progress line (e.g. records received).
     pub progress_extra: Option<(&'static str, Arc<AtomicU64>)>,
+    /// Transactional producer committing at this interval; `None` for a
+    /// plain producer.
+    pub transactional_commit: Option<Duration>,
 }
 
 impl ProducerPlan {
@@ -116,6 +169,21 @@ impl ProducerPlan {
             run_id: new_run_id(),
             origin: Instant::now(),
             progress_extra: None,
+            transactional_commit: None,
+        }
+    }
+
+    /// The `transactional.id` of a transactional run: unique per run, so
+    /// runs never fence each other (`-X transactional.id=...` overrides it).
+    pub fn transactional_id(&self) -> String {
+        format!("sluice-bench-{}", self.run_id)
+    }
+
+    /// Words for the report header describing the producer's mode.
+    pub fn describe_transactions(&self) -> String {
+        match self.transactional_commit {
+            Some(every) => format!("transactional, commit every {} ms; ", every.as_millis()),
+            None => String::new(),
         }
     }
 
@@ -153,6 +221,20 @@ pub struct ProduceOutcome {
     pub send_lag: Histogram<u64>,
     pub seconds: f64,
     pub interrupted: bool,
+    /// What the transactions did (transactional runs only).
+    pub transactions: Option<TxnOutcome>,
+}
+
+/// The transactions of a transactional run.
+pub struct TxnOutcome {
+    pub committed: u64,
+    pub aborted: u64,
+    /// Records sent in transactions that were aborted.
+    pub records_aborted: u64,
+    pub first_error: Option<String>,
+    /// Duration of each successful `commit_transaction` (us), which flushes
+    /// the transaction's outstanding records first.
+    pub commit_latency: Histogram<u64>,
 }
 
 #[derive(Default)]
@@ -224,13 +306,21 @@ type BenchProducer = ThreadedProducer<DeliveryProbe>;
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let common = &args.common;
     ensure_topic(common)?;
-    let plan = ProducerPlan::new(common, args.rate, args.in_flight_records_max);
+    let mut plan = ProducerPlan::new(common, args.rate, args.in_flight_records_max);
+    plan.transactional_commit = transactional_commit(common, args.transactional_commit_ms)?;
     let outcome = run_producer(common, &plan)?;
     let mode = match args.rate {
         Some(rate) => format!("open loop, rate={rate}/s"),
         None => format!("closed loop, in_flight_max={}", args.in_flight_records_max),
     };
-    let mut summary = Summary::new("produce", format!("{mode}; {}", common.describe()));
+    let mut summary = Summary::new(
+        "produce",
+        format!(
+            "{mode}; {}{}",
+            plan.describe_transactions(),
+            common.describe()
+        ),
+    );
     fill_summary(&mut summary, &outcome, &plan);
     emit(&summary, &Outputs::of(common))?;
     check_delivered(&outcome)
@@ -267,6 +357,22 @@ pub fn put_producer_counts(summary: &mut Summary, outcome: &ProduceOutcome, plan
     if let Some(error) = &outcome.send_error {
         summary.put("send_error", error.clone());
     }
+    if let (Some(every), Some(txn)) = (plan.transactional_commit, &outcome.transactions) {
+        summary.put(
+            "transactional_commit_ms",
+            u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+        );
+        summary.put("transactions_committed", txn.committed);
+        summary.put("transactions_aborted", txn.aborted);
+        summary.put("records_aborted", txn.records_aborted);
+        summary.put(
+            "commit_latency_us",
+            serde_json::json!(LatencySummary::of(&txn.commit_latency)),
+        );
+        if let Some(error) = &txn.first_error {
+            summary.put("first_transaction_error", error.clone());
+        }
+    }
 }
 
 /// Fails when any record was not acknowledged.
@@ -282,6 +388,14 @@ pub fn check_delivered(outcome: &ProduceOutcome) -> anyhow::Result<()> {
             outcome.first_failure.as_deref().unwrap_or("none")
         );
     }
+    if let Some(txn) = outcome.transactions.as_ref().filter(|t| t.aborted > 0) {
+        bail!(
+            "{} transactions ({} records) were aborted (first error: {})",
+            txn.aborted,
+            txn.records_aborted,
+            txn.first_error.as_deref().unwrap_or("none")
+        );
+    }
     Ok(())
 }
 
@@ -295,15 +409,36 @@ pub fn run_producer(common: &CommonArgs, plan: &ProducerPlan) -> anyhow::Result<
         state: Mutex::new((DeliveryState::default(), new_latency_histogram())),
         errors: ErrorProbe::default(),
     };
-    let producer: BenchProducer = common
-        .producer_config()
+    let config = match plan.transactional_commit {
+        Some(every) => common.transactional_producer_config(&plan.transactional_id(), every),
+        None => common.producer_config(),
+    };
+    let producer: BenchProducer = config
         .create_with_context(probe)
         .context("creating producer")?;
+    let mut txn = match plan.transactional_commit {
+        Some(every) => Some(Transactions::start(&producer, every)?),
+        None => None,
+    };
     let mut progress = Progress::new("produce", plan.origin);
-    let sent = send_loop(&producer, plan, &mut progress);
+    let mut sent = send_loop(&producer, plan, &mut progress, txn.as_mut());
+    if let Some(txn) = txn.as_mut().filter(|_| sent.send_error.is_none()) {
+        // The last transaction commits before the drain (its commit
+        // flushes the records still in flight).
+        let deadline = if sent.interrupted {
+            Instant::now() + DRAIN_AFTER_STOP
+        } else {
+            plan.hard_deadline()
+        };
+        if let Err(error) = txn.end(&producer, sent.count, deadline, false) {
+            eprintln!("the last transaction did not commit: {error}");
+            sent.send_error = Some(error);
+        }
+    }
     let send_window_ns = sent.stopped_at_ns.saturating_sub(duration_ns(plan.warmup));
     let unfinished = drain(&producer, plan, sent.count, &mut progress);
-    let outcome = collect(&producer, sent, unfinished, send_window_ns);
+    let mut outcome = collect(&producer, sent, unfinished, send_window_ns);
+    outcome.transactions = txn.map(Transactions::outcome);
     assert!(outcome.acked_total + outcome.failed + outcome.unfinished == outcome.sent);
     // Dropping the producer stops and joins its polling thread.
     Ok(outcome)
@@ -320,7 +455,125 @@ struct Sent {
     lag: Histogram<u64>,
 }
 
-fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progress) -> Sent {
+/// The open transaction of a transactional run and what the earlier ones
+/// did.
+struct Transactions {
+    every: Duration,
+    began_at: Instant,
+    /// Records sent before the open transaction began.
+    began_at_count: u64,
+    committed: u64,
+    aborted: u64,
+    records_aborted: u64,
+    first_error: Option<String>,
+    commit_latency: Histogram<u64>,
+}
+
+fn txn_error(error: &KafkaError) -> Option<&RDKafkaError> {
+    match error {
+        KafkaError::Transaction(t) => Some(t),
+        _ => None,
+    }
+}
+
+impl Transactions {
+    /// Registers the transactional id with its coordinator and begins the
+    /// first transaction.
+    fn start(producer: &BenchProducer, every: Duration) -> anyhow::Result<Transactions> {
+        producer
+            .init_transactions(INIT_TRANSACTIONS_TIMEOUT)
+            .context("init_transactions")?;
+        producer.begin_transaction().context("begin_transaction")?;
+        Ok(Transactions {
+            every,
+            began_at: Instant::now(),
+            began_at_count: 0,
+            committed: 0,
+            aborted: 0,
+            records_aborted: 0,
+            first_error: None,
+            commit_latency: new_latency_histogram(),
+        })
+    }
+
+    fn due(&self) -> bool {
+        self.began_at.elapsed() >= self.every
+    }
+
+    fn note(&mut self, error: &KafkaError) {
+        if self.first_error.is_none() {
+            self.first_error = Some(error.to_string());
+        }
+    }
+
+    /// Commits the open transaction (`sent` records were sent so far),
+    /// retrying a retriable failure until `deadline` and aborting an
+    /// abortable one, then begins the next one when `next`. An error means
+    /// the producer cannot go on (fatal, fenced, or out of time).
+    fn end(
+        &mut self,
+        producer: &BenchProducer,
+        sent: u64,
+        deadline: Instant,
+        next: bool,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        loop {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let Err(error) = producer.commit_transaction(left) else {
+                self.committed += 1;
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                record_latency_us(&mut self.commit_latency, us);
+                break;
+            };
+            self.note(&error);
+            let (retriable, abortable) = txn_error(&error).map_or((false, false), |t| {
+                (t.is_retriable(), t.txn_requires_abort())
+            });
+            if retriable && Instant::now() < deadline {
+                std::thread::sleep(COMMIT_RETRY_PAUSE);
+                continue;
+            }
+            if !abortable {
+                return Err(format!("commit_transaction: {error}"));
+            }
+            eprintln!("aborting a transaction: {error}");
+            producer
+                .abort_transaction(left)
+                .map_err(|e| format!("abort_transaction after {error}: {e}"))?;
+            self.aborted += 1;
+            self.records_aborted += sent - self.began_at_count;
+            break;
+        }
+        if next {
+            producer
+                .begin_transaction()
+                .map_err(|e| format!("begin_transaction: {e}"))?;
+        }
+        self.began_at = Instant::now();
+        self.began_at_count = sent;
+        Ok(())
+    }
+
+    fn outcome(self) -> TxnOutcome {
+        TxnOutcome {
+            committed: self.committed,
+            aborted: self.aborted,
+            records_aborted: self.records_aborted,
+            first_error: self.first_error,
+            commit_latency: self.commit_latency,
+        }
+    }
+}
+
+fn send_loop(
+    producer: &BenchProducer,
+    plan: &ProducerPlan,
+    progress: &mut Progress,
+    mut txn: Option<&mut Transactions>,
+) -> Sent {
     set_timer_slack_ns(PACER_TIMER_SLACK_NS);
     let mut payload = filler(plan.record_bytes, u64::from(plan.run_id));
     let mut sent = Sent {
@@ -337,6 +590,13 @@ fn send_loop(producer: &BenchProducer, plan: &ProducerPlan, progress: &mut Progr
         if stop_requested() {
             sent.interrupted = true;
             break;
+        }
+        if let Some(txn) = txn.as_deref_mut().filter(|t| t.due()) {
+            if let Err(error) = txn.end(producer, sent.count, deadline, true) {
+                eprintln!("sending stopped: {error}");
+                sent.send_error = Some(error);
+                break;
+            }
         }
         let now_ns = elapsed_ns(plan.origin);
         let completed = producer.context().completed.load(Ordering::Acquire);
@@ -515,6 +775,7 @@ fn collect(
         send_lag: sent.lag,
         seconds: window_ns as f64 / 1e9,
         interrupted: sent.interrupted,
+        transactions: None,
     }
 }
 
@@ -580,6 +841,26 @@ mod tests {
         let end_ns = p.send_end_ns();
         assert!(matches!(next_send(&p, 7, 123, end_ns), NextSend::Now(123)));
         assert!(matches!(next_send(&p, 7, end_ns, end_ns), NextSend::Done));
+    }
+
+    #[test]
+    fn transactional_commit_is_validated() {
+        assert!(parse_commit_ms("0").is_err());
+        assert!(parse_commit_ms("1.5").is_err());
+        assert!(parse_commit_ms("300001").is_err());
+        assert_eq!(parse_commit_ms("100").expect("valid"), 100);
+        let cli = Cli::parse_from(["t", "--transactional-commit-ms", "250"]);
+        let every = transactional_commit(&cli.args.common, cli.args.transactional_commit_ms)
+            .expect("acks all is the default");
+        assert_eq!(every, Some(Duration::from_millis(250)));
+        let cli = Cli::parse_from(["t", "--transactional-commit-ms", "250", "--acks", "1"]);
+        assert!(transactional_commit(&cli.args.common, cli.args.transactional_commit_ms).is_err());
+        let cli = Cli::parse_from(["t"]);
+        assert_eq!(
+            transactional_commit(&cli.args.common, cli.args.transactional_commit_ms)
+                .expect("no option"),
+            None
+        );
     }
 
     #[test]

@@ -301,3 +301,101 @@ fn interrupt_stops_cleanly_and_reports_what_was_measured() {
         "{json}"
     );
 }
+
+#[test]
+fn transactional_produce_and_e2e_commit_at_the_interval() {
+    let broker = Broker::start();
+    let run = run_bench(&[
+        "produce",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "txn",
+        "--partitions",
+        "2",
+        "--rate",
+        "400",
+        "--seconds",
+        "2",
+        "--warmup-seconds",
+        "0",
+        "--record-bytes",
+        "100",
+        "--transactional-commit-ms",
+        "200",
+        "--json",
+    ]);
+    let json = run.json();
+    assert_common_fields(&json);
+    assert_percentiles_monotone(&json);
+    assert_eq!(json["messages"], 800, "{json}");
+    assert_eq!(json["records_failed"], 0, "{json}");
+    assert_eq!(json["transactional_commit_ms"], 200, "{json}");
+    assert_eq!(json["transactions_aborted"], 0, "{json}");
+    assert_eq!(json["records_aborted"], 0, "{json}");
+    let commits = json["transactions_committed"]
+        .as_u64()
+        .expect("transactions_committed");
+    // One every 200 ms at most (a commit blocks the sender), plus the last.
+    assert!((1..=12).contains(&commits), "{json}");
+    assert_eq!(json["commit_latency_us"]["count"], commits, "{json}");
+    assert!(
+        run.stdout.contains("transactional, commit every 200 ms"),
+        "{}",
+        run.stdout
+    );
+    // The log holds the records and one marker per transaction and
+    // partition it wrote to.
+    let in_log = records_in_topic(&broker.bootstrap, "txn");
+    assert!(
+        in_log > 800 && in_log <= 800 + 2 * commits,
+        "{in_log} offsets in the log for {commits} transactions: {json}"
+    );
+
+    let run = run_bench(&[
+        "e2e",
+        "--bootstrap",
+        &broker.bootstrap,
+        "--topic",
+        "txn-e2e",
+        "--partitions",
+        "2",
+        "--rate",
+        "400",
+        "--seconds",
+        "2",
+        "--warmup-seconds",
+        "0",
+        "--record-bytes",
+        "64",
+        "--transactional-commit-ms",
+        "200",
+        "--json",
+    ]);
+    let json = run.json();
+    assert_common_fields(&json);
+    assert_percentiles_monotone(&json);
+    assert_eq!(json["messages"], 800, "{json}");
+    assert_eq!(json["messages_missing"], 0, "{json}");
+    assert_eq!(json["consumer_isolation_level"], "read_committed", "{json}");
+    assert_eq!(json["transactions_aborted"], 0, "{json}");
+    assert!(json["transactions_committed"].as_u64() >= Some(1), "{json}");
+}
+
+#[test]
+fn transactional_commit_needs_acks_all() {
+    let output = common::bench_command(&[
+        "produce",
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--acks",
+        "1",
+        "--transactional-commit-ms",
+        "100",
+    ])
+    .output()
+    .expect("running sluice-bench");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("needs --acks all"), "{stderr}");
+}

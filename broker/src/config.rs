@@ -207,6 +207,24 @@ pub struct StartArgs {
     )]
     pub producer_id_expiration_ms: u64,
 
+    /// The longest transaction timeout a transactional producer may ask for (transaction.max.timeout.ms).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTION_MAX_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = "900000"
+    )]
+    pub transaction_max_timeout_ms: u64,
+
+    /// Idle time after which a transactional id and its producer id are forgotten (transactional.id.expiration.ms).
+    #[arg(
+        long,
+        env = "SLUICE_TRANSACTIONAL_ID_EXPIRATION_MS",
+        value_name = "MS",
+        default_value = "604800000"
+    )]
+    pub transactional_id_expiration_ms: u64,
+
     /// Open Kafka connections one shard accepts; a connection over it is closed at accept (with a warning at most every 10 s per shard).
     #[arg(
         long,
@@ -352,6 +370,8 @@ struct FileConfig {
     log_level: Option<String>,
     request_max_bytes: Option<ByteSize>,
     producer_id_expiration_ms: Option<u64>,
+    transaction_max_timeout_ms: Option<u64>,
+    transactional_id_expiration_ms: Option<u64>,
     partitions_per_shard_max: Option<u32>,
     wal_commit_bytes_max: Option<ByteSize>,
     connections_per_shard_max: Option<u32>,
@@ -441,6 +461,8 @@ pub struct Settings {
     pub log_level: String,
     pub request_max_bytes: u32,
     pub producer_id_expiration_ms: i64,
+    pub transaction_max_timeout_ms: i64,
+    pub transactional_id_expiration_ms: i64,
     pub partitions_per_shard_max: Option<u32>,
     pub wal_commit_bytes_max: u64,
     pub connections_per_shard_max: u32,
@@ -538,6 +560,8 @@ impl StartArgs {
         fill!(log_level);
         fill!(request_max_bytes);
         fill!(producer_id_expiration_ms);
+        fill!(transaction_max_timeout_ms);
+        fill!(transactional_id_expiration_ms);
         fill!(opt partitions_per_shard_max);
         fill!(wal_commit_bytes_max);
         fill!(connections_per_shard_max);
@@ -643,6 +667,21 @@ impl Settings {
                 args.producer_id_expiration_ms
             ),
         };
+        let transaction_max_timeout_ms = match i64::try_from(args.transaction_max_timeout_ms) {
+            Ok(ms) if (1..=i64::from(i32::MAX)).contains(&ms) => ms,
+            _ => bail!(
+                "--transaction-max-timeout-ms (SLUICE_TRANSACTION_MAX_TIMEOUT_MS, transaction_max_timeout_ms): {} is not in 1..={}",
+                args.transaction_max_timeout_ms,
+                i32::MAX
+            ),
+        };
+        let transactional_id_expiration_ms = match i64::try_from(args.transactional_id_expiration_ms) {
+            Ok(ms) if ms >= 1 => ms,
+            _ => bail!(
+                "--transactional-id-expiration-ms (SLUICE_TRANSACTIONAL_ID_EXPIRATION_MS, transactional_id_expiration_ms): {} is not in 1..=i64::MAX",
+                args.transactional_id_expiration_ms
+            ),
+        };
         let cluster = resolve_cluster(&args)?;
         let replication = resolve_replication(&args, cluster.as_ref())?;
         if args.listen == args.admin_listen {
@@ -667,6 +706,8 @@ impl Settings {
             log_level: args.log_level,
             request_max_bytes,
             producer_id_expiration_ms,
+            transaction_max_timeout_ms,
+            transactional_id_expiration_ms,
             partitions_per_shard_max: args.partitions_per_shard_max,
             wal_commit_bytes_max,
             connections_per_shard_max: args.connections_per_shard_max,
@@ -779,6 +820,18 @@ impl Settings {
                 Some(self.producer_id_expiration_ms.to_string()),
                 "producer_id_expiration_ms",
                 Int,
+            ),
+            (
+                "transaction.max.timeout.ms",
+                Some(self.transaction_max_timeout_ms.to_string()),
+                "transaction_max_timeout_ms",
+                Int,
+            ),
+            (
+                "transactional.id.expiration.ms",
+                Some(self.transactional_id_expiration_ms.to_string()),
+                "transactional_id_expiration_ms",
+                Long,
             ),
             (
                 "replica.fetch.response.max.bytes",

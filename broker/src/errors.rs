@@ -5,7 +5,7 @@
 use kafka_protocol::ResponseError;
 use sluice_raft::MetaError;
 
-use crate::plane::{GroupError, ShardError};
+use crate::plane::{GroupError, ShardError, TxnError};
 
 /// Kafka error code of a data-plane error.
 pub fn shard_error_code(e: &ShardError) -> i16 {
@@ -32,6 +32,10 @@ pub fn shard_error_code(e: &ShardError) -> i16 {
         ShardError::NotEnoughReplicasAfterAppend => ResponseError::NotEnoughReplicasAfterAppend,
         ShardError::FencedLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
         ShardError::UnknownLeaderEpoch { .. } => ResponseError::UnknownLeaderEpoch,
+        ShardError::InvalidTxnState(_) => ResponseError::InvalidTxnState,
+        ShardError::TransactionalIdAuthorizationFailed => {
+            ResponseError::TransactionalIdAuthorizationFailed
+        }
     };
     code.code()
 }
@@ -103,6 +107,31 @@ pub fn group_error_code(e: Option<&GroupError>) -> i16 {
     code.code()
 }
 
+/// Kafka error code of a transaction coordinator outcome. `fenced_code`:
+/// PRODUCER_FENCED from the request versions that know it (KIP-588),
+/// INVALID_PRODUCER_EPOCH before.
+pub fn txn_error_code(e: &TxnError, producer_fenced_known: bool) -> i16 {
+    let code = match e {
+        TxnError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+        TxnError::CoordinatorLoadInProgress => ResponseError::CoordinatorLoadInProgress,
+        TxnError::NotCoordinator => ResponseError::NotCoordinator,
+        TxnError::ConcurrentTransactions => ResponseError::ConcurrentTransactions,
+        TxnError::ProducerFenced if producer_fenced_known => ResponseError::ProducerFenced,
+        TxnError::ProducerFenced => ResponseError::InvalidProducerEpoch,
+        TxnError::InvalidProducerIdMapping => ResponseError::InvalidProducerIdMapping,
+        TxnError::InvalidTxnState => ResponseError::InvalidTxnState,
+        TxnError::InvalidTransactionTimeout => ResponseError::InvalidTransactionTimeout,
+        TxnError::TransactionalIdNotFound => ResponseError::TransactionalIdNotFound,
+        // The coordinator shard is busy, full, slow or stopping: the
+        // client looks the coordinator up again and retries.
+        TxnError::Shard(ShardError::Timeout | ShardError::ShuttingDown | ShardError::Busy) => {
+            ResponseError::CoordinatorNotAvailable
+        }
+        TxnError::Shard(other) => return shard_error_code(other),
+    };
+    code.code()
+}
+
 /// Kafka error codes the front end decides by itself (request validation).
 pub mod codes {
     use kafka_protocol::ResponseError;
@@ -156,9 +185,6 @@ pub mod codes {
     pub fn log_dir_not_found() -> i16 {
         ResponseError::LogDirNotFound.code()
     }
-    pub fn transactional_id_authorization_failed() -> i16 {
-        ResponseError::TransactionalIdAuthorizationFailed.code()
-    }
 }
 
 #[cfg(test)]
@@ -190,6 +216,14 @@ mod tests {
             got: epochs.1,
         };
         assert_eq!(shard_error_code(&unknown), 75);
+        assert_eq!(
+            shard_error_code(&ShardError::InvalidTxnState(String::new())),
+            48
+        );
+        assert_eq!(
+            shard_error_code(&ShardError::TransactionalIdAuthorizationFailed),
+            53
+        );
         assert_eq!(
             meta_error_code(&MetaError::InvalidReplicationFactor {
                 requested: 3,

@@ -38,6 +38,8 @@ mod frame_check;
 #[cfg(test)]
 mod fuzz;
 mod handlers;
+mod kafka_client;
+mod markers;
 mod metrics;
 mod plane;
 mod probe;

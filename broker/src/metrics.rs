@@ -832,6 +832,41 @@ impl Snapshot {
         for (name, help, value) in compaction {
             counters(enc, s, name, help, value)?;
         }
+        let txn: [(&str, &str, fn(&ShardProbe) -> u64); 6] = [
+            (
+                "txn_commits",
+                "Transactions committed by the shard's coordinator (markers written).",
+                |p| p.stats.counters.txn_commits,
+            ),
+            (
+                "txn_aborts",
+                "Transactions aborted by the shard's coordinator (markers written).",
+                |p| p.stats.counters.txn_aborts,
+            ),
+            (
+                "txn_timeouts",
+                "Transactions aborted because transaction.timeout.ms passed.",
+                |p| p.stats.counters.txn_timeouts,
+            ),
+            (
+                "txn_fenced",
+                "Ongoing transactions aborted because a new producer instance fenced the old one.",
+                |p| p.stats.counters.txn_fenced,
+            ),
+            (
+                "txn_markers",
+                "Transaction markers written by the shard's coordinator (one per partition).",
+                |p| p.stats.counters.txn_markers,
+            ),
+            (
+                "txn_ids_expired",
+                "Transactional ids forgotten after transactional.id.expiration.ms.",
+                |p| p.stats.counters.txn_ids_expired,
+            ),
+        ];
+        for (name, help, value) in txn {
+            counters(enc, s, name, help, value)?;
+        }
         Ok(())
     }
 

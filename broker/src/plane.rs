@@ -12,9 +12,13 @@ pub use sluice_shard::group::{
 };
 pub use sluice_shard::{
     new_mesh, DeleteRecordsPartition, FetchPartition, FetchPartitionResult, FetchRequest,
-    ListOffsetsPartition, PoolStats, ProducePartition, ProduceTicket, RequestBuffer,
+    ListOffsetsPartition, Origin, PoolStats, ProducePartition, ProduceTicket, RequestBuffer,
     ResponseMemory, Shard, ShardConfig, ShardError, ShardMesh, ShardStats, WarnLimiter,
 };
+
+pub use sluice_shard::group::TxnCommitRequest;
+pub use sluice_shard::txn::{RemoteMarkers, TxnError, TxnRequest, TxnResponse, TXN_TOPIC};
+pub use sluice_shard::TxnMarker;
 
 use crate::config::Settings;
 
@@ -42,6 +46,8 @@ pub fn shard_config(settings: &Settings, shard_id: u32) -> ShardConfig {
     let mut cfg = ShardConfig::new(shard_id, settings.shards, settings.data_dir.clone());
     cfg.memory_bytes_max = memory_bytes_max;
     cfg.producer_id_expiration_ms = settings.producer_id_expiration_ms;
+    cfg.transaction_max_timeout_ms = settings.transaction_max_timeout_ms;
+    cfg.transactional_id_expiration_ms = settings.transactional_id_expiration_ms;
     cfg.io_memory_bytes = io_memory_bytes(settings);
     cfg.wal.commit_bytes_max = settings.wal_commit_bytes_max;
     cfg.wal.segment_bytes = settings.wal_segment_bytes;

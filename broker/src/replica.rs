@@ -37,39 +37,36 @@
 //! no longer followed loses its session and its connection (at the end of
 //! its current long poll at the latest).
 //!
-//! Memory: a response frame is read into one buffer charged to the
-//! shard's `request_buffers` pool (waiting for room like a client's
-//! frame) until its batches are appended. Its size prefix is checked
-//! against `Tuning::response_bytes_max` before anything is read.
+//! Requests go through `kafka_client::Conn`. Memory: a response frame is
+//! read into one buffer charged to the shard's `request_buffers` pool
+//! (at once, past its limit if need be: see `kafka_client`) until its
+//! batches are appended. Its size prefix is checked against
+//! `Tuning::response_bytes_max` before anything is read.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::{select, Either};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
 use futures::stream::{FuturesUnordered, StreamExt};
-use glommio::net::TcpStream;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::{
     ApiKey, BrokerId, FetchRequest, FetchResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, RequestHeader, ResponseHeader,
+    OffsetForLeaderEpochResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use kafka_protocol::ResponseError;
 use sluice_raft::{TopicMeta, NO_LEADER};
 use tokio::sync::watch;
 
 use crate::config::Settings;
-use crate::handlers::{topic_name, with_deadline, Ctx};
-use crate::plane::{self, Followed, RequestBuffer, WarnLimiter};
+use crate::handlers::{topic_name, Ctx};
+use crate::kafka_client::{Conn, Failure, Profile};
+use crate::plane::{self, Followed, WarnLimiter};
 
 /// Fetch version of the replica fetcher (topics by name, last fetched
 /// epoch, flexible).
@@ -138,26 +135,6 @@ pub struct ReplicaFetcher {
     unreachable: WarnLimiter,
 }
 
-/// Why a round with a leader ended early.
-#[derive(Debug)]
-enum Failure {
-    Io(std::io::Error),
-    TimedOut,
-    /// The leader answered something we cannot use (bad frame, error code
-    /// for the whole request).
-    Protocol(String),
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Io(e) => write!(f, "{e}"),
-            Failure::TimedOut => write!(f, "timed out"),
-            Failure::Protocol(m) => write!(f, "{m}"),
-        }
-    }
-}
-
 /// A partition by (topic name, index).
 type Key = (Arc<str>, i32);
 
@@ -182,11 +159,6 @@ struct Session {
     high_watermarks: HashMap<Key, i64>,
     /// The leader log start last handed to each partition.
     log_starts: HashMap<Key, i64>,
-}
-
-struct Conn {
-    stream: TcpStream,
-    correlation_id: i32,
 }
 
 impl ReplicaFetcher {
@@ -366,21 +338,12 @@ impl ReplicaFetcher {
     }
 
     async fn connect(&self, leader: u64) -> Result<Conn, Failure> {
-        let view = self.ctx.view();
-        let broker = view
-            .brokers
-            .get(&leader)
-            .ok_or_else(|| Failure::Protocol(format!("leader {leader} is not registered")))?;
-        let addr = resolve(&broker.host, broker.port).map_err(Failure::Io)?;
-        let stream = TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| Failure::Io(e.into()))?;
-        let _ = stream.set_nodelay(true);
-        tracing::debug!(leader, %addr, "replica fetcher connected");
-        Ok(Conn {
-            stream,
-            correlation_id: 0,
-        })
+        let profile = Profile {
+            client_id: CLIENT_ID,
+            connect_timeout: CONNECT_TIMEOUT,
+            response_bytes_max: self.tuning.response_bytes_max,
+        };
+        Conn::open(&self.ctx, leader, profile).await
     }
 
     /// OffsetForLeaderEpoch for `parts`, then truncation of each answered
@@ -401,9 +364,9 @@ impl ReplicaFetcher {
         }
         let req = epoch_request(&asked, self.tuning.node_id);
         let conn = s.conn.as_mut().ok_or(Failure::TimedOut)?;
-        let (resp, _held): (OffsetForLeaderEpochResponse, _) = self
+        let (resp, _held): (OffsetForLeaderEpochResponse, _) = conn
             .call(
-                conn,
+                &self.ctx.shard,
                 ApiKey::OffsetForLeaderEpoch,
                 EPOCH_VERSION,
                 &req,
@@ -470,8 +433,8 @@ impl ReplicaFetcher {
         let req = fetch_request(&parts, &self.tuning);
         let wait = Duration::from_millis(u64::try_from(self.tuning.fetch_wait_max_ms).unwrap_or(0));
         let conn = s.conn.as_mut().ok_or(Failure::TimedOut)?;
-        let (resp, held): (FetchResponse, _) = self
-            .call(conn, ApiKey::Fetch, FETCH_VERSION, &req, wait + IO_SLACK)
+        let (resp, held): (FetchResponse, _) = conn
+            .call(shard, ApiKey::Fetch, FETCH_VERSION, &req, wait + IO_SLACK)
             .await?;
         if resp.error_code != 0 {
             return Err(Failure::Protocol(format!(
@@ -590,109 +553,6 @@ impl ReplicaFetcher {
             tracing::debug!(topic = %key.0, partition = key.1, code, "replica fetch error; retrying");
         }
     }
-
-    /// Sends one request and reads its response within `limit`.
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &self,
-        conn: &mut Conn,
-        key: ApiKey,
-        version: i16,
-        req: &Req,
-        limit: Duration,
-    ) -> Result<(Resp, Option<RequestBuffer>), Failure> {
-        conn.correlation_id = conn.correlation_id.wrapping_add(1);
-        let correlation_id = conn.correlation_id;
-        let frame = encode_request(key, version, correlation_id, req)?;
-        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-        let exchange = async {
-            conn.stream.write_all(&frame).await.map_err(Failure::Io)?;
-            conn.stream.flush().await.map_err(Failure::Io)?;
-            self.read_response(&mut conn.stream).await
-        };
-        let (mut body, held) = with_deadline(ms, exchange)
-            .await
-            .ok_or(Failure::TimedOut)??;
-        let header = ResponseHeader::decode(&mut body, key.response_header_version(version))
-            .map_err(|e| Failure::Protocol(format!("{key:?} response header: {e:#}")))?;
-        if header.correlation_id != correlation_id {
-            return Err(Failure::Protocol(format!(
-                "correlation id {} for request {correlation_id}",
-                header.correlation_id
-            )));
-        }
-        let resp = Resp::decode(&mut body, version)
-            .map_err(|e| Failure::Protocol(format!("{key:?} v{version} response: {e:#}")))?;
-        Ok((resp, held))
-    }
-
-    /// Reads one response frame: its size prefix, checked against
-    /// `response_bytes_max`, then its body into a buffer charged to the
-    /// shard's `request_buffers` pool.
-    async fn read_response(
-        &self,
-        stream: &mut TcpStream,
-    ) -> Result<(Bytes, Option<RequestBuffer>), Failure> {
-        let mut prefix = [0u8; 4];
-        stream.read_exact(&mut prefix).await.map_err(Failure::Io)?;
-        let size = i32::from_be_bytes(prefix);
-        let size = match u32::try_from(size) {
-            Ok(n) if n >= 4 && n <= self.tuning.response_bytes_max => n,
-            _ => {
-                return Err(Failure::Protocol(format!(
-                    "response size {size} is not in 4..={}",
-                    self.tuning.response_bytes_max
-                )))
-            }
-        };
-        let bytes = u64::from(size);
-        // Charged at once, past the pool's limit if need be: the pool may
-        // be full of client produce frames that wait (acks=all) for this
-        // very replication, here or on the leader, so waiting for it could
-        // stall every node until the memory wait runs out. The bytes are
-        // bounded all the same: one response per leader session, each at
-        // most `response_bytes_max`.
-        let held = self.ctx.shard.reserve_request_forced(bytes);
-        let mut body = vec![0u8; size as usize];
-        stream.read_exact(&mut body).await.map_err(Failure::Io)?;
-        Ok((Bytes::from(body), Some(held)))
-    }
-}
-
-/// The leader's address: an IP literal as is, a host name through the
-/// system resolver (blocking, once per connection attempt).
-fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    (bare, port).to_socket_addrs()?.next().ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host}: no address"))
-    })
-}
-
-/// Size prefix + request header (with the client id) + body.
-fn encode_request<T: Encodable>(
-    key: ApiKey,
-    version: i16,
-    correlation_id: i32,
-    body: &T,
-) -> Result<Bytes, Failure> {
-    let mut header = RequestHeader::default();
-    header.request_api_key = key as i16;
-    header.request_api_version = version;
-    header.correlation_id = correlation_id;
-    header.client_id = Some(StrBytes::from_static_str(CLIENT_ID));
-    let mut buf = BytesMut::with_capacity(256);
-    buf.put_i32(0);
-    header
-        .encode(&mut buf, key.request_header_version(version))
-        .and_then(|_| body.encode(&mut buf, version))
-        .map_err(|e| Failure::Protocol(format!("encoding {key:?} v{version}: {e:#}")))?;
-    let size =
-        i32::try_from(buf.len() - 4).map_err(|_| Failure::Protocol("request over 2 GiB".into()))?;
-    buf[..4].copy_from_slice(&size.to_be_bytes());
-    let _ = buf.remaining();
-    Ok(buf.freeze())
 }
 
 /// Followed partitions grouped by topic, in a stable order.
@@ -769,6 +629,9 @@ fn epoch_request(parts: &[Followed], node_id: u64) -> OffsetForLeaderEpochReques
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kafka_client::encode_request;
+    use kafka_protocol::messages::RequestHeader;
+    use kafka_protocol::protocol::Decodable;
 
     fn followed(name: &str, partition: i32, log_end: i64) -> Followed {
         Followed {
@@ -815,7 +678,8 @@ mod tests {
         assert_eq!(b.partitions[0].current_leader_epoch, 3);
         assert_eq!(b.partitions[0].last_fetched_epoch, 2);
         assert_eq!(b.partitions[0].partition_max_bytes, 1 << 20);
-        let frame = encode_request(ApiKey::Fetch, FETCH_VERSION, 5, &req).expect("encodes");
+        let frame =
+            encode_request(ApiKey::Fetch, FETCH_VERSION, 5, CLIENT_ID, &req).expect("encodes");
         let mut body = frame.slice(4..);
         let header = RequestHeader::decode(&mut body, ApiKey::Fetch.request_header_version(12))
             .expect("header");
@@ -832,19 +696,13 @@ mod tests {
             (p.partition, p.leader_epoch, p.current_leader_epoch),
             (4, 2, 3)
         );
-        encode_request(ApiKey::OffsetForLeaderEpoch, EPOCH_VERSION, 1, &req).expect("encodes");
-    }
-
-    #[test]
-    fn addresses_resolve() {
-        assert_eq!(
-            resolve("127.0.0.1", 9092).unwrap(),
-            "127.0.0.1:9092".parse::<SocketAddr>().unwrap()
-        );
-        assert_eq!(
-            resolve("[::1]", 9092).unwrap(),
-            "[::1]:9092".parse::<SocketAddr>().unwrap()
-        );
-        assert!(resolve("localhost", 9092).is_ok());
+        encode_request(
+            ApiKey::OffsetForLeaderEpoch,
+            EPOCH_VERSION,
+            1,
+            CLIENT_ID,
+            &req,
+        )
+        .expect("encodes");
     }
 }

@@ -25,6 +25,7 @@ use crate::admin::AdminState;
 use crate::config::{cores, Settings};
 use crate::connection::{self, ConnLimits};
 use crate::handlers::{Ctx, NodeInfo};
+use crate::markers::MarkerSender;
 use crate::plane::{self, Shard, ShardMesh, WarnLimiter};
 use crate::probe::{self, ProbeServer};
 use crate::replica::{self, ReplicaFetcher};
@@ -164,7 +165,8 @@ fn serve(
     // FindCoordinator, see `handlers::find_coordinator`): created now, it
     // would get a replication factor of the brokers up at this moment.
     if settings.cluster.is_none() {
-        ensure_offsets_topic(meta, settings.shards)?;
+        ensure_coordinator_topic(meta, plane::OFFSETS_TOPIC, settings.shards)?;
+        ensure_coordinator_topic(meta, plane::TXN_TOPIC, settings.shards)?;
     }
     let stop = stop_tx.subscribe();
     let node = Arc::new(node_info(settings));
@@ -233,16 +235,15 @@ pub fn node_info(settings: &Settings) -> NodeInfo {
     }
 }
 
-/// Creates `__consumer_offsets` (whose partitions place consumer groups on
-/// shards) on first start of a single node; later starts keep its
-/// partition count.
-fn ensure_offsets_topic(meta: &Metadata, shards: u32) -> anyhow::Result<()> {
-    use crate::plane::OFFSETS_TOPIC;
-    if meta.view().topics.contains_key(OFFSETS_TOPIC) {
+/// Creates `__consumer_offsets` or `__transaction_state` (whose
+/// partitions place consumer groups and transactional ids on shards) on
+/// first start of a single node; later starts keep its partition count.
+fn ensure_coordinator_topic(meta: &Metadata, name: &str, shards: u32) -> anyhow::Result<()> {
+    if meta.view().topics.contains_key(name) {
         return Ok(());
     }
     let spec = sluice_raft::TopicSpec {
-        name: OFFSETS_TOPIC.to_string(),
+        name: name.to_string(),
         partitions: plane::offsets_topic_partitions(shards),
         configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
         replication_factor: 1,
@@ -250,7 +251,7 @@ fn ensure_offsets_topic(meta: &Metadata, shards: u32) -> anyhow::Result<()> {
     };
     match futures::executor::block_on(meta.create_topic(spec)) {
         Ok(_) | Err(sluice_raft::MetaError::TopicExists(_)) => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("creating {OFFSETS_TOPIC}: {e}")),
+        Err(e) => Err(anyhow::anyhow!("creating {name}: {e}")),
     }
 }
 
@@ -395,6 +396,7 @@ async fn shard_main(args: ShardArgs) {
     if settings.cluster.is_some() {
         let fetcher = ReplicaFetcher::new(Rc::clone(&ctx), replica::Tuning::from(&settings));
         glommio::spawn_local(fetcher.run(stop.clone())).detach();
+        shard.set_remote_markers(Rc::new(MarkerSender::new(Rc::downgrade(&ctx))));
     }
     let limits = Rc::new(ConnLimits {
         request_max_bytes: settings.request_max_bytes,

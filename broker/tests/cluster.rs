@@ -3,8 +3,10 @@
 //! formation, replicated topics, failover under an idempotent acks=all load
 //! with SIGKILLs of leaders, followers and the controller, a leader cut off
 //! from the others, topic changes while a node is down, a consumer group
-//! through the loss of its coordinator, 1000 topics x 3 partitions, and a
-//! clean stop of every node on SIGTERM.
+//! through the loss of its coordinator, transactions over partitions led
+//! by every node (markers written to other nodes' partitions, read back
+//! with read_committed), 1000 topics x 3 partitions, and a clean stop of
+//! every node on SIGTERM.
 //!
 //! The tests run one at a time (`SERIAL`): each starts three brokers, and
 //! their timings mean little when two clusters share the cores.
@@ -29,8 +31,8 @@ use common::{encode_batch, produce_all, Consumed};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, FindCoordinatorRequest,
+    FindCoordinatorResponse, ProduceRequest, ProduceResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Record, TimestampType};
@@ -39,7 +41,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{DeliveryResult, Message};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, FutureProducer, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -858,6 +860,218 @@ fn consumer_group_keeps_its_committed_offsets_through_the_loss_of_its_coordinato
             );
         }
     }
+}
+
+// ---------------------------------------------------------------- transactions
+
+/// Partitions of the transactional topic: each node leads two.
+const TXN_PARTITIONS: i32 = 6;
+/// Records per partition and transaction.
+const TXN_PER_PARTITION: usize = 3;
+
+/// The node that coordinates transactional id `id` (FindCoordinator v3,
+/// transaction key), as a reachable node answers it.
+fn txn_coordinator(c: &Cluster, id: &str) -> Result<u64, String> {
+    let mut req = FindCoordinatorRequest::default();
+    req.key = StrBytes::from_string(id.to_string());
+    req.key_type = 1;
+    let mut last = "no reachable node".to_string();
+    for node in c.reachable() {
+        let resp: Result<FindCoordinatorResponse, _> = raw_call(
+            c.node(node).kafka_port,
+            ApiKey::FindCoordinator,
+            3,
+            &req,
+            Duration::from_secs(10),
+        );
+        match resp {
+            Ok(r) if r.error_code == 0 && r.node_id.0 >= 1 => return Ok(r.node_id.0 as u64),
+            Ok(r) => last = format!("node {node}: error {} node {}", r.error_code, r.node_id.0),
+            Err(e) => last = format!("node {node}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// A consumer of `isolation.level` `isolation`, for `assign()`.
+fn isolated_consumer(c: &Cluster, isolation: &str) -> BaseConsumer {
+    let mut cfg = c.client_config();
+    cfg.set("group.id", "sluice-cluster-txn")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("isolation.level", isolation);
+    cfg.create().expect("consumer")
+}
+
+/// The end offset of every partition as a consumer of `isolation` sees it:
+/// the high watermark (markers included) for read_uncommitted, the last
+/// stable offset for read_committed.
+fn txn_ends(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i64>, String> {
+    (0..TXN_PARTITIONS)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map(|(_, high)| high)
+                .map_err(|e| format!("{topic}/{p}: {e}"))
+        })
+        .collect()
+}
+
+/// Reads every partition of `topic` from the beginning with `isolation`
+/// until each one's position reaches `ends` (a position moves past the
+/// markers too); the values by partition, in offset order.
+fn read_isolated(
+    c: &Cluster,
+    topic: &str,
+    ends: &[i64],
+    isolation: &str,
+) -> BTreeMap<i32, Vec<(i64, String)>> {
+    let consumer = isolated_consumer(c, isolation);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..TXN_PARTITIONS {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let deadline = Instant::now() + READ;
+    let mut out: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    loop {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.entry(m.partition()).or_default().push((
+                m.offset(),
+                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+            )),
+            Some(Err(e)) => eprintln!("{isolation} read of {topic}: {e} (continuing)"),
+            None => {}
+        }
+        let at: BTreeMap<i32, i64> = consumer
+            .position()
+            .expect("position")
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect();
+        let reached =
+            (0..TXN_PARTITIONS).all(|p| at.get(&p).is_some_and(|o| *o >= ends[p as usize]));
+        if reached {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{isolation} read of {topic} stopped at {at:?}, ends {ends:?}"
+        );
+    }
+}
+
+/// `init_transactions`, called again while it fails (the coordinator's
+/// partition of `__transaction_state` is created on first use).
+fn init_transactions(p: &FutureProducer) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        match p.init_transactions(Duration::from_secs(10)) {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "init_transactions: {e}");
+                eprintln!("init_transactions: {e} (calling it again)");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
+#[test]
+fn transactions_over_partitions_led_by_every_node_commit_and_abort_everywhere() {
+    let _serial = serial();
+    let mut opts = ClusterOptions::new(3, 2);
+    opts.links = false;
+    let c = Cluster::start_with(opts);
+    let topic = "txn-spread";
+    c.create_topic(topic, TXN_PARTITIONS, 3, &[])
+        .expect("create");
+    c.wait_all_in_sync(&[topic], SETTLE);
+    let leaders: BTreeSet<u64> = (0..TXN_PARTITIONS)
+        .map(|p| c.wait_leader(topic, p, None, SETTLE))
+        .collect();
+    assert_eq!(
+        leaders,
+        c.ids().into_iter().collect(),
+        "every node leads a partition of {topic}"
+    );
+
+    let id = "txn-spread-1";
+    let p = c.producer(&[("transactional.id", id)]);
+    init_transactions(&p);
+    let coordinator = txn_coordinator(&c, id).expect("transaction coordinator");
+    eprintln!("node {coordinator} coordinates {id}; partition leaders {leaders:?}");
+
+    // Commit, abort, commit: the aborted records sit between committed
+    // ones in every partition.
+    let mut committed: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    let mut all: BTreeMap<i32, Vec<(i64, String)>> = BTreeMap::new();
+    for (round, commit) in [(0, true), (1, false), (2, true)] {
+        p.begin_transaction()
+            .unwrap_or_else(|e| panic!("begin {round}: {e}"));
+        let records: Vec<_> = (0..TXN_PARTITIONS)
+            .flat_map(|part| {
+                (0..TXN_PER_PARTITION)
+                    .map(move |i| (part, format!("k{i}"), format!("r{round}-p{part}-{i}"), None))
+            })
+            .collect();
+        let acked = produce_all(&p, topic, &records);
+        let end = if commit {
+            p.commit_transaction(Duration::from_secs(60))
+        } else {
+            p.abort_transaction(Duration::from_secs(60))
+        };
+        end.unwrap_or_else(|e| panic!("end of round {round} (commit {commit}): {e}"));
+        for ((part, _, value, _), (at_part, offset)) in records.iter().zip(&acked) {
+            assert_eq!(part, at_part, "delivered to the partition asked for");
+            all.entry(*part).or_default().push((*offset, value.clone()));
+            if commit {
+                committed
+                    .entry(*part)
+                    .or_default()
+                    .push((*offset, value.clone()));
+            }
+        }
+    }
+    drop(p);
+
+    // The markers reach every partition, whichever node leads it: the
+    // last stable offset catches up with the high watermark everywhere.
+    let lso_reader = isolated_consumer(&c, "read_committed");
+    let hw_reader = isolated_consumer(&c, "read_uncommitted");
+    let deadline = Instant::now() + SETTLE;
+    let hw = loop {
+        let lso = txn_ends(&lso_reader, topic);
+        let hw = txn_ends(&hw_reader, topic);
+        if let (Ok(lso), Ok(hw)) = (&lso, &hw) {
+            if lso == hw {
+                break hw.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: LSO {lso:?} never reached HW {hw:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let per_partition = (3 * (TXN_PER_PARTITION + 1)) as i64;
+    assert_eq!(
+        hw,
+        vec![per_partition; TXN_PARTITIONS as usize],
+        "each transaction adds its records and one marker to every partition"
+    );
+    let read = read_isolated(&c, topic, &hw, "read_committed");
+    assert_eq!(
+        read, committed,
+        "read_committed: the committed records, in order, and nothing else"
+    );
+    let read = read_isolated(&c, topic, &hw, "read_uncommitted");
+    assert_eq!(read, all, "read_uncommitted: every record, in order");
 }
 
 // ---------------------------------------------------------------- many topics

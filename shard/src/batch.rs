@@ -396,6 +396,15 @@ impl<'a> Cursor<'a> {
         Ok(n)
     }
 
+    /// A nullable varint length, then that many bytes; `None` when it does
+    /// not parse (null reads as empty).
+    fn slice(&mut self, field: Field) -> Option<&'a [u8]> {
+        let n = self.length(field, true, 1).ok()?;
+        let s = &self.buf[self.at..self.at + n];
+        self.at += n;
+        Some(s)
+    }
+
     /// A varint length, then that many bytes skipped.
     #[inline]
     fn bytes(&mut self, field: Field, nullable: bool) -> Result<(), Malformed> {
@@ -519,6 +528,135 @@ pub fn producer_fields(batch: &[u8]) -> ProducerFields {
     }
 }
 
+/// Attribute bit of a transactional batch (KIP-98).
+pub const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
+/// Attribute bit of a control batch (transaction markers).
+pub const ATTRIBUTE_CONTROL: i16 = 0x20;
+/// The control record type of an abort marker (its key's second i16).
+const CONTROL_TYPE_ABORT: i16 = 0;
+/// The control record type of a commit marker.
+const CONTROL_TYPE_COMMIT: i16 = 1;
+/// Version of the control record key and of the end-transaction marker
+/// value (Kafka's `ControlRecordType` and `EndTransactionMarker`: 0).
+const CONTROL_VERSION: i16 = 0;
+/// Bytes of a control record key (version i16, type i16).
+const CONTROL_KEY_BYTES: usize = 4;
+/// Bytes of an end-transaction marker value (version i16, coordinator
+/// epoch i32).
+const END_TXN_VALUE_BYTES: usize = 6;
+
+/// The attributes of a batch of at least `BATCH_HEADER_BYTES`.
+pub fn attributes(batch: &[u8]) -> i16 {
+    read_i16(batch, ATTRIBUTES_AT)
+}
+
+/// Whether a batch (at least `BATCH_HEADER_BYTES`) is transactional.
+pub fn is_transactional(batch: &[u8]) -> bool {
+    attributes(batch) & ATTRIBUTE_TRANSACTIONAL != 0
+}
+
+/// Whether a batch (at least `BATCH_HEADER_BYTES`) is a control batch.
+pub fn is_control(batch: &[u8]) -> bool {
+    attributes(batch) & ATTRIBUTE_CONTROL != 0
+}
+
+/// What an end-transaction marker says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndTxn {
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+}
+
+/// The end-transaction marker a control batch carries: its one record's
+/// key is version 0 and type 0 (abort) or 1 (commit), its value version 0
+/// and the coordinator epoch. `None` for anything else (another control
+/// type, a compressed batch, a record that does not parse): Kafka ignores
+/// control records of types it does not know, and so do the callers.
+pub fn end_txn(batch: &[u8]) -> Option<EndTxn> {
+    if batch.len() < BATCH_HEADER_BYTES
+        || !is_control(batch)
+        || attributes(batch) & ATTRIBUTE_CODEC_MASK != 0
+        || read_i32(batch, RECORD_COUNT_AT) < 1
+    {
+        return None;
+    }
+    let mut c = Cursor::new(&batch[BATCH_HEADER_BYTES..]);
+    let length = c.length(Field::Length, false, 1).ok()?;
+    let mut r = Cursor::new(&c.buf[c.at..c.at + length]);
+    r.byte(Field::Attributes).ok()?;
+    r.skip_varlong(Field::TimestampDelta).ok()?;
+    r.varint(Field::OffsetDelta).ok()?;
+    let key = r.slice(Field::Key)?;
+    let value = r.slice(Field::Value)?;
+    if key.len() < CONTROL_KEY_BYTES || read_i16(key, 0) < CONTROL_VERSION {
+        return None;
+    }
+    let commit = match read_i16(key, 2) {
+        CONTROL_TYPE_ABORT => false,
+        CONTROL_TYPE_COMMIT => true,
+        _ => return None,
+    };
+    // Later value versions may add fields after the coordinator epoch.
+    if value.len() < END_TXN_VALUE_BYTES || read_i16(value, 0) < CONTROL_VERSION {
+        return None;
+    }
+    Some(EndTxn {
+        commit,
+        coordinator_epoch: read_i32(value, 2),
+    })
+}
+
+/// A control batch holding one end-transaction marker of producer
+/// `producer_id` at `producer_epoch` (Kafka's
+/// `MemoryRecords.withEndTransactionMarker`): transactional and control,
+/// uncompressed, base sequence -1 (markers take no part in sequence
+/// checks), stamped `timestamp_ms`, at base offset 0 (the produce path
+/// assigns the real one). CRC valid.
+pub fn control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    marker: EndTxn,
+    timestamp_ms: i64,
+) -> Vec<u8> {
+    let kind = if marker.commit {
+        CONTROL_TYPE_COMMIT
+    } else {
+        CONTROL_TYPE_ABORT
+    };
+    let mut body = Vec::with_capacity(32);
+    body.push(0); // attributes
+    body.push(0); // timestampDelta: varint 0
+    body.push(0); // offsetDelta: varint 0
+    body.push((CONTROL_KEY_BYTES as u8) << 1); // keyLength: zigzag varint
+    body.extend_from_slice(&CONTROL_VERSION.to_be_bytes());
+    body.extend_from_slice(&kind.to_be_bytes());
+    body.push((END_TXN_VALUE_BYTES as u8) << 1); // valueLength
+    body.extend_from_slice(&CONTROL_VERSION.to_be_bytes());
+    body.extend_from_slice(&marker.coordinator_epoch.to_be_bytes());
+    body.push(0); // headerCount
+    let mut b = Vec::with_capacity(BATCH_HEADER_BYTES + body.len() + 1);
+    b.extend_from_slice(&0i64.to_be_bytes()); // baseOffset
+    b.extend_from_slice(&0i32.to_be_bytes()); // batchLength, set below
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // partitionLeaderEpoch
+    b.push(2); // magic
+    b.extend_from_slice(&0u32.to_be_bytes()); // crc, set below
+    b.extend_from_slice(&(ATTRIBUTE_TRANSACTIONAL | ATTRIBUTE_CONTROL).to_be_bytes());
+    b.extend_from_slice(&0i32.to_be_bytes()); // lastOffsetDelta
+    b.extend_from_slice(&timestamp_ms.to_be_bytes()); // baseTimestamp
+    b.extend_from_slice(&timestamp_ms.to_be_bytes()); // maxTimestamp
+    b.extend_from_slice(&producer_id.to_be_bytes());
+    b.extend_from_slice(&producer_epoch.to_be_bytes());
+    b.extend_from_slice(&(-1i32).to_be_bytes()); // baseSequence
+    b.extend_from_slice(&1i32.to_be_bytes()); // recordCount
+    b.push((body.len() as u8) << 1); // length: under 64, a one-byte varint
+    b.extend_from_slice(&body);
+    let length = (b.len() - LOG_OVERHEAD_BYTES) as i32;
+    b[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_AT..]);
+    b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
 /// The `partitionLeaderEpoch` of a batch of at least `BATCH_HEADER_BYTES`.
 pub fn leader_epoch(batch: &[u8]) -> i32 {
     read_i32(batch, LEADER_EPOCH_AT)
@@ -594,6 +732,15 @@ pub(crate) mod testing {
         b[43..51].copy_from_slice(&producer_id.to_be_bytes());
         b[51..53].copy_from_slice(&epoch.to_be_bytes());
         b[53..57].copy_from_slice(&base_seq.to_be_bytes());
+        let crc = crc32c::crc32c(&b[21..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        b
+    }
+
+    /// Sets the transactional attribute bit; fixes the CRC.
+    pub fn transactional(mut b: Vec<u8>) -> Vec<u8> {
+        let attributes = i16::from_be_bytes([b[21], b[22]]) | super::ATTRIBUTE_TRANSACTIONAL;
+        b[21..23].copy_from_slice(&attributes.to_be_bytes());
         let crc = crc32c::crc32c(&b[21..]);
         b[17..21].copy_from_slice(&crc.to_be_bytes());
         b
@@ -799,6 +946,62 @@ mod tests {
         assert_eq!(read_i64(&b, MAX_TIMESTAMP_AT), 123_456);
         assert!(crc_ok(&b));
         assert_eq!(validate(&b, MAX).expect("valid").max_timestamp, 123_456);
+    }
+
+    #[test]
+    fn control_batch_round_trips_through_validation_and_parsing() {
+        for commit in [true, false] {
+            let marker = EndTxn {
+                commit,
+                coordinator_epoch: 7,
+            };
+            let mut b = control_batch(42, 3, marker, 1_700_000_000_000);
+            let s = validate(&b, MAX).expect("a marker is a valid batch");
+            assert_eq!((s.batches, s.offsets), (1, 1));
+            assert_eq!(s.max_timestamp, 1_700_000_000_000);
+            assert!(is_control(&b) && is_transactional(&b));
+            assert_eq!(end_txn(&b), Some(marker));
+            assert_eq!(
+                producer_fields(&b),
+                ProducerFields {
+                    producer_id: 42,
+                    producer_epoch: 3,
+                    base_sequence: -1,
+                    last_offset_delta: 0,
+                }
+            );
+            assert_eq!(patch(&mut b, 100, Some(5), 2), 100);
+            validate(&b, MAX).expect("still valid once patched");
+            assert_eq!((base_offset(&b), leader_epoch(&b)), (100, 2));
+            assert_eq!(end_txn(&b), Some(marker), "patching keeps the marker");
+        }
+        // Not markers: a plain batch, a transactional data batch, another
+        // control type (Kafka's LEADER_CHANGE, 2), a compressed one.
+        assert_eq!(end_txn(&batch(1, 0, b"x")), None);
+        assert_eq!(
+            end_txn(&super::testing::transactional(batch(1, 0, b"x"))),
+            None
+        );
+        let marker = EndTxn {
+            commit: true,
+            coordinator_epoch: 0,
+        };
+        let mut other = control_batch(1, 0, marker, 0);
+        // Header, record length, attributes, timestampDelta, offsetDelta,
+        // keyLength, then the key: version (2 bytes), type (2 bytes).
+        let type_low = BATCH_HEADER_BYTES + 5 + 3;
+        other[type_low] = 2;
+        let crc = crc32c::crc32c(&other[ATTRIBUTES_AT..]);
+        other[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        validate(&other, MAX).expect("valid batch");
+        assert_eq!(end_txn(&other), None);
+        let compressed = with_header(control_batch(1, 0, marker, 0), 1, 0, 1);
+        assert_eq!(end_txn(&compressed), None);
+        // A torn record never panics.
+        let whole = control_batch(1, 0, marker, 0);
+        for cut in BATCH_HEADER_BYTES..whole.len() {
+            assert_eq!(end_txn(&whole[..cut]), None, "cut at {cut}");
+        }
     }
 
     // ------------------------------------------------------------ record walk

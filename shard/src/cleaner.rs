@@ -9,11 +9,15 @@
 //! `__consumer_offsets`, which the group coordinator carries forward
 //! itself) is compacted on every replica, each on its own (as in Kafka). Its log has a clean
 //! part (offsets below `clean_end`, compacted before) and a dirty part.
-//! The cleanable end is the first entry that is not durable below the high
-//! watermark, is younger than `min.compaction.lag.ms`, or belongs to the
-//! active part: the partition's last entry and the entries after its last
-//! one in a sealed WAL segment (those still being written). The active
-//! part of the log is never compacted. A partition is compacted when its
+//! The cleanable end is the first entry that is not durable below the
+//! last stable offset (so below the high watermark, and never inside a
+//! transaction that is open or whose marker the HW has not passed), is
+//! younger than `min.compaction.lag.ms`, or belongs to the active part:
+//! the partition's last entry and the entries after its last one in a
+//! sealed WAL segment (those still being written). The active part of the
+//! log is never compacted. The records of aborted transactions (the
+//! partition's aborted index) do not enter the key map, so they never
+//! make a committed record of their key go; markers are kept whole. A partition is compacted when its
 //! cleanable dirty bytes reach `min.cleanable.dirty.ratio` of its cleanable
 //! bytes, when a dirty entry is older than `max.compaction.lag.ms`, or
 //! when tombstones it kept reach their horizon. The dirtiest goes first.
@@ -262,6 +266,7 @@ impl Engine {
                 seen.insert(key);
                 let state = cleaner.parts.entry(key).or_default();
                 let live = &p.batches[p.locate(p.log_start_offset)..];
+                let stable = p.last_stable_offset();
                 // The active part: the last entry and the entries after the
                 // last one in a sealed segment (an old entry the collector
                 // copied into the active segment is not active).
@@ -273,7 +278,7 @@ impl Engine {
                     .min(live.len().saturating_sub(1));
                 let mut limit = 0;
                 for (i, b) in live[..active_from].iter().enumerate() {
-                    if b.position.is_none() || b.last_offset >= p.high_watermark {
+                    if b.position.is_none() || b.last_offset >= stable {
                         break;
                     }
                     if b.max_timestamp > now.saturating_sub(cfg.min_lag_ms) {
@@ -331,6 +336,21 @@ impl Engine {
         }
         cleaner.parts.retain(|k, _| seen.contains(k));
         (plans, next)
+    }
+
+    /// Whether `b` is a batch of an aborted transaction of partition `key`
+    /// (its producer's entry in the aborted index covers its offset).
+    fn is_aborted_batch(&self, key: PartitionKey, b: &[u8]) -> bool {
+        if !crate::batch::is_transactional(b) || crate::batch::is_control(b) {
+            return false;
+        }
+        let producer_id = crate::batch::producer_fields(b).producer_id;
+        let offset = crate::batch::base_offset(b);
+        self.parts
+            .borrow()
+            .get(&key)
+            .and_then(|p| p.txns.as_deref())
+            .is_some_and(|t| t.is_aborted(producer_id, offset))
     }
 
     /// Reads one indexed entry back, checking it is the one indexed.
@@ -409,6 +429,9 @@ impl Engine {
             };
             let mut full = false;
             for b in crate::batch::batches(&stored.records) {
+                if self.is_aborted_batch(key, b) {
+                    continue;
+                }
                 // A batch that does not decode is kept whole by the rewrite:
                 // its keys are not mapped.
                 let _ = rewrite_walk(b, &limits, &mut scratch, &mut |r, _| {

@@ -163,6 +163,9 @@ impl Engine {
 
     /// Moves the log start forward (never back, never past the high
     /// watermark); returns the partition's log start. Also used by recovery.
+    /// Aborted transactions whose marker is below it are forgotten; one
+    /// that straddles it stays, so read_committed consumers starting there
+    /// still filter its records.
     pub fn apply_log_start(&self, key: &PartitionKey, offset: i64) -> i64 {
         let mut parts = self.parts.borrow_mut();
         let Some(p) = parts.get_mut(key) else {
@@ -172,6 +175,9 @@ impl Engine {
         p.log_start_offset = p.log_start_offset.max(offset.min(p.high_watermark));
         assert!(p.log_start_offset <= p.high_watermark);
         let after = p.log_start_offset;
+        let txn_bytes_before = p.txn_bytes();
+        p.settle_txns();
+        self.charge_txn_bytes(txn_bytes_before, p.txn_bytes());
         drop(parts);
         if after > before {
             self.search_log_start_moved(key);

@@ -88,6 +88,14 @@ pub(crate) struct Engine {
     pub group_armed: Cell<Option<Instant>>,
     /// The offsets partitions this shard coordinates and their loading.
     pub group_log: crate::group::GroupLog,
+    /// Transactional ids this shard coordinates (`txn`).
+    pub txns: RefCell<crate::txn::TxnCoordinator>,
+    /// The `__transaction_state` partitions this shard coordinates, their
+    /// loading and the deadline task's wake-up.
+    pub(crate) txn_log: crate::txn::TxnLog,
+    /// Writes transaction markers to partitions other nodes lead (set by
+    /// the broker in a cluster).
+    pub remote_markers: RefCell<Option<Rc<dyn crate::txn::RemoteMarkers>>>,
     /// This shard's unused producer ids: `next..end` of its reserved block.
     producer_ids: Cell<(i64, i64)>,
     /// Wakes the retention task (configs changed, topics deleted).
@@ -145,6 +153,9 @@ impl Engine {
         engine.recover().await?;
         engine.groups_recovered();
         engine.spawn(crate::group::run_group_loads(engine.clone()));
+        engine.txns_recovered();
+        engine.spawn(crate::txn::run_txn_loads(engine.clone()));
+        engine.spawn(crate::txn::run_txn_timers(engine.clone()));
         engine.spawn(crate::retention::run_retention(engine.clone()));
         engine.spawn(crate::replica::run_isr_shrink(engine.clone()));
         engine.spawn_low_priority(crate::search::run_indexer(engine.clone()));
@@ -191,11 +202,17 @@ impl Engine {
             groups: RefCell::new(crate::group::Coordinator::new(
                 cfg.shard_id,
                 Duration::from_millis(cfg.group_initial_rebalance_delay_ms),
-                budget,
+                budget.clone(),
             )),
             group_wake: WaitSlot::new(),
             group_armed: Cell::new(None),
             group_log: Default::default(),
+            txns: RefCell::new(crate::txn::TxnCoordinator::new(
+                cfg.transactional_id_expiration_ms,
+                budget.clone(),
+            )),
+            txn_log: Default::default(),
+            remote_markers: RefCell::new(None),
             producer_ids: Cell::new((0, 0)),
             retention_wake: WaitSlot::new(),
             leading: RefCell::new(BTreeSet::new()),
@@ -344,6 +361,13 @@ impl Engine {
                 }
                 if let Some(p) = parts.get_mut(&header.key) {
                     p.note_epochs(&records);
+                    // Transactions are replayed from both kinds in WAL
+                    // (= offset) order; the HW is the log end here, so
+                    // closed ones settle as recovery passes their markers.
+                    let before = p.txn_bytes();
+                    p.replay_txns(&records, crate::produce::now_ms());
+                    p.settle_txns();
+                    self.charge_txn_bytes(before, p.txn_bytes());
                 }
             }
             match pushed {
@@ -392,7 +416,15 @@ impl Engine {
     /// Replays a replacement entry (compaction, or an entry the segment
     /// collector copied forward): it takes the place of the entries inside
     /// its range. Producer state is not rebuilt from it (its batches are
-    /// older than what the originals recorded when they were replayed).
+    /// older than what the originals recorded when they were replayed),
+    /// and neither is the transaction state: it is left as the entries
+    /// replayed so far made it. Compaction never reaches the last stable
+    /// offset, so a replacement holds no open transaction; the markers it
+    /// kept were replayed with their originals, and an aborted entry goes
+    /// with the log start, not with compaction. A copy whose originals'
+    /// segment is gone (so they were never replayed) leaves the
+    /// transactions in it untracked, as Kafka's producer state forgets
+    /// what its snapshots and segments no longer hold.
     fn recover_replacement(
         &self,
         stored: &crate::compact::Stored,
@@ -489,6 +521,10 @@ impl Engine {
         header: &entry::EntryHeader,
         records: &bytes::Bytes,
     ) {
+        // A marker is recorded by `Partition::replay_txns`.
+        if crate::batch::batches(records).any(crate::batch::is_control) {
+            return;
+        }
         let Ok(Some(pb)) = crate::producer_state::producer_batch(records) else {
             return;
         };
@@ -514,6 +550,19 @@ impl Engine {
         self.producer_ids.set((start + 1, end));
         debug!(shard = self.id(), start, "producer id block reserved");
         Ok(start)
+    }
+
+    /// Charges the change of a partition's transaction state, `before` ->
+    /// `after` bytes (`Partition::txn_bytes`), to `partition_state`: past
+    /// its limit if need be, as index entries are (produces wait for room
+    /// before they come this far).
+    pub(crate) fn charge_txn_bytes(&self, before: u64, after: u64) {
+        if after > before {
+            self.budget
+                .charge_forced(Pool::PartitionState, after - before);
+        } else if before > after {
+            self.budget.discharge(Pool::PartitionState, before - after);
+        }
     }
 
     fn check_partitions(&self) {
@@ -551,7 +600,8 @@ impl Engine {
                 Pool::PartitionState,
                 gone.len() as u64 * PARTITION_BYTES
                     + applied.gone_entries * INDEX_ENTRY_BYTES
-                    + applied.gone_replicated * REPLICATION_BYTES,
+                    + applied.gone_replicated * REPLICATION_BYTES
+                    + applied.gone_txn_bytes,
             );
         }
         self.budget
@@ -627,6 +677,7 @@ impl Engine {
         // Offsets partitions led here: load their groups; no longer led:
         // drop them.
         self.sync_group_partitions();
+        self.sync_txn_partitions();
         if applied.topics_changed > 0 {
             // Only a topic change (configs, partitions, placement) can
             // change what is indexed here.
@@ -808,7 +859,9 @@ impl Engine {
         .unwrap_or_else(ListOffsetsResult::failed)
     }
 
-    /// ListOffsets on the owning shard, at stored-entry granularity.
+    /// ListOffsets on the owning shard, at stored-entry granularity;
+    /// read_committed answers only offsets below the last stable offset
+    /// (LATEST: the last stable offset itself).
     pub fn list_offsets_owner(&self, req: &ListOffsetsPartition) -> ListOffsetsResult {
         let parts = self.parts.borrow();
         let Some(p) = Engine::key_of(&req.topic, req.partition)
@@ -824,11 +877,21 @@ impl Engine {
             Some(b) => (b.base_offset, b.max_timestamp),
             None => (-1, -1),
         };
+        // read_committed: nothing at or above the last stable offset is
+        // answered (Kafka's `lastFetchableOffset`).
+        let fetchable = if req.isolation_level == 1 {
+            p.last_stable_offset()
+        } else {
+            p.high_watermark
+        };
+        let stable = |b: Option<&crate::partition::StoredBatch>| {
+            found(b.filter(|b| b.base_offset < fetchable))
+        };
         let (offset, timestamp) = match req.timestamp {
             -2 => (p.log_start_offset, -1),
-            -1 => (p.high_watermark, -1),
-            -3 => found(p.max_timestamp()),
-            ts => found(p.by_timestamp(ts)),
+            -1 => (fetchable, -1),
+            -3 => stable(p.max_timestamp()),
+            ts => stable(p.by_timestamp(ts)),
         };
         ListOffsetsResult {
             error: None,
@@ -907,6 +970,7 @@ impl Engine {
                 let _ = reply.send(self.partition_disk_owner());
             }
             ShardMsg::Group { req, reply } => self.group_owner(req, reply),
+            ShardMsg::Txn { req, reply } => self.txn_owner(req, reply),
             ShardMsg::DeleteRecords { req, reply } => self.delete_records_owner(req, reply),
         }
     }

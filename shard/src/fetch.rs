@@ -18,6 +18,15 @@
 //! another shard releases its charge when it answers; the origin charges
 //! the bytes it receives to its own pool.
 //!
+//! read_committed (isolation level 1): only entries whose base offset is
+//! below the partition's last stable offset (LSO) are planned, and an
+//! entry straddling it (a follower's entry, which may bundle several
+//! producers' batches, on a replica that became leader) is cut to its
+//! batches below it when materialized. The answer lists the aborted
+//! transactions the returned records may hold (`Txns::collect_aborted`),
+//! trimmed by the origin to the records that survive `max_bytes`. Every
+//! answer carries the LSO. Replica fetches read as before.
+//!
 //! Across shards: the origin sends one sub-fetch per owner shard; each owner
 //! waits up to `max_wait_ms` for its partitions to reach `min_bytes`. As soon
 //! as the answers received reach `min_bytes` (or carry an error) the origin
@@ -34,6 +43,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use sluice_wal::Position;
 use tracing::trace;
 
+use crate::batch;
 use crate::budget::{Pool, Reservation, MEMORY_WAIT};
 use crate::engine::Engine;
 use crate::entry::PartitionKey;
@@ -57,6 +67,9 @@ struct PartPlan {
     key: Option<PartitionKey>,
     result: FetchPartitionResult,
     sources: Vec<Source>,
+    /// read_committed, when the last planned entry holds the LSO: batches
+    /// at or above this offset are cut from what is read.
+    cut: Option<i64>,
 }
 
 impl Engine {
@@ -121,6 +134,7 @@ impl Engine {
                 max_wait_ms: req.max_wait_ms,
                 min_bytes: req.min_bytes,
                 max_bytes: req.max_bytes,
+                isolation_level: req.isolation_level,
                 replica_id: req.replica_id,
             };
             let slot = local_slot.clone();
@@ -162,6 +176,7 @@ impl Engine {
         let mut results: Vec<FetchPartitionResult> =
             out.into_iter().map(|r| r.unwrap_or_else(missing)).collect();
         trim_to_max_bytes(&mut results, req.max_bytes);
+        results.iter_mut().for_each(trim_aborted);
         (results, held)
     }
 
@@ -303,10 +318,14 @@ impl Engine {
         let parts = self.parts.borrow();
         let mut plans = Vec::with_capacity(req.partitions.len());
         let (mut bytes, mut error) = (0u64, false);
+        let read = match (req.replica_id, req.isolation_level) {
+            (Some(_), _) => Read::Replica,
+            (None, 1) => Read::Committed,
+            (None, _) => Read::Uncommitted,
+        };
         for fp in &req.partitions {
             let left = u64::from(req.max_bytes).saturating_sub(bytes);
-            let replica = req.replica_id.is_some();
-            let plan = plan_partition(&parts, fp, bytes == 0, left, replica);
+            let plan = plan_partition(&parts, fp, bytes == 0, left, read);
             bytes += plan.sources.iter().map(source_bytes).sum::<u64>();
             error |= plan.result.error.is_some();
             plans.push(plan);
@@ -326,6 +345,10 @@ impl Engine {
         let mut out: Vec<FetchPartitionResult> = Vec::with_capacity(plans.len());
         for plan in plans {
             let mut result = plan.result;
+            let cut = |b: Bytes| match plan.cut {
+                Some(end) => below(b, end),
+                None => b,
+            };
             for source in plan.sources {
                 if stopped {
                     break;
@@ -349,7 +372,7 @@ impl Engine {
                 let (position, base_offset, bytes) = match source {
                     Source::Cached(b) => {
                         self.counters.borrow_mut().fetch_tail_hits += 1;
-                        result.records.push(b);
+                        result.records.push(cut(b));
                         continue;
                     }
                     Source::Wal {
@@ -363,7 +386,7 @@ impl Engine {
                     .read_stored(key, position, base_offset, Some(bytes))
                     .await
                 {
-                    Ok(b) => result.records.push(b),
+                    Ok(b) => result.records.push(cut(b)),
                     Err(ShardError::OffsetOutOfRange) if self.in_log(&key, base_offset) => {
                         // Replaced by compaction after the plan: the answer
                         // stops here and the client fetches again.
@@ -378,6 +401,8 @@ impl Engine {
                     }
                 }
             }
+            // A cut entry may keep nothing (not planned so, but harmless).
+            result.records.retain(|b| !b.is_empty());
             out.push(result);
         }
         if throttled {
@@ -496,6 +521,51 @@ fn hold(held: &mut Option<Reservation>, r: Option<Reservation>) {
     }
 }
 
+/// How a fetch reads a partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Read {
+    /// A consumer, read_uncommitted: below the HW.
+    Uncommitted,
+    /// A consumer, read_committed: below the LSO, with the aborted
+    /// transactions.
+    Committed,
+    /// A follower: below the durable log end.
+    Replica,
+}
+
+/// The whole batches of stored `records` whose base offset is below `end`.
+fn below(records: Bytes, end: i64) -> Bytes {
+    let mut len = 0usize;
+    for b in batch::batches(&records) {
+        if batch::base_offset(b) >= end {
+            break;
+        }
+        len += b.len();
+    }
+    if len == records.len() {
+        records
+    } else {
+        records.slice(..len)
+    }
+}
+
+/// Keeps the aborted transactions that start at or below the last offset
+/// the answer returns (none without records): `max_bytes` may have trimmed
+/// the records planned, or memory stopped them.
+fn trim_aborted(r: &mut FetchPartitionResult) {
+    if r.aborted.is_empty() {
+        return;
+    }
+    match r
+        .records
+        .last()
+        .and_then(|b| crate::compact::last_batch_offset(b))
+    {
+        Some(last) => r.aborted.retain(|(_, first)| *first <= last),
+        None => r.aborted.clear(),
+    }
+}
+
 fn source_bytes(s: &Source) -> u64 {
     match s {
         Source::Cached(b) => b.len() as u64,
@@ -504,7 +574,8 @@ fn source_bytes(s: &Source) -> u64 {
 }
 
 /// Plans one partition: entries from the one holding `fetch_offset`, below
-/// the high watermark (a `replica` fetch: below the durable log end), within
+/// the high watermark (a replica fetch: below the durable log end;
+/// read_committed: whose base offset is below the LSO), within
 /// `partition_max_bytes` and `left`. Only the leader serves fetches, at the
 /// requester's leader epoch when it gives one.
 fn plan_partition(
@@ -512,12 +583,13 @@ fn plan_partition(
     fp: &FetchPartition,
     response_empty: bool,
     left: u64,
-    replica: bool,
+    read: Read,
 ) -> PartPlan {
     let failed = |e| PartPlan {
         key: None,
         result: FetchPartitionResult::failed(e),
         sources: Vec::new(),
+        cut: None,
     };
     let Some((key, p)) = Engine::key_of(&fp.topic, fp.partition)
         .ok()
@@ -543,12 +615,14 @@ fn plan_partition(
             })
         }
     }
+    let lso = p.last_stable_offset();
     let mut result = FetchPartitionResult {
         error: None,
         high_watermark: p.high_watermark,
-        last_stable_offset: p.high_watermark,
+        last_stable_offset: lso,
         log_start_offset: p.log_start_offset,
         records: Vec::new(),
+        aborted: Vec::new(),
         throttled: false,
     };
     // Kafka's rule: out of range below the log start or beyond the log end;
@@ -559,24 +633,37 @@ fn plan_partition(
             key: None,
             result,
             sources: Vec::new(),
+            cut: None,
         };
     }
     let limit = u64::from(fp.partition_max_bytes).min(left);
     let mut sources = Vec::new();
     let mut bytes = 0u64;
-    let durable = if replica {
-        p.durable_all()
-    } else {
-        p.durable()
+    let readable = match read {
+        Read::Replica => p.durable_all(),
+        Read::Uncommitted => p.durable(),
+        Read::Committed => {
+            let durable = p.durable();
+            let below_lso = durable.partition_point(|b| b.base_offset < lso);
+            &durable[..below_lso]
+        }
     };
-    let start = p.locate(fp.fetch_offset).min(durable.len());
-    for b in &durable[start..] {
+    let start = if read == Read::Committed && fp.fetch_offset >= lso {
+        // Nothing stable there yet (the entry holding it may start below
+        // the LSO, but what it holds from the fetch offset on is not).
+        readable.len()
+    } else {
+        p.locate(fp.fetch_offset).min(readable.len())
+    };
+    let mut last_offset = None;
+    for b in &readable[start..] {
         let size = u64::from(b.bytes);
         let first_of_response = response_empty && bytes == 0;
         if bytes + size > limit && !first_of_response {
             break;
         }
         bytes += size;
+        last_offset = Some(b.last_offset);
         sources.push(match (&b.cached, b.position) {
             (Some(c), _) => Source::Cached(c.clone()),
             (None, Some(position)) => Source::Wal {
@@ -587,10 +674,20 @@ fn plan_partition(
             (None, None) => unreachable!("durable entries have a position (Partition::check)"),
         });
     }
+    let mut cut = None;
+    if let (Read::Committed, Some(last)) = (read, last_offset) {
+        if last >= lso {
+            cut = Some(lso);
+        }
+        if let Some(t) = p.txns.as_deref() {
+            result.aborted = t.collect_aborted(fp.fetch_offset, last.min(lso - 1));
+        }
+    }
     PartPlan {
         key: Some(key),
         result,
         sources,
+        cut,
     }
 }
 
@@ -653,7 +750,7 @@ mod tests {
             partition_max_bytes: max,
             current_leader_epoch: -1,
         };
-        plan_partition(parts, &fp, first, u64::MAX, false)
+        plan_partition(parts, &fp, first, u64::MAX, Read::Uncommitted)
     }
 
     #[test]
@@ -699,6 +796,126 @@ mod tests {
             "first batch of the response even if larger"
         );
         assert_eq!(plan(&parts, 0, 50, false).sources.len(), 0);
+    }
+
+    fn plan_read(parts: &HashMap<PartitionKey, Partition>, offset: i64, read: Read) -> PartPlan {
+        let fp = FetchPartition {
+            topic: topic(),
+            partition: 0,
+            fetch_offset: offset,
+            partition_max_bytes: 1 << 20,
+            current_leader_epoch: -1,
+        };
+        plan_partition(parts, &fp, true, u64::MAX, read)
+    }
+
+    /// One stored entry: batches of `(base offset, producer id or -1,
+    /// transactional)`, one record each.
+    fn entry(batches: &[(i64, i64, bool)]) -> Bytes {
+        use crate::batch::testing::{batch, transactional, with_producer};
+        let mut out = Vec::new();
+        for &(base, pid, txn) in batches {
+            let mut b = batch(1, 0, b"v");
+            if pid >= 0 {
+                b = with_producer(b, pid, 0, 0);
+            }
+            if txn {
+                b = transactional(b);
+            }
+            crate::batch::patch(&mut b, base, None, 0);
+            out.extend(b);
+        }
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn read_committed_plans_below_the_last_stable_offset_with_the_aborted() {
+        let key = PartitionKey {
+            topic_id: [3; 16],
+            partition: 0,
+        };
+        let mut p = Partition::new(key);
+        // 0..=1 plain; 2..=3 producer 7's transaction; 4 producer 8's; 5
+        // producer 7's abort marker; 6 plain.
+        for (n, b) in [
+            (2, entry(&[(0, -1, false), (1, -1, false)])),
+            (2, entry(&[(2, 7, true), (3, 7, true)])),
+            (1, entry(&[(4, 8, true)])),
+            (1, entry(&[(5, 7, true)])),
+            (1, entry(&[(6, -1, false)])),
+        ] {
+            let base = p.assign(n, 0, b);
+            p.mark_durable(base, Position(base as u64));
+        }
+        p.begin_txn(7, 2);
+        p.begin_txn(8, 4);
+        assert_eq!(p.end_txn(7, 0, 5, false, 0), Some(2));
+        assert_eq!((p.high_watermark, p.last_stable_offset()), (7, 4));
+        let mut parts = HashMap::new();
+        parts.insert(key, p);
+
+        let r = plan_read(&parts, 0, Read::Committed);
+        assert_eq!((r.sources.len(), r.cut), (2, None), "entries below 4");
+        assert_eq!(r.result.last_stable_offset, 4);
+        assert_eq!(r.result.aborted, vec![(7, 2)]);
+        let r = plan_read(&parts, 0, Read::Uncommitted);
+        assert_eq!(r.sources.len(), 5);
+        assert_eq!(r.result.last_stable_offset, 4, "the real LSO");
+        assert!(r.result.aborted.is_empty());
+        let r = plan_read(&parts, 4, Read::Committed);
+        assert!(r.sources.is_empty() && r.result.aborted.is_empty());
+        let r = plan_read(&parts, 5, Read::Committed);
+        assert!(r.sources.is_empty(), "above the LSO: nothing yet");
+        assert_eq!(r.result.error, None);
+
+        // Producer 8 commits at 7: the LSO moves once the marker is durable.
+        let p = parts.get_mut(&key).expect("p");
+        let base = p.assign(1, 0, entry(&[(7, 8, true)]));
+        p.end_txn(8, 0, base, true, 0);
+        assert_eq!(p.last_stable_offset(), 4, "marker not below the HW");
+        p.mark_durable(base, Position(7));
+        assert_eq!(p.last_stable_offset(), 8);
+        p.settle_txns();
+        p.check().expect("invariants");
+        let r = plan_read(&parts, 0, Read::Committed);
+        assert_eq!(r.sources.len(), 6);
+        assert_eq!(r.result.aborted, vec![(7, 2)]);
+        let r = plan_read(&parts, 6, Read::Committed);
+        assert!(r.result.aborted.is_empty(), "the abort marker lies below 6");
+
+        // A follower's entry bundling batches across the LSO is cut there.
+        let p = parts.get_mut(&key).expect("p");
+        let both = entry(&[(8, -1, false), (9, 9, true)]);
+        p.push_pending(8, 9, 0, both.clone());
+        p.begin_txn(9, 9);
+        p.mark_durable(8, Position(8));
+        assert_eq!((p.high_watermark, p.last_stable_offset()), (10, 9));
+        let r = plan_read(&parts, 8, Read::Committed);
+        assert_eq!((r.sources.len(), r.cut), (1, Some(9)));
+        let r = plan_read(&parts, 9, Read::Committed);
+        assert!(
+            r.sources.is_empty(),
+            "the entry holds 9, but 9 is not stable"
+        );
+        let kept = below(both.clone(), 9);
+        assert_eq!(kept.len() * 2, both.len(), "the first of two equal batches");
+        assert_eq!(crate::compact::last_batch_offset(&kept), Some(8));
+        assert_eq!(below(both.clone(), 10).len(), both.len());
+    }
+
+    #[test]
+    fn aborted_transactions_follow_the_records_returned() {
+        let mut r = result(&[]);
+        r.records = vec![entry(&[(10, 7, true)]), entry(&[(11, 8, true)])];
+        r.aborted = vec![(7, 10), (8, 11), (9, 12)];
+        trim_aborted(&mut r);
+        assert_eq!(r.aborted, vec![(7, 10), (8, 11)]);
+        r.records.truncate(1);
+        trim_aborted(&mut r);
+        assert_eq!(r.aborted, vec![(7, 10)]);
+        r.records.clear();
+        trim_aborted(&mut r);
+        assert!(r.aborted.is_empty(), "no records, no aborted transactions");
     }
 
     #[test]

@@ -14,7 +14,11 @@
 //! back from the WAL.
 //!
 //! Each partition also keeps its idempotent producers' sequence windows
-//! (`producer_state`); DeleteRecords moves its log start (`delete_records`).
+//! (`producer_state`) and, once it sees a transaction, its transaction
+//! state (`txn_index`: open transactions, the last stable offset, the
+//! aborted index that read_committed fetches answer with); markers are
+//! written by `Shard::write_txn_marker`. DeleteRecords moves its log start
+//! (`delete_records`).
 //!
 //! Replication (`replica`, Kafka's ISR model): a partition's role comes
 //! from the applied view: leader when `PartitionMeta::leader` is this node,
@@ -65,7 +69,9 @@
 //!
 //! - Offsets are assigned and `Wal::append` is called in the same
 //!   synchronous section: WAL order == offset order within a partition.
-//! - `log_start_offset <= high_watermark <= durable end <= next_offset`.
+//! - `log_start_offset <= high_watermark <= durable end <= next_offset`,
+//!   and `log_start_offset <= last stable offset <= high_watermark`
+//!   (read_committed consumers read below the last stable offset).
 //!   The high watermark covers durable entries only: with one replica it is
 //!   the durable end; on a leader with followers, the smallest log end of
 //!   the ISR (never moving back); on a follower, min(leader's HW, durable
@@ -111,6 +117,8 @@ mod retention;
 mod search;
 mod stats;
 mod tail;
+pub mod txn;
+mod txn_index;
 mod view;
 mod waiters;
 mod warn;
@@ -189,6 +197,12 @@ pub struct ShardConfig {
     /// Idle time after which an idempotent producer's state is forgotten
     /// (Kafka's `producer.id.expiration.ms`).
     pub producer_id_expiration_ms: i64,
+    /// The longest transaction timeout a producer may ask for (Kafka's
+    /// `transaction.max.timeout.ms`).
+    pub transaction_max_timeout_ms: i64,
+    /// Idle time after which a transactional id is forgotten (Kafka's
+    /// `transactional.id.expiration.ms`).
+    pub transactional_id_expiration_ms: i64,
     /// In-sync replicas an acks=-1 produce needs (Kafka's
     /// `min.insync.replicas`); the topic config of that name overrides it.
     pub min_insync_replicas: u32,
@@ -209,6 +223,8 @@ impl ShardConfig {
     pub const VERSION_WAITERS_MAX_DEFAULT: usize = 1024;
     pub const GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
     pub const PRODUCER_ID_EXPIRATION_MS_DEFAULT: i64 = 86_400_000;
+    pub const TRANSACTION_MAX_TIMEOUT_MS_DEFAULT: i64 = 900_000;
+    pub const TRANSACTIONAL_ID_EXPIRATION_MS_DEFAULT: i64 = 604_800_000;
     pub const MIN_INSYNC_REPLICAS_DEFAULT: u32 = 1;
     pub const REPLICA_LAG_TIME_MAX_MS_DEFAULT: u64 = 30_000;
 
@@ -227,6 +243,8 @@ impl ShardConfig {
             topic_ready_timeout_ms: 10_000,
             remote_reply_timeout_ms: 30_000,
             producer_id_expiration_ms: Self::PRODUCER_ID_EXPIRATION_MS_DEFAULT,
+            transaction_max_timeout_ms: Self::TRANSACTION_MAX_TIMEOUT_MS_DEFAULT,
+            transactional_id_expiration_ms: Self::TRANSACTIONAL_ID_EXPIRATION_MS_DEFAULT,
             min_insync_replicas: Self::MIN_INSYNC_REPLICAS_DEFAULT,
             replica_lag_time_max_ms: Self::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
             search: SearchTuning::default(),
@@ -290,6 +308,40 @@ pub enum ShardError {
     /// metadata is ahead (Kafka UNKNOWN_LEADER_EPOCH, 76).
     #[error("leader epoch {got} is newer than the current epoch {current}")]
     UnknownLeaderEpoch { current: i32, got: i32 },
+    /// A non-transactional batch of a producer whose transaction is open
+    /// in the partition (Kafka INVALID_TXN_STATE, 48).
+    #[error("invalid transaction state: {0}")]
+    InvalidTxnState(String),
+    /// Transactional batches in a Produce request without a transactional
+    /// id (Kafka TRANSACTIONAL_ID_AUTHORIZATION_FAILED, 53).
+    #[error("transactional records without a transactional id")]
+    TransactionalIdAuthorizationFailed,
+}
+
+/// One transaction marker for one partition: the control batch that ends
+/// producer `producer_id`'s transaction there (`Engine::write_txn_marker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    /// The leader epoch of the coordinator's `__transaction_state`
+    /// partition.
+    pub coordinator_epoch: i32,
+}
+
+/// Who writes a produce's batches: what they may hold and which checks
+/// they pass (Kafka's `AppendOrigin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A Kafka client's Produce request: never a control batch (those are
+    /// INVALID_RECORD, as in Kafka); an idempotent producer's sequences
+    /// are checked.
+    Client,
+    /// The broker's own writes: group records, transaction state records
+    /// and transaction markers. May be control batches; take no part in
+    /// sequence checks (their epoch is still checked).
+    Coordinator,
 }
 
 /// Produce to one partition.
@@ -302,6 +354,12 @@ pub struct ProducePartition {
     /// The request's `timeout_ms`: how long an acks=-1 produce waits for
     /// the in-sync replicas once durable here (then `ShardError::Timeout`).
     pub timeout_ms: u32,
+    /// Who writes the batches.
+    pub origin: Origin,
+    /// The Produce request's transactional id, if any. Not checked yet: it
+    /// is kept for a server-side check that the partition was added to the
+    /// producer's transaction (KIP-890).
+    pub transactional_id: Option<Arc<str>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,7 +388,9 @@ pub struct FetchRequest {
     pub max_wait_ms: u32,
     pub min_bytes: u32,
     pub max_bytes: u32,
-    /// 0 read_uncommitted, 1 read_committed (the same here: no transactions).
+    /// 0 read_uncommitted, 1 read_committed: only entries below the last
+    /// stable offset, with the aborted transactions among them
+    /// (`FetchPartitionResult::aborted`). Replica fetches ignore it.
     pub isolation_level: i8,
     /// The follower node id of a replica fetch (Kafka's `replica_id`), `None`
     /// for a consumer. A replica fetch reads up to the leader's durable log
@@ -355,11 +415,17 @@ pub struct FetchPartition {
 pub struct FetchPartitionResult {
     pub error: Option<ShardError>,
     pub high_watermark: i64,
-    /// Equal to the high watermark (no transactions).
+    /// The partition's last stable offset (`<= high_watermark`).
     pub last_stable_offset: i64,
     pub log_start_offset: i64,
     /// Whole stored batches, to be concatenated by the front end.
     pub records: Vec<bytes::Bytes>,
+    /// read_committed: `(producer id, first offset)` of the aborted
+    /// transactions the returned records may hold (their marker at or
+    /// above the fetch offset, their first offset at or below the last
+    /// offset returned), in marker order; empty without records and for
+    /// read_uncommitted.
+    pub aborted: Vec<(i64, i64)>,
     /// Answered without records because `fetch_response` stayed full for
     /// the whole memory wait: the client should back off
     /// (`throttle_time_ms`).
@@ -374,6 +440,7 @@ impl FetchPartitionResult {
             last_stable_offset: -1,
             log_start_offset: -1,
             records: Vec::new(),
+            aborted: Vec::new(),
             throttled: false,
         }
     }
@@ -389,6 +456,9 @@ pub struct ListOffsetsPartition {
     pub partition: i32,
     /// -2 earliest, -1 latest, -3 max timestamp, otherwise a timestamp (ms).
     pub timestamp: i64,
+    /// 0 read_uncommitted, 1 read_committed: latest (-1) answers the last
+    /// stable offset instead of the high watermark.
+    pub isolation_level: i8,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -528,6 +598,37 @@ impl Shard {
     /// `GroupError::CoordinatorLoadInProgress` (see `group`).
     pub async fn group(&self, req: group::GroupRequest) -> group::GroupResponse {
         self.core.group(req).await
+    }
+
+    /// A request for the transaction coordinator of its transactional id.
+    pub async fn txn(&self, req: txn::TxnRequest) -> txn::TxnResponse {
+        self.core.txn(req).await
+    }
+
+    /// Installs the writer of markers to partitions other nodes lead.
+    pub fn set_remote_markers(&self, remote: Rc<dyn txn::RemoteMarkers>) {
+        *self.core.remote_markers.borrow_mut() = Some(remote);
+    }
+
+    /// The transactional ids every shard coordinates (ListTransactions).
+    pub async fn list_txns(
+        &self,
+        states: Vec<String>,
+        producer_ids: Vec<i64>,
+    ) -> Vec<txn::TxnListing> {
+        self.core.list_txns(states, producer_ids).await
+    }
+
+    /// Writes one transaction marker to a partition this node leads
+    /// (WriteTxnMarkers); the marker's offset once the in-sync replicas
+    /// have it.
+    pub async fn write_txn_marker(
+        &self,
+        topic: Arc<TopicMeta>,
+        partition: i32,
+        marker: TxnMarker,
+    ) -> Result<i64, ShardError> {
+        self.core.write_txn_marker(topic, partition, marker).await
     }
 
     /// The groups every shard serves (ListGroups).

@@ -67,6 +67,8 @@ pub struct OwnerFetch {
     pub max_wait_ms: u32,
     pub min_bytes: u32,
     pub max_bytes: u32,
+    /// 0 read_uncommitted, 1 read_committed (`FetchRequest`).
+    pub isolation_level: i8,
     /// The follower node of a replica fetch.
     pub replica_id: Option<u64>,
 }
@@ -116,6 +118,11 @@ pub enum ShardMsg {
     Group {
         req: crate::group::GroupRequest,
         reply: crate::group::GroupReply,
+    },
+    /// A request for the transaction coordinator on the receiving shard.
+    Txn {
+        req: crate::txn::TxnRequest,
+        reply: crate::txn::TxnReply,
     },
 }
 

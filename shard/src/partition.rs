@@ -19,9 +19,16 @@
 //!
 //! The HW only moves back by truncation (`truncate`, `restart_at`).
 //!
-//! Invariants (checked by `check`): `log_start_offset <= high_watermark <=
-//! durable end <= next_offset`; batches are sorted by offset and do not
-//! overlap; every batch below the durable end has a WAL position.
+//! Transactions: a partition that saw a transactional batch holds a boxed
+//! `Txns` (`txn_index`: its open transactions, those whose marker the HW
+//! has not passed, the aborted index); one that never did holds `None`.
+//! Its last stable offset (`last_stable_offset`) is what read_committed
+//! consumers read below.
+//!
+//! Invariants (checked by `check`): `log_start_offset <= last stable offset
+//! <= high_watermark <= durable end <= next_offset`; batches are sorted by
+//! offset and do not overlap; every batch below the durable end has a WAL
+//! position.
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +39,7 @@ use sluice_wal::Position;
 use crate::batch;
 use crate::entry::{EntryHeader, PartitionKey};
 use crate::producer_state::ProducerStates;
+use crate::txn_index::Txns;
 
 /// One stored WAL entry of the partition (one produce request's batches).
 #[derive(Clone, Debug)]
@@ -64,6 +72,9 @@ pub struct Partition {
     pub producers: ProducerStates,
     /// Replication state; `None` for a single-replica partition.
     pub repl: Option<Box<Replication>>,
+    /// Transaction state; `None` while the partition tracks no transaction
+    /// (it never saw one, or all it saw are settled and pruned).
+    pub txns: Option<Box<Txns>>,
 }
 
 /// The replication state of a partition with more than one replica.
@@ -210,6 +221,100 @@ impl Partition {
             batches: Vec::new(),
             producers: ProducerStates::default(),
             repl: None,
+            txns: None,
+        }
+    }
+
+    /// The last stable offset: the first offset of the oldest transaction
+    /// open here or closed by a marker not yet below the HW, else the HW;
+    /// never below the log start (`txn_index`).
+    pub fn last_stable_offset(&self) -> i64 {
+        self.txns.as_deref().map_or(self.high_watermark, |t| {
+            t.last_stable_offset(self.high_watermark, self.log_start_offset)
+        })
+    }
+
+    /// The bytes of the transaction state, as charged to `partition_state`
+    /// (0 without one).
+    pub fn txn_bytes(&self) -> u64 {
+        self.txns.as_deref().map_or(0, Txns::bytes)
+    }
+
+    /// The first offset of `producer_id`'s open transaction here.
+    pub fn open_txn(&self, producer_id: i64) -> Option<i64> {
+        self.txns.as_deref().and_then(|t| t.open_first(producer_id))
+    }
+
+    /// A transactional batch of `producer_id` at `offset`: opens its
+    /// transaction here unless one is open.
+    pub fn begin_txn(&mut self, producer_id: i64, offset: i64) {
+        self.txns
+            .get_or_insert_with(Default::default)
+            .begin(producer_id, offset);
+    }
+
+    /// A marker of `producer_id` at `producer_epoch` written at `offset`:
+    /// closes its open transaction (an abort goes into the aborted index)
+    /// and records the epoch (`ProducerStates::record_marker`). Returns the
+    /// closed transaction's first offset, `None` when none was open here.
+    pub fn end_txn(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        offset: i64,
+        commit: bool,
+        now_ms: i64,
+    ) -> Option<i64> {
+        self.producers
+            .record_marker(producer_id, producer_epoch, offset, now_ms);
+        let first = self
+            .txns
+            .as_deref_mut()
+            .and_then(|t| t.end(producer_id, offset, commit));
+        self.drop_empty_txns();
+        first
+    }
+
+    /// Follows the transactions of stored `records` (batches at their
+    /// offsets: a follower's copy of the leader's, or replayed by
+    /// recovery): transactional batches open, markers close. The leader
+    /// does the same per request in `produce`, after its checks; here the
+    /// leader's checks are trusted.
+    pub fn replay_txns(&mut self, records: &[u8], now_ms: i64) {
+        for b in batch::batches(records) {
+            if !batch::is_transactional(b) {
+                continue;
+            }
+            let h = batch::producer_fields(b);
+            if h.producer_id < 0 {
+                continue;
+            }
+            let offset = batch::base_offset(b);
+            if batch::is_control(b) {
+                if let Some(m) = batch::end_txn(b) {
+                    self.end_txn(h.producer_id, h.producer_epoch, offset, m.commit, now_ms);
+                }
+            } else {
+                self.begin_txn(h.producer_id, offset);
+            }
+        }
+    }
+
+    /// Forgets the closed transactions the HW passed and the aborted
+    /// entries below the log start; drops the state once it tracks
+    /// nothing.
+    pub fn settle_txns(&mut self) {
+        let (hw, log_start) = (self.high_watermark, self.log_start_offset);
+        if let Some(t) = self.txns.as_deref_mut() {
+            t.settle(hw);
+            t.prune_below(log_start);
+        }
+        self.drop_empty_txns();
+    }
+
+    fn drop_empty_txns(&mut self) {
+        if self.txns.as_deref().is_some_and(Txns::is_empty) {
+            self.txns = None;
         }
     }
 
@@ -437,7 +542,9 @@ impl Partition {
     /// Truncates the log at `offset`, entry-granular: an entry holding
     /// `offset` is dropped whole, so the log then ends at its base offset.
     /// Producer-state and epoch-cache entries at or above the new end are
-    /// forgotten. Returns the index entries dropped.
+    /// forgotten, and so are transactions opened there (those closed by a
+    /// marker there are open again) and aborted entries whose marker was
+    /// there (`Txns::truncate`). Returns the index entries dropped.
     pub fn truncate(&mut self, offset: i64) -> u64 {
         if offset >= self.next_offset {
             return 0;
@@ -461,6 +568,7 @@ impl Partition {
         let dropped = self.batches.len() as u64;
         self.batches.clear();
         self.producers = ProducerStates::default();
+        self.txns = None;
         if let Some(r) = self.repl.as_deref_mut() {
             r.epochs.clear();
         }
@@ -484,6 +592,10 @@ impl Partition {
             r.epochs.retain(|(_, start)| *start < new_end);
         }
         self.producers.forget_from(new_end);
+        if let Some(t) = self.txns.as_deref_mut() {
+            t.truncate(new_end);
+        }
+        self.drop_empty_txns();
     }
 
     /// Kafka's OffsetForLeaderEpoch on this replica: `(largest cached epoch
@@ -806,6 +918,13 @@ impl Partition {
     }
 
     pub fn check(&self) -> Result<(), String> {
+        let lso = self.last_stable_offset();
+        if !(self.log_start_offset <= lso && lso <= self.high_watermark) {
+            return Err(format!(
+                "last stable offset {lso} outside log start {} ..= hw {}",
+                self.log_start_offset, self.high_watermark
+            ));
+        }
         if !(self.log_start_offset <= self.high_watermark
             && self.high_watermark <= self.durable_end()
             && self.durable_end() <= self.next_offset)
@@ -1162,6 +1281,90 @@ mod tests {
         assert_eq!(r.followers.len(), 1);
         assert_eq!(r.followers[0].log_end, -1);
         assert!(!r.needs_truncation);
+    }
+
+    /// Stores `b` as the next durable entry, following its transactions
+    /// as a follower (or recovery) does.
+    fn store_replayed(p: &mut Partition, mut b: Vec<u8>) -> i64 {
+        let base = p.next_offset;
+        let last = crate::batch::patch(&mut b, base, None, 0);
+        p.replay_txns(&b, 0);
+        crate::producer_state::record_batches(&mut p.producers, &b, 0);
+        p.push_pending(base, last, 0, Bytes::from(b));
+        p.mark_durable(base, Position(base as u64));
+        base
+    }
+
+    #[test]
+    fn replayed_transactions_hold_the_last_stable_offset() {
+        use crate::batch::testing::{batch, transactional, with_producer};
+        use crate::batch::{control_batch, EndTxn};
+        use crate::producer_state::{ProducerBatch, ProducerError};
+        assert_eq!(
+            std::mem::size_of::<Option<Box<Txns>>>(),
+            std::mem::size_of::<usize>(),
+            "a partition without transactions pays one pointer"
+        );
+        let mut p = part();
+        assert_eq!((p.last_stable_offset(), p.txn_bytes()), (0, 0));
+        store_replayed(
+            &mut p,
+            transactional(with_producer(batch(2, 0, b"a"), 5, 1, 0)),
+        );
+        store_replayed(&mut p, batch(1, 0, b"b"));
+        assert_eq!((p.high_watermark, p.last_stable_offset()), (3, 0));
+        assert_eq!(p.open_txn(5), Some(0));
+        assert!(p.txn_bytes() > 0);
+        // The coordinator aborts it at epoch 2 (a timeout bumps the epoch).
+        let end = EndTxn {
+            commit: false,
+            coordinator_epoch: 0,
+        };
+        let marker = store_replayed(&mut p, control_batch(5, 2, end, 0));
+        assert_eq!(marker, 3);
+        assert_eq!((p.high_watermark, p.last_stable_offset()), (4, 4));
+        p.check().expect("invariants");
+        let older = ProducerBatch {
+            producer_id: 5,
+            epoch: 1,
+            first_seq: 2,
+            last_seq: 2,
+        };
+        assert_eq!(
+            p.producers.check(&older, 0, i64::MAX),
+            Err(ProducerError::FencedEpoch { current: 2, got: 1 }),
+            "the marker's epoch fences the older one"
+        );
+        let aborted = |p: &Partition| {
+            p.txns
+                .as_deref()
+                .map_or(Vec::new(), |t| t.collect_aborted(0, 10))
+        };
+        assert_eq!(aborted(&p), vec![(5, 0)]);
+        // Truncating the marker away opens the transaction again.
+        p.truncate(3);
+        assert_eq!((p.open_txn(5), p.last_stable_offset()), (Some(0), 0));
+        assert!(aborted(&p).is_empty());
+        p.check().expect("invariants");
+        store_replayed(&mut p, control_batch(5, 2, end, 0));
+        p.settle_txns();
+        assert_eq!(aborted(&p), vec![(5, 0)]);
+        // The log start passes the transaction's start, not its marker:
+        // the entry stays; once past the marker, it goes.
+        p.log_start_offset = 1;
+        p.settle_txns();
+        assert_eq!(aborted(&p), vec![(5, 0)]);
+        p.log_start_offset = 4;
+        p.settle_txns();
+        assert!(p.txns.is_none(), "nothing left to track");
+        store_replayed(
+            &mut p,
+            transactional(with_producer(batch(1, 0, b"c"), 6, 0, 0)),
+        );
+        assert_eq!(p.last_stable_offset(), 4);
+        p.restart_at(50);
+        assert!(p.txns.is_none());
+        assert_eq!(p.last_stable_offset(), 50);
     }
 
     #[test]

@@ -14,10 +14,25 @@
 //! A wait is bounded by `MEMORY_WAIT`; a head that runs out is answered
 //! `ShardError::Busy` and so is every produce queued behind it for the same
 //! partition (admitting one would put it ahead of its predecessor's retry).
+//!
+//! Transactions (Kafka's `LogValidator` and `ProducerAppendInfo` rules):
+//! a request's batches are all transactional or all not; a transactional
+//! batch needs a producer id, and a client's needs the request's
+//! transactional id (else TRANSACTIONAL_ID_AUTHORIZATION_FAILED); a client
+//! never writes control batches; a non-transactional batch of a producer
+//! whose transaction is open here is INVALID_TXN_STATE. Once offsets are
+//! assigned, in the same synchronous section, a transactional batch opens
+//! its producer's transaction (unless open) and a marker
+//! (`write_txn_marker`, a coordinator's control batch) closes it
+//! (`partition::Partition::end_txn`); the partition's transaction state is
+//! charged to `partition_state` as it changes. A marker queued in a
+//! `__consumer_offsets` partition tells the group coordinator at once
+//! (`on_offsets_txn_marker`), in the partition's order.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::channel::oneshot;
@@ -33,7 +48,7 @@ use crate::mesh::ShardMsg;
 use crate::producer_state::{self, ProducerBatch, Verdict};
 use crate::tail::TailItem;
 use crate::waiters::WaitSlot;
-use crate::{ProducePartition, ProducePartitionResult, ShardError};
+use crate::{Origin, ProducePartition, ProducePartitionResult, ShardError, TxnMarker};
 
 /// Produces waiting for memory on one shard at once; more are answered
 /// `ShardError::Busy` at once.
@@ -109,6 +124,69 @@ impl TopicLimits {
             compacted: crate::compact::CompactConfig::of(&topic.configs).is_some(),
         }
     }
+}
+
+/// What a request's batches are to the partition's transactions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TxnWrite {
+    /// No transactional batch.
+    Plain,
+    /// Transactional records of the request's producer.
+    Data,
+    /// One end-transaction marker (a coordinator's control batch).
+    Marker {
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+    },
+}
+
+/// Classifies validated `records` (module doc: the rules of Kafka's
+/// `LogValidator`): every batch transactional or none; a transactional
+/// batch has a producer id; a client's batch with a producer id has a
+/// sequence; only a coordinator writes control batches, one marker alone.
+fn txn_write(records: &[u8], origin: Origin) -> Result<TxnWrite, ShardError> {
+    let invalid = |m: &str| Err(ShardError::InvalidRecord(m.into()));
+    let mut kind: Option<TxnWrite> = None;
+    let mut batches = 0usize;
+    for b in batch::batches(records) {
+        batches += 1;
+        let h = batch::producer_fields(b);
+        if batch::is_control(b) {
+            if origin == Origin::Client {
+                return invalid("clients may not write control batches");
+            }
+            let Some(m) = batch::end_txn(b) else {
+                return invalid("a control batch that is no transaction marker");
+            };
+            if h.producer_id < 0 || batches > 1 || kind.is_some() {
+                return invalid("a transaction marker goes alone, with a producer id");
+            }
+            kind = Some(TxnWrite::Marker {
+                producer_id: h.producer_id,
+                producer_epoch: h.producer_epoch,
+                commit: m.commit,
+            });
+            continue;
+        }
+        if origin == Origin::Client && h.producer_id >= 0 && h.base_sequence < 0 {
+            return invalid("a batch with a producer id needs a base sequence");
+        }
+        let this = if batch::is_transactional(b) {
+            if h.producer_id < 0 {
+                return invalid("a transactional batch needs a producer id");
+            }
+            TxnWrite::Data
+        } else {
+            TxnWrite::Plain
+        };
+        match kind {
+            None => kind = Some(this),
+            Some(k) if k == this => {}
+            Some(_) => return invalid("batches of one request mix transactional and other ones"),
+        }
+    }
+    Ok(kind.unwrap_or(TxnWrite::Plain))
 }
 
 /// An entry whose offsets are assigned and whose append is queued.
@@ -217,6 +295,40 @@ pub(crate) fn now_ms() -> i64 {
 impl Engine {
     pub async fn produce(self: &Rc<Self>, req: ProducePartition) -> ProducePartitionResult {
         self.produce_start(req).await.wait().await
+    }
+
+    /// Writes transaction marker `m` to `partition` of `topic` (which this
+    /// node must lead, else `NotLeader`): one control batch, stamped now,
+    /// through the ordinary produce path (routed to the owner shard, acks=-1,
+    /// origin `Coordinator`). Resolves with the marker's offset once the
+    /// in-sync replicas have it. A marker whose producer epoch is older
+    /// than the partition knows is `InvalidProducerEpoch`.
+    pub async fn write_txn_marker(
+        self: &Rc<Self>,
+        topic: Arc<TopicMeta>,
+        partition: i32,
+        m: TxnMarker,
+    ) -> Result<i64, ShardError> {
+        let end = batch::EndTxn {
+            commit: m.commit,
+            coordinator_epoch: m.coordinator_epoch,
+        };
+        let records = batch::control_batch(m.producer_id, m.producer_epoch, end, now_ms());
+        let result = self
+            .produce(ProducePartition {
+                topic,
+                partition,
+                records: records.into(),
+                acks: -1,
+                timeout_ms: crate::txn::TXN_WRITE_TIMEOUT_MS,
+                origin: Origin::Coordinator,
+                transactional_id: None,
+            })
+            .await;
+        match result.error {
+            None => Ok(result.base_offset),
+            Some(e) => Err(e),
+        }
     }
 
     /// Fixes the produce's place in its partition's order and returns the
@@ -478,7 +590,15 @@ impl Engine {
             // batches are decompressed to look (only for such topics).
             crate::compact::check_keys(&req.records)?;
         }
-        let producer = producer_state::producer_batch(&req.records)?;
+        let txn = txn_write(&req.records, req.origin)?;
+        if txn == TxnWrite::Data && req.origin == Origin::Client && req.transactional_id.is_none() {
+            // Kafka authorizes transactional records by the request's id.
+            return Err(ShardError::TransactionalIdAuthorizationFailed);
+        }
+        let producer = match txn {
+            TxnWrite::Marker { .. } => None,
+            _ => producer_state::producer_batch(&req.records)?,
+        };
         let payload_bytes = (ENTRY_HEADER_BYTES + req.records.len()) as u64;
         // Room is left for the header of a copy (`compact::REPLACE_HEADER_BYTES`).
         let entry_max = u64::from(self.wal.config().entry_bytes_max)
@@ -506,9 +626,28 @@ impl Engine {
                 let timeout = Duration::from_millis(u64::from(req.timeout_ms));
                 (limits.min_insync, started + timeout)
             });
-            if let Some(d) = self.check_producer(part, producer.as_ref())? {
+            if let TxnWrite::Marker {
+                producer_id,
+                producer_epoch,
+                ..
+            } = txn
+            {
+                let expiration_ms = self.cfg.producer_id_expiration_ms;
+                part.producers
+                    .check_epoch(producer_id, producer_epoch, now_ms(), expiration_ms)?;
+            }
+            if let Some(d) = self.check_producer(part, producer.as_ref(), req.origin)? {
                 return Ok(d);
             }
+            if let (TxnWrite::Plain, Some(pb)) = (txn, &producer) {
+                if let Some(first) = part.open_txn(pb.producer_id) {
+                    return Err(ShardError::InvalidTxnState(format!(
+                        "a non-transactional batch of producer {} whose transaction is open here since offset {first}",
+                        pb.producer_id
+                    )));
+                }
+            }
+            let txn_bytes_before = part.txn_bytes();
             let base_offset = part.next_offset;
             let header = EntryHeader {
                 key,
@@ -537,10 +676,40 @@ impl Engine {
             if let Some(pb) = &producer {
                 self.record_producer(part, pb, base_offset, header.last_offset);
             }
+            match txn {
+                TxnWrite::Plain => {}
+                TxnWrite::Data => {
+                    if let Some(pb) = &producer {
+                        part.settle_txns();
+                        part.begin_txn(pb.producer_id, base_offset);
+                    }
+                }
+                TxnWrite::Marker {
+                    producer_id,
+                    producer_epoch,
+                    commit,
+                } => {
+                    part.settle_txns();
+                    part.end_txn(producer_id, producer_epoch, base_offset, commit, now_ms());
+                }
+            }
+            self.charge_txn_bytes(txn_bytes_before, part.txn_bytes());
             self.budget
                 .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
             (payload, base_offset, part.log_start_offset, isr_wait)
         };
+        if let TxnWrite::Marker {
+            producer_id,
+            commit,
+            ..
+        } = txn
+        {
+            if req.topic.name == crate::group::OFFSETS_TOPIC {
+                // The group coordinator applies (or drops) the offsets the
+                // transaction committed, in the partition's order.
+                self.on_offsets_txn_marker(key.partition, producer_id, commit);
+            }
+        }
         let append = self
             .wal
             .append_payload(KIND_BATCHES, entry::wal_payload(payload));
@@ -569,16 +738,28 @@ impl Engine {
     }
 
     /// Sequence and epoch checks of an idempotent producer's entry:
-    /// `Some` when it is a duplicate of an entry already written.
+    /// `Some` when it is a duplicate of an entry already written. A
+    /// coordinator's entry only has its epoch checked. A producer whose
+    /// transaction is open here does not expire.
     fn check_producer(
         &self,
         part: &crate::partition::Partition,
         producer: Option<&ProducerBatch>,
+        origin: Origin,
     ) -> Result<Option<Begun>, ShardError> {
         let Some(pb) = producer else {
             return Ok(None);
         };
-        let expiration_ms = self.cfg.producer_id_expiration_ms;
+        let expiration_ms = if part.open_txn(pb.producer_id).is_some() {
+            i64::MAX
+        } else {
+            self.cfg.producer_id_expiration_ms
+        };
+        if origin == Origin::Coordinator {
+            part.producers
+                .check_epoch(pb.producer_id, pb.epoch, now_ms(), expiration_ms)?;
+            return Ok(None);
+        }
         match part.producers.check(pb, now_ms(), expiration_ms)? {
             Verdict::Append => Ok(None),
             Verdict::Duplicate {
@@ -601,9 +782,12 @@ impl Engine {
     ) {
         let now = now_ms();
         part.producers.record(pb, base_offset, last_offset, now);
-        let expired = part
-            .producers
-            .sweep_if_grown(now, self.cfg.producer_id_expiration_ms);
+        let txns = part.txns.as_deref();
+        let expired =
+            part.producers
+                .sweep_if_grown(now, self.cfg.producer_id_expiration_ms, |id| {
+                    txns.is_some_and(|t| t.open_first(id).is_some())
+                });
         self.counters.borrow_mut().producers_expired += expired as u64;
     }
 
@@ -836,5 +1020,66 @@ impl Engine {
         {
             b.cached = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::testing::{batch, transactional, with_producer};
+    use crate::batch::{control_batch, EndTxn};
+
+    fn invalid(r: Result<TxnWrite, ShardError>) -> bool {
+        matches!(r, Err(ShardError::InvalidRecord(_)))
+    }
+
+    #[test]
+    fn requests_are_classified_by_kafkas_rules() {
+        let plain = batch(1, 0, b"v");
+        assert_eq!(txn_write(&plain, Origin::Client), Ok(TxnWrite::Plain));
+        let idempotent = with_producer(batch(2, 0, b"v"), 7, 0, 0);
+        assert_eq!(txn_write(&idempotent, Origin::Client), Ok(TxnWrite::Plain));
+        let txn = transactional(idempotent.clone());
+        assert_eq!(txn_write(&txn, Origin::Client), Ok(TxnWrite::Data));
+        let mut two = txn.clone();
+        two.extend(transactional(with_producer(batch(1, 0, b"v"), 7, 0, 2)));
+        assert_eq!(txn_write(&two, Origin::Client), Ok(TxnWrite::Data));
+        // A transactional batch needs a producer id; a client's batch with
+        // a producer id needs a sequence (a coordinator's does not).
+        assert!(invalid(txn_write(
+            &transactional(batch(1, 0, b"v")),
+            Origin::Coordinator
+        )));
+        let no_seq = transactional(with_producer(batch(1, 0, b"v"), 7, 0, -1));
+        assert!(invalid(txn_write(&no_seq, Origin::Client)));
+        assert_eq!(txn_write(&no_seq, Origin::Coordinator), Ok(TxnWrite::Data));
+        let mut mixed = idempotent.clone();
+        mixed.extend(transactional(with_producer(batch(1, 0, b"v"), 7, 0, 2)));
+        assert!(invalid(txn_write(&mixed, Origin::Client)));
+        // Markers: a coordinator's, alone.
+        let end = EndTxn {
+            commit: true,
+            coordinator_epoch: 3,
+        };
+        let marker = control_batch(7, 1, end, 0);
+        assert!(invalid(txn_write(&marker, Origin::Client)));
+        assert_eq!(
+            txn_write(&marker, Origin::Coordinator),
+            Ok(TxnWrite::Marker {
+                producer_id: 7,
+                producer_epoch: 1,
+                commit: true
+            })
+        );
+        let mut after_data = txn.clone();
+        after_data.extend_from_slice(&marker);
+        assert!(invalid(txn_write(&after_data, Origin::Coordinator)));
+        let mut two_markers = marker.clone();
+        two_markers.extend_from_slice(&marker);
+        assert!(invalid(txn_write(&two_markers, Origin::Coordinator)));
+        assert!(invalid(txn_write(
+            &control_batch(-1, 0, end, 0),
+            Origin::Coordinator
+        )));
     }
 }

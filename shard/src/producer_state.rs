@@ -11,11 +11,18 @@
 //! - otherwise its first sequence must follow the last one (with
 //!   wraparound from `i32::MAX` to 0), or be 0 for a new epoch
 //!   (`ProducerError::OutOfOrder`, OUT_OF_ORDER_SEQUENCE_NUMBER);
-//! - an unknown (or expired) producer may start at any sequence.
+//! - an unknown (or expired) producer may start at any sequence;
+//! - a transaction marker (`check_epoch`, `record_marker`) takes no part
+//!   in sequence checks: its epoch must not be older than the known one,
+//!   and a newer one becomes the producer's epoch (its sequence window is
+//!   cleared), so the older epoch is fenced from then on.
 //!
 //! Expiry needs no timer: a producer idle for `expiration_ms` counts as
 //! unknown when it is looked up, and `record` sweeps the whole map once it
-//! has doubled since the last sweep (amortized O(1) per produce).
+//! has doubled since the last sweep (amortized O(1) per produce). A
+//! producer with a transaction open in the partition never expires (the
+//! caller passes `i64::MAX` then, and a `keep` rule to the sweep), as in
+//! Kafka.
 //!
 //! State is rebuilt by recovery from the batch headers stored in the WAL
 //! (`producerId`, `producerEpoch`, `baseSequence`, `lastOffsetDelta`).
@@ -85,6 +92,10 @@ struct Producer {
     /// Oldest first, at most `BATCHES_KEPT`.
     written: VecDeque<Written>,
     last_ms: i64,
+    /// Offset of the last transaction marker recorded, -1 for none: what
+    /// keeps a producer without written entries known across a truncation
+    /// below it.
+    marker_offset: i64,
 }
 
 /// Producer state of one partition. Empty (one empty map) for partitions
@@ -152,10 +163,11 @@ pub fn producer_batch(records: &[u8]) -> Result<Option<ProducerBatch>, ShardErro
 /// window entry per batch (batches a follower copied from its leader, or
 /// recovered from such an entry): the leader records one entry per produce
 /// request, which is one batch per producer and partition for Kafka clients.
+/// Control batches are left out: markers are recorded by `record_marker`.
 pub fn record_batches(states: &mut ProducerStates, records: &[u8], now_ms: i64) {
     for b in batch::batches(records) {
         let h = batch::producer_fields(b);
-        if h.producer_id < 0 {
+        if h.producer_id < 0 || batch::is_control(b) {
             continue;
         }
         let pb = ProducerBatch {
@@ -234,6 +246,7 @@ impl ProducerStates {
             epoch: b.epoch,
             written: VecDeque::with_capacity(BATCHES_KEPT),
             last_ms: now_ms,
+            marker_offset: -1,
         });
         if b.epoch != p.epoch {
             p.epoch = b.epoch;
@@ -252,6 +265,50 @@ impl ProducerStates {
         assert!(p.written.len() <= BATCHES_KEPT);
     }
 
+    /// Whether a write of `producer_id` at `epoch` that takes no part in
+    /// sequence checks (a transaction marker, a coordinator's batch) may
+    /// go: not when the producer is known (not expired) at a newer epoch.
+    /// Changes nothing.
+    pub fn check_epoch(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        now_ms: i64,
+        expiration_ms: i64,
+    ) -> Result<(), ProducerError> {
+        match self
+            .producers
+            .get(&producer_id)
+            .filter(|p| now_ms.saturating_sub(p.last_ms) < expiration_ms)
+        {
+            Some(p) if epoch < p.epoch => Err(ProducerError::FencedEpoch {
+                current: p.epoch,
+                got: epoch,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remembers a transaction marker of `producer_id` at `epoch` written
+    /// at `offset`: a newer epoch becomes the producer's (its window is
+    /// cleared: the new epoch starts at sequence 0), an unknown producer
+    /// becomes known at it. Never lowers the epoch (a follower or recovery
+    /// meeting an older one keeps what it knows).
+    pub fn record_marker(&mut self, producer_id: i64, epoch: i16, offset: i64, now_ms: i64) {
+        let p = self.producers.entry(producer_id).or_insert(Producer {
+            epoch,
+            written: VecDeque::new(),
+            last_ms: now_ms,
+            marker_offset: offset,
+        });
+        if epoch > p.epoch {
+            p.epoch = epoch;
+            p.written.clear();
+        }
+        p.marker_offset = offset;
+        p.last_ms = p.last_ms.max(now_ms);
+    }
+
     /// The append of the entry at `base_offset` failed: forget it, so a
     /// retry is written again rather than answered as a duplicate.
     pub fn forget(&mut self, producer_id: i64, base_offset: i64) {
@@ -260,23 +317,33 @@ impl ProducerStates {
         }
     }
 
-    /// The log was truncated at `end`: forgets every entry written at or
-    /// above it, and the producers left with none (they count as unknown).
+    /// The log was truncated at `end`: forgets every entry (and marker)
+    /// written at or above it, and the producers left with none (they
+    /// count as unknown).
     pub fn forget_from(&mut self, end: i64) {
         self.producers.retain(|_, p| {
             p.written.retain(|w| w.base_offset < end);
-            !p.written.is_empty()
+            if p.marker_offset >= end {
+                p.marker_offset = -1;
+            }
+            !p.written.is_empty() || p.marker_offset >= 0
         });
     }
 
-    /// Drops expired producers once the map doubled since the last sweep.
-    pub fn sweep_if_grown(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+    /// Drops expired producers once the map doubled since the last sweep,
+    /// but those `keep` names (a transaction open in the partition).
+    pub fn sweep_if_grown(
+        &mut self,
+        now_ms: i64,
+        expiration_ms: i64,
+        keep: impl Fn(i64) -> bool,
+    ) -> usize {
         if self.producers.len() < self.sweep_at_len.max(SWEEP_LEN_MIN) {
             return 0;
         }
         let before = self.producers.len();
         self.producers
-            .retain(|_, p| now_ms.saturating_sub(p.last_ms) < expiration_ms);
+            .retain(|id, p| now_ms.saturating_sub(p.last_ms) < expiration_ms || keep(*id));
         self.sweep_at_len = self.producers.len() * 2;
         before - self.producers.len()
     }
@@ -398,9 +465,13 @@ mod tests {
             };
             s.record(&b, 1, 1, DAY_MS);
         }
-        assert_eq!(s.sweep_if_grown(DAY_MS + 1, DAY_MS), 1);
+        assert_eq!(s.sweep_if_grown(DAY_MS + 1, DAY_MS, |_| false), 1);
         assert_eq!(s.len(), SWEEP_LEN_MIN);
-        assert_eq!(s.sweep_if_grown(DAY_MS + 2, DAY_MS), 0, "not grown since");
+        assert_eq!(
+            s.sweep_if_grown(DAY_MS + 2, DAY_MS, |_| false),
+            0,
+            "not grown since"
+        );
     }
 
     #[test]
@@ -438,6 +509,44 @@ mod tests {
         assert_eq!(s.len(), 1, "producer 8 had only truncated entries");
         assert_eq!(check(&s, pb(0, 1, 1)), Ok(Verdict::Append));
         assert!(s.check(&other, 1_000, DAY_MS).is_ok());
+    }
+
+    #[test]
+    fn markers_fence_older_epochs_and_survive_truncation_below_them() {
+        let mut s = ProducerStates::default();
+        s.record(&pb(1, 0, 3), 0, 3, 1_000);
+        assert_eq!(
+            s.check_epoch(7, 0, 1_000, DAY_MS),
+            Err(ProducerError::FencedEpoch { current: 1, got: 0 })
+        );
+        assert_eq!(s.check_epoch(7, 1, 1_000, DAY_MS), Ok(()));
+        assert_eq!(s.check_epoch(99, 0, 1_000, DAY_MS), Ok(()), "unknown");
+        // A marker at epoch 2 (the coordinator bumped it): epoch 1 fenced,
+        // epoch 2 starts at sequence 0.
+        s.record_marker(7, 2, 4, 1_000);
+        assert_eq!(
+            check(&s, pb(1, 4, 4)),
+            Err(ProducerError::FencedEpoch { current: 2, got: 1 })
+        );
+        assert_eq!(check(&s, pb(2, 0, 0)), Ok(Verdict::Append));
+        s.record_marker(7, 1, 5, 1_000);
+        assert!(check(&s, pb(1, 0, 0)).is_err(), "never lowered");
+        // A producer known only by a marker stays known below it.
+        s.record_marker(8, 3, 10, 1_000);
+        s.forget_from(11);
+        assert_eq!(s.len(), 2);
+        s.forget_from(10);
+        assert_eq!(s.len(), 1, "producer 8's marker was cut");
+        // Expiry spares a producer `keep` names.
+        let mut e = ProducerStates::default();
+        for id in 0..SWEEP_LEN_MIN as i64 {
+            e.record_marker(id, 0, id, 0);
+        }
+        assert_eq!(
+            e.sweep_if_grown(DAY_MS, DAY_MS, |id| id == 3),
+            SWEEP_LEN_MIN - 1
+        );
+        assert_eq!(e.len(), 1);
     }
 
     #[test]

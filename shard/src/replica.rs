@@ -24,7 +24,11 @@
 //! owns the partition): `append_replica` writes the leader's batches as they
 //! are (offsets and epochs unchanged) as WAL entries of kind
 //! `KIND_REPLICA_BATCHES` (5; the format of `KIND_BATCHES`), records the
-//! producers' sequences per batch and the epochs; `truncate_replica` and
+//! producers' sequences per batch and the epochs, and follows the
+//! transactions as the leader did (`Partition::replay_txns`: transactional
+//! batches open, markers close, aborts go into the aborted index), so a
+//! follower that becomes leader knows its last stable offset and what to
+//! tell read_committed consumers; `truncate_replica` and
 //! `restart_replica_at` cut the log with a WAL entry of kind `KIND_TRUNCATE`
 //! (4) that recovery replays in WAL order:
 //!
@@ -248,6 +252,7 @@ impl Engine {
                 r.leader_high_watermark = leader_high_watermark;
             }
             let now = crate::produce::now_ms();
+            let txn_bytes_before = p.txn_bytes();
             let mut appends = Vec::with_capacity(planned.len());
             for c in planned {
                 let header = EntryHeader {
@@ -266,6 +271,7 @@ impl Engine {
                 );
                 crate::producer_state::record_batches(&mut p.producers, part, now);
                 p.note_epochs(part);
+                p.replay_txns(part, now);
                 self.budget
                     .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
                 let entry_bytes = payload.len() as u64;
@@ -274,6 +280,8 @@ impl Engine {
                     .append_payload(KIND_REPLICA_BATCHES, entry::wal_payload(payload));
                 appends.push((c.base_offset, entry_bytes, append));
             }
+            p.settle_txns();
+            self.charge_txn_bytes(txn_bytes_before, p.txn_bytes());
             appends
         };
         {
@@ -442,10 +450,12 @@ impl Engine {
             let Some(p) = parts.get_mut(key) else {
                 return -1;
             };
+            let txn_bytes_before = p.txn_bytes();
             let dropped = match cut {
                 Cut::Truncate => p.truncate(offset),
                 Cut::RestartAt => p.restart_at(offset),
             };
+            self.charge_txn_bytes(txn_bytes_before, p.txn_bytes());
             (dropped, p.next_offset)
         };
         self.budget

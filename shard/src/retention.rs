@@ -193,11 +193,18 @@ impl Engine {
     }
 
     /// Drops index entries (and their tail-cache bytes) wholly below each
-    /// partition's log start; returns their `partition_state` charge.
+    /// partition's log start; returns their `partition_state` charge. Also
+    /// forgets the transactions the partitions' HW and log start passed
+    /// (`Partition::settle_txns`), which no other pass may visit soon.
     pub(crate) fn release_below_log_start(&self) {
         let mut dropped = 0u64;
         let mut starts: HashMap<PartitionKey, i64> = HashMap::new();
         for (k, p) in self.parts.borrow_mut().iter_mut() {
+            if p.txns.is_some() {
+                let before = p.txn_bytes();
+                p.settle_txns();
+                self.charge_txn_bytes(before, p.txn_bytes());
+            }
             let n = p
                 .batches
                 .partition_point(|b| b.last_offset < p.log_start_offset);

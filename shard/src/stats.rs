@@ -77,6 +77,18 @@ pub struct Counters {
     pub isr_proposals: u64,
     /// acks=-1 produces that waited for the ISR after durability.
     pub produce_isr_waits: u64,
+    /// Transactions this shard's coordinator completed, by outcome.
+    pub txn_commits: u64,
+    pub txn_aborts: u64,
+    /// Transactions aborted because their timeout passed.
+    pub txn_timeouts: u64,
+    /// Ongoing transactions aborted because a new producer instance of the
+    /// id fenced the old one.
+    pub txn_fenced: u64,
+    /// Transaction markers the coordinator wrote (one per partition).
+    pub txn_markers: u64,
+    /// Transactional ids forgotten after `transactional.id.expiration.ms`.
+    pub txn_ids_expired: u64,
 }
 
 /// What one partition replica holds on this node (DescribeLogDirs).

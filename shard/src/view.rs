@@ -25,6 +25,8 @@ pub(crate) struct Applied {
     pub gone_entries: u64,
     /// Removed partitions that held a replication state.
     pub gone_replicated: u64,
+    /// Bytes of the removed partitions' transaction states.
+    pub gone_txn_bytes: u64,
     /// Removed partitions whose topic lives on (this node no longer
     /// replicates them): their log must not come back at recovery.
     pub reassigned: Vec<PartitionKey>,
@@ -105,6 +107,7 @@ fn add_topic(
         if !hosted(pm, shard, node) {
             if let Some(p) = parts.remove(&key) {
                 applied.gone_entries += p.batches.len() as u64;
+                applied.gone_txn_bytes += p.txn_bytes();
                 applied.gone_replicated += u64::from(p.repl.is_some());
                 applied.gone.push(key);
                 applied.reassigned.push(key);
@@ -135,6 +138,7 @@ fn drop_topic(
         };
         if let Some(p) = parts.remove(&key) {
             applied.gone_entries += p.batches.len() as u64;
+            applied.gone_txn_bytes += p.txn_bytes();
             applied.gone_replicated += u64::from(p.repl.is_some());
             applied.gone.push(key);
         }

@@ -97,6 +97,8 @@ fn child(dir: PathBuf) {
                                 records,
                                 acks: 1,
                                 timeout_ms: 30_000,
+                                origin: sluice_shard::Origin::Client,
+                                transactional_id: None,
                             })
                             .await;
                         assert_eq!(r.error, None);
@@ -158,6 +160,7 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
                 topic: topic.clone(),
                 partition: 0,
                 timestamp: -1,
+                isolation_level: 0,
             };
             let hw = shard.list_offsets(list).await.offset;
             assert!(
@@ -198,6 +201,8 @@ fn sigkill_keeps_acknowledged_offsets_contiguous() {
                     records,
                     acks: 1,
                     timeout_ms: 30_000,
+                    origin: sluice_shard::Origin::Client,
+                    transactional_id: None,
                 })
                 .await;
             assert_eq!(

@@ -106,6 +106,8 @@ async fn produce(shard: &Shard, topic: &Arc<TopicMeta>, partition: i32, records:
         records: Bytes::from(records),
         acks: -1,
         timeout_ms: 30_000,
+        origin: sluice_shard::Origin::Client,
+        transactional_id: None,
     };
     let r = shard.produce(req).await;
     assert_eq!(r.error, None, "produce to {}/{partition}", topic.name);
@@ -144,6 +146,7 @@ async fn list(shard: &Shard, topic: &Arc<TopicMeta>, partition: i32, timestamp: 
             topic: topic.clone(),
             partition,
             timestamp,
+            isolation_level: 0,
         })
         .await;
     assert_eq!(r.error, None);
@@ -238,6 +241,8 @@ fn bad_batches_get_errors() {
                 records: Bytes::from(records),
                 acks: 1,
                 timeout_ms: 30_000,
+                origin: sluice_shard::Origin::Client,
+                transactional_id: None,
             };
             shard.produce(req)
         };
@@ -292,6 +297,8 @@ fn log_append_time_and_acks_zero() {
             records: Bytes::from(batch(2, 5, b"v")),
             acks: 1,
             timeout_ms: 30_000,
+            origin: sluice_shard::Origin::Client,
+            transactional_id: None,
         };
         let r = shard.produce(req).await;
         assert!(r.log_append_time_ms > 1_600_000_000_000, "{r:?}");
@@ -301,6 +308,8 @@ fn log_append_time_and_acks_zero() {
             records: Bytes::from(batch(1, 5, b"w")),
             acks: 0,
             timeout_ms: 30_000,
+            origin: sluice_shard::Origin::Client,
+            transactional_id: None,
         };
         assert_eq!(shard.produce(req).await.base_offset, 2);
         // acks=0 is still written: a long poll sees it become durable.
@@ -347,6 +356,8 @@ fn produces_beyond_the_inflight_pool_wait_and_keep_call_order() {
                 records: Bytes::from(batch(RECORDS, 1000 + i as i64, value)),
                 acks: -1,
                 timeout_ms: 30_000,
+                origin: sluice_shard::Origin::Client,
+                transactional_id: None,
             };
             let shard = shard.clone();
             async move { (partition, shard.produce(req).await) }
@@ -489,6 +500,8 @@ fn deleted_topic_entries_are_skipped_on_recovery() {
             records: Bytes::from(batch(1, 0, b"z")),
             acks: 1,
             timeout_ms: 30_000,
+            origin: sluice_shard::Origin::Client,
+            transactional_id: None,
         };
         assert_eq!(
             shard.produce(req).await.error,

@@ -487,6 +487,8 @@ fn carry_forward_keeps_the_wal_reclaimable_and_the_offsets() {
                     records: Bytes::from(records),
                     acks: 1,
                     timeout_ms: 5_000,
+                    origin: sluice_shard::Origin::Client,
+                    transactional_id: None,
                 })
                 .await;
             assert_eq!(r.error, None);
@@ -518,6 +520,7 @@ fn carry_forward_keeps_the_wal_reclaimable_and_the_offsets() {
                 topic: offsets_topic.clone(),
                 partition: 0,
                 timestamp: -2,
+                isolation_level: 0,
             })
             .await;
         assert!(earliest.offset > 0, "log start moved: {earliest:?}");

@@ -115,6 +115,8 @@ fn produce_req(topic: &Arc<TopicMeta>, records: Vec<u8>, acks: i16) -> ProducePa
         records: Bytes::from(records),
         acks,
         timeout_ms: TIMEOUT_MS,
+        origin: sluice_shard::Origin::Client,
+        transactional_id: None,
     }
 }
 
@@ -171,6 +173,7 @@ async fn latest(shard: &Shard, topic: &Arc<TopicMeta>) -> i64 {
             topic: topic.clone(),
             partition: 0,
             timestamp: -1,
+            isolation_level: 0,
         })
         .await;
     assert_eq!(r.error, None);

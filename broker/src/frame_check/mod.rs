@@ -293,6 +293,13 @@ impl<'a> Cursor<'a> {
                 self.decoded(count, 4);
                 self.skip(count * 4)
             }
+            Ty::ArrayI64 => {
+                let Some(count) = self.length(w, true, 8)? else {
+                    return Ok(());
+                };
+                self.decoded(count, 8);
+                self.skip(count * 8)
+            }
             Ty::ArrayStr => {
                 let Some(count) = self.length(w, true, 1)? else {
                     return Ok(());

@@ -101,6 +101,13 @@ macro_rules! per_key {
             }
             ApiKey::DescribeLogDirs => $f(describe_log_dirs($c) $(, $arg)*),
             ApiKey::AlterReplicaLogDirs => $f(alter_replica_log_dirs($c) $(, $arg)*),
+            ApiKey::AddPartitionsToTxn => $f(add_partitions_to_txn($c) $(, $arg)*),
+            ApiKey::AddOffsetsToTxn => $f(add_offsets_to_txn($c) $(, $arg)*),
+            ApiKey::EndTxn => $f(end_txn($c) $(, $arg)*),
+            ApiKey::WriteTxnMarkers => $f(write_txn_markers($c) $(, $arg)*),
+            ApiKey::TxnOffsetCommit => $f(txn_offset_commit($c) $(, $arg)*),
+            ApiKey::DescribeTransactions => $f(describe_transactions($c) $(, $arg)*),
+            ApiKey::ListTransactions => $f(list_transactions($c) $(, $arg)*),
             other => panic!("no sample for {other:?}"),
         }
     };
@@ -118,10 +125,15 @@ pub fn sample(key: ApiKey, version: i16, variant: u8) -> Bytes {
     per_key!(key, &c, encode, &c)
 }
 
+/// The APIs and versions sampled: `handlers::SUPPORTED`.
+pub fn served() -> Vec<(ApiKey, i16, i16)> {
+    SUPPORTED.to_vec()
+}
+
 /// Every served API, version and variant with its sample.
 pub fn all() -> Vec<(ApiKey, i16, u8, Bytes)> {
     let mut out = Vec::new();
-    for &(key, min, max) in SUPPORTED {
+    for (key, min, max) in served() {
         for v in min..=max {
             for var in 0..VARIANTS {
                 out.push((key, v, var, sample(key, v, var)));
@@ -793,6 +805,131 @@ fn alter_replica_log_dirs(c: &C) -> AlterReplicaLogDirsRequest {
         .with_unknown_tagged_fields(c.tags())
 }
 
+fn txn_id(c: &C, i: usize) -> TransactionalId {
+    TransactionalId(c.s("txn", i))
+}
+
+fn add_partitions_to_txn(c: &C) -> AddPartitionsToTxnRequest {
+    use kafka_protocol::messages::add_partitions_to_txn_request::{
+        AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+    };
+    let topics = || {
+        c.vec(|i| {
+            AddPartitionsToTxnTopic::default()
+                .with_name(topic(c, i))
+                .with_partitions(c.vec(|j| j as i32 + 1))
+                .with_unknown_tagged_fields(c.tags())
+        })
+    };
+    AddPartitionsToTxnRequest::default()
+        .at(c.has(4, 5), |r| {
+            r.with_transactions(c.vec(|i| {
+                AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(
+                        [txn_id(c, i), TransactionalId(c.long("txn"))][i].clone(),
+                    )
+                    .with_producer_id(ProducerId(4000 + i as i64))
+                    .with_producer_epoch(2 + i as i16)
+                    .with_verify_only(true)
+                    .with_topics(topics())
+                    .with_unknown_tagged_fields(c.tags())
+            }))
+        })
+        .at(c.has(0, 3), |r| {
+            r.with_v3_and_below_transactional_id(txn_id(c, 1))
+                .with_v3_and_below_producer_id(ProducerId(4000))
+                .with_v3_and_below_producer_epoch(2)
+                .with_v3_and_below_topics(topics())
+        })
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn add_offsets_to_txn(c: &C) -> AddOffsetsToTxnRequest {
+    AddOffsetsToTxnRequest::default()
+        .with_transactional_id(txn_id(c, 1))
+        .with_producer_id(ProducerId(4000))
+        .with_producer_epoch(2)
+        .with_group_id(GroupId(c.long("group")))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn end_txn(c: &C) -> EndTxnRequest {
+    EndTxnRequest::default()
+        .with_transactional_id(txn_id(c, 1))
+        .with_producer_id(ProducerId(4000))
+        .with_producer_epoch(2)
+        .with_committed(true)
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn write_txn_markers(c: &C) -> WriteTxnMarkersRequest {
+    use kafka_protocol::messages::write_txn_markers_request::{
+        WritableTxnMarker, WritableTxnMarkerTopic,
+    };
+    WriteTxnMarkersRequest::default()
+        .with_markers(c.vec(|i| {
+            WritableTxnMarker::default()
+                .with_producer_id(ProducerId(4000 + i as i64))
+                .with_producer_epoch(2)
+                .with_transaction_result(true)
+                .with_topics(c.vec(|j| {
+                    WritableTxnMarkerTopic::default()
+                        .with_name(topic(c, j))
+                        .with_partition_indexes(c.vec(|k| k as i32 + 1))
+                        .with_unknown_tagged_fields(c.tags())
+                }))
+                .with_coordinator_epoch(5)
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn txn_offset_commit(c: &C) -> TxnOffsetCommitRequest {
+    use kafka_protocol::messages::txn_offset_commit_request::{
+        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+    };
+    TxnOffsetCommitRequest::default()
+        .with_transactional_id(txn_id(c, 1))
+        .with_group_id(group(c, 0))
+        .with_producer_id(ProducerId(4000))
+        .with_producer_epoch(2)
+        .at(c.has(3, 4), |r| {
+            r.with_generation_id(4)
+                .with_member_id(c.s("member", 1))
+                .with_group_instance_id(c.opt(3, c.s("instance", 0)))
+        })
+        .with_topics(c.keep(|i| {
+            TxnOffsetCommitRequestTopic::default()
+                .with_name(topic(c, i))
+                .with_partitions(c.keep(|j| {
+                    TxnOffsetCommitRequestPartition::default()
+                        .with_partition_index(j as i32 + 1)
+                        .with_committed_offset(700 + j as i64)
+                        .at(c.has(2, 4), |p| p.with_committed_leader_epoch(3))
+                        .with_committed_metadata(
+                            c.opt(0, [c.s("meta", 0), c.long("meta")][j].clone()),
+                        )
+                        .with_unknown_tagged_fields(c.tags())
+                }))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn describe_transactions(c: &C) -> DescribeTransactionsRequest {
+    DescribeTransactionsRequest::default()
+        .with_transactional_ids(c.vec(|i| txn_id(c, i)))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn list_transactions(c: &C) -> ListTransactionsRequest {
+    ListTransactionsRequest::default()
+        .with_state_filters(c.vec(|i| c.s(["Ongoing", "PrepareCommit"][i], i)))
+        .with_producer_id_filters(c.vec(|i| ProducerId(4000 + i as i64)))
+        .at(c.v == 1, |r| r.with_duration_filter(60_000))
+        .with_unknown_tagged_fields(c.tags())
+}
+
 #[test]
 fn every_sample_round_trips() {
     use kafka_protocol::protocol::Decodable;
@@ -817,7 +954,7 @@ fn every_sample_round_trips() {
         };
         per_key!(c.key, &c, check, &c, bytes);
     }
-    let versions: i16 = SUPPORTED.iter().map(|(_, min, max)| max - min + 1).sum();
+    let versions: i16 = served().iter().map(|(_, min, max)| max - min + 1).sum();
     assert_eq!(all.len(), versions as usize * VARIANTS as usize);
 }
 

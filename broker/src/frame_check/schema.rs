@@ -38,6 +38,8 @@ pub enum Ty {
     Array(&'static Struct),
     /// Array of i32.
     ArrayI32,
+    /// Array of i64.
+    ArrayI64,
     /// Array of strings.
     ArrayStr,
 }
@@ -438,6 +440,82 @@ const ALTER_LOG_DIR: Struct = st::<m::alter_replica_log_dirs_request::AlterRepli
 const ALTER_REPLICA_LOG_DIRS: Struct =
     st::<m::AlterReplicaLogDirsRequest>(&[all(Array(&ALTER_LOG_DIR))]);
 
+// Transactions.
+const ADD_PARTITIONS_TO_TXN_TOPIC: Struct =
+    st::<m::add_partitions_to_txn_request::AddPartitionsToTxnTopic>(&[
+        all(Str),      // name
+        all(ArrayI32), // partitions
+    ]);
+const ADD_PARTITIONS_TO_TXN_TRANSACTION: Struct =
+    st::<m::add_partitions_to_txn_request::AddPartitionsToTxnTransaction>(&[
+        from(4, Str),  // transactional_id
+        from(4, I64),  // producer_id
+        from(4, I16),  // producer_epoch
+        from(4, Bool), // verify_only
+        from(4, Array(&ADD_PARTITIONS_TO_TXN_TOPIC)),
+    ]);
+const ADD_PARTITIONS_TO_TXN: Struct = st::<m::AddPartitionsToTxnRequest>(&[
+    from(4, Array(&ADD_PARTITIONS_TO_TXN_TRANSACTION)), // transactions
+    until(3, Str),                                      // v3_and_below_transactional_id
+    until(3, I64),                                      // v3_and_below_producer_id
+    until(3, I16),                                      // v3_and_below_producer_epoch
+    until(3, Array(&ADD_PARTITIONS_TO_TXN_TOPIC)),      // v3_and_below_topics
+]);
+const ADD_OFFSETS_TO_TXN: Struct = st::<m::AddOffsetsToTxnRequest>(&[
+    all(Str), // transactional_id
+    all(I64), // producer_id
+    all(I16), // producer_epoch
+    all(Str), // group_id
+]);
+const END_TXN: Struct = st::<m::EndTxnRequest>(&[
+    all(Str),  // transactional_id
+    all(I64),  // producer_id
+    all(I16),  // producer_epoch
+    all(Bool), // committed
+]);
+const WRITE_TXN_MARKERS_TOPIC: Struct =
+    st::<m::write_txn_markers_request::WritableTxnMarkerTopic>(&[
+        all(Str),      // name
+        all(ArrayI32), // partition_indexes
+    ]);
+const WRITE_TXN_MARKERS_MARKER: Struct = st::<m::write_txn_markers_request::WritableTxnMarker>(&[
+    all(I64),  // producer_id
+    all(I16),  // producer_epoch
+    all(Bool), // transaction_result
+    all(Array(&WRITE_TXN_MARKERS_TOPIC)),
+    all(I32), // coordinator_epoch
+]);
+const WRITE_TXN_MARKERS: Struct =
+    st::<m::WriteTxnMarkersRequest>(&[all(Array(&WRITE_TXN_MARKERS_MARKER))]);
+const TXN_OFFSET_COMMIT_PARTITION: Struct =
+    st::<m::txn_offset_commit_request::TxnOffsetCommitRequestPartition>(&[
+        all(I32),     // partition_index
+        all(I64),     // committed_offset
+        from(2, I32), // committed_leader_epoch
+        all(Str),     // committed_metadata (nullable)
+    ]);
+const TXN_OFFSET_COMMIT_TOPIC: Struct = st::<
+    m::txn_offset_commit_request::TxnOffsetCommitRequestTopic,
+>(&[all(Str), all(Array(&TXN_OFFSET_COMMIT_PARTITION))]);
+const TXN_OFFSET_COMMIT: Struct = st::<m::TxnOffsetCommitRequest>(&[
+    all(Str),     // transactional_id
+    all(Str),     // group_id
+    all(I64),     // producer_id
+    all(I16),     // producer_epoch
+    from(3, I32), // generation_id
+    from(3, Str), // member_id
+    from(3, Str), // group_instance_id (nullable)
+    all(Array(&TXN_OFFSET_COMMIT_TOPIC)),
+]);
+const DESCRIBE_TRANSACTIONS: Struct = st::<m::DescribeTransactionsRequest>(&[
+    all(ArrayStr), // transactional_ids
+]);
+const LIST_TRANSACTIONS: Struct = st::<m::ListTransactionsRequest>(&[
+    all(ArrayStr), // state_filters
+    all(ArrayI64), // producer_id_filters
+    from(1, I64),  // duration_filter
+]);
+
 /// The schema of `key`'s request body; `None` for an API not served.
 pub fn of(key: ApiKey) -> Option<Schema> {
     let (flexible_min, root) = match key {
@@ -472,6 +550,13 @@ pub fn of(key: ApiKey) -> Option<Schema> {
         ApiKey::ListPartitionReassignments => (0, &LIST_PARTITION_REASSIGNMENTS),
         ApiKey::DescribeLogDirs => (2, &DESCRIBE_LOG_DIRS),
         ApiKey::AlterReplicaLogDirs => (2, &ALTER_REPLICA_LOG_DIRS),
+        ApiKey::AddPartitionsToTxn => (3, &ADD_PARTITIONS_TO_TXN),
+        ApiKey::AddOffsetsToTxn => (3, &ADD_OFFSETS_TO_TXN),
+        ApiKey::EndTxn => (3, &END_TXN),
+        ApiKey::WriteTxnMarkers => (1, &WRITE_TXN_MARKERS),
+        ApiKey::TxnOffsetCommit => (3, &TXN_OFFSET_COMMIT),
+        ApiKey::DescribeTransactions => (0, &DESCRIBE_TRANSACTIONS),
+        ApiKey::ListTransactions => (0, &LIST_TRANSACTIONS),
         _ => return None,
     };
     Some(Schema { flexible_min, root })

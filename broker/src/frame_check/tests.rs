@@ -32,7 +32,7 @@ fn produce() -> ProduceRequest {
 
 #[test]
 fn every_served_api_has_a_schema_and_empty_requests_pass() {
-    for &(key, min, max) in SUPPORTED {
+    for (key, min, max) in samples::served() {
         for version in min..=max {
             let bytes = match key {
                 ApiKey::Produce => frame(key, version, &ProduceRequest::default()),
@@ -40,6 +40,19 @@ fn every_served_api_has_a_schema_and_empty_requests_pass() {
                 ApiKey::Metadata => frame(key, version, &MetadataRequest::default()),
                 ApiKey::ApiVersions => frame(key, version, &ApiVersionsRequest::default()),
                 ApiKey::CreateTopics => frame(key, version, &CreateTopicsRequest::default()),
+                ApiKey::AddPartitionsToTxn => {
+                    frame(key, version, &AddPartitionsToTxnRequest::default())
+                }
+                ApiKey::AddOffsetsToTxn => frame(key, version, &AddOffsetsToTxnRequest::default()),
+                ApiKey::EndTxn => frame(key, version, &EndTxnRequest::default()),
+                ApiKey::WriteTxnMarkers => frame(key, version, &WriteTxnMarkersRequest::default()),
+                ApiKey::TxnOffsetCommit => frame(key, version, &TxnOffsetCommitRequest::default()),
+                ApiKey::DescribeTransactions => {
+                    frame(key, version, &DescribeTransactionsRequest::default())
+                }
+                ApiKey::ListTransactions => {
+                    frame(key, version, &ListTransactionsRequest::default())
+                }
                 _ => continue,
             };
             let checked =
@@ -336,4 +349,47 @@ fn librdkafka_metadata_v12_with_trailing_bytes_passes() {
     let checked = check(ApiKey::Metadata, 12, &frame).unwrap();
     assert_eq!(checked.header_bytes, 28);
     assert_eq!(checked.body_bytes, 4);
+}
+
+/// A version is flexible (compact lengths, tagged fields) exactly when its
+/// request header is v2, for every served API and version.
+#[test]
+fn flexible_versions_match_the_header_versions() {
+    for (key, min, max) in samples::served() {
+        let schema = schema::of(key).unwrap_or_else(|| panic!("{key:?}: no schema"));
+        for version in min..=max {
+            assert_eq!(
+                version >= schema.flexible_min,
+                key.request_header_version(version) >= 2,
+                "{key:?} v{version}"
+            );
+        }
+    }
+}
+
+/// ListTransactions' producer id filters are an array of i64: a count is
+/// refused once its 8-byte elements pass the end, and counts 8 bytes each.
+#[test]
+fn list_transactions_i64_array_counts_eight_bytes_an_element() {
+    let req = ListTransactionsRequest::default().with_producer_id_filters(vec![ProducerId(5); 3]);
+    for version in [0, 1] {
+        let bytes = frame(ApiKey::ListTransactions, version, &req).to_vec();
+        let checked = check(ApiKey::ListTransactions, version, &bytes).unwrap();
+        assert_eq!(checked.decoded_bytes, 3 * 8);
+        // Header v2: 8 bytes + client id (2 + its length) + tags (1); then
+        // the state filters (compact count 0: 1 byte): the i64 count, 3 + 1.
+        let at = 8 + 2 + CLIENT_ID.len() + 1 + 1;
+        assert_eq!(bytes[at], 4);
+        // Five elements: 40 bytes, more than the 24 (+ the rest) there,
+        // though fewer than the bytes left.
+        let mut b = bytes.clone();
+        b[at] = 6;
+        let left = b.len() - at - 1;
+        assert!(5 <= left && 5 * 8 > left, "{left}");
+        let r = check(ApiKey::ListTransactions, version, &b).unwrap_err();
+        assert!(
+            matches!(r.what, Problem::TooLong { length: 5, .. }),
+            "v{version}: {r}"
+        );
+    }
 }

@@ -9,14 +9,19 @@
 //! field). A request with `replica_id >= 0` is a follower's: the data
 //! plane serves it as a replica fetch (the follower's fetch offset is its
 //! log end, which moves the high watermark and the ISR).
+//!
+//! read_committed (v4+, `isolation_level` 1): the data plane reads below the
+//! last stable offset and lists the aborted transactions among the returned
+//! records, answered in `aborted_transactions`; every answer (v4+) carries
+//! the last stable offset.
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
 };
-use kafka_protocol::messages::BrokerId;
+use kafka_protocol::messages::{BrokerId, ProducerId};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
 use super::Ctx;
@@ -173,7 +178,16 @@ fn partition_data(partition: i32, r: FetchPartitionResult) -> PartitionData {
     d.high_watermark = r.high_watermark;
     d.last_stable_offset = r.last_stable_offset;
     d.log_start_offset = r.log_start_offset;
-    d.aborted_transactions = Some(Vec::new());
+    d.aborted_transactions = Some(
+        r.aborted
+            .iter()
+            .map(|&(producer_id, first_offset)| {
+                AbortedTransaction::default()
+                    .with_producer_id(ProducerId(producer_id))
+                    .with_first_offset(first_offset)
+            })
+            .collect(),
+    );
     d.records = Some(concat(r.records));
     d
 }

@@ -1,9 +1,10 @@
 //! FindCoordinator (key 10): the coordinator of a group (key type 0) is
-//! the node leading the group's `__consumer_offsets` partition
-//! (COORDINATOR_NOT_AVAILABLE while it has no leader); a transactional id
-//! (key type 1) is answered with this node. v4+ looks up many keys.
+//! the node leading the group's `__consumer_offsets` partition, that of a
+//! transactional id (key type 1) the node leading the id's
+//! `__transaction_state` partition (COORDINATOR_NOT_AVAILABLE while it
+//! has no leader). v4+ looks up many keys.
 //!
-//! In a cluster `__consumer_offsets` is created here, on the first lookup
+//! In a cluster each of those topics is created here, on the first lookup
 //! that finds it missing, like Kafka: once as many brokers are live as the
 //! default replication factor (or, after `OFFSETS_TOPIC_BROKERS_WAIT` of
 //! uptime, with the live ones), with a replication factor of min(default,
@@ -18,9 +19,10 @@ use sluice_raft::{MetaError, TopicSpec};
 
 use super::{str_bytes, with_deadline, BrokerAddr, Ctx};
 use crate::errors::{codes, group_error_code};
-use crate::plane::{GroupError, OFFSETS_TOPIC};
+use crate::plane::{GroupError, OFFSETS_TOPIC, TXN_TOPIC};
 
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 /// Uptime after which a cluster creates `__consumer_offsets` with the
 /// brokers that are live, fewer than the default replication factor.
 const OFFSETS_TOPIC_BROKERS_WAIT: Duration = Duration::from_secs(30);
@@ -32,8 +34,13 @@ pub async fn handle(
     version: i16,
     ctx: &Ctx,
 ) -> FindCoordinatorResponse {
-    if req.key_type == KEY_TYPE_GROUP && ctx.topic(OFFSETS_TOPIC).is_none() {
-        create_offsets_topic(ctx).await;
+    let topic = match req.key_type {
+        KEY_TYPE_GROUP => Some(OFFSETS_TOPIC),
+        KEY_TYPE_TRANSACTION => Some(TXN_TOPIC),
+        _ => None,
+    };
+    if let Some(topic) = topic.filter(|t| ctx.topic(t).is_none()) {
+        create_coordinator_topic(ctx, topic).await;
     }
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
@@ -54,13 +61,12 @@ pub async fn handle(
 }
 
 fn coordinator(key: StrBytes, key_type: i8, ctx: &Ctx) -> Coordinator {
-    let found = if key_type == KEY_TYPE_GROUP {
-        ctx.group_leader(key.as_str())
-            .ok()
-            .and_then(|leader| ctx.broker(&ctx.view(), leader))
-    } else {
-        ctx.broker(&ctx.view(), ctx.node_id())
+    let leader = match key_type {
+        KEY_TYPE_GROUP => ctx.group_leader(key.as_str()).ok(),
+        KEY_TYPE_TRANSACTION => ctx.txn_leader(key.as_str()).ok(),
+        _ => None,
     };
+    let found = leader.and_then(|leader| ctx.broker(&ctx.view(), leader));
     let mut c = Coordinator::default();
     c.key = key;
     let Some(BrokerAddr { id, host, port }) = found else {
@@ -86,9 +92,10 @@ impl Drop for Creating<'_> {
     }
 }
 
-/// Creates `__consumer_offsets` in a cluster once enough brokers are live
-/// (see the module docs); at most one creation per shard at a time.
-async fn create_offsets_topic(ctx: &Ctx) {
+/// Creates `__consumer_offsets` or `__transaction_state` in a cluster once
+/// enough brokers are live (see the module docs); at most one creation per
+/// shard at a time.
+async fn create_coordinator_topic(ctx: &Ctx, name: &'static str) {
     if !ctx.node.cluster || ctx.offsets_creating.get() {
         return;
     }
@@ -96,7 +103,7 @@ async fn create_offsets_topic(ctx: &Ctx) {
     let wanted = usize::from(ctx.node.default_replication_factor.max(1));
     let waited = ctx.node.started.elapsed() >= OFFSETS_TOPIC_BROKERS_WAIT;
     if live == 0 || (live < wanted && !waited) {
-        tracing::debug!(live, wanted, "{OFFSETS_TOPIC}: waiting for brokers");
+        tracing::debug!(live, wanted, "{name}: waiting for brokers");
         return;
     }
     let factor = wanted.min(live);
@@ -104,13 +111,13 @@ async fn create_offsets_topic(ctx: &Ctx) {
         tracing::warn!(
             live,
             wanted,
-            "{OFFSETS_TOPIC}: creating it with fewer replicas than --default-replication-factor (brokers missing)"
+            "{name}: creating it with fewer replicas than --default-replication-factor (brokers missing)"
         );
     }
     ctx.offsets_creating.set(true);
     let _creating = Creating(ctx);
     let spec = TopicSpec {
-        name: OFFSETS_TOPIC.to_string(),
+        name: name.to_string(),
         partitions: ctx.node.offsets_topic_partitions,
         configs: [("cleanup.policy".to_string(), "compact".to_string())].into(),
         replication_factor: u16::try_from(factor).unwrap_or(1),
@@ -120,10 +127,10 @@ async fn create_offsets_topic(ctx: &Ctx) {
         Some(Ok(topic)) => tracing::info!(
             partitions = topic.partitions.len(),
             replication_factor = factor,
-            "{OFFSETS_TOPIC} created"
+            "{name} created"
         ),
         Some(Err(MetaError::TopicExists(_))) => {}
-        Some(Err(e)) => tracing::debug!(error = %e, "{OFFSETS_TOPIC}: creation failed"),
-        None => tracing::debug!("{OFFSETS_TOPIC}: creation still pending"),
+        Some(Err(e)) => tracing::debug!(error = %e, "{name}: creation failed"),
+        None => tracing::debug!("{name}: creation still pending"),
     }
 }

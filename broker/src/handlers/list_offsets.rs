@@ -1,5 +1,7 @@
 //! ListOffsets (key 2): EARLIEST (-2), LATEST (-1) or the first offset whose
 //! timestamp is at or after the given one. v0 answers in `old_style_offsets`.
+//! LATEST with `isolation_level` 1 (read_committed, v2+) answers the last
+//! stable offset instead of the high watermark, as Kafka does.
 //! Only the partition's leader answers (else NOT_LEADER_OR_FOLLOWER).
 
 use futures::future::join_all;
@@ -15,6 +17,7 @@ use crate::plane::ListOffsetsPartition;
 
 pub async fn handle(req: ListOffsetsRequest, version: i16, ctx: &Ctx) -> ListOffsetsResponse {
     let mut work = Vec::new();
+    let isolation_level = if version >= 2 { req.isolation_level } else { 0 };
     let mut topics = Vec::with_capacity(req.topics.len());
     for (ti, t) in req.topics.into_iter().enumerate() {
         let mut out = ListOffsetsTopicResponse::default();
@@ -22,7 +25,13 @@ pub async fn handle(req: ListOffsetsRequest, version: i16, ctx: &Ctx) -> ListOff
         topics.push(out);
         let name = t.name.0.to_string();
         for p in t.partitions {
-            work.push(list_one(ti, name.clone(), p, version, ctx));
+            work.push(list_one(
+                ti,
+                name.clone(),
+                p,
+                (version, isolation_level),
+                ctx,
+            ));
         }
     }
     for (ti, p) in join_all(work).await {
@@ -37,7 +46,7 @@ async fn list_one(
     ti: usize,
     name: String,
     p: RequestPartition,
-    version: i16,
+    (version, isolation_level): (i16, i8),
     ctx: &Ctx,
 ) -> (usize, ListOffsetsPartitionResponse) {
     let mut r = ListOffsetsPartitionResponse::default();
@@ -57,6 +66,7 @@ async fn list_one(
         topic,
         partition: p.partition_index,
         timestamp: p.timestamp,
+        isolation_level,
     };
     let result = ctx.shard.list_offsets(req).await;
     if let Some(e) = &result.error {

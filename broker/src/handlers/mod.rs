@@ -37,6 +37,14 @@ pub mod offset_commit;
 pub mod offset_delete;
 pub mod offset_fetch;
 pub mod sync_group;
+// Transactions.
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
+pub mod describe_transactions;
+pub mod end_txn;
+pub mod list_transactions;
+pub mod txn_offset_commit;
+pub mod write_txn_markers;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -90,6 +98,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 0),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::AddPartitionsToTxn, 0, 5),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 4),
+    (ApiKey::WriteTxnMarkers, 0, 1),
+    (ApiKey::TxnOffsetCommit, 0, 4),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -247,14 +262,26 @@ impl Ctx {
     /// The node leading the group's `__consumer_offsets` partition, or
     /// COORDINATOR_NOT_AVAILABLE (no such topic yet, or leaderless).
     pub fn group_leader(&self, group_id: &str) -> Result<u64, i16> {
+        self.coordinator_leader(crate::plane::OFFSETS_TOPIC, group_id)
+    }
+
+    /// The node leading the transactional id's `__transaction_state`
+    /// partition, or COORDINATOR_NOT_AVAILABLE.
+    pub fn txn_leader(&self, transactional_id: &str) -> Result<u64, i16> {
+        self.coordinator_leader(crate::plane::TXN_TOPIC, transactional_id)
+    }
+
+    /// The leader of `key`'s partition of the coordinator topic `topic`
+    /// (Kafka's `abs(hash) % partitions` placement).
+    fn coordinator_leader(&self, topic: &str, key: &str) -> Result<u64, i16> {
         let unavailable = ResponseError::CoordinatorNotAvailable.code();
-        let offsets = self.topic(crate::plane::OFFSETS_TOPIC).ok_or(unavailable)?;
-        let count = u32::try_from(offsets.partitions.len()).unwrap_or(0);
+        let t = self.topic(topic).ok_or(unavailable)?;
+        let count = u32::try_from(t.partitions.len()).unwrap_or(0);
         if count == 0 {
             return Err(unavailable);
         }
-        let index = crate::plane::offsets_partition_for(group_id, count) as usize;
-        match offsets.partitions.get(index).map(|p| p.leader) {
+        let index = crate::plane::offsets_partition_for(key, count) as usize;
+        match t.partitions.get(index).map(|p| p.leader) {
             Some(leader) if leader != NO_LEADER => Ok(leader),
             _ => Err(unavailable),
         }
@@ -445,8 +472,45 @@ async fn dispatch_groups(
         ApiKey::OffsetDelete => {
             ResponseKind::OffsetDelete(offset_delete::handle(decode(b, v)?, v, ctx).await)
         }
+        ApiKey::AddPartitionsToTxn => ResponseKind::AddPartitionsToTxn(
+            add_partitions_to_txn::handle(decode(b, v)?, v, ctx).await,
+        ),
+        ApiKey::AddOffsetsToTxn => {
+            ResponseKind::AddOffsetsToTxn(add_offsets_to_txn::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::EndTxn => ResponseKind::EndTxn(end_txn::handle(decode(b, v)?, v, ctx).await),
+        ApiKey::WriteTxnMarkers => {
+            ResponseKind::WriteTxnMarkers(write_txn_markers::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::TxnOffsetCommit => {
+            ResponseKind::TxnOffsetCommit(txn_offset_commit::handle(decode(b, v)?, v, ctx).await)
+        }
+        ApiKey::DescribeTransactions => ResponseKind::DescribeTransactions(
+            describe_transactions::handle(decode(b, v)?, v, ctx).await,
+        ),
+        ApiKey::ListTransactions => {
+            ResponseKind::ListTransactions(list_transactions::handle(decode(b, v)?, v, ctx).await)
+        }
         _ => return Ok(None),
     }))
+}
+
+/// The code to answer a transactional id with when this node does not
+/// coordinate it (`None`: it does, or may: the coordinator shard decides).
+pub fn txn_not_coordinator(ctx: &Ctx, transactional_id: &str) -> Option<i16> {
+    match ctx.txn_leader(transactional_id) {
+        Ok(leader) if leader == ctx.node_id() => None,
+        Ok(_) => Some(ResponseError::NotCoordinator.code()),
+        Err(code) => Some(code),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Kafka's topic name rule: 1..=249 chars of [a-zA-Z0-9._-], not "." or "..".

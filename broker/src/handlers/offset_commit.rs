@@ -12,7 +12,7 @@ use crate::errors::{codes, group_error_code};
 use crate::plane::{CommitRequest, CommittedOffset, GroupRequest, GroupResponse};
 
 pub async fn handle(req: OffsetCommitRequest, _version: i16, ctx: &Ctx) -> OffsetCommitResponse {
-    let now_ms = now_ms();
+    let now_ms = super::now_ms();
     let mut offsets = Vec::new();
     for t in &req.topics {
         if ctx.topic(&t.name.0).is_none() {
@@ -76,11 +76,4 @@ pub async fn handle(req: OffsetCommitRequest, _version: i16, ctx: &Ctx) -> Offse
         })
         .collect();
     resp
-}
-
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }

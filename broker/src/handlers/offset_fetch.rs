@@ -1,12 +1,16 @@
 //! OffsetFetch (key 9): committed offsets of a group; -1 (and no error) for
 //! a partition with none. v0-7 ask for one group, v8+ for many; a null
-//! topic list (v2+) asks for every committed partition.
+//! topic list (v2+) asks for every committed partition. With
+//! `require_stable` (v7+) a partition whose offset an open transaction
+//! holds answers UNSTABLE_OFFSET_COMMIT, which consumers retry.
 
 use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::{GroupId, OffsetFetchRequest, OffsetFetchResponse};
+
+use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::group_error_code;
@@ -27,7 +31,8 @@ pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx) -> OffsetF
                     })
                     .collect()
             });
-            resp.groups.push(fetch_group(g.group_id, parts, ctx).await);
+            resp.groups
+                .push(fetch_group(g.group_id, parts, req.require_stable, ctx).await);
         }
         return resp;
     }
@@ -40,7 +45,7 @@ pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx) -> OffsetF
             })
             .collect()
     });
-    let g = fetch_group(req.group_id, parts, ctx).await;
+    let g = fetch_group(req.group_id, parts, req.require_stable, ctx).await;
     resp.error_code = g.error_code;
     resp.topics = g
         .topics
@@ -70,6 +75,7 @@ pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx) -> OffsetF
 async fn fetch_group(
     group_id: GroupId,
     partitions: Partitions,
+    require_stable: bool,
     ctx: &Ctx,
 ) -> OffsetFetchResponseGroup {
     if let Some(code) = ctx.not_coordinator(&group_id.0) {
@@ -81,6 +87,7 @@ async fn fetch_group(
     let req = FetchOffsets {
         group_id: group_id.0.to_string(),
         partitions,
+        require_stable,
     };
     let GroupResponse::OffsetFetch(r) = ctx.shard.group(GroupRequest::OffsetFetch(req)).await
     else {
@@ -96,7 +103,12 @@ async fn fetch_group(
         p.committed_leader_epoch = -1;
         p.committed_offset = -1;
         p.metadata = Some(str_bytes(""));
-        if let Some(c) = committed {
+        if r.unstable
+            .iter()
+            .any(|(t, q)| *t == topic && *q == partition)
+        {
+            p.error_code = ResponseError::UnstableOffsetCommit.code();
+        } else if let Some(c) = committed {
             p.committed_offset = c.offset;
             p.committed_leader_epoch = c.leader_epoch;
             p.metadata = Some(str_bytes(c.metadata.unwrap_or_default()));

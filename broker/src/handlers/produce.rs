@@ -8,6 +8,10 @@
 //! plane) and a failed one closes the connection, as in Kafka: the client
 //! has no other way to learn of it. A partition this node does not lead
 //! is answered NOT_LEADER_OR_FOLLOWER (the client refreshes its metadata).
+//! A request's `transactional_id` goes with each partition to the data
+//! plane, which checks the transactional batches (`sluice_shard::Origin`).
+
+use std::sync::Arc;
 
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{
@@ -17,7 +21,7 @@ use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
-use crate::plane::{ProducePartition, ProduceTicket, ShardError};
+use crate::plane::{Origin, ProducePartition, ProduceTicket, ShardError};
 
 /// Offset of the magic byte in a record batch (and in old message sets).
 const MAGIC_OFFSET: usize = 16;
@@ -61,13 +65,11 @@ pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx) -> Started {
     let acks = req.acks;
     // How long acks=-1 waits for the in-sync replicas once durable here.
     let timeout_ms = u32::try_from(req.timeout_ms).unwrap_or(0);
-    let refuse = if !(-1..=1).contains(&acks) {
-        Some(codes::invalid_required_acks())
-    } else if req.transactional_id.is_some() {
-        Some(codes::transactional_id_authorization_failed())
-    } else {
-        None
-    };
+    let refuse = (!(-1..=1).contains(&acks)).then(codes::invalid_required_acks);
+    let transactional_id: Option<Arc<str>> = req
+        .transactional_id
+        .as_ref()
+        .map(|id| Arc::from(id.0.as_str()));
     let mut responses = Vec::with_capacity(req.topic_data.len());
     let mut partitions = Vec::new();
     for (topic_index, topic) in req.topic_data.into_iter().enumerate() {
@@ -78,7 +80,14 @@ pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx) -> Started {
             ..
         } = topic;
         for p in partition_data {
-            let started = start_one(name.0.as_str(), p, (acks, timeout_ms), refuse, ctx).await;
+            let started = start_one(
+                name.0.as_str(),
+                p,
+                (acks, timeout_ms, &transactional_id),
+                refuse,
+                ctx,
+            )
+            .await;
             partitions.push((topic_index, started));
         }
     }
@@ -144,7 +153,7 @@ fn topic_response(topic: &TopicProduceData) -> TopicProduceResponse {
 async fn start_one(
     name: &str,
     p: PartitionProduceData,
-    (acks, timeout_ms): (i16, u32),
+    (acks, timeout_ms, transactional_id): (i16, u32, &Option<Arc<str>>),
     refuse: Option<i16>,
     ctx: &Ctx,
 ) -> Partition {
@@ -189,6 +198,8 @@ async fn start_one(
             records,
             acks,
             timeout_ms,
+            origin: Origin::Client,
+            transactional_id: transactional_id.clone(),
         })
         .await;
     Partition::Waiting(index, ticket)

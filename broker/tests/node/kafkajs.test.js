@@ -242,3 +242,82 @@ test('an invalid topic name is refused', { timeout: TEST_TIMEOUT_MS }, async () 
     await admin.disconnect()
   }
 })
+
+test('transactional producer: committed records visible, aborted ones not, offsets sent with a commit', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const client = kafka()
+  const admin = client.admin()
+  const producer = client.producer({ transactionalId: 'js-txn', idempotent: true, maxInFlightRequests: 1 })
+  // readUncommitted: false (kafkajs's default, spelled out) fetches with
+  // isolation level READ_COMMITTED.
+  const committedReader = client.consumer({ groupId: 'js-txn-committed', readUncommitted: false })
+  const everyReader = client.consumer({ groupId: 'js-txn-uncommitted', readUncommitted: true })
+  await admin.connect()
+  await producer.connect()
+  try {
+    const topic = 'js-txn'
+    const source = 'js-txn-source'
+    const offsetsGroup = 'js-txn-offsets'
+    assert.equal(await admin.createTopics({ topics: [{ topic, numPartitions: 2 }, { topic: source, numPartitions: 2 }] }), true)
+
+    const batch = tag => Array.from({ length: 6 }, (_, i) => ({ key: `k${i}`, value: `${tag}-${i}`, partition: i % 2 }))
+    const first = batch('committed-a')
+    const aborted = batch('aborted')
+    const second = batch('committed-b')
+
+    let txn = await producer.transaction()
+    await txn.send({ topic, messages: first })
+    await txn.sendOffsets({
+      consumerGroupId: offsetsGroup,
+      topics: [{ topic: source, partitions: [{ partition: 0, offset: '5' }, { partition: 1, offset: '7' }] }]
+    })
+    await txn.commit()
+    assert.equal(txn.isActive(), false)
+
+    txn = await producer.transaction()
+    await txn.send({ topic, messages: aborted })
+    // Offsets sent within an aborted transaction are dropped with it.
+    await txn.sendOffsets({
+      consumerGroupId: offsetsGroup,
+      topics: [{ topic: source, partitions: [{ partition: 0, offset: '100' }] }]
+    })
+    await txn.abort()
+
+    txn = await producer.transaction()
+    await txn.send({ topic, messages: second })
+    await txn.commit()
+
+    const offsets = await eventually('offsets committed with the first transaction', async () => {
+      const [t] = await admin.fetchOffsets({ groupId: offsetsGroup, topics: [source] })
+      const o = Object.fromEntries(t.partitions.map(p => [p.partition, p.offset]))
+      return o[0] === '5' && o[1] === '7' ? o : null
+    })
+    assert.deepEqual(offsets, { 0: '5', 1: '7' })
+
+    const committed = [...first, ...second]
+    await committedReader.connect()
+    const got = await consumeAll(committedReader, topic, committed.length)
+    // Nothing more arrives after the committed ones (the aborted records
+    // are in the log, before the second transaction's).
+    await new Promise(resolve => setTimeout(resolve, 1_000))
+    assert.equal(got.length, committed.length)
+    for (const partition of [0, 1]) {
+      assert.deepEqual(
+        got.filter(m => m.partition === partition).map(m => m.value),
+        committed.filter(m => m.partition === partition).map(m => m.value))
+    }
+
+    await everyReader.connect()
+    const every = [...first, ...aborted, ...second]
+    const all = await consumeAll(everyReader, topic, every.length)
+    for (const partition of [0, 1]) {
+      assert.deepEqual(
+        all.filter(m => m.partition === partition).map(m => m.value),
+        every.filter(m => m.partition === partition).map(m => m.value))
+    }
+  } finally {
+    await committedReader.disconnect()
+    await everyReader.disconnect()
+    await producer.disconnect()
+    await admin.disconnect()
+  }
+})

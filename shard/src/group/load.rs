@@ -68,7 +68,7 @@ use sluice_raft::TopicMeta;
 use sluice_wal::Position;
 use tracing::{debug, info, trace, warn};
 
-use super::record::{self, GroupRecord};
+use super::record::{self, BatchKind, GroupRecord};
 use super::types::GroupError;
 use super::{offsets_partition_for, OFFSETS_TOPIC};
 use crate::budget::Pool;
@@ -346,10 +346,14 @@ impl Engine {
             }
             drop(legacy);
             let everything = replaced && old_topic.is_some();
-            let dropped = self.groups.borrow_mut().drop_groups(
-                |id| everything || (old_n > 0 && gone.contains(&offsets_partition_for(id, old_n))),
-                GroupError::NotCoordinator,
-            );
+            let pick = |id: &str| {
+                everything || (old_n > 0 && gone.contains(&offsets_partition_for(id, old_n)))
+            };
+            let dropped = self
+                .groups
+                .borrow_mut()
+                .drop_groups(pick, GroupError::NotCoordinator);
+            self.groups.borrow_mut().drop_txn_offsets(pick);
             info!(
                 shard = self.id(),
                 partitions = ?gone,
@@ -474,7 +478,31 @@ impl Engine {
                     if crate::batch::base_offset(batch) < log_start {
                         continue;
                     }
+                    let txn = match record::batch_kind(batch) {
+                        BatchKind::Marker(producer_id, commit) => {
+                            self.groups
+                                .borrow_mut()
+                                .complete_txn(producer_id, commit, |id| {
+                                    Engine::in_partition(id, n, partition)
+                                });
+                            continue;
+                        }
+                        BatchKind::Transactional(producer_id) => Some(producer_id),
+                        BatchKind::Plain | BatchKind::Other => None,
+                    };
                     for rec in record::decode_batch(batch) {
+                        if let (Some(producer_id), Ok(GroupRecord::Commit { group_id, offsets })) =
+                            (txn, &rec)
+                        {
+                            // Held until the transaction's marker, below.
+                            self.groups.borrow_mut().add_txn_offsets(
+                                producer_id,
+                                group_id.clone(),
+                                offsets.clone(),
+                            );
+                            records += 1;
+                            continue;
+                        }
                         match rec {
                             Ok(GroupRecord::PartitionReset) => {
                                 self.groups.borrow_mut().drop_groups(
@@ -544,7 +572,7 @@ impl Engine {
     }
 
     /// Reads one entry of an offsets partition back from the WAL.
-    async fn read_offsets_entry(
+    pub(crate) async fn read_offsets_entry(
         &self,
         key: PartitionKey,
         position: Position,
@@ -577,9 +605,39 @@ impl Engine {
         partition: u32,
         records: &[GroupRecord],
     ) -> Result<Vec<oneshot::Receiver<ProducePartitionResult>>, GroupError> {
+        let now = crate::produce::now_ms();
+        let batches = records
+            .iter()
+            .map(|r| record::encode_batch(r, now))
+            .collect();
+        self.start_coordinator_write(partition, batches)
+    }
+
+    /// `start_group_write` of batches already encoded.
+    pub(crate) fn start_coordinator_write(
+        self: &Rc<Self>,
+        partition: u32,
+        batches: Vec<Bytes>,
+    ) -> Result<Vec<oneshot::Receiver<ProducePartitionResult>>, GroupError> {
         let (topic, key) = self
             .offsets_key(partition)
             .ok_or(GroupError::CoordinatorNotAvailable)?;
+        self.start_internal_write(topic, key, batches, GROUP_WRITE_TIMEOUT_MS)
+            .map_err(group_write_error)
+    }
+
+    /// Writes coordinator `batches` (group or transaction records) into
+    /// the partition `key` of `topic`, which this shard owns, one entry
+    /// each, acks=-1, in order, in one synchronous section; returns the
+    /// waits for their answers. `Err` when one is too large or the first
+    /// is refused before anything is queued.
+    pub(crate) fn start_internal_write(
+        self: &Rc<Self>,
+        topic: Arc<TopicMeta>,
+        key: PartitionKey,
+        batches: Vec<Bytes>,
+        timeout_ms: u32,
+    ) -> Result<Vec<oneshot::Receiver<ProducePartitionResult>>, ShardError> {
         let entry_max = u64::from(self.wal.config().entry_bytes_max)
             - crate::compact::REPLACE_HEADER_BYTES as u64;
         let message_max = topic
@@ -587,21 +645,19 @@ impl Engine {
             .get("max.message.bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(crate::batch::MAX_MESSAGE_BYTES_DEFAULT);
-        let now = crate::produce::now_ms();
-        let batches: Vec<Bytes> = records
-            .iter()
-            .map(|r| record::encode_batch(r, now))
-            .collect();
-        if batches.iter().any(|b| {
+        if let Some(b) = batches.iter().find(|b| {
             b.len() as u64 + ENTRY_HEADER_BYTES as u64 > entry_max || b.len() as u64 > message_max
         }) {
-            return Err(GroupError::OffsetMetadataTooLarge);
+            return Err(ShardError::MessageTooLarge {
+                bytes: b.len() as u64,
+                max: message_max.min(entry_max),
+            });
         }
         {
             let parts = self.parts.borrow();
-            let p = parts.get(&key).ok_or(GroupError::CoordinatorNotAvailable)?;
+            let p = parts.get(&key).ok_or(ShardError::UnknownTopicOrPartition)?;
             if !p.is_leader {
-                return Err(GroupError::NotCoordinator);
+                return Err(ShardError::NotLeader);
             }
         }
         let mut waits = Vec::with_capacity(batches.len());
@@ -610,19 +666,20 @@ impl Engine {
             self.produce_owner(
                 ProducePartition {
                     topic: Arc::clone(&topic),
-                    partition: partition as i32,
+                    partition: key.partition as i32,
                     records,
                     acks: -1,
-                    timeout_ms: GROUP_WRITE_TIMEOUT_MS,
+                    timeout_ms,
+                    origin: crate::Origin::Coordinator,
+                    transactional_id: None,
                 },
                 tx,
             );
             if waits.is_empty() {
                 if let Ok(Some(r)) = rx.try_recv() {
-                    return Err(r.error.map_or(
-                        GroupError::Shard(ShardError::Storage("answered early".into())),
-                        group_write_error,
-                    ));
+                    return Err(r
+                        .error
+                        .unwrap_or_else(|| ShardError::Storage("answered early".into())));
                 }
             }
             waits.push(rx);

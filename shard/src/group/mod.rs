@@ -44,6 +44,7 @@ mod types;
 
 pub(crate) use load::{run_group_loads, GroupLog};
 pub use load::{GROUP_WRITE_TIMEOUT_MS, LOAD_SLICE_BYTES};
+pub(crate) use record::{batch_kind, batch_records, keyed_batch, BatchKind};
 pub use record::{
     decode_batch, encode as encode_record, encode_batch, GroupRecord, GROUP_RECORD_KEY, KIND_GROUP,
 };

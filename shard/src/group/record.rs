@@ -144,28 +144,65 @@ fn put_varint(b: &mut BytesMut, v: i64) {
 /// `GROUP_RECORD_KEY`, no producer) carrying `rec`, stamped `timestamp_ms`,
 /// at base offset 0 (the produce path assigns the real one). CRC valid.
 pub fn encode_batch(rec: &GroupRecord, timestamp_ms: i64) -> Bytes {
-    let value = encode(rec);
-    let mut body = BytesMut::with_capacity(value.len() + GROUP_RECORD_KEY.len() + 16);
+    keyed_batch(GROUP_RECORD_KEY, Some(&encode(rec)), timestamp_ms, None)
+}
+
+/// A group commit record in a transactional batch of `producer` (id,
+/// epoch): TxnOffsetCommit. Loading holds it until the transaction's
+/// marker says whether it counts.
+pub fn encode_txn_batch(rec: &GroupRecord, timestamp_ms: i64, producer: (i64, i16)) -> Bytes {
+    keyed_batch(
+        GROUP_RECORD_KEY,
+        Some(&encode(rec)),
+        timestamp_ms,
+        Some(producer),
+    )
+}
+
+/// Batch attribute bit of transactional batches.
+const ATTRIBUTE_TRANSACTIONAL: i16 = 0x10;
+
+/// One uncompressed record batch (magic 2) of one record `key`/`value`
+/// (`None`: a tombstone), written by a coordinator. With `producer` it is
+/// a transactional batch of that producer id and epoch (base sequence -1:
+/// coordinator writes take no part in sequence checks).
+pub(crate) fn keyed_batch(
+    key: &[u8],
+    value: Option<&[u8]>,
+    timestamp_ms: i64,
+    producer: Option<(i64, i16)>,
+) -> Bytes {
+    let value_len = value.map_or(0, <[u8]>::len);
+    let mut body = BytesMut::with_capacity(value_len + key.len() + 16);
     body.put_u8(0); // attributes
     put_varint(&mut body, 0); // timestampDelta
     put_varint(&mut body, 0); // offsetDelta
-    put_varint(&mut body, GROUP_RECORD_KEY.len() as i64);
-    body.put_slice(GROUP_RECORD_KEY);
-    put_varint(&mut body, value.len() as i64);
-    body.put_slice(&value);
+    put_varint(&mut body, key.len() as i64);
+    body.put_slice(key);
+    match value {
+        Some(v) => {
+            put_varint(&mut body, v.len() as i64);
+            body.put_slice(v);
+        }
+        None => put_varint(&mut body, -1),
+    }
     put_varint(&mut body, 0); // headers
+    let (producer_id, producer_epoch, attributes) = match producer {
+        Some((id, epoch)) => (id, epoch, ATTRIBUTE_TRANSACTIONAL),
+        None => (-1, -1, 0),
+    };
     let mut b = BytesMut::with_capacity(BATCH_HEADER_BYTES + body.len() + 5);
     b.put_i64(0); // baseOffset
     b.put_i32(0); // batchLength, set below
     b.put_i32(-1); // partitionLeaderEpoch, stamped by the leader
     b.put_i8(2); // magic
     b.put_u32(0); // crc, set below
-    b.put_i16(0); // attributes
+    b.put_i16(attributes);
     b.put_i32(0); // lastOffsetDelta
     b.put_i64(timestamp_ms); // baseTimestamp
     b.put_i64(timestamp_ms); // maxTimestamp
-    b.put_i64(-1); // producerId
-    b.put_i16(-1); // producerEpoch
+    b.put_i64(producer_id);
+    b.put_i16(producer_epoch);
     b.put_i32(-1); // baseSequence
     b.put_i32(1); // recordCount
     put_varint(&mut b, body.len() as i64);
@@ -177,7 +214,68 @@ pub fn encode_batch(rec: &GroupRecord, timestamp_ms: i64) -> Bytes {
     b.freeze()
 }
 
-/// A bounds-checked cursor over a record batch's records.
+/// What a stored batch is to a coordinator loading its partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BatchKind {
+    /// Ordinary records.
+    Plain,
+    /// Records of a transaction of this producer id.
+    Transactional(i64),
+    /// A transaction marker of this producer id: commit (`true`) or abort.
+    Marker(i64, bool),
+    /// Compressed or not a v2 batch: nothing a coordinator wrote.
+    Other,
+}
+
+/// Classifies one stored batch (see `BatchKind`).
+pub(crate) fn batch_kind(batch: &[u8]) -> BatchKind {
+    if batch.len() < BATCH_HEADER_BYTES || batch[16] != 2 {
+        return BatchKind::Other;
+    }
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]);
+    let producer_id = i64::from_be_bytes(batch[43..51].try_into().unwrap_or([0xff; 8]));
+    if attributes & ATTRIBUTE_CONTROL != 0 {
+        let mut records = Records {
+            buf: &batch[BATCH_HEADER_BYTES..],
+            at: 0,
+        };
+        return match records.next_record() {
+            // Key: i16 version, i16 type (0 abort, 1 commit).
+            Ok((Some(key), _)) if key.len() >= 4 => {
+                BatchKind::Marker(producer_id, i16::from_be_bytes([key[2], key[3]]) == 1)
+            }
+            _ => BatchKind::Other,
+        };
+    }
+    if attributes & ATTRIBUTE_CODEC_MASK != 0 {
+        return BatchKind::Other;
+    }
+    if attributes & ATTRIBUTE_TRANSACTIONAL != 0 {
+        return BatchKind::Transactional(producer_id);
+    }
+    BatchKind::Plain
+}
+
+/// The (key, value) of every record of an uncompressed v2 batch; `Err`
+/// at the first record that does not fit the batch.
+pub(crate) fn batch_records(batch: &[u8]) -> Result<Vec<(Option<&[u8]>, Option<&[u8]>)>, String> {
+    if batch.len() < BATCH_HEADER_BYTES || batch[16] != 2 {
+        return Err(format!("not a v2 record batch ({} bytes)", batch.len()));
+    }
+    let count = i32::from_be_bytes([batch[57], batch[58], batch[59], batch[60]]);
+    let mut records = Records {
+        buf: &batch[BATCH_HEADER_BYTES..],
+        at: 0,
+    };
+    // Every record takes at least one byte: the count cannot outgrow them.
+    let n = usize::try_from(count.max(0)).unwrap_or(0).min(batch.len());
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(records.next_record()?);
+    }
+    Ok(out)
+}
+
 struct Records<'a> {
     buf: &'a [u8],
     at: usize,

@@ -200,6 +200,7 @@ impl Engine {
                 GroupResponse::List(self.groups.borrow().list(|id| self.group_gate(id).is_ok()))
             }
             GroupRequest::Commit(r) => return self.commit_owner(r, tx),
+            GroupRequest::TxnCommit(r) => return self.txn_commit_owner(r, tx),
             GroupRequest::Delete(g) => return self.delete_owner(g, tx),
             GroupRequest::OffsetDelete(r) => return self.offset_delete_owner(r, tx),
             GroupRequest::Join(_) | GroupRequest::Sync(_) => return,
@@ -220,6 +221,76 @@ impl Engine {
         self.write_group_record(rec, tx, |error| {
             GroupResponse::Commit(CommitResult { error })
         });
+    }
+
+    /// TxnOffsetCommit: the offsets go to the group's offsets partition
+    /// as a transactional batch of the producer, and are held in memory
+    /// (`Coordinator::add_txn_offsets`) until its marker lands there
+    /// (`on_offsets_txn_marker`).
+    fn txn_commit_owner(
+        self: &Rc<Self>,
+        req: TxnCommitRequest,
+        tx: oneshot::Sender<GroupResponse>,
+    ) {
+        let answer = |error| GroupResponse::Commit(CommitResult { error });
+        if let Err(e) = self.groups.borrow_mut().check_commit(&req.commit) {
+            let _ = tx.send(answer(Some(e)));
+            return;
+        }
+        let TxnCommitRequest {
+            commit,
+            producer_id,
+            producer_epoch,
+            ..
+        } = req;
+        let rec = GroupRecord::Commit {
+            group_id: commit.group_id.clone(),
+            offsets: commit.offsets.clone(),
+        };
+        let started = self.group_gate(&commit.group_id).and_then(|p| {
+            let batch = record::encode_txn_batch(
+                &rec,
+                crate::produce::now_ms(),
+                (producer_id, producer_epoch),
+            );
+            self.start_coordinator_write(p, vec![batch])
+        });
+        let mut waits = match started {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tx.send(answer(Some(e)));
+                return;
+            }
+        };
+        self.groups
+            .borrow_mut()
+            .add_txn_offsets(producer_id, commit.group_id, commit.offsets);
+        let Some(wait) = waits.pop() else {
+            return;
+        };
+        glommio::spawn_local(async move {
+            let error = Engine::group_write_result(wait).await.err();
+            let _ = tx.send(answer(error));
+        })
+        .detach();
+    }
+
+    /// A transaction marker of `producer_id` was queued in offsets
+    /// partition `partition` (this shard owns it): the offsets that
+    /// producer's transaction committed to groups of that partition count
+    /// from now on (`commit`), or are dropped.
+    pub(crate) fn on_offsets_txn_marker(&self, partition: u32, producer_id: i64, commit: bool) {
+        let n = self
+            .meta
+            .view()
+            .topics
+            .get(OFFSETS_TOPIC)
+            .map_or(0, |t| u32::try_from(t.partitions.len()).unwrap_or(0));
+        self.groups
+            .borrow_mut()
+            .complete_txn(producer_id, commit, |g| {
+                n > 0 && offsets_partition_for(g, n) == partition
+            });
     }
 
     fn delete_owner(self: &Rc<Self>, group_id: String, tx: oneshot::Sender<GroupResponse>) {
@@ -334,6 +405,10 @@ impl GroupRequest {
             GroupRequest::Commit(r) => GroupRequest::Commit(CommitRequest {
                 offsets: Vec::new(),
                 ..r.clone()
+            }),
+            GroupRequest::TxnCommit(r) => GroupRequest::Commit(CommitRequest {
+                offsets: Vec::new(),
+                ..r.commit.clone()
             }),
             other => other.clone(),
         }

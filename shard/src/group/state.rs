@@ -412,7 +412,15 @@ pub struct Coordinator {
     /// The shard's budget: every group's estimated bytes are charged to its
     /// `group_state` pool; new groups, members and offsets must fit it.
     budget: Rc<Budget>,
+    /// Offsets committed inside transactions (TxnOffsetCommit), by producer
+    /// id, with their charged bytes: they count once the transaction's
+    /// commit marker is written to the group's offsets partition and are
+    /// dropped by its abort (`complete_txn`).
+    pending_txn: HashMap<i64, (Vec<TxnOffsets>, u64)>,
 }
+
+/// One TxnOffsetCommit held until its transaction ends.
+type TxnOffsets = (String, Vec<(String, i32, CommittedOffset)>);
 
 impl Coordinator {
     pub fn new(
@@ -426,6 +434,7 @@ impl Coordinator {
             initial_delay: initial_rebalance_delay,
             member_seq: 0,
             shard_id,
+            pending_txn: HashMap::new(),
             offsets_total: 0,
             budget,
         }
@@ -748,6 +757,87 @@ impl Coordinator {
     }
 
     /// Applies a recovered or accepted record.
+    /// Holds `offsets` of `group_id` committed in producer `producer_id`'s
+    /// transaction until its marker (`complete_txn`); charged to the
+    /// `group_state` pool meanwhile.
+    pub(crate) fn add_txn_offsets(
+        &mut self,
+        producer_id: i64,
+        group_id: String,
+        offsets: Vec<(String, i32, CommittedOffset)>,
+    ) {
+        let bytes: u64 = offsets
+            .iter()
+            .map(|(t, _, c)| offset_bytes(t.len(), c))
+            .sum::<u64>()
+            + group_id.len() as u64;
+        self.budget.charge_forced(Pool::GroupState, bytes);
+        let held = self.pending_txn.entry(producer_id).or_default();
+        held.0.push((group_id, offsets));
+        held.1 += bytes;
+    }
+
+    /// The transaction of `producer_id` ended in this offsets partition:
+    /// its held offsets are committed (`commit`) or dropped. Only offsets
+    /// of groups in `partition_of` are touched (a producer's transaction
+    /// may span several offsets partitions of this shard).
+    pub(crate) fn complete_txn(
+        &mut self,
+        producer_id: i64,
+        commit: bool,
+        in_partition: impl Fn(&str) -> bool,
+    ) {
+        let Some((held, bytes)) = self.pending_txn.remove(&producer_id) else {
+            return;
+        };
+        let (done, kept): (Vec<TxnOffsets>, Vec<TxnOffsets>) =
+            held.into_iter().partition(|(g, _)| in_partition(g));
+        let kept_bytes: u64 = kept
+            .iter()
+            .map(|(g, o)| {
+                o.iter()
+                    .map(|(t, _, c)| offset_bytes(t.len(), c))
+                    .sum::<u64>()
+                    + g.len() as u64
+            })
+            .sum();
+        self.budget
+            .discharge(Pool::GroupState, bytes.saturating_sub(kept_bytes));
+        if !kept.is_empty() {
+            self.pending_txn.insert(producer_id, (kept, kept_bytes));
+        }
+        if commit {
+            for (group_id, offsets) in done {
+                self.apply(super::record::GroupRecord::Commit { group_id, offsets });
+            }
+        }
+    }
+
+    /// Whether a transaction holds an offset of `group_id` for
+    /// `topic`/`partition` not yet committed or aborted (OffsetFetch with
+    /// `require_stable` answers UNSTABLE_OFFSET_COMMIT then).
+    pub(crate) fn has_pending_txn_offset(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partition: i32,
+    ) -> bool {
+        self.pending_txn.values().any(|(held, _)| {
+            held.iter().any(|(g, o)| {
+                g == group_id && o.iter().any(|(t, p, _)| t == topic && *p == partition)
+            })
+        })
+    }
+
+    /// Forgets held transactional offsets of the groups `pick` selects
+    /// (their offsets partition is no longer led here).
+    pub(crate) fn drop_txn_offsets(&mut self, pick: impl Fn(&str) -> bool) {
+        let ids: Vec<i64> = self.pending_txn.keys().copied().collect();
+        for id in ids {
+            self.complete_txn(id, false, &pick);
+        }
+    }
+
     pub(crate) fn apply(&mut self, rec: super::record::GroupRecord) {
         use super::record::GroupRecord;
         match rec {
@@ -840,9 +930,18 @@ impl Coordinator {
                 })
                 .unwrap_or_default(),
         };
+        let unstable = match (&req.partitions, req.require_stable) {
+            (Some(parts), true) => parts
+                .iter()
+                .filter(|(t, p)| self.has_pending_txn_offset(&req.group_id, t, *p))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
         OffsetFetchResult {
             error: None,
             offsets,
+            unstable,
         }
     }
 
@@ -1350,6 +1449,7 @@ mod tests {
         let fetch = c.offset_fetch(&OffsetFetchRequest {
             group_id: "g".into(),
             partitions: Some(vec![("t".into(), 0)]),
+            require_stable: false,
         });
         assert_eq!(fetch.offsets, vec![("t".into(), 0, None)]);
     }
@@ -1370,6 +1470,53 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn transactional_offsets_count_only_once_committed() {
+        let budget = Budget::new(crate::budget::BudgetLimits::derive(64 << 20, 0, 0));
+        let mut c = Coordinator::new(0, DELAY, budget.clone());
+        let offset = |o: i64| CommittedOffset {
+            offset: o,
+            leader_epoch: -1,
+            metadata: None,
+            commit_timestamp_ms: 1,
+        };
+        let fetch = |c: &Coordinator, require_stable: bool| {
+            c.offset_fetch(&OffsetFetchRequest {
+                group_id: "g".into(),
+                partitions: Some(vec![("t".into(), 0)]),
+                require_stable,
+            })
+        };
+        c.add_txn_offsets(7, "g".into(), vec![("t".into(), 0, offset(10))]);
+        assert!(
+            budget.used(Pool::GroupState) > 0,
+            "held offsets are charged"
+        );
+        assert_eq!(fetch(&c, false).offsets, vec![("t".into(), 0, None)]);
+        assert_eq!(fetch(&c, true).unstable, vec![("t".into(), 0)]);
+        c.complete_txn(7, false, |_| true);
+        assert_eq!(
+            fetch(&c, true).offsets,
+            vec![("t".into(), 0, None)],
+            "aborted"
+        );
+        assert!(fetch(&c, true).unstable.is_empty());
+        assert_eq!(budget.used(Pool::GroupState), 0);
+        c.add_txn_offsets(7, "g".into(), vec![("t".into(), 0, offset(20))]);
+        c.add_txn_offsets(7, "other".into(), vec![("t".into(), 0, offset(30))]);
+        c.complete_txn(7, true, |g| g == "g");
+        assert_eq!(
+            fetch(&c, false).offsets[0].2.as_ref().map(|o| o.offset),
+            Some(20)
+        );
+        assert!(
+            c.has_pending_txn_offset("other", "t", 0),
+            "a group of another offsets partition waits for its own marker"
+        );
+        c.drop_txn_offsets(|_| true);
+        assert!(!c.has_pending_txn_offset("other", "t", 0));
     }
 
     #[test]

@@ -178,6 +178,17 @@ pub struct CommitRequest {
     pub offsets: Vec<(String, i32, CommittedOffset)>,
 }
 
+/// TxnOffsetCommit: offsets committed inside a transaction. They are
+/// written to the group's offsets partition as a transactional batch of
+/// the producer and count once its commit marker is written there.
+#[derive(Clone, Debug)]
+pub struct TxnCommitRequest {
+    pub commit: CommitRequest,
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
 #[derive(Clone, Debug)]
 pub struct CommitResult {
     pub error: Option<GroupError>,
@@ -188,6 +199,10 @@ pub struct OffsetFetchRequest {
     pub group_id: String,
     /// `None`: every committed partition of the group.
     pub partitions: Option<Vec<(String, i32)>>,
+    /// OffsetFetch v7+ `require_stable`: a partition with offsets held by
+    /// an open transaction answers UNSTABLE_OFFSET_COMMIT (the consumer
+    /// retries) instead of the offset the transaction may replace.
+    pub require_stable: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -195,6 +210,9 @@ pub struct OffsetFetchResult {
     pub error: Option<GroupError>,
     /// Offset -1 for a partition with no committed offset.
     pub offsets: Vec<(String, i32, Option<CommittedOffset>)>,
+    /// Requested partitions whose offsets an open transaction holds
+    /// (`require_stable`).
+    pub unstable: Vec<(String, i32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -246,6 +264,7 @@ pub enum GroupRequest {
     Heartbeat(HeartbeatRequest),
     Leave(LeaveRequest),
     Commit(CommitRequest),
+    TxnCommit(TxnCommitRequest),
     OffsetFetch(OffsetFetchRequest),
     Describe(String),
     Delete(String),
@@ -263,6 +282,7 @@ impl GroupRequest {
             GroupRequest::Heartbeat(r) => &r.group_id,
             GroupRequest::Leave(r) => &r.group_id,
             GroupRequest::Commit(r) => &r.group_id,
+            GroupRequest::TxnCommit(r) => &r.commit.group_id,
             GroupRequest::OffsetFetch(r) => &r.group_id,
             GroupRequest::Describe(g) | GroupRequest::Delete(g) => g,
             GroupRequest::OffsetDelete(r) => &r.group_id,
@@ -281,10 +301,12 @@ impl GroupRequest {
                 error: e,
                 members: Vec::new(),
             }),
-            GroupRequest::Commit(_) => GroupResponse::Commit(CommitResult { error: e }),
+            GroupRequest::Commit(_) | GroupRequest::TxnCommit(_) => {
+                GroupResponse::Commit(CommitResult { error: e })
+            }
             GroupRequest::OffsetFetch(_) => GroupResponse::OffsetFetch(OffsetFetchResult {
                 error: e,
-                offsets: Vec::new(),
+                ..OffsetFetchResult::default()
             }),
             GroupRequest::Describe(g) => GroupResponse::Describe(GroupDescription {
                 error: e,
