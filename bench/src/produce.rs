@@ -305,9 +305,10 @@ type BenchProducer = ThreadedProducer<DeliveryProbe>;
 
 pub fn run(args: ProduceArgs) -> anyhow::Result<()> {
     let common = &args.common;
+    let every = transactional_commit(common, args.transactional_commit_ms)?;
     ensure_topic(common)?;
     let mut plan = ProducerPlan::new(common, args.rate, args.in_flight_records_max);
-    plan.transactional_commit = transactional_commit(common, args.transactional_commit_ms)?;
+    plan.transactional_commit = every;
     let outcome = run_producer(common, &plan)?;
     let mode = match args.rate {
         Some(rate) => format!("open loop, rate={rate}/s"),

@@ -15,7 +15,9 @@
 //! - `sluice-shard-N`: one glommio executor per shard (pinned to core N+1
 //!   with `--pin-cores`), each with its own SO_REUSEPORT Kafka listener and
 //!   the connections it accepted and, in a cluster, its replica fetcher
-//!   (`replica`: one task, at most one connection per leader node);
+//!   (`replica`: one task, at most one connection per leader node) and its
+//!   transaction marker client (`markers`: at most one connection per other
+//!   node, a task only while markers wait);
 //! - `sluice-admin`: admin HTTP (tokio current-thread).
 //!
 //! # Invariants

@@ -29,11 +29,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::pin;
 use std::rc::{Rc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use futures::future::LocalBoxFuture;
+use futures::future::{select, Either, LocalBoxFuture};
 use kafka_protocol::messages::write_txn_markers_request::{
     WritableTxnMarker, WritableTxnMarkerTopic,
 };
@@ -42,7 +43,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 
-use crate::handlers::{topic_name, with_deadline, Ctx};
+use crate::handlers::{topic_name, Ctx};
 use crate::kafka_client::{Conn, Failure, Profile};
 use crate::plane::{RemoteMarkers, ShardError, TxnMarker, WarnLimiter};
 
@@ -149,6 +150,9 @@ impl Inner {
         partition: i32,
         marker: TxnMarker,
     ) -> Result<(), ShardError> {
+        let Some(ctx) = self.ctx.upgrade() else {
+            return Err(ShardError::ShuttingDown);
+        };
         let link = self.link(node);
         let (reply, answer) = oneshot::channel();
         {
@@ -173,12 +177,13 @@ impl Inner {
             let inner = Rc::clone(&self);
             glommio::spawn_local(async move { inner.drain(link).await }).detach();
         }
-        let ms = u64::try_from(REPLY_WAIT.as_millis()).unwrap_or(u64::MAX);
-        match with_deadline(ms, answer).await {
-            Some(Ok(result)) => result,
-            Some(Err(oneshot::Canceled)) => Err(ShardError::ShuttingDown),
+        // In the shard's deadline structure, not a timer per marker.
+        let expired = pin!(ctx.shard.sleep_until(Instant::now() + REPLY_WAIT));
+        match select(answer, expired).await {
+            Either::Left((Ok(result), _)) => result,
+            Either::Left((Err(oneshot::Canceled), _)) => Err(ShardError::ShuttingDown),
             // The marker may still go out; its answer is dropped.
-            None => Err(ShardError::Timeout),
+            Either::Right(_) => Err(ShardError::Timeout),
         }
     }
 
@@ -191,48 +196,18 @@ impl Inner {
                 link.draining.set(false);
                 return;
             }
-            let answered = self.send(&link, &batch).await;
+            let Some(ctx) = self.ctx.upgrade() else {
+                for p in batch {
+                    let _ = p.reply.send(Err(ShardError::ShuttingDown));
+                }
+                continue;
+            };
+            let answered = send(&ctx, &link, &batch).await;
             if let Err(failure) = &answered {
                 self.warn_unreachable(link.node, failure);
             }
             answer(batch, answered);
         }
-    }
-
-    /// One request with `batch` over the link's connection (opened first
-    /// when there is none); the connection is kept only when it worked.
-    async fn send(
-        &self,
-        link: &Link,
-        batch: &[Pending],
-    ) -> Result<WriteTxnMarkersResponse, Failure> {
-        let Some(ctx) = self.ctx.upgrade() else {
-            return Err(Failure::Protocol("the shard is stopping".into()));
-        };
-        let taken = link.conn.borrow_mut().take();
-        let mut conn = match taken {
-            Some(conn) => conn,
-            None => {
-                let profile = Profile {
-                    client_id: CLIENT_ID,
-                    connect_timeout: CONNECT_TIMEOUT,
-                    response_bytes_max: RESPONSE_BYTES_MAX,
-                };
-                Conn::open(&ctx, link.node, profile).await?
-            }
-        };
-        let req = marker_request(batch);
-        let (resp, _held): (WriteTxnMarkersResponse, _) = conn
-            .call(
-                &ctx.shard,
-                ApiKey::WriteTxnMarkers,
-                VERSION,
-                &req,
-                REQUEST_TIMEOUT,
-            )
-            .await?;
-        *link.conn.borrow_mut() = Some(conn);
-        Ok(resp)
     }
 
     fn warn_unreachable(&self, node: u64, failure: &Failure) {
@@ -249,6 +224,39 @@ impl Inner {
             "cannot send transaction markers to a partition leader; the coordinator retries"
         );
     }
+}
+
+/// One request with `batch` over the link's connection (opened first
+/// when there is none); the connection is kept only when it worked.
+async fn send(
+    ctx: &Ctx,
+    link: &Link,
+    batch: &[Pending],
+) -> Result<WriteTxnMarkersResponse, Failure> {
+    let taken = link.conn.borrow_mut().take();
+    let mut conn = match taken {
+        Some(conn) => conn,
+        None => {
+            let profile = Profile {
+                client_id: CLIENT_ID,
+                connect_timeout: CONNECT_TIMEOUT,
+                response_bytes_max: RESPONSE_BYTES_MAX,
+            };
+            Conn::open(ctx, link.node, profile).await?
+        }
+    };
+    let req = marker_request(batch);
+    let (resp, _held): (WriteTxnMarkersResponse, _) = conn
+        .call(
+            &ctx.shard,
+            ApiKey::WriteTxnMarkers,
+            VERSION,
+            &req,
+            REQUEST_TIMEOUT,
+        )
+        .await?;
+    *link.conn.borrow_mut() = Some(conn);
+    Ok(resp)
 }
 
 /// Takes the next request's markers off the front of `queue`: at most

@@ -31,8 +31,8 @@ use common::{encode_batch, produce_all, Consumed};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, FindCoordinatorRequest,
-    FindCoordinatorResponse, ProduceRequest, ProduceResponse, TopicName,
+    ApiKey, DescribeConfigsRequest, DescribeConfigsResponse, ProduceRequest, ProduceResponse,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::{Record, TimestampType};
@@ -869,30 +869,6 @@ const TXN_PARTITIONS: i32 = 6;
 /// Records per partition and transaction.
 const TXN_PER_PARTITION: usize = 3;
 
-/// The node that coordinates transactional id `id` (FindCoordinator v3,
-/// transaction key), as a reachable node answers it.
-fn txn_coordinator(c: &Cluster, id: &str) -> Result<u64, String> {
-    let mut req = FindCoordinatorRequest::default();
-    req.key = StrBytes::from_string(id.to_string());
-    req.key_type = 1;
-    let mut last = "no reachable node".to_string();
-    for node in c.reachable() {
-        let resp: Result<FindCoordinatorResponse, _> = raw_call(
-            c.node(node).kafka_port,
-            ApiKey::FindCoordinator,
-            3,
-            &req,
-            Duration::from_secs(10),
-        );
-        match resp {
-            Ok(r) if r.error_code == 0 && r.node_id.0 >= 1 => return Ok(r.node_id.0 as u64),
-            Ok(r) => last = format!("node {node}: error {} node {}", r.error_code, r.node_id.0),
-            Err(e) => last = format!("node {node}: {e}"),
-        }
-    }
-    Err(last)
-}
-
 /// A consumer of `isolation.level` `isolation`, for `assign()`.
 fn isolated_consumer(c: &Cluster, isolation: &str) -> BaseConsumer {
     let mut cfg = c.client_config();
@@ -1004,7 +980,7 @@ fn transactions_over_partitions_led_by_every_node_commit_and_abort_everywhere() 
     let id = "txn-spread-1";
     let p = c.producer(&[("transactional.id", id)]);
     init_transactions(&p);
-    let coordinator = txn_coordinator(&c, id).expect("transaction coordinator");
+    let coordinator = c.txn_coordinator(id).expect("transaction coordinator");
     eprintln!("node {coordinator} coordinates {id}; partition leaders {leaders:?}");
 
     // Commit, abort, commit: the aborted records sit between committed

@@ -586,7 +586,9 @@ impl Shard {
 
     /// EARLIEST(-2), LATEST(-1), MAX_TIMESTAMP(-3) or by timestamp, at batch
     /// granularity: the base offset and max timestamp of the first stored
-    /// entry whose max timestamp is >= the target.
+    /// entry whose max timestamp is >= the target. read_committed
+    /// (`isolation_level` 1): LATEST is the last stable offset, and the
+    /// others answer nothing at or above it.
     pub async fn list_offsets(&self, req: ListOffsetsPartition) -> ListOffsetsResult {
         self.core.list_offsets(req).await
     }

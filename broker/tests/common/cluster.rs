@@ -739,9 +739,18 @@ impl Cluster {
 
     /// FindCoordinator (v3, group key) asked of a reachable node.
     pub fn coordinator(&self, group: &str) -> Result<u64, String> {
+        self.find_coordinator(group, 0)
+    }
+
+    /// FindCoordinator (v3, transaction key) asked of a reachable node.
+    pub fn txn_coordinator(&self, transactional_id: &str) -> Result<u64, String> {
+        self.find_coordinator(transactional_id, 1)
+    }
+
+    fn find_coordinator(&self, key: &str, key_type: i8) -> Result<u64, String> {
         let mut req = FindCoordinatorRequest::default();
-        req.key = StrBytes::from_string(group.to_string());
-        req.key_type = 0;
+        req.key = StrBytes::from_string(key.to_string());
+        req.key_type = key_type;
         let mut last = "no reachable node".to_string();
         for id in self.reachable() {
             let resp: Result<FindCoordinatorResponse, _> = raw_call(

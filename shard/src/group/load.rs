@@ -38,15 +38,17 @@
 //!
 //! # Carry-forward
 //!
-//! No compaction exists, so a partition's old group records would pin
-//! their WAL segments forever. When retention finds sealed segments that
+//! The cleaner does not compact `__consumer_offsets`, so a partition's old
+//! group records would pin their WAL segments forever. When retention finds sealed segments that
 //! only offsets partitions coordinated here keep from being removed
 //! (`carry_group_partitions`), each such partition gets a snapshot: a
 //! `PartitionReset` record and then its groups' committed offsets as commit
 //! records, written like any group record; once the in-sync replicas have
 //! it, the partition's log start moves to the snapshot's first offset
-//! (the durable kind-3 entry DeleteRecords uses). Followers move theirs
-//! through `Shard::advance_replica_log_start`.
+//! (the durable kind-3 entry DeleteRecords uses), or to the partition's
+//! last stable offset when a transaction holding offsets of its groups
+//! is still open (its records must load again after a restart). Followers
+//! move theirs through `Shard::advance_replica_log_start`.
 //!
 //! # Old data directories
 //!
@@ -793,6 +795,15 @@ impl Engine {
         let (_, key) = self
             .offsets_key(partition)
             .ok_or(GroupError::CoordinatorNotAvailable)?;
+        // Offsets committed inside a transaction still open are not in
+        // the snapshot: the log start stays at or below the transaction's
+        // first record, so a restart loads them again (the snapshot only
+        // frees the segments once the transaction ends).
+        let first = self
+            .parts
+            .borrow()
+            .get(&key)
+            .map_or(first, |p| first.min(p.last_stable_offset()));
         let append = self.wal.append(
             crate::delete_records::KIND_LOG_START,
             crate::delete_records::encode(&key, first),
