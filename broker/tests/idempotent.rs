@@ -30,7 +30,6 @@ use rdkafka::producer::FutureRecord;
 
 const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
 const INVALID_PRODUCER_EPOCH: i16 = 47;
-const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
 
 /// One batch of `count` records from producer `id`/`epoch` starting at `seq`.
 fn batch(id: i64, epoch: i16, seq: i32, count: i32) -> Bytes {
@@ -91,8 +90,16 @@ fn retries_gaps_and_fenced_epochs_over_raw_frames() {
     let b = init_producer_id(&broker, None);
     assert_eq!((a.error_code, a.producer_epoch), (0, 0));
     assert!(a.producer_id.0 >= 0 && b.producer_id.0 != a.producer_id.0);
+    // A transactional id gets its own producer id from its coordinator,
+    // and each new instance the next epoch (which fences the previous).
     let tx = init_producer_id(&broker, Some("tx-1"));
-    assert_eq!(tx.error_code, TRANSACTIONAL_ID_AUTHORIZATION_FAILED);
+    assert_eq!((tx.error_code, tx.producer_epoch), (0, 0));
+    assert!(![a.producer_id.0, b.producer_id.0].contains(&tx.producer_id.0));
+    let again = init_producer_id(&broker, Some("tx-1"));
+    assert_eq!(
+        (again.error_code, again.producer_id.0, again.producer_epoch),
+        (0, tx.producer_id.0, 1)
+    );
 
     let id = a.producer_id.0;
     assert_eq!(produce(&broker, "idem-raw", batch(id, 0, 0, 3)), (0, 0));

@@ -167,6 +167,8 @@ impl Engine {
         engine.spawn(watch_metadata(engine.clone()));
         // The groups of the offsets partitions led here at start.
         engine.await_group_loads().await;
+        // And the transactional ids of the `__transaction_state` ones.
+        engine.await_txn_loads().await;
         Ok(engine)
     }
 

@@ -139,6 +139,7 @@ async fn fetch_offsets(shard: &Shard, group: &str) -> Result<Vec<(String, i32, i
     let req = GroupRequest::OffsetFetch(OffsetFetchRequest {
         group_id: group.into(),
         partitions: None,
+        require_stable: false,
     });
     match shard.group(req).await {
         GroupResponse::OffsetFetch(r) => match r.error {

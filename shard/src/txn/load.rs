@@ -54,6 +54,10 @@ pub(crate) struct TxnLog {
     queue: RefCell<VecDeque<(u32, u64)>>,
     /// Wakes the loading task.
     wake: Rc<WaitSlot>,
+    /// Fired by the loading task when its queue is drained.
+    idle: Rc<WaitSlot>,
+    /// The loading task is working on a partition.
+    busy: Cell<bool>,
     next_generation: Cell<u64>,
     /// Recovery is over: roles are synchronized from now on.
     recovered: Cell<bool>,
@@ -100,6 +104,17 @@ impl Engine {
             None => Err(TxnError::NotCoordinator),
             Some(l) if !l.loaded => Err(TxnError::CoordinatorLoadInProgress),
             Some(_) => Ok(p),
+        }
+    }
+
+    /// Resolves once the loading task has no partition left to load.
+    pub(crate) async fn await_txn_loads(&self) {
+        let log = &self.txn_log;
+        while log.busy.get() || !log.queue.borrow().is_empty() {
+            if self.closing.get() {
+                return;
+            }
+            log.idle.wait().await;
         }
     }
 
@@ -331,7 +346,9 @@ impl Engine {
 pub(crate) async fn run_txn_loads(engine: Rc<Engine>) {
     loop {
         let next = engine.txn_log.queue.borrow_mut().pop_front();
+        engine.txn_log.busy.set(next.is_some());
         let Some((partition, generation)) = next else {
+            engine.txn_log.idle.fire();
             let wake = engine.txn_log.wake.clone();
             wake.wait().await;
             if engine.closing.get() {
