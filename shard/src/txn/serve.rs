@@ -46,6 +46,9 @@ pub trait RemoteMarkers {
 /// doubles up to `MARKER_RETRY_MAX`.
 const MARKER_RETRY: Duration = Duration::from_millis(50);
 const MARKER_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Longest wait of a request for its id's write or markers in flight
+/// before it is answered CONCURRENT_TRANSACTIONS.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Kafka's mapping of a failed transaction record write.
 fn txn_write_error(e: ShardError) -> TxnError {
@@ -153,7 +156,30 @@ impl Engine {
         .detach();
     }
 
+    /// Waits, at most `IDLE_WAIT`, while `id` has a write or its markers in
+    /// flight: the end of a transaction takes a few WAL syncs, and the
+    /// producer's next request would otherwise get CONCURRENT_TRANSACTIONS
+    /// and come back only after the client's retry backoff (100 ms in
+    /// librdkafka and kafka-python).
+    async fn await_txn_idle(&self, id: &str) {
+        let deadline = Instant::now() + IDLE_WAIT;
+        loop {
+            let wait = self.txns.borrow_mut().wait_idle(id);
+            let Some(rx) = wait else {
+                return;
+            };
+            if !matches!(self.until(rx, deadline).await, Some(Ok(()))) {
+                return;
+            }
+        }
+    }
+
     async fn serve_txn(self: &Rc<Self>, req: TxnRequest) -> TxnResponse {
+        if let Some(id) = req.transactional_id() {
+            if !matches!(req, TxnRequest::Describe(_)) {
+                self.await_txn_idle(id).await;
+            }
+        }
         let now = now_ms();
         match req {
             TxnRequest::Describe(id) => {
@@ -227,23 +253,29 @@ impl Engine {
         }
         let partition = self.txn_gate(id)?;
         self.txns.borrow().check_idle(id)?;
-        let plan = {
+        let mut plan = {
             let txns = self.txns.borrow();
             state::plan_init(txns.get(id), timeout_ms, producer, now_ms())?
         };
+        if let InitPlan::FenceAndRetry(abort) = plan {
+            info!(
+                shard = self.id(),
+                transactional_id = id,
+                epoch = abort.producer_epoch,
+                "a new producer instance fences the ongoing transaction: aborting it"
+            );
+            self.prepare_and_end(id, partition, abort).await?;
+            self.counters.borrow_mut().txn_fenced += 1;
+            // The abort's markers usually take a few WAL syncs: answer once
+            // it completed rather than have the client retry.
+            self.await_txn_idle(id).await;
+            self.txns.borrow().check_idle(id)?;
+            let txns = self.txns.borrow();
+            plan = state::plan_init(txns.get(id), timeout_ms, producer, now_ms())?;
+        }
         let meta = match plan {
             InitPlan::Write(meta) => meta,
-            InitPlan::FenceAndRetry(abort) => {
-                info!(
-                    shard = self.id(),
-                    transactional_id = id,
-                    epoch = abort.producer_epoch,
-                    "a new producer instance fences the ongoing transaction: aborting it"
-                );
-                self.prepare_and_end(id, partition, abort).await?;
-                self.counters.borrow_mut().txn_fenced += 1;
-                return Err(TxnError::ConcurrentTransactions);
-            }
+            InitPlan::FenceAndRetry(_) => return Err(TxnError::ConcurrentTransactions),
             InitPlan::NeedProducerId => {
                 if producer.0 >= 0 && self.txns.borrow().get(id).is_none() {
                     // KIP-360 retry of an id this coordinator does not know.

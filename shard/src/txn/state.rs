@@ -7,6 +7,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::mem::size_of;
 use std::rc::Rc;
 
+use futures::channel::oneshot;
+
 use super::{TxnDescription, TxnError, TxnListing, TXN_PARTITIONS_MAX};
 use crate::budget::{Budget, Pool};
 use crate::ShardError;
@@ -294,6 +296,9 @@ pub struct TxnCoordinator {
     deadlines: BTreeSet<(i64, String)>,
     /// Ids being created (a producer id is being allocated).
     creating: BTreeSet<String>,
+    /// Requests waiting for a busy id to settle (`wait_idle`), at most one
+    /// per request in flight.
+    idle_waiters: HashMap<String, Vec<oneshot::Sender<()>>>,
     expiration_ms: i64,
     budget: Rc<Budget>,
 }
@@ -304,6 +309,7 @@ impl TxnCoordinator {
             txns: HashMap::new(),
             deadlines: BTreeSet::new(),
             creating: BTreeSet::new(),
+            idle_waiters: HashMap::new(),
             expiration_ms,
             budget,
         }
@@ -334,6 +340,9 @@ impl TxnCoordinator {
         if let Some(e) = self.txns.get_mut(id) {
             e.busy = busy;
         }
+        if !busy {
+            self.notify_idle(id);
+        }
     }
 
     pub(crate) fn set_creating(&mut self, id: &str, creating: bool) {
@@ -341,6 +350,24 @@ impl TxnCoordinator {
             self.creating.insert(id.to_string());
         } else {
             self.creating.remove(id);
+            self.notify_idle(id);
+        }
+    }
+
+    /// `None` when `id` may change now; else a wait that resolves when it
+    /// settles (its write or markers are done, or it is dropped).
+    pub(crate) fn wait_idle(&mut self, id: &str) -> Option<oneshot::Receiver<()>> {
+        self.check_idle(id).err()?;
+        let (tx, rx) = oneshot::channel();
+        self.idle_waiters.entry(id.to_string()).or_default().push(tx);
+        Some(rx)
+    }
+
+    fn notify_idle(&mut self, id: &str) {
+        if let Some(waiters) = self.idle_waiters.remove(id) {
+            for w in waiters {
+                let _ = w.send(());
+            }
         }
     }
 
@@ -360,6 +387,7 @@ impl TxnCoordinator {
             }
         }
         let Some(meta) = meta else {
+            self.notify_idle(id);
             return;
         };
         let charged = meta.bytes(id);
@@ -376,6 +404,7 @@ impl TxnCoordinator {
                 charged,
             },
         );
+        self.notify_idle(id);
     }
 
     /// Forgets the ids `pick` selects (their partition is no longer led
