@@ -359,7 +359,10 @@ impl TxnCoordinator {
     pub(crate) fn wait_idle(&mut self, id: &str) -> Option<oneshot::Receiver<()>> {
         self.check_idle(id).err()?;
         let (tx, rx) = oneshot::channel();
-        self.idle_waiters.entry(id.to_string()).or_default().push(tx);
+        self.idle_waiters
+            .entry(id.to_string())
+            .or_default()
+            .push(tx);
         Some(rx)
     }
 
