@@ -1,6 +1,8 @@
 //! WriteTxnMarkers (key 27): a transaction coordinator asks this node to
-//! write markers (control batches) to partitions it leads. Each partition
-//! is answered once the in-sync replicas have its marker.
+//! write markers (control batches) to partitions it leads. Every marker of
+//! the request is written at once (they share WAL commits and replication
+//! rounds); each partition is answered once the in-sync replicas have its
+//! marker.
 
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
@@ -16,35 +18,48 @@ pub async fn handle(
     _version: i16,
     ctx: &Ctx,
 ) -> WriteTxnMarkersResponse {
-    let mut resp = WriteTxnMarkersResponse::default();
-    for m in req.markers {
+    let mut writes = Vec::new();
+    for (mi, m) in req.markers.iter().enumerate() {
         let marker = TxnMarker {
             producer_id: m.producer_id.0,
             producer_epoch: m.producer_epoch,
             commit: m.transaction_result,
             coordinator_epoch: m.coordinator_epoch,
         };
-        let mut out = WritableTxnMarkerResult::default();
-        out.producer_id = m.producer_id;
-        for t in m.topics {
-            let mut tr = WritableTxnMarkerTopicResult::default();
+        for (ti, t) in m.topics.iter().enumerate() {
             let topic = ctx.topic(&t.name.0);
-            let writes = t.partition_indexes.iter().map(|&p| {
+            for &p in &t.partition_indexes {
                 let topic = topic.clone();
-                async move {
-                    let mut r = WritableTxnMarkerPartitionResult::default();
-                    r.partition_index = p;
-                    r.error_code = match topic {
+                writes.push(async move {
+                    let code = match topic {
                         None => codes::unknown_topic_or_partition(),
                         Some(topic) => match ctx.shard.write_txn_marker(topic, p, marker).await {
                             Ok(_) => codes::NONE,
                             Err(e) => shard_error_code(&e),
                         },
                     };
-                    r
-                }
-            });
-            tr.partitions = futures::future::join_all(writes).await;
+                    (mi, ti, p, code)
+                });
+            }
+        }
+    }
+    let mut codes_of = futures::future::join_all(writes).await.into_iter();
+    let mut resp = WriteTxnMarkersResponse::default();
+    for (mi, m) in req.markers.into_iter().enumerate() {
+        let mut out = WritableTxnMarkerResult::default();
+        out.producer_id = m.producer_id;
+        for (ti, t) in m.topics.into_iter().enumerate() {
+            let mut tr = WritableTxnMarkerTopicResult::default();
+            for _ in 0..t.partition_indexes.len() {
+                let Some((wm, wt, p, code)) = codes_of.next() else {
+                    break;
+                };
+                debug_assert_eq!((wm, wt), (mi, ti), "answers come in request order");
+                let mut r = WritableTxnMarkerPartitionResult::default();
+                r.partition_index = p;
+                r.error_code = code;
+                tr.partitions.push(r);
+            }
             tr.name = t.name;
             out.topics.push(tr);
         }

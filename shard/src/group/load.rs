@@ -202,6 +202,15 @@ impl Engine {
         }
     }
 
+    /// Offsets partition `partition` is led here and its groups loaded.
+    pub(crate) fn offsets_partition_loaded(&self, partition: u32) -> bool {
+        self.group_log
+            .led
+            .borrow()
+            .get(&partition)
+            .is_some_and(|l| l.loaded)
+    }
+
     fn offsets_key(&self, partition: u32) -> Option<(Arc<TopicMeta>, PartitionKey)> {
         let topic = self.group_log.topic.borrow().clone()?;
         let key = PartitionKey {
@@ -776,6 +785,17 @@ impl Engine {
         let records = self.snapshot_records(partition);
         let count = records.len();
         let waits = self.start_group_write(partition, &records)?;
+        // Offsets committed inside a transaction open now are not in the
+        // snapshot: the log start must stay at or below that transaction's
+        // first record, so a restart loads them again (taken in the same
+        // synchronous section as the snapshot).
+        let open_first = self.offsets_key(partition).map_or(i64::MAX, |(_, key)| {
+            self.parts.borrow().get(&key).map_or(i64::MAX, |p| {
+                p.txns.as_deref().map_or(i64::MAX, |t| {
+                    t.last_stable_offset(i64::MAX, p.log_start_offset)
+                })
+            })
+        });
         let mut first = None;
         let mut failed = None;
         for rx in waits {
@@ -795,15 +815,7 @@ impl Engine {
         let (_, key) = self
             .offsets_key(partition)
             .ok_or(GroupError::CoordinatorNotAvailable)?;
-        // Offsets committed inside a transaction still open are not in
-        // the snapshot: the log start stays at or below the transaction's
-        // first record, so a restart loads them again (the snapshot only
-        // frees the segments once the transaction ends).
-        let first = self
-            .parts
-            .borrow()
-            .get(&key)
-            .map_or(first, |p| first.min(p.last_stable_offset()));
+        let first = first.min(open_first);
         let append = self.wal.append(
             crate::delete_records::KIND_LOG_START,
             crate::delete_records::encode(&key, first),

@@ -233,7 +233,7 @@ impl Engine {
         tx: oneshot::Sender<GroupResponse>,
     ) {
         let answer = |error| GroupResponse::Commit(CommitResult { error });
-        if let Err(e) = self.groups.borrow_mut().check_commit(&req.commit) {
+        if let Err(e) = self.groups.borrow_mut().check_txn_commit(&req.commit) {
             let _ = tx.send(answer(Some(e)));
             return;
         }
@@ -280,6 +280,10 @@ impl Engine {
     /// producer's transaction committed to groups of that partition count
     /// from now on (`commit`), or are dropped.
     pub(crate) fn on_offsets_txn_marker(&self, partition: u32, producer_id: i64, commit: bool) {
+        if !self.offsets_partition_loaded(partition) {
+            // Loading reads the marker in its place in the log.
+            return;
+        }
         let n = self
             .meta
             .view()

@@ -713,6 +713,53 @@ impl Coordinator {
 
     /// Checks that a commit is allowed; `Ok` means: write it.
     pub fn check_commit(&mut self, req: &CommitRequest) -> GroupResult<()> {
+        self.check_commit_room(req)?;
+        let Some(group) = self.groups.get(&req.group_id) else {
+            if req.generation_id < 0 {
+                return Ok(());
+            }
+            return Err(GroupError::UnknownMemberId);
+        };
+        if req.generation_id < 0 && group.state == GroupState::Empty {
+            return Ok(());
+        }
+        if group.state == GroupState::CompletingRebalance {
+            return Err(GroupError::RebalanceInProgress);
+        }
+        check_member(
+            group,
+            &req.member_id,
+            &req.group_instance_id,
+            req.generation_id,
+        )
+    }
+
+    /// TxnOffsetCommit's checks (Kafka's `handleTxnCommitOffsets`): the
+    /// member only when one is named, the generation only when one is
+    /// given, and no rebalance check (a producer commits for the group it
+    /// consumes in, or for a group id alone: kafkajs, Java's
+    /// `sendOffsetsToTransaction(offsets, groupId)`).
+    pub fn check_txn_commit(&mut self, req: &CommitRequest) -> GroupResult<()> {
+        self.check_commit_room(req)?;
+        let Some(group) = self.groups.get(&req.group_id) else {
+            return Ok(());
+        };
+        if !req.member_id.is_empty() && !group.members.contains_key(&req.member_id) {
+            return Err(fenced_or_unknown(
+                group,
+                &req.group_instance_id,
+                &req.member_id,
+            ));
+        }
+        if req.generation_id >= 0 && req.generation_id != group.generation_id {
+            return Err(GroupError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
+    /// The bounds every commit meets: metadata size, offsets per shard, and
+    /// room in the `group_state` pool.
+    fn check_commit_room(&self, req: &CommitRequest) -> GroupResult<()> {
         if req.offsets.iter().any(|(_, _, c)| {
             c.metadata
                 .as_ref()
@@ -736,24 +783,7 @@ impl Coordinator {
         if !self.budget.admits(Pool::GroupState, group + offsets) {
             return Err(GroupError::Shard(crate::ShardError::Busy));
         }
-        let Some(group) = self.groups.get(&req.group_id) else {
-            if req.generation_id < 0 {
-                return Ok(());
-            }
-            return Err(GroupError::UnknownMemberId);
-        };
-        if req.generation_id < 0 && group.state == GroupState::Empty {
-            return Ok(());
-        }
-        if group.state == GroupState::CompletingRebalance {
-            return Err(GroupError::RebalanceInProgress);
-        }
-        check_member(
-            group,
-            &req.member_id,
-            &req.group_instance_id,
-            req.generation_id,
-        )
+        Ok(())
     }
 
     /// Applies a recovered or accepted record.
@@ -1470,6 +1500,41 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn txn_commits_check_a_member_only_when_one_is_named() {
+        let mut c = coordinator();
+        let t0 = Instant::now();
+        let mut a = join(&mut c, "", t0);
+        c.expire(t0 + DELAY);
+        let member = got(&mut a).member_id;
+        let commit = |gen, member: &str| CommitRequest {
+            group_id: "g".into(),
+            generation_id: gen,
+            member_id: member.into(),
+            group_instance_id: None,
+            offsets: vec![],
+        };
+        // The group is completing its rebalance, with a member.
+        assert_eq!(
+            c.check_commit(&commit(-1, "")),
+            Err(GroupError::RebalanceInProgress)
+        );
+        assert_eq!(
+            c.check_txn_commit(&commit(-1, "")),
+            Ok(()),
+            "group id alone"
+        );
+        assert_eq!(c.check_txn_commit(&commit(1, &member)), Ok(()));
+        assert_eq!(
+            c.check_txn_commit(&commit(2, &member)),
+            Err(GroupError::IllegalGeneration)
+        );
+        assert_eq!(
+            c.check_txn_commit(&commit(1, "stranger")),
+            Err(GroupError::UnknownMemberId)
+        );
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub(crate) struct TxnLog {
 }
 
 impl TxnLog {
+    /// The tenure of `partition` here: changes every time it becomes led
+    /// here (`None`: not led here).
+    pub(crate) fn generation(&self, partition: u32) -> Option<u64> {
+        self.led.borrow().get(&partition).map(|l| l.generation)
+    }
+
     /// This shard serves the ids of `partition` now.
     pub(crate) fn serves(&self, partition: u32) -> bool {
         self.led.borrow().get(&partition).is_some_and(|l| l.loaded)

@@ -46,6 +46,8 @@ pub trait RemoteMarkers {
 /// doubles up to `MARKER_RETRY_MAX`.
 const MARKER_RETRY: Duration = Duration::from_millis(50);
 const MARKER_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Pause before a deadline whose state write failed is served again.
+const DEADLINE_RETRY_MS: i64 = 1_000;
 /// Longest wait of a request for its id's write or markers in flight
 /// before it is answered CONCURRENT_TRANSACTIONS.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
@@ -403,13 +405,14 @@ impl Engine {
     /// Writes the markers of `prepared` to all its partitions, retrying
     /// while this shard still coordinates the id, then its Complete state.
     async fn write_markers(self: Rc<Self>, id: String, partition: u32, prepared: TxnMeta) {
+        let generation = self.txn_log.generation(partition);
         let commit = prepared.state == TxnState::PrepareCommit;
         let started = Instant::now();
         let mut left: Vec<(String, i32)> = prepared.partitions.iter().cloned().collect();
         let mut pause = MARKER_RETRY;
         let mut warned = false;
         loop {
-            if self.closing.get() || !self.still_prepared(&id, partition, &prepared) {
+            if self.closing.get() || !self.still_prepared(&id, partition, &prepared, generation) {
                 debug!(shard = self.id(), transactional_id = %id, "markers abandoned: no longer coordinating the transaction");
                 return;
             }
@@ -444,8 +447,12 @@ impl Engine {
             pause = (pause * 2).min(MARKER_RETRY_MAX);
         }
         let done = prepared.completed(now_ms());
-        for _ in 0..3 {
-            if self.closing.get() || !self.still_prepared(&id, partition, &prepared) {
+        let mut pause = MARKER_RETRY;
+        // Retried while this shard coordinates the id (as Kafka retries
+        // its transaction log appends): a stalled ISR must not leave the
+        // id busy for good.
+        loop {
+            if self.closing.get() || !self.still_prepared(&id, partition, &prepared, generation) {
                 return;
             }
             match self
@@ -467,18 +474,26 @@ impl Engine {
                 Err(e) => {
                     debug!(shard = self.id(), transactional_id = %id, error = %e, "complete state not written; retrying");
                     self.txns.borrow_mut().set_busy(&id, true);
-                    sleep_until(&self.waiters, Instant::now() + MARKER_RETRY_MAX).await;
+                    sleep_until(&self.waiters, Instant::now() + pause).await;
+                    pause = (pause * 2).min(MARKER_RETRY_MAX);
                 }
             }
         }
-        // Still prepared: the next load (or a later EndTxn retry after a
-        // restart) finishes it; until then the id stays busy.
-        warn!(shard = self.id(), transactional_id = %id, "transaction markers written but its completion could not be recorded");
     }
 
-    /// `id` is still coordinated here, in the prepared state `prepared`.
-    fn still_prepared(&self, id: &str, partition: u32, prepared: &TxnMeta) -> bool {
-        self.txn_gate(id).ok() == Some(partition) && self.txns.borrow().get(id) == Some(prepared)
+    /// `id` is still coordinated here, in the prepared state `prepared`,
+    /// by the same tenure (`generation`) of its partition that started
+    /// the markers: a task of an earlier tenure stops.
+    fn still_prepared(
+        &self,
+        id: &str,
+        partition: u32,
+        prepared: &TxnMeta,
+        generation: Option<u64>,
+    ) -> bool {
+        self.txn_gate(id).ok() == Some(partition)
+            && self.txn_log.generation(partition) == generation
+            && self.txns.borrow().get(id) == Some(prepared)
     }
 
     /// One marker: through this node's owner shard when this node leads
@@ -510,13 +525,15 @@ impl Engine {
                 .write(pm.leader, topic.to_string(), partition, marker)
                 .await
             {
-                Ok(()) | Err(ShardError::UnknownTopicOrPartition) => Ok(()),
+                Ok(()) => Ok(()),
                 Err(ShardError::InvalidProducerEpoch { .. }) => Ok(()),
                 Err(e) => Err(e),
             };
         }
+        // UNKNOWN_TOPIC_OR_PARTITION is retried: the owner's view may lag
+        // this one (a deleted topic is caught above, from this view).
         match self.write_txn_marker(meta, partition, marker).await {
-            Ok(_) | Err(ShardError::UnknownTopicOrPartition) => Ok(()),
+            Ok(_) => Ok(()),
             // A newer epoch's marker (or data) is there already: this
             // transaction was ended by a newer instance (Kafka drops it).
             Err(ShardError::InvalidProducerEpoch { .. }) => Ok(()),
@@ -569,7 +586,11 @@ impl Engine {
         if let Err(e) = result {
             let mut txns = self.txns.borrow_mut();
             txns.set_busy(id, false);
-            txns.rearm(id);
+            // A timeout or expiry the deadline task served is tried again
+            // after a pause (not at once: the failure may repeat fast).
+            txns.rearm(id, now_ms() + DEADLINE_RETRY_MS);
+            drop(txns);
+            self.rearm_txn_timer();
             return Err(e);
         }
         if self.txn_gate(id).ok() != Some(partition) {

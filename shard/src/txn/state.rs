@@ -287,6 +287,8 @@ pub(crate) struct Entry {
     pub partition: u32,
     /// Bytes charged to the `group_state` pool.
     charged: u64,
+    /// Its entry in the deadline set, if any.
+    armed: Option<i64>,
 }
 
 /// The transactional ids this shard coordinates.
@@ -359,10 +361,10 @@ impl TxnCoordinator {
     pub(crate) fn wait_idle(&mut self, id: &str) -> Option<oneshot::Receiver<()>> {
         self.check_idle(id).err()?;
         let (tx, rx) = oneshot::channel();
-        self.idle_waiters
-            .entry(id.to_string())
-            .or_default()
-            .push(tx);
+        let waiters = self.idle_waiters.entry(id.to_string()).or_default();
+        // Waits that gave up (their request was answered) go first.
+        waiters.retain(|w| !w.is_canceled());
+        waiters.push(tx);
         Some(rx)
     }
 
@@ -385,7 +387,7 @@ impl TxnCoordinator {
     pub(crate) fn apply(&mut self, id: &str, partition: u32, meta: Option<TxnMeta>) {
         if let Some(old) = self.txns.remove(id) {
             self.budget.discharge(Pool::GroupState, old.charged);
-            if let Some(d) = old.meta.deadline_ms(self.expiration_ms) {
+            if let Some(d) = old.armed {
                 self.deadlines.remove(&(d, id.to_string()));
             }
         }
@@ -395,7 +397,8 @@ impl TxnCoordinator {
         };
         let charged = meta.bytes(id);
         self.budget.charge_forced(Pool::GroupState, charged);
-        if let Some(d) = meta.deadline_ms(self.expiration_ms) {
+        let armed = meta.deadline_ms(self.expiration_ms);
+        if let Some(d) = armed {
             self.deadlines.insert((d, id.to_string()));
         }
         self.txns.insert(
@@ -405,6 +408,7 @@ impl TxnCoordinator {
                 busy: false,
                 partition,
                 charged,
+                armed,
             },
         );
         self.notify_idle(id);
@@ -435,19 +439,30 @@ impl TxnCoordinator {
                 return (out, Some(d));
             }
             self.deadlines.pop_first();
-            if let Some(e) = self.txns.get(&id).filter(|e| !e.busy) {
+            let Some(e) = self.txns.get_mut(&id) else {
+                continue;
+            };
+            e.armed = None;
+            if !e.busy {
                 out.push((id, e.meta.clone(), e.partition));
             }
         }
         (out, None)
     }
 
-    /// Re-arms `id`'s deadline (after a failed state write).
-    pub(crate) fn rearm(&mut self, id: &str) {
-        if let Some(e) = self.txns.get(id) {
-            if let Some(d) = e.meta.deadline_ms(self.expiration_ms) {
-                self.deadlines.insert((d, id.to_string()));
-            }
+    /// Re-arms `id`'s deadline, not before `not_before_ms` (after a failed
+    /// state write; a deadline still in the set stays as it is).
+    pub(crate) fn rearm(&mut self, id: &str, not_before_ms: i64) {
+        let Some(e) = self.txns.get_mut(id) else {
+            return;
+        };
+        if e.armed.is_some() {
+            return;
+        }
+        if let Some(d) = e.meta.deadline_ms(self.expiration_ms) {
+            let d = d.max(not_before_ms);
+            e.armed = Some(d);
+            self.deadlines.insert((d, id.to_string()));
         }
     }
 
@@ -638,7 +653,7 @@ mod tests {
         assert_eq!(c.next_deadline(), Some(60_100), "start + timeout");
         let (due, next) = c.due(60_100);
         assert_eq!((due.len(), next), (1, None));
-        c.rearm("x");
+        c.rearm("x", 0);
         c.set_busy("x", true);
         assert!(c.due(70_000).0.is_empty(), "a busy id is not served");
         c.apply("x", 3, Some(m.fenced_abort(70_000)));
