@@ -277,12 +277,11 @@ impl Engine {
         }
         let meta = match plan {
             InitPlan::Write(meta) => meta,
+            InitPlan::Current(producer_id, epoch) => return Ok((producer_id, epoch)),
             InitPlan::FenceAndRetry(_) => return Err(TxnError::ConcurrentTransactions),
             InitPlan::NeedProducerId => {
-                if producer.0 >= 0 && self.txns.borrow().get(id).is_none() {
-                    // KIP-360 retry of an id this coordinator does not know.
-                    return Err(TxnError::InvalidProducerIdMapping);
-                }
+                // A new id, epochs exhausted, or (KIP-360) a producer id the
+                // coordinator does not know (an expired id): a fresh one.
                 // Requests for the id meet CONCURRENT_TRANSACTIONS until
                 // the new producer id is written.
                 self.txns.borrow_mut().set_creating(id, true);

@@ -148,6 +148,9 @@ pub enum InitPlan {
     /// Write this abort (the previous instance's transaction) and answer
     /// CONCURRENT_TRANSACTIONS: the client retries once it completes.
     FenceAndRetry(TxnMeta),
+    /// A KIP-360 retry of the bump that made the current epoch (its answer
+    /// was lost): answer the current id and epoch again.
+    Current(i64, i16),
 }
 
 /// What EndTxn must do.
@@ -180,8 +183,15 @@ pub fn plan_init(
     let Some(m) = cur else {
         return Ok(InitPlan::NeedProducerId);
     };
-    // KIP-360: a producer that knows its id and epoch must match them.
+    // KIP-360: a producer that knows its id and epoch must match them, or
+    // be retrying the bump that made the current epoch.
     if producer.0 >= 0 && (producer.0 != m.producer_id || producer.1 != m.producer_epoch) {
+        let retried_bump = producer.0 == m.producer_id
+            && producer.1.checked_add(1) == Some(m.producer_epoch)
+            && m.state == TxnState::Empty;
+        if retried_bump {
+            return Ok(InitPlan::Current(m.producer_id, m.producer_epoch));
+        }
         return Err(TxnError::ProducerFenced);
     }
     match m.state {
@@ -571,6 +581,11 @@ mod tests {
             plan_init(Some(&m), 1, (7, 3), 9),
             Err(TxnError::ProducerFenced),
             "KIP-360: a stale epoch is fenced"
+        );
+        assert_eq!(
+            plan_init(Some(&next), 1, (7, 0), 9),
+            Ok(InitPlan::Current(7, 1)),
+            "KIP-360: the retry of a bump whose answer was lost"
         );
         let mut old = meta(TxnState::Empty);
         old.producer_epoch = i16::MAX - 2;
