@@ -942,3 +942,103 @@ fn consume_transform_produce_across_sigkills_is_exactly_once() {
         }
     });
 }
+
+// ------------------------------------------------- e: describe and list
+
+/// DescribeTransactions and ListTransactions over raw frames (librdkafka
+/// has no admin call for them): a committed transaction's id shows its
+/// state, producer id and epoch, and the partitions of an open one.
+#[test]
+fn describe_and_list_transactions_show_each_ids_state() {
+    use kafka_protocol::messages::{
+        ApiKey, DescribeTransactionsRequest, DescribeTransactionsResponse, ListTransactionsRequest,
+        ListTransactionsResponse, TransactionalId,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
+    let describe_state = |b: &Broker, id: &str| {
+        let mut r = DescribeTransactionsRequest::default();
+        r.transactional_ids = vec![TransactionalId(StrBytes::from_string(id.to_string()))];
+        let mut s = connect(b);
+        let resp: DescribeTransactionsResponse = call(&mut s, ApiKey::DescribeTransactions, 0, &r);
+        resp.transaction_states
+            .into_iter()
+            .next()
+            .expect("one state")
+    };
+    let list = |b: &Broker, states: &[&str]| {
+        let mut r = ListTransactionsRequest::default();
+        r.state_filters = states
+            .iter()
+            .map(|s| StrBytes::from_string(s.to_string()))
+            .collect();
+        r.duration_filter = -1;
+        let mut s = connect(b);
+        let resp: ListTransactionsResponse = call(&mut s, ApiKey::ListTransactions, 1, &r);
+        resp
+    };
+    let describe_error = describe;
+    let describe = describe_state;
+    with_shared(|b| {
+        let topic = "txn-describe";
+        let bs = b.bootstrap();
+        create_topic(b, topic, PARTITIONS);
+        let p = txn_producer(&bs, "txn-describe-1", &[]);
+        init_transactions(&p).unwrap_or_else(|e| panic!("init: {}", describe_error(&e)));
+        p.begin_transaction().expect("begin");
+        produce_all(&p, topic, &records("d", &[1, 3], 2));
+        let open = describe(b, "txn-describe-1");
+        assert_eq!(open.error_code, 0);
+        assert_eq!(open.transaction_state.as_str(), "Ongoing");
+        assert!(open.producer_id.0 >= 0 && open.transaction_start_time_ms > 0);
+        let parts: Vec<(String, Vec<i32>)> = open
+            .topics
+            .iter()
+            .map(|t| (t.topic.0.to_string(), t.partitions.clone()))
+            .collect();
+        assert_eq!(parts, vec![(topic.to_string(), vec![1, 3])]);
+        let ongoing = list(b, &["Ongoing"]);
+        assert!(
+            ongoing
+                .transaction_states
+                .iter()
+                .any(|t| t.transactional_id.0.as_str() == "txn-describe-1"),
+            "{ongoing:?}"
+        );
+        p.commit_transaction(TXN_CALL).expect("commit");
+        // The commit is answered once decided (PrepareCommit); the markers
+        // follow, then CompleteCommit.
+        let deadline = Instant::now() + WAIT;
+        let done = loop {
+            let d = describe(b, "txn-describe-1");
+            if d.transaction_state.as_str() != "PrepareCommit" || Instant::now() > deadline {
+                break d;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(done.transaction_state.as_str(), "CompleteCommit");
+        assert_eq!(
+            (done.producer_id, done.producer_epoch),
+            (open.producer_id, open.producer_epoch)
+        );
+        assert!(done.topics.is_empty());
+        let listed = list(b, &[]);
+        let mine = listed
+            .transaction_states
+            .iter()
+            .find(|t| t.transactional_id.0.as_str() == "txn-describe-1")
+            .expect("listed");
+        assert_eq!(mine.transaction_state.as_str(), "CompleteCommit");
+        assert!(list(b, &["Ongoing"]).transaction_states.iter().all(|t| t
+            .transactional_id
+            .0
+            .as_str()
+            != "txn-describe-1"));
+        let unknown = list(b, &["NoSuchState"]);
+        assert_eq!(unknown.unknown_state_filters.len(), 1);
+        assert_eq!(
+            describe(b, "txn-describe-never").error_code,
+            TRANSACTIONAL_ID_NOT_FOUND
+        );
+    });
+}
