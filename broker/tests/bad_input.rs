@@ -247,6 +247,27 @@ fn bad_topic_names_are_error_17() {
 }
 
 #[test]
+fn internal_topics_refuse_client_produce_and_are_marked_internal() {
+    let b = Broker::start(1);
+    let mut s = connect(&b);
+    for internal in ["__consumer_offsets", "__transaction_state"] {
+        // Only the coordinators write them (Kafka: INVALID_TOPIC_EXCEPTION).
+        assert_eq!(
+            produce_error(&b, internal, batch(&[b"x".to_vec()])),
+            17,
+            "produce to {internal}"
+        );
+        let resp: MetadataResponse = call(&mut s, ApiKey::Metadata, 12, &metadata(internal));
+        let t = &resp.topics[0];
+        assert_eq!(t.error_code, 0, "metadata {internal}");
+        assert!(t.is_internal, "{internal} is internal");
+    }
+    let resp: MetadataResponse = call(&mut s, ApiKey::Metadata, 12, &metadata("plain"));
+    assert!(!resp.topics[0].is_internal, "an ordinary topic is not");
+    assert_healthy(&b);
+}
+
+#[test]
 fn acks_zero_gets_no_response_and_order_is_kept() {
     let b = Broker::start(2);
     create_topic(&b, "quiet", 1);

@@ -272,6 +272,9 @@ impl Engine {
         let mut log_starts: HashMap<PartitionKey, i64> = HashMap::new();
         let mut set_aside: HashMap<PartitionKey, Vec<crate::partition::StoredBatch>> =
             HashMap::new();
+        // The transaction events of every entry holding batches, replayed
+        // per partition at the end (`txn_index::TxnEvents`).
+        let mut txn_events = crate::txn_index::TxnEvents::default();
         // Epoch caches are rebuilt from the batch headers.
         for p in self.parts.borrow_mut().values_mut() {
             if let Some(r) = p.repl.as_deref_mut() {
@@ -307,7 +310,13 @@ impl Engine {
                         self.merge_set_aside(&key, &mut set_aside);
                         // The cut's log start stands over older records.
                         log_starts.remove(&key);
-                        self.cut_log(&key, offset, cut);
+                        let end = self.cut_log(&key, offset, cut);
+                        let before = txn_events.bytes();
+                        match cut {
+                            crate::replica::Cut::Truncate => txn_events.truncate(&key, end),
+                            crate::replica::Cut::RestartAt => txn_events.clear(&key),
+                        }
+                        self.charge_txn_bytes(before, txn_events.bytes());
                     }
                     Err(reason) => {
                         damaged += 1;
@@ -319,9 +328,12 @@ impl Engine {
             if e.kind == crate::compact::KIND_REPLACE {
                 match crate::compact::decode_stored(e.kind, &e.payload) {
                     Ok(stored) => {
-                        if let Err(reason) =
-                            self.recover_replacement(&stored, e.position, &mut set_aside)
-                        {
+                        if let Err(reason) = self.recover_replacement(
+                            &stored,
+                            e.position,
+                            &mut set_aside,
+                            &mut txn_events,
+                        ) {
                             damaged += 1;
                             warn!(shard = self.id(), position = e.position.0, %reason, "replacement WAL entry skipped");
                         } else {
@@ -363,14 +375,10 @@ impl Engine {
                 }
                 if let Some(p) = parts.get_mut(&header.key) {
                     p.note_epochs(&records);
-                    // Transactions are replayed from both kinds in WAL
-                    // (= offset) order; the HW is the log end here, so
-                    // closed ones settle as recovery passes their markers.
-                    let before = p.txn_bytes();
-                    p.replay_txns(&records, crate::produce::now_ms());
-                    p.settle_txns();
-                    self.charge_txn_bytes(before, p.txn_bytes());
                 }
+                let before = txn_events.bytes();
+                txn_events.gather(header.key, &records, e.position.0);
+                self.charge_txn_bytes(before, txn_events.bytes());
             }
             match pushed {
                 Some(Ok(())) => {
@@ -388,6 +396,20 @@ impl Engine {
         let keys: Vec<PartitionKey> = set_aside.keys().copied().collect();
         for key in keys {
             self.merge_set_aside(&key, &mut set_aside);
+        }
+        // Transactions, from the entries the index kept, in offset order.
+        let now = crate::produce::now_ms();
+        for key in txn_events.keys() {
+            let before = txn_events.bytes();
+            let events = txn_events.take(&key);
+            self.charge_txn_bytes(before, txn_events.bytes());
+            let mut parts = self.parts.borrow_mut();
+            let Some(p) = parts.get_mut(&key) else {
+                continue;
+            };
+            let before = p.txn_bytes();
+            p.replay_recovered_txns(events, now);
+            self.charge_txn_bytes(before, p.txn_bytes());
         }
         // A replacement that came before every other entry of its
         // partition lowered its log start; the log start records win.
@@ -409,6 +431,7 @@ impl Engine {
             skipped,
             damaged,
             partitions = self.parts.borrow().len(),
+            txn_events_bytes = txn_events.peak_bytes(),
             ms,
             "shard recovered"
         );
@@ -417,21 +440,20 @@ impl Engine {
 
     /// Replays a replacement entry (compaction, or an entry the segment
     /// collector copied forward): it takes the place of the entries inside
-    /// its range. Producer state is not rebuilt from it (its batches are
-    /// older than what the originals recorded when they were replayed),
-    /// and neither is the transaction state: it is left as the entries
-    /// replayed so far made it. Compaction never reaches the last stable
-    /// offset, so a replacement holds no open transaction; the markers it
-    /// kept were replayed with their originals, and an aborted entry goes
-    /// with the log start, not with compaction. A copy whose originals'
-    /// segment is gone (so they were never replayed) leaves the
-    /// transactions in it untracked, as Kafka's producer state forgets
-    /// what its snapshots and segments no longer hold.
+    /// its range. Producer sequence windows are not rebuilt from it (its
+    /// batches are older than what the originals recorded when they were
+    /// replayed). Its transaction events (transactional batches, markers)
+    /// are gathered like those of entries of kinds 1 and 5; the end of
+    /// recovery replays those of the entries the index kept, in offset
+    /// order: a copy whose originals' segment is gone brings back their
+    /// open transactions, aborted index entries and marker epochs, and a
+    /// replacement stands for the range it replaces.
     fn recover_replacement(
         &self,
         stored: &crate::compact::Stored,
         position: sluice_wal::Position,
         set_aside: &mut HashMap<PartitionKey, Vec<crate::partition::StoredBatch>>,
+        txn_events: &mut crate::txn_index::TxnEvents,
     ) -> Result<(), String> {
         if let Some(r) = stored.replace.as_ref() {
             self.cleaner.borrow_mut().recovered(r);
@@ -467,6 +489,8 @@ impl Engine {
                 position: Some(position),
                 cached: None,
             });
+            drop(parts);
+            self.gather_txn_events(txn_events, stored, position);
             return Ok(());
         }
         drop(parts);
@@ -485,10 +509,23 @@ impl Engine {
         if added {
             self.budget
                 .charge_forced(Pool::PartitionState, INDEX_ENTRY_BYTES);
+            self.gather_txn_events(txn_events, stored, position);
         }
         self.budget
             .discharge(Pool::PartitionState, removed * INDEX_ENTRY_BYTES);
         Ok(())
+    }
+
+    /// Gathers the transaction events of a replacement recovery indexed.
+    fn gather_txn_events(
+        &self,
+        txn_events: &mut crate::txn_index::TxnEvents,
+        stored: &crate::compact::Stored,
+        position: sluice_wal::Position,
+    ) {
+        let before = txn_events.bytes();
+        txn_events.gather(stored.header.key, &stored.records, position.0);
+        self.charge_txn_bytes(before, txn_events.bytes());
     }
 
     /// Inserts the copies recovery set aside for `key` (see
@@ -523,7 +560,7 @@ impl Engine {
         header: &entry::EntryHeader,
         records: &bytes::Bytes,
     ) {
-        // A marker is recorded by `Partition::replay_txns`.
+        // A marker is recorded by `Partition::replay_recovered_txns`.
         if crate::batch::batches(records).any(crate::batch::is_control) {
             return;
         }

@@ -39,7 +39,7 @@ use sluice_wal::Position;
 use crate::batch;
 use crate::entry::{EntryHeader, PartitionKey};
 use crate::producer_state::ProducerStates;
-use crate::txn_index::Txns;
+use crate::txn_index::{self, TxnEvent, TxnEventKind, Txns};
 
 /// One stored WAL entry of the partition (one produce request's batches).
 #[derive(Clone, Debug)]
@@ -282,20 +282,38 @@ impl Partition {
     /// leader's checks are trusted.
     pub fn replay_txns(&mut self, records: &[u8], now_ms: i64) {
         for b in batch::batches(records) {
-            if !batch::is_transactional(b) {
-                continue;
+            if let Some(e) = txn_index::batch_event(b, 0) {
+                self.apply_txn_event(&e, now_ms);
             }
-            let h = batch::producer_fields(b);
-            if h.producer_id < 0 {
-                continue;
+        }
+    }
+
+    /// Recovery's replay of the transaction events it gathered from every
+    /// stored entry (`txn_index::TxnEvents`): in offset order, those of
+    /// the entries the index holds at their WAL position (the events of an
+    /// entry a replacement took the place of, that a truncation cut, or
+    /// that was never indexed are left out), which is what following the
+    /// surviving entries in offset order gives; then settles, the HW being
+    /// the log end. Markers record their producer's epoch here
+    /// (`end_txn`).
+    pub fn replay_recovered_txns(&mut self, mut events: Vec<TxnEvent>, now_ms: i64) {
+        events.sort_unstable_by_key(|e| (e.offset, e.position));
+        for e in &events {
+            let held = self.batches.get(self.locate(e.offset)).is_some_and(|b| {
+                b.base_offset <= e.offset && b.position.is_some_and(|p| p.0 == e.position)
+            });
+            if held {
+                self.apply_txn_event(e, now_ms);
             }
-            let offset = batch::base_offset(b);
-            if batch::is_control(b) {
-                if let Some(m) = batch::end_txn(b) {
-                    self.end_txn(h.producer_id, h.producer_epoch, offset, m.commit, now_ms);
-                }
-            } else {
-                self.begin_txn(h.producer_id, offset);
+        }
+        self.settle_txns();
+    }
+
+    fn apply_txn_event(&mut self, e: &TxnEvent, now_ms: i64) {
+        match e.kind {
+            TxnEventKind::Begin => self.begin_txn(e.producer_id, e.offset),
+            TxnEventKind::End { commit } => {
+                self.end_txn(e.producer_id, e.producer_epoch, e.offset, commit, now_ms);
             }
         }
     }
@@ -1365,6 +1383,93 @@ mod tests {
         p.restart_at(50);
         assert!(p.txns.is_none());
         assert_eq!(p.last_stable_offset(), 50);
+    }
+
+    #[test]
+    fn recovered_transactions_follow_the_entries_the_index_kept() {
+        use crate::batch::testing::{batch, transactional, with_producer};
+        use crate::batch::{control_batch, EndTxn};
+        use crate::txn_index::TxnEvents;
+        let abort = EndTxn {
+            commit: false,
+            coordinator_epoch: 0,
+        };
+        let txn = |pid: i64, epoch: i16, n: i32| {
+            transactional(with_producer(batch(n, 0, b"t"), pid, epoch, 0))
+        };
+        // Batches at `base` on, as one stored entry.
+        let entry = |parts: Vec<Vec<u8>>, base: i64| {
+            let mut b = parts.concat();
+            let last = crate::batch::patch(&mut b, base, None, 0);
+            (b, base, last)
+        };
+        let mut p = part();
+        let key = p.key;
+        let mut events = TxnEvents::default();
+        // The WAL, in its order (recovery's): producer 7's transaction at
+        // 0..=1 is only left as a copy written after its abort at 3.
+        let push = |p: &mut Partition, ev: &mut TxnEvents, e: &(Vec<u8>, i64, i64), pos: u64| {
+            let h = EntryHeader {
+                key,
+                base_offset: e.1,
+                last_offset: e.2,
+                max_timestamp: 0,
+            };
+            p.push_recovered(&h, e.0.len() as u32, Position(pos))
+                .expect("in order");
+            ev.gather(key, &e.0, pos);
+        };
+        let plain = entry(vec![batch(1, 0, b"p")], 2);
+        push(&mut p, &mut events, &plain, 200);
+        let marker = entry(vec![control_batch(7, 0, abort, 0)], 3);
+        push(&mut p, &mut events, &marker, 300);
+        // The copy of 0..=1, older than the entries replayed: set aside.
+        let copy = entry(vec![txn(7, 0, 2)], 0);
+        events.gather(key, &copy.0, 400);
+        // Producer 8's transaction from 4, two batches in one entry (one
+        // event), then compacted: its batch at 4 lost every record.
+        let open = entry(vec![txn(8, 0, 1), txn(8, 0, 1)], 4);
+        push(&mut p, &mut events, &open, 500);
+        let kept = entry(vec![txn(8, 0, 1)], 5);
+        let h = EntryHeader {
+            key,
+            base_offset: 4,
+            last_offset: 5,
+            max_timestamp: 0,
+        };
+        p.replace_recovered(&h, 5, kept.0.len() as u32, Position(600))
+            .expect("replaces");
+        events.gather(key, &kept.0, 600);
+        // Producer 9's transaction at 6, cut by a truncation.
+        let cut = entry(vec![txn(9, 0, 1)], 6);
+        push(&mut p, &mut events, &cut, 700);
+        p.truncate(6);
+        events.truncate(&key, 6);
+        // Producer 11 fenced at epoch 2 by a marker closing nothing.
+        let fence = entry(vec![control_batch(11, 2, abort, 0)], 6);
+        push(&mut p, &mut events, &fence, 800);
+        let (added, error) = p.merge_recovered(vec![StoredBatch {
+            base_offset: 0,
+            last_offset: 1,
+            max_timestamp: 0,
+            bytes: copy.0.len() as u32,
+            position: Some(Position(400)),
+            cached: None,
+        }]);
+        assert_eq!((added, error), (1, None));
+
+        p.replay_recovered_txns(events.take(&key), 0);
+        assert_eq!(events.bytes(), 0);
+        let t = p.txns.as_deref().expect("transactions");
+        assert_eq!(t.collect_aborted(0, 10), vec![(7, 0)], "from the copy");
+        assert_eq!(p.open_txn(8), Some(5), "from the compacted replacement");
+        assert_eq!((p.open_txn(7), p.open_txn(9)), (None, None));
+        assert_eq!((p.high_watermark, p.last_stable_offset()), (7, 5));
+        assert_eq!(
+            p.producers.check_epoch(11, 1, 0, i64::MAX),
+            Err(crate::producer_state::ProducerError::FencedEpoch { current: 2, got: 1 })
+        );
+        p.check().expect("invariants");
     }
 
     #[test]

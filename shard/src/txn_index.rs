@@ -24,9 +24,18 @@
 //! entries are; produces wait while that pool is full, which bounds the
 //! aborted index with the rest of the partition state.
 //!
+//! Recovery (`TxnEvents`) gathers the transaction events of every stored
+//! entry it meets (kinds 1, 5 and 6, in WAL order, which is not offset
+//! order once entries were copied forward) and replays, once per
+//! partition at its end, those of the entries its index kept, in offset
+//! order (`Partition::replay_recovered_txns`).
+//!
 //! Pure: no I/O, no clock.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use crate::batch;
+use crate::entry::PartitionKey;
 
 /// Bytes charged for one open transaction: its entry in the map by first
 /// offset and in the map by producer (keys, values and the maps' own
@@ -244,6 +253,143 @@ impl Txns {
     }
 }
 
+/// What a stored batch does to its partition's transaction state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnEventKind {
+    /// A transactional batch: opens its producer's transaction unless one
+    /// is open.
+    Begin,
+    /// A marker (`batch::end_txn`): closes it, committed or aborted.
+    End { commit: bool },
+}
+
+/// One transaction event of a stored entry, found by recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnEvent {
+    /// The batch's base offset.
+    pub offset: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub kind: TxnEventKind,
+    /// The WAL position of the entry holding the batch: the event counts
+    /// only while the partition's index holds that entry there.
+    pub position: u64,
+}
+
+/// Bytes one gathered event takes.
+pub const TXN_EVENT_BYTES: u64 = std::mem::size_of::<TxnEvent>() as u64;
+
+/// The transaction event of one stored batch, if it has one (the batches
+/// `Partition::replay_txns` follows): a transactional batch of a producer
+/// opens, a marker closes.
+pub fn batch_event(b: &[u8], position: u64) -> Option<TxnEvent> {
+    if !batch::is_transactional(b) {
+        return None;
+    }
+    let h = batch::producer_fields(b);
+    if h.producer_id < 0 {
+        return None;
+    }
+    let kind = if batch::is_control(b) {
+        TxnEventKind::End {
+            commit: batch::end_txn(b)?.commit,
+        }
+    } else {
+        TxnEventKind::Begin
+    };
+    Some(TxnEvent {
+        offset: batch::base_offset(b),
+        producer_id: h.producer_id,
+        producer_epoch: h.producer_epoch,
+        kind,
+        position,
+    })
+}
+
+/// The transaction events recovery gathers, per partition (module doc).
+/// Only transactional batches and markers make events, and only the first
+/// transactional batch of a producer in an entry (or the first after its
+/// marker there): the others cannot open anything, as nothing of another
+/// entry lies between them. A partition without any costs nothing.
+#[derive(Debug, Default)]
+pub struct TxnEvents {
+    parts: HashMap<PartitionKey, Vec<TxnEvent>>,
+    /// Producers whose transaction an event of the entry being read
+    /// opened (scratch, empty between entries).
+    begun: HashSet<i64>,
+    /// Events held, and the most held at once.
+    len: u64,
+    peak: u64,
+}
+
+impl TxnEvents {
+    /// Gathers the events of the batches of the entry of `key` at WAL
+    /// `position`.
+    pub fn gather(&mut self, key: PartitionKey, records: &[u8], position: u64) {
+        let mut events = batch::batches(records)
+            .filter_map(|b| batch_event(b, position))
+            .filter(|e| match e.kind {
+                TxnEventKind::Begin => self.begun.insert(e.producer_id),
+                TxnEventKind::End { .. } => {
+                    self.begun.remove(&e.producer_id);
+                    true
+                }
+            })
+            .peekable();
+        if events.peek().is_some() {
+            let held = self.parts.entry(key).or_default();
+            let before = held.len();
+            held.extend(events);
+            self.len += (held.len() - before) as u64;
+            self.peak = self.peak.max(self.len);
+        }
+        self.begun.clear();
+    }
+
+    /// The partition's log was truncated at `end`: its entries at or above
+    /// it are gone, and their events with them.
+    pub fn truncate(&mut self, key: &PartitionKey, end: i64) {
+        let Some(events) = self.parts.get_mut(key) else {
+            return;
+        };
+        let before = events.len();
+        events.retain(|e| e.offset < end);
+        self.len -= (before - events.len()) as u64;
+        if events.is_empty() {
+            self.parts.remove(key);
+        }
+    }
+
+    /// The partition's log restarted: none of its events counts.
+    pub fn clear(&mut self, key: &PartitionKey) {
+        if let Some(events) = self.parts.remove(key) {
+            self.len -= events.len() as u64;
+        }
+    }
+
+    /// The partitions with events.
+    pub fn keys(&self) -> Vec<PartitionKey> {
+        self.parts.keys().copied().collect()
+    }
+
+    /// Takes the events of a partition, in the order they were gathered.
+    pub fn take(&mut self, key: &PartitionKey) -> Vec<TxnEvent> {
+        let events = self.parts.remove(key).unwrap_or_default();
+        self.len -= events.len() as u64;
+        events
+    }
+
+    /// The bytes the events take.
+    pub fn bytes(&self) -> u64 {
+        self.len * TXN_EVENT_BYTES
+    }
+
+    /// The most bytes the events took at once.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak * TXN_EVENT_BYTES
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +462,54 @@ mod tests {
         t.prune_below(10);
         t.settle(10);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn recovery_gathers_one_event_per_opening_batch_and_marker() {
+        use crate::batch::testing::{batch, transactional, with_producer};
+        use crate::batch::{control_batch, EndTxn};
+        let key = PartitionKey {
+            topic_id: [1; 16],
+            partition: 0,
+        };
+        let txn = |pid: i64| transactional(with_producer(batch(1, 0, b"t"), pid, 0, 0));
+        let commit = EndTxn {
+            commit: true,
+            coordinator_epoch: 0,
+        };
+        let mut b = [
+            txn(1),
+            txn(2),
+            txn(1),
+            batch(1, 0, b"plain"),
+            control_batch(1, 0, commit, 0),
+            txn(1),
+        ]
+        .concat();
+        crate::batch::patch(&mut b, 10, None, 0);
+        let mut events = TxnEvents::default();
+        events.gather(key, &batch(3, 0, b"plain"), 1);
+        assert!(events.keys().is_empty(), "plain batches cost nothing");
+        events.gather(key, &b, 2);
+        let got: Vec<(i64, i64, TxnEventKind)> = events.parts[&key]
+            .iter()
+            .map(|e| (e.offset, e.producer_id, e.kind))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (10, 1, TxnEventKind::Begin),
+                (11, 2, TxnEventKind::Begin),
+                (14, 1, TxnEventKind::End { commit: true }),
+                (15, 1, TxnEventKind::Begin),
+            ]
+        );
+        assert_eq!(events.bytes(), 4 * TXN_EVENT_BYTES);
+        events.truncate(&key, 14);
+        assert_eq!(events.bytes(), 2 * TXN_EVENT_BYTES);
+        assert_eq!(events.peak_bytes(), 4 * TXN_EVENT_BYTES);
+        events.clear(&key);
+        assert!(events.keys().is_empty() && events.bytes() == 0);
     }
 
     #[test]

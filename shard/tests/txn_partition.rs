@@ -13,8 +13,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sluice_raft::{Metadata, TopicMeta, TopicSpec};
 use sluice_shard::{
-    new_mesh, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition, Origin,
-    ProducePartition, Shard, ShardConfig, ShardError, TxnMarker,
+    compact, new_mesh, FetchPartition, FetchPartitionResult, FetchRequest, ListOffsetsPartition,
+    Origin, ProducePartition, Shard, ShardConfig, ShardError, TxnMarker, WalTuning, KIND_BATCHES,
+    KIND_REPLICA_BATCHES,
 };
 
 const PRODUCER: i64 = 4000;
@@ -371,6 +372,208 @@ fn a_follower_tracks_transactions_and_serves_them_once_leader() {
         assert_eq!(whole.records[0].len(), returned.len() + open_batch);
         assert!(whole.aborted.is_empty());
         assert_eq!(latest(&shard, &t, 1).await, 4);
+        shard.close().await;
+    });
+    meta.shutdown();
+}
+
+/// One uncompressed v2 batch of one plain record carrying `value_bytes`
+/// bytes, timestamp 1000 (long expired for any `retention.ms`). CRC valid.
+fn big_batch(value_bytes: usize) -> Vec<u8> {
+    let mut body = vec![0u8];
+    varint(&mut body, 0);
+    varint(&mut body, 0);
+    varint(&mut body, -1);
+    varint(&mut body, value_bytes as i64);
+    body.resize(body.len() + value_bytes, b'x');
+    varint(&mut body, 0);
+    let mut records = Vec::new();
+    varint(&mut records, body.len() as i64);
+    records.extend_from_slice(&body);
+    let mut b = batch(1, (-1, -1, -1), 0);
+    b.truncate(61);
+    b.extend_from_slice(&records);
+    let length = (b.len() - 12) as i32;
+    b[8..12].copy_from_slice(&length.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+    b
+}
+
+/// Small WAL segments, so that a few produces roll them.
+const SMALL_SEGMENT: u64 = 256 << 10;
+
+fn small_wal() -> WalTuning {
+    WalTuning {
+        segment_bytes: SMALL_SEGMENT,
+        queue_bytes_max: 4 << 20,
+        commit_bytes_max: 128 << 10,
+        entry_bytes_max: 120 << 10,
+        ..WalTuning::default()
+    }
+}
+
+fn small_segment_config(dir: &Path) -> ShardConfig {
+    let mut cfg = shard_config(dir);
+    cfg.wal = small_wal();
+    cfg
+}
+
+/// The kinds of the WAL entries holding partition 0 of topic `topic_id`
+/// (read with the shard closed).
+async fn kinds_of(dir: &Path, topic_id: [u8; 16]) -> Vec<u8> {
+    let t = small_wal();
+    let mut cfg = sluice_wal::WalConfig::new(dir.join("shard-0").join("wal"));
+    cfg.segment_bytes = t.segment_bytes;
+    cfg.queue_bytes_max = t.queue_bytes_max;
+    cfg.commit_bytes_max = t.commit_bytes_max;
+    cfg.entry_bytes_max = t.entry_bytes_max;
+    let (wal, _) = sluice_wal::Wal::open(cfg).await.expect("WAL opens");
+    let mut reader = wal.reader(wal.start());
+    let mut kinds = Vec::new();
+    while let Some(e) = reader.next().await {
+        let e = e.expect("readable");
+        if ![KIND_BATCHES, KIND_REPLICA_BATCHES, compact::KIND_REPLACE].contains(&e.kind) {
+            continue;
+        }
+        let stored = compact::decode_stored(e.kind, &e.payload).expect("decodes");
+        if stored.header.key.topic_id == topic_id && stored.header.key.partition == 0 {
+            kinds.push(e.kind);
+        }
+    }
+    wal.close().await.expect("WAL closes");
+    kinds
+}
+
+/// The transaction state of partition 0 of `t` as the test below wrote it:
+/// producer 4000's transaction at 1..=2 aborted at 3, a fencing abort at
+/// epoch 1 at 4 (closes nothing), its transaction at epoch 1 open from 5.
+async fn check_copied_state(shard: &Shard, t: &Arc<TopicMeta>) {
+    let r = fetch(shard, t, 0, 1).await;
+    assert_eq!((r.high_watermark, r.last_stable_offset), (6, 5));
+    assert_eq!(bases(&r), vec![0, 1, 3, 4]);
+    assert_eq!(r.aborted, vec![(PRODUCER, 1)], "the aborted index");
+    assert_eq!(
+        latest(shard, t, 1).await,
+        5,
+        "the LSO: the open transaction"
+    );
+    assert!(
+        matches!(
+            marker(shard, t, 0, true).await,
+            Err(ShardError::InvalidProducerEpoch { current: 1, got: 0 })
+        ),
+        "the fencing marker's epoch"
+    );
+}
+
+#[test]
+fn transactions_copied_by_the_segment_collector_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = start_meta(dir.path(), 1);
+    let (d, m) = (dir.path().to_path_buf(), meta.clone());
+    let topic_id = std::sync::Arc::new(std::sync::Mutex::new([0u8; 16]));
+    let id_out = topic_id.clone();
+    on_executor(move || async move {
+        let shard = Shard::start(small_segment_config(&d), new_mesh(1), m.clone())
+            .await
+            .expect("start");
+        // Kept forever (the test's batches carry timestamps of 1970).
+        let spec = TopicSpec {
+            name: "tx".to_string(),
+            partitions: 1,
+            configs: [("retention.ms".to_string(), "-1".to_string())].into(),
+            replication_factor: 1,
+            assignment: Vec::new(),
+        };
+        let t = m.create_topic(spec).await.expect("create topic");
+        shard.await_topic_ready(&t).await.expect("topic ready");
+        *id_out.lock().expect("lock") = t.id;
+        let txn = ATTRIBUTE_TRANSACTIONAL;
+        assert_eq!(produce(&shard, &t, batch(1, (-1, -1, -1), 0)).await, Ok(0));
+        assert_eq!(
+            produce(&shard, &t, batch(2, (PRODUCER, 0, 0), txn)).await,
+            Ok(1)
+        );
+        assert_eq!(marker(&shard, &t, 0, false).await, Ok(3));
+        assert_eq!(marker(&shard, &t, 1, false).await, Ok(4));
+        assert_eq!(
+            produce(&shard, &t, batch(1, (PRODUCER, 1, 0), txn)).await,
+            Ok(5)
+        );
+        check_copied_state(&shard, &t).await;
+        let tx_end = shard.stats().wal.durable_end;
+
+        // Fill the WAL with a topic whose records expire at once, until
+        // the segment collector has copied the transactions forward and
+        // retention has removed the segment of their originals.
+        let spec = TopicSpec {
+            name: "data".to_string(),
+            partitions: 1,
+            configs: [("retention.ms".to_string(), "300".to_string())].into(),
+            replication_factor: 1,
+            assignment: Vec::new(),
+        };
+        let data = m.create_topic(spec).await.expect("create data topic");
+        shard.await_topic_ready(&data).await.expect("topic ready");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let s = shard.stats();
+            if s.wal.start >= tx_end && s.counters.collector_entries_moved > 0 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "originals not collected: WAL start {} below {tx_end}",
+                s.wal.start
+            );
+            let r = shard
+                .produce(ProducePartition {
+                    topic: data.clone(),
+                    partition: 0,
+                    records: Bytes::from(big_batch(30 << 10)),
+                    acks: 1,
+                    timeout_ms: 5_000,
+                    origin: Origin::Client,
+                    transactional_id: None,
+                })
+                .await;
+            assert_eq!(r.error, None);
+            sleep_ms(20).await;
+        }
+        // Nothing changed while the entries moved.
+        check_copied_state(&shard, &t).await;
+        shard.close().await;
+    });
+    let id = *topic_id.lock().expect("lock");
+    let (d, m) = (dir.path().to_path_buf(), meta.clone());
+    on_executor(move || async move {
+        let kinds = kinds_of(&d, id).await;
+        assert!(
+            !kinds.is_empty() && kinds.iter().all(|k| *k == compact::KIND_REPLACE),
+            "only copies of the partition's entries are left: {kinds:?}"
+        );
+        // Recovery rebuilds the aborted index, the open transaction and
+        // the producer's epoch from the copies.
+        let shard = Shard::start(small_segment_config(&d), new_mesh(1), m.clone())
+            .await
+            .expect("restart");
+        let t = m.view().topics["tx"].clone();
+        check_copied_state(&shard, &t).await;
+        // The open transaction goes on and commits.
+        assert_eq!(
+            produce(
+                &shard,
+                &t,
+                batch(1, (PRODUCER, 1, 1), ATTRIBUTE_TRANSACTIONAL)
+            )
+            .await,
+            Ok(6)
+        );
+        assert_eq!(marker(&shard, &t, 1, true).await, Ok(7));
+        let r = fetch(&shard, &t, 0, 1).await;
+        assert_eq!((r.high_watermark, r.last_stable_offset), (8, 8));
+        assert_eq!(r.aborted, vec![(PRODUCER, 1)], "a commit adds nothing");
         shard.close().await;
     });
     meta.shutdown();

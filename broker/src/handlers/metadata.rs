@@ -137,7 +137,7 @@ fn describe(topic: &Arc<TopicMeta>, view: &MetadataView) -> MetadataResponseTopi
     let mut t = MetadataResponseTopic::default();
     t.name = Some(topic_name(&topic.name));
     t.topic_id = topic_uuid(topic);
-    t.is_internal = topic.name == crate::plane::OFFSETS_TOPIC;
+    t.is_internal = crate::handlers::produce::is_internal_topic(&topic.name);
     t.partitions = topic
         .partitions
         .iter()

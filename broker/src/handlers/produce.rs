@@ -150,6 +150,12 @@ fn topic_response(topic: &TopicProduceData) -> TopicProduceResponse {
     t
 }
 
+/// Kafka's internal topics: written by the coordinators only, marked
+/// internal in Metadata.
+pub(crate) fn is_internal_topic(name: &str) -> bool {
+    name == crate::plane::OFFSETS_TOPIC || name == crate::plane::TXN_TOPIC
+}
+
 async fn start_one(
     name: &str,
     p: PartitionProduceData,
@@ -167,8 +173,9 @@ async fn start_one(
     let Some(topic) = ctx.topic(name) else {
         return fail(codes::unknown_topic_or_partition(), None);
     };
-    if name == crate::plane::OFFSETS_TOPIC {
-        // As Kafka: only the group coordinators write the offsets topic.
+    if is_internal_topic(name) {
+        // As Kafka: only the group and transaction coordinators write
+        // their topics.
         let message = format!("cannot append to internal topic {name}");
         return fail(codes::invalid_topic(), Some(message));
     }
