@@ -17,7 +17,10 @@
 //! (in the warm-up), keeps one transaction open and commits it every N ms
 //! (checked before each send, so a commit is at most one send late), and
 //! commits the last one before the drain. The sender blocks during a
-//! commit (librdkafka flushes the transaction's records first); records
+//! commit (librdkafka flushes the transaction's records first, without
+//! waiting for `linger.ms`, while the polling thread below serves their
+//! delivery reports; see `commit_transaction` for why the commit bypasses
+//! rdkafka's wrapper, which polled in 100 ms slices); records
 //! due meanwhile go out late and, in open loop, their latency counts from
 //! their intended time. A record is acknowledged when its produce is, not
 //! when its transaction commits (the end-to-end latency of `e2e` shows the
@@ -35,14 +38,15 @@
 //! timed late by the whole backlog.) The delivery state's lock is taken
 //! only by the polling thread until the run ends.
 
+use std::ffi::CStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use hdrhistogram::Histogram;
+use rdkafka::bindings as rdsys;
 use rdkafka::error::KafkaError;
-use rdkafka::error::RDKafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
@@ -470,11 +474,72 @@ struct Transactions {
     commit_latency: Histogram<u64>,
 }
 
-fn txn_error(error: &KafkaError) -> Option<&RDKafkaError> {
-    match error {
-        KafkaError::Transaction(t) => Some(t),
-        _ => None,
+/// Why a `commit_transaction` failed, and what librdkafka says may follow.
+#[derive(Debug, Clone)]
+struct CommitFailure {
+    /// librdkafka's error name and text.
+    message: String,
+    /// The commit may be called again (its flush or request timed out).
+    retriable: bool,
+    /// The transaction must be aborted.
+    abortable: bool,
+}
+
+impl std::fmt::Display for CommitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
+}
+
+/// Commits the open transaction with librdkafka's own
+/// `rd_kafka_commit_transaction`, not rdkafka's `Producer::commit_transaction`.
+///
+/// rdkafka 0.39 flushes before it hands over to librdkafka, and its flush
+/// calls `rd_kafka_flush(rk, 0)` and, while records are outstanding,
+/// `BaseProducer::poll(100 ms)` on the calling thread, which returns only
+/// when the whole 100 ms are up, however soon the delivery reports arrive.
+/// With records always in flight every commit took that 100 ms (plus the
+/// commit itself), and the sender polled delivery reports meanwhile.
+/// librdkafka's commit flushes by itself: with delivery reports as events
+/// (rdkafka's mode) its `rd_kafka_flush` makes the broker threads send at
+/// once, ignoring `linger.ms`, and waits on a condition variable until the
+/// `ThreadedProducer`'s polling thread has served the last delivery report,
+/// so the commit takes what the flush and the EndTxn round trip take, and
+/// delivery reports stay with the polling thread.
+fn commit_transaction(producer: &BenchProducer, timeout: Duration) -> Result<(), CommitFailure> {
+    let timeout_ms = libc::c_int::try_from(timeout.as_millis())
+        .unwrap_or(libc::c_int::MAX)
+        .max(1);
+    // SAFETY: the client pointer is valid while `producer` is borrowed; the
+    // call blocks until the commit is over or the timeout passed.
+    let error =
+        unsafe { rdsys::rd_kafka_commit_transaction(producer.client().native_ptr(), timeout_ms) };
+    if error.is_null() {
+        return Ok(());
+    }
+    // SAFETY: `error` is a valid error object that this function owns; it is
+    // read, then destroyed once, and not used afterwards.
+    let failure = unsafe {
+        let text = |ptr: *const libc::c_char| {
+            if ptr.is_null() {
+                String::new()
+            } else {
+                CStr::from_ptr(ptr).to_string_lossy().into_owned()
+            }
+        };
+        let failure = CommitFailure {
+            message: format!(
+                "{}: {}",
+                text(rdsys::rd_kafka_error_name(error)),
+                text(rdsys::rd_kafka_error_string(error))
+            ),
+            retriable: rdsys::rd_kafka_error_is_retriable(error) != 0,
+            abortable: rdsys::rd_kafka_error_txn_requires_abort(error) != 0,
+        };
+        rdsys::rd_kafka_error_destroy(error);
+        failure
+    };
+    Err(failure)
 }
 
 impl Transactions {
@@ -501,7 +566,7 @@ impl Transactions {
         self.began_at.elapsed() >= self.every
     }
 
-    fn note(&mut self, error: &KafkaError) {
+    fn note(&mut self, error: &dyn std::fmt::Display) {
         if self.first_error.is_none() {
             self.first_error = Some(error.to_string());
         }
@@ -523,16 +588,14 @@ impl Transactions {
             let left = deadline
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
-            let Err(error) = producer.commit_transaction(left) else {
+            let Err(error) = commit_transaction(producer, left) else {
                 self.committed += 1;
                 let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 record_latency_us(&mut self.commit_latency, us);
                 break;
             };
             self.note(&error);
-            let (retriable, abortable) = txn_error(&error).map_or((false, false), |t| {
-                (t.is_retriable(), t.txn_requires_abort())
-            });
+            let (retriable, abortable) = (error.retriable, error.abortable);
             if retriable && Instant::now() < deadline {
                 std::thread::sleep(COMMIT_RETRY_PAUSE);
                 continue;

@@ -50,6 +50,13 @@ pub const SERVED: &[(i16, i16, i16)] = &[
     (43, 0, 2), // ElectLeaders
     (45, 0, 0), // AlterPartitionReassignments
     (46, 0, 0), // ListPartitionReassignments
+    (24, 0, 5), // AddPartitionsToTxn
+    (25, 0, 4), // AddOffsetsToTxn
+    (26, 0, 4), // EndTxn
+    (27, 0, 1), // WriteTxnMarkers
+    (28, 0, 4), // TxnOffsetCommit
+    (65, 0, 0), // DescribeTransactions
+    (66, 0, 1), // ListTransactions
 ];
 
 /// Mutations stacked on one frame, at most.
