@@ -110,7 +110,7 @@ fn metadata_lists_the_topic() {
     );
     assert!(
         rest.starts_with(&format!(
-            " 1 brokers:\n  broker 1 at 127.0.0.1:{port} (controller)\n 3 topics:\n"
+            " 1 brokers:\n  broker 1 at 127.0.0.1:{port} (controller)\n 4 topics:\n"
         )),
         "{all}"
     );

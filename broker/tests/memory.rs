@@ -69,11 +69,12 @@ fn metrics_and_memory_report_cover_every_shard_and_pool() {
         .iter()
         .map(|s| s["partitions"].as_u64().unwrap_or(0))
         .sum();
-    let internal = u64::from(sluice_shard::group::offsets_topic_partitions(2));
+    // __consumer_offsets and __transaction_state have as many each.
+    let internal = 2 * u64::from(sluice_shard::group::offsets_topic_partitions(2));
     assert_eq!(
         partitions,
         4 + internal,
-        "4 of topic m and {internal} of __consumer_offsets"
+        "4 of topic m and {internal} of __consumer_offsets and __transaction_state"
     );
     let charged: u64 = shards.iter().map(|s| pool(s, "partition_state")).sum();
     assert!(charged > 0, "partitions are charged to the budget");
@@ -86,14 +87,14 @@ fn partition_limit_is_refused_with_a_message_naming_it() {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    // __consumer_offsets takes `internal` of the 20 partitions the shard
-    // accepts; "fits" brings the count to 80%.
-    let internal = sluice_shard::group::offsets_topic_partitions(1) as i32;
-    assert_eq!(internal, 8, "the arithmetic below assumes 8");
-    let b = Broker::start_with(1, &["--partitions-per-shard-max", "20"]);
-    create_topic(&b, "fits", 16 - internal);
+    // __consumer_offsets and __transaction_state take `internal` of the 40
+    // partitions the shard accepts; "fits" brings the count to 80%.
+    let internal = 2 * sluice_shard::group::offsets_topic_partitions(1) as i32;
+    assert_eq!(internal, 16, "the arithmetic below assumes 16");
+    let b = Broker::start_with(1, &["--partitions-per-shard-max", "40"]);
+    create_topic(&b, "fits", 32 - internal);
     let admin: AdminClient<DefaultClientContext> = client_config(&b).create().expect("admin");
-    let topic = NewTopic::new("too-many", 5, TopicReplication::Fixed(1));
+    let topic = NewTopic::new("too-many", 9, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results =
         futures::executor::block_on(admin.create_topics([&topic], &opts)).expect("create_topics");
@@ -101,7 +102,7 @@ fn partition_limit_is_refused_with_a_message_naming_it() {
         Err((_, RDKafkaErrorCode::PolicyViolation)) => {}
         other => panic!("expected POLICY_VIOLATION, got {other:?}"),
     }
-    create_topic(&b, "exactly", 4);
+    create_topic(&b, "exactly", 8);
     let log = b.log_text();
     assert_eq!(
         log.matches("partition count reached 80%").count(),
@@ -111,7 +112,7 @@ fn partition_limit_is_refused_with_a_message_naming_it() {
     // The raw response carries the message naming the limit.
     let msg = create_topics_message(&b, "again", 1);
     assert!(
-        msg.contains("partition limit of 20") && msg.contains("--partitions-per-shard-max"),
+        msg.contains("partition limit of 40") && msg.contains("--partitions-per-shard-max"),
         "{msg}"
     );
 }
