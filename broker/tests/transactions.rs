@@ -828,6 +828,9 @@ fn consume_transform_produce_across_sigkills_is_exactly_once() {
                         Arc::clone(&progress),
                         in_ends.clone(),
                     );
+                    // A test thread, not a shard: the worker blocks in
+                    // librdkafka calls while the test SIGKILLs and restarts
+                    // the broker, and is joined (or abandoned) each life.
                     life = Some(std::thread::spawn(move || {
                         ctp_life(&bs, &over, &abandon, &progress, &in_ends)
                     }));
