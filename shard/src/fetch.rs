@@ -31,7 +31,11 @@
 //! waits up to `max_wait_ms` for its partitions to reach `min_bytes`. As soon
 //! as the answers received reach `min_bytes` (or carry an error) the origin
 //! cancels the other owners' waits (`CancelFetch`), merges the answers in
-//! request order and trims them to `max_bytes`.
+//! request order and trims them to `max_bytes`. A sub-fetch not yet sent
+//! when that happens (the local owner answers without yielding, before the
+//! others are first polled) goes out with no wait, and one whose send waited
+//! for room meanwhile is cancelled again after it: a cancel that reaches an
+//! owner before its request finds nothing to cancel.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::rc::Rc;
@@ -192,22 +196,44 @@ impl Engine {
         if owner == self.id() {
             return self.fetch_owner(&sub, slot).await;
         }
+        let mut sub = sub;
+        let cancelled_before = slot.is_cancelled();
+        if cancelled_before {
+            // The fetch has enough already: another owner answered before
+            // this sub-fetch was first polled (a local owner with records
+            // answers without yielding), so its cancel went out before this
+            // request and found nothing to cancel. Take what is there now.
+            sub.max_wait_ms = 0;
+        }
         let wait_ms = u64::from(sub.max_wait_ms) + self.cfg.remote_reply_timeout_ms;
         let deadline = Instant::now() + Duration::from_millis(wait_ms);
         let (tx, rx) = oneshot::channel();
-        let results = match self
-            .call(
-                owner,
-                ShardMsg::Fetch {
-                    key,
-                    req: sub,
-                    reply: tx,
-                },
-                rx,
-                deadline,
-            )
-            .await
-        {
+        let sent = async {
+            let Some(peers) = &self.peers else {
+                return Err(ShardError::NotLeader);
+            };
+            self.counters.borrow_mut().remote_sent += 1;
+            let msg = ShardMsg::Fetch {
+                key,
+                req: sub,
+                reply: tx,
+            };
+            peers.send(owner, msg).await?;
+            if !cancelled_before && slot.is_cancelled() {
+                // Cancelled while the send waited for room in a full
+                // channel: the cancel may have overtaken the request.
+                let _ = peers.send(owner, ShardMsg::CancelFetch { key }).await;
+            }
+            rx.await.map_err(|_| ShardError::ShuttingDown)
+        };
+        let called = match self.until(sent, deadline).await {
+            Some(r) => r,
+            None => {
+                self.counters.borrow_mut().remote_timeouts += 1;
+                Err(ShardError::Timeout)
+            }
+        };
+        let results = match called {
             Ok(v) if v.len() == n => v,
             Ok(v) => vec![
                 FetchPartitionResult::failed(ShardError::Storage(format!(
@@ -244,11 +270,13 @@ impl Drop for CancelOnDrop<'_> {
 }
 
 impl Engine {
+    /// Ends the waits of `owners`. The local slot is cancelled whether or
+    /// not this shard is among them: it also tells the sub-fetches not sent
+    /// yet (`sub_fetch`) that the fetch has enough.
     async fn cancel_fetch(&self, key: FetchKey, local_slot: &Rc<WaitSlot>, owners: &BTreeSet<u32>) {
-        for &owner in owners {
-            if owner == self.id() {
-                local_slot.cancel();
-            } else if let Some(peers) = &self.peers {
+        local_slot.cancel();
+        for &owner in owners.iter().filter(|&&o| o != self.id()) {
+            if let Some(peers) = &self.peers {
                 let _ = peers.send(owner, ShardMsg::CancelFetch { key }).await;
             }
         }

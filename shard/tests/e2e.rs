@@ -643,3 +643,52 @@ fn two_shards_route_and_recover() {
 fn four_shards_route_and_recover() {
     cross_shard(4);
 }
+
+/// A fetch whose local owner answers at once (its partition has records)
+/// while another owner would wait: the other owner's long poll is cut short
+/// and the answer comes at once, not at `max_wait_ms`. The local owner used
+/// to answer before the remote sub-fetch was even sent, so its cancel came
+/// first, found nothing to cancel, and the remote owner waited out its long
+/// poll (read_committed consumers saw records a whole commit interval late,
+/// as the remote partitions only grew at the next commit).
+#[test]
+fn a_local_answer_cuts_the_remote_long_poll_short() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let meta = start_meta(dir.path(), 2);
+    with_shards(dir.path(), &meta, 2, move |shard, m| async move {
+        let t = create(&shard, &m, "cut-short", 4, &[]).await;
+        let local = t
+            .partitions
+            .iter()
+            .position(|p| p.shard == 0)
+            .expect("local") as i32;
+        let remote = t
+            .partitions
+            .iter()
+            .position(|p| p.shard == 1)
+            .expect("remote") as i32;
+        for isolation_level in [0i8, 1] {
+            let offset = produce(&shard, &t, local, batch(1, 100, b"ready")).await;
+            let mut req = fetch_req(&t, &[(local, offset), (remote, 0)], 5_000, 1);
+            req.isolation_level = isolation_level;
+            let started = Instant::now();
+            let r = shard.fetch(req).await;
+            let took = started.elapsed();
+            assert_eq!(
+                (r[0].error.clone(), r[0].records.len()),
+                (None, 1),
+                "isolation {isolation_level}: the local record"
+            );
+            assert_eq!(
+                (r[1].error.clone(), r[1].records.len()),
+                (None, 0),
+                "isolation {isolation_level}: nothing remote"
+            );
+            assert!(
+                took < Duration::from_secs(2),
+                "isolation {isolation_level}: answered after {took:?}, not at once"
+            );
+        }
+    });
+    meta.shutdown();
+}
