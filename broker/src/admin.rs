@@ -3,6 +3,10 @@
 //! `GET /metrics` (Prometheus text) and `GET /admin/memory` (JSON), both
 //! built from snapshots the shards send on request (`probe`); everything
 //! else is 404. Never runs on a shard core's executor.
+//!
+//! Access: without `--admin-token-file` the server must bind a loopback
+//! address (start-up refuses another); with it, every route but `/healthz`
+//! needs `Authorization: Bearer <token>` (else 401).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +34,43 @@ pub struct AdminState {
     pub min_insync_replicas: usize,
     /// The search API (`search`).
     pub search: crate::search::SearchState,
+    /// The bearer token every route but `/healthz` needs, if set.
+    pub token: Option<String>,
+}
+
+/// Reads `--admin-token-file` (its first line; at least 16 characters)
+/// and checks the admin address: without a token it must be loopback.
+pub fn token(file: Option<&std::path::Path>, addr: SocketAddr) -> anyhow::Result<Option<String>> {
+    let Some(path) = file else {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!("--admin-listen {addr}: not a loopback address; give --admin-token-file to serve it elsewhere (every route but /healthz then needs the bearer token)");
+        }
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--admin-token-file: cannot read {}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "--admin-token-file {}: the token must be at least 16 characters",
+            path.display()
+        );
+    }
+    Ok(Some(token))
+}
+
+/// Whether `req` carries the token (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Admin connections served at once; further ones wait in the backlog.
@@ -122,6 +163,17 @@ async fn route(
     const TEXT: &str = "text/plain; charset=utf-8";
     const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
     const JSON: &str = "application/json";
+    if let Some(token) = &state.token {
+        if req.uri().path() != "/healthz" && !authorized(&req, token) {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"bearer token required")));
+            *resp.status_mut() = StatusCode::UNAUTHORIZED;
+            resp.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+            return Ok(resp);
+        }
+    }
     if crate::search::handles(req.uri().path()) {
         let view = state.meta.view();
         return Ok(crate::search::serve(req, view, &state.search).await);

@@ -17,6 +17,10 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::security::listeners::{self, Listener, SecurityProtocol};
+use crate::security::tls::{ClientAuth, Tls, TlsFiles};
+use crate::security::{Authorizer, Security};
+
 /// Kafka limits a topic name to 249 characters; partitions per request are
 /// bounded so a mistyped number cannot ask the metadata for millions.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 10_000;
@@ -345,6 +349,102 @@ pub struct StartArgs {
     )]
     pub search_cache: ByteSize,
 
+    /// Kafka listeners as NAME://HOST:PORT,... (NAME: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL or one of --listener-security-protocol-map). Replaces --listen.
+    #[arg(long, env = "SLUICE_LISTENERS", value_name = "NAME://HOST:PORT,...")]
+    pub listeners: Option<String>,
+
+    /// The address each listener gives clients in Metadata, as NAME://HOST:PORT,... (default: the address it binds).
+    #[arg(
+        long,
+        env = "SLUICE_ADVERTISED_LISTENERS",
+        value_name = "NAME://HOST:PORT,..."
+    )]
+    pub advertised_listeners: Option<String>,
+
+    /// Security protocols of named listeners, as NAME:PROTOCOL,... (e.g. INTERNAL:PLAINTEXT,EXTERNAL:SASL_SSL).
+    #[arg(
+        long,
+        env = "SLUICE_LISTENER_SECURITY_PROTOCOL_MAP",
+        value_name = "NAME:PROTOCOL,..."
+    )]
+    pub listener_security_protocol_map: Option<String>,
+
+    /// The listener other nodes reach this one on (replication, transaction markers); registered in the metadata. Default: the first of --listeners. Must be PLAINTEXT in a cluster.
+    #[arg(long, env = "SLUICE_INTER_BROKER_LISTENER_NAME", value_name = "NAME")]
+    pub inter_broker_listener_name: Option<String>,
+
+    /// PEM file with the TLS certificate chain of SSL and SASL_SSL listeners (reloaded on SIGHUP).
+    #[arg(long, env = "SLUICE_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert-file (reloaded on SIGHUP).
+    #[arg(long, env = "SLUICE_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// PEM file with the CA certificates client certificates must chain to (mTLS; the principal is the certificate's subject).
+    #[arg(long, env = "SLUICE_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+
+    /// Client certificates: none, requested or required (default: required when --tls-client-ca-file is given).
+    #[arg(long, env = "SLUICE_TLS_CLIENT_AUTH", value_name = "MODE")]
+    pub tls_client_auth: Option<String>,
+
+    /// SASL mechanisms of SASL listeners, comma-separated: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+    #[arg(
+        long,
+        env = "SLUICE_SASL_ENABLED_MECHANISMS",
+        value_name = "LIST",
+        default_value = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    )]
+    pub sasl_enabled_mechanisms: String,
+
+    /// File of name:password lines: SCRAM users created at start when they do not exist yet (the environment variable SLUICE_BOOTSTRAP_USERS takes name:password,... the same way).
+    #[arg(long, env = "SLUICE_BOOTSTRAP_USERS_FILE", value_name = "FILE")]
+    pub bootstrap_users_file: Option<PathBuf>,
+
+    /// A SASL authentication lasts this long; the client re-authenticates on the same connection before it ends (KIP-368), else it is closed. 0: forever.
+    #[arg(
+        long,
+        env = "SLUICE_CONNECTIONS_MAX_REAUTH_MS",
+        value_name = "MS",
+        default_value = "0"
+    )]
+    pub connections_max_reauth_ms: u64,
+
+    /// A failed SASL authentication is answered after this delay (then the connection is closed).
+    #[arg(
+        long,
+        env = "SLUICE_FAILED_AUTHENTICATION_DELAY_MS",
+        value_name = "MS",
+        default_value = "100"
+    )]
+    pub failed_authentication_delay_ms: u64,
+
+    /// Check ACLs on every request.
+    #[arg(long, env = "SLUICE_AUTHORIZER", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub authorizer: bool,
+
+    /// Principals allowed everything when --authorizer is on, as User:NAME,... (separated by , or ;).
+    #[arg(long, env = "SLUICE_SUPER_USERS", value_name = "LIST")]
+    pub super_users: Option<String>,
+
+    /// With --authorizer: allow a request on a resource no ACL names.
+    #[arg(long, env = "SLUICE_ALLOW_EVERYONE_IF_NO_ACL_FOUND", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub allow_everyone_if_no_acl_found: bool,
+
+    /// Open Kafka connections one client IP may have per shard (max.connections.per.ip); one over it is closed at accept.
+    #[arg(
+        long,
+        env = "SLUICE_MAX_CONNECTIONS_PER_IP",
+        value_name = "N",
+        default_value = "4294967295"
+    )]
+    pub max_connections_per_ip: u32,
+
+    /// File holding the bearer token of the admin HTTP port (its first line). Without it the admin port must be a loopback address.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Settings given by flag, environment or file (setting ids, e.g.
     /// "min_insync_replicas"): their DescribeConfigs source is
     /// STATIC_BROKER_CONFIG, the others' DEFAULT_CONFIG.
@@ -390,6 +490,23 @@ struct FileConfig {
     search_builders_per_shard: Option<u32>,
     search_builder_heap: Option<ByteSize>,
     search_cache: Option<ByteSize>,
+    listeners: Option<String>,
+    advertised_listeners: Option<String>,
+    listener_security_protocol_map: Option<String>,
+    inter_broker_listener_name: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    tls_client_ca_file: Option<PathBuf>,
+    tls_client_auth: Option<String>,
+    sasl_enabled_mechanisms: Option<String>,
+    bootstrap_users_file: Option<PathBuf>,
+    connections_max_reauth_ms: Option<u64>,
+    failed_authentication_delay_ms: Option<u64>,
+    authorizer: Option<bool>,
+    super_users: Option<String>,
+    allow_everyone_if_no_acl_found: Option<bool>,
+    admin_token_file: Option<PathBuf>,
+    max_connections_per_ip: Option<u32>,
 }
 
 /// A size in bytes, written as an integer or with a unit: "512MiB", "1GiB",
@@ -447,7 +564,20 @@ impl<'de> Deserialize<'de> for ByteSize {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// The inter-broker listener's address (the only one without
+    /// `--listeners`).
     pub listen: SocketAddr,
+    /// Every Kafka listener; the inter-broker one's advertised address is
+    /// `advertised_host:advertised_port`.
+    pub listeners: Vec<Listener>,
+    pub tls_files: Option<TlsFiles>,
+    pub sasl_mechanisms: Vec<&'static str>,
+    pub bootstrap_users_file: Option<PathBuf>,
+    pub connections_max_reauth_ms: u64,
+    pub failed_authentication_delay_ms: u64,
+    pub authorizer: Option<Authorizer>,
+    pub admin_token_file: Option<PathBuf>,
+    pub max_connections_per_ip: u32,
     pub advertised_host: String,
     pub advertised_port: u16,
     pub admin_listen: SocketAddr,
@@ -580,6 +710,23 @@ impl StartArgs {
         fill!(search_builders_per_shard);
         fill!(search_builder_heap);
         fill!(search_cache);
+        fill!(opt listeners);
+        fill!(opt advertised_listeners);
+        fill!(opt listener_security_protocol_map);
+        fill!(opt inter_broker_listener_name);
+        fill!(opt tls_cert_file);
+        fill!(opt tls_key_file);
+        fill!(opt tls_client_ca_file);
+        fill!(opt tls_client_auth);
+        fill!(sasl_enabled_mechanisms);
+        fill!(opt bootstrap_users_file);
+        fill!(connections_max_reauth_ms);
+        fill!(failed_authentication_delay_ms);
+        fill!(authorizer);
+        fill!(opt super_users);
+        fill!(allow_everyone_if_no_acl_found);
+        fill!(opt admin_token_file);
+        fill!(max_connections_per_ip);
         Ok(self)
     }
 }
@@ -595,8 +742,27 @@ impl Settings {
     /// Validates merged arguments; every error names the setting.
     pub fn resolve(args: StartArgs) -> anyhow::Result<Settings> {
         let shards = resolve_shards(args.shards)?;
-        let (advertised_host, advertised_port) =
-            resolve_advertised(args.advertised_listener.as_deref(), args.listen)?;
+        let listeners = resolve_listeners(&args)?;
+        let inter_broker = inter_broker_listener(&args, &listeners)?;
+        let (listen, advertised_host, advertised_port) = (
+            inter_broker.addr,
+            inter_broker.advertised_host.clone(),
+            inter_broker.advertised_port,
+        );
+        let tls_files = resolve_tls(&args, &listeners)?;
+        let sasl_mechanisms = resolve_mechanisms(&args.sasl_enabled_mechanisms)?;
+        let authorizer = args.authorizer.then(|| Authorizer {
+            super_users: args
+                .super_users
+                .as_deref()
+                .unwrap_or("")
+                .split([',', ';'])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            allow_if_no_acl: args.allow_everyone_if_no_acl_found,
+        });
         let node_id = match i32::try_from(args.node_id) {
             Ok(id) => id,
             Err(_) => bail!(
@@ -684,15 +850,32 @@ impl Settings {
         };
         let cluster = resolve_cluster(&args)?;
         let replication = resolve_replication(&args, cluster.as_ref())?;
-        if args.listen == args.admin_listen {
+        if let Some(l) = listeners.iter().find(|l| l.addr == args.admin_listen) {
             bail!(
-                "--admin-listen (SLUICE_ADMIN_LISTEN, admin_listen): same address as --listen ({})",
-                args.listen
+                "--admin-listen (SLUICE_ADMIN_LISTEN, admin_listen): same address as listener {} ({})",
+                l.name,
+                l.addr
+            );
+        }
+        if cluster.is_some() && inter_broker.protocol != SecurityProtocol::Plaintext {
+            bail!(
+                "--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): listener {} is {}; other nodes replicate over a PLAINTEXT listener (bind it to a private network)",
+                inter_broker.name,
+                inter_broker.protocol
             );
         }
         Ok(Settings {
             data_dir: args.data_dir,
-            listen: args.listen,
+            listen,
+            listeners,
+            tls_files,
+            sasl_mechanisms,
+            bootstrap_users_file: args.bootstrap_users_file,
+            connections_max_reauth_ms: args.connections_max_reauth_ms,
+            failed_authentication_delay_ms: args.failed_authentication_delay_ms,
+            authorizer,
+            admin_token_file: args.admin_token_file,
+            max_connections_per_ip: args.max_connections_per_ip,
             advertised_host,
             advertised_port,
             admin_listen: args.admin_listen,
@@ -729,6 +912,22 @@ impl Settings {
         })
     }
 
+    /// The node's security settings; reads the TLS material.
+    pub fn security(&self) -> anyhow::Result<Security> {
+        let tls = self.tls_files.clone().map(Tls::load).transpose()?;
+        Ok(Security {
+            listeners: self.listeners.clone(),
+            tls,
+            sasl_mechanisms: self.sasl_mechanisms.clone(),
+            reauth_ms: self.connections_max_reauth_ms,
+            failed_auth_delay: std::time::Duration::from_millis(
+                self.failed_authentication_delay_ms,
+            ),
+            authorizer: self.authorizer.clone(),
+            connections_per_ip_max: self.max_connections_per_ip,
+        })
+    }
+
     /// The broker configs DescribeConfigs lists for this node, by Kafka
     /// name (`sluice.*` for settings Kafka lacks), sorted by name.
     pub fn broker_configs(&self) -> Vec<BrokerConfig> {
@@ -744,10 +943,30 @@ impl Settings {
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        let advertised = format!(
-            "PLAINTEXT://{}:{}",
-            self.advertised_host, self.advertised_port
-        );
+        let advertised = self
+            .listeners
+            .iter()
+            .map(Listener::advertised)
+            .collect::<Vec<_>>()
+            .join(",");
+        let bound = self
+            .listeners
+            .iter()
+            .map(|l| format!("{}://{}", l.name, l.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let protocols = self
+            .listeners
+            .iter()
+            .map(|l| format!("{}:{}", l.name, l.protocol))
+            .collect::<Vec<_>>()
+            .join(",");
+        let inter_broker = self
+            .listeners
+            .iter()
+            .find(|l| l.addr == self.listen)
+            .map(|l| l.name.clone());
+        let super_users = self.authorizer.as_ref().map(|a| a.super_users.join(";"));
         let offsets_partitions = crate::plane::offsets_topic_partitions(self.shards).to_string();
         let set = |id: &str| self.explicit.contains(id);
         let mut out: Vec<BrokerConfig> = [
@@ -789,11 +1008,65 @@ impl Settings {
                 "group_initial_rebalance_delay_ms",
                 Int,
             ),
+            ("listeners", Some(bound), "listeners", List),
             (
-                "listeners",
-                Some(format!("PLAINTEXT://{}", self.listen)),
-                "listen",
+                "listener.security.protocol.map",
+                Some(protocols),
+                "listener_security_protocol_map",
                 List,
+            ),
+            (
+                "inter.broker.listener.name",
+                inter_broker,
+                "inter_broker_listener_name",
+                Str,
+            ),
+            (
+                "sasl.enabled.mechanisms",
+                Some(self.sasl_mechanisms.join(",")),
+                "sasl_enabled_mechanisms",
+                List,
+            ),
+            (
+                "connections.max.reauth.ms",
+                Some(self.connections_max_reauth_ms.to_string()),
+                "connections_max_reauth_ms",
+                Long,
+            ),
+            (
+                "connection.failed.authentication.delay.ms",
+                Some(self.failed_authentication_delay_ms.to_string()),
+                "failed_authentication_delay_ms",
+                Int,
+            ),
+            (
+                "ssl.client.auth",
+                Some(
+                    self.tls_files
+                        .as_ref()
+                        .map_or("none", |t| t.client_auth.name())
+                        .to_string(),
+                ),
+                "tls_client_auth",
+                Str,
+            ),
+            (
+                "sluice.authorizer",
+                Some(self.authorizer.is_some().to_string()),
+                "authorizer",
+                Boolean,
+            ),
+            ("super.users", super_users, "super_users", List),
+            (
+                "allow.everyone.if.no.acl.found",
+                Some(
+                    self.authorizer
+                        .as_ref()
+                        .is_some_and(|a| a.allow_if_no_acl)
+                        .to_string(),
+                ),
+                "allow_everyone_if_no_acl_found",
+                Boolean,
             ),
             ("log.dirs", Some(log_dir), "data_dir", List),
             (
@@ -1112,6 +1385,89 @@ fn resolve_shards(shards: Option<u32>) -> anyhow::Result<u32> {
         Some(n) if (1..=SHARDS_MAX).contains(&n) => Ok(n),
         Some(n) => bail!("--shards (SLUICE_SHARDS, shards): {n} is not in 1..={SHARDS_MAX}"),
     }
+}
+
+/// `--listeners`, or the one plaintext listener of `--listen` and
+/// `--advertised-listener`.
+fn resolve_listeners(args: &StartArgs) -> anyhow::Result<Vec<Listener>> {
+    let map = listeners::parse_protocol_map(args.listener_security_protocol_map.as_deref())?;
+    let Some(text) = args.listeners.as_deref() else {
+        if args.advertised_listeners.is_some() {
+            bail!("--advertised-listeners (SLUICE_ADVERTISED_LISTENERS, advertised_listeners): given without --listeners (use --advertised-listener with --listen)");
+        }
+        let (host, port) = resolve_advertised(args.advertised_listener.as_deref(), args.listen)?;
+        return Ok(vec![Listener {
+            name: "PLAINTEXT".into(),
+            protocol: SecurityProtocol::Plaintext,
+            addr: args.listen,
+            advertised_host: host,
+            advertised_port: port,
+        }]);
+    };
+    if args.explicit.contains("listen") || args.advertised_listener.is_some() {
+        bail!("--listeners (SLUICE_LISTENERS, listeners): given with --listen or --advertised-listener; use one form");
+    }
+    listeners::resolve(text, args.advertised_listeners.as_deref(), &map)
+}
+
+fn inter_broker_listener<'l>(
+    args: &StartArgs,
+    listeners: &'l [Listener],
+) -> anyhow::Result<&'l Listener> {
+    let Some(name) = &args.inter_broker_listener_name else {
+        return Ok(&listeners[0]);
+    };
+    listeners
+        .iter()
+        .find(|l| l.name.eq_ignore_ascii_case(name))
+        .ok_or_else(|| anyhow::anyhow!("--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): '{name}' is not one of the listeners"))
+}
+
+fn resolve_tls(args: &StartArgs, listeners: &[Listener]) -> anyhow::Result<Option<TlsFiles>> {
+    let tls_listener = listeners.iter().find(|l| l.protocol.tls());
+    let auth = match args.tls_client_auth.as_deref() {
+        None if args.tls_client_ca_file.is_some() => ClientAuth::Required,
+        None => ClientAuth::None,
+        Some(name) => ClientAuth::from_name(name).ok_or_else(|| {
+            anyhow::anyhow!("--tls-client-auth (SLUICE_TLS_CLIENT_AUTH, tls_client_auth): '{name}' is not none, requested or required")
+        })?,
+    };
+    if auth != ClientAuth::None && args.tls_client_ca_file.is_none() {
+        bail!("--tls-client-auth (SLUICE_TLS_CLIENT_AUTH, tls_client_auth): {} needs --tls-client-ca-file", auth.name());
+    }
+    match (tls_listener, &args.tls_cert_file, &args.tls_key_file) {
+        (None, None, None) if args.tls_client_ca_file.is_none() => Ok(None),
+        (None, ..) => bail!("--tls-cert-file (SLUICE_TLS_CERT_FILE, tls_cert_file): TLS settings given but no SSL or SASL_SSL listener"),
+        (Some(l), None, _) | (Some(l), _, None) => bail!(
+            "--tls-cert-file and --tls-key-file (SLUICE_TLS_CERT_FILE, SLUICE_TLS_KEY_FILE): required by listener {}",
+            l.name
+        ),
+        (Some(_), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args.tls_client_ca_file.clone(),
+            client_auth: auth,
+        })),
+    }
+}
+
+fn resolve_mechanisms(text: &str) -> anyhow::Result<Vec<&'static str>> {
+    let mut out = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some(m) = crate::security::SASL_MECHANISMS
+            .iter()
+            .find(|m| **m == name)
+        else {
+            bail!("--sasl-enabled-mechanisms (SLUICE_SASL_ENABLED_MECHANISMS, sasl_enabled_mechanisms): '{name}' is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512");
+        };
+        if !out.contains(m) {
+            out.push(*m);
+        }
+    }
+    if out.is_empty() {
+        bail!("--sasl-enabled-mechanisms (SLUICE_SASL_ENABLED_MECHANISMS, sasl_enabled_mechanisms): no mechanism given");
+    }
+    Ok(out)
 }
 
 fn resolve_advertised(

@@ -55,6 +55,8 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::frame_check::{self, Refusal};
 use crate::handlers::{self, api_versions, produce, Ctx};
 use crate::plane::{RequestBuffer, ResponseMemory, WarnLimiter};
+use crate::security::quota::QuotaKind;
+use crate::security::Session;
 
 /// Minimum request frame: api key, api version, correlation id.
 const FRAME_BYTES_MIN: usize = 8;
@@ -98,6 +100,12 @@ pub enum Close {
     NoMemory,
     /// The peer closed while a request ran: its replies are dropped.
     PeerGone,
+    /// A request other than ApiVersions, SaslHandshake or
+    /// SaslAuthenticate before a SASL authentication completed (or after
+    /// it expired: KIP-368).
+    Unauthenticated(ApiKey),
+    /// SASL authentication failed (its answer was written first).
+    AuthenticationFailed,
 }
 
 /// The counters a close is counted in: (bad requests or timeouts, reason).
@@ -178,7 +186,9 @@ impl Close {
             | Close::Encode(_)
             | Close::Io(_)
             | Close::SilentProduceFailed(_)
-            | Close::PeerGone => return None,
+            | Close::PeerGone
+            | Close::Unauthenticated(_)
+            | Close::AuthenticationFailed => return None,
         })
     }
 }
@@ -216,6 +226,9 @@ pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 enum Outcome {
     /// The encoded reply, and memory its bytes hold until written.
     Reply(Bytes, Option<ResponseMemory>),
+    /// Write the reply, then close the connection (a failed SASL
+    /// authentication: the client reads the error, then the close).
+    ReplyThenClose(Bytes, Close),
     Silent,
 }
 
@@ -254,10 +267,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Ctx,
     limits: &ConnLimits,
     closes: &Closes,
+    session: Session,
 ) {
     let (mut reader, mut writer) = stream.split();
     let (queue, replies) = local_channel::new_bounded(IN_FLIGHT_MAX);
-    let read_side = pin!(read_side(&mut reader, queue, limits, ctx));
+    let read_side = pin!(read_side(&mut reader, queue, limits, ctx, &session));
     let write_side = pin!(write_side(&mut writer, &replies, ctx));
     // The write side ends on a write error or once the read side ended
     // (it drops the queue's sender) and every earlier reply was written.
@@ -282,13 +296,21 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
     queue: LocalSender<InFlight<'a>>,
     limits: &ConnLimits,
     ctx: &'a Ctx,
+    session: &'a Session,
 ) -> Result<(), Close> {
     let mut ahead = Ahead::default();
     loop {
+        // A client over its quota is not read until its throttle ends
+        // (KIP-219; its replies carry `throttle_time_ms`).
+        if let Some(until) = session.throttled_until.take() {
+            if until > Instant::now() {
+                ctx.shard.sleep_until(until).await;
+            }
+        }
         let Some((frame, held)) = read_frame(reader, limits, ctx, &mut ahead).await? else {
             return Ok(());
         };
-        let (started, decoded) = start_frame(frame, ctx).await?;
+        let (started, decoded) = start_frame(frame, ctx, session).await?;
         let (rest, barrier) = match started {
             Started::Pipelined(rest) => (rest, None),
             Started::Barrier(rest) => (rest, Some(oneshot::channel())),
@@ -352,9 +374,16 @@ async fn write_side<W: AsyncWrite + Unpin>(
         if let Some(ran) = ran {
             let _ = ran.send(());
         }
-        if let Outcome::Reply(reply, response_memory) = outcome? {
-            write_bounded(writer, &reply, ctx).await?;
-            drop(response_memory);
+        match outcome? {
+            Outcome::Reply(reply, response_memory) => {
+                write_bounded(writer, &reply, ctx).await?;
+                drop(response_memory);
+            }
+            Outcome::ReplyThenClose(reply, close) => {
+                write_bounded(writer, &reply, ctx).await?;
+                return Err(close);
+            }
+            Outcome::Silent => {}
         }
         drop(held);
     }
@@ -403,6 +432,10 @@ fn closed(peer: &str, close: Close) {
         Close::Io(e) => tracing::debug!(peer, error = %e, "connection closed"),
         Close::Truncated => tracing::debug!(peer, "connection closed inside a frame"),
         Close::PeerGone => tracing::debug!(peer, "connection closed with a request in flight"),
+        // Counted and logged (rate-limited) where authentication failed.
+        Close::AuthenticationFailed => {
+            tracing::debug!(peer, "connection closed: authentication failed")
+        }
         Close::SilentProduceFailed(code) => {
             tracing::debug!(
                 peer,
@@ -525,10 +558,11 @@ async fn read_exact<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut [u8]) -> Res
 /// Checks a frame (`frame_check`) and starts its request: a Produce is
 /// started at once (see `produce::start`), anything else is left to run
 /// as a barrier. Also returns the reservation for the decoded request.
-async fn start_frame(
+async fn start_frame<'a>(
     mut frame: Bytes,
-    ctx: &Ctx,
-) -> Result<(Started<'_>, Option<RequestBuffer>), Close> {
+    ctx: &'a Ctx,
+    session: &'a Session,
+) -> Result<(Started<'a>, Option<RequestBuffer>), Close> {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -544,6 +578,9 @@ async fn start_frame(
         }
         return Err(Close::UnsupportedVersion(key, version));
     }
+    if !authentication_allows(key, session) {
+        return Err(Close::Unauthenticated(key));
+    }
     let checked =
         frame_check::check(key, version, &frame).map_err(|r| Close::Malformed(key, version, r))?;
     let decoded = reserve_decoded(key, frame.len() as u64, checked.decoded_bytes, ctx).await?;
@@ -551,13 +588,16 @@ async fn start_frame(
         .map_err(|e| Close::Decode(format!("header: {e:#}")))?;
     let correlation_id = header.correlation_id;
     tracing::trace!(api = ?key, version, correlation_id, "request");
+    let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
     if key == ApiKey::Produce {
+        let throttle = throttle(session, ctx, client_id, QuotaKind::Produce, frame.len());
         let req = ProduceRequest::decode(&mut frame, version)
             .map_err(|e| Close::Decode(format!("{key:?} v{version}: {e:#}")))?;
-        let started = produce::start(req, version, ctx).await;
+        let started = produce::start(req, version, ctx, session).await;
         let pipelined = Started::Pipelined(Box::pin(async move {
             match started.finish().await {
-                produce::Finished::Reply(body) => {
+                produce::Finished::Reply(mut body) => {
+                    body.throttle_time_ms = body.throttle_time_ms.max(throttle);
                     let body = ResponseKind::Produce(body);
                     encode(correlation_id, key, version, &body).map(|b| Outcome::Reply(b, None))
                 }
@@ -567,8 +607,22 @@ async fn start_frame(
         }));
         return Ok((pipelined, decoded));
     }
+    let client_id: Box<str> = Box::from(client_id);
     let barrier = Started::Barrier(Box::pin(async move {
-        match handlers::dispatch(key, version, &mut frame, ctx).await {
+        match handlers::dispatch(key, version, &mut frame, ctx, session).await {
+            Ok(Some(mut r)) if key == ApiKey::Fetch => {
+                if let ResponseKind::Fetch(body) = &mut r.body {
+                    let bytes = fetched_bytes(body);
+                    let t = throttle(session, ctx, &client_id, QuotaKind::Fetch, bytes);
+                    body.throttle_time_ms = body.throttle_time_ms.max(t);
+                }
+                let bytes = encode(correlation_id, key, version, &r.body)?;
+                Ok(Outcome::Reply(bytes, r.held))
+            }
+            Ok(Some(r)) if r.close => {
+                let bytes = encode(correlation_id, key, version, &r.body)?;
+                Ok(Outcome::ReplyThenClose(bytes, Close::AuthenticationFailed))
+            }
             Ok(Some(r)) => {
                 let bytes = encode(correlation_id, key, version, &r.body)?;
                 Ok(Outcome::Reply(bytes, r.held))
@@ -578,6 +632,54 @@ async fn start_frame(
         }
     }));
     Ok((barrier, decoded))
+}
+
+/// Records `bytes` against the client's quota of `kind` and returns its
+/// throttle in ms (0 without a quota); a throttled connection is not read
+/// until the throttle ends.
+fn throttle(session: &Session, ctx: &Ctx, client_id: &str, kind: QuotaKind, bytes: usize) -> i32 {
+    let view = ctx.view();
+    if view.quotas.is_empty() {
+        return 0;
+    }
+    let principal = session.principal();
+    let t = ctx
+        .quota_sensors
+        .record(&view.quotas, &principal, client_id, kind, bytes as f64);
+    if t.is_zero() {
+        return 0;
+    }
+    let until = Instant::now() + t;
+    let later = session
+        .throttled_until
+        .get()
+        .map_or(until, |u| u.max(until));
+    session.throttled_until.set(Some(later));
+    i32::try_from(t.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// Record bytes of a fetch answer (what `consumer_byte_rate` counts).
+fn fetched_bytes(body: &kafka_protocol::messages::FetchResponse) -> usize {
+    body.responses
+        .iter()
+        .flat_map(|t| &t.partitions)
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .sum()
+}
+
+/// Whether `session` may send a request of `key`: on a SASL listener,
+/// only ApiVersions, SaslHandshake and SaslAuthenticate until the client
+/// authenticated, and again once the authentication expired (KIP-368: the
+/// client re-authenticates before it; Kafka closes a connection that did
+/// not). Elsewhere everything (authorization is the handlers').
+fn authentication_allows(key: ApiKey, session: &Session) -> bool {
+    if matches!(
+        key,
+        ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+    ) {
+        return true;
+    }
+    session.authenticated() && !session.expired(Instant::now())
 }
 
 /// Reserves what decoding a checked frame takes (its arrays) from the
@@ -634,12 +736,13 @@ fn encode(
 /// of a connection; `None` when no response is due.
 #[cfg(test)]
 pub async fn serve_frame_for_tests(frame: Bytes, ctx: &Ctx, _limits: &ConnLimits) -> Option<Bytes> {
-    let rest = match start_frame(frame, ctx).await {
+    let session = Session::anonymous();
+    let rest = match start_frame(frame, ctx, &session).await {
         Ok((Started::Pipelined(rest) | Started::Barrier(rest), _)) => rest,
         Err(close) => panic!("connection closed: {close:?}"),
     };
     match rest.await {
-        Ok(Outcome::Reply(bytes, _)) => Some(bytes),
+        Ok(Outcome::Reply(bytes, _) | Outcome::ReplyThenClose(bytes, _)) => Some(bytes),
         Ok(Outcome::Silent) => None,
         Err(close) => panic!("connection closed: {close:?}"),
     }

@@ -244,13 +244,25 @@ fn reason_counters(
     help: &str,
     by_reason: impl Fn(&ShardProbe) -> &[(&'static str, u64)],
 ) -> Result<(), std::fmt::Error> {
+    labelled_counters(enc, shards, name, help, "reason", by_reason)
+}
+
+/// Counters per shard and value of `label`.
+fn labelled_counters(
+    enc: &mut DescriptorEncoder,
+    shards: &[ShardProbe],
+    name: &str,
+    help: &str,
+    label: &'static str,
+    by_reason: impl Fn(&ShardProbe) -> &[(&'static str, u64)],
+) -> Result<(), std::fmt::Error> {
     let by_reason = &by_reason;
     let samples = shards
         .iter()
         .flat_map(|p| {
             by_reason(p).iter().map(move |(reason, n)| {
                 let mut l = shard_label(p);
-                l.push(("reason", reason.to_string()));
+                l.push((label, reason.to_string()));
                 (l, ConstCounter::new(*n))
             })
         })
@@ -672,6 +684,21 @@ impl Snapshot {
             "shard_requests_rejected",
             "Requests refused by closing their connection (bad frame size, unknown API, unsupported version, malformed, decoded arrays larger than the request-buffer pool).",
             |p| &p.requests_rejected,
+        )?;
+        labelled_counters(
+            enc,
+            s,
+            "shard_sasl_authentications",
+            "SASL authentications, by result (failed ones are also slowed by --failed-authentication-delay-ms and close their connection).",
+            "result",
+            |p| &p.sasl_authentications,
+        )?;
+        counters(
+            enc,
+            s,
+            "shard_tls_handshakes_failed",
+            "TLS handshakes that failed or timed out (untrusted or expired client certificates, plaintext clients on a TLS listener).",
+            |p| p.tls_handshakes_failed,
         )?;
         reason_counters(
             enc,

@@ -34,6 +34,9 @@ pub struct ShardProbe {
     pub requests_rejected: Vec<(&'static str, u64)>,
     /// Connections closed for a deadline, by reason.
     pub connections_timed_out: Vec<(&'static str, u64)>,
+    /// SASL authentications: ("succeeded", n), ("failed", n).
+    pub sasl_authentications: Vec<(&'static str, u64)>,
+    pub tls_handshakes_failed: u64,
 }
 
 /// A request for one snapshot.
@@ -80,6 +83,11 @@ impl ProbeServer {
                     .iter()
                     .map(|&t| (t.label(), connections.closes.timed_out(t)))
                     .collect(),
+                sasl_authentications: {
+                    let (succeeded, failed) = crate::handlers::sasl::authentications();
+                    vec![("succeeded", succeeded), ("failed", failed)]
+                },
+                tls_handshakes_failed: connections.tls_failed.get(),
             };
             // The scrape may have timed out and gone; nothing to do then.
             let _ = req.reply.send(probe);

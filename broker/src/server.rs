@@ -1,11 +1,12 @@
 //! Start-up and shutdown of a node.
 //!
-//! Order: metadata (control thread) -> shard mesh -> one OS thread per shard
-//! running a glommio `LocalExecutor` (start the shard, bind the Kafka
-//! listener with SO_REUSEPORT, accept) -> admin HTTP thread -> one `info`
-//! line when ready. SIGTERM/SIGINT: every shard stops accepting and closes
-//! its data plane (WAL close), the admin server and the control thread
-//! stop, and the process exits 0.
+//! Order: TLS material -> metadata (control thread) -> bootstrap users ->
+//! shard mesh -> one OS thread per shard running a glommio `LocalExecutor`
+//! (start the shard, bind every Kafka listener with SO_REUSEPORT, accept)
+//! -> admin HTTP thread -> one `info` line when ready. SIGTERM/SIGINT:
+//! every shard stops accepting and closes its data plane (WAL close), the
+//! admin server and the control thread stop, and the process exits 0.
+//! SIGHUP reloads the TLS certificate and key (new connections get them).
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ use crate::markers::MarkerSender;
 use crate::plane::{self, Shard, ShardMesh, WarnLimiter};
 use crate::probe::{self, ProbeServer};
 use crate::replica::{self, ReplicaFetcher};
+use crate::security::{self, Security, Session};
 
 /// Shortest time between two "connection limit" warnings of one shard.
 const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
@@ -40,6 +42,12 @@ pub struct Connections {
     open: Cell<usize>,
     refused: Cell<u64>,
     warnings: WarnLimiter,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failed: Cell<u64>,
+    /// Open connections per peer IP (entries of IPs with none are
+    /// removed: bounded by the open connections).
+    per_ip: std::cell::RefCell<std::collections::HashMap<std::net::IpAddr, u32>>,
+    tls_warnings: WarnLimiter,
     /// Connections closed for bad input or a deadline, by reason.
     pub closes: connection::Closes,
 }
@@ -50,6 +58,9 @@ impl Default for Connections {
             open: Cell::new(0),
             refused: Cell::new(0),
             warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
+            tls_failed: Cell::new(0),
+            per_ip: Default::default(),
+            tls_warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
             closes: connection::Closes::default(),
         }
     }
@@ -60,9 +71,48 @@ impl Connections {
         self.open.get() as u64
     }
 
+    /// Counts a connection from `ip` unless `max` are open already.
+    fn admit_ip(&self, ip: std::net::IpAddr, max: u32) -> bool {
+        let mut per_ip = self.per_ip.borrow_mut();
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release_ip(&self, ip: std::net::IpAddr) {
+        let mut per_ip = self.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+        }
+    }
+
     /// Connections refused at accept since start.
     pub fn refused(&self) -> u64 {
         self.refused.get()
+    }
+
+    /// Counts a refusal for `--max-connections-per-ip`, with a warning at
+    /// most once per `REFUSAL_WARN_INTERVAL`.
+    fn refuse_ip(&self, shard: u32, limit: u32, peer: &str) {
+        self.refused.set(self.refused.get() + 1);
+        if let Some(earlier) = self.warnings.due() {
+            tracing::warn!(
+                shard,
+                peer,
+                limit,
+                refused = earlier + 1,
+                "connections per IP limit reached: closed a new connection at accept (--max-connections-per-ip)"
+            );
+        }
     }
 
     /// Counts one refusal; warns at most once per `REFUSAL_WARN_INTERVAL`,
@@ -93,14 +143,15 @@ impl Connections {
 pub fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("--data-dir: cannot create {}", settings.data_dir.display()))?;
-    probe_listen(settings.listen)?;
+    for listener in &settings.listeners {
+        probe_listen(listener.addr)?;
+    }
+    let security = Arc::new(settings.security()?);
+    let admin_token =
+        crate::admin::token(settings.admin_token_file.as_deref(), settings.admin_listen)?;
     let admin_listener = crate::admin::bind(settings.admin_listen)?;
     let (stop_tx, _stop_rx) = watch::channel(false);
-    let signalled = stop_tx.clone();
-    ctrlc::set_handler(move || {
-        signalled.send_replace(true);
-    })
-    .context("installing the SIGTERM/SIGINT handler")?;
+    handle_signals(stop_tx.clone(), Arc::clone(&security))?;
     if let Some(cluster) = &settings.cluster {
         tracing::info!(
             node_id = settings.node_id,
@@ -110,10 +161,47 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         );
     }
     let meta = Metadata::start(meta_config(&settings)).context("starting the metadata service")?;
-    let result = serve(&settings, &meta, admin_listener, &stop_tx);
+    let result = crate::users::bootstrap(&settings, &meta).and_then(|()| {
+        serve(
+            &settings,
+            &meta,
+            security,
+            (admin_listener, admin_token),
+            &stop_tx,
+        )
+    });
     stop_tx.send_replace(true);
     meta.shutdown();
     result
+}
+
+/// SIGTERM and SIGINT stop the node; SIGHUP reloads the TLS material.
+fn handle_signals(stop: watch::Sender<bool>, security: Arc<Security>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing the SIGTERM/SIGINT/SIGHUP handlers")?;
+    // A thread of its own: it sleeps in the signal pipe's read until a
+    // signal comes (no wake-ups while idle), and a reload reads files,
+    // which no shard or runtime thread should wait for.
+    std::thread::Builder::new()
+        .name("sluice-signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal != SIGHUP {
+                    stop.send_replace(true);
+                    continue;
+                }
+                match &security.tls {
+                    None => tracing::info!("SIGHUP: no TLS listener, nothing to reload"),
+                    Some(tls) => match tls.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: TLS reload failed; the previous certificate stays in use"),
+                    },
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
 }
 
 /// The metadata service's settings: a one-voter group of this node, or a
@@ -150,7 +238,7 @@ fn probe_listen(addr: SocketAddr) -> anyhow::Result<()> {
         });
     }
     if std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok() {
-        bail!("--listen {addr}: another process is already listening there");
+        bail!("--listen/--listeners {addr}: another process is already listening there");
     }
     Ok(())
 }
@@ -158,7 +246,8 @@ fn probe_listen(addr: SocketAddr) -> anyhow::Result<()> {
 fn serve(
     settings: &Settings,
     meta: &Metadata,
-    admin_listener: std::net::TcpListener,
+    security: Arc<Security>,
+    (admin_listener, admin_token): (std::net::TcpListener, Option<String>),
     stop_tx: &watch::Sender<bool>,
 ) -> anyhow::Result<()> {
     // A cluster creates it once enough brokers registered (on the first
@@ -169,7 +258,9 @@ fn serve(
         ensure_coordinator_topic(meta, plane::TXN_TOPIC, settings.shards)?;
     }
     let stop = stop_tx.subscribe();
-    let node = Arc::new(node_info(settings));
+    let mut node = node_info(settings);
+    node.security = security;
+    let node = Arc::new(node);
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
     let (probes, probe_servers) = probe::channels(settings.shards);
     let search = sluice_shard::SearchHandles::new(settings.shards);
@@ -188,7 +279,9 @@ fn serve(
         meta: meta.clone(),
         min_insync_replicas: settings.min_insync_replicas as usize,
         search: crate::search::SearchState::new(search),
+        token: admin_token,
     };
+    let state_token = state.token.is_some();
     let admin = match started {
         Ok(()) => crate::admin::start(admin_listener, state, stop.clone()),
         Err(e) => Err(e),
@@ -196,10 +289,17 @@ fn serve(
     if let Ok(admin) = &admin {
         // Only now is this node announced (heartbeats): it serves.
         meta.serving();
+        let listeners: Vec<String> = settings
+            .listeners
+            .iter()
+            .map(|l| format!("{}://{}", l.name, l.addr))
+            .collect();
+        let advertised: Vec<String> = settings.listeners.iter().map(|l| l.advertised()).collect();
         tracing::info!(
-            kafka = %settings.listen,
-            advertised = format!("{}:{}", settings.advertised_host, settings.advertised_port),
+            kafka = listeners.join(","),
+            advertised = advertised.join(","),
             admin = %admin.addr,
+            admin_access = if state_token { "bearer token" } else { "loopback only, no token" },
             shards = settings.shards,
             pinned = settings.pin_cores,
             data_dir = %settings.data_dir.display(),
@@ -232,6 +332,7 @@ pub fn node_info(settings: &Settings) -> NodeInfo {
         offsets_topic_partitions: plane::offsets_topic_partitions(settings.shards),
         started: std::time::Instant::now(),
         broker_configs: settings.broker_configs(),
+        security: Arc::new(Security::default()),
     }
 }
 
@@ -380,17 +481,20 @@ async fn shard_main(args: ShardArgs) {
             return;
         }
     };
-    let listener = match TcpListener::bind(settings.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!(
-                "--listen {}: cannot bind: {e}",
-                settings.listen
-            )));
-            shard.close().await;
-            return;
+    let mut listeners = Vec::with_capacity(node.security.listeners.len());
+    for l in &node.security.listeners {
+        match TcpListener::bind(l.addr) {
+            Ok(bound) => listeners.push(bound),
+            Err(e) => {
+                let _ = ready.send(Err(format!(
+                    "listener {}://{}: cannot bind: {e}",
+                    l.name, l.addr
+                )));
+                shard.close().await;
+                return;
+            }
         }
-    };
+    }
     let _ = ready.send(Ok(id));
     let ctx = Rc::new(Ctx::new(Rc::clone(&shard), meta, node));
     if settings.cluster.is_some() {
@@ -405,18 +509,32 @@ async fn shard_main(args: ShardArgs) {
     let conns = Rc::new(Connections::default());
     glommio::spawn_local(probe.run(Rc::clone(&shard), Rc::clone(&conns))).detach();
     let limit = settings.connections_per_shard_max as usize;
-    accept_loop(listener, ctx, limits, (conns, limit, id), stop).await;
+    let accepts = listeners.into_iter().enumerate().map(|(index, listener)| {
+        let shared = (Rc::clone(&ctx), Rc::clone(&limits));
+        accept_loop(
+            listener,
+            index,
+            shared,
+            (Rc::clone(&conns), limit, id),
+            stop.clone(),
+        )
+    });
+    futures::future::join_all(accepts).await;
     shard.close().await;
     tracing::debug!(shard = id, "shard stopped");
 }
 
+/// Accepts the connections of listener `index` (of `Security::listeners`)
+/// until `stop`.
 async fn accept_loop(
     listener: TcpListener,
-    ctx: Rc<Ctx>,
-    limits: Rc<ConnLimits>,
+    index: usize,
+    (ctx, limits): (Rc<Ctx>, Rc<ConnLimits>),
     (conns, limit, shard): (Rc<Connections>, usize, u32),
     mut stop: watch::Receiver<bool>,
 ) {
+    let protocol = ctx.node.security.listeners[index].protocol;
+    let per_ip_max = ctx.node.security.connections_per_ip_max;
     loop {
         if *stop.borrow() {
             return;
@@ -435,22 +553,81 @@ async fn accept_loop(
                 continue;
             }
         };
-        let peer = stream
-            .peer_addr()
+        let peer_addr = stream.peer_addr().ok();
+        let peer = peer_addr
             .map(|a: SocketAddr| a.to_string())
             .unwrap_or_default();
+        let host = peer_addr.map(|a| a.ip().to_string()).unwrap_or_default();
         if conns.open.get() >= limit {
             // Dropping the stream closes it: the client reads EOF.
             conns.refuse(shard, limit, &peer);
             continue;
         }
+        let ip = peer_addr.map(|a| a.ip());
+        if let Some(ip) = ip {
+            if !conns.admit_ip(ip, per_ip_max) {
+                conns.refuse_ip(shard, per_ip_max, &peer);
+                continue;
+            }
+        }
         let _ = stream.set_nodelay(true);
         let (ctx, limits, conns) = (Rc::clone(&ctx), Rc::clone(&limits), Rc::clone(&conns));
         conns.open.set(conns.open.get() + 1);
         glommio::spawn_local(async move {
-            connection::serve(stream, peer, &ctx, &limits, &conns.closes).await;
+            if !protocol.tls() {
+                let session = Session::new(index, protocol, host, None);
+                connection::serve(stream, peer, &ctx, &limits, &conns.closes, session).await;
+            } else if let Some((tls, principal)) =
+                tls_accept(stream, &peer, &ctx, &limits, &conns).await
+            {
+                let session = Session::new(index, protocol, host, principal);
+                connection::serve(tls, peer, &ctx, &limits, &conns.closes, session).await;
+            }
             conns.open.set(conns.open.get() - 1);
+            if let Some(ip) = ip {
+                conns.release_ip(ip);
+            }
         })
         .detach();
     }
+}
+
+/// The TLS handshake of a new connection, within `--frame-read-timeout-ms`;
+/// with the principal of its client certificate, if it sent one. A failed
+/// handshake closes the connection (counted, a rate-limited warning).
+async fn tls_accept(
+    stream: glommio::net::TcpStream,
+    peer: &str,
+    ctx: &Ctx,
+    limits: &ConnLimits,
+    conns: &Connections,
+) -> Option<(
+    futures_rustls::server::TlsStream<glommio::net::TcpStream>,
+    Option<String>,
+)> {
+    let tls = ctx.node.security.tls.as_ref()?;
+    let handshake = std::pin::pin!(tls.acceptor().accept(stream));
+    let deadline = std::time::Instant::now() + limits.frame_read_timeout;
+    let timeout = std::pin::pin!(ctx.shard.sleep_until(deadline));
+    let failure = match select(handshake, timeout).await {
+        Either::Left((Ok(stream), _)) => {
+            let principal = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(security::tls::principal_of);
+            return Some((stream, principal));
+        }
+        Either::Left((Err(e), _)) => e.to_string(),
+        Either::Right(_) => "timed out".to_string(),
+    };
+    conns.tls_failed.set(conns.tls_failed.get() + 1);
+    match conns.tls_warnings.due() {
+        Some(suppressed) => {
+            tracing::warn!(peer, error = %failure, suppressed, "TLS handshake failed; connection closed")
+        }
+        None => tracing::debug!(peer, error = %failure, "TLS handshake failed"),
+    }
+    None
 }

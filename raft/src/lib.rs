@@ -1,6 +1,7 @@
 //! Cluster metadata of a Sluice node: topics, their partitions and where
-//! each partition lives (shard, replicas, leader, ISR, leader epoch), and
-//! the registered brokers, replicated through Raft.
+//! each partition lives (shard, replicas, leader, ISR, leader epoch), the
+//! registered brokers, and the security metadata (SCRAM credentials, ACLs,
+//! client quotas: `security`), replicated through Raft.
 //!
 //! # Role
 //!
@@ -104,6 +105,7 @@ mod control;
 mod durable;
 mod log_store;
 mod network;
+mod security;
 mod snapshot;
 mod state_machine;
 mod types;
@@ -117,6 +119,21 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
+pub use crate::security::acl::{
+    AclBinding, AclDecision, AclEntry, AclFilter, AclOperation, AclPatternType, AclPermission,
+    AclResourceType, Acls, PatternFilter, CLUSTER_RESOURCE, WILDCARD_HOST, WILDCARD_PRINCIPAL,
+    WILDCARD_RESOURCE,
+};
+pub use crate::security::quota::{
+    validate_quota_alteration, QuotaAlteration, QuotaEntity, QuotaEntityType, QuotaFilter,
+    QuotaFilterComponent, QuotaMap, QuotaMatch, QuotaName, QuotaOps, QuotaValues, Quotas,
+    CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE, PRODUCER_BYTE_RATE,
+    REQUEST_PERCENTAGE,
+};
+pub use crate::security::scram::{
+    ScramAlterResults, ScramCredential, ScramMechanism, ScramUsers, UserScram,
+};
+pub use crate::security::{SecurityError, ACLS_MAX, QUOTA_ENTITIES_MAX, SCRAM_USERS_MAX};
 pub use crate::state_machine::UNCLEAN_LEADER_ELECTION;
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
@@ -431,6 +448,113 @@ impl Metadata {
         }
     }
 
+    /// One Raft entry adding or replacing (`upsertions`) and deleting
+    /// SCRAM credentials (AlterUserScramCredentials); resolves with one
+    /// result per item, in order (see `ScramAlterResults`). Errors per
+    /// item: `DuplicateResource` (the same user and mechanism twice in the
+    /// request), `ResourceNotFound` (deleting a credential that does not
+    /// exist), `UnacceptableCredential` (empty user, iterations outside
+    /// 4096..=16384, keys not of the hash's size); a user's items apply
+    /// together or not at all. No entry when both lists are empty.
+    pub async fn alter_scram_credentials(
+        &self,
+        upsertions: Vec<(String, ScramCredential)>,
+        deletions: Vec<(String, ScramMechanism)>,
+    ) -> Result<ScramAlterResults, MetaError> {
+        if upsertions.is_empty() && deletions.is_empty() {
+            return Ok(ScramAlterResults::default());
+        }
+        let (n_up, n_del) = (upsertions.len(), deletions.len());
+        let request = MetaRequest::AlterScramCredentials {
+            upsertions,
+            deletions,
+        };
+        match self.propose_raw(request).await? {
+            MetaResponse::ScramAltered(r)
+                if r.upsertions.len() == n_up && r.deletions.len() == n_del =>
+            {
+                Ok(r)
+            }
+            other => Err(unexpected("a SCRAM alteration", &other)),
+        }
+    }
+
+    /// One Raft entry adding ACL bindings (CreateAcls); resolves with one
+    /// result per binding, in order: `Ok` (also when it existed already)
+    /// or `InvalidRequest` (see `AclBinding::validate`, or `ACLS_MAX`
+    /// reached). No entry when `bindings` is empty.
+    pub async fn create_acls(
+        &self,
+        bindings: Vec<AclBinding>,
+    ) -> Result<Vec<Result<(), SecurityError>>, MetaError> {
+        if bindings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = bindings.len();
+        match self.propose_raw(MetaRequest::CreateAcls(bindings)).await? {
+            MetaResponse::AclsCreated(r) if r.len() == n => Ok(r),
+            other => Err(unexpected("an ACL creation", &other)),
+        }
+    }
+
+    /// One Raft entry deleting the ACL bindings each filter matches
+    /// (DeleteAcls); resolves with, per filter in order, the bindings it
+    /// matched (a binding two filters match is in both lists). No entry
+    /// when `filters` is empty.
+    pub async fn delete_acls(
+        &self,
+        filters: Vec<AclFilter>,
+    ) -> Result<Vec<Vec<AclBinding>>, MetaError> {
+        if filters.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = filters.len();
+        match self.propose_raw(MetaRequest::DeleteAcls(filters)).await? {
+            MetaResponse::AclsDeleted(r) if r.len() == n => Ok(r),
+            other => Err(unexpected("an ACL deletion", &other)),
+        }
+    }
+
+    /// AlterClientQuotas: sets (`Some`) or removes (`None`) quota keys per
+    /// entity; resolves with one result per entity, in order (`Ok` or
+    /// `InvalidRequest`, see `validate_quota_alteration`). Entities that
+    /// fail validation are answered here and left out of the entry (which
+    /// is not written when none is left); the entry is checked again when
+    /// applied.
+    pub async fn alter_client_quotas(
+        &self,
+        alterations: Vec<QuotaAlteration>,
+    ) -> Result<Vec<Result<(), SecurityError>>, MetaError> {
+        let mut results: Vec<Result<(), SecurityError>> = alterations
+            .iter()
+            .map(|(entity, ops)| validate_quota_alteration(entity, ops))
+            .collect();
+        // Only finite values reach the log: JSON has no NaN or infinity.
+        let valid: Vec<_> = alterations
+            .into_iter()
+            .zip(&results)
+            .filter(|(_, r)| r.is_ok())
+            .map(|(a, _)| a)
+            .collect();
+        if valid.is_empty() {
+            return Ok(results);
+        }
+        let n = valid.len();
+        let applied = match self
+            .propose_raw(MetaRequest::AlterClientQuotas(valid))
+            .await?
+        {
+            MetaResponse::QuotasAltered(r) if r.len() == n => r,
+            other => return Err(unexpected("a client quota alteration", &other)),
+        };
+        let mut applied = applied.into_iter();
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            *r = applied.next().expect("one result per proposed entity");
+        }
+        assert!(applied.next().is_none());
+        Ok(results)
+    }
+
     /// The node id of the current controller (the Raft leader), if known.
     pub fn controller(&self) -> Option<u64> {
         match self.inner.leader.load(Ordering::Acquire) {
@@ -472,6 +596,10 @@ impl Metadata {
             .map_err(|_| MetaError::ShuttingDown)?;
         answer.await.unwrap_or(Err(MetaError::ShuttingDown))
     }
+}
+
+fn unexpected(what: &str, answer: &MetaResponse) -> MetaError {
+    MetaError::Internal(format!("unexpected answer to {what}: {answer:?}"))
 }
 
 fn now_ms() -> i64 {
@@ -764,6 +892,137 @@ mod tests {
         assert!(after.version >= before.version);
         create(&meta, "after-restart", 1).expect("create");
         assert!(meta.view().version > before.version);
+        meta.shutdown();
+    }
+
+    fn scram(mechanism: ScramMechanism, iterations: u32) -> ScramCredential {
+        ScramCredential {
+            mechanism,
+            iterations,
+            salt: b"salt".to_vec(),
+            stored_key: vec![1; mechanism.hash_bytes()],
+            server_key: vec![2; mechanism.hash_bytes()],
+        }
+    }
+
+    fn read_acl(name: &str, principal: &str) -> AclBinding {
+        AclBinding {
+            resource_type: AclResourceType::Topic,
+            resource_name: name.into(),
+            pattern_type: AclPatternType::Literal,
+            principal: principal.into(),
+            host: "*".into(),
+            operation: AclOperation::Read,
+            permission: AclPermission::Allow,
+        }
+    }
+
+    fn client_entity(client_id: &str) -> QuotaEntity {
+        QuotaEntity {
+            user: None,
+            client_id: Some(QuotaName::Named(client_id.into())),
+            ip: None,
+        }
+    }
+
+    /// SCRAM credentials, ACLs and quotas go through the log, show in the
+    /// view, and survive restarts (log replay, then a snapshot).
+    #[test]
+    fn security_metadata_through_the_log_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = start_snapshotting(dir.path(), 1, 10);
+        let v0 = meta.view().version;
+        assert!(meta.view().users.is_empty() && meta.view().acls.is_empty());
+        // Empty requests write nothing.
+        block_on(meta.create_acls(Vec::new())).expect("no-op");
+        block_on(meta.alter_scram_credentials(Vec::new(), Vec::new())).expect("no-op");
+        assert_eq!(meta.view().version, v0);
+
+        let r = block_on(meta.alter_scram_credentials(
+            vec![
+                ("alice".into(), scram(ScramMechanism::Sha256, 4096)),
+                ("bob".into(), scram(ScramMechanism::Sha512, 4096)),
+                ("bob".into(), scram(ScramMechanism::Sha512, 8192)),
+            ],
+            vec![("nobody".into(), ScramMechanism::Sha256)],
+        ))
+        .expect("alter");
+        assert_eq!(r.upsertions[0], Ok(()));
+        assert!(matches!(
+            r.upsertions[1],
+            Err(SecurityError::DuplicateResource(_))
+        ));
+        assert!(matches!(
+            r.deletions[0],
+            Err(SecurityError::ResourceNotFound(_))
+        ));
+        let r =
+            block_on(meta.create_acls(vec![read_acl("t", "User:alice"), read_acl("", "User:x")]))
+                .expect("create");
+        assert!(r[0].is_ok() && matches!(r[1], Err(SecurityError::InvalidRequest(_))));
+        let r = block_on(meta.alter_client_quotas(vec![
+            (
+                client_entity("c"),
+                vec![(CONSUMER_BYTE_RATE.into(), Some(4096.0))],
+            ),
+            (
+                client_entity("bad"),
+                vec![(CONSUMER_BYTE_RATE.into(), Some(f64::INFINITY))],
+            ),
+            (
+                client_entity("d"),
+                vec![(REQUEST_PERCENTAGE.into(), Some(0.1 + 0.2))],
+            ),
+        ]))
+        .expect("quotas");
+        assert!(r[0].is_ok() && r[1].is_err() && r[2].is_ok(), "{r:?}");
+        let ip = "10.1.2.3".parse().expect("ip");
+        let check = |m: &Metadata| {
+            let view = m.view();
+            let alice = view.users.get("alice").expect("alice");
+            assert_eq!(
+                alice.get(ScramMechanism::Sha256).map(|c| c.iterations),
+                Some(4096)
+            );
+            assert!(!view.users.contains_key("bob"));
+            let read = |who| {
+                view.acls
+                    .authorize(who, ip, AclOperation::Read, AclResourceType::Topic, "t")
+            };
+            assert_eq!(read("User:alice"), AclDecision::Allow);
+            assert_eq!(read("User:bob"), AclDecision::Deny);
+            assert_eq!(
+                view.quotas.resolve("u", "c", CONSUMER_BYTE_RATE),
+                Some(4096.0)
+            );
+            assert_eq!(
+                view.quotas.resolve("u", "d", REQUEST_PERCENTAGE),
+                Some(0.1 + 0.2)
+            );
+            assert_eq!(view.quotas.len(), 2);
+        };
+        check(&meta);
+        meta.shutdown();
+        let meta = start_snapshotting(dir.path(), 1, 10);
+        check(&meta);
+        // Enough entries for a snapshot (every 100), then a restart from it.
+        for i in 0..110 {
+            let acl = read_acl(&format!("t{i}"), "User:carol");
+            let r = block_on(meta.create_acls(vec![acl])).expect("create");
+            assert_eq!(r, vec![Ok(())]);
+        }
+        let deleted = block_on(meta.delete_acls(vec![AclFilter {
+            principal: Some("User:carol".into()),
+            resource_name: Some("t7".into()),
+            ..AclFilter::any()
+        }]))
+        .expect("delete");
+        assert_eq!(deleted[0], vec![read_acl("t7", "User:carol")]);
+        meta.shutdown();
+        assert!(dir.path().join("raft").join("snapshot").exists());
+        let meta = start_snapshotting(dir.path(), 1, 10);
+        check(&meta);
+        assert_eq!(meta.view().acls.len(), 1 + 109);
         meta.shutdown();
     }
 

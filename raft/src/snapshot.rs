@@ -4,19 +4,23 @@
 //! directory fsync), integers little-endian:
 //!
 //! ```text
-//! magic "SLSNAP03" (8 bytes)
+//! magic "SLSNAP04" (8 bytes)
 //! frame: JSON of openraft's SnapshotMeta (last log id, membership, id)
 //! frame: rkyv 0.8 archive of SnapshotBody { topics: Vec<TopicMeta>,
 //!        brokers: Vec<BrokerMeta>,
-//!        reassignments: Vec<(topic, partition, Reassignment)> }
+//!        reassignments: Vec<(topic, partition, Reassignment)>,
+//!        scram: Vec<(user, ScramCredential)>,
+//!        acls: Vec<AclBinding>,
+//!        quotas: Vec<(QuotaEntity, Vec<(key, f64)>)> }
 //!        (the snapshot data proper)
 //! ```
 //!
 //! Frames are `durable`'s length + CRC32C frames. The bytes openraft moves
 //! around as `SnapshotData` (also to other nodes) are the rkyv archive
-//! alone. Files of the previous formats are read: "SLSNAP02" (a body
-//! without reassignments) and "SLSNAP01" (an archive of `Vec<TopicMeta>`
-//! alone, written before brokers were registered).
+//! alone. Files of the previous formats are read: "SLSNAP03" (a body
+//! without security metadata), "SLSNAP02" (nor reassignments) and
+//! "SLSNAP01" (an archive of `Vec<TopicMeta>` alone, written before
+//! brokers were registered).
 
 use std::io;
 use std::path::Path;
@@ -25,23 +29,42 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::durable;
+use crate::security::acl::AclBinding;
+use crate::security::quota::QuotaEntity;
+use crate::security::scram::ScramCredential;
 use crate::types::{BrokerMeta, Reassignment, SnapshotMeta, TopicMeta};
 
 const SNAPSHOT_FILE: &str = "snapshot";
-const MAGIC: &[u8; 8] = b"SLSNAP03";
+const MAGIC: &[u8; 8] = b"SLSNAP04";
+/// The format before security metadata: a `SnapshotBodyV3` archive.
+const MAGIC_V3: &[u8; 8] = b"SLSNAP03";
 /// The format before reassignments: a `SnapshotBodyV2` archive.
 const MAGIC_V2: &[u8; 8] = b"SLSNAP02";
 /// The format before brokers: the data is an archive of `Vec<TopicMeta>`.
 const MAGIC_V1: &[u8; 8] = b"SLSNAP01";
 
 /// The snapshot data: everything the state machine replicates.
-#[derive(
-    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
-)]
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub(crate) struct SnapshotBody {
     pub topics: Vec<TopicMeta>,
     pub brokers: Vec<BrokerMeta>,
     /// Partition reassignments in progress: (topic, partition, state).
+    pub reassignments: Vec<(String, u32, Reassignment)>,
+    /// SCRAM credentials: (user, credential), at most one per user and
+    /// mechanism.
+    pub scram: Vec<(String, ScramCredential)>,
+    pub acls: Vec<AclBinding>,
+    /// Client quotas: (entity, its keys and values).
+    pub quotas: Vec<(QuotaEntity, Vec<(String, f64)>)>,
+}
+
+/// The snapshot data of format "SLSNAP03".
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub(crate) struct SnapshotBodyV3 {
+    pub topics: Vec<TopicMeta>,
+    pub brokers: Vec<BrokerMeta>,
     pub reassignments: Vec<(String, u32, Reassignment)>,
 }
 
@@ -104,6 +127,8 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
         return Ok(None);
     };
     let (rest, version) = if let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) {
+        (rest, 4)
+    } else if let Some(rest) = bytes.strip_prefix(MAGIC_V3.as_slice()) {
         (rest, 3)
     } else if let Some(rest) = bytes.strip_prefix(MAGIC_V2.as_slice()) {
         (rest, 2)
@@ -129,18 +154,30 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
         };
         return Ok(Some((meta, encode(&body)?)));
     }
+    let mut aligned = AlignedVec::<16>::with_capacity(data.len());
+    aligned.extend_from_slice(data);
     if version == 2 {
-        let mut aligned = AlignedVec::<16>::with_capacity(data.len());
-        aligned.extend_from_slice(data);
         let old = rkyv::from_bytes::<SnapshotBodyV2, rancor::Error>(&aligned)
             .map_err(|e| invalid(e.to_string()))?;
         let body = SnapshotBody {
             topics: old.topics,
             brokers: old.brokers,
-            reassignments: Vec::new(),
+            ..SnapshotBody::default()
         };
         return Ok(Some((meta, encode(&body)?)));
     }
+    if version == 3 {
+        let old = rkyv::from_bytes::<SnapshotBodyV3, rancor::Error>(&aligned)
+            .map_err(|e| invalid(e.to_string()))?;
+        let body = SnapshotBody {
+            topics: old.topics,
+            brokers: old.brokers,
+            reassignments: old.reassignments,
+            ..SnapshotBody::default()
+        };
+        return Ok(Some((meta, encode(&body)?)));
+    }
+    assert_eq!(version, 4);
     Ok(Some((meta, data.to_vec())))
 }
 
@@ -208,9 +245,25 @@ mod tests {
                     removing: vec![7],
                 },
             )],
+            ..SnapshotBody::default()
         };
         let data = encode(&body).expect("encode");
         assert_eq!(decode(&data).expect("decode"), body);
+        // A file of format 3: a body without security metadata.
+        let dir3 = tempfile::tempdir().expect("tempdir");
+        let v3 = SnapshotBodyV3 {
+            topics: body.topics.clone(),
+            brokers: body.brokers.clone(),
+            reassignments: body.reassignments.clone(),
+        };
+        let v3_data = rkyv::to_bytes::<rancor::Error>(&v3).expect("encode v3");
+        let meta_json = serde_json::to_vec(&SnapshotMeta::default()).expect("json");
+        let mut buf = MAGIC_V3.to_vec();
+        durable::frame_encode(&mut buf, &meta_json);
+        durable::frame_encode(&mut buf, &v3_data);
+        durable::write_atomic(dir3.path(), SNAPSHOT_FILE, &buf).expect("write");
+        let (_, data) = read(dir3.path()).expect("read").expect("some");
+        assert_eq!(decode(&data).expect("decode"), body, "format 3 read as 4");
         // A file of format 2: a body without reassignments.
         let dir2 = tempfile::tempdir().expect("tempdir");
         let v2 = SnapshotBodyV2 {
@@ -239,6 +292,50 @@ mod tests {
         let back = decode(&data).expect("decode");
         assert_eq!(back.topics, vec![topic("old")]);
         assert!(back.brokers.is_empty());
+    }
+
+    #[test]
+    fn security_metadata_round_trips_through_the_file() {
+        use crate::security::acl::{AclOperation, AclPatternType, AclPermission, AclResourceType};
+        use crate::security::quota::QuotaName;
+        use crate::security::scram::ScramMechanism;
+        let credential = ScramCredential {
+            mechanism: ScramMechanism::Sha512,
+            iterations: 8192,
+            salt: vec![1, 2, 3],
+            stored_key: vec![4; 64],
+            server_key: vec![5; 64],
+        };
+        let acl = AclBinding {
+            resource_type: AclResourceType::Topic,
+            resource_name: "app-".into(),
+            pattern_type: AclPatternType::Prefixed,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: AclOperation::Read,
+            permission: AclPermission::Allow,
+        };
+        let entity = QuotaEntity {
+            user: Some(QuotaName::Named("alice".into())),
+            client_id: Some(QuotaName::Default),
+            ip: None,
+        };
+        let body = SnapshotBody {
+            topics: vec![topic("t")],
+            scram: vec![("alice".into(), credential)],
+            acls: vec![acl],
+            quotas: vec![(entity, vec![("request_percentage".into(), 0.1 + 0.2)])],
+            ..SnapshotBody::default()
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = encode(&body).expect("encode");
+        write(dir.path(), &SnapshotMeta::default(), &data).expect("write");
+        let bytes = std::fs::read(dir.path().join(SNAPSHOT_FILE)).expect("file");
+        assert!(bytes.starts_with(b"SLSNAP04"));
+        let (_, back) = read(dir.path()).expect("read").expect("some");
+        let back = decode(&back).expect("decode");
+        assert_eq!(back, body);
+        assert_eq!(back.quotas[0].1[0].1.to_bits(), (0.1f64 + 0.2).to_bits());
     }
 
     #[test]

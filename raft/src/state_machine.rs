@@ -35,6 +35,10 @@
 //! target, a removed leader hands over to the first in-sync target
 //! replica, epoch + 1); a cancellation restores the original replicas.
 //!
+//! Security entries (`AlterScramCredentials`, `CreateAcls`, `DeleteAcls`,
+//! `AlterClientQuotas`) are applied by `security` and answered per item;
+//! each is logged once, with counts only (never user names or keys).
+//!
 //! After each applied batch a new immutable `MetadataView` is published
 //! through `Published`. The topics are a persistent map (`TopicMap`):
 //! publishing clones its root (O(1)); each change copied O(log topics)
@@ -52,6 +56,10 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::watch;
 
+use crate::security::acl::Acls;
+use crate::security::quota::Quotas;
+use crate::security::scram::{self, ScramUsers, UserScram};
+use crate::security::SecurityError;
 use crate::snapshot::{self, SnapshotBody};
 use crate::types::{
     producer_id_block_start, BrokerMap, BrokerMeta, Election, Entry, LogId, MetaError, MetaRequest,
@@ -161,6 +169,10 @@ struct Data {
     brokers: BrokerMap,
     /// Reassignments in progress; shared with the published views.
     reassignments: ReassignmentMap,
+    /// SCRAM credentials, ACLs and client quotas; shared with the views.
+    users: ScramUsers,
+    acls: Acls,
+    quotas: Quotas,
 }
 
 impl Data {
@@ -174,6 +186,9 @@ impl Data {
             partitions_total: 0,
             brokers: BrokerMap::new(),
             reassignments: ReassignmentMap::new(),
+            users: ScramUsers::new(),
+            acls: Acls::default(),
+            quotas: Quotas::default(),
         }
     }
 
@@ -194,7 +209,53 @@ impl Data {
             data.reassignments
                 .insert((Arc::from(topic.as_str()), partition), Arc::new(r));
         }
+        for (user, credential) in body.scram {
+            let mut scram = data
+                .users
+                .get(user.as_str())
+                .map_or_else(UserScram::default, |u| UserScram::clone(u));
+            scram.set(credential);
+            data.users.insert(user, Arc::new(scram));
+        }
+        data.acls = Acls::from_bindings(body.acls);
+        data.quotas = Quotas::from_entries(
+            body.quotas
+                .into_iter()
+                .map(|(entity, values)| (entity, values.into_iter().collect())),
+        );
         data
+    }
+
+    /// The snapshot data: every replicated item, copied (O(items)).
+    fn snapshot_body(&self) -> SnapshotBody {
+        SnapshotBody {
+            topics: self.topics.values().map(|t| TopicMeta::clone(t)).collect(),
+            brokers: self
+                .brokers
+                .values()
+                .map(|b| BrokerMeta::clone(b))
+                .collect(),
+            reassignments: self
+                .reassignments
+                .iter()
+                .map(|((t, p), r)| (t.to_string(), *p, Reassignment::clone(r)))
+                .collect(),
+            scram: self
+                .users
+                .iter()
+                .flat_map(|(user, s)| s.credentials().map(|c| (user.clone(), c.clone())))
+                .collect(),
+            acls: self.acls.bindings(),
+            quotas: self
+                .quotas
+                .entities()
+                .iter()
+                .map(|(e, values)| {
+                    let values = values.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    (e.clone(), values)
+                })
+                .collect(),
+        }
     }
 
     /// Adds (`sign = 1`) or removes (`sign = -1`) a topic's partitions from
@@ -474,6 +535,9 @@ impl Data {
             topic_ids: self.topic_ids.clone(),
             brokers: self.brokers.clone(),
             reassignments: self.reassignments.clone(),
+            users: self.users.clone(),
+            acls: self.acls.clone(),
+            quotas: self.quotas.clone(),
         }
     }
 
@@ -910,6 +974,64 @@ impl Data {
         results
     }
 
+    /// SCRAM credentials, ACLs and client quotas: one result per item.
+    /// Logged once per entry (counts only, never names or keys).
+    fn apply_security(&mut self, req: MetaRequest, replay: bool) -> MetaResponse {
+        let (what, response, done, refused) = match req {
+            MetaRequest::AlterScramCredentials {
+                upsertions,
+                deletions,
+            } => {
+                let r = scram::alter(&mut self.users, upsertions, deletions);
+                let all = r.upsertions.iter().chain(&r.deletions);
+                let (ok, err) = count_results(all);
+                (
+                    "SCRAM credentials altered",
+                    MetaResponse::ScramAltered(r),
+                    ok,
+                    err,
+                )
+            }
+            MetaRequest::CreateAcls(bindings) => {
+                let r = self.acls.create(&bindings);
+                let (ok, err) = count_results(r.iter());
+                ("ACLs created", MetaResponse::AclsCreated(r), ok, err)
+            }
+            MetaRequest::DeleteAcls(filters) => {
+                let r = self.acls.delete(&filters);
+                let deleted = r.iter().map(Vec::len).sum::<usize>() as u64;
+                ("ACLs deleted", MetaResponse::AclsDeleted(r), deleted, 0)
+            }
+            MetaRequest::AlterClientQuotas(alterations) => {
+                let r = self.quotas.alter(&alterations);
+                let (ok, err) = count_results(r.iter());
+                (
+                    "client quotas altered",
+                    MetaResponse::QuotasAltered(r),
+                    ok,
+                    err,
+                )
+            }
+            other => {
+                let e = MetaError::Internal(format!("not a security entry: {other:?}"));
+                return MetaResponse::Done(Err(e));
+            }
+        };
+        if replay {
+            tracing::debug!(done, refused, "metadata: replayed: {what}");
+        } else {
+            tracing::info!(
+                done,
+                refused,
+                users = self.users.len(),
+                acls = self.acls.len(),
+                quota_entities = self.quotas.len(),
+                "metadata: {what}"
+            );
+        }
+        response
+    }
+
     /// A reassignment target: replicas on registered brokers, none twice.
     fn check_target(&self, target: &[u64]) -> Result<(), MetaError> {
         let bad = |m: String| Err(MetaError::InvalidReplicaAssignment(m));
@@ -927,6 +1049,14 @@ impl Data {
         }
         Ok(())
     }
+}
+
+/// (succeeded, refused) among per-item results.
+fn count_results<'a>(results: impl Iterator<Item = &'a Result<(), SecurityError>>) -> (u64, u64) {
+    results.fold((0, 0), |(ok, err), r| match r {
+        Ok(()) => (ok + 1, err),
+        Err(_) => (ok, err + 1),
+    })
 }
 
 /// An unclean election: `leader` (live, maybe out of sync) leads alone in
@@ -1091,6 +1221,15 @@ impl StateMachine {
             EntryPayload::Normal(MetaRequest::Reassign { moves }) => {
                 MetaResponse::Each(self.data.reassign(moves))
             }
+            EntryPayload::Normal(
+                req @ (MetaRequest::AlterScramCredentials { .. }
+                | MetaRequest::CreateAcls(_)
+                | MetaRequest::DeleteAcls(_)
+                | MetaRequest::AlterClientQuotas(_)),
+            ) => {
+                let replay = self.replay_until.is_some_and(|r| log_id.index <= r);
+                self.data.apply_security(req, replay)
+            }
             EntryPayload::Normal(req) => {
                 let action = match req {
                     MetaRequest::CreateTopic { .. } => "created",
@@ -1174,26 +1313,7 @@ pub(crate) struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let body = SnapshotBody {
-            topics: self
-                .data
-                .topics
-                .values()
-                .map(|t| TopicMeta::clone(t))
-                .collect(),
-            brokers: self
-                .data
-                .brokers
-                .values()
-                .map(|b| BrokerMeta::clone(b))
-                .collect(),
-            reassignments: self
-                .data
-                .reassignments
-                .iter()
-                .map(|((t, p), r)| (t.to_string(), *p, Reassignment::clone(r)))
-                .collect(),
-        };
+        let body = self.data.snapshot_body();
         let bytes =
             snapshot::encode(&body).map_err(|e| StorageIOError::write_snapshot(None, sm_err(e)))?;
         let last = self.data.last_applied;
@@ -1348,8 +1468,7 @@ mod tests {
         // Snapshot round trip: encode, decode, rebuild.
         let body = SnapshotBody {
             topics: d.topics.values().map(|t| TopicMeta::clone(t)).collect(),
-            brokers: Vec::new(),
-            reassignments: Vec::new(),
+            ..SnapshotBody::default()
         };
         let bytes = snapshot::encode(&body).expect("encode");
         let back = Data::from_snapshot(
@@ -1360,6 +1479,141 @@ mod tests {
         assert_index_matches(&back);
         assert_eq!(back.topic_ids, d.topic_ids);
         assert_eq!(back.topics, d.topics);
+    }
+
+    /// Security entries applied, then a snapshot round trip: the same
+    /// users, ACLs and quotas; entries with bad content get per-item errors.
+    #[test]
+    fn security_entries_apply_and_survive_a_snapshot() {
+        use crate::security::acl::*;
+        use crate::security::quota::*;
+        use crate::security::scram::*;
+        let mut d = Data::new(1);
+        let credential = |mechanism: ScramMechanism, iterations| ScramCredential {
+            mechanism,
+            iterations,
+            salt: vec![9; 8],
+            stored_key: vec![1; mechanism.hash_bytes()],
+            server_key: vec![2; mechanism.hash_bytes()],
+        };
+        let r = d.apply_security(
+            MetaRequest::AlterScramCredentials {
+                upsertions: vec![
+                    ("alice".into(), credential(ScramMechanism::Sha256, 4096)),
+                    ("bob".into(), credential(ScramMechanism::Sha512, 1)),
+                ],
+                deletions: vec![("carol".into(), ScramMechanism::Sha256)],
+            },
+            false,
+        );
+        let MetaResponse::ScramAltered(r) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(r.upsertions[0], Ok(()));
+        assert!(r.upsertions[1].is_err() && r.deletions[0].is_err());
+        let acl = |name: &str, pattern_type| AclBinding {
+            resource_type: AclResourceType::Group,
+            resource_name: name.into(),
+            pattern_type,
+            principal: "User:alice".into(),
+            host: "*".into(),
+            operation: AclOperation::Read,
+            permission: AclPermission::Allow,
+        };
+        let r = d.apply_security(
+            MetaRequest::CreateAcls(vec![
+                acl("g", AclPatternType::Literal),
+                acl("", AclPatternType::Literal),
+                acl("*", AclPatternType::Prefixed),
+                acl("team-", AclPatternType::Prefixed),
+            ]),
+            false,
+        );
+        let MetaResponse::AclsCreated(r) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 2, "{r:?}");
+        let entity = QuotaEntity {
+            user: None,
+            client_id: Some(QuotaName::Named("c".into())),
+            ip: None,
+        };
+        let ops = vec![(PRODUCER_BYTE_RATE.to_string(), Some(1024.0))];
+        let weird = vec![(PRODUCER_BYTE_RATE.to_string(), Some(f64::NAN))];
+        let r = d.apply_security(
+            MetaRequest::AlterClientQuotas(vec![(entity.clone(), ops), (entity.clone(), weird)]),
+            true,
+        );
+        let MetaResponse::QuotasAltered(r) = r else {
+            panic!("{r:?}")
+        };
+        assert!(r[0].is_ok() && r[1].is_err());
+        // Not a security entry: an error, no panic.
+        let r = d.apply_security(MetaRequest::ReserveProducerIds, false);
+        assert!(matches!(r, MetaResponse::Done(Err(MetaError::Internal(_)))));
+        let view = d.view(1);
+        assert_eq!(view.users.len(), 1);
+        assert_eq!(view.acls.len(), 2);
+        assert_eq!(
+            view.quotas.resolve("u", "c", PRODUCER_BYTE_RATE),
+            Some(1024.0)
+        );
+        let bytes = snapshot::encode(&d.snapshot_body()).expect("encode");
+        let back = Data::from_snapshot(
+            1,
+            &SnapshotMeta::default(),
+            snapshot::decode(&bytes).expect("decode"),
+        );
+        assert_eq!(back.users, d.users);
+        assert_eq!(back.acls, d.acls);
+        assert_eq!(back.quotas, d.quotas);
+        let r = d.apply_security(MetaRequest::DeleteAcls(vec![AclFilter::any()]), false);
+        let MetaResponse::AclsDeleted(r) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(r[0].len(), 2);
+        assert!(d.view(1).acls.is_empty());
+        assert_eq!(back.acls.len(), 2, "the earlier copy is unchanged");
+    }
+
+    /// Log entries are JSON: quota values come back with the same bits
+    /// (serde_json's `float_roundtrip`), so every node applies the same.
+    #[test]
+    fn quota_values_cross_json_exactly() {
+        use crate::security::quota::{QuotaEntity, QuotaName};
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut values = vec![
+            0.1 + 0.2,
+            1e-300,
+            5e-324,
+            f64::MAX,
+            123_456_789.123_456_78,
+            -0.0,
+        ];
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = f64::from_bits(x);
+            if v.is_finite() {
+                values.push(v);
+            }
+        }
+        let entity = QuotaEntity {
+            user: Some(QuotaName::Default),
+            client_id: None,
+            ip: None,
+        };
+        let ops = values.iter().map(|v| ("k".to_string(), Some(*v))).collect();
+        let req = MetaRequest::AlterClientQuotas(vec![(entity, ops)]);
+        let json = serde_json::to_vec(&req).expect("json");
+        let MetaRequest::AlterClientQuotas(back) = serde_json::from_slice(&json).expect("parse")
+        else {
+            panic!("another entry");
+        };
+        for ((_, got), want) in back[0].1.iter().zip(&values) {
+            assert_eq!(got.map(f64::to_bits), Some(want.to_bits()), "{want:e}");
+        }
     }
 
     #[test]

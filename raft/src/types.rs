@@ -8,6 +8,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::security::acl::{AclBinding, AclFilter, Acls};
+use crate::security::quota::{QuotaAlteration, Quotas};
+use crate::security::scram::{ScramAlterResults, ScramCredential, ScramMechanism, ScramUsers};
+use crate::security::SecurityError;
+
 /// How a node's metadata group is set up.
 #[derive(Debug, Clone)]
 pub struct MetaConfig {
@@ -182,6 +187,12 @@ pub struct MetadataView {
     pub brokers: BrokerMap,
     /// Partition reassignments in progress.
     pub reassignments: ReassignmentMap,
+    /// SCRAM credentials by user name (SASL/SCRAM authentication).
+    pub users: ScramUsers,
+    /// ACLs, indexed for `Acls::authorize`.
+    pub acls: Acls,
+    /// Client quotas by entity (`Quotas::resolve`).
+    pub quotas: Quotas,
 }
 
 impl MetadataView {
@@ -262,8 +273,10 @@ pub enum MetaError {
     Internal(String),
 }
 
-/// The application payload of one Raft log entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The application payload of one Raft log entry. Not `Eq`: quota values
+/// are `f64` (finite: `Metadata::alter_client_quotas` refuses others,
+/// which JSON could not carry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MetaRequest {
     CreateTopic {
         name: String,
@@ -341,6 +354,23 @@ pub enum MetaRequest {
     Reassign {
         moves: Vec<(String, u32, Option<Vec<u64>>)>,
     },
+    /// Adds or replaces, and deletes, SCRAM credentials; answered per item
+    /// (`MetaResponse::ScramAltered`). A user's items apply together or
+    /// not at all.
+    AlterScramCredentials {
+        upsertions: Vec<(String, ScramCredential)>,
+        deletions: Vec<(String, ScramMechanism)>,
+    },
+    /// Adds ACL bindings (an existing one is not added twice); answered per
+    /// binding (`MetaResponse::AclsCreated`).
+    CreateAcls(Vec<AclBinding>),
+    /// Deletes the bindings each filter matches; answered per filter with
+    /// the deleted bindings (`MetaResponse::AclsDeleted`).
+    DeleteAcls(Vec<AclFilter>),
+    /// Sets (`Some`) or removes (`None`) quota keys per entity; an entity
+    /// left without keys is removed. Answered per entity
+    /// (`MetaResponse::QuotasAltered`).
+    AlterClientQuotas(Vec<QuotaAlteration>),
 }
 
 /// What an `ElectLeaders` entry elects.
@@ -380,6 +410,13 @@ pub enum MetaResponse {
     Done(Result<(), MetaError>),
     /// One result per item of the entry (elections, reassignments).
     Each(Vec<Result<(), MetaError>>),
+    ScramAltered(ScramAlterResults),
+    /// One result per binding.
+    AclsCreated(Vec<Result<(), SecurityError>>),
+    /// Per filter, the bindings it deleted.
+    AclsDeleted(Vec<Vec<AclBinding>>),
+    /// One result per entity.
+    QuotasAltered(Vec<Result<(), SecurityError>>),
 }
 
 openraft::declare_raft_types!(

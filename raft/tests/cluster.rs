@@ -1,6 +1,7 @@
 //! Three metadata nodes in one process, over loopback: replication through
 //! a follower, leader failover, a restarted node catching up, broker
-//! fencing and unfencing, replication-factor and ISR-change checks.
+//! fencing and unfencing, replication-factor and ISR-change checks,
+//! security metadata written through a follower.
 //! Every wait is bounded.
 
 use std::collections::BTreeMap;
@@ -9,7 +10,11 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
-use sluice_raft::{ClusterConfig, MetaConfig, MetaError, Metadata, TopicSpec, NO_LEADER};
+use sluice_raft::{
+    AclBinding, AclOperation, AclPatternType, AclPermission, AclResourceType, ClusterConfig,
+    MetaConfig, MetaError, Metadata, QuotaEntity, QuotaName, TopicSpec, NO_LEADER,
+    REQUEST_PERCENTAGE,
+};
 
 const HEARTBEAT_MS: u64 = 100;
 const LEASE_MS: u64 = 1_000;
@@ -225,6 +230,41 @@ fn follower_writes_replicate_leader_fails_over_node_rejoins() {
         });
         assert_eq!(seen, created, "node {id}");
     }
+    // Security entries are forwarded too, and a quota value crosses JSON
+    // with its bits.
+    let acl = AclBinding {
+        resource_type: AclResourceType::Group,
+        resource_name: "g-".into(),
+        pattern_type: AclPatternType::Prefixed,
+        principal: "User:*".into(),
+        host: "*".into(),
+        operation: AclOperation::Read,
+        permission: AclPermission::Allow,
+    };
+    let acls = block_on(cluster.node(follower).create_acls(vec![acl])).expect("acls");
+    assert_eq!(acls, vec![Ok(())]);
+    let entity = QuotaEntity {
+        user: Some(QuotaName::Default),
+        client_id: None,
+        ip: None,
+    };
+    let percent = 0.1 + 0.2;
+    let ops = vec![(REQUEST_PERCENTAGE.to_string(), Some(percent))];
+    let altered = block_on(
+        cluster
+            .node(follower)
+            .alter_client_quotas(vec![(entity, ops)]),
+    );
+    assert_eq!(altered.expect("quotas"), vec![Ok(())]);
+    for (id, node) in &cluster.nodes {
+        let bits = wait_for("the quota on every node", || {
+            let view = node.view();
+            let value = view.quotas.resolve("u", "c", REQUEST_PERCENTAGE)?;
+            (view.acls.len() == 1).then_some(value.to_bits())
+        });
+        assert_eq!(bits, percent.to_bits(), "node {id}");
+    }
+
     assert_eq!(
         block_on(cluster.node(follower).create_topic(spec("rf4", 1, 4))),
         Err(MetaError::InvalidReplicationFactor {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 mod corpus;
+pub mod pki;
 
 #[allow(unused_imports)]
 pub use corpus::{corpus_dir, corpus_frames, split_request_frames};
@@ -59,19 +60,30 @@ impl Broker {
         b
     }
 
+    /// A broker whose `extra` arguments give `--listeners`; `port` is one
+    /// of them (the readiness check and `bootstrap()` use it).
+    pub fn start_on(port: u16, shards: u32, extra: &[&str]) -> Broker {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut b = Broker::launch(&dir, port, shards, extra);
+        b._tmp = Some(tmp);
+        b
+    }
+
     fn launch(dir: &Path, port: u16, shards: u32, extra: &[&str]) -> Broker {
         let admin_port = free_port();
         let mut args: Vec<String> = vec![
             "start".into(),
             "--data-dir".into(),
             dir.display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
             "--admin-listen".into(),
             format!("127.0.0.1:{admin_port}"),
             "--shards".into(),
             shards.to_string(),
         ];
+        if !extra.contains(&"--listeners") {
+            args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+        }
         if !extra.contains(&"--memory") {
             args.extend(["--memory".into(), format!("{}MiB", 256 * shards)]);
         }

@@ -1,0 +1,201 @@
+//! Who a connection is and what it may do: listeners and their security
+//! protocols (`listeners`), TLS (`tls`), the connection's `Session`
+//! (principal, SASL state), and the node's security settings.
+//!
+//! Everything here is read-only once started and shared by the shards
+//! (`Arc<Security>` in `NodeInfo`), except a `Session`, which belongs to its
+//! connection (one task on one shard). Authentication runs on the
+//! connection's shard; nothing here takes a lock on the request path.
+
+pub mod listeners;
+pub mod quota;
+pub mod tls;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub use listeners::{Listener, SecurityProtocol};
+use sluice_raft::MetadataView;
+pub use sluice_raft::{AclDecision, AclOperation, AclResourceType};
+
+use crate::sasl;
+
+/// The principal of a connection that did not authenticate (plaintext, or
+/// TLS without a client certificate), as Kafka names it.
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
+/// The name of the cluster resource in ACLs, as Kafka names it.
+pub const CLUSTER: &str = "kafka-cluster";
+
+/// SASL mechanisms this broker serves, in the order SaslHandshake lists
+/// them.
+pub const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
+/// The node's security settings, resolved at start.
+#[derive(Debug)]
+pub struct Security {
+    /// The node's listeners; a connection knows its own by index.
+    pub listeners: Vec<Listener>,
+    /// Set when a listener uses TLS.
+    pub tls: Option<tls::Tls>,
+    /// Mechanisms a SASL listener accepts (`--sasl-enabled-mechanisms`).
+    pub sasl_mechanisms: Vec<&'static str>,
+    /// KIP-368: how long an authentication lasts before the client must
+    /// authenticate again on the same connection (`connections.max.reauth.ms`);
+    /// 0: forever.
+    pub reauth_ms: u64,
+    /// How long a failed authentication waits before its answer
+    /// (`connection.failed.authentication.delay.ms`).
+    pub failed_auth_delay: Duration,
+    /// `--authorizer true`: ACLs are checked.
+    pub authorizer: Option<Authorizer>,
+    /// Open connections one peer IP may have on a shard
+    /// (`--max-connections-per-ip`).
+    pub connections_per_ip_max: u32,
+}
+
+impl Default for Security {
+    /// One plaintext loopback listener, no authorizer: what tests of
+    /// handlers run with.
+    fn default() -> Security {
+        Security {
+            listeners: vec![Listener {
+                name: "PLAINTEXT".into(),
+                protocol: SecurityProtocol::Plaintext,
+                addr: "127.0.0.1:9092".parse().expect("literal address"),
+                advertised_host: "127.0.0.1".into(),
+                advertised_port: 9092,
+            }],
+            tls: None,
+            sasl_mechanisms: SASL_MECHANISMS.to_vec(),
+            reauth_ms: 0,
+            failed_auth_delay: Duration::from_millis(100),
+            authorizer: None,
+            connections_per_ip_max: u32::MAX,
+        }
+    }
+}
+
+/// The authorizer's settings (Kafka's `StandardAuthorizer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authorizer {
+    /// Principals allowed everything (`super.users`).
+    pub super_users: Vec<String>,
+    /// `allow.everyone.if.no.acl.found`.
+    pub allow_if_no_acl: bool,
+}
+
+/// Where a connection's SASL authentication stands.
+pub enum SaslState {
+    /// No SaslHandshake yet (or the last exchange completed).
+    Idle,
+    /// SaslHandshake chose a mechanism; SaslAuthenticate steps it.
+    Exchanging(sasl::Exchange),
+}
+
+/// One connection's identity. Owned by the connection's task.
+pub struct Session {
+    /// Index of the listener in `Security::listeners`.
+    pub listener: usize,
+    pub protocol: SecurityProtocol,
+    /// The peer's IP address, as logs name it.
+    pub host: String,
+    /// The same, as ACLs match it.
+    pub ip: std::net::IpAddr,
+    principal: RefCell<Rc<str>>,
+    /// Whether the connection may send any request: not a SASL listener,
+    /// or authenticated there.
+    authenticated: Cell<bool>,
+    /// When the authentication expires (KIP-368); `None`: never.
+    expires: Cell<Option<Instant>>,
+    pub sasl: RefCell<SaslState>,
+    /// A quota throttle: the connection is not read until then.
+    pub throttled_until: Cell<Option<Instant>>,
+}
+
+impl Session {
+    /// A new connection's session; `principal` is the TLS client
+    /// certificate's, if any.
+    pub fn new(
+        listener: usize,
+        protocol: SecurityProtocol,
+        host: String,
+        principal: Option<String>,
+    ) -> Session {
+        let principal: Rc<str> = Rc::from(principal.as_deref().unwrap_or(ANONYMOUS));
+        let ip = host
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        Session {
+            listener,
+            protocol,
+            host,
+            ip,
+            principal: RefCell::new(principal),
+            authenticated: Cell::new(!protocol.sasl()),
+            expires: Cell::new(None),
+            sasl: RefCell::new(SaslState::Idle),
+            throttled_until: Cell::new(None),
+        }
+    }
+
+    /// A session for requests not from a client connection (tests, internal
+    /// callers): anonymous on plaintext.
+    pub fn anonymous() -> Session {
+        Session::new(0, SecurityProtocol::Plaintext, "127.0.0.1".into(), None)
+    }
+
+    pub fn principal(&self) -> Rc<str> {
+        Rc::clone(&self.principal.borrow())
+    }
+
+    pub fn authenticated(&self) -> bool {
+        self.authenticated.get()
+    }
+
+    /// Whether the authentication's lifetime ran out (KIP-368).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires.get().is_some_and(|at| now >= at)
+    }
+
+    /// Records a completed SASL authentication of `principal`, valid for
+    /// `lifetime` (`None`: forever).
+    pub fn authenticate(&self, principal: &str, lifetime: Option<Duration>) {
+        *self.principal.borrow_mut() = Rc::from(principal);
+        self.authenticated.set(true);
+        self.expires.set(lifetime.map(|l| Instant::now() + l));
+    }
+}
+
+impl Security {
+    /// Whether `session` may do `op` on the resource (Kafka's
+    /// StandardAuthorizer): always without `--authorizer`; super users
+    /// may do everything; else the ACLs of `view` decide, DENY over ALLOW,
+    /// and a resource no ACL names is allowed only with
+    /// `--allow-everyone-if-no-acl-found`. No allocation, no lock.
+    pub fn authorize(
+        &self,
+        view: &MetadataView,
+        session: &Session,
+        op: AclOperation,
+        resource: AclResourceType,
+        name: &str,
+    ) -> bool {
+        let Some(authorizer) = &self.authorizer else {
+            return true;
+        };
+        let principal = session.principal.borrow();
+        if authorizer.super_users.iter().any(|s| **s == **principal) {
+            return true;
+        }
+        match view
+            .acls
+            .authorize(&principal, session.ip, op, resource, name)
+        {
+            AclDecision::Allow => true,
+            AclDecision::Deny => false,
+            AclDecision::NoAclsForResource => authorizer.allow_if_no_acl,
+        }
+    }
+}

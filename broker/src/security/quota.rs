@@ -1,0 +1,212 @@
+//! Client quotas enforced on each shard, as Kafka's `ClientQuotaManager`
+//! does: a client (user, client id) has a rate of produce bytes, fetch
+//! bytes and request time measured over `SAMPLES` one-second windows; a
+//! request that takes it over its quota is answered at once with
+//! `throttle_time_ms` = how long the client must wait for its rate to come
+//! back to the quota, and its connection is not read for that long (KIP-219:
+//! clients back off too).
+//!
+//! Quotas are per shard (Kafka's are per broker): a client's connections
+//! on several shards get the quota on each. Nothing is tracked while no
+//! quota is set (`Quotas::is_empty`); a client is tracked only once a quota
+//! applies to it, in at most `CLIENTS_MAX` entries per shard, idle ones
+//! dropped first.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use sluice_raft::{Quotas, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE};
+
+/// One-second windows a rate is measured over (Kafka's
+/// `quota.window.num` = 11, `quota.window.size.seconds` = 1).
+const SAMPLES: usize = 11;
+const WINDOW: Duration = Duration::from_secs(1);
+/// The longest throttle (Kafka caps it at the quota window).
+const THROTTLE_MAX: Duration = Duration::from_secs(SAMPLES as u64);
+/// Clients tracked per shard; over it, the longest idle is dropped.
+const CLIENTS_MAX: usize = 4096;
+
+/// What a quota measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// Bytes of produce requests (`producer_byte_rate`).
+    Produce,
+    /// Bytes of fetch responses (`consumer_byte_rate`).
+    Fetch,
+    /// Percent of one core's time spent on the client's requests
+    /// (`request_percentage`).
+    RequestTime,
+}
+
+impl QuotaKind {
+    fn key(self) -> &'static str {
+        match self {
+            QuotaKind::Produce => PRODUCER_BYTE_RATE,
+            QuotaKind::Fetch => CONSUMER_BYTE_RATE,
+            QuotaKind::RequestTime => REQUEST_PERCENTAGE,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A rate over `SAMPLES` windows (Kafka's `Rate` with `SampledStat`).
+#[derive(Debug, Default, Clone)]
+struct Rate {
+    /// (window start, value) per window; `None`: unused.
+    samples: [Option<(Instant, f64)>; SAMPLES],
+    current: usize,
+}
+
+impl Rate {
+    fn record(&mut self, value: f64, now: Instant) {
+        match &mut self.samples[self.current] {
+            Some((start, v)) if now.duration_since(*start) < WINDOW => *v += value,
+            _ => {
+                if self.samples[self.current].is_some() {
+                    self.current = (self.current + 1) % SAMPLES;
+                }
+                self.samples[self.current] = Some((now, value));
+            }
+        }
+    }
+
+    /// Units per second over the live windows, and the window length used
+    /// (at least `SAMPLES - 1` whole windows, as Kafka measures).
+    fn measure(&self, now: Instant) -> (f64, Duration) {
+        let horizon = WINDOW * SAMPLES as u32;
+        let live = self
+            .samples
+            .iter()
+            .flatten()
+            .filter(|(start, _)| now.duration_since(*start) < horizon);
+        let (mut total, mut oldest) = (0.0, now);
+        for (start, v) in live {
+            total += v;
+            oldest = oldest.min(*start);
+        }
+        let span = now
+            .duration_since(oldest)
+            .max(WINDOW * (SAMPLES as u32 - 1));
+        (total / span.as_secs_f64(), span)
+    }
+}
+
+/// One client's rates.
+#[derive(Debug, Default)]
+struct Client {
+    rates: [Rate; 3],
+    last_seen: Option<Instant>,
+}
+
+/// A shard's quota state.
+#[derive(Default)]
+pub struct QuotaSensors {
+    clients: RefCell<HashMap<(Rc<str>, Box<str>), Client>>,
+}
+
+impl QuotaSensors {
+    /// Records `value` (bytes, or microseconds of request time) for the
+    /// client and returns how long it must be throttled; zero at once when
+    /// no quota applies to it (nothing is recorded then).
+    pub fn record(
+        &self,
+        quotas: &Quotas,
+        principal: &Rc<str>,
+        client_id: &str,
+        kind: QuotaKind,
+        value: f64,
+    ) -> Duration {
+        if quotas.is_empty() {
+            return Duration::ZERO;
+        }
+        let user = principal.strip_prefix("User:").unwrap_or(principal);
+        let Some(bound) = quotas.resolve(user, client_id, kind.key()) else {
+            return Duration::ZERO;
+        };
+        // Request time is a percentage of one core: microseconds per
+        // second, so 100% = 1e6.
+        let bound = match kind {
+            QuotaKind::RequestTime => bound * 10_000.0,
+            _ => bound,
+        };
+        let now = Instant::now();
+        let mut clients = self.clients.borrow_mut();
+        let key = (Rc::clone(principal), Box::<str>::from(client_id));
+        if !clients.contains_key(&key) && clients.len() >= CLIENTS_MAX {
+            evict_idlest(&mut clients);
+        }
+        let client = clients.entry(key).or_default();
+        client.last_seen = Some(now);
+        let rate = &mut client.rates[kind.index()];
+        rate.record(value, now);
+        throttle(rate, bound, now)
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.clients.borrow().len()
+    }
+}
+
+fn evict_idlest(clients: &mut HashMap<(Rc<str>, Box<str>), Client>) {
+    let idlest = clients
+        .iter()
+        .min_by_key(|(_, c)| c.last_seen)
+        .map(|(k, _)| k.clone());
+    if let Some(k) = idlest {
+        clients.remove(&k);
+    }
+}
+
+/// Kafka's `QuotaUtils.throttleTime`: how long until the rate over the
+/// window is back at `bound`: (rate - bound) / bound x window.
+fn throttle(rate: &Rate, bound: f64, now: Instant) -> Duration {
+    if bound <= 0.0 {
+        return THROTTLE_MAX;
+    }
+    let (observed, span) = rate.measure(now);
+    if observed <= bound {
+        return Duration::ZERO;
+    }
+    let secs = (observed - bound) / bound * span.as_secs_f64();
+    Duration::from_secs_f64(secs.min(THROTTLE_MAX.as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_over_its_bound_is_throttled_by_the_excess() {
+        let mut r = Rate::default();
+        let t0 = Instant::now();
+        // 10 windows' worth at once: the window counts as 10 s, so the
+        // rate is exactly the bound.
+        r.record(1000.0, t0);
+        assert_eq!(throttle(&r, 100.0, t0), Duration::ZERO);
+        // Another 500 units: 1500 / 10 s = 150/s, 50% over: 5 s.
+        r.record(500.0, t0);
+        let t = throttle(&r, 100.0, t0);
+        assert!((t.as_secs_f64() - 5.0).abs() < 0.01, "{t:?}");
+        // Old windows age out: 12 s later the rate is 0.
+        let later = t0 + Duration::from_secs(12);
+        assert_eq!(throttle(&r, 100.0, later), Duration::ZERO);
+    }
+
+    #[test]
+    fn clients_are_tracked_only_under_a_quota_and_bounded() {
+        let sensors = QuotaSensors::default();
+        let none = Quotas::default();
+        let p: Rc<str> = Rc::from("User:alice");
+        assert_eq!(
+            sensors.record(&none, &p, "c", QuotaKind::Produce, 1e9),
+            Duration::ZERO
+        );
+        assert_eq!(sensors.tracked(), 0);
+    }
+}

@@ -1,0 +1,240 @@
+//! TLS of the `SSL` and `SASL_SSL` listeners (rustls, ring provider):
+//! the certificate chain and key from PEM files, optional client
+//! certificates checked against `--tls-client-ca-file` (the connection's
+//! principal is then the certificate's subject, as Kafka names it), and
+//! the reload on SIGHUP.
+//!
+//! The configuration in use is one `Arc` behind an `ArcSwap`: a shard
+//! loads it once per accepted connection (no lock), and a reload swaps it
+//! for new connections while open ones keep theirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use arc_swap::ArcSwap;
+use futures_rustls::TlsAcceptor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+/// Kafka's `ssl.client.auth`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No client certificate is asked for.
+    None,
+    /// Asked for; a client without one is `User:ANONYMOUS`, one with an
+    /// untrusted certificate is refused.
+    Requested,
+    /// A trusted client certificate is needed to connect.
+    Required,
+}
+
+impl ClientAuth {
+    pub fn from_name(name: &str) -> Option<ClientAuth> {
+        match name.to_ascii_lowercase().as_str() {
+            "none" => Some(ClientAuth::None),
+            "requested" => Some(ClientAuth::Requested),
+            "required" => Some(ClientAuth::Required),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAuth::None => "none",
+            ClientAuth::Requested => "requested",
+            ClientAuth::Required => "required",
+        }
+    }
+}
+
+/// Where the TLS material is read from (at start and on every reload).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+}
+
+/// The TLS configuration of this node's listeners, reloadable.
+pub struct Tls {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("files", &self.files).finish()
+    }
+}
+
+impl Tls {
+    /// Reads the files; every error names the file and what is wrong.
+    pub fn load(files: TlsFiles) -> anyhow::Result<Tls> {
+        let config = server_config(&files)?;
+        Ok(Tls {
+            files,
+            current: ArcSwap::from_pointee(config),
+        })
+    }
+
+    /// Reads the files again; new connections get the new configuration,
+    /// open ones keep theirs. On an error the configuration in use stays.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let config = server_config(&self.files)?;
+        self.current.store(Arc::new(config));
+        Ok(())
+    }
+
+    /// An acceptor with the configuration in use.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
+    }
+
+    pub fn files(&self) -> &TlsFiles {
+        &self.files
+    }
+}
+
+fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
+    let chain = read_certs(&files.cert, "--tls-cert-file")?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        anyhow!(
+            "--tls-key-file {}: no private key read: {e}",
+            files.key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?;
+    let builder = match (&files.client_ca, files.client_auth) {
+        (_, ClientAuth::None) | (None, _) => builder.with_no_client_auth(),
+        (Some(ca), auth) => {
+            let mut roots = RootCertStore::empty();
+            for cert in read_certs(ca, "--tls-client-ca-file")? {
+                roots.add(cert).map_err(|e| {
+                    anyhow!(
+                        "--tls-client-ca-file {}: not a CA certificate: {e}",
+                        ca.display()
+                    )
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let verifier = if auth == ClientAuth::Requested {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| anyhow!("--tls-client-ca-file {}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    builder.with_single_cert(chain, key).map_err(|e| {
+        anyhow!(
+            "--tls-cert-file {} / --tls-key-file {}: {e}",
+            files.cert.display(),
+            files.key.display()
+        )
+    })
+}
+
+fn read_certs(path: &Path, setting: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| anyhow!("{setting} {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!("{setting} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{setting} {}: no certificate in it", path.display());
+    }
+    Ok(certs)
+}
+
+/// Kafka's principal for a client certificate: `User:` and the subject's
+/// distinguished name as RFC 2253 writes it (most specific attribute
+/// first, `CN=client,OU=eng,O=Example`), as Kafka's default principal
+/// builder does.
+pub fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let mut name = String::from("User:");
+    let rdns: Vec<_> = parsed.subject().iter_rdn().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            name.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                name.push('+');
+            }
+            let oid = attr.attr_type();
+            let short = x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                .ok()
+                .map(str::to_string)
+                .filter(|s| RFC2253_KEYWORDS.contains(&s.as_str()))
+                .unwrap_or_else(|| oid.to_id_string());
+            name.push_str(&short);
+            name.push('=');
+            let value = attr.as_str().unwrap_or_default();
+            escape_into(&mut name, value);
+        }
+    }
+    Some(name)
+}
+
+/// The attribute names RFC 2253 writes by keyword; others by OID.
+const RFC2253_KEYWORDS: [&str; 9] = ["CN", "L", "ST", "O", "OU", "C", "STREET", "DC", "UID"];
+
+fn escape_into(out: &mut String, value: &str) {
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        let special = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+            || (i == 0 && (c == ' ' || c == '#'))
+            || (i == last && c == ' ');
+        if special {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_is_the_subject_most_specific_first() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CountryName, "US");
+        dn.push(rcgen::DnType::OrganizationName, "Example, Inc");
+        dn.push(rcgen::DnType::OrganizationalUnitName, "eng");
+        dn.push(rcgen::DnType::CommonName, "alice");
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        assert_eq!(
+            principal_of(&der).unwrap(),
+            "User:CN=alice,OU=eng,O=Example\\, Inc,C=US"
+        );
+        assert!(principal_of(&CertificateDer::from(vec![1u8, 2, 3])).is_none());
+    }
+
+    #[test]
+    fn load_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("missing.pem"),
+            key: dir.path().join("key.pem"),
+            client_ca: None,
+            client_auth: ClientAuth::None,
+        };
+        let e = Tls::load(files).unwrap_err().to_string();
+        assert!(e.contains("missing.pem"), "{e}");
+    }
+}
