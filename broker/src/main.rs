@@ -46,9 +46,12 @@ mod metrics;
 mod plane;
 mod probe;
 mod replica;
+pub mod sasl;
 mod search;
+mod security;
 mod server;
 mod topic_config;
+mod users;
 #[cfg(test)]
 mod wire_tests;
 

@@ -8,6 +8,7 @@ use kafka_protocol::ResponseError;
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{offsets_partition_for, TxnRequest, TxnResponse, OFFSETS_TOPIC};
+use crate::security::Session;
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
@@ -15,7 +16,7 @@ const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
 pub async fn handle(
     req: AddOffsetsToTxnRequest,
     version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> AddOffsetsToTxnResponse {
     let mut resp = AddOffsetsToTxnResponse::default();
     let partitions = ctx

@@ -16,6 +16,7 @@ use kafka_protocol::ResponseError;
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{TxnRequest, TxnResponse};
+use crate::security::Session;
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
@@ -25,7 +26,7 @@ const BATCHED_MIN_VERSION: i16 = 4;
 pub async fn handle(
     req: AddPartitionsToTxnRequest,
     version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> AddPartitionsToTxnResponse {
     let mut resp = AddPartitionsToTxnResponse::default();
     if version < BATCHED_MIN_VERSION {

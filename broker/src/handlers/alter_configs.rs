@@ -23,12 +23,13 @@ use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, meta_error_code};
 use crate::topic_config;
+use crate::security::Session;
 
 /// Config resource types of the protocol.
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
 
-pub async fn handle(req: AlterConfigsRequest, _version: i16, ctx: &Ctx) -> AlterConfigsResponse {
+pub async fn handle(req: AlterConfigsRequest, _version: i16, ctx: &Ctx, session: &Session) -> AlterConfigsResponse {
     let mut resp = AlterConfigsResponse::default();
     for r in req.resources {
         let (code, message) = alter_one(&r, req.validate_only, ctx).await;

@@ -27,6 +27,7 @@ use kafka_protocol::messages::{
 
 use super::{replica_list, str_bytes, topic_name, Ctx};
 use crate::errors::{codes, meta_error_code};
+use crate::security::Session;
 
 /// Partitions one metadata entry moves at most.
 const ENTRY_PARTITIONS_MAX: usize = 10_000;
@@ -36,7 +37,7 @@ type Answer = Result<(), (i16, String)>;
 pub async fn handle(
     req: AlterPartitionReassignmentsRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> AlterPartitionReassignmentsResponse {
     let mut answers: Vec<(String, i32, Option<Answer>)> = Vec::new();
     let mut moves: Vec<(String, u32, Option<Vec<u64>>)> = Vec::new();

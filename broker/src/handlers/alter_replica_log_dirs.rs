@@ -13,11 +13,12 @@ use kafka_protocol::messages::{AlterReplicaLogDirsRequest, AlterReplicaLogDirsRe
 use super::describe_log_dirs::log_dir;
 use super::Ctx;
 use crate::errors::codes;
+use crate::security::Session;
 
 pub fn handle(
     req: AlterReplicaLogDirsRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> AlterReplicaLogDirsResponse {
     let dir = log_dir(ctx);
     let mut resp = AlterReplicaLogDirsResponse::default();

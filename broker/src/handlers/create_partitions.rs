@@ -6,29 +6,37 @@
 //! leader first): one list per new partition, as many replicas as the
 //! topic's partitions have, no broker twice; the metadata checks in apply
 //! that every broker is registered (INVALID_REPLICA_ASSIGNMENT otherwise).
-//! Partitions never shrink.
+//! Partitions never shrink. A topic `session` may not ALTER
+//! (`--authorizer`) gets TOPIC_AUTHORIZATION_FAILED, as in Kafka.
 
 use futures::future::join_all;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::{CreatePartitionsRequest, CreatePartitionsResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, with_deadline, Ctx};
 use crate::config::PARTITIONS_PER_TOPIC_MAX;
 use crate::errors::{codes, meta_error_code, shard_error_code};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 pub async fn handle(
     req: CreatePartitionsRequest,
     _version: i16,
     ctx: &Ctx,
+    session: &Session,
 ) -> CreatePartitionsResponse {
     let wait_ms = super::create_topics::ready_wait_ms(req.timeout_ms);
     let validate_only = req.validate_only;
-    let results = join_all(
-        req.topics
-            .iter()
-            .map(|t| grow_one(t, validate_only, wait_ms, ctx)),
-    )
+    let results = join_all(req.topics.iter().map(|t| async move {
+        let name = t.name.0.as_str();
+        if !ctx.allowed(session, AclOperation::Alter, AclResourceType::Topic, name) {
+            let denied = ResponseError::TopicAuthorizationFailed;
+            return (denied.code(), Some(denied.to_string()));
+        }
+        grow_one(t, validate_only, wait_ms, ctx).await
+    }))
     .await;
     let mut resp = CreatePartitionsResponse::default();
     resp.results = req

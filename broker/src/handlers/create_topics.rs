@@ -8,6 +8,12 @@
 //! the replication factor the topic got. Configs are checked by
 //! `topic_config::validate_all`: a name that is no Kafka topic config, or
 //! a value of the wrong type, is INVALID_CONFIG.
+//!
+//! Authorization (`--authorizer`), as Kafka's controller, before any
+//! other check: CREATE on the cluster or on the topic, else
+//! TOPIC_AUTHORIZATION_FAILED ("Authorization failed."); a created topic
+//! `session` may not DESCRIBE_CONFIGS answers `topic_config_error_code`
+//! TOPIC_AUTHORIZATION_FAILED (v5+).
 
 use std::collections::BTreeMap;
 
@@ -17,9 +23,12 @@ use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use sluice_raft::TopicSpec;
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, topic_uuid, valid_topic_name, with_deadline, Ctx};
 use crate::config::PARTITIONS_PER_TOPIC_MAX;
 use crate::errors::{codes, meta_error_code, shard_error_code};
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 /// Upper bound of the wait for the shards, whatever the request asks.
 const READY_WAIT_MS_MAX: u64 = 60_000;
@@ -33,14 +42,37 @@ pub fn ready_wait_ms(timeout_ms: i32) -> u64 {
         .clamp(1, READY_WAIT_MS_MAX)
 }
 
-pub async fn handle(req: CreateTopicsRequest, version: i16, ctx: &Ctx) -> CreateTopicsResponse {
+pub async fn handle(
+    req: CreateTopicsRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> CreateTopicsResponse {
     let wait_ms = ready_wait_ms(req.timeout_ms);
     let validate_only = req.validate_only;
-    let results = join_all(
-        req.topics
-            .into_iter()
-            .map(|t| create_one(t, validate_only, wait_ms, ctx)),
-    )
+    let cluster_create = ctx.allowed(session, AclOperation::Create, AclResourceType::Cluster, CLUSTER);
+    let results = join_all(req.topics.into_iter().map(|t| async move {
+        let name = t.name.0.as_str();
+        let may_create = cluster_create
+            || ctx.allowed(session, AclOperation::Create, AclResourceType::Topic, name);
+        let may_describe_configs = ctx.allowed(
+            session,
+            AclOperation::DescribeConfigs,
+            AclResourceType::Topic,
+            name,
+        );
+        let mut r = if may_create {
+            create_one(t, validate_only, wait_ms, ctx).await
+        } else {
+            let code = ResponseError::TopicAuthorizationFailed.code();
+            result(&t, code, Some("Authorization failed.".into()))
+        };
+        let refused_or_created = !may_create || r.error_code == codes::NONE;
+        if version >= 5 && !may_describe_configs && refused_or_created {
+            r.topic_config_error_code = ResponseError::TopicAuthorizationFailed.code();
+        }
+        r
+    }))
     .await;
     let mut resp = CreateTopicsResponse::default();
     resp.topics = results
@@ -113,7 +145,7 @@ fn validate(t: &CreatableTopic, name: &str, ctx: &Ctx) -> Result<TopicSpec, (i16
     if !t.assignments.is_empty() {
         return explicit(t, name);
     }
-    let live = ctx.live_brokers(&ctx.view()).len();
+    let live = ctx.live_count(&ctx.view());
     let replication_factor = match t.replication_factor {
         -1 => ctx.node.default_replication_factor,
         n if n >= 1 => n as u16,

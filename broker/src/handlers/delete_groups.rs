@@ -7,8 +7,9 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 use super::Ctx;
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse};
+use crate::security::Session;
 
-pub async fn handle(req: DeleteGroupsRequest, _version: i16, ctx: &Ctx) -> DeleteGroupsResponse {
+pub async fn handle(req: DeleteGroupsRequest, _version: i16, ctx: &Ctx, session: &Session) -> DeleteGroupsResponse {
     let mut resp = DeleteGroupsResponse::default();
     for group_id in req.groups_names {
         if let Some(code) = ctx.not_coordinator(&group_id.0) {

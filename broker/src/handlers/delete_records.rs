@@ -3,7 +3,8 @@
 //! log start as a WAL entry and answers once it is durable, with the
 //! partition's low watermark; an offset above the high watermark gets
 //! OFFSET_OUT_OF_RANGE. Only the partition's leader deletes (else
-//! NOT_LEADER_OR_FOLLOWER).
+//! NOT_LEADER_OR_FOLLOWER). A topic `session` may not DELETE
+//! (`--authorizer`) gets TOPIC_AUTHORIZATION_FAILED for each partition.
 
 use futures::future::join_all;
 use kafka_protocol::messages::delete_records_response::{
@@ -11,14 +12,24 @@ use kafka_protocol::messages::delete_records_response::{
 };
 use kafka_protocol::messages::{DeleteRecordsRequest, DeleteRecordsResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::Ctx;
 use crate::errors::{codes, shard_error_code};
 use crate::plane::DeleteRecordsPartition;
+use crate::security::{AclOperation, AclResourceType, Session};
 
-pub async fn handle(req: DeleteRecordsRequest, _version: i16, ctx: &Ctx) -> DeleteRecordsResponse {
+pub async fn handle(
+    req: DeleteRecordsRequest,
+    _version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> DeleteRecordsResponse {
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
-        let topic = ctx.topic(t.name.0.as_str());
+        let name = t.name.0.as_str();
+        let allowed = ctx.allowed(session, AclOperation::Delete, AclResourceType::Topic, name);
+        let topic = if allowed { ctx.topic(name) } else { None };
         let work = t.partitions.iter().map(|p| {
             let topic = topic.clone();
             let (index, offset) = (p.partition_index, p.offset);
@@ -26,6 +37,10 @@ pub async fn handle(req: DeleteRecordsRequest, _version: i16, ctx: &Ctx) -> Dele
                 let mut r = DeleteRecordsPartitionResult::default();
                 r.partition_index = index;
                 r.low_watermark = -1;
+                if !allowed {
+                    r.error_code = ResponseError::TopicAuthorizationFailed.code();
+                    return r;
+                }
                 let Some(topic) = topic else {
                     r.error_code = codes::unknown_topic_or_partition();
                     return r;

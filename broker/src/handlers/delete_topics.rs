@@ -1,16 +1,30 @@
 //! DeleteTopics (key 20): one metadata entry per existing topic. v0-5 name topics
 //! in `topic_names`; v6 in `topics`, by name or by id.
+//!
+//! Authorization (`--authorizer`), as Kafka's controller: DELETE on the
+//! cluster allows every topic; else a topic needs DELETE on itself
+//! (TOPIC_AUTHORIZATION_FAILED). A name `session` may not DESCRIBE is
+//! refused before its existence is looked at; a topic named by id that it
+//! may not delete is refused with its name left out unless it may
+//! DESCRIBE it.
 
 use futures::future::join_all;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::{DeleteTopicsRequest, DeleteTopicsResponse, TopicName};
 
-use super::{str_bytes, topic_name, topic_uuid, Ctx};
+use kafka_protocol::ResponseError;
 use sluice_raft::MetaError;
 
+use super::{str_bytes, topic_name, topic_uuid, Ctx};
 use crate::errors::{codes, meta_error_code};
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
-pub async fn handle(req: DeleteTopicsRequest, version: i16, ctx: &Ctx) -> DeleteTopicsResponse {
+pub async fn handle(
+    req: DeleteTopicsRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> DeleteTopicsResponse {
     let targets: Vec<Target> = if version >= 6 {
         req.topics
             .into_iter()
@@ -19,7 +33,13 @@ pub async fn handle(req: DeleteTopicsRequest, version: i16, ctx: &Ctx) -> Delete
     } else {
         req.topic_names.into_iter().map(Target::Name).collect()
     };
-    let results = join_all(targets.into_iter().map(|t| delete_one(t, ctx))).await;
+    let cluster_delete = ctx.allowed(session, AclOperation::Delete, AclResourceType::Cluster, CLUSTER);
+    let access = Access {
+        ctx,
+        session,
+        cluster_delete,
+    };
+    let results = join_all(targets.into_iter().map(|t| delete_one(t, &access))).await;
     let mut resp = DeleteTopicsResponse::default();
     resp.responses = results
         .into_iter()
@@ -38,11 +58,49 @@ fn without_message(mut r: DeletableTopicResult) -> DeletableTopicResult {
     r
 }
 
-async fn delete_one(target: Target, ctx: &Ctx) -> DeletableTopicResult {
+/// What `session` may delete and describe.
+struct Access<'a> {
+    ctx: &'a Ctx,
+    session: &'a Session,
+    /// DELETE on the cluster: every topic.
+    cluster_delete: bool,
+}
+
+impl Access<'_> {
+    fn may(&self, op: AclOperation, name: &str) -> bool {
+        self.cluster_delete
+            || self
+                .ctx
+                .allowed(self.session, op, AclResourceType::Topic, name)
+    }
+}
+
+async fn delete_one(target: Target, access: &Access<'_>) -> DeletableTopicResult {
+    let ctx = access.ctx;
     let mut r = DeletableTopicResult::default();
+    let denied = |r: &mut DeletableTopicResult| {
+        let e = ResponseError::TopicAuthorizationFailed;
+        r.error_code = e.code();
+        r.error_message = Some(str_bytes(e.to_string()));
+    };
     let name = match target {
-        Target::Name(name) => name.0.to_string(),
+        Target::Name(name) => {
+            if !access.may(AclOperation::Describe, &name.0) {
+                r.name = Some(name);
+                denied(&mut r);
+                return r;
+            }
+            name.0.to_string()
+        }
         Target::Id(id) => match ctx.view().topic_by_id(id.as_bytes()) {
+            Some(t) if !access.may(AclOperation::Delete, &t.name) => {
+                r.topic_id = id;
+                if access.may(AclOperation::Describe, &t.name) {
+                    r.name = Some(topic_name(&t.name));
+                }
+                denied(&mut r);
+                return r;
+            }
             Some(t) => t.name.clone(),
             None => {
                 r.topic_id = id;
@@ -59,6 +117,10 @@ async fn delete_one(target: Target, ctx: &Ctx) -> DeletableTopicResult {
         let e = MetaError::UnknownTopic(name);
         r.error_code = meta_error_code(&e);
         r.error_message = Some(str_bytes(e.to_string()));
+        return r;
+    }
+    if !access.may(AclOperation::Delete, &name) {
+        denied(&mut r);
         return r;
     }
     match ctx.meta.delete_topic(&name).await {

@@ -23,13 +23,14 @@ use super::alter_configs::{check_broker_name, RESOURCE_BROKER, RESOURCE_TOPIC};
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
 use crate::topic_config::{ConfigType, KAFKA_TOPIC_CONFIGS, MIN_INSYNC_REPLICAS, TOPIC_CONFIGS};
+use crate::security::Session;
 
 /// Kafka's `ConfigSource` codes.
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub fn handle(req: DescribeConfigsRequest, version: i16, ctx: &Ctx) -> DescribeConfigsResponse {
+pub fn handle(req: DescribeConfigsRequest, version: i16, ctx: &Ctx, session: &Session) -> DescribeConfigsResponse {
     let docs = req.include_documentation;
     let mut resp = DescribeConfigsResponse::default();
     resp.results = req

@@ -7,6 +7,7 @@ use kafka_protocol::messages::{DescribeGroupsRequest, DescribeGroupsResponse};
 use super::{str_bytes, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse};
+use crate::security::Session;
 
 /// Kafka's "not requested" value of authorized_operations.
 const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
@@ -14,7 +15,7 @@ const AUTHORIZED_OPERATIONS_OMITTED: i32 = i32::MIN;
 pub async fn handle(
     req: DescribeGroupsRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> DescribeGroupsResponse {
     let mut resp = DescribeGroupsResponse::default();
     for group_id in req.groups {

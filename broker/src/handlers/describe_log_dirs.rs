@@ -17,6 +17,7 @@ use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse};
 
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::shard_error_code;
+use crate::security::Session;
 
 /// This node's one log dir (the data dir, absolute when it could be
 /// resolved at start).
@@ -32,7 +33,7 @@ pub fn log_dir(ctx: &Ctx) -> String {
 pub async fn handle(
     req: DescribeLogDirsRequest,
     version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> DescribeLogDirsResponse {
     let mut resp = DescribeLogDirsResponse::default();
     let dir = log_dir(ctx);

@@ -10,11 +10,12 @@ use kafka_protocol::messages::{
 use super::{str_bytes, topic_name, txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{TxnRequest, TxnResponse};
+use crate::security::Session;
 
 pub async fn handle(
     req: DescribeTransactionsRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> DescribeTransactionsResponse {
     let mut resp = DescribeTransactionsResponse::default();
     for id in req.transactional_ids {

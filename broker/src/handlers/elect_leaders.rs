@@ -24,6 +24,7 @@ use sluice_raft::{Election, MetaError, MetadataView, NO_LEADER};
 
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::{codes, meta_error_code};
+use crate::security::Session;
 
 /// Kafka's `ElectionType` codes.
 const PREFERRED: i8 = 0;
@@ -35,7 +36,7 @@ const ENTRY_PARTITIONS_MAX: usize = 10_000;
 /// One partition's answer: topic, partition, and its error (code, message).
 type Answer = (String, i32, Result<(), (i16, String)>);
 
-pub async fn handle(req: ElectLeadersRequest, version: i16, ctx: &Ctx) -> ElectLeadersResponse {
+pub async fn handle(req: ElectLeadersRequest, version: i16, ctx: &Ctx, session: &Session) -> ElectLeadersResponse {
     let mut resp = ElectLeadersResponse::default();
     let election = match req.election_type {
         PREFERRED => Election::Preferred,

@@ -8,11 +8,12 @@ use kafka_protocol::ResponseError;
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{TxnRequest, TxnResponse};
+use crate::security::Session;
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
 
-pub async fn handle(req: EndTxnRequest, version: i16, ctx: &Ctx) -> EndTxnResponse {
+pub async fn handle(req: EndTxnRequest, version: i16, ctx: &Ctx, session: &Session) -> EndTxnResponse {
     let mut resp = EndTxnResponse::default();
     if let Some(code) = txn_not_coordinator(ctx, &req.transactional_id.0) {
         resp.error_code = code;

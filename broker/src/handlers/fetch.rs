@@ -14,6 +14,11 @@
 //! last stable offset and lists the aborted transactions among the returned
 //! records, answered in `aborted_transactions`; every answer (v4+) carries
 //! the last stable offset.
+//!
+//! Authorization (`--authorizer`), as Kafka's KafkaApis: a consumer needs
+//! READ on each topic, a follower (`replica_id >= 0`) CLUSTER_ACTION on
+//! the cluster; a partition refused gets TOPIC_AUTHORIZATION_FAILED (every
+//! partition of a refused follower: Kafka has no top-level answer for it).
 
 use std::time::Duration;
 
@@ -24,9 +29,12 @@ use kafka_protocol::messages::fetch_response::{
 use kafka_protocol::messages::{BrokerId, ProducerId};
 use kafka_protocol::messages::{FetchRequest, FetchResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::Ctx;
 use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
 use crate::plane::{self, FetchPartitionResult, ResponseMemory};
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 /// Longest long poll served, whatever the client asks.
 const MAX_WAIT_MS_MAX: u32 = 60_000;
@@ -45,6 +53,7 @@ pub async fn handle(
     req: FetchRequest,
     version: i16,
     ctx: &Ctx,
+    session: &Session,
 ) -> (FetchResponse, Option<ResponseMemory>) {
     let mut resp = FetchResponse::default();
     if version >= 7 && req.session_id != 0 {
@@ -54,7 +63,7 @@ pub async fn handle(
     let max_wait_ms = u32::try_from(req.max_wait_ms)
         .unwrap_or(0)
         .min(MAX_WAIT_MS_MAX);
-    let (slots, partitions) = plan(&req, ctx);
+    let (slots, partitions) = plan(&req, ctx, session);
     let (results, held) = if partitions.is_empty() {
         if slots.iter().all(|(_, s)| s.is_empty()) {
             glommio::timer::sleep(Duration::from_millis(u64::from(max_wait_ms))).await;
@@ -93,13 +102,25 @@ pub async fn handle(
 
 type Slots = Vec<(usize, Vec<Slot>)>;
 
-fn plan(req: &FetchRequest, ctx: &Ctx) -> (Slots, Vec<plane::FetchPartition>) {
+fn plan(req: &FetchRequest, ctx: &Ctx, session: &Session) -> (Slots, Vec<plane::FetchPartition>) {
     let mut partitions = Vec::new();
     let mut slots = Vec::with_capacity(req.topics.len());
+    // A follower's fetch: CLUSTER_ACTION, asked once.
+    let replica_allowed = (req.replica_id.0 >= 0).then(|| {
+        ctx.allowed(session, AclOperation::ClusterAction, AclResourceType::Cluster, CLUSTER)
+    });
     for (ti, t) in req.topics.iter().enumerate() {
-        let topic = ctx.topic(t.topic.0.as_str());
+        let name = t.topic.0.as_str();
+        let allowed = replica_allowed.unwrap_or_else(|| {
+            ctx.allowed(session, AclOperation::Read, AclResourceType::Topic, name)
+        });
+        let topic = if allowed { ctx.topic(name) } else { None };
         let mut topic_slots = Vec::with_capacity(t.partitions.len());
         for p in &t.partitions {
+            if !allowed {
+                topic_slots.push(Slot::Error(ResponseError::TopicAuthorizationFailed.code()));
+                continue;
+            }
             let Some(topic) = topic.clone() else {
                 topic_slots.push(Slot::Error(codes::unknown_topic_or_partition()));
                 continue;

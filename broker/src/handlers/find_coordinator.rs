@@ -20,6 +20,7 @@ use sluice_raft::{MetaError, TopicSpec};
 use super::{str_bytes, with_deadline, BrokerAddr, Ctx};
 use crate::errors::{codes, group_error_code};
 use crate::plane::{GroupError, OFFSETS_TOPIC, TXN_TOPIC};
+use crate::security::Session;
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -32,7 +33,7 @@ const OFFSETS_TOPIC_CREATE_WAIT_MS: u64 = 5_000;
 pub async fn handle(
     req: FindCoordinatorRequest,
     version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> FindCoordinatorResponse {
     let topic = match req.key_type {
         KEY_TYPE_GROUP => Some(OFFSETS_TOPIC),
@@ -47,11 +48,11 @@ pub async fn handle(
         resp.coordinators = req
             .coordinator_keys
             .into_iter()
-            .map(|key| coordinator(key, req.key_type, ctx))
+            .map(|key| coordinator(key, req.key_type, ctx, session))
             .collect();
         return resp;
     }
-    let c = coordinator(req.key, req.key_type, ctx);
+    let c = coordinator(req.key, req.key_type, ctx, session);
     resp.error_code = c.error_code;
     resp.error_message = c.error_message;
     resp.node_id = c.node_id;
@@ -60,13 +61,13 @@ pub async fn handle(
     resp
 }
 
-fn coordinator(key: StrBytes, key_type: i8, ctx: &Ctx) -> Coordinator {
+fn coordinator(key: StrBytes, key_type: i8, ctx: &Ctx, session: &Session) -> Coordinator {
     let leader = match key_type {
         KEY_TYPE_GROUP => ctx.group_leader(key.as_str()).ok(),
         KEY_TYPE_TRANSACTION => ctx.txn_leader(key.as_str()).ok(),
         _ => None,
     };
-    let found = leader.and_then(|leader| ctx.broker(&ctx.view(), leader));
+    let found = leader.and_then(|leader| ctx.broker(&ctx.view(), leader, session));
     let mut c = Coordinator::default();
     c.key = key;
     let Some(BrokerAddr { id, host, port }) = found else {
@@ -99,7 +100,7 @@ async fn create_coordinator_topic(ctx: &Ctx, name: &'static str) {
     if !ctx.node.cluster || ctx.offsets_creating.get() {
         return;
     }
-    let live = ctx.live_brokers(&ctx.view()).len();
+    let live = ctx.live_count(&ctx.view());
     let wanted = usize::from(ctx.node.default_replication_factor.max(1));
     let waited = ctx.node.started.elapsed() >= OFFSETS_TOPIC_BROKERS_WAIT;
     if live == 0 || (live < wanted && !waited) {

@@ -6,8 +6,9 @@ use kafka_protocol::messages::{HeartbeatRequest as WireHeartbeat, HeartbeatRespo
 use super::Ctx;
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, HeartbeatRequest};
+use crate::security::Session;
 
-pub async fn handle(req: WireHeartbeat, _version: i16, ctx: &Ctx) -> HeartbeatResponse {
+pub async fn handle(req: WireHeartbeat, _version: i16, ctx: &Ctx, session: &Session) -> HeartbeatResponse {
     if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
         let mut resp = HeartbeatResponse::default();
         resp.error_code = code;

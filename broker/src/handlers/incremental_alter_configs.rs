@@ -17,6 +17,7 @@ use super::alter_configs::{
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
 use crate::topic_config::{self, ConfigType};
+use crate::security::Session;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
@@ -26,7 +27,7 @@ const OP_SUBTRACT: i8 = 3;
 pub async fn handle(
     req: IncrementalAlterConfigsRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> IncrementalAlterConfigsResponse {
     let mut resp = IncrementalAlterConfigsResponse::default();
     for r in req.resources {

@@ -17,11 +17,12 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{meta_error_code, txn_error_code};
 use crate::plane::{TxnRequest, TxnResponse};
+use crate::security::Session;
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 4;
 
-pub async fn handle(req: InitProducerIdRequest, version: i16, ctx: &Ctx) -> InitProducerIdResponse {
+pub async fn handle(req: InitProducerIdRequest, version: i16, ctx: &Ctx, session: &Session) -> InitProducerIdResponse {
     let mut resp = InitProducerIdResponse::default();
     resp.producer_id = ProducerId(-1);
     resp.producer_epoch = -1;

@@ -8,8 +8,9 @@ use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 use super::{str_bytes, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, JoinRequest, Protocol};
+use crate::security::Session;
 
-pub async fn handle(req: JoinGroupRequest, version: i16, ctx: &Ctx) -> JoinGroupResponse {
+pub async fn handle(req: JoinGroupRequest, version: i16, ctx: &Ctx, session: &Session) -> JoinGroupResponse {
     if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
         let mut resp = JoinGroupResponse::default();
         resp.error_code = code;

@@ -7,8 +7,9 @@ use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 use super::{str_bytes, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, LeaveRequest, LeavingMember};
+use crate::security::Session;
 
-pub async fn handle(req: LeaveGroupRequest, version: i16, ctx: &Ctx) -> LeaveGroupResponse {
+pub async fn handle(req: LeaveGroupRequest, version: i16, ctx: &Ctx, session: &Session) -> LeaveGroupResponse {
     if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
         let mut resp = LeaveGroupResponse::default();
         resp.error_code = code;

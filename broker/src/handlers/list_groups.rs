@@ -5,8 +5,9 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
 use super::{str_bytes, Ctx};
+use crate::security::Session;
 
-pub async fn handle(req: ListGroupsRequest, _version: i16, ctx: &Ctx) -> ListGroupsResponse {
+pub async fn handle(req: ListGroupsRequest, _version: i16, ctx: &Ctx, session: &Session) -> ListGroupsResponse {
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let mut resp = ListGroupsResponse::default();

@@ -3,6 +3,8 @@
 //! LATEST with `isolation_level` 1 (read_committed, v2+) answers the last
 //! stable offset instead of the high watermark, as Kafka does.
 //! Only the partition's leader answers (else NOT_LEADER_OR_FOLLOWER).
+//! A topic `session` may not DESCRIBE (`--authorizer`) gets
+//! TOPIC_AUTHORIZATION_FAILED for each of its partitions, as in Kafka.
 
 use futures::future::join_all;
 use kafka_protocol::messages::list_offsets_request::ListOffsetsPartition as RequestPartition;
@@ -11,11 +13,19 @@ use kafka_protocol::messages::list_offsets_response::{
 };
 use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::Ctx;
 use crate::errors::{codes, shard_error_code};
 use crate::plane::ListOffsetsPartition;
+use crate::security::{AclOperation, AclResourceType, Session};
 
-pub async fn handle(req: ListOffsetsRequest, version: i16, ctx: &Ctx) -> ListOffsetsResponse {
+pub async fn handle(
+    req: ListOffsetsRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> ListOffsetsResponse {
     let mut work = Vec::new();
     let isolation_level = if version >= 2 { req.isolation_level } else { 0 };
     let mut topics = Vec::with_capacity(req.topics.len());
@@ -23,6 +33,25 @@ pub async fn handle(req: ListOffsetsRequest, version: i16, ctx: &Ctx) -> ListOff
         let mut out = ListOffsetsTopicResponse::default();
         out.name = t.name.clone();
         topics.push(out);
+        let allowed = ctx.allowed(
+            session,
+            AclOperation::Describe,
+            AclResourceType::Topic,
+            t.name.0.as_str(),
+        );
+        if !allowed {
+            topics[ti].partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut r = ListOffsetsPartitionResponse::default();
+                    r.partition_index = p.partition_index;
+                    r.error_code = ResponseError::TopicAuthorizationFailed.code();
+                    r
+                })
+                .collect();
+            continue;
+        }
         let name = t.name.0.to_string();
         for p in t.partitions {
             work.push(list_one(

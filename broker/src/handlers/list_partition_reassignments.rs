@@ -13,11 +13,12 @@ use kafka_protocol::messages::{
 use sluice_raft::{MetadataView, Reassignment};
 
 use super::{topic_name, wire_id, Ctx};
+use crate::security::Session;
 
 pub fn handle(
     req: ListPartitionReassignmentsRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> ListPartitionReassignmentsResponse {
     let view = ctx.view();
     let mut found: Vec<(String, Vec<OngoingPartitionReassignment>)> = Vec::new();

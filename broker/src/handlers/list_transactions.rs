@@ -7,6 +7,7 @@ use kafka_protocol::messages::list_transactions_response::TransactionState;
 use kafka_protocol::messages::{ListTransactionsRequest, ListTransactionsResponse, ProducerId};
 
 use super::{str_bytes, Ctx};
+use crate::security::Session;
 
 const STATES: &[&str] = &[
     "Empty",
@@ -22,7 +23,7 @@ const STATES: &[&str] = &[
 pub async fn handle(
     req: ListTransactionsRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> ListTransactionsResponse {
     let mut resp = ListTransactionsResponse::default();
     let states: Vec<String> = req.state_filters.iter().map(|s| s.to_string()).collect();

@@ -4,6 +4,15 @@
 //! with LEADER_NOT_AVAILABLE). Unknown topics are created when the node
 //! allows it and the request does (`allow_auto_topic_creation`, implied
 //! below v4), with the node's default replication factor.
+//!
+//! Authorization (`--authorizer`), as Kafka's KafkaApis: topics `session`
+//! may not DESCRIBE are left out of an all-topics answer and answered
+//! TOPIC_AUTHORIZATION_FAILED when named (by id: without their name);
+//! auto-creation needs CREATE on the cluster or on the topic (else
+//! TOPIC_AUTHORIZATION_FAILED). Authorized operations (v8+, when asked)
+//! are Kafka's bit fields: the topic's for every topic answered without an
+//! authorization error, the cluster's (v8-10) when it may DESCRIBE it
+//! (else 0).
 
 use std::sync::Arc;
 
@@ -18,25 +27,125 @@ use sluice_raft::{MetaError, MetadataView, PartitionMeta, TopicMeta, TopicSpec, 
 
 use super::{str_bytes, topic_name, topic_uuid, valid_topic_name, wire_id, with_deadline, Ctx};
 use crate::errors::{codes, meta_error_code, shard_error_code};
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 /// How long an auto-creation waits for the shards to open the partitions.
 const AUTO_CREATE_READY_MS_MAX: u64 = 10_000;
 
-pub async fn handle(req: MetadataRequest, version: i16, ctx: &Ctx) -> MetadataResponse {
+/// First version with authorized operations.
+const AUTHORIZED_OPERATIONS_MIN_VERSION: i16 = 8;
+/// Last version with the cluster's authorized operations.
+const CLUSTER_OPERATIONS_MAX_VERSION: i16 = 10;
+
+pub async fn handle(
+    req: MetadataRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> MetadataResponse {
     let allow_auto = ctx.node.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
-    let topics = match requested(req.topics, version) {
+    let mut topics: Vec<MetadataResponseTopic> = match requested(req.topics, version) {
         None => {
             let view = ctx.view();
-            view.topics.values().map(|t| describe(t, &view)).collect()
+            let security = &ctx.node.security;
+            view.topics
+                .values()
+                .filter(|t| {
+                    let (op, kind) = (AclOperation::Describe, AclResourceType::Topic);
+                    security.authorize(&view, session, op, kind, &t.name)
+                })
+                .map(|t| describe(t, &view))
+                .collect()
         }
-        Some(list) => join_all(list.into_iter().map(|t| lookup(t, allow_auto, ctx))).await,
+        Some(list) => {
+            let work = list.into_iter().map(|t| lookup(t, allow_auto, ctx, session));
+            join_all(work).await
+        }
     };
     let mut resp = MetadataResponse::default();
-    resp.brokers = brokers(ctx);
+    if version >= AUTHORIZED_OPERATIONS_MIN_VERSION {
+        if req.include_topic_authorized_operations {
+            topic_operations(&mut topics, ctx, session);
+        }
+        if req.include_cluster_authorized_operations && version <= CLUSTER_OPERATIONS_MAX_VERSION {
+            resp.cluster_authorized_operations = cluster_operations(ctx, session);
+        }
+    }
+    resp.brokers = brokers(ctx, session);
     resp.cluster_id = Some(str_bytes(ctx.node.cluster_id.clone()));
     resp.controller_id = BrokerId(ctx.controller_id());
     resp.topics = topics;
     resp
+}
+
+/// The operations `session` may do on the cluster as Kafka's bit field
+/// (bit = operation code), 0 when it may not DESCRIBE the cluster.
+/// Shared with DescribeCluster.
+pub(crate) fn cluster_operations(ctx: &Ctx, session: &Session) -> i32 {
+    let view = ctx.view();
+    let (op, kind) = (AclOperation::Describe, AclResourceType::Cluster);
+    if !ctx.node.security.authorize(&view, session, op, kind, CLUSTER) {
+        return 0;
+    }
+    authorized_operations(ctx, &view, session, kind, CLUSTER)
+}
+
+/// Sets the authorized operations of every topic answered without an
+/// authorization error, as Kafka does.
+fn topic_operations(topics: &mut [MetadataResponseTopic], ctx: &Ctx, session: &Session) {
+    let view = ctx.view();
+    let denied = ResponseError::TopicAuthorizationFailed.code();
+    for t in topics.iter_mut().filter(|t| t.error_code != denied) {
+        if let Some(name) = &t.name {
+            let kind = AclResourceType::Topic;
+            t.topic_authorized_operations =
+                authorized_operations(ctx, &view, session, kind, name.0.as_str());
+        }
+    }
+}
+
+/// Kafka's `AuthHelper::authorizedOperations`: the bit field (bit =
+/// operation code) of the operations Kafka supports on the resource type
+/// that `session` may do on resource `name`; every supported one without
+/// `--authorizer`. Shared by Metadata, DescribeCluster, DescribeGroups.
+pub(crate) fn authorized_operations(
+    ctx: &Ctx,
+    view: &MetadataView,
+    session: &Session,
+    kind: AclResourceType,
+    name: &str,
+) -> i32 {
+    use AclOperation::*;
+    let supported: &[AclOperation] = match kind {
+        AclResourceType::Topic => &[
+            Read,
+            Write,
+            Create,
+            Describe,
+            Delete,
+            Alter,
+            DescribeConfigs,
+            AlterConfigs,
+        ],
+        AclResourceType::Group => &[Read, Describe, Delete, DescribeConfigs, AlterConfigs],
+        AclResourceType::Cluster => &[
+            Create,
+            ClusterAction,
+            DescribeConfigs,
+            AlterConfigs,
+            IdempotentWrite,
+            Alter,
+            Describe,
+        ],
+        AclResourceType::TransactionalId => &[Describe, Write],
+    };
+    let security = &ctx.node.security;
+    let field = supported
+        .iter()
+        .filter(|&&op| security.authorize(view, session, op, kind, name))
+        .fold(0i32, |field, op| field | 1i32 << op.code());
+    assert!(field >= 0, "operation codes are below 31");
+    field
 }
 
 /// `None`: all topics. v0 has no null array; its empty list means all.
@@ -52,8 +161,8 @@ fn requested(
 
 /// Every unfenced broker (taken after the topics: a topic's leader was
 /// registered before it led anything).
-fn brokers(ctx: &Ctx) -> Vec<MetadataResponseBroker> {
-    ctx.live_brokers(&ctx.view())
+fn brokers(ctx: &Ctx, session: &Session) -> Vec<MetadataResponseBroker> {
+    ctx.live_brokers(&ctx.view(), session)
         .into_iter()
         .map(|a| {
             let mut b = MetadataResponseBroker::default();
@@ -65,17 +174,32 @@ fn brokers(ctx: &Ctx) -> Vec<MetadataResponseBroker> {
         .collect()
 }
 
-async fn lookup(req: MetadataRequestTopic, allow_auto: bool, ctx: &Ctx) -> MetadataResponseTopic {
+async fn lookup(
+    req: MetadataRequestTopic,
+    allow_auto: bool,
+    ctx: &Ctx,
+    session: &Session,
+) -> MetadataResponseTopic {
     let Some(name) = req.name else {
-        return lookup_by_id(req.topic_id, ctx);
+        return lookup_by_id(req.topic_id, ctx, session);
     };
     let name = name.0.as_str();
-    if !valid_topic_name(name) {
-        return error_topic(name, codes::invalid_topic());
+    let denied = ResponseError::TopicAuthorizationFailed.code();
+    // Existence is not disclosed to a principal that may not describe.
+    if !ctx.allowed(session, AclOperation::Describe, AclResourceType::Topic, name) {
+        return error_topic(name, denied);
     }
     let view = ctx.view();
     if let Some(topic) = view.topics.get(name) {
         return describe(topic, &view);
+    }
+    if allow_auto && !may_create(ctx, session, name) {
+        let mut t = error_topic(name, denied);
+        t.is_internal = crate::handlers::produce::is_internal_topic(name);
+        return t;
+    }
+    if !valid_topic_name(name) {
+        return error_topic(name, codes::invalid_topic());
     }
     if !allow_auto {
         return error_topic(name, codes::unknown_topic_or_partition());
@@ -83,9 +207,23 @@ async fn lookup(req: MetadataRequestTopic, allow_auto: bool, ctx: &Ctx) -> Metad
     auto_create(name, ctx).await
 }
 
-fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx) -> MetadataResponseTopic {
+/// CREATE on the cluster or on the topic.
+fn may_create(ctx: &Ctx, session: &Session, name: &str) -> bool {
+    ctx.allowed(session, AclOperation::Create, AclResourceType::Cluster, CLUSTER)
+        || ctx.allowed(session, AclOperation::Create, AclResourceType::Topic, name)
+}
+
+fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx, session: &Session) -> MetadataResponseTopic {
     let view = ctx.view();
+    let (op, kind) = (AclOperation::Describe, AclResourceType::Topic);
     match view.topic_by_id(id.as_bytes()) {
+        // Ids are not secret (Kafka): the id is answered, not the name.
+        Some(topic) if !ctx.node.security.authorize(&view, session, op, kind, &topic.name) => {
+            let mut t = MetadataResponseTopic::default();
+            t.error_code = ResponseError::TopicAuthorizationFailed.code();
+            t.topic_id = id;
+            t
+        }
         Some(topic) => describe(topic, &view),
         None => {
             let mut t = MetadataResponseTopic::default();

@@ -45,6 +45,8 @@ pub mod end_txn;
 pub mod list_transactions;
 pub mod txn_offset_commit;
 pub mod write_txn_markers;
+// Authentication.
+pub mod sasl;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -59,6 +61,7 @@ use sluice_raft::{BrokerMeta, Metadata, MetadataView, PartitionMeta, TopicMeta, 
 
 use crate::errors;
 use crate::plane::{ResponseMemory, Shard};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 /// APIs served and their version ranges. Only what is implemented is
 /// advertised: Fetch stops at 12 (13+ names topics by id), no fetch
@@ -105,6 +108,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::TxnOffsetCommit, 0, 4),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    // Authentication: SaslHandshake v0 would switch to raw SASL tokens.
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -136,6 +142,8 @@ pub struct NodeInfo {
     /// The node's settings as broker configs (DescribeConfigs), its log
     /// dir among them.
     pub broker_configs: Vec<crate::config::BrokerConfig>,
+    /// Listeners, TLS, SASL and authorizer settings.
+    pub security: Arc<crate::security::Security>,
 }
 
 /// What a handler may use: this shard's data plane, the metadata service
@@ -147,6 +155,8 @@ pub struct Ctx {
     /// A creation of `__consumer_offsets` started by this shard is under
     /// way (at most one per shard).
     pub offsets_creating: Cell<bool>,
+    /// This shard's client quota rates (`security::quota`).
+    pub quota_sensors: crate::security::quota::QuotaSensors,
 }
 
 /// A broker's id and Kafka address as the wire carries them.
@@ -164,6 +174,7 @@ impl Ctx {
             meta,
             node,
             offsets_creating: Cell::new(false),
+            quota_sensors: Default::default(),
         }
     }
 
@@ -176,40 +187,74 @@ impl Ctx {
         self.view().topics.get(name).cloned()
     }
 
+    /// Whether `session` may do `op` on a resource (see
+    /// `Security::authorize`): true without `--authorizer`.
+    pub fn allowed(
+        &self,
+        session: &Session,
+        op: AclOperation,
+        resource: AclResourceType,
+        name: &str,
+    ) -> bool {
+        self.node.security.authorizer.is_none()
+            || self
+                .node
+                .security
+                .authorize(&self.view(), session, op, resource, name)
+    }
+
     /// This node's id as the metadata knows it.
     pub fn node_id(&self) -> u64 {
         u64::try_from(self.node.node_id).unwrap_or(0)
     }
 
     /// The unfenced brokers, by id; this node alone while the metadata
-    /// lists no broker (a single node before it registered).
-    pub fn live_brokers(&self, view: &MetadataView) -> Vec<BrokerAddr> {
+    /// lists no broker (a single node before it registered). This node is
+    /// named by the advertised address of the listener `session` came in
+    /// on; the others by the address they registered (their inter-broker
+    /// listener's).
+    pub fn live_brokers(&self, view: &MetadataView, session: &Session) -> Vec<BrokerAddr> {
         let live: Vec<BrokerAddr> = view
             .brokers
             .values()
             .filter(|b| !b.fenced)
-            .filter_map(|b| broker_addr(b))
+            .filter_map(|b| self.broker(view, b.id, session))
             .collect();
         if live.is_empty() && view.brokers.is_empty() {
-            return vec![self.this_broker()];
+            return vec![self.this_broker(session)];
         }
         live
     }
 
+    /// How many brokers are unfenced (this node while none registered).
+    pub fn live_count(&self, view: &MetadataView) -> usize {
+        let live = view.brokers.values().filter(|b| !b.fenced).count();
+        if view.brokers.is_empty() {
+            1
+        } else {
+            live
+        }
+    }
+
     /// The Kafka address of broker `id` (fenced ones too); this node's own
-    /// from its settings.
-    pub fn broker(&self, view: &MetadataView, id: u64) -> Option<BrokerAddr> {
+    /// from its settings, for the listener `session` came in on.
+    pub fn broker(&self, view: &MetadataView, id: u64, session: &Session) -> Option<BrokerAddr> {
         if id == self.node_id() {
-            return Some(self.this_broker());
+            return Some(self.this_broker(session));
         }
         view.brokers.get(&id).and_then(|b| broker_addr(b))
     }
 
-    fn this_broker(&self) -> BrokerAddr {
+    fn this_broker(&self, session: &Session) -> BrokerAddr {
+        let listener = self.node.security.listeners.get(session.listener);
+        let (host, port) = match listener {
+            Some(l) => (l.advertised_host.clone(), l.advertised_port),
+            None => (self.node.advertised_host.clone(), self.node.advertised_port),
+        };
         BrokerAddr {
             id: self.node.node_id,
-            host: self.node.advertised_host.clone(),
-            port: i32::from(self.node.advertised_port),
+            host,
+            port: i32::from(port),
         }
     }
 
@@ -338,6 +383,9 @@ fn decode<T: Decodable>(body: &mut Bytes, version: i16) -> Result<T, DecodeError
 pub struct Response {
     pub body: ResponseKind,
     pub held: Option<ResponseMemory>,
+    /// Close the connection once the body is written (a failed SASL
+    /// authentication).
+    pub close: bool,
 }
 
 /// Decodes the body of a supported request and runs its handler. `None`:
@@ -347,78 +395,94 @@ pub async fn dispatch(
     version: i16,
     body: &mut Bytes,
     ctx: &Ctx,
+    session: &Session,
 ) -> Result<Option<Response>, DecodeError> {
     let response = match key {
+        ApiKey::SaslHandshake => ResponseKind::SaslHandshake(sasl::handshake(
+            &decode(body, version)?,
+            version,
+            ctx,
+            session,
+        )),
+        ApiKey::SaslAuthenticate => {
+            let (r, close) = sasl::authenticate(&decode(body, version)?, version, ctx, session).await;
+            return Ok(Some(Response {
+                body: ResponseKind::SaslAuthenticate(r),
+                held: None,
+                close,
+            }));
+        }
         ApiKey::ApiVersions => {
             ResponseKind::ApiVersions(api_versions::handle(&decode(body, version)?, version))
         }
         ApiKey::Metadata => {
-            ResponseKind::Metadata(metadata::handle(decode(body, version)?, version, ctx).await)
+            ResponseKind::Metadata(metadata::handle(decode(body, version)?, version, ctx, session).await)
         }
         ApiKey::CreateTopics => ResponseKind::CreateTopics(
-            create_topics::handle(decode(body, version)?, version, ctx).await,
+            create_topics::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::DeleteTopics => ResponseKind::DeleteTopics(
-            delete_topics::handle(decode(body, version)?, version, ctx).await,
+            delete_topics::handle(decode(body, version)?, version, ctx, session).await,
         ),
-        ApiKey::Produce => match produce::handle(decode(body, version)?, version, ctx).await {
+        ApiKey::Produce => match produce::handle(decode(body, version)?, version, ctx, session).await {
             Some(r) => ResponseKind::Produce(r),
             None => return Ok(None),
         },
         ApiKey::Fetch => {
-            let (r, held) = fetch::handle(decode(body, version)?, version, ctx).await;
+            let (r, held) = fetch::handle(decode(body, version)?, version, ctx, session).await;
             return Ok(Some(Response {
                 body: ResponseKind::Fetch(r),
                 held,
+                close: false,
             }));
         }
         ApiKey::ListOffsets => ResponseKind::ListOffsets(
-            list_offsets::handle(decode(body, version)?, version, ctx).await,
+            list_offsets::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::InitProducerId => ResponseKind::InitProducerId(
-            init_producer_id::handle(decode(body, version)?, version, ctx).await,
+            init_producer_id::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::CreatePartitions => ResponseKind::CreatePartitions(
-            create_partitions::handle(decode(body, version)?, version, ctx).await,
+            create_partitions::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::DescribeConfigs => ResponseKind::DescribeConfigs(describe_configs::handle(
             decode(body, version)?,
             version,
-            ctx,
+            ctx, session,
         )),
         ApiKey::AlterConfigs => ResponseKind::AlterConfigs(
-            alter_configs::handle(decode(body, version)?, version, ctx).await,
+            alter_configs::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::IncrementalAlterConfigs => ResponseKind::IncrementalAlterConfigs(
-            incremental_alter_configs::handle(decode(body, version)?, version, ctx).await,
+            incremental_alter_configs::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::DescribeCluster => ResponseKind::DescribeCluster(describe_cluster::handle(
             &decode(body, version)?,
             version,
-            ctx,
+            ctx, session,
         )),
         ApiKey::DeleteRecords => ResponseKind::DeleteRecords(
-            delete_records::handle(decode(body, version)?, version, ctx).await,
+            delete_records::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::OffsetForLeaderEpoch => ResponseKind::OffsetForLeaderEpoch(
-            offset_for_leader_epoch::handle(decode(body, version)?, version, ctx).await,
+            offset_for_leader_epoch::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::ElectLeaders => ResponseKind::ElectLeaders(
-            elect_leaders::handle(decode(body, version)?, version, ctx).await,
+            elect_leaders::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::AlterPartitionReassignments => ResponseKind::AlterPartitionReassignments(
-            alter_partition_reassignments::handle(decode(body, version)?, version, ctx).await,
+            alter_partition_reassignments::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::ListPartitionReassignments => ResponseKind::ListPartitionReassignments(
-            list_partition_reassignments::handle(decode(body, version)?, version, ctx),
+            list_partition_reassignments::handle(decode(body, version)?, version, ctx, session),
         ),
         ApiKey::DescribeLogDirs => ResponseKind::DescribeLogDirs(
-            describe_log_dirs::handle(decode(body, version)?, version, ctx).await,
+            describe_log_dirs::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::AlterReplicaLogDirs => ResponseKind::AlterReplicaLogDirs(
-            alter_replica_log_dirs::handle(decode(body, version)?, version, ctx),
+            alter_replica_log_dirs::handle(decode(body, version)?, version, ctx, session),
         ),
-        other => match dispatch_groups(other, version, body, ctx).await? {
+        other => match dispatch_groups(other, version, body, ctx, session).await? {
             Some(r) => r,
             None => return Err(DecodeError(format!("api {other:?} is not served"))),
         },
@@ -426,6 +490,7 @@ pub async fn dispatch(
     Ok(Some(Response {
         body: response,
         held: None,
+        close: false,
     }))
 }
 
@@ -435,61 +500,62 @@ async fn dispatch_groups(
     version: i16,
     body: &mut Bytes,
     ctx: &Ctx,
+    session: &Session,
 ) -> Result<Option<ResponseKind>, DecodeError> {
     let b = body;
     let v = version;
     Ok(Some(match key {
         ApiKey::FindCoordinator => {
-            ResponseKind::FindCoordinator(find_coordinator::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::FindCoordinator(find_coordinator::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::JoinGroup => {
-            ResponseKind::JoinGroup(join_group::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::JoinGroup(join_group::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::SyncGroup => {
-            ResponseKind::SyncGroup(sync_group::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::SyncGroup(sync_group::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::Heartbeat => {
-            ResponseKind::Heartbeat(heartbeat::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::Heartbeat(heartbeat::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::LeaveGroup => {
-            ResponseKind::LeaveGroup(leave_group::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::LeaveGroup(leave_group::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::OffsetCommit => {
-            ResponseKind::OffsetCommit(offset_commit::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::OffsetCommit(offset_commit::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::OffsetFetch => {
-            ResponseKind::OffsetFetch(offset_fetch::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::OffsetFetch(offset_fetch::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::ListGroups => {
-            ResponseKind::ListGroups(list_groups::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::ListGroups(list_groups::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::DescribeGroups => {
-            ResponseKind::DescribeGroups(describe_groups::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::DescribeGroups(describe_groups::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::DeleteGroups => {
-            ResponseKind::DeleteGroups(delete_groups::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::DeleteGroups(delete_groups::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::OffsetDelete => {
-            ResponseKind::OffsetDelete(offset_delete::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::OffsetDelete(offset_delete::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::AddPartitionsToTxn => ResponseKind::AddPartitionsToTxn(
-            add_partitions_to_txn::handle(decode(b, v)?, v, ctx).await,
+            add_partitions_to_txn::handle(decode(b, v)?, v, ctx, session).await,
         ),
         ApiKey::AddOffsetsToTxn => {
-            ResponseKind::AddOffsetsToTxn(add_offsets_to_txn::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::AddOffsetsToTxn(add_offsets_to_txn::handle(decode(b, v)?, v, ctx, session).await)
         }
-        ApiKey::EndTxn => ResponseKind::EndTxn(end_txn::handle(decode(b, v)?, v, ctx).await),
+        ApiKey::EndTxn => ResponseKind::EndTxn(end_txn::handle(decode(b, v)?, v, ctx, session).await),
         ApiKey::WriteTxnMarkers => {
-            ResponseKind::WriteTxnMarkers(write_txn_markers::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::WriteTxnMarkers(write_txn_markers::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::TxnOffsetCommit => {
-            ResponseKind::TxnOffsetCommit(txn_offset_commit::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::TxnOffsetCommit(txn_offset_commit::handle(decode(b, v)?, v, ctx, session).await)
         }
         ApiKey::DescribeTransactions => ResponseKind::DescribeTransactions(
-            describe_transactions::handle(decode(b, v)?, v, ctx).await,
+            describe_transactions::handle(decode(b, v)?, v, ctx, session).await,
         ),
         ApiKey::ListTransactions => {
-            ResponseKind::ListTransactions(list_transactions::handle(decode(b, v)?, v, ctx).await)
+            ResponseKind::ListTransactions(list_transactions::handle(decode(b, v)?, v, ctx, session).await)
         }
         _ => return Ok(None),
     }))

@@ -10,8 +10,9 @@ use kafka_protocol::messages::{OffsetCommitRequest, OffsetCommitResponse};
 use super::Ctx;
 use crate::errors::{codes, group_error_code};
 use crate::plane::{CommitRequest, CommittedOffset, GroupRequest, GroupResponse};
+use crate::security::Session;
 
-pub async fn handle(req: OffsetCommitRequest, _version: i16, ctx: &Ctx) -> OffsetCommitResponse {
+pub async fn handle(req: OffsetCommitRequest, _version: i16, ctx: &Ctx, session: &Session) -> OffsetCommitResponse {
     let now_ms = super::now_ms();
     let mut offsets = Vec::new();
     for t in &req.topics {

@@ -10,8 +10,9 @@ use kafka_protocol::messages::{OffsetDeleteRequest, OffsetDeleteResponse};
 use super::Ctx;
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, OffsetDeleteRequest as DeleteOffsets};
+use crate::security::Session;
 
-pub async fn handle(req: OffsetDeleteRequest, _version: i16, ctx: &Ctx) -> OffsetDeleteResponse {
+pub async fn handle(req: OffsetDeleteRequest, _version: i16, ctx: &Ctx, session: &Session) -> OffsetDeleteResponse {
     if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
         let mut resp = OffsetDeleteResponse::default();
         resp.error_code = code;

@@ -15,10 +15,11 @@ use kafka_protocol::ResponseError;
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, OffsetFetchRequest as FetchOffsets};
+use crate::security::Session;
 
 type Partitions = Option<Vec<(String, i32)>>;
 
-pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx) -> OffsetFetchResponse {
+pub async fn handle(req: OffsetFetchRequest, version: i16, ctx: &Ctx, session: &Session) -> OffsetFetchResponse {
     let mut resp = OffsetFetchResponse::default();
     if version >= 8 {
         for g in req.groups {

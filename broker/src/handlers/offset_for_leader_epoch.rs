@@ -6,6 +6,11 @@
 //! `current_leader_epoch` (v2+, -1: unchecked) older than the partition's
 //! gets FENCED_LEADER_EPOCH, a newer one UNKNOWN_LEADER_EPOCH. An epoch
 //! the log does not know is answered with epoch and end offset -1.
+//!
+//! Authorization (`--authorizer`), as Kafka's KafkaApis (KIP-320): with
+//! CLUSTER_ACTION on the cluster (followers) every topic may be asked;
+//! without, a topic `session` may not DESCRIBE gets
+//! TOPIC_AUTHORIZATION_FAILED for each of its partitions.
 
 use futures::future::join_all;
 use kafka_protocol::messages::offset_for_leader_epoch_request::OffsetForLeaderPartition;
@@ -18,24 +23,46 @@ use kafka_protocol::ResponseError;
 use super::Ctx;
 use crate::errors::{codes, shard_error_code};
 use crate::plane;
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 pub async fn handle(
     req: OffsetForLeaderEpochRequest,
     version: i16,
     ctx: &Ctx,
+    session: &Session,
 ) -> OffsetForLeaderEpochResponse {
+    let cluster_action = ctx.allowed(
+        session,
+        AclOperation::ClusterAction,
+        AclResourceType::Cluster,
+        CLUSTER,
+    );
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.topic.0.to_string();
-        let work = t.partitions.iter().map(|p| one(&name, p, version, ctx));
         let mut out = OffsetForLeaderTopicResult::default();
-        out.partitions = join_all(work).await;
+        let allowed = cluster_action
+            || ctx.allowed(session, AclOperation::Describe, AclResourceType::Topic, &name);
+        out.partitions = if allowed {
+            join_all(t.partitions.iter().map(|p| one(&name, p, version, ctx))).await
+        } else {
+            t.partitions.iter().map(|p| refused(p.partition)).collect()
+        };
         out.topic = t.topic;
         topics.push(out);
     }
     let mut resp = OffsetForLeaderEpochResponse::default();
     resp.topics = topics;
     resp
+}
+
+fn refused(partition: i32) -> EpochEndOffset {
+    let mut r = EpochEndOffset::default();
+    r.partition = partition;
+    r.leader_epoch = -1;
+    r.end_offset = -1;
+    r.error_code = ResponseError::TopicAuthorizationFailed.code();
+    r
 }
 
 async fn one(name: &str, p: &OffsetForLeaderPartition, version: i16, ctx: &Ctx) -> EpochEndOffset {

@@ -10,6 +10,14 @@
 //! is answered NOT_LEADER_OR_FOLLOWER (the client refreshes its metadata).
 //! A request's `transactional_id` goes with each partition to the data
 //! plane, which checks the transactional batches (`sluice_shard::Origin`).
+//!
+//! Authorization (`--authorizer`), as Kafka's KafkaApis, before anything
+//! is queued: a request whose first batch of any partition is
+//! transactional needs WRITE on its transactional id, else every
+//! partition gets TRANSACTIONAL_ID_AUTHORIZATION_FAILED; each topic needs
+//! WRITE, else its partitions get TOPIC_AUTHORIZATION_FAILED while the
+//! others are still written. With acks=0 a refusal closes the connection,
+//! as any other failed partition does.
 
 use std::sync::Arc;
 
@@ -19,13 +27,20 @@ use kafka_protocol::messages::produce_response::{
 };
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
 use crate::plane::{Origin, ProducePartition, ProduceTicket, ShardError};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 /// Offset of the magic byte in a record batch (and in old message sets).
 const MAGIC_OFFSET: usize = 16;
 const RECORD_BATCH_MAGIC: u8 = 2;
+/// Offset of a v2 record batch's attributes (big-endian i16).
+const ATTRIBUTES_OFFSET: usize = 21;
+/// The transactional bit of a v2 record batch's attributes.
+const TRANSACTIONAL_FLAG: u16 = 0x10;
 
 /// A produce request whose partitions are all started.
 pub struct Started {
@@ -51,8 +66,13 @@ pub enum Finished {
 }
 
 /// Starts and finishes one request (no pipelining).
-pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<ProduceResponse> {
-    match start(req, version, ctx).await.finish().await {
+pub async fn handle(
+    req: ProduceRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> Option<ProduceResponse> {
+    match start(req, version, ctx, session).await.finish().await {
         Finished::Reply(r) => Some(r),
         Finished::Silent | Finished::SilentFailed(_) => None,
     }
@@ -60,12 +80,14 @@ pub async fn handle(req: ProduceRequest, version: i16, ctx: &Ctx) -> Option<Prod
 
 /// Validates the request and starts every partition, in the request's
 /// order: when this returns, each partition's batch has its place in that
-/// partition's order (see `Shard::produce_start`).
-pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx) -> Started {
+/// partition's order (see `Shard::produce_start`). Partitions `session`
+/// may not write are answered here and never queued.
+pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx, session: &Session) -> Started {
     let acks = req.acks;
     // How long acks=-1 waits for the in-sync replicas once durable here.
     let timeout_ms = u32::try_from(req.timeout_ms).unwrap_or(0);
-    let refuse = (!(-1..=1).contains(&acks)).then(codes::invalid_required_acks);
+    let invalid_acks = (!(-1..=1).contains(&acks)).then(codes::invalid_required_acks);
+    let txn_refused = transactional_id_refused(&req, ctx, session);
     let transactional_id: Option<Arc<str>> = req
         .transactional_id
         .as_ref()
@@ -79,6 +101,20 @@ pub async fn start(req: ProduceRequest, version: i16, ctx: &Ctx) -> Started {
             partition_data,
             ..
         } = topic;
+        // Kafka's order: the transactional id, then the topic, then acks.
+        let refuse = txn_refused.or_else(|| {
+            let allowed = ctx.allowed(
+                session,
+                AclOperation::Write,
+                AclResourceType::Topic,
+                name.0.as_str(),
+            );
+            if allowed {
+                invalid_acks
+            } else {
+                Some(ResponseError::TopicAuthorizationFailed.code())
+            }
+        });
         for p in partition_data {
             let started = start_one(
                 name.0.as_str(),
@@ -143,6 +179,52 @@ impl Started {
     }
 }
 
+/// TRANSACTIONAL_ID_AUTHORIZATION_FAILED when the request carries
+/// transactional records (the first batch of some partition is
+/// transactional, as Kafka's `RequestUtils::hasTransactionalRecords`
+/// checks) and `session` may not WRITE its transactional id (or it names
+/// none). Reads no batch without `--authorizer`.
+fn transactional_id_refused(req: &ProduceRequest, ctx: &Ctx, session: &Session) -> Option<i16> {
+    if ctx.node.security.authorizer.is_none() || !has_transactional_records(req) {
+        return None;
+    }
+    let allowed = req.transactional_id.as_ref().is_some_and(|id| {
+        ctx.allowed(
+            session,
+            AclOperation::Write,
+            AclResourceType::TransactionalId,
+            id.0.as_str(),
+        )
+    });
+    (!allowed).then(|| ResponseError::TransactionalIdAuthorizationFailed.code())
+}
+
+fn has_transactional_records(req: &ProduceRequest) -> bool {
+    req.topic_data
+        .iter()
+        .flat_map(|t| t.partition_data.iter())
+        .filter_map(|p| p.records.as_deref())
+        .any(first_batch_transactional)
+}
+
+/// Whether `records` starts with a v2 batch whose transactional bit is set.
+fn first_batch_transactional(records: &[u8]) -> bool {
+    if records.get(MAGIC_OFFSET) != Some(&RECORD_BATCH_MAGIC) {
+        return false;
+    }
+    match records.get(ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2) {
+        Some(&[hi, lo]) => u16::from_be_bytes([hi, lo]) & TRANSACTIONAL_FLAG != 0,
+        _ => false,
+    }
+}
+
+/// The message of a partition refused before it was queued: Kafka's for
+/// a refused transactional id (the request's error response), none else.
+fn refusal_message(code: i16) -> Option<String> {
+    let txn = ResponseError::TransactionalIdAuthorizationFailed;
+    (code == txn.code()).then(|| txn.to_string())
+}
+
 fn topic_response(topic: &TopicProduceData) -> TopicProduceResponse {
     let mut t = TopicProduceResponse::default();
     t.name = topic.name.clone();
@@ -168,7 +250,7 @@ async fn start_one(
         Partition::Answered(error_response(index, code, message))
     };
     if let Some(code) = refuse {
-        return fail(code, None);
+        return fail(code, refusal_message(code));
     }
     let Some(topic) = ctx.topic(name) else {
         return fail(codes::unknown_topic_or_partition(), None);

@@ -6,8 +6,9 @@ use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use super::{str_bytes, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, SyncRequest};
+use crate::security::Session;
 
-pub async fn handle(req: SyncGroupRequest, _version: i16, ctx: &Ctx) -> SyncGroupResponse {
+pub async fn handle(req: SyncGroupRequest, _version: i16, ctx: &Ctx, session: &Session) -> SyncGroupResponse {
     if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
         let mut resp = SyncGroupResponse::default();
         resp.error_code = code;

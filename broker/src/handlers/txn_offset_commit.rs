@@ -12,11 +12,12 @@ use kafka_protocol::messages::{TxnOffsetCommitRequest, TxnOffsetCommitResponse};
 use super::Ctx;
 use crate::errors::{codes, group_error_code};
 use crate::plane::{CommitRequest, CommittedOffset, GroupRequest, GroupResponse, TxnCommitRequest};
+use crate::security::Session;
 
 pub async fn handle(
     req: TxnOffsetCommitRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> TxnOffsetCommitResponse {
     let now_ms = super::now_ms();
     let mut offsets = Vec::new();

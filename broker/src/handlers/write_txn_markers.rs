@@ -12,11 +12,12 @@ use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 use super::Ctx;
 use crate::errors::{codes, shard_error_code};
 use crate::plane::TxnMarker;
+use crate::security::Session;
 
 pub async fn handle(
     req: WriteTxnMarkersRequest,
     _version: i16,
-    ctx: &Ctx,
+    ctx: &Ctx, session: &Session,
 ) -> WriteTxnMarkersResponse {
     let mut writes = Vec::new();
     for (mi, m) in req.markers.iter().enumerate() {

@@ -1,0 +1,538 @@
+//! TLS and SASL against the real binary with librdkafka (rdkafka) and
+//! kcat: one broker for the binary with four listeners (PLAINTEXT,
+//! SASL_SSL, SASL_PLAINTEXT, SSL with client certificates requested),
+//! SCRAM users from `--bootstrap-users-file`, and certificates generated
+//! by the test (`common::pki`).
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::{pki, Broker};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+const USERS: &str = "admin:admin-secret\nalice:alice-secret\n";
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refused client: librdkafka retries; its metadata call fails within it.
+const REFUSED_TIMEOUT: Duration = Duration::from_secs(4);
+
+struct Shared {
+    broker: Broker,
+    pki: pki::Pki,
+    /// Ports: PLAINTEXT, SASL_SSL, SASL_PLAINTEXT, SSL.
+    ports: [u16; 4],
+    _users: tempfile::NamedTempFile,
+}
+
+static SHARED: OnceLock<Mutex<Option<Shared>>> = OnceLock::new();
+
+/// Stops the shared broker when the test binary exits.
+extern "C" fn stop_shared() {
+    if let Some(m) = SHARED.get() {
+        let mut guard = m.lock().unwrap_or_else(|e| e.into_inner());
+        drop(guard.take());
+    }
+}
+
+fn with_shared(f: impl FnOnce(&Shared)) {
+    let m = SHARED.get_or_init(|| {
+        let pki = pki::generate();
+        let mut users = tempfile::NamedTempFile::new().expect("users file");
+        users.write_all(USERS.as_bytes()).expect("write users");
+        let ports = [
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+            common::free_port(),
+        ];
+        let listeners = format!(
+            "PLAINTEXT://127.0.0.1:{},SASL_SSL://127.0.0.1:{},SASL_PLAINTEXT://127.0.0.1:{},SSL://127.0.0.1:{}",
+            ports[0], ports[1], ports[2], ports[3]
+        );
+        let args = [
+            "--listeners",
+            &listeners,
+            "--tls-cert-file",
+            pki.server.cert.to_str().unwrap(),
+            "--tls-key-file",
+            pki.server.key.to_str().unwrap(),
+            "--tls-client-ca-file",
+            pki.ca.to_str().unwrap(),
+            "--tls-client-auth",
+            "requested",
+            "--bootstrap-users-file",
+            users.path().to_str().unwrap(),
+            "--group-initial-rebalance-delay-ms",
+            "200",
+        ];
+        let broker = Broker::start_on(ports[0], 2, &args);
+        // SAFETY: registers a plain function to run at exit.
+        assert_eq!(unsafe { libc::atexit(stop_shared) }, 0, "atexit");
+        Mutex::new(Some(Shared {
+            broker,
+            pki,
+            ports,
+            _users: users,
+        }))
+    });
+    let guard = m.lock().unwrap_or_else(|e| e.into_inner());
+    let shared = guard.as_ref().expect("shared broker");
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| f(shared))) {
+        let log = shared.broker.log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "---- end of sluice log ----\n{}",
+            lines[lines.len().saturating_sub(80)..].join("\n")
+        );
+        resume_unwind(panic);
+    }
+}
+
+fn config(port: u16, settings: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("message.timeout.ms", "20000")
+        .set("socket.timeout.ms", "10000");
+    for (k, v) in settings {
+        c.set(*k, *v);
+    }
+    c
+}
+
+fn scram512(s: &Shared, user: &str, password: &str) -> ClientConfig {
+    config(
+        s.ports[1],
+        &[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", user),
+            ("sasl.password", password),
+            ("ssl.ca.location", s.pki.ca.to_str().unwrap()),
+        ],
+    )
+}
+
+/// Produces `n` records to a new topic and reads them back through a
+/// consumer group, both with `c`'s security settings.
+fn round_trip(c: &ClientConfig, topic: &str, n: usize) {
+    let producer: BaseProducer = c.create().expect("producer");
+    for i in 0..n {
+        let value = format!("{topic}-{i}");
+        let key = i.to_string();
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload(&value))
+            .expect("queue record");
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .expect("flush: every record acknowledged");
+    let mut cc = c.clone();
+    cc.set("group.id", format!("g-{topic}"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = cc.create().expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < n && Instant::now() < deadline {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.expect("consumed record");
+            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string());
+        }
+    }
+    got.sort();
+    let mut want: Vec<String> = (0..n).map(|i| format!("{topic}-{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "{topic}: every record read back");
+    consumer
+        .commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+        .expect("group commit");
+}
+
+/// Whether a client with `c` can fetch metadata (that is, connect and
+/// authenticate) within `limit`.
+fn metadata_ok(c: &ClientConfig, limit: Duration) -> Result<(), String> {
+    let producer: BaseProducer = c.create().map_err(|e| e.to_string())?;
+    producer
+        .client()
+        .fetch_metadata(None, limit)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn scram_sha_512_over_sasl_ssl_produces_consumes_and_commits() {
+    with_shared(|s| {
+        round_trip(&scram512(s, "alice", "alice-secret"), "sec-scram512", 200);
+    });
+}
+
+#[test]
+fn plain_and_scram_sha_256_over_sasl_plaintext() {
+    with_shared(|s| {
+        for (mechanism, topic) in [("PLAIN", "sec-plain"), ("SCRAM-SHA-256", "sec-scram256")] {
+            let c = config(
+                s.ports[2],
+                &[
+                    ("security.protocol", "SASL_PLAINTEXT"),
+                    ("sasl.mechanisms", mechanism),
+                    ("sasl.username", "admin"),
+                    ("sasl.password", "admin-secret"),
+                ],
+            );
+            round_trip(&c, topic, 50);
+        }
+    });
+}
+
+#[test]
+fn ssl_with_a_client_certificate_and_without() {
+    with_shared(|s| {
+        let with_cert = config(
+            s.ports[3],
+            &[
+                ("security.protocol", "SSL"),
+                ("ssl.ca.location", s.pki.ca.to_str().unwrap()),
+                (
+                    "ssl.certificate.location",
+                    s.pki.client.cert.to_str().unwrap(),
+                ),
+                ("ssl.key.location", s.pki.client.key.to_str().unwrap()),
+            ],
+        );
+        round_trip(&with_cert, "sec-mtls", 50);
+        // Requested, not required: a client without one is ANONYMOUS.
+        let without = config(
+            s.ports[3],
+            &[
+                ("security.protocol", "SSL"),
+                ("ssl.ca.location", s.pki.ca.to_str().unwrap()),
+            ],
+        );
+        metadata_ok(&without, METADATA_TIMEOUT).expect("TLS without a client certificate");
+    });
+}
+
+#[test]
+fn bad_credentials_and_certificates_are_refused_and_others_still_served() {
+    with_shared(|s| {
+        let before = common::metric_sum_where(
+            &s.broker,
+            "sluice_shard_sasl_authentications_total",
+            "result=\"failed\"",
+        )
+        .unwrap_or(0);
+        let refused = [
+            ("wrong password", scram512(s, "alice", "not-her-password")),
+            ("unknown user", scram512(s, "nobody", "alice-secret")),
+            (
+                "PLAIN with a wrong password",
+                config(
+                    s.ports[2],
+                    &[
+                        ("security.protocol", "SASL_PLAINTEXT"),
+                        ("sasl.mechanisms", "PLAIN"),
+                        ("sasl.username", "alice"),
+                        ("sasl.password", "wrong"),
+                    ],
+                ),
+            ),
+        ];
+        for (what, c) in &refused {
+            let e = metadata_ok(c, REFUSED_TIMEOUT).expect_err(what);
+            eprintln!("{what}: {e}");
+        }
+        let after = common::metric_sum_where(
+            &s.broker,
+            "sluice_shard_sasl_authentications_total",
+            "result=\"failed\"",
+        )
+        .unwrap_or(0);
+        assert!(
+            after >= before + 3,
+            "failed authentications counted: {before} -> {after}"
+        );
+        assert!(
+            s.broker.log_text().contains("SASL authentication failed"),
+            "a warning names the failure"
+        );
+        for (what, pem) in [("expired", &s.pki.expired), ("untrusted", &s.pki.untrusted)] {
+            let c = config(
+                s.ports[3],
+                &[
+                    ("security.protocol", "SSL"),
+                    ("ssl.ca.location", s.pki.ca.to_str().unwrap()),
+                    ("ssl.certificate.location", pem.cert.to_str().unwrap()),
+                    ("ssl.key.location", pem.key.to_str().unwrap()),
+                ],
+            );
+            metadata_ok(&c, REFUSED_TIMEOUT).expect_err(what);
+        }
+        // A plaintext client on the TLS listener is refused too.
+        let plain_on_tls = config(s.ports[1], &[]);
+        metadata_ok(&plain_on_tls, REFUSED_TIMEOUT).expect_err("plaintext on SASL_SSL");
+        // And the broker serves the others.
+        metadata_ok(&scram512(s, "alice", "alice-secret"), METADATA_TIMEOUT)
+            .expect("a good client after the refusals");
+        assert!(s.broker.alive());
+    });
+}
+
+fn raw(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s
+}
+
+#[test]
+fn requests_before_authentication_close_the_connection() {
+    with_shared(|s| {
+        // ApiVersions is answered; a Produce before SASL closes.
+        let mut c = raw(s.ports[2]);
+        let versions: ApiVersionsResponse = common::call(
+            &mut c,
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        );
+        assert_eq!(versions.error_code, 0);
+        let produce = kafka_protocol::messages::ProduceRequest::default().with_acks(1);
+        c.write_all(&common::request_frame(ApiKey::Produce, 7, 1, &produce))
+            .expect("write");
+        common::assert_closed(&mut c);
+
+        // SaslAuthenticate without a handshake: ILLEGAL_SASL_STATE, closed.
+        let mut c = raw(s.ports[2]);
+        let auth =
+            SaslAuthenticateRequest::default().with_auth_bytes(b"\0alice\0x".to_vec().into());
+        let r: SaslAuthenticateResponse = common::call(&mut c, ApiKey::SaslAuthenticate, 2, &auth);
+        assert_eq!(r.error_code, 34, "ILLEGAL_SASL_STATE");
+        common::assert_closed(&mut c);
+
+        // An unknown mechanism is refused with the enabled ones listed.
+        let mut c = raw(s.ports[2]);
+        let hs =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("GSSAPI"));
+        let r: SaslHandshakeResponse = common::call(&mut c, ApiKey::SaslHandshake, 1, &hs);
+        assert_eq!(r.error_code, 33, "UNSUPPORTED_SASL_MECHANISM");
+        let listed: Vec<&str> = r.mechanisms.iter().map(|m| m.as_str()).collect();
+        assert_eq!(listed, ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]);
+
+        // PLAIN in two frames: handshake, then a wrong password: answered
+        // SASL_AUTHENTICATION_FAILED, then closed.
+        let hs = SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN"));
+        let r: SaslHandshakeResponse = common::call(&mut c, ApiKey::SaslHandshake, 1, &hs);
+        assert_eq!(r.error_code, 0);
+        let auth =
+            SaslAuthenticateRequest::default().with_auth_bytes(b"\0alice\0nope".to_vec().into());
+        let r: SaslAuthenticateResponse = common::call(&mut c, ApiKey::SaslAuthenticate, 2, &auth);
+        assert_eq!(r.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+        assert!(r.error_message.is_some());
+        common::assert_closed(&mut c);
+
+        // A handshake on the plaintext listener: ILLEGAL_SASL_STATE.
+        let mut c = raw(s.ports[0]);
+        let r: SaslHandshakeResponse = common::call(&mut c, ApiKey::SaslHandshake, 1, &hs);
+        assert_eq!(r.error_code, 34);
+    });
+}
+
+#[test]
+fn kcat_over_sasl_ssl_with_scram() {
+    with_shared(|s| {
+        if std::process::Command::new("kcat")
+            .arg("-V")
+            .output()
+            .is_err()
+        {
+            panic!("kcat must be installed (.ci/run installs it)");
+        }
+        let bootstrap = format!("127.0.0.1:{}", s.ports[1]);
+        let ca = s.pki.ca.to_str().unwrap();
+        let security = [
+            "-X",
+            "security.protocol=SASL_SSL",
+            "-X",
+            "sasl.mechanisms=SCRAM-SHA-512",
+            "-X",
+            "sasl.username=alice",
+            "-X",
+            "sasl.password=alice-secret",
+        ];
+        let ca_arg = format!("ssl.ca.location={ca}");
+        let mut produce: Vec<&str> = vec!["-b", &bootstrap, "-t", "sec-kcat", "-P"];
+        produce.extend(security);
+        produce.extend(["-X", &ca_arg]);
+        let input = "one\ntwo\nthree\n";
+        let out = common::run_bounded(
+            std::process::Command::new("kcat").args(&produce),
+            Some(input.as_bytes()),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "kcat -P: {out:?}");
+        let mut consume: Vec<&str> = vec![
+            "-b",
+            &bootstrap,
+            "-t",
+            "sec-kcat",
+            "-C",
+            "-e",
+            "-o",
+            "beginning",
+            "-f",
+            "%s\n",
+        ];
+        consume.extend(security);
+        consume.extend(["-X", &ca_arg]);
+        let out = common::run_bounded(
+            std::process::Command::new("kcat").args(&consume),
+            None,
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "kcat -C: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), input);
+    });
+}
+
+/// Sets `producer_byte_rate` of `user` through AlterClientQuotas v1.
+fn set_producer_quota(s: &Shared, user: &str, bytes_per_sec: f64) {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
+    let req = AlterClientQuotasRequest::default().with_entries(vec![EntryData::default()
+        .with_entity(vec![EntityData::default()
+            .with_entity_type(StrBytes::from_static_str("user"))
+            .with_entity_name(Some(StrBytes::from_string(user.to_string())))])
+        .with_ops(vec![OpData::default()
+            .with_key(StrBytes::from_static_str("producer_byte_rate"))
+            .with_value(bytes_per_sec)])]);
+    let mut c = raw(s.ports[0]);
+    let r: AlterClientQuotasResponse = common::call(&mut c, ApiKey::AlterClientQuotas, 1, &req);
+    for e in &r.entries {
+        assert_eq!(e.error_code, 0, "AlterClientQuotas: {:?}", e.error_message);
+    }
+}
+
+/// Offsets appended to `topic` partition 0 so far.
+fn end_offset(s: &Shared, topic: &str) -> i64 {
+    let c: BaseConsumer = config(s.ports[0], &[("group.id", "offsets")])
+        .create()
+        .expect("consumer");
+    let (_, high) = c
+        .fetch_watermarks(topic, 0, Duration::from_secs(10))
+        .expect("watermarks");
+    high
+}
+
+/// Sends `value`-sized records to `topic` as fast as the client may, until
+/// `stop` (librdkafka's queue bounded to 2 MiB).
+fn flood(c: &ClientConfig, topic: &str, value: &[u8], stop: Instant) {
+    let mut c = c.clone();
+    // Small requests: the quota is checked per request.
+    c.set("queue.buffering.max.kbytes", "2048")
+        .set("batch.size", "16384")
+        .set("linger.ms", "5");
+    let producer: BaseProducer = c.create().expect("producer");
+    while Instant::now() < stop {
+        match producer.send(BaseRecord::<(), [u8]>::to(topic).payload(value)) {
+            Ok(()) => {
+                producer.poll(Duration::ZERO);
+            }
+            Err(_) => {
+                producer.poll(Duration::from_millis(5));
+            }
+        }
+    }
+    let _ = producer.flush(Duration::from_secs(15));
+}
+
+#[test]
+fn a_producer_over_its_byte_rate_is_throttled_to_it_and_others_are_not() {
+    const QUOTA: f64 = 256.0 * 1024.0;
+    const RECORD: usize = 1000;
+    with_shared(|s| {
+        set_producer_quota(s, "alice", QUOTA);
+        let alice = config(
+            s.ports[2],
+            &[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanisms", "SCRAM-SHA-256"),
+                ("sasl.username", "alice"),
+                ("sasl.password", "alice-secret"),
+            ],
+        );
+        let admin = config(
+            s.ports[2],
+            &[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanisms", "SCRAM-SHA-256"),
+                ("sasl.username", "admin"),
+                ("sasl.password", "admin-secret"),
+            ],
+        );
+        for topic in ["quota-alice", "quota-admin"] {
+            metadata_ok(
+                &config(s.ports[0], &[("topic.metadata.refresh.interval.ms", "100")]),
+                METADATA_TIMEOUT,
+            )
+            .expect("metadata");
+            let p: BaseProducer = config(s.ports[0], &[]).create().expect("producer");
+            p.send(BaseRecord::<(), [u8]>::to(topic).payload(b"x"))
+                .expect("create");
+            p.flush(Duration::from_secs(10)).expect("first record");
+        }
+        let value = vec![7u8; RECORD];
+        // The rate is measured over 11 one-second windows: the first ten
+        // seconds allow a burst; from then on the quota holds.
+        let start = Instant::now();
+        let stop = start + Duration::from_secs(24);
+        std::thread::scope(|scope| {
+            scope.spawn(|| flood(&alice, "quota-alice", &value, stop));
+            scope.spawn(|| {
+                flood(
+                    &admin,
+                    "quota-admin",
+                    &value,
+                    start + Duration::from_secs(18),
+                )
+            });
+            std::thread::sleep(Duration::from_secs(12));
+            let (a0, b0, t0) = (
+                end_offset(s, "quota-alice"),
+                end_offset(s, "quota-admin"),
+                Instant::now(),
+            );
+            std::thread::sleep(Duration::from_secs(6));
+            let (a1, b1, t1) = (
+                end_offset(s, "quota-alice"),
+                end_offset(s, "quota-admin"),
+                Instant::now(),
+            );
+            let secs = (t1 - t0).as_secs_f64();
+            let alice_rate = (a1 - a0) as f64 * RECORD as f64 / secs;
+            let admin_rate = (b1 - b0) as f64 * RECORD as f64 / secs;
+            eprintln!("alice {alice_rate:.0} B/s (quota {QUOTA}), admin {admin_rate:.0} B/s");
+            let ratio = alice_rate / QUOTA;
+            assert!(
+                (0.9..=1.1).contains(&ratio),
+                "alice's rate {alice_rate:.0} B/s is not within 10% of her quota {QUOTA}"
+            );
+            assert!(
+                admin_rate > 2.0 * QUOTA,
+                "admin (no quota) was slowed: {admin_rate:.0} B/s"
+            );
+        });
+    });
+}
