@@ -304,7 +304,14 @@ async fn serve_one(input: Bytes, ctx: &Ctx, limits: &ConnLimits, closes: &Closes
         input,
         written: written.clone(),
     };
-    let serve = std::pin::pin!(connection::serve(wire, "fuzz".into(), ctx, limits, closes));
+    let serve = std::pin::pin!(connection::serve(
+        wire,
+        "fuzz".into(),
+        ctx,
+        limits,
+        closes,
+        crate::security::Session::anonymous()
+    ));
     let sleep = std::pin::pin!(glommio::timer::sleep(CONNECTION_TIME_MAX));
     futures::future::select(serve, sleep).await;
     written.get()

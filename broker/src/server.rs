@@ -578,7 +578,7 @@ async fn accept_loop(
                 let session = Session::new(index, protocol, host, None);
                 connection::serve(stream, peer, &ctx, &limits, &conns.closes, session).await;
             } else if let Some((tls, principal)) =
-                tls_accept(stream, &peer, &ctx, &limits, &conns).await
+                tls_accept(stream, protocol, &peer, &ctx, &limits, &conns).await
             {
                 let session = Session::new(index, protocol, host, principal);
                 connection::serve(tls, peer, &ctx, &limits, &conns.closes, session).await;
@@ -597,6 +597,7 @@ async fn accept_loop(
 /// handshake closes the connection (counted, a rate-limited warning).
 async fn tls_accept(
     stream: glommio::net::TcpStream,
+    protocol: security::SecurityProtocol,
     peer: &str,
     ctx: &Ctx,
     limits: &ConnLimits,
@@ -606,7 +607,7 @@ async fn tls_accept(
     Option<String>,
 )> {
     let tls = ctx.node.security.tls.as_ref()?;
-    let handshake = std::pin::pin!(tls.acceptor().accept(stream));
+    let handshake = std::pin::pin!(tls.acceptor(protocol).accept(stream));
     let deadline = std::time::Instant::now() + limits.frame_read_timeout;
     let timeout = std::pin::pin!(ctx.shard.sleep_until(deadline));
     let failure = match select(handshake, timeout).await {

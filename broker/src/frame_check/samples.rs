@@ -108,6 +108,8 @@ macro_rules! per_key {
             ApiKey::TxnOffsetCommit => $f(txn_offset_commit($c) $(, $arg)*),
             ApiKey::DescribeTransactions => $f(describe_transactions($c) $(, $arg)*),
             ApiKey::ListTransactions => $f(list_transactions($c) $(, $arg)*),
+            ApiKey::SaslHandshake => $f(sasl_handshake($c) $(, $arg)*),
+            ApiKey::SaslAuthenticate => $f(sasl_authenticate($c) $(, $arg)*),
             other => panic!("no sample for {other:?}"),
         }
     };
@@ -919,6 +921,17 @@ fn txn_offset_commit(c: &C) -> TxnOffsetCommitRequest {
 fn describe_transactions(c: &C) -> DescribeTransactionsRequest {
     DescribeTransactionsRequest::default()
         .with_transactional_ids(c.vec(|i| txn_id(c, i)))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn sasl_handshake(c: &C) -> SaslHandshakeRequest {
+    SaslHandshakeRequest::default().with_mechanism(c.s("SCRAM-SHA-512", c.var as usize))
+}
+
+fn sasl_authenticate(c: &C) -> SaslAuthenticateRequest {
+    let len = [0, 40, 300][c.var as usize % 3];
+    SaslAuthenticateRequest::default()
+        .with_auth_bytes(c.bytes("n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL", len))
         .with_unknown_tagged_fields(c.tags())
 }
 

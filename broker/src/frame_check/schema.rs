@@ -516,6 +516,13 @@ const LIST_TRANSACTIONS: Struct = st::<m::ListTransactionsRequest>(&[
     from(1, I64),  // duration_filter
 ]);
 
+const SASL_HANDSHAKE: Struct = st::<m::SaslHandshakeRequest>(&[
+    all(Str), // mechanism
+]);
+const SASL_AUTHENTICATE: Struct = st::<m::SaslAuthenticateRequest>(&[
+    all(Bytes), // auth_bytes
+]);
+
 /// The schema of `key`'s request body; `None` for an API not served.
 pub fn of(key: ApiKey) -> Option<Schema> {
     let (flexible_min, root) = match key {
@@ -557,6 +564,8 @@ pub fn of(key: ApiKey) -> Option<Schema> {
         ApiKey::TxnOffsetCommit => (3, &TXN_OFFSET_COMMIT),
         ApiKey::DescribeTransactions => (0, &DESCRIBE_TRANSACTIONS),
         ApiKey::ListTransactions => (0, &LIST_TRANSACTIONS),
+        ApiKey::SaslHandshake => (NEVER, &SASL_HANDSHAKE),
+        ApiKey::SaslAuthenticate => (2, &SASL_AUTHENTICATE),
         _ => return None,
     };
     Some(Schema { flexible_min, root })

@@ -59,10 +59,32 @@ pub struct TlsFiles {
     pub client_auth: ClientAuth,
 }
 
-/// The TLS configuration of this node's listeners, reloadable.
+/// The TLS configurations of this node's listeners, reloadable: `SSL`
+/// listeners ask for client certificates as `--tls-client-auth` says;
+/// `SASL_SSL` listeners never do (clients authenticate with SASL there), as
+/// Kafka applies `ssl.client.auth` to SSL listeners only.
 pub struct Tls {
     files: TlsFiles,
-    current: ArcSwap<ServerConfig>,
+    current: ArcSwap<Configs>,
+}
+
+struct Configs {
+    ssl: Arc<ServerConfig>,
+    sasl_ssl: Arc<ServerConfig>,
+}
+
+fn configs(files: &TlsFiles) -> anyhow::Result<Configs> {
+    let ssl = Arc::new(server_config(files)?);
+    let sasl_ssl = if files.client_auth == ClientAuth::None {
+        Arc::clone(&ssl)
+    } else {
+        let plain = TlsFiles {
+            client_auth: ClientAuth::None,
+            ..files.clone()
+        };
+        Arc::new(server_config(&plain)?)
+    };
+    Ok(Configs { ssl, sasl_ssl })
 }
 
 impl std::fmt::Debug for Tls {
@@ -74,24 +96,26 @@ impl std::fmt::Debug for Tls {
 impl Tls {
     /// Reads the files; every error names the file and what is wrong.
     pub fn load(files: TlsFiles) -> anyhow::Result<Tls> {
-        let config = server_config(&files)?;
-        Ok(Tls {
-            files,
-            current: ArcSwap::from_pointee(config),
-        })
+        let current = ArcSwap::from_pointee(configs(&files)?);
+        Ok(Tls { files, current })
     }
 
     /// Reads the files again; new connections get the new configuration,
     /// open ones keep theirs. On an error the configuration in use stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let config = server_config(&self.files)?;
-        self.current.store(Arc::new(config));
+        self.current.store(Arc::new(configs(&self.files)?));
         Ok(())
     }
 
-    /// An acceptor with the configuration in use.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.load_full())
+    /// An acceptor with the configuration in use for a listener of
+    /// `protocol`.
+    pub fn acceptor(&self, protocol: super::SecurityProtocol) -> TlsAcceptor {
+        let current = self.current.load();
+        let config = match protocol {
+            super::SecurityProtocol::SaslSsl => &current.sasl_ssl,
+            _ => &current.ssl,
+        };
+        TlsAcceptor::from(Arc::clone(config))
     }
 
     pub fn files(&self) -> &TlsFiles {
