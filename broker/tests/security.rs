@@ -23,6 +23,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+/// The broker's `--connections-max-reauth-ms`.
+const REAUTH_MS: u64 = 4000;
 const USERS: &str = "admin:admin-secret\nalice:alice-secret\n";
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused client: librdkafka retries; its metadata call fails within it.
@@ -76,6 +78,9 @@ fn with_shared(f: impl FnOnce(&Shared)) {
             users.path().to_str().unwrap(),
             "--group-initial-rebalance-delay-ms",
             "200",
+            // KIP-368: every SASL client re-authenticates every 4 s.
+            "--connections-max-reauth-ms",
+            &REAUTH_MS.to_string(),
         ];
         let broker = Broker::start_on(ports[0], 2, &args);
         // SAFETY: registers a plain function to run at exit.
@@ -535,5 +540,57 @@ fn a_producer_over_its_byte_rate_is_throttled_to_it_and_others_are_not() {
                 "admin (no quota) was slowed: {admin_rate:.0} B/s"
             );
         });
+    });
+}
+
+#[test]
+fn sasl_clients_reauthenticate_on_their_connection_before_it_expires() {
+    with_shared(|s| {
+        let succeeded = || {
+            common::metric_sum_where(
+                &s.broker,
+                "sluice_shard_sasl_authentications_total",
+                "result=\"succeeded\"",
+            )
+            .unwrap_or(0)
+        };
+        let c = config(
+            s.ports[2],
+            &[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanisms", "SCRAM-SHA-512"),
+                ("sasl.username", "alice"),
+                ("sasl.password", "alice-secret"),
+            ],
+        );
+        let producer: BaseProducer = c.create().expect("producer");
+        producer
+            .client()
+            .fetch_metadata(None, METADATA_TIMEOUT)
+            .expect("authenticated");
+        let before = succeeded();
+        // Three lifetimes of sends, one every 100 ms, each acknowledged.
+        let stop = Instant::now() + Duration::from_millis(3 * REAUTH_MS + 500);
+        let mut sent = 0;
+        while Instant::now() < stop {
+            producer
+                .send(BaseRecord::<(), str>::to("sec-reauth").payload("x"))
+                .expect("queue");
+            sent += 1;
+            producer
+                .flush(Duration::from_secs(10))
+                .expect("acknowledged");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let after = succeeded();
+        assert!(sent > 20);
+        assert!(
+            after >= before + 2,
+            "re-authentications on the open connection: {before} -> {after}"
+        );
+        assert!(
+            !s.broker.log_text().contains("Unauthenticated(Produce)"),
+            "a connection expired instead of re-authenticating"
+        );
     });
 }
