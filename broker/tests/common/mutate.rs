@@ -57,6 +57,8 @@ pub const SERVED: &[(i16, i16, i16)] = &[
     (28, 0, 4), // TxnOffsetCommit
     (65, 0, 0), // DescribeTransactions
     (66, 0, 1), // ListTransactions
+    (17, 1, 1), // SaslHandshake
+    (36, 0, 2), // SaslAuthenticate
 ];
 
 /// Mutations stacked on one frame, at most.
