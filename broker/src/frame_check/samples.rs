@@ -110,6 +110,15 @@ macro_rules! per_key {
             ApiKey::ListTransactions => $f(list_transactions($c) $(, $arg)*),
             ApiKey::SaslHandshake => $f(sasl_handshake($c) $(, $arg)*),
             ApiKey::SaslAuthenticate => $f(sasl_authenticate($c) $(, $arg)*),
+            ApiKey::DescribeAcls => $f(describe_acls($c) $(, $arg)*),
+            ApiKey::CreateAcls => $f(create_acls($c) $(, $arg)*),
+            ApiKey::DeleteAcls => $f(delete_acls($c) $(, $arg)*),
+            ApiKey::DescribeClientQuotas => $f(describe_client_quotas($c) $(, $arg)*),
+            ApiKey::AlterClientQuotas => $f(alter_client_quotas($c) $(, $arg)*),
+            ApiKey::DescribeUserScramCredentials => {
+                $f(describe_user_scram_credentials($c) $(, $arg)*)
+            }
+            ApiKey::AlterUserScramCredentials => $f(alter_user_scram_credentials($c) $(, $arg)*),
             other => panic!("no sample for {other:?}"),
         }
     };
@@ -129,7 +138,21 @@ pub fn sample(key: ApiKey, version: i16, variant: u8) -> Bytes {
 
 /// The APIs and versions sampled: `handlers::SUPPORTED`.
 pub fn served() -> Vec<(ApiKey, i16, i16)> {
-    SUPPORTED.to_vec()
+    let mut all = SUPPORTED.to_vec();
+    for api in [
+        (ApiKey::DescribeAcls, 0, 3),
+        (ApiKey::CreateAcls, 0, 3),
+        (ApiKey::DeleteAcls, 0, 3),
+        (ApiKey::DescribeClientQuotas, 0, 1),
+        (ApiKey::AlterClientQuotas, 0, 1),
+        (ApiKey::DescribeUserScramCredentials, 0, 0),
+        (ApiKey::AlterUserScramCredentials, 0, 0),
+    ] {
+        if !all.iter().any(|(k, _, _)| *k == api.0) {
+            all.push(api);
+        }
+    }
+    all
 }
 
 /// Every served API, version and variant with its sample.
@@ -932,6 +955,124 @@ fn sasl_authenticate(c: &C) -> SaslAuthenticateRequest {
     let len = [0, 40, 300][c.var as usize % 3];
     SaslAuthenticateRequest::default()
         .with_auth_bytes(c.bytes("n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL", len))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn describe_acls(c: &C) -> DescribeAclsRequest {
+    DescribeAclsRequest::default()
+        .with_resource_type_filter(2)
+        .with_resource_name_filter(c.opt(0, c.s("orders", 0)))
+        .at(c.v >= 1, |r| r.with_pattern_type_filter(4))
+        .with_principal_filter(c.opt(0, c.s("User:alice", 1)))
+        .with_host_filter(c.opt(0, c.s("*", 0)))
+        .with_operation(4)
+        .with_permission_type(3)
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn create_acls(c: &C) -> CreateAclsRequest {
+    use kafka_protocol::messages::create_acls_request::AclCreation;
+    CreateAclsRequest::default()
+        .with_creations(c.vec(|i| {
+            AclCreation::default()
+                .with_resource_type(2 + i as i8)
+                .with_resource_name(c.s("orders", i))
+                .at(c.v >= 1, |a| a.with_resource_pattern_type(3 + i as i8))
+                .with_principal(c.long("User:alice"))
+                .with_host(c.s("*", i))
+                .with_operation(3)
+                .with_permission_type(3)
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn delete_acls(c: &C) -> DeleteAclsRequest {
+    use kafka_protocol::messages::delete_acls_request::DeleteAclsFilter;
+    DeleteAclsRequest::default()
+        .with_filters(c.keep(|i| {
+            DeleteAclsFilter::default()
+                .with_resource_type_filter(1 + i as i8)
+                .with_resource_name_filter(c.opt(0, c.s("orders", i)))
+                .at(c.v >= 1, |f| f.with_pattern_type_filter(2))
+                .with_principal_filter(c.opt(0, c.s("User:bob", i)))
+                .with_host_filter(c.opt(0, c.s("10.0.0.1", i)))
+                .with_operation(1)
+                .with_permission_type(1)
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn describe_client_quotas(c: &C) -> DescribeClientQuotasRequest {
+    use kafka_protocol::messages::describe_client_quotas_request::ComponentData;
+    DescribeClientQuotasRequest::default()
+        .with_components(c.keep(|i| {
+            ComponentData::default()
+                .with_entity_type(c.s(["user", "client-id"][i], 0))
+                .with_match_type(i as i8)
+                .with_match(c.opt(0, c.s("alice", i)))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_strict(c.var == 2)
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn alter_client_quotas(c: &C) -> AlterClientQuotasRequest {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    AlterClientQuotasRequest::default()
+        .with_entries(c.vec(|i| {
+            EntryData::default()
+                .with_entity(c.keep(|j| {
+                    EntityData::default()
+                        .with_entity_type(c.s(["user", "client-id"][j], 0))
+                        .with_entity_name(c.opt(0, c.s("alice", i)))
+                        .with_unknown_tagged_fields(c.tags())
+                }))
+                .with_ops(c.vec(|j| {
+                    OpData::default()
+                        .with_key(c.s("producer_byte_rate", j))
+                        .with_value(1024.0 * (j + 1) as f64)
+                        .with_remove(j == 1)
+                        .with_unknown_tagged_fields(c.tags())
+                }))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_validate_only(c.var == 2)
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn describe_user_scram_credentials(c: &C) -> DescribeUserScramCredentialsRequest {
+    use kafka_protocol::messages::describe_user_scram_credentials_request::UserName;
+    DescribeUserScramCredentialsRequest::default()
+        .with_users(c.opt_vec(0, |i| {
+            UserName::default()
+                .with_name(c.s("alice", i))
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_unknown_tagged_fields(c.tags())
+}
+
+fn alter_user_scram_credentials(c: &C) -> AlterUserScramCredentialsRequest {
+    use kafka_protocol::messages::alter_user_scram_credentials_request::{
+        ScramCredentialDeletion, ScramCredentialUpsertion,
+    };
+    AlterUserScramCredentialsRequest::default()
+        .with_deletions(c.vec(|i| {
+            ScramCredentialDeletion::default()
+                .with_name(c.s("bob", i))
+                .with_mechanism(1 + i as i8)
+                .with_unknown_tagged_fields(c.tags())
+        }))
+        .with_upsertions(c.vec(|i| {
+            ScramCredentialUpsertion::default()
+                .with_name(c.s("alice", i))
+                .with_mechanism(2 - i as i8)
+                .with_iterations(4096)
+                .with_salt(c.bytes("salt", 32))
+                .with_salted_password(c.bytes("salted", 64 - 32 * i))
+                .with_unknown_tagged_fields(c.tags())
+        }))
         .with_unknown_tagged_fields(c.tags())
 }
 

@@ -523,6 +523,67 @@ const SASL_AUTHENTICATE: Struct = st::<m::SaslAuthenticateRequest>(&[
     all(Bytes), // auth_bytes
 ]);
 
+// ACLs: a binding's (or filter's) fields, the same in the three APIs.
+const ACL_FIELDS: &[Field] = &[
+    all(I8),     // resource_type (filter)
+    all(Str),    // resource_name (filter: nullable)
+    from(1, I8), // pattern_type (filter)
+    all(Str),    // principal (filter: nullable)
+    all(Str),    // host (filter: nullable)
+    all(I8),     // operation
+    all(I8),     // permission_type
+];
+const DESCRIBE_ACLS: Struct = st::<m::DescribeAclsRequest>(ACL_FIELDS);
+const CREATE_ACLS_CREATION: Struct = st::<m::create_acls_request::AclCreation>(ACL_FIELDS);
+const CREATE_ACLS: Struct = st::<m::CreateAclsRequest>(&[all(Array(&CREATE_ACLS_CREATION))]);
+const DELETE_ACLS_FILTER: Struct = st::<m::delete_acls_request::DeleteAclsFilter>(ACL_FIELDS);
+const DELETE_ACLS: Struct = st::<m::DeleteAclsRequest>(&[all(Array(&DELETE_ACLS_FILTER))]);
+// Client quotas. A quota's value is an f64: 8 bytes, walked as an I64.
+const DESCRIBE_CLIENT_QUOTAS_COMPONENT: Struct =
+    st::<m::describe_client_quotas_request::ComponentData>(&[
+        all(Str), // entity_type
+        all(I8),  // match_type
+        all(Str), // match (nullable)
+    ]);
+const DESCRIBE_CLIENT_QUOTAS: Struct = st::<m::DescribeClientQuotasRequest>(&[
+    all(Array(&DESCRIBE_CLIENT_QUOTAS_COMPONENT)),
+    all(Bool), // strict
+]);
+const ALTER_CLIENT_QUOTAS_ENTITY: Struct =
+    st::<m::alter_client_quotas_request::EntityData>(&[all(Str), all(Str)]);
+const ALTER_CLIENT_QUOTAS_OP: Struct = st::<m::alter_client_quotas_request::OpData>(&[
+    all(Str),  // key
+    all(I64),  // value (f64)
+    all(Bool), // remove
+]);
+const ALTER_CLIENT_QUOTAS_ENTRY: Struct = st::<m::alter_client_quotas_request::EntryData>(&[
+    all(Array(&ALTER_CLIENT_QUOTAS_ENTITY)),
+    all(Array(&ALTER_CLIENT_QUOTAS_OP)),
+]);
+const ALTER_CLIENT_QUOTAS: Struct = st::<m::AlterClientQuotasRequest>(&[
+    all(Array(&ALTER_CLIENT_QUOTAS_ENTRY)),
+    all(Bool), // validate_only
+]);
+// SCRAM credentials.
+const DESCRIBE_SCRAM_USER: Struct =
+    st::<m::describe_user_scram_credentials_request::UserName>(&[all(Str)]);
+const DESCRIBE_USER_SCRAM_CREDENTIALS: Struct =
+    st::<m::DescribeUserScramCredentialsRequest>(&[all(Array(&DESCRIBE_SCRAM_USER))]);
+const SCRAM_DELETION: Struct =
+    st::<m::alter_user_scram_credentials_request::ScramCredentialDeletion>(&[all(Str), all(I8)]);
+const SCRAM_UPSERTION: Struct =
+    st::<m::alter_user_scram_credentials_request::ScramCredentialUpsertion>(&[
+        all(Str),   // name
+        all(I8),    // mechanism
+        all(I32),   // iterations
+        all(Bytes), // salt
+        all(Bytes), // salted_password
+    ]);
+const ALTER_USER_SCRAM_CREDENTIALS: Struct = st::<m::AlterUserScramCredentialsRequest>(&[
+    all(Array(&SCRAM_DELETION)),
+    all(Array(&SCRAM_UPSERTION)),
+]);
+
 /// The schema of `key`'s request body; `None` for an API not served.
 pub fn of(key: ApiKey) -> Option<Schema> {
     let (flexible_min, root) = match key {
@@ -566,6 +627,13 @@ pub fn of(key: ApiKey) -> Option<Schema> {
         ApiKey::ListTransactions => (0, &LIST_TRANSACTIONS),
         ApiKey::SaslHandshake => (NEVER, &SASL_HANDSHAKE),
         ApiKey::SaslAuthenticate => (2, &SASL_AUTHENTICATE),
+        ApiKey::DescribeAcls => (2, &DESCRIBE_ACLS),
+        ApiKey::CreateAcls => (2, &CREATE_ACLS),
+        ApiKey::DeleteAcls => (2, &DELETE_ACLS),
+        ApiKey::DescribeClientQuotas => (1, &DESCRIBE_CLIENT_QUOTAS),
+        ApiKey::AlterClientQuotas => (1, &ALTER_CLIENT_QUOTAS),
+        ApiKey::DescribeUserScramCredentials => (0, &DESCRIBE_USER_SCRAM_CREDENTIALS),
+        ApiKey::AlterUserScramCredentials => (0, &ALTER_USER_SCRAM_CREDENTIALS),
         _ => return None,
     };
     Some(Schema { flexible_min, root })
