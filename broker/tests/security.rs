@@ -594,3 +594,73 @@ fn sasl_clients_reauthenticate_on_their_connection_before_it_expires() {
         );
     });
 }
+
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let (first, second) = (pki::generate(), pki::generate());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(&first.server.cert, &cert).expect("cert");
+    std::fs::copy(&first.server.key, &key).expect("key");
+    let (plain, tls) = (common::free_port(), common::free_port());
+    let listeners = format!("PLAINTEXT://127.0.0.1:{plain},SSL://127.0.0.1:{tls}");
+    let b = Broker::start_on(
+        plain,
+        1,
+        &[
+            "--listeners",
+            &listeners,
+            "--tls-cert-file",
+            cert.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    let trusting = |ca: &std::path::Path| {
+        config(
+            tls,
+            &[
+                ("security.protocol", "SSL"),
+                ("ssl.ca.location", ca.to_str().unwrap()),
+            ],
+        )
+    };
+    let old: BaseProducer = trusting(&first.ca).create().expect("producer");
+    let send = |p: &BaseProducer, value: &str| {
+        p.send(BaseRecord::<(), str>::to("sec-reload").payload(value))
+            .expect("queue");
+        p.flush(Duration::from_secs(15))
+    };
+    send(&old, "before").expect("acknowledged before the reload");
+
+    std::fs::copy(&second.server.cert, &cert).expect("new cert");
+    std::fs::copy(&second.server.key, &key).expect("new key");
+    let pid = b.pid().expect("pid") as libc::pid_t;
+    // SAFETY: sends SIGHUP to the broker child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.log_text().contains("TLS certificate and key reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload logged:\n{}",
+            b.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.alive(), "SIGHUP must not stop the broker");
+    // The open connection keeps its session; new ones get the new
+    // certificate.
+    send(&old, "after").expect("the open connection still works");
+    metadata_ok(&trusting(&second.ca), METADATA_TIMEOUT).expect("the new certificate is served");
+    metadata_ok(&trusting(&first.ca), REFUSED_TIMEOUT).expect_err("the old one is not");
+
+    // A broken file keeps the certificate in use.
+    std::fs::write(&cert, "not a certificate").expect("break");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.log_text().contains("TLS reload failed") {
+        assert!(Instant::now() < deadline, "no failure logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    metadata_ok(&trusting(&second.ca), METADATA_TIMEOUT).expect("still served");
+}
