@@ -1,6 +1,8 @@
 //! AddOffsetsToTxn (key 25): adds the group's `__consumer_offsets`
 //! partition to the transaction, so that its TxnOffsetCommit records get
-//! the transaction's marker.
+//! the transaction's marker. Needs WRITE on the transactional id
+//! (`--authorizer`; else TRANSACTIONAL_ID_AUTHORIZATION_FAILED), then READ
+//! on the group (else GROUP_AUTHORIZATION_FAILED), as in Kafka.
 
 use kafka_protocol::messages::{AddOffsetsToTxnRequest, AddOffsetsToTxnResponse};
 use kafka_protocol::ResponseError;
@@ -8,7 +10,7 @@ use kafka_protocol::ResponseError;
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{offsets_partition_for, TxnRequest, TxnResponse, OFFSETS_TOPIC};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session};
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
@@ -16,9 +18,14 @@ const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
 pub async fn handle(
     req: AddOffsetsToTxnRequest,
     version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> AddOffsetsToTxnResponse {
     let mut resp = AddOffsetsToTxnResponse::default();
+    if let Some(code) = refusal(&req, ctx, session) {
+        resp.error_code = code;
+        return resp;
+    }
     let partitions = ctx
         .topic(OFFSETS_TOPIC)
         .map_or(0, |t| u32::try_from(t.partitions.len()).unwrap_or(0));
@@ -44,4 +51,21 @@ pub async fn handle(
         _ => ResponseError::UnknownServerError.code(),
     };
     resp
+}
+
+/// WRITE on the transactional id, then READ on the group.
+fn refusal(req: &AddOffsetsToTxnRequest, ctx: &Ctx, session: &Session) -> Option<i16> {
+    let (id, group) = (req.transactional_id.0.as_str(), req.group_id.0.as_str());
+    if !ctx.allowed(
+        session,
+        AclOperation::Write,
+        AclResourceType::TransactionalId,
+        id,
+    ) {
+        return Some(ResponseError::TransactionalIdAuthorizationFailed.code());
+    }
+    if !ctx.allowed(session, AclOperation::Read, AclResourceType::Group, group) {
+        return Some(ResponseError::GroupAuthorizationFailed.code());
+    }
+    None
 }

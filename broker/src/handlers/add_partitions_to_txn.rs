@@ -5,6 +5,15 @@
 //! UNKNOWN_TOPIC_OR_PARTITION and the others of that transaction
 //! OPERATION_NOT_ATTEMPTED, as in Kafka; otherwise every partition gets
 //! the coordinator's verdict.
+//!
+//! Authorization, as Kafka's KafkaApis: v4+ (from brokers) needs
+//! CLUSTER_ACTION on the cluster (`--authorizer`), else the top-level
+//! CLUSTER_AUTHORIZATION_FAILED. v0-3 (from clients) need WRITE on the
+//! transactional id (else every partition
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED) and WRITE on each topic; a
+//! partition of a topic refused, or of an internal topic (always, as in
+//! Kafka: clients never add those), gets TOPIC_AUTHORIZATION_FAILED, and
+//! the transaction's other partitions OPERATION_NOT_ATTEMPTED.
 
 use kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
 use kafka_protocol::messages::add_partitions_to_txn_response::{
@@ -13,10 +22,11 @@ use kafka_protocol::messages::add_partitions_to_txn_response::{
 use kafka_protocol::messages::{AddPartitionsToTxnRequest, AddPartitionsToTxnResponse};
 use kafka_protocol::ResponseError;
 
+use super::produce::is_internal_topic;
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{TxnRequest, TxnResponse};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
@@ -26,22 +36,40 @@ const BATCHED_MIN_VERSION: i16 = 4;
 pub async fn handle(
     req: AddPartitionsToTxnRequest,
     version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> AddPartitionsToTxnResponse {
     let mut resp = AddPartitionsToTxnResponse::default();
     if version < BATCHED_MIN_VERSION {
+        let id = req.v3_and_below_transactional_id.0.as_str();
+        let kind = AclResourceType::TransactionalId;
+        if !ctx.allowed(session, AclOperation::Write, kind, id) {
+            let denied = ResponseError::TransactionalIdAuthorizationFailed.code();
+            resp.results_by_topic_v3_and_below = answers(&req.v3_and_below_topics, |_, _| denied);
+            return resp;
+        }
         resp.results_by_topic_v3_and_below = add(
             ctx,
             version,
-            &req.v3_and_below_transactional_id.0,
+            id,
             (
                 req.v3_and_below_producer_id.0,
                 req.v3_and_below_producer_epoch,
             ),
             &req.v3_and_below_topics,
-            false,
+            (false, Some(session)),
         )
         .await;
+        return resp;
+    }
+    // Batches come from brokers only.
+    if !ctx.allowed(
+        session,
+        AclOperation::ClusterAction,
+        AclResourceType::Cluster,
+        CLUSTER,
+    ) {
+        resp.error_code = ResponseError::ClusterAuthorizationFailed.code();
         return resp;
     }
     for t in req.transactions {
@@ -52,7 +80,7 @@ pub async fn handle(
             &t.transactional_id.0,
             (t.producer_id.0, t.producer_epoch),
             &t.topics,
-            t.verify_only,
+            (t.verify_only, None),
         )
         .await;
         r.transactional_id = t.transactional_id;
@@ -61,21 +89,30 @@ pub async fn handle(
     resp
 }
 
+/// Adds (or with `verify_only` checks) the partitions of one transaction.
+/// `client`: the session of a client's request (v0-3), whose topics need
+/// WRITE; `None` for a broker's batch.
 async fn add(
     ctx: &Ctx,
     version: i16,
     transactional_id: &str,
     producer: (i64, i16),
     topics: &[AddPartitionsToTxnTopic],
-    verify_only: bool,
+    (verify_only, client): (bool, Option<&Session>),
 ) -> Vec<AddPartitionsToTxnTopicResult> {
+    let refused = |name: &str| {
+        client.is_some_and(|session| {
+            is_internal_topic(name)
+                || !ctx.allowed(session, AclOperation::Write, AclResourceType::Topic, name)
+        })
+    };
     let known = |name: &str, p: i32| {
         ctx.topic(name)
             .is_some_and(|t| usize::try_from(p).is_ok_and(|i| i < t.partitions.len()))
     };
     let all_known = topics
         .iter()
-        .all(|t| t.partitions.iter().all(|p| known(&t.name.0, *p)));
+        .all(|t| !refused(&t.name.0) && t.partitions.iter().all(|p| known(&t.name.0, *p)));
     let verdict = if !all_known {
         None
     } else if let Some(code) = txn_not_coordinator(ctx, transactional_id) {
@@ -98,6 +135,19 @@ async fn add(
             _ => ResponseError::UnknownServerError.code(),
         })
     };
+    answers(topics, |name, p| match verdict {
+        Some(code) => code,
+        None if refused(name) => ResponseError::TopicAuthorizationFailed.code(),
+        None if known(name, p) => ResponseError::OperationNotAttempted.code(),
+        None => codes::unknown_topic_or_partition(),
+    })
+}
+
+/// Every partition of `topics` answered with `code_of(topic, partition)`.
+fn answers(
+    topics: &[AddPartitionsToTxnTopic],
+    code_of: impl Fn(&str, i32) -> i16,
+) -> Vec<AddPartitionsToTxnTopicResult> {
     topics
         .iter()
         .map(|t| {
@@ -106,14 +156,10 @@ async fn add(
             out.results_by_partition = t
                 .partitions
                 .iter()
-                .map(|p| {
+                .map(|&p| {
                     let mut r = AddPartitionsToTxnPartitionResult::default();
-                    r.partition_index = *p;
-                    r.partition_error_code = match verdict {
-                        Some(code) => code,
-                        None if known(&t.name.0, *p) => ResponseError::OperationNotAttempted.code(),
-                        None => codes::unknown_topic_or_partition(),
-                    };
+                    r.partition_index = p;
+                    r.partition_error_code = code_of(&t.name.0, p);
                     r
                 })
                 .collect();

@@ -13,6 +13,10 @@
 //!
 //! Concurrent alters of one topic are last-writer-wins: each entry carries
 //! the full new set.
+//!
+//! Authorization (`--authorizer`), per resource as Kafka: ALTER_CONFIGS on
+//! the topic (TOPIC_AUTHORIZATION_FAILED) or, for a broker, on the cluster
+//! (CLUSTER_AUTHORIZATION_FAILED); see `config_access_refused`.
 
 use std::collections::BTreeMap;
 
@@ -20,19 +24,34 @@ use kafka_protocol::messages::alter_configs_request::AlterConfigsResource;
 use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{AlterConfigsRequest, AlterConfigsResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, meta_error_code};
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 use crate::topic_config;
-use crate::security::Session;
 
 /// Config resource types of the protocol.
 pub const RESOURCE_TOPIC: i8 = 2;
 pub const RESOURCE_BROKER: i8 = 4;
+const RESOURCE_BROKER_LOGGER: i8 = 8;
+const RESOURCE_CLIENT_METRICS: i8 = 16;
+const RESOURCE_GROUP: i8 = 32;
 
-pub async fn handle(req: AlterConfigsRequest, _version: i16, ctx: &Ctx, session: &Session) -> AlterConfigsResponse {
+pub async fn handle(
+    req: AlterConfigsRequest,
+    _version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> AlterConfigsResponse {
     let mut resp = AlterConfigsResponse::default();
     for r in req.resources {
-        let (code, message) = alter_one(&r, req.validate_only, ctx).await;
+        let op = AclOperation::AlterConfigs;
+        let refused = config_access_refused(ctx, session, op, r.resource_type, &r.resource_name);
+        let (code, message) = match refused {
+            Some(refusal) => refusal,
+            None => alter_one(&r, req.validate_only, ctx).await,
+        };
         let mut out = AlterConfigsResourceResponse::default();
         out.resource_type = r.resource_type;
         out.resource_name = r.resource_name;
@@ -71,6 +90,43 @@ async fn alter_one(
         return (codes::invalid_config(), Some(message));
     }
     set_topic_configs(ctx, r.resource_name.as_str(), configs, validate_only).await
+}
+
+/// Kafka's authorization of a config resource (DescribeConfigs,
+/// AlterConfigs, IncrementalAlterConfigs): `op` (DESCRIBE_CONFIGS or
+/// ALTER_CONFIGS) on the topic, on the group, or on the cluster for
+/// broker, broker logger and client metrics resources. The refusal (code
+/// and Kafka's message), or `None`: allowed, or a type no ACL names (the
+/// handler refuses it).
+pub fn config_access_refused(
+    ctx: &Ctx,
+    session: &Session,
+    op: AclOperation,
+    resource_type: i8,
+    name: &str,
+) -> Option<(i16, Option<String>)> {
+    let (kind, acl_name, error) = match resource_type {
+        RESOURCE_TOPIC => (
+            AclResourceType::Topic,
+            name,
+            ResponseError::TopicAuthorizationFailed,
+        ),
+        RESOURCE_GROUP => (
+            AclResourceType::Group,
+            name,
+            ResponseError::GroupAuthorizationFailed,
+        ),
+        RESOURCE_BROKER | RESOURCE_BROKER_LOGGER | RESOURCE_CLIENT_METRICS => (
+            AclResourceType::Cluster,
+            CLUSTER,
+            ResponseError::ClusterAuthorizationFailed,
+        ),
+        _ => return None,
+    };
+    if ctx.allowed(session, op, kind, acl_name) {
+        return None;
+    }
+    Some((error.code(), Some(super::metadata::denied_message(error))))
 }
 
 /// The answer for a resource type other than TOPIC and BROKER.

@@ -15,6 +15,10 @@
 //! in-sync replica, so none is lost. A cancellation restores the original
 //! replicas (NO_REASSIGNMENT_IN_PROGRESS when there is none). Target
 //! brokers must be registered (INVALID_REPLICA_ASSIGNMENT otherwise).
+//!
+//! Needs ALTER on the cluster (`--authorizer`), else
+//! CLUSTER_AUTHORIZATION_FAILED at the top and for every partition, as
+//! Kafka's error response.
 
 use std::collections::BTreeMap;
 
@@ -25,9 +29,11 @@ use kafka_protocol::messages::{
     AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse,
 };
 
+use kafka_protocol::ResponseError;
+
 use super::{replica_list, str_bytes, topic_name, Ctx};
 use crate::errors::{codes, meta_error_code};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 /// Partitions one metadata entry moves at most.
 const ENTRY_PARTITIONS_MAX: usize = 10_000;
@@ -37,8 +43,17 @@ type Answer = Result<(), (i16, String)>;
 pub async fn handle(
     req: AlterPartitionReassignmentsRequest,
     _version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> AlterPartitionReassignmentsResponse {
+    if !ctx.allowed(
+        session,
+        AclOperation::Alter,
+        AclResourceType::Cluster,
+        CLUSTER,
+    ) {
+        return refused(&req);
+    }
     let mut answers: Vec<(String, i32, Option<Answer>)> = Vec::new();
     let mut moves: Vec<(String, u32, Option<Vec<u64>>)> = Vec::new();
     let mut slots: Vec<usize> = Vec::new();
@@ -101,6 +116,36 @@ pub async fn handle(
             t.partitions = by_topic.remove(&name).unwrap_or_default();
             t.name = topic_name(&name);
             t
+        })
+        .collect();
+    resp
+}
+
+/// Kafka's error response: CLUSTER_AUTHORIZATION_FAILED at the top and for
+/// every partition.
+fn refused(req: &AlterPartitionReassignmentsRequest) -> AlterPartitionReassignmentsResponse {
+    let denied = ResponseError::ClusterAuthorizationFailed;
+    let mut resp = AlterPartitionReassignmentsResponse::default();
+    resp.error_code = denied.code();
+    resp.error_message = Some(str_bytes(super::metadata::denied_message(denied)));
+    resp.responses = req
+        .topics
+        .iter()
+        .map(|t| {
+            let mut out = ReassignableTopicResponse::default();
+            out.name = t.name.clone();
+            out.partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let mut r = ReassignablePartitionResponse::default();
+                    r.partition_index = p.partition_index;
+                    r.error_code = denied.code();
+                    r.error_message = Some(str_bytes(super::metadata::denied_message(denied)));
+                    r
+                })
+                .collect();
+            out
         })
         .collect();
     resp

@@ -4,22 +4,33 @@
 //! asked to go anywhere else LOG_DIR_NOT_FOUND; a topic that does not
 //! exist gets UNKNOWN_TOPIC_OR_PARTITION. The response carries no message,
 //! so the refusal is logged once per request at debug, naming the one dir.
+//! Needs ALTER on the cluster (`--authorizer`), else every partition gets
+//! CLUSTER_AUTHORIZATION_FAILED, as Kafka's error response.
 
 use kafka_protocol::messages::alter_replica_log_dirs_response::{
     AlterReplicaLogDirPartitionResult, AlterReplicaLogDirTopicResult,
 };
 use kafka_protocol::messages::{AlterReplicaLogDirsRequest, AlterReplicaLogDirsResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::describe_log_dirs::log_dir;
 use super::Ctx;
 use crate::errors::codes;
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 pub fn handle(
     req: AlterReplicaLogDirsRequest,
     _version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> AlterReplicaLogDirsResponse {
+    let allowed = ctx.allowed(
+        session,
+        AclOperation::Alter,
+        AclResourceType::Cluster,
+        CLUSTER,
+    );
     let dir = log_dir(ctx);
     let mut resp = AlterReplicaLogDirsResponse::default();
     let mut refused = 0usize;
@@ -38,7 +49,9 @@ pub fn handle(
                     let known = exists.as_ref().is_some_and(|topic| {
                         usize::try_from(p).is_ok_and(|i| i < topic.partitions.len())
                     });
-                    r.error_code = if !known {
+                    r.error_code = if !allowed {
+                        ResponseError::ClusterAuthorizationFailed.code()
+                    } else if !known {
                         codes::unknown_topic_or_partition()
                     } else if same {
                         codes::NONE

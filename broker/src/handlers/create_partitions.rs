@@ -33,7 +33,7 @@ pub async fn handle(
         let name = t.name.0.as_str();
         if !ctx.allowed(session, AclOperation::Alter, AclResourceType::Topic, name) {
             let denied = ResponseError::TopicAuthorizationFailed;
-            return (denied.code(), Some(denied.to_string()));
+            return (denied.code(), Some(super::metadata::denied_message(denied)));
         }
         grow_one(t, validate_only, wait_ms, ctx).await
     }))

@@ -50,7 +50,12 @@ pub async fn handle(
 ) -> CreateTopicsResponse {
     let wait_ms = ready_wait_ms(req.timeout_ms);
     let validate_only = req.validate_only;
-    let cluster_create = ctx.allowed(session, AclOperation::Create, AclResourceType::Cluster, CLUSTER);
+    let cluster_create = ctx.allowed(
+        session,
+        AclOperation::Create,
+        AclResourceType::Cluster,
+        CLUSTER,
+    );
     let results = join_all(req.topics.into_iter().map(|t| async move {
         let name = t.name.0.as_str();
         let may_create = cluster_create

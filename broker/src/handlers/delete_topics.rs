@@ -33,7 +33,12 @@ pub async fn handle(
     } else {
         req.topic_names.into_iter().map(Target::Name).collect()
     };
-    let cluster_delete = ctx.allowed(session, AclOperation::Delete, AclResourceType::Cluster, CLUSTER);
+    let cluster_delete = ctx.allowed(
+        session,
+        AclOperation::Delete,
+        AclResourceType::Cluster,
+        CLUSTER,
+    );
     let access = Access {
         ctx,
         session,
@@ -81,7 +86,7 @@ async fn delete_one(target: Target, access: &Access<'_>) -> DeletableTopicResult
     let denied = |r: &mut DeletableTopicResult| {
         let e = ResponseError::TopicAuthorizationFailed;
         r.error_code = e.code();
-        r.error_message = Some(str_bytes(e.to_string()));
+        r.error_message = Some(str_bytes(super::metadata::denied_message(e)));
     };
     let name = match target {
         Target::Name(name) => {

@@ -12,6 +12,11 @@
 //!   DEFAULT_CONFIG otherwise, every one read-only (Sluice has no dynamic
 //!   broker configs). Another broker's id is INVALID_REQUEST, as in Kafka
 //!   (clients send a broker's describe to that broker).
+//!
+//! Authorization (`--authorizer`), per resource as Kafka: DESCRIBE_CONFIGS
+//! on the topic (TOPIC_AUTHORIZATION_FAILED) or, for a broker, on the
+//! cluster (CLUSTER_AUTHORIZATION_FAILED), with Kafka's message and no
+//! configs.
 
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::describe_configs_response::{
@@ -19,24 +24,44 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 
-use super::alter_configs::{check_broker_name, RESOURCE_BROKER, RESOURCE_TOPIC};
+use super::alter_configs::{
+    check_broker_name, config_access_refused, RESOURCE_BROKER, RESOURCE_TOPIC,
+};
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
+use crate::security::{AclOperation, Session};
 use crate::topic_config::{ConfigType, KAFKA_TOPIC_CONFIGS, MIN_INSYNC_REPLICAS, TOPIC_CONFIGS};
-use crate::security::Session;
 
 /// Kafka's `ConfigSource` codes.
 const SOURCE_DYNAMIC_TOPIC: i8 = 1;
 const SOURCE_STATIC_BROKER: i8 = 4;
 const SOURCE_DEFAULT: i8 = 5;
 
-pub fn handle(req: DescribeConfigsRequest, version: i16, ctx: &Ctx, session: &Session) -> DescribeConfigsResponse {
+pub fn handle(
+    req: DescribeConfigsRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> DescribeConfigsResponse {
     let docs = req.include_documentation;
     let mut resp = DescribeConfigsResponse::default();
     resp.results = req
         .resources
         .iter()
-        .map(|r| describe_one(r, version, docs, ctx))
+        .map(|r| {
+            let op = AclOperation::DescribeConfigs;
+            match config_access_refused(ctx, session, op, r.resource_type, &r.resource_name) {
+                Some((code, message)) => {
+                    let mut out = DescribeConfigsResult::default();
+                    out.resource_type = r.resource_type;
+                    out.resource_name = r.resource_name.clone();
+                    out.error_code = code;
+                    out.error_message = message.map(str_bytes);
+                    out
+                }
+                None => describe_one(r, version, docs, ctx),
+            }
+        })
         .collect();
     resp
 }

@@ -7,6 +7,9 @@
 //! (`Shard::partition_disk`; the other shards answer over the mesh). v4
 //! adds the file system's total and usable bytes (`statvfs`). `topics`
 //! null lists every partition, otherwise the named ones held here.
+//! Needs DESCRIBE on the cluster (`--authorizer`), else no dir and
+//! CLUSTER_AUTHORIZATION_FAILED (v3+; earlier versions carry no code), as
+//! in Kafka.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,9 +18,14 @@ use kafka_protocol::messages::describe_log_dirs_response::{
 };
 use kafka_protocol::messages::{DescribeLogDirsRequest, DescribeLogDirsResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::shard_error_code;
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+
+/// First version with a top-level error code.
+const ERROR_CODE_MIN_VERSION: i16 = 3;
 
 /// This node's one log dir (the data dir, absolute when it could be
 /// resolved at start).
@@ -33,9 +41,21 @@ pub fn log_dir(ctx: &Ctx) -> String {
 pub async fn handle(
     req: DescribeLogDirsRequest,
     version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> DescribeLogDirsResponse {
     let mut resp = DescribeLogDirsResponse::default();
+    if !ctx.allowed(
+        session,
+        AclOperation::Describe,
+        AclResourceType::Cluster,
+        CLUSTER,
+    ) {
+        if version >= ERROR_CODE_MIN_VERSION {
+            resp.error_code = ResponseError::ClusterAuthorizationFailed.code();
+        }
+        return resp;
+    }
     let dir = log_dir(ctx);
     let mut result = DescribeLogDirsResult::default();
     result.log_dir = str_bytes(dir.clone());

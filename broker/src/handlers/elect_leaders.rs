@@ -15,6 +15,10 @@
 //! A new leader bumps the partition's leader epoch. `topic_partitions`
 //! null means every partition: only those an election would change are
 //! elected and answered, as Kafka does.
+//!
+//! Needs ALTER on the cluster (`--authorizer`), else
+//! CLUSTER_AUTHORIZATION_FAILED at the top (v1+) and for each named
+//! partition, as in Kafka.
 
 use std::collections::BTreeMap;
 
@@ -22,9 +26,11 @@ use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaE
 use kafka_protocol::messages::{ElectLeadersRequest, ElectLeadersResponse};
 use sluice_raft::{Election, MetaError, MetadataView, NO_LEADER};
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::{codes, meta_error_code};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 /// Kafka's `ElectionType` codes.
 const PREFERRED: i8 = 0;
@@ -36,30 +42,33 @@ const ENTRY_PARTITIONS_MAX: usize = 10_000;
 /// One partition's answer: topic, partition, and its error (code, message).
 type Answer = (String, i32, Result<(), (i16, String)>);
 
-pub async fn handle(req: ElectLeadersRequest, version: i16, ctx: &Ctx, session: &Session) -> ElectLeadersResponse {
+pub async fn handle(
+    req: ElectLeadersRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> ElectLeadersResponse {
     let mut resp = ElectLeadersResponse::default();
+    if !ctx.allowed(
+        session,
+        AclOperation::Alter,
+        AclResourceType::Cluster,
+        CLUSTER,
+    ) {
+        let denied = ResponseError::ClusterAuthorizationFailed;
+        return refused(
+            &req,
+            version,
+            denied.code(),
+            super::metadata::denied_message(denied),
+        );
+    }
     let election = match req.election_type {
         PREFERRED => Election::Preferred,
         UNCLEAN => Election::Unclean,
         other => {
-            let code = codes::invalid_request();
             let message = format!("unknown election type {other}");
-            if version >= 1 {
-                resp.error_code = code;
-            }
-            // Every named partition gets the error too (v0 has no top-level code).
-            let named: Vec<(String, i32)> = req
-                .topic_partitions
-                .iter()
-                .flatten()
-                .flat_map(|t| t.partitions.iter().map(|p| (t.topic.to_string(), *p)))
-                .collect();
-            resp.replica_election_results = results(
-                named
-                    .into_iter()
-                    .map(|(t, p)| (t, p, Err((code, message.clone())))),
-            );
-            return resp;
+            return refused(&req, version, codes::invalid_request(), message);
         }
     };
     let view = ctx.view();
@@ -101,6 +110,28 @@ pub async fn handle(req: ElectLeadersRequest, version: i16, ctx: &Ctx, session: 
         }
     }
     resp.replica_election_results = results(answers.into_iter());
+    resp
+}
+
+/// The whole request refused: the top-level code (v1+), and every named
+/// partition gets it too (v0 has no top-level code).
+fn refused(
+    req: &ElectLeadersRequest,
+    version: i16,
+    code: i16,
+    message: String,
+) -> ElectLeadersResponse {
+    let mut resp = ElectLeadersResponse::default();
+    if version >= 1 {
+        resp.error_code = code;
+    }
+    let named = req
+        .topic_partitions
+        .iter()
+        .flatten()
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.to_string(), *p)));
+    resp.replica_election_results =
+        results(named.map(|(t, p)| (t, p, Err((code, message.clone())))));
     resp
 }
 

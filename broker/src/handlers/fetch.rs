@@ -107,7 +107,12 @@ fn plan(req: &FetchRequest, ctx: &Ctx, session: &Session) -> (Slots, Vec<plane::
     let mut slots = Vec::with_capacity(req.topics.len());
     // A follower's fetch: CLUSTER_ACTION, asked once.
     let replica_allowed = (req.replica_id.0 >= 0).then(|| {
-        ctx.allowed(session, AclOperation::ClusterAction, AclResourceType::Cluster, CLUSTER)
+        ctx.allowed(
+            session,
+            AclOperation::ClusterAction,
+            AclResourceType::Cluster,
+            CLUSTER,
+        )
     });
     for (ti, t) in req.topics.iter().enumerate() {
         let name = t.topic.0.as_str();

@@ -9,18 +9,24 @@
 //! default replication factor (or, after `OFFSETS_TOPIC_BROKERS_WAIT` of
 //! uptime, with the live ones), with a replication factor of min(default,
 //! live brokers). Lookups answer COORDINATOR_NOT_AVAILABLE until then.
+//!
+//! Authorization (`--authorizer`), per key as Kafka: DESCRIBE on the group
+//! (GROUP_AUTHORIZATION_FAILED) or on the transactional id
+//! (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), with node -1; a lookup whose
+//! keys are all refused creates no topic.
 
 use std::time::Duration;
 
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::{BrokerId, FindCoordinatorRequest, FindCoordinatorResponse};
 use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
 use sluice_raft::{MetaError, TopicSpec};
 
 use super::{str_bytes, with_deadline, BrokerAddr, Ctx};
 use crate::errors::{codes, group_error_code};
 use crate::plane::{GroupError, OFFSETS_TOPIC, TXN_TOPIC};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session};
 
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
@@ -33,15 +39,26 @@ const OFFSETS_TOPIC_CREATE_WAIT_MS: u64 = 5_000;
 pub async fn handle(
     req: FindCoordinatorRequest,
     version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> FindCoordinatorResponse {
     let topic = match req.key_type {
         KEY_TYPE_GROUP => Some(OFFSETS_TOPIC),
         KEY_TYPE_TRANSACTION => Some(TXN_TOPIC),
         _ => None,
     };
+    let any_allowed = || {
+        let mut keys = if version >= 4 {
+            req.coordinator_keys.iter()
+        } else {
+            std::slice::from_ref(&req.key).iter()
+        };
+        keys.any(|key| refusal(key.as_str(), req.key_type, ctx, session).is_none())
+    };
     if let Some(topic) = topic.filter(|t| ctx.topic(t).is_none()) {
-        create_coordinator_topic(ctx, topic).await;
+        if any_allowed() {
+            create_coordinator_topic(ctx, topic).await;
+        }
     }
     let mut resp = FindCoordinatorResponse::default();
     if version >= 4 {
@@ -54,14 +71,42 @@ pub async fn handle(
     }
     let c = coordinator(req.key, req.key_type, ctx, session);
     resp.error_code = c.error_code;
-    resp.error_message = c.error_message;
+    if version >= 1 {
+        resp.error_message = c.error_message;
+    }
     resp.node_id = c.node_id;
     resp.host = c.host;
     resp.port = c.port;
     resp
 }
 
+/// The authorization error for looking up `key`: DESCRIBE on the group
+/// or on the transactional id.
+fn refusal(key: &str, key_type: i8, ctx: &Ctx, session: &Session) -> Option<ResponseError> {
+    let (kind, error) = match key_type {
+        KEY_TYPE_GROUP => (
+            AclResourceType::Group,
+            ResponseError::GroupAuthorizationFailed,
+        ),
+        KEY_TYPE_TRANSACTION => (
+            AclResourceType::TransactionalId,
+            ResponseError::TransactionalIdAuthorizationFailed,
+        ),
+        _ => return None,
+    };
+    (!ctx.allowed(session, AclOperation::Describe, kind, key)).then_some(error)
+}
+
 fn coordinator(key: StrBytes, key_type: i8, ctx: &Ctx, session: &Session) -> Coordinator {
+    if let Some(error) = refusal(key.as_str(), key_type, ctx, session) {
+        let mut c = Coordinator::default();
+        c.key = key;
+        c.error_code = error.code();
+        c.error_message = Some(str_bytes(super::metadata::denied_message(error)));
+        c.node_id = BrokerId(-1);
+        c.port = -1;
+        return c;
+    }
     let leader = match key_type {
         KEY_TYPE_GROUP => ctx.group_leader(key.as_str()).ok(),
         KEY_TYPE_TRANSACTION => ctx.txn_leader(key.as_str()).ok(),

@@ -1,15 +1,30 @@
 //! Heartbeat (key 12): keeps a member's session alive; answers
-//! REBALANCE_IN_PROGRESS when the member must rejoin.
+//! REBALANCE_IN_PROGRESS when the member must rejoin. Needs READ on the
+//! group (`--authorizer`), else GROUP_AUTHORIZATION_FAILED.
 
 use kafka_protocol::messages::{HeartbeatRequest as WireHeartbeat, HeartbeatResponse};
+
+use kafka_protocol::ResponseError;
 
 use super::Ctx;
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, HeartbeatRequest};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session};
 
-pub async fn handle(req: WireHeartbeat, _version: i16, ctx: &Ctx, session: &Session) -> HeartbeatResponse {
-    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+pub async fn handle(
+    req: WireHeartbeat,
+    _version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> HeartbeatResponse {
+    let refused = (!ctx.allowed(
+        session,
+        AclOperation::Read,
+        AclResourceType::Group,
+        &req.group_id.0,
+    ))
+    .then(|| ResponseError::GroupAuthorizationFailed.code());
+    if let Some(code) = refused.or_else(|| ctx.not_coordinator(&req.group_id.0)) {
         let mut resp = HeartbeatResponse::default();
         resp.error_code = code;
         return resp;

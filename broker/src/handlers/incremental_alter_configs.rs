@@ -4,6 +4,8 @@
 //! entry): a name that is no Kafka topic config or a value of the wrong
 //! type is INVALID_CONFIG. Broker resources are answered as AlterConfigs
 //! answers them (every broker setting is static: INVALID_CONFIG).
+//! Authorization as AlterConfigs (`alter_configs::config_access_refused`:
+//! ALTER_CONFIGS on the topic, or on the cluster for a broker).
 
 use std::collections::BTreeMap;
 
@@ -12,12 +14,13 @@ use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsRe
 use kafka_protocol::messages::{IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse};
 
 use super::alter_configs::{
-    alter_broker, refuse_resource, set_topic_configs, RESOURCE_BROKER, RESOURCE_TOPIC,
+    alter_broker, config_access_refused, refuse_resource, set_topic_configs, RESOURCE_BROKER,
+    RESOURCE_TOPIC,
 };
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
+use crate::security::{AclOperation, Session};
 use crate::topic_config::{self, ConfigType};
-use crate::security::Session;
 
 const OP_SET: i8 = 0;
 const OP_DELETE: i8 = 1;
@@ -27,11 +30,17 @@ const OP_SUBTRACT: i8 = 3;
 pub async fn handle(
     req: IncrementalAlterConfigsRequest,
     _version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> IncrementalAlterConfigsResponse {
     let mut resp = IncrementalAlterConfigsResponse::default();
     for r in req.resources {
-        let (code, message) = alter_one(&r, req.validate_only, ctx).await;
+        let op = AclOperation::AlterConfigs;
+        let refused = config_access_refused(ctx, session, op, r.resource_type, &r.resource_name);
+        let (code, message) = match refused {
+            Some(refusal) => refusal,
+            None => alter_one(&r, req.validate_only, ctx).await,
+        };
         let mut out = AlterConfigsResourceResponse::default();
         out.resource_type = r.resource_type;
         out.resource_name = r.resource_name;

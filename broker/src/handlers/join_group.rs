@@ -1,17 +1,32 @@
 //! JoinGroup (key 11): a member (re)joins; the answer waits until the
 //! group's join phase ends (see `sluice_shard::group`). v4+: a new member
-//! first gets MEMBER_ID_REQUIRED with its id.
+//! first gets MEMBER_ID_REQUIRED with its id. Needs READ on the group
+//! (`--authorizer`), else GROUP_AUTHORIZATION_FAILED.
 
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
 use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, JoinRequest, Protocol};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session};
 
-pub async fn handle(req: JoinGroupRequest, version: i16, ctx: &Ctx, session: &Session) -> JoinGroupResponse {
-    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+pub async fn handle(
+    req: JoinGroupRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> JoinGroupResponse {
+    let refused = (!ctx.allowed(
+        session,
+        AclOperation::Read,
+        AclResourceType::Group,
+        &req.group_id.0,
+    ))
+    .then(|| ResponseError::GroupAuthorizationFailed.code());
+    if let Some(code) = refused.or_else(|| ctx.not_coordinator(&req.group_id.0)) {
         let mut resp = JoinGroupResponse::default();
         resp.error_code = code;
         resp.generation_id = -1;

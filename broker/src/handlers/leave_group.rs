@@ -1,16 +1,31 @@
 //! LeaveGroup (key 13): members leave; the rest rebalance. v0-2 name one
-//! member id; v3+ a batch of members (by member or instance id).
+//! member id; v3+ a batch of members (by member or instance id). Needs
+//! READ on the group (`--authorizer`), else GROUP_AUTHORIZATION_FAILED.
 
 use kafka_protocol::messages::leave_group_response::MemberResponse;
 use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::{str_bytes, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, LeaveRequest, LeavingMember};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session};
 
-pub async fn handle(req: LeaveGroupRequest, version: i16, ctx: &Ctx, session: &Session) -> LeaveGroupResponse {
-    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+pub async fn handle(
+    req: LeaveGroupRequest,
+    version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> LeaveGroupResponse {
+    let refused = (!ctx.allowed(
+        session,
+        AclOperation::Read,
+        AclResourceType::Group,
+        &req.group_id.0,
+    ))
+    .then(|| ResponseError::GroupAuthorizationFailed.code());
+    if let Some(code) = refused.or_else(|| ctx.not_coordinator(&req.group_id.0)) {
         let mut resp = LeaveGroupResponse::default();
         resp.error_code = code;
         return resp;

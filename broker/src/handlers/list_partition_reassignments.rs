@@ -3,6 +3,9 @@
 //! replicas (target first, then the replicas being removed) and the
 //! replicas being added and removed; all of them when `topics` is null,
 //! else those of the named partitions (others are left out, as in Kafka).
+//! Needs DESCRIBE on the cluster (`--authorizer`), else
+//! CLUSTER_AUTHORIZATION_FAILED with the named partitions listed bare, as
+//! Kafka's error response.
 
 use kafka_protocol::messages::list_partition_reassignments_response::{
     OngoingPartitionReassignment, OngoingTopicReassignment,
@@ -12,14 +15,25 @@ use kafka_protocol::messages::{
 };
 use sluice_raft::{MetadataView, Reassignment};
 
-use super::{topic_name, wire_id, Ctx};
-use crate::security::Session;
+use kafka_protocol::ResponseError;
+
+use super::{str_bytes, topic_name, wire_id, Ctx};
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 pub fn handle(
     req: ListPartitionReassignmentsRequest,
     _version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> ListPartitionReassignmentsResponse {
+    if !ctx.allowed(
+        session,
+        AclOperation::Describe,
+        AclResourceType::Cluster,
+        CLUSTER,
+    ) {
+        return refused(&req);
+    }
     let view = ctx.view();
     let mut found: Vec<(String, Vec<OngoingPartitionReassignment>)> = Vec::new();
     let mut push = |topic: &str, partition: u32, r: &Reassignment| {
@@ -57,6 +71,35 @@ pub fn handle(
             t.name = topic_name(&name);
             t.partitions = partitions;
             t
+        })
+        .collect();
+    resp
+}
+
+/// Kafka's error response: CLUSTER_AUTHORIZATION_FAILED, each named
+/// partition listed with nothing else.
+fn refused(req: &ListPartitionReassignmentsRequest) -> ListPartitionReassignmentsResponse {
+    let denied = ResponseError::ClusterAuthorizationFailed;
+    let mut resp = ListPartitionReassignmentsResponse::default();
+    resp.error_code = denied.code();
+    resp.error_message = Some(str_bytes(super::metadata::denied_message(denied)));
+    resp.topics = req
+        .topics
+        .iter()
+        .flatten()
+        .map(|t| {
+            let mut out = OngoingTopicReassignment::default();
+            out.name = t.name.clone();
+            out.partitions = t
+                .partition_indexes
+                .iter()
+                .map(|&p| {
+                    let mut o = OngoingPartitionReassignment::default();
+                    o.partition_index = p;
+                    o
+                })
+                .collect();
+            out
         })
         .collect();
     resp

@@ -58,7 +58,9 @@ pub async fn handle(
                 .collect()
         }
         Some(list) => {
-            let work = list.into_iter().map(|t| lookup(t, allow_auto, ctx, session));
+            let work = list
+                .into_iter()
+                .map(|t| lookup(t, allow_auto, ctx, session));
             join_all(work).await
         }
     };
@@ -84,7 +86,11 @@ pub async fn handle(
 pub(crate) fn cluster_operations(ctx: &Ctx, session: &Session) -> i32 {
     let view = ctx.view();
     let (op, kind) = (AclOperation::Describe, AclResourceType::Cluster);
-    if !ctx.node.security.authorize(&view, session, op, kind, CLUSTER) {
+    if !ctx
+        .node
+        .security
+        .authorize(&view, session, op, kind, CLUSTER)
+    {
         return 0;
     }
     authorized_operations(ctx, &view, session, kind, CLUSTER)
@@ -102,6 +108,22 @@ fn topic_operations(topics: &mut [MetadataResponseTopic], ctx: &Ctx, session: &S
                 authorized_operations(ctx, &view, session, kind, name.0.as_str());
         }
     }
+}
+
+/// Kafka's message of an authorization error (`Errors.message()`), which
+/// its error responses carry; `kafka_protocol` only names the variant.
+/// Shared by the handlers that answer one.
+pub(crate) fn denied_message(error: ResponseError) -> String {
+    let message = match error {
+        ResponseError::TopicAuthorizationFailed => "Topic authorization failed.",
+        ResponseError::GroupAuthorizationFailed => "Group authorization failed.",
+        ResponseError::ClusterAuthorizationFailed => "Cluster authorization failed.",
+        ResponseError::TransactionalIdAuthorizationFailed => {
+            "Transactional Id authorization failed."
+        }
+        other => return format!("{other:?}"),
+    };
+    message.to_string()
 }
 
 /// Kafka's `AuthHelper::authorizedOperations`: the bit field (bit =
@@ -186,7 +208,12 @@ async fn lookup(
     let name = name.0.as_str();
     let denied = ResponseError::TopicAuthorizationFailed.code();
     // Existence is not disclosed to a principal that may not describe.
-    if !ctx.allowed(session, AclOperation::Describe, AclResourceType::Topic, name) {
+    if !ctx.allowed(
+        session,
+        AclOperation::Describe,
+        AclResourceType::Topic,
+        name,
+    ) {
         return error_topic(name, denied);
     }
     let view = ctx.view();
@@ -209,8 +236,12 @@ async fn lookup(
 
 /// CREATE on the cluster or on the topic.
 fn may_create(ctx: &Ctx, session: &Session, name: &str) -> bool {
-    ctx.allowed(session, AclOperation::Create, AclResourceType::Cluster, CLUSTER)
-        || ctx.allowed(session, AclOperation::Create, AclResourceType::Topic, name)
+    ctx.allowed(
+        session,
+        AclOperation::Create,
+        AclResourceType::Cluster,
+        CLUSTER,
+    ) || ctx.allowed(session, AclOperation::Create, AclResourceType::Topic, name)
 }
 
 fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx, session: &Session) -> MetadataResponseTopic {
@@ -218,7 +249,12 @@ fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx, session: &Session) -> MetadataRespons
     let (op, kind) = (AclOperation::Describe, AclResourceType::Topic);
     match view.topic_by_id(id.as_bytes()) {
         // Ids are not secret (Kafka): the id is answered, not the name.
-        Some(topic) if !ctx.node.security.authorize(&view, session, op, kind, &topic.name) => {
+        Some(topic)
+            if !ctx
+                .node
+                .security
+                .authorize(&view, session, op, kind, &topic.name) =>
+        {
             let mut t = MetadataResponseTopic::default();
             t.error_code = ResponseError::TopicAuthorizationFailed.code();
             t.topic_id = id;

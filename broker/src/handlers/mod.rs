@@ -47,6 +47,19 @@ pub mod txn_offset_commit;
 pub mod write_txn_markers;
 // Authentication.
 pub mod sasl;
+// The authorization checks of every handler.
+#[cfg(test)]
+mod authz_tests;
+// Security administration.
+pub mod alter_client_quotas;
+pub mod alter_user_scram_credentials;
+pub mod create_acls;
+pub mod delete_acls;
+pub mod describe_acls;
+pub mod describe_client_quotas;
+pub mod describe_user_scram_credentials;
+#[cfg(test)]
+mod security_tests;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -111,6 +124,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     // Authentication: SaslHandshake v0 would switch to raw SASL tokens.
     (ApiKey::SaslHandshake, 1, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
+    // Security administration.
+    (ApiKey::DescribeAcls, 0, 3),
+    (ApiKey::CreateAcls, 0, 3),
+    (ApiKey::DeleteAcls, 0, 3),
+    (ApiKey::DescribeClientQuotas, 0, 1),
+    (ApiKey::AlterClientQuotas, 0, 1),
+    (ApiKey::DescribeUserScramCredentials, 0, 0),
+    (ApiKey::AlterUserScramCredentials, 0, 0),
 ];
 
 /// Our version range for `key`, if we serve it.
@@ -481,6 +502,32 @@ pub async fn dispatch(
         ),
         ApiKey::AlterReplicaLogDirs => ResponseKind::AlterReplicaLogDirs(
             alter_replica_log_dirs::handle(decode(body, version)?, version, ctx, session),
+        ),
+        // Security administration.
+        ApiKey::DescribeAcls => ResponseKind::DescribeAcls(describe_acls::handle(
+            decode(body, version)?,
+            version,
+            ctx,
+            session,
+        )),
+        ApiKey::CreateAcls => ResponseKind::CreateAcls(
+            create_acls::handle(decode(body, version)?, version, ctx, session).await,
+        ),
+        ApiKey::DeleteAcls => ResponseKind::DeleteAcls(
+            delete_acls::handle(decode(body, version)?, version, ctx, session).await,
+        ),
+        ApiKey::DescribeClientQuotas => ResponseKind::DescribeClientQuotas(
+            describe_client_quotas::handle(decode(body, version)?, version, ctx, session),
+        ),
+        ApiKey::AlterClientQuotas => ResponseKind::AlterClientQuotas(
+            alter_client_quotas::handle(decode(body, version)?, version, ctx, session).await,
+        ),
+        ApiKey::DescribeUserScramCredentials => ResponseKind::DescribeUserScramCredentials(
+            describe_user_scram_credentials::handle(decode(body, version)?, version, ctx, session),
+        ),
+        ApiKey::AlterUserScramCredentials => ResponseKind::AlterUserScramCredentials(
+            alter_user_scram_credentials::handle(decode(body, version)?, version, ctx, session)
+                .await,
         ),
         other => match dispatch_groups(other, version, body, ctx, session).await? {
             Some(r) => r,

@@ -42,7 +42,12 @@ pub async fn handle(
         let name = t.topic.0.to_string();
         let mut out = OffsetForLeaderTopicResult::default();
         let allowed = cluster_action
-            || ctx.allowed(session, AclOperation::Describe, AclResourceType::Topic, &name);
+            || ctx.allowed(
+                session,
+                AclOperation::Describe,
+                AclResourceType::Topic,
+                &name,
+            );
         out.partitions = if allowed {
             join_all(t.partitions.iter().map(|p| one(&name, p, version, ctx))).await
         } else {

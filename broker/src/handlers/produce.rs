@@ -222,7 +222,7 @@ fn first_batch_transactional(records: &[u8]) -> bool {
 /// a refused transactional id (the request's error response), none else.
 fn refusal_message(code: i16) -> Option<String> {
     let txn = ResponseError::TransactionalIdAuthorizationFailed;
-    (code == txn.code()).then(|| txn.to_string())
+    (code == txn.code()).then(|| super::metadata::denied_message(txn))
 }
 
 fn topic_response(topic: &TopicProduceData) -> TopicProduceResponse {

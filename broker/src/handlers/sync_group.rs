@@ -1,15 +1,30 @@
 //! SyncGroup (key 14): the leader hands in the assignments; every member
-//! gets its own once the leader's arrived.
+//! gets its own once the leader's arrived. Needs READ on the group
+//! (`--authorizer`), else GROUP_AUTHORIZATION_FAILED.
 
 use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
+
+use kafka_protocol::ResponseError;
 
 use super::{str_bytes, Ctx};
 use crate::errors::group_error_code;
 use crate::plane::{GroupRequest, GroupResponse, SyncRequest};
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session};
 
-pub async fn handle(req: SyncGroupRequest, _version: i16, ctx: &Ctx, session: &Session) -> SyncGroupResponse {
-    if let Some(code) = ctx.not_coordinator(&req.group_id.0) {
+pub async fn handle(
+    req: SyncGroupRequest,
+    _version: i16,
+    ctx: &Ctx,
+    session: &Session,
+) -> SyncGroupResponse {
+    let refused = (!ctx.allowed(
+        session,
+        AclOperation::Read,
+        AclResourceType::Group,
+        &req.group_id.0,
+    ))
+    .then(|| ResponseError::GroupAuthorizationFailed.code());
+    if let Some(code) = refused.or_else(|| ctx.not_coordinator(&req.group_id.0)) {
         let mut resp = SyncGroupResponse::default();
         resp.error_code = code;
         return resp;

@@ -2,23 +2,31 @@
 //! write markers (control batches) to partitions it leads. Every marker of
 //! the request is written at once (they share WAL commits and replication
 //! rounds); each partition is answered once the in-sync replicas have its
-//! marker.
+//! marker. Needs ALTER or CLUSTER_ACTION on the cluster (`--authorizer`),
+//! else every partition gets CLUSTER_AUTHORIZATION_FAILED, as Kafka's
+//! error response.
 
 use kafka_protocol::messages::write_txn_markers_response::{
     WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
 };
 use kafka_protocol::messages::{WriteTxnMarkersRequest, WriteTxnMarkersResponse};
 
+use kafka_protocol::ResponseError;
+
 use super::Ctx;
 use crate::errors::{codes, shard_error_code};
 use crate::plane::TxnMarker;
-use crate::security::Session;
+use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 pub async fn handle(
     req: WriteTxnMarkersRequest,
     _version: i16,
-    ctx: &Ctx, session: &Session,
+    ctx: &Ctx,
+    session: &Session,
 ) -> WriteTxnMarkersResponse {
+    let cluster = AclResourceType::Cluster;
+    let allowed = ctx.allowed(session, AclOperation::Alter, cluster, CLUSTER)
+        || ctx.allowed(session, AclOperation::ClusterAction, cluster, CLUSTER);
     let mut writes = Vec::new();
     for (mi, m) in req.markers.iter().enumerate() {
         let marker = TxnMarker {
@@ -28,11 +36,12 @@ pub async fn handle(
             coordinator_epoch: m.coordinator_epoch,
         };
         for (ti, t) in m.topics.iter().enumerate() {
-            let topic = ctx.topic(&t.name.0);
+            let topic = if allowed { ctx.topic(&t.name.0) } else { None };
             for &p in &t.partition_indexes {
                 let topic = topic.clone();
                 writes.push(async move {
                     let code = match topic {
+                        _ if !allowed => ResponseError::ClusterAuthorizationFailed.code(),
                         None => codes::unknown_topic_or_partition(),
                         Some(topic) => match ctx.shard.write_txn_marker(topic, p, marker).await {
                             Ok(_) => codes::NONE,
