@@ -303,8 +303,13 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
         // A client over its quota is not read until its throttle ends
         // (KIP-219; its replies carry `throttle_time_ms`).
         if let Some(until) = session.throttled_until.take() {
-            if until > Instant::now() {
+            let now = Instant::now();
+            if until > now {
                 ctx.shard.sleep_until(until).await;
+                // Time the connection was not read does not count against
+                // its authentication's lifetime: the client's
+                // re-authentication waits in the socket meanwhile.
+                session.extend_expiry(until - now);
             }
         }
         let Some((frame, held)) = read_frame(reader, limits, ctx, &mut ahead).await? else {

@@ -138,21 +138,7 @@ pub fn sample(key: ApiKey, version: i16, variant: u8) -> Bytes {
 
 /// The APIs and versions sampled: `handlers::SUPPORTED`.
 pub fn served() -> Vec<(ApiKey, i16, i16)> {
-    let mut all = SUPPORTED.to_vec();
-    for api in [
-        (ApiKey::DescribeAcls, 0, 3),
-        (ApiKey::CreateAcls, 0, 3),
-        (ApiKey::DeleteAcls, 0, 3),
-        (ApiKey::DescribeClientQuotas, 0, 1),
-        (ApiKey::AlterClientQuotas, 0, 1),
-        (ApiKey::DescribeUserScramCredentials, 0, 0),
-        (ApiKey::AlterUserScramCredentials, 0, 0),
-    ] {
-        if !all.iter().any(|(k, _, _)| *k == api.0) {
-            all.push(api);
-        }
-    }
-    all
+    SUPPORTED.to_vec()
 }
 
 /// Every served API, version and variant with its sample.

@@ -159,6 +159,13 @@ impl Session {
         self.expires.get().is_some_and(|at| now >= at)
     }
 
+    /// Moves the authentication's expiry (if any) `by` later.
+    pub fn extend_expiry(&self, by: Duration) {
+        if let Some(at) = self.expires.get() {
+            self.expires.set(Some(at + by));
+        }
+    }
+
     /// Records a completed SASL authentication of `principal`, valid for
     /// `lifetime` (`None`: forever).
     pub fn authenticate(&self, principal: &str, lifetime: Option<Duration>) {

@@ -75,8 +75,11 @@ impl Rate {
         }
     }
 
-    /// Units per second over the live windows, and the window length used
-    /// (at least `SAMPLES - 1` whole windows, as Kafka measures).
+    /// Units per second over the live windows, and the window length used:
+    /// from the oldest live window's start, at least one window. (Kafka
+    /// counts at least `SAMPLES - 1` windows, which lets a new client send
+    /// ten windows' worth at once, and again each time that burst ages
+    /// out: a sawtooth around the quota instead of the quota.)
     fn measure(&self, now: Instant) -> (f64, Duration) {
         let horizon = WINDOW * SAMPLES as u32;
         let live = self
@@ -89,9 +92,7 @@ impl Rate {
             total += v;
             oldest = oldest.min(*start);
         }
-        let span = now
-            .duration_since(oldest)
-            .max(WINDOW * (SAMPLES as u32 - 1));
+        let span = now.duration_since(oldest).max(WINDOW);
         (total / span.as_secs_f64(), span)
     }
 }
@@ -185,14 +186,20 @@ mod tests {
     fn a_rate_over_its_bound_is_throttled_by_the_excess() {
         let mut r = Rate::default();
         let t0 = Instant::now();
-        // 10 windows' worth at once: the window counts as 10 s, so the
-        // rate is exactly the bound.
-        r.record(1000.0, t0);
+        // One window's worth at once: the rate is exactly the bound.
+        r.record(100.0, t0);
         assert_eq!(throttle(&r, 100.0, t0), Duration::ZERO);
-        // Another 500 units: 1500 / 10 s = 150/s, 50% over: 5 s.
-        r.record(500.0, t0);
+        // Another 50 units: 150 / 1 s, 50% over: 0.5 s.
+        r.record(50.0, t0);
         let t = throttle(&r, 100.0, t0);
-        assert!((t.as_secs_f64() - 5.0).abs() < 0.01, "{t:?}");
+        assert!((t.as_secs_f64() - 0.5).abs() < 0.01, "{t:?}");
+        // Sent at the bound for 5 s: no throttle.
+        let mut steady = Rate::default();
+        for s in 0..5 {
+            steady.record(100.0, t0 + Duration::from_secs(s));
+        }
+        let at = t0 + Duration::from_secs(5);
+        assert_eq!(throttle(&steady, 100.0, at), Duration::ZERO);
         // Old windows age out: 12 s later the rate is 0.
         let later = t0 + Duration::from_secs(12);
         assert_eq!(throttle(&r, 100.0, later), Duration::ZERO);

@@ -59,6 +59,13 @@ pub const SERVED: &[(i16, i16, i16)] = &[
     (66, 0, 1), // ListTransactions
     (17, 1, 1), // SaslHandshake
     (36, 0, 2), // SaslAuthenticate
+    (29, 0, 3), // DescribeAcls
+    (30, 0, 3), // CreateAcls
+    (31, 0, 3), // DeleteAcls
+    (48, 0, 1), // DescribeClientQuotas
+    (49, 0, 1), // AlterClientQuotas
+    (50, 0, 0), // DescribeUserScramCredentials
+    (51, 0, 0), // AlterUserScramCredentials
 ];
 
 /// Mutations stacked on one frame, at most.
