@@ -426,7 +426,8 @@ pub async fn dispatch(
             session,
         )),
         ApiKey::SaslAuthenticate => {
-            let (r, close) = sasl::authenticate(&decode(body, version)?, version, ctx, session).await;
+            let (r, close) =
+                sasl::authenticate(&decode(body, version)?, version, ctx, session).await;
             return Ok(Some(Response {
                 body: ResponseKind::SaslAuthenticate(r),
                 held: None,
@@ -436,19 +437,21 @@ pub async fn dispatch(
         ApiKey::ApiVersions => {
             ResponseKind::ApiVersions(api_versions::handle(&decode(body, version)?, version))
         }
-        ApiKey::Metadata => {
-            ResponseKind::Metadata(metadata::handle(decode(body, version)?, version, ctx, session).await)
-        }
+        ApiKey::Metadata => ResponseKind::Metadata(
+            metadata::handle(decode(body, version)?, version, ctx, session).await,
+        ),
         ApiKey::CreateTopics => ResponseKind::CreateTopics(
             create_topics::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::DeleteTopics => ResponseKind::DeleteTopics(
             delete_topics::handle(decode(body, version)?, version, ctx, session).await,
         ),
-        ApiKey::Produce => match produce::handle(decode(body, version)?, version, ctx, session).await {
-            Some(r) => ResponseKind::Produce(r),
-            None => return Ok(None),
-        },
+        ApiKey::Produce => {
+            match produce::handle(decode(body, version)?, version, ctx, session).await {
+                Some(r) => ResponseKind::Produce(r),
+                None => return Ok(None),
+            }
+        }
         ApiKey::Fetch => {
             let (r, held) = fetch::handle(decode(body, version)?, version, ctx, session).await;
             return Ok(Some(Response {
@@ -469,7 +472,8 @@ pub async fn dispatch(
         ApiKey::DescribeConfigs => ResponseKind::DescribeConfigs(describe_configs::handle(
             decode(body, version)?,
             version,
-            ctx, session,
+            ctx,
+            session,
         )),
         ApiKey::AlterConfigs => ResponseKind::AlterConfigs(
             alter_configs::handle(decode(body, version)?, version, ctx, session).await,
@@ -480,7 +484,8 @@ pub async fn dispatch(
         ApiKey::DescribeCluster => ResponseKind::DescribeCluster(describe_cluster::handle(
             &decode(body, version)?,
             version,
-            ctx, session,
+            ctx,
+            session,
         )),
         ApiKey::DeleteRecords => ResponseKind::DeleteRecords(
             delete_records::handle(decode(body, version)?, version, ctx, session).await,
@@ -492,7 +497,8 @@ pub async fn dispatch(
             elect_leaders::handle(decode(body, version)?, version, ctx, session).await,
         ),
         ApiKey::AlterPartitionReassignments => ResponseKind::AlterPartitionReassignments(
-            alter_partition_reassignments::handle(decode(body, version)?, version, ctx, session).await,
+            alter_partition_reassignments::handle(decode(body, version)?, version, ctx, session)
+                .await,
         ),
         ApiKey::ListPartitionReassignments => ResponseKind::ListPartitionReassignments(
             list_partition_reassignments::handle(decode(body, version)?, version, ctx, session),
@@ -552,9 +558,9 @@ async fn dispatch_groups(
     let b = body;
     let v = version;
     Ok(Some(match key {
-        ApiKey::FindCoordinator => {
-            ResponseKind::FindCoordinator(find_coordinator::handle(decode(b, v)?, v, ctx, session).await)
-        }
+        ApiKey::FindCoordinator => ResponseKind::FindCoordinator(
+            find_coordinator::handle(decode(b, v)?, v, ctx, session).await,
+        ),
         ApiKey::JoinGroup => {
             ResponseKind::JoinGroup(join_group::handle(decode(b, v)?, v, ctx, session).await)
         }
@@ -576,9 +582,9 @@ async fn dispatch_groups(
         ApiKey::ListGroups => {
             ResponseKind::ListGroups(list_groups::handle(decode(b, v)?, v, ctx, session).await)
         }
-        ApiKey::DescribeGroups => {
-            ResponseKind::DescribeGroups(describe_groups::handle(decode(b, v)?, v, ctx, session).await)
-        }
+        ApiKey::DescribeGroups => ResponseKind::DescribeGroups(
+            describe_groups::handle(decode(b, v)?, v, ctx, session).await,
+        ),
         ApiKey::DeleteGroups => {
             ResponseKind::DeleteGroups(delete_groups::handle(decode(b, v)?, v, ctx, session).await)
         }
@@ -588,22 +594,24 @@ async fn dispatch_groups(
         ApiKey::AddPartitionsToTxn => ResponseKind::AddPartitionsToTxn(
             add_partitions_to_txn::handle(decode(b, v)?, v, ctx, session).await,
         ),
-        ApiKey::AddOffsetsToTxn => {
-            ResponseKind::AddOffsetsToTxn(add_offsets_to_txn::handle(decode(b, v)?, v, ctx, session).await)
+        ApiKey::AddOffsetsToTxn => ResponseKind::AddOffsetsToTxn(
+            add_offsets_to_txn::handle(decode(b, v)?, v, ctx, session).await,
+        ),
+        ApiKey::EndTxn => {
+            ResponseKind::EndTxn(end_txn::handle(decode(b, v)?, v, ctx, session).await)
         }
-        ApiKey::EndTxn => ResponseKind::EndTxn(end_txn::handle(decode(b, v)?, v, ctx, session).await),
-        ApiKey::WriteTxnMarkers => {
-            ResponseKind::WriteTxnMarkers(write_txn_markers::handle(decode(b, v)?, v, ctx, session).await)
-        }
-        ApiKey::TxnOffsetCommit => {
-            ResponseKind::TxnOffsetCommit(txn_offset_commit::handle(decode(b, v)?, v, ctx, session).await)
-        }
+        ApiKey::WriteTxnMarkers => ResponseKind::WriteTxnMarkers(
+            write_txn_markers::handle(decode(b, v)?, v, ctx, session).await,
+        ),
+        ApiKey::TxnOffsetCommit => ResponseKind::TxnOffsetCommit(
+            txn_offset_commit::handle(decode(b, v)?, v, ctx, session).await,
+        ),
         ApiKey::DescribeTransactions => ResponseKind::DescribeTransactions(
             describe_transactions::handle(decode(b, v)?, v, ctx, session).await,
         ),
-        ApiKey::ListTransactions => {
-            ResponseKind::ListTransactions(list_transactions::handle(decode(b, v)?, v, ctx, session).await)
-        }
+        ApiKey::ListTransactions => ResponseKind::ListTransactions(
+            list_transactions::handle(decode(b, v)?, v, ctx, session).await,
+        ),
         _ => return Ok(None),
     }))
 }
