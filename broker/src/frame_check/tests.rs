@@ -53,6 +53,27 @@ fn every_served_api_has_a_schema_and_empty_requests_pass() {
                 ApiKey::ListTransactions => {
                     frame(key, version, &ListTransactionsRequest::default())
                 }
+                ApiKey::SaslHandshake => frame(key, version, &SaslHandshakeRequest::default()),
+                ApiKey::SaslAuthenticate => {
+                    frame(key, version, &SaslAuthenticateRequest::default())
+                }
+                ApiKey::DescribeAcls => frame(key, version, &DescribeAclsRequest::default()),
+                ApiKey::CreateAcls => frame(key, version, &CreateAclsRequest::default()),
+                ApiKey::DeleteAcls => frame(key, version, &DeleteAclsRequest::default()),
+                ApiKey::DescribeClientQuotas => {
+                    frame(key, version, &DescribeClientQuotasRequest::default())
+                }
+                ApiKey::AlterClientQuotas => {
+                    frame(key, version, &AlterClientQuotasRequest::default())
+                }
+                ApiKey::DescribeUserScramCredentials => frame(
+                    key,
+                    version,
+                    &DescribeUserScramCredentialsRequest::default(),
+                ),
+                ApiKey::AlterUserScramCredentials => {
+                    frame(key, version, &AlterUserScramCredentialsRequest::default())
+                }
                 _ => continue,
             };
             let checked =
