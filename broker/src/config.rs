@@ -424,7 +424,7 @@ pub struct StartArgs {
     #[arg(long, env = "SLUICE_AUTHORIZER", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
     pub authorizer: bool,
 
-    /// Principals allowed everything when --authorizer is on, as User:NAME,... (separated by , or ;).
+    /// Principals allowed everything when --authorizer is on, as User:NAME;User:OTHER (separated by ;, as certificate principals hold commas).
     #[arg(long, env = "SLUICE_SUPER_USERS", value_name = "LIST")]
     pub super_users: Option<String>,
 
@@ -756,7 +756,8 @@ impl Settings {
                 .super_users
                 .as_deref()
                 .unwrap_or("")
-                .split([',', ';'])
+                // `;` only: certificate principals hold commas.
+                .split(';')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_string)

@@ -312,7 +312,8 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
                 session.extend_expiry(until - now);
             }
         }
-        let Some((frame, held)) = read_frame(reader, limits, ctx, &mut ahead).await? else {
+        let Some((frame, held)) = read_frame(reader, limits, ctx, session, &mut ahead).await?
+        else {
             return Ok(());
         };
         let (started, decoded) = start_frame(frame, ctx, session).await?;
@@ -481,6 +482,7 @@ async fn read_frame<S: AsyncRead + Unpin>(
     stream: &mut S,
     limits: &ConnLimits,
     ctx: &Ctx,
+    session: &Session,
     ahead: &mut Ahead,
 ) -> Result<Option<(Bytes, RequestBuffer)>, Close> {
     let mut size = ahead.bytes;
@@ -501,9 +503,20 @@ async fn read_frame<S: AsyncRead + Unpin>(
     {
         return Err(Close::BadSize(size));
     }
+    // Before SASL authentication a client sends small frames of three
+    // APIs only (Kafka's `sasl.server.max.receive.size`): nothing is
+    // reserved for anything else.
+    if !session.authenticated() && size as usize > UNAUTHENTICATED_FRAME_BYTES_MAX {
+        return Err(Close::BadSize(size));
+    }
     // The API key decides whether the frame may wait for the pool.
     let mut key = [0u8; 2];
     read_exact_within(stream, &mut key, limits, ctx).await?;
+    if let Ok(api) = ApiKey::try_from(i16::from_be_bytes(key)) {
+        if !authentication_allows(api, session) {
+            return Err(Close::Unauthenticated(api));
+        }
+    }
     let held = if never_waits(i16::from_be_bytes(key), size as u64) {
         ctx.shard.reserve_request_forced(size as u64)
     } else {
@@ -521,6 +534,10 @@ async fn read_frame<S: AsyncRead + Unpin>(
     read_exact_within(stream, &mut frame[2..], limits, ctx).await?;
     Ok(Some((Bytes::from(frame), held)))
 }
+
+/// Largest frame read from a client that has not authenticated on a SASL
+/// listener (Kafka's `sasl.server.max.receive.size` default).
+const UNAUTHENTICATED_FRAME_BYTES_MAX: usize = 512 * 1024;
 
 /// Largest Fetch or OffsetForLeaderEpoch frame charged without waiting
 /// (a follower's fetch of 20,000 partitions is ~800 KB).
@@ -612,13 +629,19 @@ async fn start_frame<'a>(
         }));
         return Ok((pipelined, decoded));
     }
-    let client_id: Box<str> = Box::from(client_id);
+    // A follower's fetch (replica_id >= 0, the body's first field) is
+    // never throttled, as in Kafka: replication is not a client's traffic.
+    let quota_client: Option<Box<str>> = (key == ApiKey::Fetch
+        && frame.len() >= 4
+        && i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) < 0)
+        .then(|| Box::from(client_id));
     let barrier = Started::Barrier(Box::pin(async move {
         match handlers::dispatch(key, version, &mut frame, ctx, session).await {
-            Ok(Some(mut r)) if key == ApiKey::Fetch => {
+            Ok(Some(mut r)) if quota_client.is_some() => {
+                let client_id = quota_client.as_deref().unwrap_or("");
                 if let ResponseKind::Fetch(body) = &mut r.body {
                     let bytes = fetched_bytes(body);
-                    let t = throttle(session, ctx, &client_id, QuotaKind::Fetch, bytes);
+                    let t = throttle(session, ctx, client_id, QuotaKind::Fetch, bytes);
                     body.throttle_time_ms = body.throttle_time_ms.max(t);
                 }
                 let bytes = encode(correlation_id, key, version, &r.body)?;

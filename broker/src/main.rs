@@ -61,6 +61,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{Cli, Command, Settings, StartArgs};
 
 fn main() -> std::process::ExitCode {
+    users::take_env();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -612,13 +612,18 @@ async fn tls_accept(
     let timeout = std::pin::pin!(ctx.shard.sleep_until(deadline));
     let failure = match select(handshake, timeout).await {
         Either::Left((Ok(stream), _)) => {
-            let principal = stream
+            let cert = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(security::tls::principal_of);
-            return Some((stream, principal));
+                .and_then(|c| c.first());
+            match cert.map(security::tls::principal_of) {
+                None => return Some((stream, None)),
+                Some(Some(principal)) => return Some((stream, Some(principal))),
+                // A verified certificate whose subject cannot be named: not
+                // ANONYMOUS, refused.
+                Some(None) => "client certificate subject cannot be read".to_string(),
+            }
         }
         Either::Left((Err(e), _)) => e.to_string(),
         Either::Right(_) => "timed out".to_string(),

@@ -4,7 +4,8 @@
 //! one per SCRAM mechanism (salted, 4096 iterations) through the
 //! replicated metadata; existing users are left as they are, so a password
 //! changed since (AlterUserScramCredentials) stays changed. Passwords are
-//! never logged; the variable is removed from the environment once read.
+//! never logged; the variable is taken out of the environment first thing
+//! (`take_env`), so no child process or later reader sees it.
 
 use anyhow::{bail, Context};
 use sluice_raft::{Metadata, ScramCredential, ScramMechanism};
@@ -17,12 +18,23 @@ pub const BOOTSTRAP_USERS_ENV: &str = "SLUICE_BOOTSTRAP_USERS";
 /// Iterations of the bootstrap users' credentials (Kafka's minimum).
 const ITERATIONS: u32 = 4096;
 
+/// `SLUICE_BOOTSTRAP_USERS`, taken by `take_env` before any thread starts.
+static FROM_ENV: std::sync::Mutex<Option<std::ffi::OsString>> = std::sync::Mutex::new(None);
+
+/// Takes `SLUICE_BOOTSTRAP_USERS` out of the environment; called first
+/// thing in `main`, while the process has one thread (removing a variable
+/// races with other threads reading the environment).
+pub fn take_env() {
+    if let Some(text) = std::env::var_os(BOOTSTRAP_USERS_ENV) {
+        std::env::remove_var(BOOTSTRAP_USERS_ENV);
+        *FROM_ENV.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+    }
+}
+
 pub fn bootstrap(settings: &Settings, meta: &Metadata) -> anyhow::Result<()> {
     let mut users = Vec::new();
-    if let Some(text) = std::env::var_os(BOOTSTRAP_USERS_ENV) {
-        // Read once: nothing started later (child processes, a dump of the
-        // environment) sees it.
-        std::env::remove_var(BOOTSTRAP_USERS_ENV);
+    let from_env = FROM_ENV.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(text) = from_env {
         let text = text
             .into_string()
             .map_err(|_| anyhow::anyhow!("{BOOTSTRAP_USERS_ENV}: not UTF-8"))?;

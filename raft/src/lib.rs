@@ -126,9 +126,9 @@ pub use crate::security::acl::{
 };
 pub use crate::security::quota::{
     validate_quota_alteration, QuotaAlteration, QuotaEntity, QuotaEntityType, QuotaFilter,
-    QuotaFilterComponent, QuotaMap, QuotaMatch, QuotaName, QuotaOps, QuotaValues, Quotas,
-    CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE, PRODUCER_BYTE_RATE,
-    REQUEST_PERCENTAGE,
+    QuotaFilterComponent, QuotaMap, QuotaMatch, QuotaName, QuotaOps, QuotaScope, QuotaValues,
+    Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE,
+    PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE,
 };
 pub use crate::security::scram::{
     ScramAlterResults, ScramCredential, ScramMechanism, ScramUsers, UserScram,

@@ -119,6 +119,9 @@ fn may_write_some_topic(ctx: &Ctx, session: &Session) -> bool {
     let mut deny_literal: BTreeSet<String> = BTreeSet::new();
     let mut deny_prefixed: BTreeSet<String> = BTreeSet::new();
     let mut allowed: Vec<(AclPatternType, String)> = Vec::new();
+    // A wildcard ALLOW decides only once every binding was seen: a
+    // wildcard DENY of either principal wins over it.
+    let mut wildcard_allowed = false;
     for who in [&*principal, sluice_raft::WILDCARD_PRINCIPAL] {
         let filter = AclFilter {
             resource_type: Some(topic),
@@ -134,7 +137,7 @@ fn may_write_some_topic(ctx: &Ctx, session: &Session) -> bool {
                 && b.resource_name == sluice_raft::WILDCARD_RESOURCE;
             match (b.permission, b.pattern_type) {
                 (AclPermission::Deny, _) if wildcard => return false,
-                (AclPermission::Allow, _) if wildcard => return true,
+                (AclPermission::Allow, _) if wildcard => wildcard_allowed = true,
                 (AclPermission::Deny, AclPatternType::Literal) => {
                     deny_literal.insert(b.resource_name);
                 }
@@ -144,6 +147,9 @@ fn may_write_some_topic(ctx: &Ctx, session: &Session) -> bool {
                 (AclPermission::Allow, pattern) => allowed.push((pattern, b.resource_name)),
             }
         }
+    }
+    if wildcard_allowed {
+        return true;
     }
     allowed.iter().any(|(pattern, name)| {
         let literal_denied = *pattern == AclPatternType::Literal && deny_literal.contains(name);

@@ -109,6 +109,9 @@ pub struct Session {
     authenticated: Cell<bool>,
     /// When the authentication expires (KIP-368); `None`: never.
     expires: Cell<Option<Instant>>,
+    /// The authentication's lifetime, and how much `extend_expiry` added.
+    lifetime: Cell<Option<Duration>>,
+    extended: Cell<Duration>,
     pub sasl: RefCell<SaslState>,
     /// A quota throttle: the connection is not read until then.
     pub throttled_until: Cell<Option<Instant>>,
@@ -135,6 +138,8 @@ impl Session {
             principal: RefCell::new(principal),
             authenticated: Cell::new(!protocol.sasl()),
             expires: Cell::new(None),
+            lifetime: Cell::new(None),
+            extended: Cell::new(Duration::ZERO),
             sasl: RefCell::new(SaslState::Idle),
             throttled_until: Cell::new(None),
         }
@@ -159,11 +164,16 @@ impl Session {
         self.expires.get().is_some_and(|at| now >= at)
     }
 
-    /// Moves the authentication's expiry (if any) `by` later.
+    /// Moves the authentication's expiry (if any) `by` later, by at most
+    /// one lifetime in all: a throttled client cannot put its
+    /// re-authentication off for ever.
     pub fn extend_expiry(&self, by: Duration) {
-        if let Some(at) = self.expires.get() {
-            self.expires.set(Some(at + by));
-        }
+        let (Some(at), Some(lifetime)) = (self.expires.get(), self.lifetime.get()) else {
+            return;
+        };
+        let by = by.min(lifetime.saturating_sub(self.extended.get()));
+        self.extended.set(self.extended.get() + by);
+        self.expires.set(Some(at + by));
     }
 
     /// Records a completed SASL authentication of `principal`, valid for
@@ -172,6 +182,8 @@ impl Session {
         *self.principal.borrow_mut() = Rc::from(principal);
         self.authenticated.set(true);
         self.expires.set(lifetime.map(|l| Instant::now() + l));
+        self.lifetime.set(lifetime);
+        self.extended.set(Duration::ZERO);
     }
 }
 

@@ -107,7 +107,7 @@ struct Client {
 /// A shard's quota state.
 #[derive(Default)]
 pub struct QuotaSensors {
-    clients: RefCell<HashMap<(Rc<str>, Box<str>), Client>>,
+    clients: RefCell<HashMap<(Box<str>, Box<str>), Client>>,
 }
 
 impl QuotaSensors {
@@ -126,9 +126,13 @@ impl QuotaSensors {
             return Duration::ZERO;
         }
         let user = principal.strip_prefix("User:").unwrap_or(principal);
-        let Some(bound) = quotas.resolve(user, client_id, kind.key()) else {
+        let Some((bound, scope)) = quotas.resolve_scoped(user, client_id, kind.key()) else {
             return Duration::ZERO;
         };
+        // Clients in one scope share one rate (a quota of user alice alone
+        // holds all her client ids): changing client.id escapes nothing.
+        let principal = if scope.user { &**principal } else { "" };
+        let client_id = if scope.client_id { client_id } else { "" };
         // Request time is a percentage of one core: microseconds per
         // second, so 100% = 1e6.
         let bound = match kind {
@@ -137,7 +141,7 @@ impl QuotaSensors {
         };
         let now = Instant::now();
         let mut clients = self.clients.borrow_mut();
-        let key = (Rc::clone(principal), Box::<str>::from(client_id));
+        let key = (Box::<str>::from(principal), Box::<str>::from(client_id));
         if !clients.contains_key(&key) && clients.len() >= CLIENTS_MAX {
             evict_idlest(&mut clients);
         }
@@ -154,7 +158,7 @@ impl QuotaSensors {
     }
 }
 
-fn evict_idlest(clients: &mut HashMap<(Rc<str>, Box<str>), Client>) {
+fn evict_idlest(clients: &mut HashMap<(Box<str>, Box<str>), Client>) {
     let idlest = clients
         .iter()
         .min_by_key(|(_, c)| c.last_seen)

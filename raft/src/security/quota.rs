@@ -223,6 +223,14 @@ pub type QuotaAlteration = (QuotaEntity, QuotaOps);
 /// Quotas by entity: a persistent map, cloned in O(1).
 pub type QuotaMap = imbl::OrdMap<QuotaEntity, Arc<QuotaValues>>;
 
+/// Which parts of a client's identity its quota applies to
+/// (`Quotas::resolve_scoped`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaScope {
+    pub user: bool,
+    pub client_id: bool,
+}
+
 /// How a DescribeClientQuotas filter component matches names (Kafka's
 /// match types EXACT, DEFAULT, SPECIFIED).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,6 +293,19 @@ impl Quotas {
     /// user, client-id), (default user, default client), (default user),
     /// (client-id), (default client). No allocation.
     pub fn resolve(&self, user: &str, client_id: &str, key: &str) -> Option<f64> {
+        self.resolve_scoped(user, client_id, key).map(|(v, _)| v)
+    }
+
+    /// As `resolve`, with the scope of the quota found: whether its entity
+    /// names a user and a client id (a default counts). Clients that share
+    /// a scope share the quota, as Kafka's quota metric tags do: a quota
+    /// of user `alice` alone holds all her client ids together.
+    pub fn resolve_scoped(
+        &self,
+        user: &str,
+        client_id: &str,
+        key: &str,
+    ) -> Option<(f64, QuotaScope)> {
         if self.entities.is_empty() {
             return None;
         }
@@ -301,12 +322,16 @@ impl Quotas {
             (None, Some(d)),
         ];
         order.into_iter().find_map(|(user, client_id)| {
+            let scope = QuotaScope {
+                user: user.is_some(),
+                client_id: client_id.is_some(),
+            };
             let entity = EntityRef {
                 user,
                 client_id,
                 ip: None,
             };
-            self.value(entity, key)
+            self.value(entity, key).map(|v| (v, scope))
         })
     }
 
