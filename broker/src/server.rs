@@ -230,6 +230,7 @@ fn meta_config(settings: &Settings) -> MetaConfig {
 /// connections of the old process still hold the port for a while.)
 fn probe_listen(addr: SocketAddr) -> anyhow::Result<()> {
     const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+    const PROBE_RETRY_FOR: Duration = Duration::from_secs(2);
     let mut target = addr;
     if target.ip().is_unspecified() {
         target.set_ip(match addr {
@@ -237,8 +238,15 @@ fn probe_listen(addr: SocketAddr) -> anyhow::Result<()> {
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    if std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok() {
-        bail!("--listen/--listeners {addr}: another process is already listening there");
+    // A process killed a moment ago still answers for a few tens of ms
+    // (the kernel closes its io_uring's sockets asynchronously): ask again
+    // for a bounded while before calling the port taken.
+    let deadline = std::time::Instant::now() + PROBE_RETRY_FOR;
+    while std::net::TcpStream::connect_timeout(&target, PROBE_TIMEOUT).is_ok() {
+        if std::time::Instant::now() >= deadline {
+            bail!("--listen/--listeners {addr}: another process is already listening there");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
 }
