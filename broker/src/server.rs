@@ -47,6 +47,8 @@ pub struct Connections {
     /// Open connections per peer IP (entries of IPs with none are
     /// removed: bounded by the open connections).
     per_ip: std::cell::RefCell<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// New connections per IP under a `connection_creation_rate` quota.
+    creation_rates: crate::security::quota::ConnectionRates,
     tls_warnings: WarnLimiter,
     /// Connections closed for bad input or a deadline, by reason.
     pub closes: connection::Closes,
@@ -60,6 +62,7 @@ impl Default for Connections {
             warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
             tls_failed: Cell::new(0),
             per_ip: Default::default(),
+            creation_rates: Default::default(),
             tls_warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
             closes: connection::Closes::default(),
         }
@@ -111,6 +114,20 @@ impl Connections {
                 limit,
                 refused = earlier + 1,
                 "connections per IP limit reached: closed a new connection at accept (--max-connections-per-ip)"
+            );
+        }
+    }
+
+    /// Counts a refusal for an IP's `connection_creation_rate` quota, with a
+    /// warning at most once per `REFUSAL_WARN_INTERVAL`.
+    fn refuse_rate(&self, shard: u32, peer: &str) {
+        self.refused.set(self.refused.get() + 1);
+        if let Some(earlier) = self.warnings.due() {
+            tracing::warn!(
+                shard,
+                peer,
+                refused = earlier + 1,
+                "connection_creation_rate quota of the client's IP reached: closed a new connection at accept"
             );
         }
     }
@@ -573,6 +590,10 @@ async fn accept_loop(
         }
         let ip = peer_addr.map(|a| a.ip());
         if let Some(ip) = ip {
+            if !conns.creation_rates.admit(&ctx.view().quotas, ip) {
+                conns.refuse_rate(shard, &peer);
+                continue;
+            }
             if !conns.admit_ip(ip, per_ip_max) {
                 conns.refuse_ip(shard, per_ip_max, &peer);
                 continue;

@@ -664,3 +664,62 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     }
     metadata_ok(&trusting(&second.ca), METADATA_TIMEOUT).expect("still served");
 }
+
+/// Sets (or with `None` removes) the `connection_creation_rate` of `ip`.
+fn set_ip_connection_rate(s: &Shared, ip: &str, rate: Option<f64>) {
+    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
+    use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
+    let op = OpData::default()
+        .with_key(StrBytes::from_static_str("connection_creation_rate"))
+        .with_value(rate.unwrap_or(0.0))
+        .with_remove(rate.is_none());
+    let req = AlterClientQuotasRequest::default().with_entries(vec![EntryData::default()
+        .with_entity(vec![EntityData::default()
+            .with_entity_type(StrBytes::from_static_str("ip"))
+            .with_entity_name(Some(StrBytes::from_string(ip.to_string())))])
+        .with_ops(vec![op])]);
+    let mut c = raw(s.ports[0]);
+    let r: AlterClientQuotasResponse = common::call(&mut c, ApiKey::AlterClientQuotas, 1, &req);
+    for e in &r.entries {
+        assert_eq!(e.error_code, 0, "AlterClientQuotas: {:?}", e.error_message);
+    }
+}
+
+#[test]
+fn an_ip_over_its_connection_creation_rate_is_refused_at_accept() {
+    with_shared(|s| {
+        set_ip_connection_rate(s, "127.0.0.1", Some(5.0));
+        let (mut served, mut refused) = (0, 0);
+        for _ in 0..40 {
+            let mut c = raw(s.ports[0]);
+            c.write_all(&common::request_frame(
+                ApiKey::ApiVersions,
+                3,
+                1,
+                &ApiVersionsRequest::default(),
+            ))
+            .expect("write");
+            match common::read_response(&mut c) {
+                Some(_) => served += 1,
+                None => refused += 1,
+            }
+        }
+        // Once the rate fell back under the quota, a new connection (the
+        // one that removes the quota) is served.
+        std::thread::sleep(Duration::from_secs(3));
+        set_ip_connection_rate(s, "127.0.0.1", None);
+        eprintln!("served {served}, refused {refused}");
+        // Two shards, each allowing the IP 5 a second.
+        assert!((5..=20).contains(&served), "served {served} of 40");
+        assert!(refused >= 20, "refused {refused} of 40");
+        // Without the quota, connections are served again.
+        let mut c = raw(s.ports[0]);
+        let v: ApiVersionsResponse = common::call(
+            &mut c,
+            ApiKey::ApiVersions,
+            3,
+            &ApiVersionsRequest::default(),
+        );
+        assert_eq!(v.error_code, 0);
+    });
+}

@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use sluice_raft::{Quotas, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE};
+use sluice_raft::{
+    Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE,
+};
 
 /// One-second windows a rate is measured over (Kafka's
 /// `quota.window.num` = 11, `quota.window.size.seconds` = 1).
@@ -155,6 +157,48 @@ impl QuotaSensors {
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.clients.borrow().len()
+    }
+}
+
+/// A shard's rates of new connections per client IP, for the
+/// `connection_creation_rate` quota of IP entities (Kafka's KIP-612):
+/// tracked only for IPs a quota applies to, at most `CLIENTS_MAX`.
+#[derive(Debug, Default)]
+pub struct ConnectionRates {
+    ips: RefCell<HashMap<std::net::IpAddr, (Rate, Instant)>>,
+}
+
+impl ConnectionRates {
+    /// Counts a new connection from `ip`; false when it takes the IP over
+    /// its `connection_creation_rate` (the connection is then refused).
+    pub fn admit(&self, quotas: &Quotas, ip: std::net::IpAddr) -> bool {
+        if quotas.is_empty() {
+            return true;
+        }
+        let Some(bound) = quotas.resolve_ip(ip, CONNECTION_CREATION_RATE) else {
+            return true;
+        };
+        let now = Instant::now();
+        let mut ips = self.ips.borrow_mut();
+        if !ips.contains_key(&ip) && ips.len() >= CLIENTS_MAX {
+            let idlest = ips
+                .iter()
+                .min_by_key(|(_, (_, seen))| *seen)
+                .map(|(k, _)| *k);
+            if let Some(k) = idlest {
+                ips.remove(&k);
+            }
+        }
+        let (rate, seen) = ips.entry(ip).or_insert_with(|| (Rate::default(), now));
+        *seen = now;
+        rate.record(1.0, now);
+        if throttle(rate, bound, now).is_zero() {
+            return true;
+        }
+        // Only accepted connections count (KIP-612): a client retrying
+        // while refused is not locked out for longer.
+        rate.record(-1.0, now);
+        false
     }
 }
 
