@@ -53,6 +53,22 @@ pub fn is_busy(code: i16) -> bool {
 }
 
 /// Kafka error code of a metadata error.
+/// The Kafka code and message of a security metadata refusal (SCRAM
+/// credentials, ACLs, client quotas).
+pub fn security_error(e: &sluice_raft::SecurityError) -> (i16, kafka_protocol::protocol::StrBytes) {
+    use sluice_raft::SecurityError;
+    let code = match e {
+        SecurityError::ResourceNotFound(_) => ResponseError::ResourceNotFound,
+        SecurityError::DuplicateResource(_) => ResponseError::DuplicateResource,
+        SecurityError::UnacceptableCredential(_) => ResponseError::UnacceptableCredential,
+        SecurityError::InvalidRequest(_) => ResponseError::InvalidRequest,
+    };
+    (
+        code.code(),
+        kafka_protocol::protocol::StrBytes::from_string(e.to_string()),
+    )
+}
+
 pub fn meta_error_code(e: &MetaError) -> i16 {
     let code = match e {
         MetaError::TopicExists(_) => ResponseError::TopicAlreadyExists,

@@ -29,8 +29,8 @@ use sluice_raft::{
     QuotaEntityType, QuotaName, QuotaOps, SecurityError,
 };
 
-use super::describe_acls::security_error;
 use super::{str_bytes, Ctx};
+use crate::errors::security_error;
 use crate::errors::{codes, meta_error_code};
 use crate::security::{Session, CLUSTER};
 

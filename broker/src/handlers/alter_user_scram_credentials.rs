@@ -34,8 +34,8 @@ use sluice_raft::{
     SecurityError,
 };
 
-use super::describe_acls::security_error;
 use super::{str_bytes, Ctx};
+use crate::errors::security_error;
 use crate::errors::{codes, meta_error_code};
 use crate::sasl::{ScramAlgorithm, StoredCredential};
 use crate::security::{Session, CLUSTER};

@@ -22,10 +22,10 @@ use kafka_protocol::ResponseError;
 use sluice_raft::{AclBinding, AclOperation, AclPatternType, AclPermission, AclResourceType};
 
 use super::describe_acls::{
-    operation_name, pattern_type_name, permission_name, resource_type_name, security_error,
+    operation_name, pattern_type_name, permission_name, resource_type_name,
 };
 use super::{str_bytes, Ctx};
-use crate::errors::{codes, meta_error_code};
+use crate::errors::{codes, meta_error_code, security_error};
 use crate::security::{Session, CLUSTER};
 
 pub async fn handle(

@@ -21,11 +21,9 @@
 
 use kafka_protocol::messages::describe_acls_response::{AclDescription, DescribeAclsResource};
 use kafka_protocol::messages::{DescribeAclsRequest, DescribeAclsResponse};
-use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use sluice_raft::{
     AclBinding, AclFilter, AclOperation, AclPermission, AclResourceType, PatternFilter,
-    SecurityError,
 };
 
 use super::{str_bytes, Ctx};
@@ -245,21 +243,11 @@ fn code_name(names: &[&'static str], code: i8) -> &'static str {
 
 /// The Kafka error code and message of a refused security item (CreateAcls,
 /// AlterClientQuotas, AlterUserScramCredentials).
-// The one mapping of `SecurityError`; it belongs with the others in
-// `crate::errors`, where it can move as is.
-pub fn security_error(e: &SecurityError) -> (i16, StrBytes) {
-    let code = match e {
-        SecurityError::ResourceNotFound(_) => ResponseError::ResourceNotFound,
-        SecurityError::DuplicateResource(_) => ResponseError::DuplicateResource,
-        SecurityError::UnacceptableCredential(_) => ResponseError::UnacceptableCredential,
-        SecurityError::InvalidRequest(_) => ResponseError::InvalidRequest,
-    };
-    (code.code(), str_bytes(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::errors::security_error;
+    use sluice_raft::SecurityError;
 
     fn wire(
         resource_type: i8,

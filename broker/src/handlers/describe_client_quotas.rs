@@ -26,9 +26,9 @@ use sluice_raft::{
     QuotaMatch, QuotaName, QuotaValues,
 };
 
-use super::describe_acls::security_error;
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
+use crate::errors::security_error;
 use crate::security::{Session, CLUSTER};
 
 const MATCH_EXACT: i8 = 0;

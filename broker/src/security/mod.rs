@@ -147,6 +147,7 @@ impl Session {
 
     /// A session for requests not from a client connection (tests, internal
     /// callers): anonymous on plaintext.
+    #[cfg(test)]
     pub fn anonymous() -> Session {
         Session::new(0, SecurityProtocol::Plaintext, "127.0.0.1".into(), None)
     }

@@ -17,9 +17,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use sluice_raft::{
-    Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE,
-};
+use sluice_raft::{Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE};
 
 /// One-second windows a rate is measured over (Kafka's
 /// `quota.window.num` = 11, `quota.window.size.seconds` = 1).
@@ -37,9 +35,6 @@ pub enum QuotaKind {
     Produce,
     /// Bytes of fetch responses (`consumer_byte_rate`).
     Fetch,
-    /// Percent of one core's time spent on the client's requests
-    /// (`request_percentage`).
-    RequestTime,
 }
 
 impl QuotaKind {
@@ -47,7 +42,6 @@ impl QuotaKind {
         match self {
             QuotaKind::Produce => PRODUCER_BYTE_RATE,
             QuotaKind::Fetch => CONSUMER_BYTE_RATE,
-            QuotaKind::RequestTime => REQUEST_PERCENTAGE,
         }
     }
 
@@ -113,7 +107,7 @@ pub struct QuotaSensors {
 }
 
 impl QuotaSensors {
-    /// Records `value` (bytes, or microseconds of request time) for the
+    /// Records `value` (bytes) for the
     /// client and returns how long it must be throttled; zero at once when
     /// no quota applies to it (nothing is recorded then).
     pub fn record(
@@ -135,12 +129,6 @@ impl QuotaSensors {
         // holds all her client ids): changing client.id escapes nothing.
         let principal = if scope.user { &**principal } else { "" };
         let client_id = if scope.client_id { client_id } else { "" };
-        // Request time is a percentage of one core: microseconds per
-        // second, so 100% = 1e6.
-        let bound = match kind {
-            QuotaKind::RequestTime => bound * 10_000.0,
-            _ => bound,
-        };
         let now = Instant::now();
         let mut clients = self.clients.borrow_mut();
         let key = (Box::<str>::from(principal), Box::<str>::from(client_id));

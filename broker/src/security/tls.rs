@@ -117,10 +117,6 @@ impl Tls {
         };
         TlsAcceptor::from(Arc::clone(config))
     }
-
-    pub fn files(&self) -> &TlsFiles {
-        &self.files
-    }
 }
 
 fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
