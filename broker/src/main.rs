@@ -67,16 +67,19 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    let Command::Start(args) = cli.command;
-    let Some(("start", sub)) = matches.subcommand() else {
-        unreachable!("clap only accepts the start subcommand");
-    };
-    match start(args, sub) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            // Also before logging is set up (bad settings): plain stderr.
-            eprintln!("sluice: {e:#}");
-            std::process::ExitCode::FAILURE
+    match cli.command {
+        Command::Start(args) => {
+            let Some(("start", sub)) = matches.subcommand() else {
+                unreachable!("clap parsed the start subcommand");
+            };
+            match start(args, sub) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    // Also before logging is set up (bad settings): plain stderr.
+                    eprintln!("sluice: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
         }
     }
 }
