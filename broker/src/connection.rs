@@ -273,6 +273,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let (queue, replies) = local_channel::new_bounded(IN_FLIGHT_MAX);
     let read_side = pin!(read_side(&mut reader, queue, limits, ctx, &session));
     let write_side = pin!(write_side(&mut writer, &replies, ctx));
+    let (read_side, write_side) = (
+        timed(read_side, &session.cpu),
+        timed(write_side, &session.cpu),
+    );
     // The write side ends on a write error or once the read side ended
     // (it drops the queue's sender) and every earlier reply was written.
     let (read_end, write_end) = match select(read_side, write_side).await {
@@ -288,6 +292,22 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         closed(&peer, close);
     }
+}
+
+/// Adds the time each poll of `fut` takes to `spent`: the shard's CPU
+/// time on a connection (reading, TLS, decoding, handling, encoding,
+/// writing), for the `request_percentage` quota. Waiting is not polling,
+/// so a long poll or a throttle costs nothing.
+fn timed<'s, F: Future + Unpin + 's>(
+    mut fut: F,
+    spent: &'s std::cell::Cell<Duration>,
+) -> impl Future<Output = F::Output> + Unpin + 's {
+    futures::future::poll_fn(move |cx| {
+        let start = Instant::now();
+        let polled = Pin::new(&mut fut).poll(cx);
+        spent.set(spent.get() + start.elapsed());
+        polled
+    })
 }
 
 /// Reads frames and starts their requests until the end of the stream.
@@ -611,8 +631,14 @@ async fn start_frame<'a>(
     let correlation_id = header.correlation_id;
     tracing::trace!(api = ?key, version, correlation_id, "request");
     let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+    // A follower's fetch (replica_id >= 0, the body's first field) is
+    // never throttled, as in Kafka: replication is not a client's traffic.
+    let follower = key == ApiKey::Fetch
+        && frame.len() >= 4
+        && i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) >= 0;
+    let quotas = Quotas::new(session, ctx, client_id, key, follower);
     if key == ApiKey::Produce {
-        let throttle = throttle(session, ctx, client_id, QuotaKind::Produce, frame.len());
+        let throttle = quotas.charge(session, ctx, QuotaKind::Produce, frame.len());
         let req = ProduceRequest::decode(&mut frame, version)
             .map_err(|e| Close::Decode(format!("{key:?} v{version}: {e:#}")))?;
         let started = produce::start(req, version, ctx, session).await;
@@ -629,30 +655,21 @@ async fn start_frame<'a>(
         }));
         return Ok((pipelined, decoded));
     }
-    // A follower's fetch (replica_id >= 0, the body's first field) is
-    // never throttled, as in Kafka: replication is not a client's traffic.
-    let quota_client: Option<Box<str>> = (key == ApiKey::Fetch
-        && frame.len() >= 4
-        && i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) < 0)
-        .then(|| Box::from(client_id));
     let barrier = Started::Barrier(Box::pin(async move {
         match handlers::dispatch(key, version, &mut frame, ctx, session).await {
-            Ok(Some(mut r)) if quota_client.is_some() => {
-                let client_id = quota_client.as_deref().unwrap_or("");
-                if let ResponseKind::Fetch(body) = &mut r.body {
+            Ok(Some(mut r)) => {
+                let mut throttle = quotas.throttle;
+                if let ResponseKind::Fetch(body) = &r.body {
                     let bytes = fetched_bytes(body);
-                    let t = throttle(session, ctx, client_id, QuotaKind::Fetch, bytes);
-                    body.throttle_time_ms = body.throttle_time_ms.max(t);
+                    throttle = throttle.max(quotas.charge(session, ctx, QuotaKind::Fetch, bytes));
+                }
+                if throttle > 0 {
+                    add_throttle(&mut r.body, throttle);
                 }
                 let bytes = encode(correlation_id, key, version, &r.body)?;
-                Ok(Outcome::Reply(bytes, r.held))
-            }
-            Ok(Some(r)) if r.close => {
-                let bytes = encode(correlation_id, key, version, &r.body)?;
-                Ok(Outcome::ReplyThenClose(bytes, Close::AuthenticationFailed))
-            }
-            Ok(Some(r)) => {
-                let bytes = encode(correlation_id, key, version, &r.body)?;
+                if r.close {
+                    return Ok(Outcome::ReplyThenClose(bytes, Close::AuthenticationFailed));
+                }
                 Ok(Outcome::Reply(bytes, r.held))
             }
             Ok(None) => Ok(Outcome::Silent),
@@ -662,18 +679,66 @@ async fn start_frame<'a>(
     Ok((barrier, decoded))
 }
 
-/// Records `bytes` against the client's quota of `kind` and returns its
-/// throttle in ms (0 without a quota); a throttled connection is not read
-/// until the throttle ends.
-fn throttle(session: &Session, ctx: &Ctx, client_id: &str, kind: QuotaKind, bytes: usize) -> i32 {
-    let view = ctx.view();
-    if view.quotas.is_empty() {
-        return 0;
+/// A request's client, as its quotas know it: set only while a quota is
+/// set (anywhere) and for a client's request (not a follower's fetch, a
+/// transaction marker or SASL); and the throttle its request time gave.
+struct Quotas {
+    client_id: Option<Box<str>>,
+    /// In ms; the response carries the largest throttle of its charges.
+    throttle: i32,
+}
+
+impl Quotas {
+    /// Charges the connection's shard time since its previous request to
+    /// the `request_percentage` quota (Kafka records a request's time when
+    /// its response is sent; here the next request carries it, which the
+    /// rate over `SAMPLES` windows does not tell apart).
+    fn new(session: &Session, ctx: &Ctx, client_id: &str, key: ApiKey, follower: bool) -> Quotas {
+        let spent = session.cpu.take();
+        let exempt = follower
+            || matches!(
+                key,
+                ApiKey::SaslHandshake | ApiKey::SaslAuthenticate | ApiKey::WriteTxnMarkers
+            );
+        if exempt || ctx.meta.peek(|view| view.quotas.is_empty()) {
+            return Quotas {
+                client_id: None,
+                throttle: 0,
+            };
+        }
+        let mut quotas = Quotas {
+            client_id: Some(Box::from(client_id)),
+            throttle: 0,
+        };
+        let principal = session.principal();
+        let t = ctx.meta.peek(|view| {
+            let client_id = quotas.client_id.as_deref().unwrap_or("");
+            let sensors = &ctx.quota_sensors;
+            sensors.record_time(&view.quotas, &principal, client_id, spent)
+        });
+        quotas.throttle = mute(session, t);
+        quotas
     }
-    let principal = session.principal();
-    let t = ctx
-        .quota_sensors
-        .record(&view.quotas, &principal, client_id, kind, bytes as f64);
+
+    /// Records `bytes` against the client's quota of `kind` and returns
+    /// the response's throttle in ms: the largest of this and the request
+    /// time's (0 without a quota).
+    fn charge(&self, session: &Session, ctx: &Ctx, kind: QuotaKind, bytes: usize) -> i32 {
+        let Some(client_id) = self.client_id.as_deref() else {
+            return 0;
+        };
+        let principal = session.principal();
+        let t = ctx.meta.peek(|view| {
+            let sensors = &ctx.quota_sensors;
+            sensors.record(&view.quotas, &principal, client_id, kind, bytes as f64)
+        });
+        mute(session, t).max(self.throttle)
+    }
+}
+
+/// A throttle of `t`: the connection is not read until it ends (KIP-219);
+/// returns it in ms for the response's `throttle_time_ms`.
+fn mute(session: &Session, t: Duration) -> i32 {
     if t.is_zero() {
         return 0;
     }
@@ -684,6 +749,65 @@ fn throttle(session: &Session, ctx: &Ctx, client_id: &str, kind: QuotaKind, byte
         .map_or(until, |u| u.max(until));
     session.throttled_until.set(Some(later));
     i32::try_from(t.as_millis()).unwrap_or(i32::MAX)
+}
+
+/// Raises a response's `throttle_time_ms` to `ms` (every response has
+/// one but SASL's and WriteTxnMarkers', whose requests are not throttled).
+fn add_throttle(body: &mut ResponseKind, ms: i32) {
+    macro_rules! raise {
+        ($($api:ident),* $(,)?) => {
+            match body {
+                $(ResponseKind::$api(b) => b.throttle_time_ms = b.throttle_time_ms.max(ms),)*
+                _ => {}
+            }
+        };
+    }
+    raise!(
+        Produce,
+        Fetch,
+        ListOffsets,
+        Metadata,
+        ApiVersions,
+        CreateTopics,
+        DeleteTopics,
+        FindCoordinator,
+        JoinGroup,
+        SyncGroup,
+        Heartbeat,
+        LeaveGroup,
+        OffsetCommit,
+        OffsetFetch,
+        ListGroups,
+        DescribeGroups,
+        DeleteGroups,
+        OffsetDelete,
+        InitProducerId,
+        CreatePartitions,
+        DescribeConfigs,
+        AlterConfigs,
+        IncrementalAlterConfigs,
+        DescribeCluster,
+        DeleteRecords,
+        OffsetForLeaderEpoch,
+        AlterReplicaLogDirs,
+        DescribeLogDirs,
+        ElectLeaders,
+        AlterPartitionReassignments,
+        ListPartitionReassignments,
+        AddPartitionsToTxn,
+        AddOffsetsToTxn,
+        EndTxn,
+        TxnOffsetCommit,
+        DescribeTransactions,
+        ListTransactions,
+        DescribeAcls,
+        CreateAcls,
+        DeleteAcls,
+        DescribeClientQuotas,
+        AlterClientQuotas,
+        DescribeUserScramCredentials,
+        AlterUserScramCredentials,
+    );
 }
 
 /// Record bytes of a fetch answer (what `consumer_byte_rate` counts).
@@ -789,5 +913,21 @@ mod tests {
         assert_eq!(b.get_i32(), 42);
         assert_eq!(b.get_i16(), 35);
         assert_eq!(b.get_i32() as usize, handlers::SUPPORTED.len());
+    }
+
+    #[test]
+    fn a_throttle_raises_the_response_field_and_never_lowers_it() {
+        let mut body = ResponseKind::Metadata(Default::default());
+        add_throttle(&mut body, 250);
+        let ResponseKind::Metadata(m) = &mut body else {
+            unreachable!()
+        };
+        assert_eq!(m.throttle_time_ms, 250);
+        m.throttle_time_ms = 900;
+        add_throttle(&mut body, 250);
+        let ResponseKind::Metadata(m) = &body else {
+            unreachable!()
+        };
+        assert_eq!(m.throttle_time_ms, 900);
     }
 }

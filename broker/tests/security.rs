@@ -413,17 +413,26 @@ fn kcat_over_sasl_ssl_with_scram() {
     });
 }
 
-/// Sets `producer_byte_rate` of `user` through AlterClientQuotas v1.
-fn set_producer_quota(s: &Shared, entity_type: &'static str, name: &str, bytes_per_sec: f64) {
+/// Sets `key` of one quota entity (`user`, `client-id`, `ip`) to `value`,
+/// or removes it (`None`), through AlterClientQuotas v1.
+fn set_quota(
+    s: &Shared,
+    entity_type: &'static str,
+    name: &str,
+    key: &'static str,
+    value: Option<f64>,
+) {
     use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
     use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
+    let op = OpData::default()
+        .with_key(StrBytes::from_static_str(key))
+        .with_value(value.unwrap_or(0.0))
+        .with_remove(value.is_none());
     let req = AlterClientQuotasRequest::default().with_entries(vec![EntryData::default()
         .with_entity(vec![EntityData::default()
             .with_entity_type(StrBytes::from_static_str(entity_type))
             .with_entity_name(Some(StrBytes::from_string(name.to_string())))])
-        .with_ops(vec![OpData::default()
-            .with_key(StrBytes::from_static_str("producer_byte_rate"))
-            .with_value(bytes_per_sec)])]);
+        .with_ops(vec![op])]);
     let mut c = raw(s.ports[0]);
     let r: AlterClientQuotasResponse = common::call(&mut c, ApiKey::AlterClientQuotas, 1, &req);
     for e in &r.entries {
@@ -472,7 +481,13 @@ fn a_producer_over_its_byte_rate_is_throttled_to_it_and_others_are_not() {
         // A client-id quota over the plaintext listener: the measurement
         // is not disturbed by the SASL sessions' 4 s re-authentication (a
         // reconnect may land on the other shard, whose rate is its own).
-        set_producer_quota(s, "client-id", "quota-flooder", QUOTA);
+        set_quota(
+            s,
+            "client-id",
+            "quota-flooder",
+            "producer_byte_rate",
+            Some(QUOTA),
+        );
         let alice = config(s.ports[0], &[("client.id", "quota-flooder")]);
         let admin = config(s.ports[0], &[("client.id", "unthrottled")]);
         for topic in ["quota-alice", "quota-admin"] {
@@ -652,30 +667,10 @@ fn sighup_reloads_the_certificate_without_dropping_connections() {
     metadata_ok(&trusting(&second.ca), METADATA_TIMEOUT).expect("still served");
 }
 
-/// Sets (or with `None` removes) the `connection_creation_rate` of `ip`.
-fn set_ip_connection_rate(s: &Shared, ip: &str, rate: Option<f64>) {
-    use kafka_protocol::messages::alter_client_quotas_request::{EntityData, EntryData, OpData};
-    use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
-    let op = OpData::default()
-        .with_key(StrBytes::from_static_str("connection_creation_rate"))
-        .with_value(rate.unwrap_or(0.0))
-        .with_remove(rate.is_none());
-    let req = AlterClientQuotasRequest::default().with_entries(vec![EntryData::default()
-        .with_entity(vec![EntityData::default()
-            .with_entity_type(StrBytes::from_static_str("ip"))
-            .with_entity_name(Some(StrBytes::from_string(ip.to_string())))])
-        .with_ops(vec![op])]);
-    let mut c = raw(s.ports[0]);
-    let r: AlterClientQuotasResponse = common::call(&mut c, ApiKey::AlterClientQuotas, 1, &req);
-    for e in &r.entries {
-        assert_eq!(e.error_code, 0, "AlterClientQuotas: {:?}", e.error_message);
-    }
-}
-
 #[test]
 fn an_ip_over_its_connection_creation_rate_is_refused_at_accept() {
     with_shared(|s| {
-        set_ip_connection_rate(s, "127.0.0.1", Some(5.0));
+        set_quota(s, "ip", "127.0.0.1", "connection_creation_rate", Some(5.0));
         let (mut served, mut refused) = (0, 0);
         for _ in 0..40 {
             let mut c = raw(s.ports[0]);
@@ -694,7 +689,7 @@ fn an_ip_over_its_connection_creation_rate_is_refused_at_accept() {
         // Once the rate fell back under the quota, a new connection (the
         // one that removes the quota) is served.
         std::thread::sleep(Duration::from_secs(3));
-        set_ip_connection_rate(s, "127.0.0.1", None);
+        set_quota(s, "ip", "127.0.0.1", "connection_creation_rate", None);
         eprintln!("served {served}, refused {refused}");
         // Two shards, each allowing the IP 5 a second.
         assert!((5..=20).contains(&served), "served {served} of 40");
@@ -708,5 +703,87 @@ fn an_ip_over_its_connection_creation_rate_is_refused_at_accept() {
             &ApiVersionsRequest::default(),
         );
         assert_eq!(v.error_code, 0);
+    });
+}
+
+/// CPU time the broker process used so far (user + system).
+fn broker_cpu(s: &Shared) -> Duration {
+    let pid = s.broker.pid().expect("broker running");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command's closing parenthesis: utime is the 14th
+    // field of the line, stime the 15th.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Asks for the metadata of every topic, as fast as the broker answers,
+/// until `stop`; returns how many answers came.
+fn metadata_loop(c: &ClientConfig, stop: Instant) -> u64 {
+    let client: BaseConsumer = c.create().expect("client");
+    let mut answered = 0;
+    while Instant::now() < stop {
+        if client.fetch_metadata(None, Duration::from_secs(10)).is_ok() {
+            answered += 1;
+        }
+    }
+    answered
+}
+
+#[test]
+fn a_client_over_its_request_percentage_is_throttled_and_others_are_not() {
+    const PERCENT: f64 = 5.0;
+    const PHASE: Duration = Duration::from_secs(6);
+    with_shared(|s| {
+        let hog = config(s.ports[0], &[("client.id", "cpu-hog")]);
+        let other = config(s.ports[0], &[("client.id", "unthrottled")]);
+        // The same client with no quota: the broker's CPU it takes.
+        let (cpu0, t0) = (broker_cpu(s), Instant::now());
+        let free = metadata_loop(&hog, t0 + PHASE);
+        let free_cpu = (broker_cpu(s) - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64();
+        set_quota(
+            s,
+            "client-id",
+            "cpu-hog",
+            "request_percentage",
+            Some(PERCENT),
+        );
+        // Under the quota: beside a client without one for half the
+        // time, then alone (the broker's CPU measured then).
+        let t1 = Instant::now();
+        let (held, others, held_cpu) = std::thread::scope(|scope| {
+            let hog = scope.spawn(|| metadata_loop(&hog, t1 + PHASE));
+            let others = metadata_loop(&other, t1 + PHASE / 2);
+            let (cpu2, t2) = (broker_cpu(s), Instant::now());
+            let held = hog.join().expect("hog client");
+            let cpu = (broker_cpu(s) - cpu2).as_secs_f64() / t2.elapsed().as_secs_f64();
+            (held, others, cpu)
+        });
+        set_quota(s, "client-id", "cpu-hog", "request_percentage", None);
+        eprintln!(
+            "without quota: {free} answers in {PHASE:?}, broker CPU {:.1}% of a core; \
+             under {PERCENT}%: {held} answers (another client, in the first half: \
+             {others}), broker CPU with the hog alone {:.1}%",
+            free_cpu * 100.0,
+            held_cpu * 100.0
+        );
+        assert!(
+            held * 4 < free,
+            "the quota did not hold the client back: {held} answers against {free}"
+        );
+        assert!(
+            held_cpu * 3.0 < free_cpu,
+            "the broker spent {:.1}% of a core on the held client, {:.1}% without the quota",
+            held_cpu * 100.0,
+            free_cpu * 100.0
+        );
+        assert!(
+            others > held * 2,
+            "a client without a quota was held back: {others} answers against the hog's {held}"
+        );
     });
 }

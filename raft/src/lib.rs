@@ -289,6 +289,14 @@ impl Metadata {
         self.inner.published.view()
     }
 
+    /// Runs `f` on the latest applied metadata without taking a reference
+    /// to it: no write to the count every shard shares (arc-swap's
+    /// thread-local guard), for checks on the request path. `f` must not
+    /// block: the view it sees stays alive until it returns.
+    pub fn peek<R>(&self, f: impl FnOnce(&MetadataView) -> R) -> R {
+        self.inner.published.peek(f)
+    }
+
     /// Resolves when `view().version > since` (runtime-agnostic; usable from
     /// glommio tasks). After `shutdown` it resolves at once with the last
     /// view, whatever its version.

@@ -107,6 +107,10 @@ impl Published {
         self.view.load_full()
     }
 
+    pub(crate) fn peek<R>(&self, f: impl FnOnce(&MetadataView) -> R) -> R {
+        f(&self.view.load())
+    }
+
     fn publish(&self, view: MetadataView) {
         let version = view.version;
         assert!(

@@ -218,10 +218,11 @@ impl Ctx {
         name: &str,
     ) -> bool {
         self.node.security.authorizer.is_none()
-            || self
-                .node
-                .security
-                .authorize(&self.view(), session, op, resource, name)
+            || self.meta.peek(|view| {
+                self.node
+                    .security
+                    .authorize(view, session, op, resource, name)
+            })
     }
 
     /// This node's id as the metadata knows it.

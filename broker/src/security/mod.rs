@@ -115,6 +115,9 @@ pub struct Session {
     pub sasl: RefCell<SaslState>,
     /// A quota throttle: the connection is not read until then.
     pub throttled_until: Cell<Option<Instant>>,
+    /// The shard's time spent running this connection since its last
+    /// request was charged to the `request_percentage` quota.
+    pub cpu: Cell<Duration>,
 }
 
 impl Session {
@@ -142,6 +145,7 @@ impl Session {
             extended: Cell::new(Duration::ZERO),
             sasl: RefCell::new(SaslState::Idle),
             throttled_until: Cell::new(None),
+            cpu: Cell::new(Duration::ZERO),
         }
     }
 

@@ -1,6 +1,8 @@
 //! Client quotas enforced on each shard, as Kafka's `ClientQuotaManager`
 //! does: a client (user, client id) has a rate of produce bytes, fetch
-//! bytes and request time measured over `SAMPLES` one-second windows; a
+//! bytes and request time (the shard's CPU time on its connections, in
+//! percent of one core: `request_percentage`, Kafka's
+//! `ClientRequestQuotaManager`) measured over `SAMPLES` one-second windows; a
 //! request that takes it over its quota is answered at once with
 //! `throttle_time_ms` = how long the client must wait for its rate to come
 //! back to the quota, and its connection is not read for that long (KIP-219:
@@ -17,7 +19,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use sluice_raft::{Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE};
+use sluice_raft::{
+    Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE,
+};
 
 /// One-second windows a rate is measured over (Kafka's
 /// `quota.window.num` = 11, `quota.window.size.seconds` = 1).
@@ -35,6 +39,9 @@ pub enum QuotaKind {
     Produce,
     /// Bytes of fetch responses (`consumer_byte_rate`).
     Fetch,
+    /// Percent of one core's time spent on the client's requests
+    /// (`request_percentage`); recorded through `record_time`.
+    Request,
 }
 
 impl QuotaKind {
@@ -42,6 +49,7 @@ impl QuotaKind {
         match self {
             QuotaKind::Produce => PRODUCER_BYTE_RATE,
             QuotaKind::Fetch => CONSUMER_BYTE_RATE,
+            QuotaKind::Request => REQUEST_PERCENTAGE,
         }
     }
 
@@ -107,7 +115,21 @@ pub struct QuotaSensors {
 }
 
 impl QuotaSensors {
-    /// Records `value` (bytes) for the
+    /// Records the shard's CPU time `spent` on a client's requests against
+    /// its `request_percentage` (as Kafka does: 1 s of one core is 100
+    /// percent-seconds) and returns how long it must be throttled.
+    pub fn record_time(
+        &self,
+        quotas: &Quotas,
+        principal: &Rc<str>,
+        client_id: &str,
+        spent: Duration,
+    ) -> Duration {
+        let value = spent.as_secs_f64() * 100.0;
+        self.record(quotas, principal, client_id, QuotaKind::Request, value)
+    }
+
+    /// Records `value` (bytes; percent-seconds for `Request`) for the
     /// client and returns how long it must be throttled; zero at once when
     /// no quota applies to it (nothing is recorded then).
     pub fn record(
