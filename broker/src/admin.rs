@@ -6,7 +6,10 @@
 //!
 //! Access: without `--admin-token-file` the server must bind a loopback
 //! address (start-up refuses another); with it, every route but `/healthz`
-//! needs `Authorization: Bearer <token>` (else 401).
+//! needs `Authorization: Bearer <token>` (else 401). With `--admin-tls` it
+//! serves HTTPS only, with the Kafka listeners' certificate (a SIGHUP
+//! reload applies to new connections here too); a handshake must finish
+//! within `TLS_HANDSHAKE_TIMEOUT`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +39,8 @@ pub struct AdminState {
     pub search: crate::search::SearchState,
     /// The bearer token every route but `/healthz` needs, if set.
     pub token: Option<String>,
+    /// Serve HTTPS with this TLS material (`--admin-tls`).
+    pub tls: Option<Arc<crate::security::Security>>,
 }
 
 /// Reads `--admin-token-file` (its first line; at least 16 characters)
@@ -75,6 +80,8 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
 
 /// Admin connections served at once; further ones wait in the backlog.
 const ADMIN_CONNECTIONS_MAX: usize = 64;
+/// A TLS client must finish its handshake within this, or is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct AdminHandle {
     pub addr: SocketAddr,
@@ -143,16 +150,38 @@ async fn serve(
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let Ok((stream, _)) = accepted else { continue };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::task::spawn(async move {
-            let service = service_fn(move |req| route(req, Arc::clone(&state)));
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection error");
+            let tls = state.tls.as_ref().and_then(|s| s.tls.as_ref());
+            match tls.map(|t| tokio_rustls::TlsAcceptor::from(t.admin_config())) {
+                None => serve_connection(stream, state).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => serve_connection(stream, state).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });
+    }
+}
+
+async fn serve_connection<S>(stream: S, state: Arc<AdminState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| route(req, Arc::clone(&state)));
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "admin connection error");
     }
 }
 

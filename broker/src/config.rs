@@ -461,6 +461,10 @@ struct FileConfig {
     advertised_listener: Option<String>,
     admin_listen: Option<SocketAddr>,
     shards: Option<u32>,
+    /// Serve the admin HTTP port over TLS (HTTPS) with --tls-cert-file and --tls-key-file (reloaded on SIGHUP); no client certificate is asked for.
+    #[arg(long, env = "SLUICE_ADMIN_TLS", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub admin_tls: bool,
+
     pin_cores: Option<bool>,
     memory: Option<ByteSize>,
     node_id: Option<u64>,
@@ -522,6 +526,7 @@ impl FromStr for ByteSize {
         let (digits, unit) = s.split_at(split);
         let n: u64 = digits
             .parse()
+    admin_tls: Option<bool>,
             .map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 1GiB, 1048576)"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
@@ -593,6 +598,8 @@ pub struct Settings {
     pub producer_id_expiration_ms: i64,
     pub transaction_max_timeout_ms: i64,
     pub transactional_id_expiration_ms: i64,
+    /// The admin port serves HTTPS with `tls_files`' certificate.
+    pub admin_tls: bool,
     pub partitions_per_shard_max: Option<u32>,
     pub wal_commit_bytes_max: u64,
     pub connections_per_shard_max: u32,
@@ -742,6 +749,7 @@ impl Settings {
     /// Validates merged arguments; every error names the setting.
     pub fn resolve(args: StartArgs) -> anyhow::Result<Settings> {
         let shards = resolve_shards(args.shards)?;
+        fill!(admin_tls);
         let listeners = resolve_listeners(&args)?;
         let inter_broker = inter_broker_listener(&args, &listeners)?;
         let (listen, advertised_host, advertised_port) = (
@@ -892,6 +900,7 @@ impl Settings {
             producer_id_expiration_ms,
             transaction_max_timeout_ms,
             transactional_id_expiration_ms,
+            admin_tls: args.admin_tls,
             partitions_per_shard_max: args.partitions_per_shard_max,
             wal_commit_bytes_max,
             connections_per_shard_max: args.connections_per_shard_max,
@@ -1436,12 +1445,15 @@ fn resolve_tls(args: &StartArgs, listeners: &[Listener]) -> anyhow::Result<Optio
     if auth != ClientAuth::None && args.tls_client_ca_file.is_none() {
         bail!("--tls-client-auth (SLUICE_TLS_CLIENT_AUTH, tls_client_auth): {} needs --tls-client-ca-file", auth.name());
     }
-    match (tls_listener, &args.tls_cert_file, &args.tls_key_file) {
+    let needed_by = match tls_listener {
+        Some(l) => Some(format!("listener {}", l.name)),
+        None => args.admin_tls.then(|| "--admin-tls".to_string()),
+    };
+    match (needed_by, &args.tls_cert_file, &args.tls_key_file) {
         (None, None, None) if args.tls_client_ca_file.is_none() => Ok(None),
-        (None, ..) => bail!("--tls-cert-file (SLUICE_TLS_CERT_FILE, tls_cert_file): TLS settings given but no SSL or SASL_SSL listener"),
-        (Some(l), None, _) | (Some(l), _, None) => bail!(
-            "--tls-cert-file and --tls-key-file (SLUICE_TLS_CERT_FILE, SLUICE_TLS_KEY_FILE): required by listener {}",
-            l.name
+        (None, ..) => bail!("--tls-cert-file (SLUICE_TLS_CERT_FILE, tls_cert_file): TLS settings given but no SSL or SASL_SSL listener and no --admin-tls"),
+        (Some(by), None, _) | (Some(by), _, None) => bail!(
+            "--tls-cert-file and --tls-key-file (SLUICE_TLS_CERT_FILE, SLUICE_TLS_KEY_FILE): required by {by}"
         ),
         (Some(_), Some(cert), Some(key)) => Ok(Some(TlsFiles {
             cert: cert.clone(),

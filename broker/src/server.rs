@@ -305,6 +305,7 @@ fn serve(
         min_insync_replicas: settings.min_insync_replicas as usize,
         search: crate::search::SearchState::new(search),
         token: admin_token,
+        tls: settings.admin_tls.then(|| Arc::clone(&node.security)),
     };
     let state_token = state.token.is_some();
     let admin = match started {
@@ -325,6 +326,7 @@ fn serve(
             advertised = advertised.join(","),
             admin = %admin.addr,
             admin_access = if state_token { "bearer token" } else { "loopback only, no token" },
+            admin_tls = settings.admin_tls,
             shards = settings.shards,
             pinned = settings.pin_cores,
             data_dir = %settings.data_dir.display(),

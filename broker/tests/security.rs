@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, OnceLock};
@@ -786,4 +786,86 @@ fn a_client_over_its_request_percentage_is_throttled_and_others_are_not() {
             "a client without a quota was held back: {others} answers against the hog's {held}"
         );
     });
+}
+
+/// An HTTPS GET on the admin port, trusting `ca`; the status line and the
+/// body.
+fn https_get(
+    b: &Broker,
+    ca: &std::path::Path,
+    path: &str,
+    token: Option<&str>,
+) -> (String, String) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA PEM")).expect("CA");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").expect("server name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let tcp = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("admin connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    // The server may close without TLS's close_notify; what came is kept.
+    let _ = tls.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or("").to_string();
+    (status, body.to_string())
+}
+
+#[test]
+fn the_admin_port_serves_https_and_asks_for_the_bearer_token() {
+    const TOKEN: &str = "admin-token-0123456789";
+    let pki = pki::generate();
+    let mut token = tempfile::NamedTempFile::new().expect("token file");
+    writeln!(token, "{TOKEN}").expect("write token");
+    let b = Broker::start_with(
+        1,
+        &[
+            "--admin-tls",
+            "true",
+            "--tls-cert-file",
+            pki.server.cert.to_str().unwrap(),
+            "--tls-key-file",
+            pki.server.key.to_str().unwrap(),
+            "--admin-token-file",
+            token.path().to_str().unwrap(),
+        ],
+    );
+    assert!(b.log_text().contains("admin_tls=true"), "{}", b.log_text());
+    let (status, body) = https_get(&b, &pki.ca, "/metrics", Some(TOKEN));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(body.contains("sluice_shard_connections"), "{body}");
+    let (status, _) = https_get(&b, &pki.ca, "/metrics", None);
+    assert!(status.starts_with("HTTP/1.1 401"), "{status}");
+    let (status, body) = https_get(&b, &pki.ca, "/healthz", None);
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(body, "ok");
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    write!(plain, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 200"),
+        "plain HTTP was served"
+    );
 }

@@ -107,6 +107,12 @@ impl Tls {
         Ok(())
     }
 
+    /// The configuration in use for the admin port (`--admin-tls`): no
+    /// client certificate (its clients authenticate with the bearer token).
+    pub fn admin_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.current.load().sasl_ssl)
+    }
+
     /// An acceptor with the configuration in use for a listener of
     /// `protocol`.
     pub fn acceptor(&self, protocol: super::SecurityProtocol) -> TlsAcceptor {
