@@ -3,12 +3,16 @@
 //! comments), read once at start. A user that has no credential yet gets
 //! one per SCRAM mechanism (salted, 4096 iterations) through the
 //! replicated metadata; existing users are left as they are, so a password
-//! changed since (AlterUserScramCredentials) stays changed. Passwords are
+//! changed since (AlterUserScramCredentials) stays changed: whether a user
+//! exists is decided when the entry is applied, so a node behind the log
+//! cannot undo a change it has not seen yet. Passwords are
 //! never logged; the variable is taken out of the environment first thing
 //! (`take_env`), so no child process or later reader sees it.
 
 use anyhow::{bail, Context};
-use sluice_raft::{Metadata, ScramCredential, ScramMechanism};
+use sluice_raft::{
+    MetaError, Metadata, ScramAlterResults, ScramCredential, ScramMechanism, SecurityError,
+};
 
 use crate::config::Settings;
 use crate::sasl::{self, ScramAlgorithm, StoredCredential};
@@ -49,11 +53,10 @@ pub fn bootstrap(settings: &Settings, meta: &Metadata) -> anyhow::Result<()> {
     if users.is_empty() {
         return Ok(());
     }
-    let view = meta.view();
     let mut upsertions = Vec::new();
-    let mut created = Vec::new();
+    let mut names: Vec<String> = Vec::new();
     for (name, password) in users {
-        if view.users.contains_key(name.as_str()) || created.contains(&name) {
+        if names.contains(&name) {
             continue;
         }
         for (alg, mechanism) in [
@@ -72,18 +75,65 @@ pub fn bootstrap(settings: &Settings, meta: &Metadata) -> anyhow::Result<()> {
             };
             upsertions.push((name.clone(), credential));
         }
-        created.push(name);
+        names.push(name);
     }
-    if upsertions.is_empty() {
-        return Ok(());
+    // Usually the metadata answers at once, and the users exist before the
+    // node serves; without a quorum yet (a cluster's first node), they are
+    // created in the background once there is one.
+    match futures::executor::block_on(meta.create_scram_users(upsertions.clone())) {
+        Ok(results) => created(&names, &results),
+        Err(e) => {
+            tracing::warn!(error = %e, "bootstrap SCRAM users not created yet; retrying in the background");
+            let meta = meta.clone();
+            // A thread of its own: it waits for a quorum without holding up
+            // the start, and ends once the users are created (or the node
+            // stops, or `RETRY_FOR` ran out).
+            std::thread::Builder::new()
+                .name("sluice-users".into())
+                .spawn(move || retry(&meta, upsertions, &names))
+                .context("starting the bootstrap users thread")?;
+        }
     }
-    let results = futures::executor::block_on(meta.alter_scram_credentials(upsertions, Vec::new()))
-        .map_err(|e| anyhow::anyhow!("creating the bootstrap users: {e}"))?;
-    if let Some(Err(e)) = results.upsertions.iter().find(|r| r.is_err()) {
-        bail!("creating the bootstrap users: {e}");
-    }
-    tracing::info!(users = ?created, "bootstrap SCRAM users created");
     Ok(())
+}
+
+/// How long bootstrap users are retried without a quorum.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn retry(meta: &Metadata, upsertions: Vec<(String, ScramCredential)>, names: &[String]) {
+    let deadline = std::time::Instant::now() + RETRY_FOR;
+    loop {
+        std::thread::sleep(RETRY_EVERY);
+        match futures::executor::block_on(meta.create_scram_users(upsertions.clone())) {
+            Ok(results) => return created(names, &results),
+            Err(MetaError::ShuttingDown) => return,
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return tracing::error!(error = %e, "bootstrap SCRAM users not created; they are tried again at the next start");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Logs which users were created; the others existed already (their
+/// passwords stay as they were: the entry creates absent users only).
+fn created(names: &[String], results: &ScramAlterResults) {
+    // Two items per user, in order (SHA-256, SHA-512).
+    let (mut new, mut kept) = (Vec::new(), 0);
+    for (name, items) in names.iter().zip(results.upsertions.chunks(2)) {
+        match items.first() {
+            Some(Ok(())) => new.push(name.as_str()),
+            Some(Err(SecurityError::DuplicateResource(_))) => kept += 1,
+            Some(Err(e)) => {
+                tracing::error!(user = %name, error = %e, "bootstrap SCRAM user refused")
+            }
+            None => {}
+        }
+    }
+    if !new.is_empty() {
+        tracing::info!(users = ?new, existing = kept, "bootstrap SCRAM users created");
+    }
 }
 
 /// `name:password` items; blank items and `#` lines are skipped.

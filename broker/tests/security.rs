@@ -869,3 +869,74 @@ fn the_admin_port_serves_https_and_asks_for_the_bearer_token() {
         "plain HTTP was served"
     );
 }
+
+#[test]
+fn a_changed_password_survives_a_restart_with_the_bootstrap_users() {
+    use kafka_protocol::messages::alter_user_scram_credentials_request::ScramCredentialUpsertion;
+    use kafka_protocol::messages::{
+        AlterUserScramCredentialsRequest, AlterUserScramCredentialsResponse,
+    };
+    let mut users = tempfile::NamedTempFile::new().expect("users file");
+    users.write_all(USERS.as_bytes()).expect("write users");
+    let (plain, sasl) = (common::free_port(), common::free_port());
+    let listeners = format!("PLAINTEXT://127.0.0.1:{plain},SASL_PLAINTEXT://127.0.0.1:{sasl}");
+    let mut b = Broker::start_on(
+        plain,
+        1,
+        &[
+            "--listeners",
+            &listeners,
+            "--bootstrap-users-file",
+            users.path().to_str().unwrap(),
+        ],
+    );
+    let alice = |password: &str| {
+        config(
+            sasl,
+            &[
+                ("security.protocol", "SASL_PLAINTEXT"),
+                ("sasl.mechanism", "SCRAM-SHA-512"),
+                ("sasl.username", "alice"),
+                ("sasl.password", password),
+            ],
+        )
+    };
+    metadata_ok(&alice("alice-secret"), METADATA_TIMEOUT).expect("the bootstrap password");
+    // A new password, salted and hashed by the client as Kafka's admin
+    // clients do.
+    let (salt, iterations) = (b"a-salt-of-16-byt".to_vec(), 8192u32);
+    let mut salted = [0u8; 64];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA512,
+        std::num::NonZeroU32::new(iterations).expect("iterations"),
+        &salt,
+        b"changed-secret",
+        &mut salted,
+    );
+    let req = AlterUserScramCredentialsRequest::default().with_upsertions(vec![
+        ScramCredentialUpsertion::default()
+            .with_name(StrBytes::from_static_str("alice"))
+            .with_mechanism(2)
+            .with_iterations(iterations as i32)
+            .with_salt(salt.into())
+            .with_salted_password(salted.to_vec().into()),
+    ]);
+    let mut c = raw(plain);
+    let r: AlterUserScramCredentialsResponse =
+        common::call(&mut c, ApiKey::AlterUserScramCredentials, 0, &req);
+    assert_eq!(
+        r.results[0].error_code, 0,
+        "{:?}",
+        r.results[0].error_message
+    );
+    drop(c);
+    // SIGKILL, and a start with the same bootstrap users file: the
+    // password changed since stays changed.
+    b.kill();
+    b.restart();
+    metadata_ok(&alice("changed-secret"), METADATA_TIMEOUT).expect("the changed password");
+    assert!(
+        metadata_ok(&alice("alice-secret"), REFUSED_TIMEOUT).is_err(),
+        "the bootstrap password came back"
+    );
+}

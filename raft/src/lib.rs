@@ -472,10 +472,33 @@ impl Metadata {
         if upsertions.is_empty() && deletions.is_empty() {
             return Ok(ScramAlterResults::default());
         }
+        self.alter_scram(upsertions, deletions, false).await
+    }
+
+    /// Creates SCRAM credentials of users that have none when the entry
+    /// is applied (bootstrap users); a user that has one keeps it and its
+    /// items are answered `DuplicateResource`.
+    pub async fn create_scram_users(
+        &self,
+        upsertions: Vec<(String, ScramCredential)>,
+    ) -> Result<ScramAlterResults, MetaError> {
+        if upsertions.is_empty() {
+            return Ok(ScramAlterResults::default());
+        }
+        self.alter_scram(upsertions, Vec::new(), true).await
+    }
+
+    async fn alter_scram(
+        &self,
+        upsertions: Vec<(String, ScramCredential)>,
+        deletions: Vec<(String, ScramMechanism)>,
+        if_absent: bool,
+    ) -> Result<ScramAlterResults, MetaError> {
         let (n_up, n_del) = (upsertions.len(), deletions.len());
         let request = MetaRequest::AlterScramCredentials {
             upsertions,
             deletions,
+            if_absent,
         };
         match self.propose_raw(request).await? {
             MetaResponse::ScramAltered(r)

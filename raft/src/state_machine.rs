@@ -985,8 +985,9 @@ impl Data {
             MetaRequest::AlterScramCredentials {
                 upsertions,
                 deletions,
+                if_absent,
             } => {
-                let r = scram::alter(&mut self.users, upsertions, deletions);
+                let r = scram::alter(&mut self.users, upsertions, deletions, if_absent);
                 let all = r.upsertions.iter().chain(&r.deletions);
                 let (ok, err) = count_results(all);
                 (
@@ -1507,6 +1508,7 @@ mod tests {
                     ("bob".into(), credential(ScramMechanism::Sha512, 1)),
                 ],
                 deletions: vec![("carol".into(), ScramMechanism::Sha256)],
+                if_absent: false,
             },
             false,
         );

@@ -360,6 +360,12 @@ pub enum MetaRequest {
     AlterScramCredentials {
         upsertions: Vec<(String, ScramCredential)>,
         deletions: Vec<(String, ScramMechanism)>,
+        /// Upsert only users that have no credential when the entry is
+        /// applied (bootstrap users: a node behind the log cannot undo a
+        /// password changed since); the others' items are answered
+        /// `DuplicateResource` and change nothing.
+        #[serde(default)]
+        if_absent: bool,
     },
     /// Adds ACL bindings (an existing one is not added twice); answered per
     /// binding (`MetaResponse::AclsCreated`).

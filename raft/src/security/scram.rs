@@ -191,13 +191,22 @@ struct Item<'a> {
     result: Result<(), SecurityError>,
 }
 
-/// Applies one `AlterScramCredentials` entry to `users`.
+/// Applies one `AlterScramCredentials` entry to `users`; with `if_absent`,
+/// upsertions of a user that exists are refused (`DuplicateResource`).
 pub(crate) fn alter(
     users: &mut ScramUsers,
     upsertions: Vec<(String, ScramCredential)>,
     deletions: Vec<(String, ScramMechanism)>,
+    if_absent: bool,
 ) -> ScramAlterResults {
     let mut items = check(users, &upsertions, &deletions);
+    if if_absent {
+        for item in items.iter_mut().take(upsertions.len()) {
+            if item.result.is_ok() && users.contains_key(item.user) {
+                item.result = Err(SecurityError::DuplicateResource("the user exists".into()));
+            }
+        }
+    }
     // A user with a refused item keeps every credential as it was.
     let mut failed: BTreeMap<&str, SecurityError> = BTreeMap::new();
     for item in &items {
@@ -347,6 +356,46 @@ mod tests {
         assert_eq!(ScramMechanism::from_name("PLAIN"), None);
         let shown = format!("{:?}", cred(Sha256, 4096));
         assert!(!shown.contains("[1, 1"), "no key bytes in Debug: {shown}");
+    }
+
+    /// An alteration as AlterUserScramCredentials makes it.
+    fn alter(
+        users: &mut ScramUsers,
+        upsertions: Vec<(String, ScramCredential)>,
+        deletions: Vec<(String, ScramMechanism)>,
+    ) -> ScramAlterResults {
+        super::alter(users, upsertions, deletions, false)
+    }
+
+    #[test]
+    fn if_absent_creates_new_users_only() {
+        let mut users = ScramUsers::new();
+        alter(&mut users, vec![up("alice", Sha256, 8192)], vec![]);
+        let r = super::alter(
+            &mut users,
+            vec![
+                up("alice", Sha256, 4096),
+                up("alice", Sha512, 4096),
+                up("bob", Sha256, 4096),
+            ],
+            vec![],
+            true,
+        );
+        assert!(matches!(
+            r.upsertions[..],
+            [
+                Err(SecurityError::DuplicateResource(_)),
+                Err(SecurityError::DuplicateResource(_)),
+                Ok(())
+            ]
+        ));
+        let alice = users.get("alice").expect("alice");
+        assert_eq!(alice.get(Sha256).map(|c| c.iterations), Some(8192));
+        assert!(
+            alice.get(Sha512).is_none(),
+            "an existing user is left as is"
+        );
+        assert!(users.get("bob").is_some());
     }
 
     #[test]
