@@ -69,7 +69,23 @@ pub async fn authenticate(
     };
     let mechanism = exchange.mechanism().name();
     let view = ctx.view();
-    let step = exchange.step(&req.auth_bytes, &ViewCredentials(&view));
+    let step = if exchange.mechanism() == sasl::Mechanism::Plain {
+        // PLAIN's PBKDF2 takes milliseconds (thousands of HMACs, as many
+        // for an unknown user): it runs on the shard's blocking thread,
+        // one at a time, so a flood of PLAIN attempts queues there instead
+        // of stalling every other connection of the shard.
+        let token = req.auth_bytes.clone();
+        let (returned, step) = glommio::executor()
+            .spawn_blocking(move || {
+                let step = exchange.step(&token, &ViewCredentials(&view));
+                (exchange, step)
+            })
+            .await;
+        exchange = returned;
+        step
+    } else {
+        exchange.step(&req.auth_bytes, &ViewCredentials(&view))
+    };
     let failure = match step {
         Ok(Step::Challenge(bytes)) => {
             *session.sasl.borrow_mut() = SaslState::Exchanging(exchange);
