@@ -41,6 +41,9 @@ pub struct AdminState {
     pub token: Option<String>,
     /// Serve HTTPS with this TLS material (`--admin-tls`).
     pub tls: Option<Arc<crate::security::Security>>,
+    /// Ping systemd's watchdog this often while every shard answers its
+    /// probe (`WatchdogSec=`).
+    pub watchdog: Option<std::time::Duration>,
 }
 
 /// Reads `--admin-token-file` (its first line; at least 16 characters)
@@ -139,6 +142,9 @@ async fn serve(
         Ok(l) => l,
         Err(e) => return tracing::error!(error = %e, "admin listener unusable"),
     };
+    if let Some(every) = state.watchdog {
+        tokio::task::spawn(watchdog(state.probes.clone(), every, stop.clone()));
+    }
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ADMIN_CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -171,6 +177,30 @@ async fn serve(
             }
             drop(permit);
         });
+    }
+}
+
+/// Pings systemd's watchdog every `every` while each shard answers its
+/// probe: a shard stuck in a busy loop or a blocking call stops the pings,
+/// and systemd restarts the node.
+async fn watchdog(
+    probes: ProbeClient,
+    every: std::time::Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let answers = probes.collect().await;
+        match answers.iter().find_map(|a| a.as_ref().err()) {
+            None => crate::systemd::watchdog(),
+            Some(shard) => tracing::warn!(
+                shard,
+                "watchdog: shard did not answer its probe; not telling systemd it is alive"
+            ),
+        }
     }
 }
 

@@ -257,6 +257,10 @@ pub struct ConnLimits {
     pub request_max_bytes: u32,
     /// A started frame's prefix, then its body, must each arrive within it.
     pub frame_read_timeout: Duration,
+    /// Turns true when the node stops: no further frame is read, the
+    /// replies of requests read so far are written, then the connection
+    /// closes (a graceful drain; see `server`).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serves one connection until the peer closes it or sends bad input;
@@ -319,6 +323,7 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
     session: &'a Session,
 ) -> Result<(), Close> {
     let mut ahead = Ahead::default();
+    let mut stop = limits.stop.clone();
     loop {
         // A client over its quota is not read until its throttle ends
         // (KIP-219; its replies carry `throttle_time_ms`).
@@ -332,8 +337,17 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
                 session.extend_expiry(until - now);
             }
         }
-        let Some((frame, held)) = read_frame(reader, limits, ctx, session, &mut ahead).await?
-        else {
+        // Once the node stops, no new request is read (a frame begun is
+        // dropped unanswered, so the client retries it elsewhere or later).
+        let next = {
+            let read = pin!(read_frame(reader, limits, ctx, session, &mut ahead));
+            let stopping = pin!(stop.wait_for(|s| *s));
+            match select(read, stopping).await {
+                Either::Left((frame, _)) => frame?,
+                Either::Right(_) => None,
+            }
+        };
+        let Some((frame, held)) = next else {
             return Ok(());
         };
         let (started, decoded) = start_frame(frame, ctx, session).await?;

@@ -53,6 +53,7 @@ mod server;
 mod topic_config;
 mod users;
 #[cfg(test)]
+mod systemd;
 mod wire_tests;
 
 use clap::{CommandFactory, FromArgMatches};

@@ -177,6 +177,7 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             "waiting for a metadata quorum"
         );
     }
+    crate::systemd::status("starting: reading the metadata log");
     let meta = Metadata::start(meta_config(&settings)).context("starting the metadata service")?;
     let result = crate::users::bootstrap(&settings, &meta).and_then(|()| {
         serve(
@@ -287,6 +288,10 @@ fn serve(
     node.security = security;
     let node = Arc::new(node);
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<u32, String>>();
+    crate::systemd::status(&format!(
+        "starting: recovering {} shards (WAL replay)",
+        settings.shards
+    ));
     let (probes, probe_servers) = probe::channels(settings.shards);
     let search = sluice_shard::SearchHandles::new(settings.shards);
     let (shards, spawned) = spawn_shards(
@@ -306,6 +311,7 @@ fn serve(
         search: crate::search::SearchState::new(search),
         token: admin_token,
         tls: settings.admin_tls.then(|| Arc::clone(&node.security)),
+        watchdog: crate::systemd::watchdog_interval(),
     };
     let state_token = state.token.is_some();
     let admin = match started {
@@ -332,8 +338,14 @@ fn serve(
             data_dir = %settings.data_dir.display(),
             "sluice ready"
         );
+        crate::systemd::ready(&format!(
+            "serving: kafka {}, admin {}",
+            listeners.join(","),
+            admin.addr
+        ));
         wait_stop(stop.clone());
-        tracing::info!("stopping: closing listeners and shards");
+        tracing::info!("stopping: closing listeners, draining connections, closing shards");
+        crate::systemd::stopping("stopping: draining connections, closing the WALs");
     }
     stop_tx.send_replace(true);
     // Start-up failed: a shard may be stuck joining the mesh with a peer
@@ -532,6 +544,7 @@ async fn shard_main(args: ShardArgs) {
     let limits = Rc::new(ConnLimits {
         request_max_bytes: settings.request_max_bytes,
         frame_read_timeout: Duration::from_millis(settings.frame_read_timeout_ms),
+        stop: stop.clone(),
     });
     let conns = Rc::new(Connections::default());
     glommio::spawn_local(probe.run(Rc::clone(&shard), Rc::clone(&conns))).detach();
@@ -547,8 +560,35 @@ async fn shard_main(args: ShardArgs) {
         )
     });
     futures::future::join_all(accepts).await;
+    drain(&conns, id).await;
     shard.close().await;
     tracing::debug!(shard = id, "shard stopped");
+}
+
+/// The longest a stopping shard waits for its connections to write the
+/// replies of the requests they read (a long-polling fetch ends within its
+/// `max_wait_ms`; a peer that does not read is cut off here).
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+
+/// Waits until every connection of the shard wrote its replies and closed
+/// (they read no new request once `stop` is set), at most `DRAIN_MAX`:
+/// produces read before the stop are answered once durable.
+async fn drain(conns: &Connections, shard: u32) {
+    let deadline = std::time::Instant::now() + DRAIN_MAX;
+    let open = conns.open.get();
+    while conns.open.get() > 0 && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    let left = conns.open.get();
+    if left > 0 {
+        tracing::warn!(
+            shard,
+            left,
+            "stopping: connections still open after the drain; closing them"
+        );
+    } else if open > 0 {
+        tracing::debug!(shard, open, "stopping: every connection drained");
+    }
 }
 
 /// Accepts the connections of listener `index` (of `Security::listeners`)
