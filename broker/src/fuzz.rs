@@ -235,9 +235,12 @@ fn fuzz_request_path() {
     let concurrency: usize = env_or("SLUICE_FUZZ_CONCURRENCY", CONCURRENCY_DEFAULT).max(1);
     let started = Instant::now();
     let tally = wire_tests::on_one_shard(SHARD_ARGS, move |ctx, settings| async move {
+        // Never stopped: the sender lives as long as the connections.
+        let (_stop_tx, stop) = tokio::sync::watch::channel(false);
         let limits = Rc::new(ConnLimits {
             request_max_bytes: settings.request_max_bytes,
             frame_read_timeout: Duration::from_secs(1),
+            stop,
         });
         let closes = Rc::new(Closes::default());
         let seeds = Rc::new(seeds());

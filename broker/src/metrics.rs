@@ -1095,6 +1095,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 9092,
                 fenced,
+                endpoints: Vec::new(),
             };
             view.brokers.insert(id, Arc::new(b));
         }

@@ -232,6 +232,15 @@ fn meta_config(settings: &Settings) -> MetaConfig {
         partitions_per_shard_max: settings.partitions_per_shard_max(),
         advertised_host: settings.advertised_host.clone(),
         advertised_port: settings.advertised_port,
+        endpoints: settings
+            .listeners
+            .iter()
+            .map(|l| sluice_raft::Endpoint {
+                listener: l.name.clone(),
+                host: l.advertised_host.clone(),
+                port: l.advertised_port,
+            })
+            .collect(),
         cluster: settings.cluster.as_ref().map(|c| ClusterConfig {
             listen: c.listen,
             voters: c.voters.clone(),

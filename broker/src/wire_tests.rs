@@ -51,6 +51,7 @@ where
         partitions_per_shard_max: settings.partitions_per_shard_max(),
         advertised_host: "127.0.0.1".into(),
         advertised_port: 9092,
+        endpoints: Vec::new(),
         cluster: None,
     })
     .expect("metadata");
@@ -168,6 +169,8 @@ impl Client<'_> {
         let limits = ConnLimits {
             request_max_bytes: 1 << 20,
             frame_read_timeout: std::time::Duration::from_secs(30),
+            // One frame at a time: no read side to stop.
+            stop: tokio::sync::watch::channel(false).1,
         };
         let reply =
             serve_frame_for_tests(frame(key, version, self.next_id, req), self.ctx, &limits).await;

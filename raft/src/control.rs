@@ -47,7 +47,7 @@ use crate::network::{
 };
 use crate::state_machine::{Placement, Published, StateMachine};
 use crate::types::{
-    ClusterConfig, MetaConfig, MetaError, MetaRequest, MetaResponse, Raft, NO_LEADER,
+    ClusterConfig, Endpoint, MetaConfig, MetaError, MetaRequest, MetaResponse, Raft, NO_LEADER,
 };
 
 /// Requests queued from handles to the control thread.
@@ -226,6 +226,7 @@ struct Cluster {
     cfg: ClusterConfig,
     advertised_host: String,
     advertised_port: u16,
+    endpoints: Vec<Endpoint>,
     reachability: Arc<Reachability>,
     /// Bounds the writes forwarded to the leader at once.
     forwards: Semaphore,
@@ -250,7 +251,11 @@ struct Heard {
     at: Instant,
     host: String,
     port: u16,
+    endpoints: Vec<Endpoint>,
 }
+
+/// Listeners a heartbeat may announce (more are not a real node's).
+const ENDPOINTS_MAX: usize = 32;
 
 fn internal(e: impl std::fmt::Display) -> MetaError {
     MetaError::Internal(e.to_string())
@@ -356,7 +361,10 @@ async fn register_self(node: &Node, cfg: &MetaConfig) -> Result<(), MetaError> {
         .brokers
         .get(&cfg.node_id)
         .is_some_and(|b| {
-            b.host == cfg.advertised_host && b.port == cfg.advertised_port && !b.fenced
+            b.host == cfg.advertised_host
+                && b.port == cfg.advertised_port
+                && b.endpoints == cfg.endpoints
+                && !b.fenced
         });
     if registered {
         return Ok(());
@@ -365,6 +373,7 @@ async fn register_self(node: &Node, cfg: &MetaConfig) -> Result<(), MetaError> {
         id: cfg.node_id,
         host: cfg.advertised_host.clone(),
         port: cfg.advertised_port,
+        endpoints: cfg.endpoints.clone(),
     };
     match write(node, request).await? {
         MetaResponse::Done(result) => result,
@@ -403,6 +412,7 @@ async fn boot_cluster(
             cfg: cluster.clone(),
             advertised_host: cfg.advertised_host.clone(),
             advertised_port: cfg.advertised_port,
+            endpoints: cfg.endpoints.clone(),
             reachability,
             forwards: Semaphore::new(FORWARDS_INFLIGHT_MAX),
             idle_links: Mutex::new(Vec::new()),
@@ -691,11 +701,17 @@ fn leads(node: &Node) -> bool {
 }
 
 /// The controller side of a heartbeat.
-fn heard(node: &Node, cluster: &Cluster, id: u64, host: String, port: u16) -> Response {
+fn heard(node: &Node, cluster: &Cluster, id: u64, announced: Heard) -> Response {
     if !leads(node) {
         return Response::NotLeader(node.raft.metrics().borrow().current_leader);
     }
-    if !cluster.cfg.voters.contains_key(&id) || host.len() > HOST_MAX {
+    let oversized = announced.host.len() > HOST_MAX
+        || announced.endpoints.len() > ENDPOINTS_MAX
+        || announced
+            .endpoints
+            .iter()
+            .any(|e| e.host.len() > HOST_MAX || e.listener.len() > HOST_MAX);
+    if !cluster.cfg.voters.contains_key(&id) || oversized {
         tracing::debug!(
             id,
             "metadata: heartbeat from a node that is not a voter; ignored"
@@ -703,14 +719,7 @@ fn heard(node: &Node, cluster: &Cluster, id: u64, host: String, port: u16) -> Re
         return Response::NotLeader(None);
     }
     let mut leases = cluster.leases.lock().unwrap_or_else(|p| p.into_inner());
-    leases.heard.insert(
-        id,
-        Heard {
-            at: Instant::now(),
-            host,
-            port,
-        },
-    );
+    leases.heard.insert(id, announced);
     Response::HeartbeatOk
 }
 
@@ -735,8 +744,15 @@ async fn heartbeat_loop(node: Arc<Node>) {
         };
         let host = cluster.advertised_host.clone();
         let port = cluster.advertised_port;
+        let endpoints = cluster.endpoints.clone();
         if leader == node.node_id {
-            heard(&node, cluster, node.node_id, host, port);
+            let announced = Heard {
+                at: Instant::now(),
+                host,
+                port,
+                endpoints,
+            };
+            heard(&node, cluster, node.node_id, announced);
             continue;
         }
         let Some(addr) = cluster.cfg.voters.get(&leader) else {
@@ -752,6 +768,7 @@ async fn heartbeat_loop(node: Arc<Node>) {
             id: node.node_id,
             host,
             port,
+            endpoints,
         };
         match link.call(request, ttl).await {
             Ok(Response::HeartbeatOk) => {}
@@ -812,12 +829,16 @@ async fn lease_loop(node: Arc<Node>) {
                         id,
                         host: h.host.clone(),
                         port: h.port,
+                        endpoints: h.endpoints.clone(),
                     }),
-                    (Some(h), Some(b)) if b.host != h.host || b.port != h.port => {
+                    (Some(h), Some(b))
+                        if b.host != h.host || b.port != h.port || b.endpoints != h.endpoints =>
+                    {
                         Some(MetaRequest::RegisterBroker {
                             id,
                             host: h.host.clone(),
                             port: h.port,
+                            endpoints: h.endpoints.clone(),
                         })
                     }
                     (Some(_), Some(b)) if b.fenced => Some(MetaRequest::UnfenceBroker { id }),
@@ -893,8 +914,21 @@ impl Service for PeerService {
                         Ok(Err(e)) => Response::Written(Err(internal(e))),
                     }
                 }
-                Request::BrokerHeartbeat { id, host, port } => match &node.cluster {
-                    Some(cluster) => heard(&node, cluster, id, host, port),
+                Request::BrokerHeartbeat {
+                    id,
+                    host,
+                    port,
+                    endpoints,
+                } => match &node.cluster {
+                    Some(cluster) => {
+                        let announced = Heard {
+                            at: Instant::now(),
+                            host,
+                            port,
+                            endpoints,
+                        };
+                        heard(&node, cluster, id, announced)
+                    }
                     None => Response::NotLeader(None),
                 },
             }

@@ -137,7 +137,7 @@ pub use crate::security::{SecurityError, ACLS_MAX, QUOTA_ENTITIES_MAX, SCRAM_USE
 pub use crate::state_machine::UNCLEAN_LEADER_ELECTION;
 use crate::state_machine::{validate_partitions, Placement, Published};
 pub use crate::types::{
-    BrokerMap, BrokerMeta, ClusterConfig, Election, MetaConfig, MetaError, MetadataView,
+    BrokerMap, BrokerMeta, ClusterConfig, Election, Endpoint, MetaConfig, MetaError, MetadataView,
     PartitionMeta, PartitionRef, Reassignment, ReassignmentMap, TopicChange, TopicIdMap, TopicMap,
     TopicMeta, TopicSpec, NO_LEADER, PRODUCER_ID_BLOCK_SIZE,
 };
@@ -667,6 +667,7 @@ mod tests {
             partitions_per_shard_max: per_shard,
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
+            endpoints: Vec::new(),
             cluster: None,
         }
     }

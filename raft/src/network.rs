@@ -84,6 +84,9 @@ pub(crate) enum Request {
         id: NodeId,
         host: String,
         port: u16,
+        /// Its listeners' advertised addresses.
+        #[serde(default)]
+        endpoints: Vec<crate::types::Endpoint>,
     },
 }
 
@@ -567,6 +570,7 @@ mod tests {
             id,
             host: "h".into(),
             port: 1,
+            endpoints: Vec::new(),
         }
     }
 

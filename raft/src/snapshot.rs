@@ -4,10 +4,10 @@
 //! directory fsync), integers little-endian:
 //!
 //! ```text
-//! magic "SLSNAP04" (8 bytes)
+//! magic "SLSNAP05" (8 bytes)
 //! frame: JSON of openraft's SnapshotMeta (last log id, membership, id)
 //! frame: rkyv 0.8 archive of SnapshotBody { topics: Vec<TopicMeta>,
-//!        brokers: Vec<BrokerMeta>,
+//!        brokers: Vec<BrokerMeta> (with each listener's address),
 //!        reassignments: Vec<(topic, partition, Reassignment)>,
 //!        scram: Vec<(user, ScramCredential)>,
 //!        acls: Vec<AclBinding>,
@@ -17,8 +17,9 @@
 //!
 //! Frames are `durable`'s length + CRC32C frames. The bytes openraft moves
 //! around as `SnapshotData` (also to other nodes) are the rkyv archive
-//! alone. Files of the previous formats are read: "SLSNAP03" (a body
-//! without security metadata), "SLSNAP02" (nor reassignments) and
+//! alone. Files of the previous formats are read: "SLSNAP04" (brokers
+//! without their listeners' addresses), "SLSNAP03" (a body without
+//! security metadata), "SLSNAP02" (nor reassignments) and
 //! "SLSNAP01" (an archive of `Vec<TopicMeta>` alone, written before
 //! brokers were registered).
 
@@ -35,7 +36,9 @@ use crate::security::scram::ScramCredential;
 use crate::types::{BrokerMeta, Reassignment, SnapshotMeta, TopicMeta};
 
 const SNAPSHOT_FILE: &str = "snapshot";
-const MAGIC: &[u8; 8] = b"SLSNAP04";
+const MAGIC: &[u8; 8] = b"SLSNAP05";
+/// The format before brokers' listener addresses: a `SnapshotBodyV4`.
+const MAGIC_V4: &[u8; 8] = b"SLSNAP04";
 /// The format before security metadata: a `SnapshotBodyV3` archive.
 const MAGIC_V3: &[u8; 8] = b"SLSNAP03";
 /// The format before reassignments: a `SnapshotBodyV2` archive.
@@ -58,13 +61,64 @@ pub(crate) struct SnapshotBody {
     pub quotas: Vec<(QuotaEntity, Vec<(String, f64)>)>,
 }
 
+/// A broker as formats 2 to 4 hold it: no listener addresses.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub(crate) struct BrokerMetaV4 {
+    pub id: u64,
+    pub host: String,
+    pub port: u16,
+    pub fenced: bool,
+}
+
+impl From<BrokerMetaV4> for BrokerMeta {
+    fn from(b: BrokerMetaV4) -> BrokerMeta {
+        BrokerMeta {
+            id: b.id,
+            host: b.host,
+            port: b.port,
+            fenced: b.fenced,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+fn brokers_v4(old: Vec<BrokerMetaV4>) -> Vec<BrokerMeta> {
+    old.into_iter().map(BrokerMeta::from).collect()
+}
+
+/// The snapshot data of format "SLSNAP04".
+#[derive(Debug, Clone, Default, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub(crate) struct SnapshotBodyV4 {
+    pub topics: Vec<TopicMeta>,
+    pub brokers: Vec<BrokerMetaV4>,
+    pub reassignments: Vec<(String, u32, Reassignment)>,
+    pub scram: Vec<(String, ScramCredential)>,
+    pub acls: Vec<AclBinding>,
+    pub quotas: Vec<(QuotaEntity, Vec<(String, f64)>)>,
+}
+
+impl From<SnapshotBodyV4> for SnapshotBody {
+    fn from(b: SnapshotBodyV4) -> SnapshotBody {
+        SnapshotBody {
+            topics: b.topics,
+            brokers: brokers_v4(b.brokers),
+            reassignments: b.reassignments,
+            scram: b.scram,
+            acls: b.acls,
+            quotas: b.quotas,
+        }
+    }
+}
+
 /// The snapshot data of format "SLSNAP03".
 #[derive(
     Debug, Clone, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 pub(crate) struct SnapshotBodyV3 {
     pub topics: Vec<TopicMeta>,
-    pub brokers: Vec<BrokerMeta>,
+    pub brokers: Vec<BrokerMetaV4>,
     pub reassignments: Vec<(String, u32, Reassignment)>,
 }
 
@@ -74,7 +128,7 @@ pub(crate) struct SnapshotBodyV3 {
 )]
 pub(crate) struct SnapshotBodyV2 {
     pub topics: Vec<TopicMeta>,
-    pub brokers: Vec<BrokerMeta>,
+    pub brokers: Vec<BrokerMetaV4>,
 }
 
 /// Serializes a snapshot body to the rkyv archive that is the snapshot data.
@@ -83,11 +137,16 @@ pub(crate) fn encode(body: &SnapshotBody) -> io::Result<Vec<u8>> {
     Ok(bytes.to_vec())
 }
 
-/// Validates and deserializes a snapshot data archive.
+/// Validates and deserializes a snapshot data archive (one sent by a
+/// node of the previous format too).
 pub(crate) fn decode(data: &[u8]) -> io::Result<SnapshotBody> {
     let mut aligned = AlignedVec::<16>::with_capacity(data.len());
     aligned.extend_from_slice(data);
-    rkyv::from_bytes::<SnapshotBody, rancor::Error>(&aligned).map_err(|e| invalid(e.to_string()))
+    rkyv::from_bytes::<SnapshotBody, rancor::Error>(&aligned).or_else(|e| {
+        rkyv::from_bytes::<SnapshotBodyV4, rancor::Error>(&aligned)
+            .map(SnapshotBody::from)
+            .map_err(|_| invalid(e.to_string()))
+    })
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -127,6 +186,8 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
         return Ok(None);
     };
     let (rest, version) = if let Some(rest) = bytes.strip_prefix(MAGIC.as_slice()) {
+        (rest, 5)
+    } else if let Some(rest) = bytes.strip_prefix(MAGIC_V4.as_slice()) {
         (rest, 4)
     } else if let Some(rest) = bytes.strip_prefix(MAGIC_V3.as_slice()) {
         (rest, 3)
@@ -161,7 +222,7 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
             .map_err(|e| invalid(e.to_string()))?;
         let body = SnapshotBody {
             topics: old.topics,
-            brokers: old.brokers,
+            brokers: brokers_v4(old.brokers),
             ..SnapshotBody::default()
         };
         return Ok(Some((meta, encode(&body)?)));
@@ -171,13 +232,18 @@ pub(crate) fn read(dir: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
             .map_err(|e| invalid(e.to_string()))?;
         let body = SnapshotBody {
             topics: old.topics,
-            brokers: old.brokers,
+            brokers: brokers_v4(old.brokers),
             reassignments: old.reassignments,
             ..SnapshotBody::default()
         };
         return Ok(Some((meta, encode(&body)?)));
     }
-    assert_eq!(version, 4);
+    if version == 4 {
+        let old = rkyv::from_bytes::<SnapshotBodyV4, rancor::Error>(&aligned)
+            .map_err(|e| invalid(e.to_string()))?;
+        return Ok(Some((meta, encode(&SnapshotBody::from(old))?)));
+    }
+    assert_eq!(version, 5);
     Ok(Some((meta, data.to_vec())))
 }
 
@@ -227,14 +293,15 @@ mod tests {
 
     #[test]
     fn body_round_trip_and_previous_format_is_read() {
+        let old_brokers = vec![BrokerMetaV4 {
+            id: 7,
+            host: "h".into(),
+            port: 9092,
+            fenced: true,
+        }];
         let body = SnapshotBody {
             topics: vec![topic("a")],
-            brokers: vec![BrokerMeta {
-                id: 7,
-                host: "h".into(),
-                port: 9092,
-                fenced: true,
-            }],
+            brokers: brokers_v4(old_brokers.clone()),
             reassignments: vec![(
                 "a".into(),
                 1,
@@ -249,11 +316,37 @@ mod tests {
         };
         let data = encode(&body).expect("encode");
         assert_eq!(decode(&data).expect("decode"), body);
+        // Listener addresses round-trip.
+        let mut with_endpoints = body.clone();
+        with_endpoints.brokers[0].endpoints = vec![crate::types::Endpoint {
+            listener: "SASL_SSL".into(),
+            host: "broker-7.example".into(),
+            port: 9093,
+        }];
+        let data = encode(&with_endpoints).expect("encode");
+        assert_eq!(decode(&data).expect("decode"), with_endpoints);
+        // A file of format 4, and its data as a node of that format sends it.
+        let dir4 = tempfile::tempdir().expect("tempdir");
+        let v4 = SnapshotBodyV4 {
+            topics: body.topics.clone(),
+            brokers: old_brokers.clone(),
+            reassignments: body.reassignments.clone(),
+            ..SnapshotBodyV4::default()
+        };
+        let v4_data = rkyv::to_bytes::<rancor::Error>(&v4).expect("encode v4");
+        assert_eq!(decode(&v4_data).expect("decode v4 data"), body);
+        let meta_json = serde_json::to_vec(&SnapshotMeta::default()).expect("json");
+        let mut buf = MAGIC_V4.to_vec();
+        durable::frame_encode(&mut buf, &meta_json);
+        durable::frame_encode(&mut buf, &v4_data);
+        durable::write_atomic(dir4.path(), SNAPSHOT_FILE, &buf).expect("write");
+        let (_, data) = read(dir4.path()).expect("read").expect("some");
+        assert_eq!(decode(&data).expect("decode"), body, "format 4 read as 5");
         // A file of format 3: a body without security metadata.
         let dir3 = tempfile::tempdir().expect("tempdir");
         let v3 = SnapshotBodyV3 {
             topics: body.topics.clone(),
-            brokers: body.brokers.clone(),
+            brokers: old_brokers.clone(),
             reassignments: body.reassignments.clone(),
         };
         let v3_data = rkyv::to_bytes::<rancor::Error>(&v3).expect("encode v3");
@@ -263,12 +356,12 @@ mod tests {
         durable::frame_encode(&mut buf, &v3_data);
         durable::write_atomic(dir3.path(), SNAPSHOT_FILE, &buf).expect("write");
         let (_, data) = read(dir3.path()).expect("read").expect("some");
-        assert_eq!(decode(&data).expect("decode"), body, "format 3 read as 4");
+        assert_eq!(decode(&data).expect("decode"), body, "format 3 read as 5");
         // A file of format 2: a body without reassignments.
         let dir2 = tempfile::tempdir().expect("tempdir");
         let v2 = SnapshotBodyV2 {
             topics: body.topics.clone(),
-            brokers: body.brokers.clone(),
+            brokers: old_brokers.clone(),
         };
         let v2_data = rkyv::to_bytes::<rancor::Error>(&v2).expect("encode v2");
         let meta_json = serde_json::to_vec(&SnapshotMeta::default()).expect("json");
@@ -278,7 +371,7 @@ mod tests {
         durable::write_atomic(dir2.path(), SNAPSHOT_FILE, &buf).expect("write");
         let (_, data) = read(dir2.path()).expect("read").expect("some");
         let back = decode(&data).expect("decode");
-        assert_eq!((back.topics, back.brokers), (v2.topics, v2.brokers));
+        assert_eq!((back.topics, back.brokers), (v2.topics, brokers_v4(v2.brokers)));
         assert!(back.reassignments.is_empty());
         // A file written by the previous format: topics only.
         let dir = tempfile::tempdir().expect("tempdir");
@@ -331,7 +424,7 @@ mod tests {
         let data = encode(&body).expect("encode");
         write(dir.path(), &SnapshotMeta::default(), &data).expect("write");
         let bytes = std::fs::read(dir.path().join(SNAPSHOT_FILE)).expect("file");
-        assert!(bytes.starts_with(b"SLSNAP04"));
+        assert!(bytes.starts_with(b"SLSNAP05"));
         let (_, back) = read(dir.path()).expect("read").expect("some");
         let back = decode(&back).expect("decode");
         assert_eq!(back, body);

@@ -549,13 +549,19 @@ impl Data {
     /// before the last restart (logged at debug only).
     fn apply_cluster(&mut self, req: MetaRequest, replay: bool) -> Result<(), MetaError> {
         match req {
-            MetaRequest::RegisterBroker { id, host, port } => {
+            MetaRequest::RegisterBroker {
+                id,
+                host,
+                port,
+                endpoints,
+            } => {
                 let was_fenced = self.brokers.get(&id).is_some_and(|b| b.fenced);
                 let broker = BrokerMeta {
                     id,
                     host,
                     port,
                     fenced: false,
+                    endpoints,
                 };
                 let led = if was_fenced {
                     self.lead_leaderless(id)
@@ -1685,6 +1691,7 @@ mod tests {
             id,
             host: format!("h{id}"),
             port: 9000 + id as u16,
+            endpoints: Vec::new(),
         };
         d.apply_cluster(req, false).expect("register");
     }

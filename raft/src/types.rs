@@ -30,6 +30,8 @@ pub struct MetaConfig {
     /// controller and returned in Metadata).
     pub advertised_host: String,
     pub advertised_port: u16,
+    /// The advertised address of every Kafka listener of this node.
+    pub endpoints: Vec<Endpoint>,
     /// `None`: a one-voter group of this node, with no network.
     pub cluster: Option<ClusterConfig>,
 }
@@ -123,12 +125,48 @@ impl PartitionMeta {
 )]
 pub struct BrokerMeta {
     pub id: u64,
-    /// Where Kafka clients reach it (its advertised Kafka listener).
+    /// Where the other nodes reach it (its inter-broker listener's
+    /// advertised address).
     pub host: String,
     pub port: u16,
     /// Its lease ran out: it leads nothing and is in no ISR until it
     /// heartbeats again.
     pub fenced: bool,
+    /// The advertised address of each of its listeners, by listener name:
+    /// a client is given the address of the listener it came in on, as
+    /// Kafka does. Empty for a broker registered before they were.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One advertised listener of a broker.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Endpoint {
+    /// The listener's name (`PLAINTEXT`, `SASL_SSL`, `INTERNAL`...).
+    pub listener: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerMeta {
+    /// Where a client of `listener` reaches this broker: that listener's
+    /// address, or the registered one when it has no such listener.
+    pub fn address_for(&self, listener: &str) -> (&str, u16) {
+        self.endpoints
+            .iter()
+            .find(|e| e.listener.eq_ignore_ascii_case(listener))
+            .map_or((self.host.as_str(), self.port), |e| (e.host.as_str(), e.port))
+    }
 }
 
 /// Registered brokers by node id.
@@ -317,6 +355,8 @@ pub enum MetaRequest {
         id: u64,
         host: String,
         port: u16,
+        #[serde(default)]
+        endpoints: Vec<Endpoint>,
     },
     /// The controller saw a broker's lease run out: it leaves every ISR it
     /// is not the last member of, and its leaderships move to in-sync

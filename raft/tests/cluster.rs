@@ -59,6 +59,11 @@ impl Cluster {
                     partitions_per_shard_max: 100,
                     advertised_host: "127.0.0.1".into(),
                     advertised_port: 9000 + id as u16,
+                    endpoints: vec![sluice_raft::Endpoint {
+                        listener: "EXTERNAL".into(),
+                        host: format!("node-{id}.example"),
+                        port: 9100 + id as u16,
+                    }],
                     cluster: Some(ClusterConfig {
                         listen: format!("127.0.0.1:{port}").parse().expect("addr"),
                         voters: voters.clone(),
@@ -348,6 +353,11 @@ fn silent_broker_is_fenced_then_unfenced() {
         let view = node.view();
         let broker = &view.brokers[&quiet];
         assert!(broker.fenced);
+        // Its listeners' addresses came with its heartbeats.
+        let external = format!("node-{quiet}.example");
+        let want = (external.as_str(), 9100 + quiet as u16);
+        assert_eq!(broker.address_for("external"), want);
+        assert_eq!(broker.address_for("OTHER"), ("127.0.0.1", 9000 + quiet as u16));
         let p0 = &view.topics["led"].partitions[0];
         assert_eq!(p0.leader, other, "leadership moved to the next ISR member");
         assert_eq!(p0.leader_epoch, 1);

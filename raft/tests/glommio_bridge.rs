@@ -27,6 +27,7 @@ fn create_and_changed_from_a_glommio_executor() {
         partitions_per_shard_max: 100,
         advertised_host: "127.0.0.1".into(),
         advertised_port: 9092,
+        endpoints: Vec::new(),
         cluster: None,
     };
     let meta = Metadata::start(cfg).expect("start");

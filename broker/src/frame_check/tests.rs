@@ -8,7 +8,6 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use super::samples::RawBody;
 use super::*;
-use crate::handlers::SUPPORTED;
 use crate::wire_tests::CLIENT_ID;
 
 /// Header + body of a request, without the size prefix.

@@ -258,13 +258,16 @@ impl Ctx {
         }
     }
 
-    /// The Kafka address of broker `id` (fenced ones too); this node's own
-    /// from its settings, for the listener `session` came in on.
+    /// The Kafka address of broker `id` (fenced ones too) on the listener
+    /// `session` came in on (Kafka answers every client with the brokers'
+    /// addresses on its own listener); this node's own from its settings.
     pub fn broker(&self, view: &MetadataView, id: u64, session: &Session) -> Option<BrokerAddr> {
         if id == self.node_id() {
             return Some(self.this_broker(session));
         }
-        view.brokers.get(&id).and_then(|b| broker_addr(b))
+        let listener = self.node.security.listeners.get(session.listener);
+        let name = listener.map_or("", |l| l.name.as_str());
+        view.brokers.get(&id).and_then(|b| broker_addr(b, name))
     }
 
     fn this_broker(&self, session: &Session) -> BrokerAddr {
@@ -384,11 +387,12 @@ pub fn wire_id(id: u64) -> i32 {
     i32::try_from(id).unwrap_or(-1)
 }
 
-fn broker_addr(b: &BrokerMeta) -> Option<BrokerAddr> {
+fn broker_addr(b: &BrokerMeta, listener: &str) -> Option<BrokerAddr> {
+    let (host, port) = b.address_for(listener);
     Some(BrokerAddr {
         id: i32::try_from(b.id).ok()?,
-        host: b.host.clone(),
-        port: i32::from(b.port),
+        host: host.to_string(),
+        port: i32::from(port),
     })
 }
 

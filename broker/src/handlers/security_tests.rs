@@ -960,3 +960,65 @@ fn the_seven_apis_are_dispatched() {
         assert_eq!(scram_infos(&r), vec![("u".into(), NONE, vec![(2, 4096)])]);
     });
 }
+
+#[test]
+fn other_brokers_are_given_by_the_address_of_the_clients_listener() {
+    use crate::security::listeners::Listener;
+    use crate::security::{Security, SecurityProtocol, Session};
+    use sluice_raft::{BrokerMeta, Endpoint, MetadataView};
+    on_one_shard(&[], |ctx, settings| async move {
+        let listener = |name: &str, port: u16| Listener {
+            name: name.into(),
+            protocol: SecurityProtocol::Plaintext,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            advertised_host: "127.0.0.1".into(),
+            advertised_port: port,
+        };
+        let mut node = crate::server::node_info(&settings);
+        node.security = Arc::new(Security {
+            listeners: vec![listener("INTERNAL", 9092), listener("EXTERNAL", 19092)],
+            ..Security::default()
+        });
+        let ctx = Ctx::new(Rc::clone(&ctx.shard), ctx.meta.clone(), Arc::new(node));
+        let mut view = MetadataView::default();
+        let endpoint = |listener: &str, host: &str, port| Endpoint {
+            listener: listener.into(),
+            host: host.into(),
+            port,
+        };
+        view.brokers.insert(
+            2,
+            Arc::new(BrokerMeta {
+                id: 2,
+                host: "10.0.0.2".into(),
+                port: 9092,
+                fenced: false,
+                endpoints: vec![
+                    endpoint("INTERNAL", "10.0.0.2", 9092),
+                    endpoint("EXTERNAL", "broker-2.example", 19092),
+                ],
+            }),
+        );
+        let on = |index| Session::new(index, SecurityProtocol::Plaintext, "127.0.0.1".into(), None);
+        let external = ctx.broker(&view, 2, &on(1)).expect("broker 2");
+        assert_eq!(
+            (external.host.as_str(), external.port),
+            ("broker-2.example", 19092)
+        );
+        let internal = ctx.broker(&view, 2, &on(0)).expect("broker 2");
+        assert_eq!((internal.host.as_str(), internal.port), ("10.0.0.2", 9092));
+        // A broker registered without its listeners: its registered address.
+        view.brokers.insert(
+            3,
+            Arc::new(BrokerMeta {
+                id: 3,
+                host: "10.0.0.3".into(),
+                port: 9092,
+                fenced: false,
+                endpoints: Vec::new(),
+            }),
+        );
+        let old = ctx.broker(&view, 3, &on(1)).expect("broker 3");
+        assert_eq!((old.host.as_str(), old.port), ("10.0.0.3", 9092));
+    });
+}
