@@ -78,6 +78,22 @@ pub struct Cli {
 pub enum Command {
     /// Run a broker node (single node: one-voter metadata group).
     Start(StartArgs),
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
+    /// Check the host and the data dir before a start (the same flags and --config as start); exits 1 when a check fails.
+    Check(crate::check::CheckArgs),
+    /// Print a shell completion script (e.g. sluice completions bash > /etc/bash_completion.d/sluice).
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for sluice and each subcommand into --dir, or print sluice(1) to stdout.
+    Manpage {
+        /// Directory to write sluice.1, sluice-start.1, ... into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `sluice start` settings. Each is also an env var and a TOML key.
@@ -445,6 +461,10 @@ pub struct StartArgs {
     #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE", value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Serve the admin HTTP port over TLS (HTTPS) with --tls-cert-file and --tls-key-file (reloaded on SIGHUP); no client certificate is asked for.
+    #[arg(long, env = "SLUICE_ADMIN_TLS", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub admin_tls: bool,
+
     /// Settings given by flag, environment or file (setting ids, e.g.
     /// "min_insync_replicas"): their DescribeConfigs source is
     /// STATIC_BROKER_CONFIG, the others' DEFAULT_CONFIG.
@@ -461,10 +481,6 @@ struct FileConfig {
     advertised_listener: Option<String>,
     admin_listen: Option<SocketAddr>,
     shards: Option<u32>,
-    /// Serve the admin HTTP port over TLS (HTTPS) with --tls-cert-file and --tls-key-file (reloaded on SIGHUP); no client certificate is asked for.
-    #[arg(long, env = "SLUICE_ADMIN_TLS", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
-    pub admin_tls: bool,
-
     pin_cores: Option<bool>,
     memory: Option<ByteSize>,
     node_id: Option<u64>,
@@ -510,6 +526,7 @@ struct FileConfig {
     super_users: Option<String>,
     allow_everyone_if_no_acl_found: Option<bool>,
     admin_token_file: Option<PathBuf>,
+    admin_tls: Option<bool>,
     max_connections_per_ip: Option<u32>,
 }
 
@@ -526,7 +543,6 @@ impl FromStr for ByteSize {
         let (digits, unit) = s.split_at(split);
         let n: u64 = digits
             .parse()
-    admin_tls: Option<bool>,
             .map_err(|_| format!("'{s}' is not a size (e.g. 512MiB, 1GiB, 1048576)"))?;
         let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
             "" | "b" => 1,
@@ -582,6 +598,8 @@ pub struct Settings {
     pub failed_authentication_delay_ms: u64,
     pub authorizer: Option<Authorizer>,
     pub admin_token_file: Option<PathBuf>,
+    /// The admin port serves HTTPS with `tls_files`' certificate.
+    pub admin_tls: bool,
     pub max_connections_per_ip: u32,
     pub advertised_host: String,
     pub advertised_port: u16,
@@ -598,8 +616,6 @@ pub struct Settings {
     pub producer_id_expiration_ms: i64,
     pub transaction_max_timeout_ms: i64,
     pub transactional_id_expiration_ms: i64,
-    /// The admin port serves HTTPS with `tls_files`' certificate.
-    pub admin_tls: bool,
     pub partitions_per_shard_max: Option<u32>,
     pub wal_commit_bytes_max: u64,
     pub connections_per_shard_max: u32,
@@ -733,6 +749,7 @@ impl StartArgs {
         fill!(opt super_users);
         fill!(allow_everyone_if_no_acl_found);
         fill!(opt admin_token_file);
+        fill!(admin_tls);
         fill!(max_connections_per_ip);
         Ok(self)
     }
@@ -749,7 +766,6 @@ impl Settings {
     /// Validates merged arguments; every error names the setting.
     pub fn resolve(args: StartArgs) -> anyhow::Result<Settings> {
         let shards = resolve_shards(args.shards)?;
-        fill!(admin_tls);
         let listeners = resolve_listeners(&args)?;
         let inter_broker = inter_broker_listener(&args, &listeners)?;
         let (listen, advertised_host, advertised_port) = (
@@ -884,6 +900,7 @@ impl Settings {
             failed_authentication_delay_ms: args.failed_authentication_delay_ms,
             authorizer,
             admin_token_file: args.admin_token_file,
+            admin_tls: args.admin_tls,
             max_connections_per_ip: args.max_connections_per_ip,
             advertised_host,
             advertised_port,
@@ -900,7 +917,6 @@ impl Settings {
             producer_id_expiration_ms,
             transaction_max_timeout_ms,
             transactional_id_expiration_ms,
-            admin_tls: args.admin_tls,
             partitions_per_shard_max: args.partitions_per_shard_max,
             wal_commit_bytes_max,
             connections_per_shard_max: args.connections_per_shard_max,

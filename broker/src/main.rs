@@ -33,6 +33,9 @@
 //! - Per-request logging is `trace!`.
 
 mod admin;
+mod check;
+mod cli;
+mod completions;
 mod config;
 mod connection;
 mod errors;
@@ -50,10 +53,10 @@ pub mod sasl;
 mod search;
 mod security;
 mod server;
+mod systemd;
 mod topic_config;
 mod users;
 #[cfg(test)]
-mod systemd;
 mod wire_tests;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -81,6 +84,29 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+        Command::Client(command) => cli::run(command),
+        Command::Check(args) => {
+            let Some(("check", sub)) = matches.subcommand() else {
+                unreachable!("clap parsed the check subcommand");
+            };
+            check::run(args, sub).unwrap_or_else(|e| {
+                eprintln!("sluice: {e:#}");
+                std::process::ExitCode::FAILURE
+            })
+        }
+        Command::Completions { shell } => exit_code(completions::completions(shell)),
+        Command::Manpage { dir } => exit_code(completions::manpages(dir.as_deref())),
+    }
+}
+
+/// Exit status of a subcommand that has nothing to report but errors.
+fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
