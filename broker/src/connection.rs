@@ -645,6 +645,7 @@ async fn start_frame<'a>(
     let correlation_id = header.correlation_id;
     tracing::trace!(api = ?key, version, correlation_id, "request");
     let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
+    session.set_client_id(client_id);
     // A follower's fetch (replica_id >= 0, the body's first field) is
     // never throttled, as in Kafka: replication is not a client's traffic.
     let follower = key == ApiKey::Fetch

@@ -398,9 +398,9 @@ fn describe_group(group: &str) -> Value {
         assert!(m
             .remove("member_id")
             .is_some_and(|id| id.as_str().is_some_and(|s| !s.is_empty())));
-        // Sluice's JoinGroup does not record the client id and host yet.
-        m.remove("host");
-        m.remove("client_id");
+        // Every member here is `group_member`'s, from this host.
+        assert_eq!(m.remove("host"), Some(json!("/127.0.0.1")));
+        assert_eq!(m.remove("client_id"), Some(json!("cli-member")));
     }
     v
 }

@@ -38,8 +38,9 @@ pub async fn handle(
         group_id: req.group_id.0.to_string(),
         member_id: req.member_id.to_string(),
         group_instance_id: req.group_instance_id.map(|s| s.to_string()),
-        client_id: String::new(),
-        client_host: String::new(),
+        client_id: session.client_id().to_string(),
+        // As Kafka shows it (Java's InetAddress text).
+        client_host: format!("/{}", session.host),
         session_timeout_ms: req.session_timeout_ms,
         // v0 has no rebalance timeout: Kafka uses the session timeout.
         rebalance_timeout_ms: if version == 0 {

@@ -118,6 +118,9 @@ pub struct Session {
     /// The shard's time spent running this connection since its last
     /// request was charged to the `request_percentage` quota.
     pub cpu: Cell<Duration>,
+    /// The client id of the connection's latest request header (what
+    /// DescribeGroups shows of a member).
+    client_id: RefCell<Rc<str>>,
 }
 
 impl Session {
@@ -146,6 +149,7 @@ impl Session {
             sasl: RefCell::new(SaslState::Idle),
             throttled_until: Cell::new(None),
             cpu: Cell::new(Duration::ZERO),
+            client_id: RefCell::new(Rc::from("")),
         }
     }
 
@@ -158,6 +162,18 @@ impl Session {
 
     pub fn principal(&self) -> Rc<str> {
         Rc::clone(&self.principal.borrow())
+    }
+
+    /// Keeps the client id of a request header (allocates only when it
+    /// changes, which clients do not do on one connection).
+    pub fn set_client_id(&self, client_id: &str) {
+        if *self.client_id.borrow().as_ref() != *client_id {
+            *self.client_id.borrow_mut() = Rc::from(client_id);
+        }
+    }
+
+    pub fn client_id(&self) -> Rc<str> {
+        Rc::clone(&self.client_id.borrow())
     }
 
     pub fn authenticated(&self) -> bool {
