@@ -188,13 +188,26 @@ async fn watchdog(
     every: std::time::Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    /// Probes a ping waits for: a shard's probe queue may be full for a
+    /// moment (scrapes of /metrics), which is not a stuck shard.
+    const TRIES: usize = 3;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let answers = probes.collect().await;
-        match answers.iter().find_map(|a| a.as_ref().err()) {
+        let mut silent = None;
+        for _ in 0..TRIES {
+            let answers = probes.collect().await;
+            silent = answers.iter().find_map(|a| a.as_ref().err().copied());
+            if silent.is_none() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        match silent {
             None => crate::systemd::watchdog(),
             Some(shard) => tracing::warn!(
                 shard,

@@ -206,6 +206,9 @@ pub struct DirProbe {
     /// The directory probed: the data dir, or its nearest existing parent.
     pub probed: PathBuf,
     pub exists: bool,
+    /// The data dir holds files already: a restart, which reopens its WAL
+    /// segments instead of creating them.
+    pub has_data: bool,
     pub statfs: Result<FsStat, String>,
     /// Creating, writing (4 KiB, aligned) and removing a file with O_DIRECT.
     pub o_direct: Result<(), std::io::Error>,
@@ -567,6 +570,13 @@ fn check_o_direct(dir: &DirProbe) -> Finding {
             format!("the file system at {at} refuses O_DIRECT: {e}"),
             "put --data-dir on a file system with O_DIRECT (XFS or ext4 on a local disk)",
         ),
+        // A full disk is `disk_space`'s to judge (a node with data must
+        // still start, to serve reads and let retention free space).
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => Finding::warn(
+            NAME,
+            format!("no space left at {at} to probe O_DIRECT: {e}"),
+            "free space on the data dir's file system",
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Finding::fail(
             NAME,
             format!("cannot create a file at {at}: {e}"),
@@ -599,6 +609,15 @@ fn check_disk_space(dir: &DirProbe, needs: &Needs) -> Finding {
     );
     let found = format!("{} free at {at}", bytes(stat.avail_bytes));
     let fix = "free space there, or use a smaller --wal-segment-bytes or fewer --shards";
+    if stat.avail_bytes < need && dir.has_data {
+        // A restart reopens its segments: the node starts, serves reads
+        // and lets retention free space; new segments may not fit.
+        return Finding::warn(
+            NAME,
+            format!("{found}: below {wanted}; the node restarts on its data, but rolling a segment may fail"),
+            fix,
+        );
+    }
     if stat.avail_bytes < need {
         return Finding::fail(
             NAME,
@@ -791,11 +810,14 @@ fn nearest_existing(path: &Path) -> (PathBuf, bool) {
 
 fn probe_dir(data_dir: &Path) -> DirProbe {
     let (probed, exists) = nearest_existing(data_dir);
+    let has_data =
+        exists && std::fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some());
     DirProbe {
         statfs: statfs(&probed),
         o_direct: probe_o_direct(&probed),
         probed,
         exists,
+        has_data,
     }
 }
 
@@ -885,6 +907,7 @@ mod tests {
             dir: DirProbe {
                 probed: PathBuf::from("/var/lib/sluice"),
                 exists: true,
+                has_data: false,
                 statfs: Ok(FsStat {
                     magic: 0x5846_5342,
                     avail_bytes: 100 << 30,
@@ -1031,6 +1054,16 @@ mod tests {
             });
             assert_eq!(status_of(&h, "disk_space"), want, "{avail}");
         }
+        // A restart on a nearly full disk starts (a warning, not a fail).
+        let mut h = good();
+        h.dir.has_data = true;
+        h.dir.statfs = Ok(FsStat {
+            magic: 0xEF53,
+            avail_bytes: need - 1,
+        });
+        assert_eq!(status_of(&h, "disk_space"), Status::Warn);
+        h.dir.o_direct = Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(status_of(&h, "o_direct"), Status::Warn);
     }
 
     #[test]

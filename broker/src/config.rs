@@ -600,6 +600,8 @@ pub struct Settings {
     pub admin_token_file: Option<PathBuf>,
     /// The admin port serves HTTPS with `tls_files`' certificate.
     pub admin_tls: bool,
+    /// Nodes connect to each other's `SSL` inter-broker listener.
+    pub inter_broker_tls: bool,
     pub max_connections_per_ip: u32,
     pub advertised_host: String,
     pub advertised_port: u16,
@@ -882,11 +884,26 @@ impl Settings {
                 l.addr
             );
         }
-        if cluster.is_some() && inter_broker.protocol != SecurityProtocol::Plaintext {
+        let inter_broker_tls = inter_broker.protocol == SecurityProtocol::Ssl;
+        if cluster.is_some()
+            && !matches!(
+                inter_broker.protocol,
+                SecurityProtocol::Plaintext | SecurityProtocol::Ssl
+            )
+        {
             bail!(
-                "--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): listener {} is {}; other nodes replicate over a PLAINTEXT listener (bind it to a private network)",
+                "--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): listener {} is {}; other nodes replicate over a PLAINTEXT listener (bind it to a private network) or an SSL one (mTLS)",
                 inter_broker.name,
                 inter_broker.protocol
+            );
+        }
+        if cluster.is_some()
+            && inter_broker_tls
+            && tls_files.as_ref().is_none_or(|t| t.client_ca.is_none())
+        {
+            bail!(
+                "--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): the SSL listener {} needs --tls-client-ca-file, the CA the nodes' certificates chain to (each node connects to the others with its --tls-cert-file)",
+                inter_broker.name
             );
         }
         Ok(Settings {
@@ -901,6 +918,7 @@ impl Settings {
             authorizer,
             admin_token_file: args.admin_token_file,
             admin_tls: args.admin_tls,
+            inter_broker_tls: inter_broker_tls && cluster.is_some(),
             max_connections_per_ip: args.max_connections_per_ip,
             advertised_host,
             advertised_port,
@@ -951,6 +969,7 @@ impl Settings {
             ),
             authorizer: self.authorizer.clone(),
             connections_per_ip_max: self.max_connections_per_ip,
+            inter_broker_tls: self.inter_broker_tls,
         })
     }
 

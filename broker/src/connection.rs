@@ -290,6 +290,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Either::Left((read_end, write_side)) => (read_end, write_side.await),
         Either::Right((write_end, _)) => (Ok(()), write_end),
     };
+    if session.replica() {
+        ctx.replica_connections
+            .set(ctx.replica_connections.get() - 1);
+    }
     if let Err(close) = write_end.and(read_end) {
         if let Some(kind) = close.kind() {
             closes.count(kind);
@@ -324,24 +328,38 @@ async fn read_side<'a, R: AsyncRead + Unpin>(
 ) -> Result<(), Close> {
     let mut ahead = Ahead::default();
     let mut stop = limits.stop.clone();
+    // Once the node stops, a client's connection reads no new request (a
+    // frame begun is dropped unanswered, so the client retries it
+    // elsewhere or later). Another node's replica fetcher is read on until
+    // the shard closes: produces with acks=all read before the stop wait
+    // for its next fetch.
+    let stopped = |stop: &tokio::sync::watch::Receiver<bool>| *stop.borrow() && !session.replica();
     loop {
         // A client over its quota is not read until its throttle ends
         // (KIP-219; its replies carry `throttle_time_ms`).
         if let Some(until) = session.throttled_until.take() {
             let now = Instant::now();
             if until > now {
-                ctx.shard.sleep_until(until).await;
+                let slept = pin!(ctx.shard.sleep_until(until));
+                let stopping = pin!(stop.wait_for(|s| *s));
+                select(slept, stopping).await;
                 // Time the connection was not read does not count against
                 // its authentication's lifetime: the client's
                 // re-authentication waits in the socket meanwhile.
-                session.extend_expiry(until - now);
+                session.extend_expiry(until.saturating_duration_since(now));
             }
         }
-        // Once the node stops, no new request is read (a frame begun is
-        // dropped unanswered, so the client retries it elsewhere or later).
+        if stopped(&stop) {
+            return Ok(());
+        }
         let next = {
             let read = pin!(read_frame(reader, limits, ctx, session, &mut ahead));
-            let stopping = pin!(stop.wait_for(|s| *s));
+            let stopping = pin!(async {
+                if session.replica() {
+                    return futures::future::pending().await;
+                }
+                let _ = stop.wait_for(|s| *s).await;
+            });
             match select(read, stopping).await {
                 Either::Left((frame, _)) => frame?,
                 Either::Right(_) => None,
@@ -646,12 +664,20 @@ async fn start_frame<'a>(
     tracing::trace!(api = ?key, version, correlation_id, "request");
     let client_id = header.client_id.as_ref().map_or("", |c| c.as_str());
     session.set_client_id(client_id);
-    // A follower's fetch (replica_id >= 0, the body's first field) is
-    // never throttled, as in Kafka: replication is not a client's traffic.
-    let follower = key == ApiKey::Fetch
+    // Another node's replica fetcher sends Fetch and OffsetForLeaderEpoch
+    // (v3 and later) with its replica_id >= 0, the body's first field: its
+    // connection is never throttled, as in Kafka (replication is not a
+    // client's traffic), and stays open while the node drains.
+    let replica_id_first =
+        key == ApiKey::Fetch || (key == ApiKey::OffsetForLeaderEpoch && version >= 3);
+    let follower = replica_id_first
         && frame.len() >= 4
         && i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) >= 0;
-    let quotas = Quotas::new(session, ctx, client_id, key, follower);
+    if follower && session.mark_replica() {
+        ctx.replica_connections
+            .set(ctx.replica_connections.get() + 1);
+    }
+    let quotas = Quotas::new(session, ctx, client_id, key);
     if key == ApiKey::Produce {
         let throttle = quotas.charge(session, ctx, QuotaKind::Produce, frame.len());
         let req = ProduceRequest::decode(&mut frame, version)
@@ -708,18 +734,26 @@ impl Quotas {
     /// the `request_percentage` quota (Kafka records a request's time when
     /// its response is sent; here the next request carries it, which the
     /// rate over `SAMPLES` windows does not tell apart).
-    fn new(session: &Session, ctx: &Ctx, client_id: &str, key: ApiKey, follower: bool) -> Quotas {
+    fn new(session: &Session, ctx: &Ctx, client_id: &str, key: ApiKey) -> Quotas {
+        let none = Quotas {
+            client_id: None,
+            throttle: 0,
+        };
+        if session.replica() {
+            session.cpu.take();
+            return none;
+        }
+        // Not charged, and the time so far is left to the next request (an
+        // exempt request cannot wipe the time of an expensive one).
+        if matches!(
+            key,
+            ApiKey::SaslHandshake | ApiKey::SaslAuthenticate | ApiKey::WriteTxnMarkers
+        ) {
+            return none;
+        }
         let spent = session.cpu.take();
-        let exempt = follower
-            || matches!(
-                key,
-                ApiKey::SaslHandshake | ApiKey::SaslAuthenticate | ApiKey::WriteTxnMarkers
-            );
-        if exempt || ctx.meta.peek(|view| view.quotas.is_empty()) {
-            return Quotas {
-                client_id: None,
-                throttle: 0,
-            };
+        if ctx.meta.peek(|view| view.quotas.is_empty()) {
+            return none;
         }
         let mut quotas = Quotas {
             client_id: Some(Box::from(client_id)),

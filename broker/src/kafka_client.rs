@@ -5,7 +5,8 @@
 //!
 //! A `Conn` is one TCP connection to one node, used by one task at a time:
 //! one request, then its response, never pipelined. It runs on the shard
-//! that opened it (glommio `TcpStream`).
+//! that opened it (glommio `TcpStream`), over TLS with this node's
+//! certificate when the inter-broker listener is `SSL`.
 //!
 //! Memory: a response frame is read into one buffer charged to the shard's
 //! `request_buffers` pool, held by the caller until it is done with the
@@ -16,7 +17,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::io::{AsyncReadExt, AsyncWriteExt};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
@@ -55,9 +56,14 @@ pub struct Profile {
     pub response_bytes_max: u32,
 }
 
+/// A connection's byte stream: plain TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for S {}
+
 /// One connection to one node's Kafka listener.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     correlation_id: i32,
     profile: Profile,
 }
@@ -76,6 +82,11 @@ impl Conn {
             .await
             .map_err(|e| Failure::Io(e.into()))?;
         let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Stream> = if ctx.node.security.inter_broker_tls {
+            Box::new(tls_connect(ctx, &broker.host, stream, profile).await?)
+        } else {
+            Box::new(stream)
+        };
         tracing::debug!(node, %addr, client = profile.client_id, "connected to a node");
         Ok(Conn {
             stream,
@@ -123,11 +134,38 @@ impl Conn {
     }
 }
 
+/// The TLS handshake with another node's `SSL` inter-broker listener,
+/// within the connect timeout: its certificate must be valid for `host`
+/// and chain to `--tls-client-ca-file`; this node presents its own (its
+/// principal there).
+async fn tls_connect(
+    ctx: &Ctx,
+    host: &str,
+    stream: TcpStream,
+    profile: Profile,
+) -> Result<futures_rustls::client::TlsStream<TcpStream>, Failure> {
+    let connector = ctx
+        .node
+        .security
+        .tls
+        .as_ref()
+        .and_then(|t| t.connector())
+        .ok_or_else(|| Failure::Protocol("inter-broker TLS needs --tls-client-ca-file".into()))?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+        .map_err(|e| Failure::Protocol(format!("{host}: not a TLS server name: {e}")))?;
+    let ms = u64::try_from(profile.connect_timeout.as_millis()).unwrap_or(u64::MAX);
+    with_deadline(ms, connector.connect(name, stream))
+        .await
+        .ok_or(Failure::TimedOut)?
+        .map_err(Failure::Io)
+}
+
 /// Reads one response frame: its size prefix, checked against
 /// `response_bytes_max`, then its body into a buffer charged to the
 /// shard's `request_buffers` pool.
 async fn read_response(
-    stream: &mut TcpStream,
+    stream: &mut Box<dyn Stream>,
     shard: &Shard,
     response_bytes_max: u32,
 ) -> Result<(Bytes, RequestBuffer), Failure> {

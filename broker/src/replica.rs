@@ -133,6 +133,8 @@ pub struct ReplicaFetcher {
     /// The followed-set version the plan was made at.
     version: Cell<u64>,
     unreachable: WarnLimiter,
+    /// "The leader refuses this node as a replica" warnings.
+    refused: WarnLimiter,
 }
 
 /// A partition by (topic name, index).
@@ -169,6 +171,7 @@ impl ReplicaFetcher {
             running: RefCell::new(HashSet::new()),
             version: Cell::new(0),
             unreachable: WarnLimiter::new(WARN_INTERVAL),
+            refused: WarnLimiter::new(WARN_INTERVAL),
         }
     }
 
@@ -550,7 +553,14 @@ impl ReplicaFetcher {
             tracing::debug!(topic = %key.0, partition = key.1, code, "replica fetch refused; waiting for new metadata");
             s.parked.insert(key);
         } else {
+            if code == ResponseError::TopicAuthorizationFailed.code() {
+                if let Some(suppressed) = self.refused.due() {
+                    tracing::warn!(topic = %key.0, partition = key.1, suppressed, "the leader does not authorize this node as a replica (CLUSTER_ACTION): with --authorizer, the nodes' principal on the inter-broker listener must be a super user");
+                }
+            }
+            // Retried after a pause, not in a loop.
             tracing::debug!(topic = %key.0, partition = key.1, code, "replica fetch error; retrying");
+            s.parked.insert(key);
         }
     }
 }

@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,6 +165,9 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
         probe_listen(listener.addr)?;
     }
     let security = Arc::new(settings.security()?);
+    if settings.admin_tls && security.tls.is_none() {
+        bail!("--admin-tls: no TLS certificate loaded (--tls-cert-file, --tls-key-file)");
+    }
     let admin_token =
         crate::admin::token(settings.admin_token_file.as_deref(), settings.admin_listen)?;
     let admin_listener = crate::admin::bind(settings.admin_listen)?;
@@ -416,6 +420,7 @@ fn spawn_shards(
     search: &Arc<sluice_shard::SearchHandles>,
 ) -> (Vec<glommio::ExecutorJoinHandle<()>>, anyhow::Result<()>) {
     let mesh = plane::new_mesh(settings.shards);
+    let drained = Arc::new(AtomicU32::new(0));
     let mut shards = Vec::with_capacity(settings.shards as usize);
     for (id, probe) in (0..settings.shards).zip(probes) {
         let args = ShardArgs {
@@ -428,6 +433,7 @@ fn spawn_shards(
             stop: stop.clone(),
             ready: ready.clone(),
             search: Arc::clone(search),
+            drained: Arc::clone(&drained),
         };
         match spawn_shard(args) {
             Ok(handle) => shards.push(handle),
@@ -479,6 +485,8 @@ struct ShardArgs {
     probe: ProbeServer,
     /// Where the shard publishes its search index.
     search: Arc<sluice_shard::SearchHandles>,
+    /// Shards done draining their client connections (see `drain`).
+    drained: Arc<AtomicU32>,
 }
 
 fn placement(settings: &Settings, id: u32) -> Placement {
@@ -504,6 +512,9 @@ fn spawn_shard(args: ShardArgs) -> anyhow::Result<glommio::ExecutorJoinHandle<()
         // with io_uring (one warning) and still allocates commit buffers
         // from it.
         .io_memory(usize::try_from(plane::io_memory_bytes(&args.settings)).unwrap_or(usize::MAX))
+        // One blocking thread, unpinned even when the shard is: SASL
+        // PLAIN's PBKDF2 runs there and must not take the shard's core.
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1))
         .spawn(move || shard_main(args))
         .map_err(|e| anyhow::anyhow!("starting executor {name}: {e}"))
 }
@@ -519,6 +530,7 @@ async fn shard_main(args: ShardArgs) {
         ready,
         probe,
         search,
+        drained,
     } = args;
     let mut cfg = plane::shard_config(&settings, id);
     cfg.search_handles = Some(search);
@@ -569,34 +581,48 @@ async fn shard_main(args: ShardArgs) {
         )
     });
     futures::future::join_all(accepts).await;
-    drain(&conns, id).await;
+    drain(&conns, &ctx, &drained, settings.shards).await;
     shard.close().await;
     tracing::debug!(shard = id, "shard stopped");
 }
 
-/// The longest a stopping shard waits for its connections to write the
-/// replies of the requests they read (a long-polling fetch ends within its
-/// `max_wait_ms`; a peer that does not read is cut off here).
+/// The longest a stopping node waits for its clients' connections to
+/// write the replies of the requests they read (a long-polling fetch ends
+/// within its `max_wait_ms`; a peer that does not read is cut off here).
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 
-/// Waits until every connection of the shard wrote its replies and closed
-/// (they read no new request once `stop` is set), at most `DRAIN_MAX`:
-/// produces read before the stop are answered once durable.
-async fn drain(conns: &Connections, shard: u32) {
+/// Waits until every client connection of the shard wrote its replies and
+/// closed (they read no new request once `stop` is set), then until every
+/// shard did (a produce read here may be queued at another shard's
+/// partition, and is answered once durable there), at most `DRAIN_MAX` in
+/// all. Other nodes' replica fetchers stay connected until the shard
+/// closes: produces with acks=all wait for their fetches.
+async fn drain(conns: &Connections, ctx: &Ctx, drained: &AtomicU32, shards: u32) {
+    let shard = ctx.shard.id();
     let deadline = std::time::Instant::now() + DRAIN_MAX;
-    let open = conns.open.get();
-    while conns.open.get() > 0 && std::time::Instant::now() < deadline {
+    let clients = || {
+        conns
+            .open
+            .get()
+            .saturating_sub(ctx.replica_connections.get())
+    };
+    let open = clients();
+    while clients() > 0 && std::time::Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
-    let left = conns.open.get();
+    let left = clients();
     if left > 0 {
         tracing::warn!(
             shard,
             left,
-            "stopping: connections still open after the drain; closing them"
+            "stopping: client connections still open after the drain; closing them"
         );
     } else if open > 0 {
-        tracing::debug!(shard, open, "stopping: every connection drained");
+        tracing::debug!(shard, open, "stopping: every client connection drained");
+    }
+    drained.fetch_add(1, Ordering::AcqRel);
+    while drained.load(Ordering::Acquire) < shards && std::time::Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
 }
 

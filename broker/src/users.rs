@@ -55,8 +55,12 @@ pub fn bootstrap(settings: &Settings, meta: &Metadata) -> anyhow::Result<()> {
     }
     let mut upsertions = Vec::new();
     let mut names: Vec<String> = Vec::new();
+    // Users this node already knows are skipped here (no metadata entry
+    // at all on a usual restart); whether the others exist is decided when
+    // the entry is applied.
+    let view = meta.view();
     for (name, password) in users {
-        if names.contains(&name) {
+        if names.contains(&name) || view.users.contains_key(name.as_str()) {
             continue;
         }
         for (alg, mechanism) in [
@@ -77,11 +81,14 @@ pub fn bootstrap(settings: &Settings, meta: &Metadata) -> anyhow::Result<()> {
         }
         names.push(name);
     }
+    if names.is_empty() {
+        return Ok(());
+    }
     // Usually the metadata answers at once, and the users exist before the
     // node serves; without a quorum yet (a cluster's first node), they are
     // created in the background once there is one.
     match futures::executor::block_on(meta.create_scram_users(upsertions.clone())) {
-        Ok(results) => created(&names, &results),
+        Ok(results) => created(&names, &results).map_err(|e| anyhow::anyhow!(e))?,
         Err(e) => {
             tracing::warn!(error = %e, "bootstrap SCRAM users not created yet; retrying in the background");
             let meta = meta.clone();
@@ -106,7 +113,12 @@ fn retry(meta: &Metadata, upsertions: Vec<(String, ScramCredential)>, names: &[S
     loop {
         std::thread::sleep(RETRY_EVERY);
         match futures::executor::block_on(meta.create_scram_users(upsertions.clone())) {
-            Ok(results) => return created(names, &results),
+            Ok(results) => {
+                if let Err(e) = created(names, &results) {
+                    tracing::error!(error = %e, "bootstrap SCRAM users refused");
+                }
+                return;
+            }
             Err(MetaError::ShuttingDown) => return,
             Err(e) if std::time::Instant::now() >= deadline => {
                 return tracing::error!(error = %e, "bootstrap SCRAM users not created; they are tried again at the next start");
@@ -117,23 +129,23 @@ fn retry(meta: &Metadata, upsertions: Vec<(String, ScramCredential)>, names: &[S
 }
 
 /// Logs which users were created; the others existed already (their
-/// passwords stay as they were: the entry creates absent users only).
-fn created(names: &[String], results: &ScramAlterResults) {
+/// passwords stay as they were: the entry creates absent users only). A
+/// user refused for another reason is the error.
+fn created(names: &[String], results: &ScramAlterResults) -> Result<(), String> {
     // Two items per user, in order (SHA-256, SHA-512).
     let (mut new, mut kept) = (Vec::new(), 0);
     for (name, items) in names.iter().zip(results.upsertions.chunks(2)) {
         match items.first() {
             Some(Ok(())) => new.push(name.as_str()),
             Some(Err(SecurityError::DuplicateResource(_))) => kept += 1,
-            Some(Err(e)) => {
-                tracing::error!(user = %name, error = %e, "bootstrap SCRAM user refused")
-            }
+            Some(Err(e)) => return Err(format!("bootstrap user {name}: {e}")),
             None => {}
         }
     }
     if !new.is_empty() {
         tracing::info!(users = ?new, existing = kept, "bootstrap SCRAM users created");
     }
+    Ok(())
 }
 
 /// `name:password` items; blank items and `#` lines are skipped.

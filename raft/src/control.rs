@@ -714,7 +714,8 @@ fn heard(node: &Node, cluster: &Cluster, id: u64, announced: Heard) -> Response 
     if !cluster.cfg.voters.contains_key(&id) || oversized {
         tracing::debug!(
             id,
-            "metadata: heartbeat from a node that is not a voter; ignored"
+            oversized,
+            "metadata: heartbeat from a node that is not a voter, or with oversized addresses; ignored"
         );
         return Response::NotLeader(None);
     }

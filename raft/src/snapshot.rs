@@ -6,7 +6,8 @@
 //! ```text
 //! magic "SLSNAP05" (8 bytes)
 //! frame: JSON of openraft's SnapshotMeta (last log id, membership, id)
-//! frame: rkyv 0.8 archive of SnapshotBody { topics: Vec<TopicMeta>,
+//! frame: "SLSDAT05" and an rkyv 0.8 archive of
+//!        SnapshotBody { topics: Vec<TopicMeta>,
 //!        brokers: Vec<BrokerMeta> (with each listener's address),
 //!        reassignments: Vec<(topic, partition, Reassignment)>,
 //!        scram: Vec<(user, ScramCredential)>,
@@ -16,8 +17,10 @@
 //! ```
 //!
 //! Frames are `durable`'s length + CRC32C frames. The bytes openraft moves
-//! around as `SnapshotData` (also to other nodes) are the rkyv archive
-//! alone. Files of the previous formats are read: "SLSNAP04" (brokers
+//! around as `SnapshotData` (also to other nodes) are the data frame
+//! (tag and archive); an untagged archive is format 4's, as a node of that
+//! format sends it. A node of format 4 cannot read format 5's data: a
+//! cluster is upgraded whole before it takes a snapshot. Files of the previous formats are read: "SLSNAP04" (brokers
 //! without their listeners' addresses), "SLSNAP03" (a body without
 //! security metadata), "SLSNAP02" (nor reassignments) and
 //! "SLSNAP01" (an archive of `Vec<TopicMeta>` alone, written before
@@ -131,22 +134,38 @@ pub(crate) struct SnapshotBodyV2 {
     pub brokers: Vec<BrokerMetaV4>,
 }
 
-/// Serializes a snapshot body to the rkyv archive that is the snapshot data.
+/// The first bytes of the snapshot data since format 5 (an rkyv archive
+/// follows): what tells it from format 4's untagged archive, which a node
+/// of that format sends.
+const DATA_TAG: &[u8; 8] = b"SLSDAT05";
+
+/// Serializes a snapshot body to the snapshot data: `DATA_TAG` and the
+/// rkyv archive.
 pub(crate) fn encode(body: &SnapshotBody) -> io::Result<Vec<u8>> {
     let bytes = rkyv::to_bytes::<rancor::Error>(body).map_err(|e| invalid(e.to_string()))?;
-    Ok(bytes.to_vec())
+    let mut data = Vec::with_capacity(DATA_TAG.len() + bytes.len());
+    data.extend_from_slice(DATA_TAG);
+    data.extend_from_slice(&bytes);
+    Ok(data)
 }
 
-/// Validates and deserializes a snapshot data archive (one sent by a
-/// node of the previous format too).
+/// Validates and deserializes snapshot data: tagged (format 5), or format
+/// 4's archive alone (sent by a node of that format).
 pub(crate) fn decode(data: &[u8]) -> io::Result<SnapshotBody> {
-    let mut aligned = AlignedVec::<16>::with_capacity(data.len());
-    aligned.extend_from_slice(data);
-    rkyv::from_bytes::<SnapshotBody, rancor::Error>(&aligned).or_else(|e| {
-        rkyv::from_bytes::<SnapshotBodyV4, rancor::Error>(&aligned)
-            .map(SnapshotBody::from)
-            .map_err(|_| invalid(e.to_string()))
-    })
+    let (archive, current) = match data.strip_prefix(DATA_TAG.as_slice()) {
+        Some(rest) => (rest, true),
+        None => (data, false),
+    };
+    // rkyv reads in place and needs the archive aligned.
+    let mut aligned = AlignedVec::<16>::with_capacity(archive.len());
+    aligned.extend_from_slice(archive);
+    if current {
+        return rkyv::from_bytes::<SnapshotBody, rancor::Error>(&aligned)
+            .map_err(|e| invalid(e.to_string()));
+    }
+    rkyv::from_bytes::<SnapshotBodyV4, rancor::Error>(&aligned)
+        .map(SnapshotBody::from)
+        .map_err(|e| invalid(e.to_string()))
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -371,7 +390,10 @@ mod tests {
         durable::write_atomic(dir2.path(), SNAPSHOT_FILE, &buf).expect("write");
         let (_, data) = read(dir2.path()).expect("read").expect("some");
         let back = decode(&data).expect("decode");
-        assert_eq!((back.topics, back.brokers), (v2.topics, brokers_v4(v2.brokers)));
+        assert_eq!(
+            (back.topics, back.brokers),
+            (v2.topics, brokers_v4(v2.brokers))
+        );
         assert!(back.reassignments.is_empty());
         // A file written by the previous format: topics only.
         let dir = tempfile::tempdir().expect("tempdir");

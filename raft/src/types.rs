@@ -160,12 +160,16 @@ pub struct Endpoint {
 
 impl BrokerMeta {
     /// Where a client of `listener` reaches this broker: that listener's
-    /// address, or the registered one when it has no such listener.
+    /// address, or the registered one when it has no such listener (a
+    /// broker registered before it announced its listeners, during an
+    /// upgrade; Kafka would leave such a broker out).
     pub fn address_for(&self, listener: &str) -> (&str, u16) {
         self.endpoints
             .iter()
             .find(|e| e.listener.eq_ignore_ascii_case(listener))
-            .map_or((self.host.as_str(), self.port), |e| (e.host.as_str(), e.port))
+            .map_or((self.host.as_str(), self.port), |e| {
+                (e.host.as_str(), e.port)
+            })
     }
 }
 

@@ -357,7 +357,10 @@ fn silent_broker_is_fenced_then_unfenced() {
         let external = format!("node-{quiet}.example");
         let want = (external.as_str(), 9100 + quiet as u16);
         assert_eq!(broker.address_for("external"), want);
-        assert_eq!(broker.address_for("OTHER"), ("127.0.0.1", 9000 + quiet as u16));
+        assert_eq!(
+            broker.address_for("OTHER"),
+            ("127.0.0.1", 9000 + quiet as u16)
+        );
         let p0 = &view.topics["led"].partitions[0];
         assert_eq!(p0.leader, other, "leadership moved to the next ISR member");
         assert_eq!(p0.leader_epoch, 1);

@@ -29,6 +29,7 @@ fn start_meta(dir: &Path) -> Metadata {
         partitions_per_shard_max: 10,
         advertised_host: "127.0.0.1".into(),
         advertised_port: 9092,
+        endpoints: Vec::new(),
         cluster: None,
     };
     Metadata::start(cfg).expect("metadata starts")

@@ -178,6 +178,9 @@ pub struct Ctx {
     pub offsets_creating: Cell<bool>,
     /// This shard's client quota rates (`security::quota`).
     pub quota_sensors: crate::security::quota::QuotaSensors,
+    /// Open connections whose peer is another node's replica fetcher
+    /// (a stopping shard does not wait for them to drain).
+    pub replica_connections: Cell<usize>,
 }
 
 /// A broker's id and Kafka address as the wire carries them.
@@ -196,6 +199,7 @@ impl Ctx {
             node,
             offsets_creating: Cell::new(false),
             quota_sensors: Default::default(),
+            replica_connections: Cell::new(0),
         }
     }
 
@@ -231,10 +235,9 @@ impl Ctx {
     }
 
     /// The unfenced brokers, by id; this node alone while the metadata
-    /// lists no broker (a single node before it registered). This node is
-    /// named by the advertised address of the listener `session` came in
-    /// on; the others by the address they registered (their inter-broker
-    /// listener's).
+    /// lists no broker (a single node before it registered). Each is named
+    /// by its advertised address on the listener `session` came in on
+    /// (`Ctx::broker`).
     pub fn live_brokers(&self, view: &MetadataView, session: &Session) -> Vec<BrokerAddr> {
         let live: Vec<BrokerAddr> = view
             .brokers

@@ -53,6 +53,9 @@ pub struct Security {
     /// Open connections one peer IP may have on a shard
     /// (`--max-connections-per-ip`).
     pub connections_per_ip_max: u32,
+    /// The inter-broker listener is `SSL`: this node connects to the
+    /// others over TLS with its certificate (`tls::Tls::connector`).
+    pub inter_broker_tls: bool,
 }
 
 impl Default for Security {
@@ -73,6 +76,7 @@ impl Default for Security {
             failed_auth_delay: Duration::from_millis(100),
             authorizer: None,
             connections_per_ip_max: u32::MAX,
+            inter_broker_tls: false,
         }
     }
 }
@@ -121,6 +125,9 @@ pub struct Session {
     /// The client id of the connection's latest request header (what
     /// DescribeGroups shows of a member).
     client_id: RefCell<Rc<str>>,
+    /// Another node's replica fetcher is the peer (it sent a follower
+    /// Fetch or OffsetForLeaderEpoch).
+    replica: Cell<bool>,
 }
 
 impl Session {
@@ -150,6 +157,7 @@ impl Session {
             throttled_until: Cell::new(None),
             cpu: Cell::new(Duration::ZERO),
             client_id: RefCell::new(Rc::from("")),
+            replica: Cell::new(false),
         }
     }
 
@@ -170,6 +178,16 @@ impl Session {
         if *self.client_id.borrow().as_ref() != *client_id {
             *self.client_id.borrow_mut() = Rc::from(client_id);
         }
+    }
+
+    pub fn replica(&self) -> bool {
+        self.replica.get()
+    }
+
+    /// Marks the peer as another node's replica fetcher; true the first
+    /// time.
+    pub fn mark_replica(&self) -> bool {
+        !self.replica.replace(true)
     }
 
     pub fn client_id(&self) -> Rc<str> {

@@ -2,7 +2,9 @@
 //! the certificate chain and key from PEM files, optional client
 //! certificates checked against `--tls-client-ca-file` (the connection's
 //! principal is then the certificate's subject, as Kafka names it), and
-//! the reload on SIGHUP.
+//! the reload on SIGHUP. With an `SSL` inter-broker listener, the client
+//! side too: a node connects to the others with its own certificate (its
+//! principal there) and trusts theirs through `--tls-client-ca-file`.
 //!
 //! The configuration in use is one `Arc` behind an `ArcSwap`: a shard
 //! loads it once per accepted connection (no lock), and a reload swaps it
@@ -13,11 +15,11 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use arc_swap::ArcSwap;
-use futures_rustls::TlsAcceptor;
+use futures_rustls::{TlsAcceptor, TlsConnector};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Kafka's `ssl.client.auth`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +73,15 @@ pub struct Tls {
 struct Configs {
     ssl: Arc<ServerConfig>,
     sasl_ssl: Arc<ServerConfig>,
+    /// Connections to the other nodes (with a client CA only).
+    inter_broker: Option<Arc<ClientConfig>>,
 }
 
 fn configs(files: &TlsFiles) -> anyhow::Result<Configs> {
+    let inter_broker = match &files.client_ca {
+        Some(ca) => Some(Arc::new(client_config(files, ca)?)),
+        None => None,
+    };
     let ssl = Arc::new(server_config(files)?);
     let sasl_ssl = if files.client_auth == ClientAuth::None {
         Arc::clone(&ssl)
@@ -84,7 +92,11 @@ fn configs(files: &TlsFiles) -> anyhow::Result<Configs> {
         };
         Arc::new(server_config(&plain)?)
     };
-    Ok(Configs { ssl, sasl_ssl })
+    Ok(Configs {
+        ssl,
+        sasl_ssl,
+        inter_broker,
+    })
 }
 
 impl std::fmt::Debug for Tls {
@@ -113,6 +125,16 @@ impl Tls {
         Arc::clone(&self.current.load().sasl_ssl)
     }
 
+    /// A connector to the other nodes' `SSL` inter-broker listener, with
+    /// this node's certificate; `None` without `--tls-client-ca-file`.
+    pub fn connector(&self) -> Option<TlsConnector> {
+        let current = self.current.load();
+        current
+            .inter_broker
+            .as_ref()
+            .map(|c| TlsConnector::from(Arc::clone(c)))
+    }
+
     /// An acceptor with the configuration in use for a listener of
     /// `protocol`.
     pub fn acceptor(&self, protocol: super::SecurityProtocol) -> TlsAcceptor {
@@ -125,14 +147,50 @@ impl Tls {
     }
 }
 
-fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
-    let chain = read_certs(&files.cert, "--tls-cert-file")?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+fn read_key(files: &TlsFiles) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         anyhow!(
             "--tls-key-file {}: no private key read: {e}",
             files.key.display()
         )
-    })?;
+    })
+}
+
+fn read_roots(ca: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca, "--tls-client-ca-file")? {
+        roots.add(cert).map_err(|e| {
+            anyhow!(
+                "--tls-client-ca-file {}: not a CA certificate: {e}",
+                ca.display()
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The client side of inter-broker TLS: the other nodes' certificates must
+/// chain to `ca`; this node presents its own.
+fn client_config(files: &TlsFiles, ca: &Path) -> anyhow::Result<ClientConfig> {
+    let chain = read_certs(&files.cert, "--tls-cert-file")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(read_roots(ca)?)
+        .with_client_auth_cert(chain, read_key(files)?)
+        .map_err(|e| {
+            anyhow!(
+                "--tls-cert-file {} / --tls-key-file {}: {e}",
+                files.cert.display(),
+                files.key.display()
+            )
+        })
+}
+
+fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
+    let chain = read_certs(&files.cert, "--tls-cert-file")?;
+    let key = read_key(files)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -140,15 +198,7 @@ fn server_config(files: &TlsFiles) -> anyhow::Result<ServerConfig> {
     let builder = match (&files.client_ca, files.client_auth) {
         (_, ClientAuth::None) | (None, _) => builder.with_no_client_auth(),
         (Some(ca), auth) => {
-            let mut roots = RootCertStore::empty();
-            for cert in read_certs(ca, "--tls-client-ca-file")? {
-                roots.add(cert).map_err(|e| {
-                    anyhow!(
-                        "--tls-client-ca-file {}: not a CA certificate: {e}",
-                        ca.display()
-                    )
-                })?;
-            }
+            let roots = read_roots(ca)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if auth == ClientAuth::Requested {
                 verifier.allow_unauthenticated()

@@ -88,6 +88,10 @@ pub struct ClusterOptions {
     pub start_order: Vec<u64>,
     /// Pause between two launches.
     pub start_gap: Duration,
+    /// Nodes replicate over an `SSL` listener named INTERNAL on a port of
+    /// its own (mutual TLS with these files: certificate, key, CA); clients
+    /// keep the PLAINTEXT one. Links are not proxied there.
+    pub internal_ssl: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl ClusterOptions {
@@ -99,6 +103,7 @@ impl ClusterOptions {
             links: true,
             start_order: (1..=nodes as u64).collect(),
             start_gap: Duration::ZERO,
+            internal_ssl: None,
         }
     }
 }
@@ -179,12 +184,14 @@ impl Cluster {
             kafka: u16,
             cluster: u16,
             admin: u16,
+            internal: u16,
         }
         let ports: Vec<Ports> = (0..opts.nodes)
             .map(|_| Ports {
                 kafka: port(),
                 cluster: port(),
                 admin: port(),
+                internal: port(),
             })
             .collect();
         // The proxies' listeners are bound (and held) here, so their ports
@@ -224,10 +231,6 @@ impl Cluster {
                     "start".into(),
                     "--data-dir".into(),
                     dir.join("data").display().to_string(),
-                    "--listen".into(),
-                    format!("127.0.0.1:{}", p.kafka),
-                    "--advertised-listener".into(),
-                    format!("127.0.0.1:{}", advertised[i]),
                     "--admin-listen".into(),
                     format!("127.0.0.1:{}", p.admin),
                     "--shards".into(),
@@ -241,6 +244,36 @@ impl Cluster {
                 ];
                 if !opts.args.iter().any(|a| a == "--memory") {
                     args.extend(["--memory".into(), format!("{}MiB", 256 * opts.shards)]);
+                }
+                match &opts.internal_ssl {
+                    None => args.extend([
+                        "--listen".into(),
+                        format!("127.0.0.1:{}", p.kafka),
+                        "--advertised-listener".into(),
+                        format!("127.0.0.1:{}", advertised[i]),
+                    ]),
+                    Some((cert, key, ca)) => args.extend([
+                        "--listeners".into(),
+                        format!(
+                            "PLAINTEXT://127.0.0.1:{},INTERNAL://127.0.0.1:{}",
+                            p.kafka, p.internal
+                        ),
+                        "--advertised-listeners".into(),
+                        format!(
+                            "PLAINTEXT://127.0.0.1:{},INTERNAL://127.0.0.1:{}",
+                            advertised[i], p.internal
+                        ),
+                        "--listener-security-protocol-map".into(),
+                        "PLAINTEXT:PLAINTEXT,INTERNAL:SSL".into(),
+                        "--inter-broker-listener-name".into(),
+                        "INTERNAL".into(),
+                        "--tls-cert-file".into(),
+                        cert.display().to_string(),
+                        "--tls-key-file".into(),
+                        key.display().to_string(),
+                        "--tls-client-ca-file".into(),
+                        ca.display().to_string(),
+                    ]),
                 }
                 args.extend(opts.args.iter().cloned());
                 Node {

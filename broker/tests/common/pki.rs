@@ -21,6 +21,9 @@ pub struct Pki {
     /// The CA the broker's certificate and trusted clients chain to.
     pub ca: PathBuf,
     pub server: Pem,
+    /// A node's certificate for 127.0.0.1 and localhost, for both ends of
+    /// inter-broker TLS (its principal: `NODE_PRINCIPAL`).
+    pub node: Pem,
     /// Subject `CN=alice-client,O=Sluice Tests`.
     pub client: Pem,
     /// Signed by the CA, valid from 2020 to 2021.
@@ -29,8 +32,9 @@ pub struct Pki {
     pub untrusted: Pem,
 }
 
-/// The principal of `Pki::client` as the broker names it.
-pub const CLIENT_PRINCIPAL: &str = "User:CN=alice-client,O=Sluice Tests";
+/// The principal of `Pki::node` as the broker names it: RFC 2253 writes
+/// the subject's attributes last first, and rcgen writes CN before O.
+pub const NODE_PRINCIPAL: &str = "User:O=Sluice Tests,CN=sluice-node";
 
 struct Ca {
     cert: Certificate,
@@ -57,7 +61,7 @@ fn issue(
     by: &Ca,
     sans: Vec<String>,
     cn: &str,
-    usage: ExtendedKeyUsagePurpose,
+    usages: Vec<ExtendedKeyUsagePurpose>,
     expired: bool,
 ) -> Pem {
     let key = KeyPair::generate().expect("key");
@@ -66,7 +70,7 @@ fn issue(
         .distinguished_name
         .push(DnType::OrganizationName, "Sluice Tests");
     params.distinguished_name.push(DnType::CommonName, cn);
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     if expired {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -99,10 +103,22 @@ pub fn generate() -> Pki {
         &authority,
         sans,
         "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
         false,
     );
-    let client_usage = || ExtendedKeyUsagePurpose::ClientAuth;
+    let node = issue(
+        d,
+        "node",
+        &authority,
+        vec!["localhost".to_string(), "127.0.0.1".to_string()],
+        "sluice-node",
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        false,
+    );
+    let client_usage = || vec![ExtendedKeyUsagePurpose::ClientAuth];
     let client = issue(
         d,
         "client",
@@ -134,6 +150,7 @@ pub fn generate() -> Pki {
         _dir: dir,
         ca: ca_path,
         server,
+        node,
         client,
         expired,
         untrusted,

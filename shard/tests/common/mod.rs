@@ -34,6 +34,7 @@ pub fn start_meta(dir: &Path, shards: u32) -> Metadata {
         partitions_per_shard_max: 100,
         advertised_host: "127.0.0.1".into(),
         advertised_port: 9092,
+        endpoints: Vec::new(),
         cluster: None,
     };
     Metadata::start(cfg).expect("metadata starts")
