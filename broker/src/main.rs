@@ -7,7 +7,10 @@
 //! (`errors`) and the admin HTTP server (`admin`, with `/metrics` and
 //! `/admin/memory` from `metrics`, fed by per-shard `probe` tasks). The data plane
 //! (partitions, WAL) is `sluice-shard` behind `plane`; metadata is
-//! `sluice-raft`.
+//! `sluice-raft`. The same binary is the operator's tool: Kafka client
+//! subcommands over librdkafka (`cli`), the host check (`check`), shell
+//! completions and man pages (`completions`); and tells systemd how the
+//! node is (`systemd`).
 //!
 //! # Threads and cores
 //! - main thread: start-up, then waits for SIGTERM/SIGINT;
