@@ -444,9 +444,11 @@ fn spawn_shards(
 }
 
 fn wait_ready(ready: &std_mpsc::Receiver<Result<u32, String>>, shards: u32) -> anyhow::Result<()> {
-    for _ in 0..shards {
+    for done in 1..=shards {
         match ready.recv() {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => crate::systemd::status(&format!(
+                "starting: {done} of {shards} shards recovered (WAL replay)"
+            )),
             Ok(Err(e)) => bail!("{e}"),
             Err(_) => bail!("a shard thread exited during start-up"),
         }

@@ -75,12 +75,15 @@ fn readiness_watchdog_and_stopping_reach_the_notify_socket() {
         )),
         "{ready}"
     );
-    assert!(
-        start
-            .iter()
-            .any(|n| n.starts_with("STATUS=starting: recovering 1 shards")),
-        "no recovery status before READY=1: {start:?}"
-    );
+    for status in [
+        "STATUS=starting: recovering 1 shards",
+        "STATUS=starting: 1 of 1 shards recovered",
+    ] {
+        assert!(
+            start.iter().any(|n| n.starts_with(status)),
+            "no {status:?} before READY=1: {start:?}"
+        );
+    }
     let pings = notifications_until(&socket, "WATCHDOG=1", Duration::from_secs(10));
     assert!(
         pings.iter().any(|n| n.lines().any(|l| l == "WATCHDOG=1")),
