@@ -277,10 +277,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let (queue, replies) = local_channel::new_bounded(IN_FLIGHT_MAX);
     let read_side = pin!(read_side(&mut reader, queue, limits, ctx, &session));
     let write_side = pin!(write_side(&mut writer, &replies, ctx));
-    let (read_side, write_side) = (
-        timed(read_side, &session.cpu),
-        timed(write_side, &session.cpu),
-    );
+    let (read_side, write_side) = (timed(read_side, &session), timed(write_side, &session));
     // The write side ends on a write error or once the read side ended
     // (it drops the queue's sender) and every earlier reply was written.
     let (read_end, write_end) = match select(read_side, write_side).await {
@@ -302,18 +299,22 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Adds the time each poll of `fut` takes to `spent`: the shard's CPU
-/// time on a connection (reading, TLS, decoding, handling, encoding,
+/// Adds the time each poll of `fut` takes to `session.cpu`: the shard's
+/// CPU time on a connection (reading, TLS, decoding, handling, encoding,
 /// writing), for the `request_percentage` quota. Waiting is not polling,
-/// so a long poll or a throttle costs nothing.
+/// so a long poll or a throttle costs nothing; nor does any of it while
+/// no quota is set (`Session::metered`: no clock is read).
 fn timed<'s, F: Future + Unpin + 's>(
     mut fut: F,
-    spent: &'s std::cell::Cell<Duration>,
+    session: &'s Session,
 ) -> impl Future<Output = F::Output> + Unpin + 's {
     futures::future::poll_fn(move |cx| {
+        if !session.metered.get() {
+            return Pin::new(&mut fut).poll(cx);
+        }
         let start = Instant::now();
         let polled = Pin::new(&mut fut).poll(cx);
-        spent.set(spent.get() + start.elapsed());
+        session.cpu.set(session.cpu.get() + start.elapsed());
         polled
     })
 }
@@ -740,6 +741,7 @@ impl Quotas {
             throttle: 0,
         };
         if session.replica() {
+            session.metered.set(false);
             session.cpu.take();
             return none;
         }
@@ -752,7 +754,9 @@ impl Quotas {
             return none;
         }
         let spent = session.cpu.take();
-        if ctx.meta.peek(|view| view.quotas.is_empty()) {
+        let metered = !ctx.meta.peek(|view| view.quotas.is_empty());
+        session.metered.set(metered);
+        if !metered {
             return none;
         }
         let mut quotas = Quotas {

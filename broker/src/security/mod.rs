@@ -122,6 +122,9 @@ pub struct Session {
     /// The shard's time spent running this connection since its last
     /// request was charged to the `request_percentage` quota.
     pub cpu: Cell<Duration>,
+    /// A quota was set at the connection's last request: its time is
+    /// measured (`cpu`).
+    pub metered: Cell<bool>,
     /// The client id of the connection's latest request header (what
     /// DescribeGroups shows of a member).
     client_id: RefCell<Rc<str>>,
@@ -156,6 +159,7 @@ impl Session {
             sasl: RefCell::new(SaslState::Idle),
             throttled_until: Cell::new(None),
             cpu: Cell::new(Duration::ZERO),
+            metered: Cell::new(false),
             client_id: RefCell::new(Rc::from("")),
             replica: Cell::new(false),
         }
