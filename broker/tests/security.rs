@@ -856,6 +856,25 @@ fn the_admin_port_serves_https_and_asks_for_the_bearer_token() {
     let (status, body) = https_get(&b, &pki.ca, "/healthz", None);
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(body, "ok");
+    // `sluice cluster metrics` over HTTPS, trusting the test CA.
+    let admin = format!("https://127.0.0.1:{}", b.admin_port);
+    let out = common::run_bounded(
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args([
+            "cluster",
+            "metrics",
+            "--admin",
+            &admin,
+            "--admin-ca-file",
+            pki.ca.to_str().unwrap(),
+            "--admin-token-file",
+            token.path().to_str().unwrap(),
+        ]),
+        None,
+        Duration::from_secs(60),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("POOL"), "{text}");
     // Plain HTTP on the HTTPS port gets no HTTP answer.
     let mut plain = TcpStream::connect(("127.0.0.1", b.admin_port)).expect("connect");
     plain

@@ -50,6 +50,11 @@ enum ClusterCommand {
         /// File whose first line is the admin port's bearer token.
         #[arg(long, env = "SLUICE_ADMIN_TOKEN_FILE", value_name = "FILE")]
         admin_token_file: Option<PathBuf>,
+        /// PEM file of the CA the admin port's certificate chains to (an
+        /// https:// --admin, the node started with --admin-tls); without
+        /// it, the usual public roots.
+        #[arg(long, env = "SLUICE_ADMIN_CA_FILE", value_name = "FILE")]
+        admin_ca_file: Option<PathBuf>,
     },
 }
 
@@ -61,7 +66,11 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         ClusterCommand::Metrics {
             admin,
             admin_token_file,
-        } => (metrics(conn, admin, admin_token_file.as_deref())?, true),
+            admin_ca_file,
+        } => {
+            let files = (admin_token_file.as_deref(), admin_ca_file.as_deref());
+            (metrics(conn, admin, files)?, true)
+        }
     };
     report.emit(args.out.format);
     Ok(if healthy {
@@ -377,14 +386,18 @@ const LATENCIES: [(&str, &str); 3] = [
 fn metrics(
     conn: &ConnArgs,
     admin: &str,
-    token_file: Option<&std::path::Path>,
+    (token_file, ca_file): (Option<&std::path::Path>, Option<&std::path::Path>),
 ) -> anyhow::Result<Report> {
     let url = if admin.contains("://") {
         format!("{}/metrics", admin.trim_end_matches('/'))
     } else {
         format!("http://{admin}/metrics")
     };
-    let agent = ureq::AgentBuilder::new().timeout(conn.timeout()).build();
+    let mut agent = ureq::AgentBuilder::new().timeout(conn.timeout());
+    if let Some(ca) = ca_file {
+        agent = agent.tls_config(std::sync::Arc::new(tls_trusting(ca)?));
+    }
+    let agent = agent.build();
     let mut request = agent.get(&url);
     if let Some(path) = token_file {
         let text = std::fs::read_to_string(path)
@@ -398,6 +411,26 @@ fn metrics(
         .and_then(|r| r.into_string().context("reading the body"))
         .with_context(|| format!("GET {url}"))?;
     Ok(metrics_report(&parse_samples(&body)))
+}
+
+/// A TLS client configuration that trusts the CA certificates of `ca`.
+fn tls_trusting(ca: &std::path::Path) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("--admin-ca-file {}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.with_context(|| format!("--admin-ca-file {}", ca.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("--admin-ca-file {}: not a CA certificate", ca.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn metrics_report(samples: &[Sample]) -> Report {
