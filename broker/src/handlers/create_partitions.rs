@@ -19,26 +19,41 @@ use kafka_protocol::ResponseError;
 use super::{str_bytes, with_deadline, Ctx};
 use crate::config::PARTITIONS_PER_TOPIC_MAX;
 use crate::errors::{codes, meta_error_code, shard_error_code};
+use crate::security::quota::MutationQuota;
 use crate::security::{AclOperation, AclResourceType, Session};
 
 pub async fn handle(
     req: CreatePartitionsRequest,
-    _version: i16,
+    version: i16,
     ctx: &Ctx,
     session: &Session,
 ) -> CreatePartitionsResponse {
     let wait_ms = super::create_topics::ready_wait_ms(req.timeout_ms);
     let validate_only = req.validate_only;
+    // KIP-599: versions 3 and later refuse a topic over the quota.
+    let mutations = MutationQuota::new(ctx, session, version >= 3);
+    let mutations = &mutations;
     let results = join_all(req.topics.iter().map(|t| async move {
         let name = t.name.0.as_str();
         if !ctx.allowed(session, AclOperation::Alter, AclResourceType::Topic, name) {
             let denied = ResponseError::TopicAuthorizationFailed;
             return (denied.code(), Some(super::metadata::denied_message(denied)));
         }
+        let have = ctx.topic(name).map_or(0, |topic| topic.partitions.len());
+        let added = usize::try_from(t.count).unwrap_or(0).saturating_sub(have);
+        if !validate_only && added > 0 && !mutations.admit(u32::try_from(added).unwrap_or(u32::MAX))
+        {
+            let e = ResponseError::ThrottlingQuotaExceeded;
+            return (
+                e.code(),
+                Some("The throttling quota has been exceeded.".into()),
+            );
+        }
         grow_one(t, validate_only, wait_ms, ctx).await
     }))
     .await;
     let mut resp = CreatePartitionsResponse::default();
+    resp.throttle_time_ms = mutations.throttle_ms();
     resp.results = req
         .topics
         .iter()

@@ -28,6 +28,7 @@ use kafka_protocol::ResponseError;
 use super::{str_bytes, topic_uuid, valid_topic_name, with_deadline, Ctx};
 use crate::config::PARTITIONS_PER_TOPIC_MAX;
 use crate::errors::{codes, meta_error_code, shard_error_code};
+use crate::security::quota::MutationQuota;
 use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 /// Upper bound of the wait for the shards, whatever the request asks.
@@ -56,6 +57,9 @@ pub async fn handle(
         AclResourceType::Cluster,
         CLUSTER,
     );
+    // KIP-599: versions 6 and later refuse a topic over the quota.
+    let mutations = MutationQuota::new(ctx, session, version >= 6);
+    let mutations = &mutations;
     let results = join_all(req.topics.into_iter().map(|t| async move {
         let name = t.name.0.as_str();
         let may_create = cluster_create
@@ -66,7 +70,21 @@ pub async fn handle(
             AclResourceType::Topic,
             name,
         );
-        let mut r = if may_create {
+        let partitions = if !t.assignments.is_empty() {
+            u32::try_from(t.assignments.len()).unwrap_or(u32::MAX)
+        } else if t.num_partitions > 0 {
+            t.num_partitions.unsigned_abs()
+        } else {
+            ctx.node.default_partitions
+        };
+        let mut r = if may_create && !validate_only && !mutations.admit(partitions) {
+            let e = ResponseError::ThrottlingQuotaExceeded;
+            result(
+                &t,
+                e.code(),
+                Some("The throttling quota has been exceeded.".into()),
+            )
+        } else if may_create {
             create_one(t, validate_only, wait_ms, ctx).await
         } else {
             let code = ResponseError::TopicAuthorizationFailed.code();
@@ -80,6 +98,7 @@ pub async fn handle(
     }))
     .await;
     let mut resp = CreateTopicsResponse::default();
+    resp.throttle_time_ms = mutations.throttle_ms();
     resp.topics = results
         .into_iter()
         .map(|r| if version >= 1 { r } else { without_message(r) })

@@ -17,6 +17,7 @@ use sluice_raft::MetaError;
 
 use super::{str_bytes, topic_name, topic_uuid, Ctx};
 use crate::errors::{codes, meta_error_code};
+use crate::security::quota::MutationQuota;
 use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
 
 pub async fn handle(
@@ -39,13 +40,17 @@ pub async fn handle(
         AclResourceType::Cluster,
         CLUSTER,
     );
+    // KIP-599: versions 5 and later refuse a topic over the quota.
+    let mutations = MutationQuota::new(ctx, session, version >= 5);
     let access = Access {
         ctx,
         session,
         cluster_delete,
+        mutations: &mutations,
     };
     let results = join_all(targets.into_iter().map(|t| delete_one(t, &access))).await;
     let mut resp = DeleteTopicsResponse::default();
+    resp.throttle_time_ms = mutations.throttle_ms();
     resp.responses = results
         .into_iter()
         .map(|r| if version >= 5 { r } else { without_message(r) })
@@ -69,6 +74,7 @@ struct Access<'a> {
     session: &'a Session,
     /// DELETE on the cluster: every topic.
     cluster_delete: bool,
+    mutations: &'a MutationQuota<'a>,
 }
 
 impl Access<'_> {
@@ -118,14 +124,21 @@ async fn delete_one(target: Target, access: &Access<'_>) -> DeletableTopicResult
     // A name the view does not hold costs no metadata entry (a request
     // naming thousands of unknown topics is answered at once); one
     // deleted concurrently is refused by the entry itself.
-    if ctx.topic(&name).is_none() {
+    let Some(topic) = ctx.topic(&name) else {
         let e = MetaError::UnknownTopic(name);
         r.error_code = meta_error_code(&e);
         r.error_message = Some(str_bytes(e.to_string()));
         return r;
-    }
+    };
     if !access.may(AclOperation::Delete, &name) {
         denied(&mut r);
+        return r;
+    }
+    let partitions = u32::try_from(topic.partitions.len()).unwrap_or(u32::MAX);
+    if !access.mutations.admit(partitions) {
+        let e = ResponseError::ThrottlingQuotaExceeded;
+        r.error_code = e.code();
+        r.error_message = Some(str_bytes("The throttling quota has been exceeded."));
         return r;
     }
     match ctx.meta.delete_topic(&name).await {

@@ -1022,3 +1022,65 @@ fn other_brokers_are_given_by_the_address_of_the_clients_listener() {
         assert_eq!((old.host.as_str(), old.port), ("10.0.0.3", 9092));
     });
 }
+
+#[test]
+fn controller_mutations_over_the_quota_are_refused_or_throttled() {
+    use kafka_protocol::messages::create_topics_request::CreatableTopic;
+    on_one_shard(&[], |ctx, _| async move {
+        let results = alter_quotas(
+            &ctx,
+            vec![alter_entry(
+                &[("user", Some("carol"))],
+                &[("controller_mutation_rate", Some(2.0))],
+            )],
+            false,
+        )
+        .await;
+        assert_eq!(results[0].0, 0, "{results:?}");
+        let carol = session("User:carol");
+        let topic = |name: &'static str, partitions| {
+            CreatableTopic::default()
+                .with_name(TopicName(str_bytes(name)))
+                .with_num_partitions(partitions)
+                .with_replication_factor(-1)
+        };
+        // Version 7: the first topic (4 partitions, under the quota when
+        // asked) is created; the next one, asked over it, is refused.
+        let req =
+            CreateTopicsRequest::default().with_topics(vec![topic("mut-a", 4), topic("mut-b", 1)]);
+        let r = super::create_topics::handle(req, 7, &ctx, &carol).await;
+        let codes: Vec<i16> = r.topics.iter().map(|t| t.error_code).collect();
+        assert_eq!(codes, vec![0, 89], "{r:?}");
+        assert!(r.throttle_time_ms > 0, "{r:?}");
+        assert!(
+            carol.throttled_until.get().is_none(),
+            "a v7 client backs off itself"
+        );
+        // Version 5 knows no such error: let through, and throttled.
+        let req = CreateTopicsRequest::default().with_topics(vec![topic("mut-c", 1)]);
+        let r = super::create_topics::handle(req, 5, &ctx, &carol).await;
+        assert_eq!(r.topics[0].error_code, 0, "{r:?}");
+        assert!(r.throttle_time_ms > 0, "{r:?}");
+        assert!(
+            carol.throttled_until.get().is_some(),
+            "an old client is muted"
+        );
+        // Deleting counts too: still over the quota, refused (v6).
+        let req = DeleteTopicsRequest::default().with_topics(vec![
+            kafka_protocol::messages::delete_topics_request::DeleteTopicState::default()
+                .with_name(Some(TopicName(str_bytes("mut-a")))),
+        ]);
+        let r = super::delete_topics::handle(req, 6, &ctx, &carol).await;
+        assert_eq!(r.responses[0].error_code, 89, "{r:?}");
+        assert!(ctx.topic("mut-a").is_some(), "not deleted");
+        // Another user has no quota.
+        let dave = session("User:dave");
+        let req = CreateTopicsRequest::default().with_topics(vec![topic("mut-d", 8)]);
+        let r = super::create_topics::handle(req, 7, &ctx, &dave).await;
+        assert_eq!(
+            (r.topics[0].error_code, r.throttle_time_ms),
+            (0, 0),
+            "{r:?}"
+        );
+    });
+}

@@ -14,14 +14,18 @@
 //! applies to it, in at most `CLIENTS_MAX` entries per shard, idle ones
 //! dropped first.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use sluice_raft::{
-    Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE,
+    Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE,
+    PRODUCER_BYTE_RATE, REQUEST_PERCENTAGE,
 };
+
+use crate::handlers::Ctx;
+use crate::security::Session;
 
 /// One-second windows a rate is measured over (Kafka's
 /// `quota.window.num` = 11, `quota.window.size.seconds` = 1).
@@ -42,6 +46,9 @@ pub enum QuotaKind {
     /// Percent of one core's time spent on the client's requests
     /// (`request_percentage`); recorded through `record_time`.
     Request,
+    /// Partitions created or deleted (`controller_mutation_rate`, KIP-599);
+    /// recorded through `MutationQuota`.
+    Mutation,
 }
 
 impl QuotaKind {
@@ -50,6 +57,7 @@ impl QuotaKind {
             QuotaKind::Produce => PRODUCER_BYTE_RATE,
             QuotaKind::Fetch => CONSUMER_BYTE_RATE,
             QuotaKind::Request => REQUEST_PERCENTAGE,
+            QuotaKind::Mutation => CONTROLLER_MUTATION_RATE,
         }
     }
 
@@ -104,7 +112,7 @@ impl Rate {
 /// One client's rates.
 #[derive(Debug, Default)]
 struct Client {
-    rates: [Rate; 3],
+    rates: [Rate; 4],
     last_seen: Option<Instant>,
 }
 
@@ -209,6 +217,81 @@ impl ConnectionRates {
         // while refused is not locked out for longer.
         rate.record(-1.0, now);
         false
+    }
+}
+
+/// KIP-599's `controller_mutation_rate` for one CreateTopics,
+/// CreatePartitions or DeleteTopics request: each topic's partitions
+/// created or deleted are counted against the client's quota. With the
+/// request versions that know THROTTLING_QUOTA_EXCEEDED (`strict`), a topic
+/// asked while the client is over its quota is refused with it, and the
+/// client backs off by the response's `throttle_time_ms`; older versions
+/// are let through and their connection is not read for the throttle.
+pub struct MutationQuota<'a> {
+    ctx: &'a Ctx,
+    session: &'a Session,
+    strict: bool,
+    throttle: Cell<Duration>,
+}
+
+impl<'a> MutationQuota<'a> {
+    pub fn new(ctx: &'a Ctx, session: &'a Session, strict: bool) -> MutationQuota<'a> {
+        MutationQuota {
+            ctx,
+            session,
+            strict,
+            throttle: Cell::new(Duration::ZERO),
+        }
+    }
+
+    /// Whether a topic of `partitions` mutations may go ahead (`false`:
+    /// refuse it with THROTTLING_QUOTA_EXCEEDED); its partitions are
+    /// counted when it may.
+    pub fn admit(&self, partitions: u32) -> bool {
+        let principal = self.session.principal();
+        let client_id = self.session.client_id();
+        let sensors = &self.ctx.quota_sensors;
+        let record = |value: f64| {
+            self.ctx.meta.peek(|view| {
+                sensors.record(
+                    &view.quotas,
+                    &principal,
+                    &client_id,
+                    QuotaKind::Mutation,
+                    value,
+                )
+            })
+        };
+        if self.strict {
+            // Over the quota already (nothing counted by asking).
+            let over = record(0.0);
+            if !over.is_zero() {
+                self.throttle.set(self.throttle.get().max(over));
+                return false;
+            }
+        }
+        let after = record(f64::from(partitions));
+        self.throttle.set(self.throttle.get().max(after));
+        true
+    }
+
+    /// The response's `throttle_time_ms`; an old client's connection is
+    /// muted for it (a new one backs off by itself, as KIP-599 has it).
+    pub fn throttle_ms(&self) -> i32 {
+        let t = self.throttle.get();
+        if t.is_zero() {
+            return 0;
+        }
+        if !self.strict {
+            let until = Instant::now() + t;
+            let later = self
+                .session
+                .throttled_until
+                .get()
+                .map_or(until, |u| u.max(until));
+            self.session.throttled_until.set(Some(later));
+        }
+        i32::try_from(t.as_millis()).unwrap_or(i32::MAX)
     }
 }
 
