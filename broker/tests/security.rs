@@ -959,3 +959,45 @@ fn a_changed_password_survives_a_restart_with_the_bootstrap_users() {
         "the bootstrap password came back"
     );
 }
+
+#[test]
+fn sluice_client_commands_reach_sasl_ssl_with_a_client_config_file() {
+    with_shared(|s| {
+        let mut props = tempfile::NamedTempFile::new().expect("properties");
+        write!(
+            props,
+            "# SCRAM over TLS\nsecurity.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\n\
+             sasl.username=alice\nsasl.password=alice-secret\nssl.ca.location={}\n",
+            s.pki.ca.display()
+        )
+        .expect("write properties");
+        let brokers = format!("127.0.0.1:{}", s.ports[1]);
+        let sluice = |args: &[&str], stdin: Option<&[u8]>| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+            cmd.args(args)
+                .args(["--brokers", &brokers, "--client-config"])
+                .arg(props.path());
+            common::run_bounded(&mut cmd, stdin, Duration::from_secs(60))
+        };
+        let created = sluice(&["topic", "create", "cli-sasl", "--partitions", "1"], None);
+        assert!(created.status.success(), "{created:?}");
+        let produced = sluice(&["produce", "cli-sasl"], Some(b"one\ntwo\n"));
+        assert!(produced.status.success(), "{produced:?}");
+        let consumed = sluice(&["consume", "cli-sasl", "-n", "2"], None);
+        assert!(consumed.status.success(), "{consumed:?}");
+        assert_eq!(String::from_utf8_lossy(&consumed.stdout), "one\ntwo\n");
+        // The password is nowhere on the command line, and a wrong one in
+        // the file is the broker's refusal, named.
+        std::fs::write(
+            props.path(),
+            format!(
+                "security.protocol=SASL_SSL\nsasl.mechanisms=SCRAM-SHA-512\nsasl.username=alice\n\
+                 sasl.password=wrong\nssl.ca.location={}\n",
+                s.pki.ca.display()
+            ),
+        )
+        .expect("rewrite properties");
+        let refused = sluice(&["topic", "list", "--timeout", "5"], None);
+        assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    });
+}

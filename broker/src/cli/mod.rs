@@ -78,7 +78,11 @@ pub struct ConnArgs {
     )]
     pub brokers: String,
 
-    /// A librdkafka client setting (repeatable), e.g. -X security.protocol=SASL_SSL; wins over sluice's own defaults.
+    /// A file of librdkafka client settings, KEY=VALUE per line (# comments), as kcat -F and Kafka's --command-config take: secrets stay out of the command line.
+    #[arg(long, env = "SLUICE_CLIENT_CONFIG", value_name = "FILE", value_parser = parse_properties_file, global = true)]
+    pub client_config: Option<Properties>,
+
+    /// A librdkafka client setting (repeatable), e.g. -X security.protocol=SASL_SSL; wins over sluice's own defaults and --client-config.
     #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_key_value, global = true)]
     pub client_settings: Vec<(String, String)>,
 
@@ -92,7 +96,8 @@ impl ConnArgs {
         Duration::from_secs(self.timeout_secs)
     }
 
-    /// The client configuration: brokers, then `defaults`, then `-X`.
+    /// The client configuration: brokers, then `defaults`, then
+    /// `--client-config`, then `-X`.
     pub fn config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
@@ -101,7 +106,8 @@ impl ConnArgs {
         for (key, value) in defaults {
             config.set(*key, *value);
         }
-        for (key, value) in &self.client_settings {
+        let from_file = self.client_config.iter().flat_map(|p| &p.0);
+        for (key, value) in from_file.chain(&self.client_settings) {
             config.set(key, value);
         }
         config
@@ -157,6 +163,31 @@ impl ConnArgs {
 }
 
 /// `KEY=VALUE` of `-X`, `--config`, `--set` and `--header`.
+/// Client settings read from a `--client-config` file.
+#[derive(Debug, Clone)]
+pub struct Properties(Vec<(String, String)>);
+
+/// Reads `KEY=VALUE` lines (blank lines and `#` comments skipped); the
+/// error names the file and the line, never its text (it may hold a
+/// password).
+fn parse_properties_file(path: &str) -> Result<Properties, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                out.push((key.trim().to_string(), value.trim().to_string()))
+            }
+            _ => return Err(format!("{path}: line {} is not KEY=VALUE", i + 1)),
+        }
+    }
+    Ok(Properties(out))
+}
+
 pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
