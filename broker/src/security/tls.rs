@@ -248,18 +248,81 @@ pub fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
                 name.push('+');
             }
             let oid = attr.attr_type();
-            let short = x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
-                .ok()
-                .map(str::to_string)
-                .filter(|s| RFC2253_KEYWORDS.contains(&s.as_str()))
-                .unwrap_or_else(|| oid.to_id_string());
-            name.push_str(&short);
+            let keyword =
+                x509_parser::objects::oid2abbrev(oid, x509_parser::objects::oid_registry())
+                    .ok()
+                    .filter(|s| RFC2253_KEYWORDS.contains(s));
+            name.push_str(&keyword.map_or_else(|| oid.to_id_string(), str::to_string));
             name.push('=');
-            let value = attr.as_str().unwrap_or_default();
-            escape_into(&mut name, value);
+            // As Java's X500Principal writes RFC 2253: a string value of a
+            // keyword escaped, anything else `#` and the hex of its DER.
+            match keyword.and_then(|_| string_value(attr.attr_value())) {
+                Some(value) => escape_into(&mut name, &value),
+                None => hex_der_into(&mut name, attr.attr_value()),
+            }
         }
     }
     Some(name)
+}
+
+/// An attribute value of a string type, decoded (the types Java counts as
+/// strings there); `None` for any other type.
+fn string_value(value: &x509_parser::der_parser::asn1_rs::Any<'_>) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::Tag;
+    let data = value.data;
+    match value.tag() {
+        Tag::Utf8String | Tag::PrintableString | Tag::Ia5String => {
+            std::str::from_utf8(data).ok().map(str::to_string)
+        }
+        // Latin-1, as Java decodes them.
+        Tag::T61String | Tag::GeneralString => Some(data.iter().map(|&b| char::from(b)).collect()),
+        Tag::BmpString if data.len() % 2 == 0 => {
+            let units = data
+                .chunks_exact(2)
+                .map(|u| u16::from_be_bytes([u[0], u[1]]));
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
+        }
+        Tag::UniversalString if data.len() % 4 == 0 => data
+            .chunks_exact(4)
+            .map(|u| char::from_u32(u32::from_be_bytes([u[0], u[1], u[2], u[3]])))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// `#` and the hex of the value's DER encoding (tag, length, contents).
+fn hex_der_into(out: &mut String, value: &x509_parser::der_parser::asn1_rs::Any<'_>) {
+    use std::fmt::Write;
+    let mut der = Vec::with_capacity(value.data.len() + 6);
+    match value.header.raw_tag() {
+        Some(tag) => der.extend_from_slice(tag),
+        None => {
+            // Low tag numbers (every universal type) fit the first byte.
+            let class = (value.class() as u8) << 6;
+            let constructed = if value.header.is_constructed() {
+                0x20
+            } else {
+                0
+            };
+            der.push(class | constructed | (value.tag().0 as u8 & 0x1f));
+        }
+    }
+    let len = value.data.len();
+    if len < 0x80 {
+        der.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        der.push(0x80 | (bytes.len() - skip) as u8);
+        der.extend_from_slice(&bytes[skip..]);
+    }
+    der.extend_from_slice(value.data);
+    out.push('#');
+    for b in der {
+        let _ = write!(out, "{b:02x}");
+    }
 }
 
 /// The attribute names RFC 2253 writes by keyword; others by OID.
@@ -299,6 +362,37 @@ mod tests {
             "User:CN=alice,OU=eng,O=Example\\, Inc,C=US"
         );
         assert!(principal_of(&CertificateDer::from(vec![1u8, 2, 3])).is_none());
+    }
+
+    #[test]
+    fn other_string_types_are_decoded_and_other_attributes_written_in_hex() {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let mut dn = rcgen::DistinguishedName::new();
+        // emailAddress has no RFC 2253 keyword: its OID and the hex of its
+        // DER (an IA5String), as Java writes it.
+        let email = rcgen::Ia5String::try_from("a@b.c").unwrap();
+        dn.push(
+            rcgen::DnType::CustomDnType(vec![1, 2, 840, 113549, 1, 9, 1]),
+            rcgen::DnValue::Ia5String(email),
+        );
+        let bmp = rcgen::BmpString::try_from("Zoë").unwrap();
+        dn.push(
+            rcgen::DnType::OrganizationName,
+            rcgen::DnValue::BmpString(bmp),
+        );
+        let teletex = rcgen::TeletexString::try_from("ops").unwrap();
+        dn.push(
+            rcgen::DnType::CommonName,
+            rcgen::DnValue::TeletexString(teletex),
+        );
+        params.distinguished_name = dn;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let der = CertificateDer::from(cert.der().to_vec());
+        assert_eq!(
+            principal_of(&der).unwrap(),
+            "User:CN=ops,O=Zoë,1.2.840.113549.1.9.1=#16056140622e63"
+        );
     }
 
     #[test]
