@@ -678,7 +678,7 @@ async fn start_frame<'a>(
         ctx.replica_connections
             .set(ctx.replica_connections.get() + 1);
     }
-    let quotas = Quotas::new(session, ctx, client_id, key);
+    let quotas = Quotas::new(session, ctx, key);
     if key == ApiKey::Produce {
         let throttle = quotas.charge(session, ctx, QuotaKind::Produce, frame.len());
         let req = ProduceRequest::decode(&mut frame, version)
@@ -721,11 +721,12 @@ async fn start_frame<'a>(
     Ok((barrier, decoded))
 }
 
-/// A request's client, as its quotas know it: set only while a quota is
-/// set (anywhere) and for a client's request (not a follower's fetch, a
-/// transaction marker or SASL); and the throttle its request time gave.
+/// A request's quota charges: `metered` only while a quota is set
+/// (anywhere) and for a client's request (not another node's replica
+/// connection, a transaction marker or SASL); and the throttle its request
+/// time gave. The client is the session's (principal, latest client id).
 struct Quotas {
-    client_id: Option<Box<str>>,
+    metered: bool,
     /// In ms; the response carries the largest throttle of its charges.
     throttle: i32,
 }
@@ -735,9 +736,9 @@ impl Quotas {
     /// the `request_percentage` quota (Kafka records a request's time when
     /// its response is sent; here the next request carries it, which the
     /// rate over `SAMPLES` windows does not tell apart).
-    fn new(session: &Session, ctx: &Ctx, client_id: &str, key: ApiKey) -> Quotas {
+    fn new(session: &Session, ctx: &Ctx, key: ApiKey) -> Quotas {
         let none = Quotas {
-            client_id: None,
+            metered: false,
             throttle: 0,
         };
         if session.replica() {
@@ -759,49 +760,31 @@ impl Quotas {
         if !metered {
             return none;
         }
-        let mut quotas = Quotas {
-            client_id: Some(Box::from(client_id)),
-            throttle: 0,
-        };
-        let principal = session.principal();
+        let (principal, client_id) = (session.principal(), session.client_id());
         let t = ctx.meta.peek(|view| {
-            let client_id = quotas.client_id.as_deref().unwrap_or("");
             let sensors = &ctx.quota_sensors;
-            sensors.record_time(&view.quotas, &principal, client_id, spent)
+            sensors.record_time(&view.quotas, &principal, &client_id, spent)
         });
-        quotas.throttle = mute(session, t);
-        quotas
+        Quotas {
+            metered,
+            throttle: session.throttle(t),
+        }
     }
 
     /// Records `bytes` against the client's quota of `kind` and returns
     /// the response's throttle in ms: the largest of this and the request
     /// time's (0 without a quota).
     fn charge(&self, session: &Session, ctx: &Ctx, kind: QuotaKind, bytes: usize) -> i32 {
-        let Some(client_id) = self.client_id.as_deref() else {
+        if !self.metered {
             return 0;
-        };
-        let principal = session.principal();
+        }
+        let (principal, client_id) = (session.principal(), session.client_id());
         let t = ctx.meta.peek(|view| {
             let sensors = &ctx.quota_sensors;
-            sensors.record(&view.quotas, &principal, client_id, kind, bytes as f64)
+            sensors.record(&view.quotas, &principal, &client_id, kind, bytes as f64)
         });
-        mute(session, t).max(self.throttle)
+        session.throttle(t).max(self.throttle)
     }
-}
-
-/// A throttle of `t`: the connection is not read until it ends (KIP-219);
-/// returns it in ms for the response's `throttle_time_ms`.
-fn mute(session: &Session, t: Duration) -> i32 {
-    if t.is_zero() {
-        return 0;
-    }
-    let until = Instant::now() + t;
-    let later = session
-        .throttled_until
-        .get()
-        .map_or(until, |u| u.max(until));
-    session.throttled_until.set(Some(later));
-    i32::try_from(t.as_millis()).unwrap_or(i32::MAX)
 }
 
 /// Raises a response's `throttle_time_ms` to `ms` (every response has

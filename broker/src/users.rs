@@ -92,9 +92,10 @@ pub fn bootstrap(settings: &Settings, meta: &Metadata) -> anyhow::Result<()> {
         Err(e) => {
             tracing::warn!(error = %e, "bootstrap SCRAM users not created yet; retrying in the background");
             let meta = meta.clone();
-            // A thread of its own: it waits for a quorum without holding up
-            // the start, and ends once the users are created (or the node
-            // stops, or `RETRY_FOR` ran out).
+            // A thread of its own, unpinned and asleep between tries (no
+            // shard core is taken; shards are not started yet): it waits
+            // for a quorum without holding up the start, and ends once the
+            // users are created (or the node stops, or `RETRY_FOR` ran out).
             std::thread::Builder::new()
                 .name("sluice-users".into())
                 .spawn(move || retry(&meta, upsertions, &names))

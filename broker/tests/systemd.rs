@@ -157,6 +157,7 @@ fn sigterm_under_load_drains_and_loses_nothing_acknowledged() {
     let load = {
         let (producer, running) = (Arc::clone(&producer), Arc::clone(&running));
         let handed = Arc::clone(&handed);
+        // The load generator: a thread of the test process, not the broker's.
         std::thread::spawn(move || {
             let mut sent = 0u64;
             let stop_by = Instant::now() + Duration::from_secs(60);

@@ -10,7 +10,7 @@ use kafka_protocol::ResponseError;
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{offsets_partition_for, TxnRequest, TxnResponse, OFFSETS_TOPIC};
-use crate::security::{AclOperation, AclResourceType, Session};
+use crate::security::Session;
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
@@ -56,16 +56,5 @@ pub async fn handle(
 /// WRITE on the transactional id, then READ on the group.
 fn refusal(req: &AddOffsetsToTxnRequest, ctx: &Ctx, session: &Session) -> Option<i16> {
     let (id, group) = (req.transactional_id.0.as_str(), req.group_id.0.as_str());
-    if !ctx.allowed(
-        session,
-        AclOperation::Write,
-        AclResourceType::TransactionalId,
-        id,
-    ) {
-        return Some(ResponseError::TransactionalIdAuthorizationFailed.code());
-    }
-    if !ctx.allowed(session, AclOperation::Read, AclResourceType::Group, group) {
-        return Some(ResponseError::GroupAuthorizationFailed.code());
-    }
-    None
+    ctx.txn_offsets_refusal(session, id, group)
 }

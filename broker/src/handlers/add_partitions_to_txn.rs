@@ -26,7 +26,7 @@ use super::produce::is_internal_topic;
 use super::{txn_not_coordinator, Ctx};
 use crate::errors::{codes, txn_error_code};
 use crate::plane::{TxnRequest, TxnResponse};
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 /// First version that knows PRODUCER_FENCED (KIP-588).
 const PRODUCER_FENCED_MIN_VERSION: i16 = 2;
@@ -63,12 +63,7 @@ pub async fn handle(
         return resp;
     }
     // Batches come from brokers only.
-    if !ctx.allowed(
-        session,
-        AclOperation::ClusterAction,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::ClusterAction) {
         resp.error_code = ResponseError::ClusterAuthorizationFailed.code();
         return resp;
     }

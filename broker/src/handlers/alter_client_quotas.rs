@@ -25,14 +25,14 @@ use kafka_protocol::messages::alter_client_quotas_response::{EntityData, EntryDa
 use kafka_protocol::messages::{AlterClientQuotasRequest, AlterClientQuotasResponse};
 use kafka_protocol::ResponseError;
 use sluice_raft::{
-    validate_quota_alteration, AclOperation, AclResourceType, QuotaAlteration, QuotaEntity,
-    QuotaEntityType, QuotaName, QuotaOps, SecurityError,
+    validate_quota_alteration, AclOperation, QuotaAlteration, QuotaEntity, QuotaEntityType,
+    QuotaName, QuotaOps, SecurityError,
 };
 
 use super::{str_bytes, Ctx};
 use crate::errors::security_error;
 use crate::errors::{codes, meta_error_code};
-use crate::security::{Session, CLUSTER};
+use crate::security::Session;
 
 pub async fn handle(
     req: AlterClientQuotasRequest,
@@ -41,12 +41,7 @@ pub async fn handle(
     session: &Session,
 ) -> AlterClientQuotasResponse {
     let mut resp = AlterClientQuotasResponse::default();
-    if !ctx.allowed(
-        session,
-        AclOperation::AlterConfigs,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::AlterConfigs) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         resp.entries = req
             .entries

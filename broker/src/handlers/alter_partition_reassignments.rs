@@ -33,7 +33,7 @@ use kafka_protocol::ResponseError;
 
 use super::{replica_list, str_bytes, topic_name, Ctx};
 use crate::errors::{codes, meta_error_code};
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, Session};
 
 /// Partitions one metadata entry moves at most.
 const ENTRY_PARTITIONS_MAX: usize = 10_000;
@@ -46,12 +46,7 @@ pub async fn handle(
     ctx: &Ctx,
     session: &Session,
 ) -> AlterPartitionReassignmentsResponse {
-    if !ctx.allowed(
-        session,
-        AclOperation::Alter,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Alter) {
         return refused(&req);
     }
     let mut answers: Vec<(String, i32, Option<Answer>)> = Vec::new();

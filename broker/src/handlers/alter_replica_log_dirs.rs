@@ -17,7 +17,7 @@ use kafka_protocol::ResponseError;
 use super::describe_log_dirs::log_dir;
 use super::Ctx;
 use crate::errors::codes;
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, Session};
 
 pub fn handle(
     req: AlterReplicaLogDirsRequest,
@@ -25,12 +25,7 @@ pub fn handle(
     ctx: &Ctx,
     session: &Session,
 ) -> AlterReplicaLogDirsResponse {
-    let allowed = ctx.allowed(
-        session,
-        AclOperation::Alter,
-        AclResourceType::Cluster,
-        CLUSTER,
-    );
+    let allowed = ctx.allowed_on_cluster(session, AclOperation::Alter);
     let dir = log_dir(ctx);
     let mut resp = AlterReplicaLogDirsResponse::default();
     let mut refused = 0usize;

@@ -30,15 +30,14 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::ResponseError;
 use sluice_raft::{
-    AclOperation, AclResourceType, ScramAlterResults, ScramCredential, ScramMechanism,
-    SecurityError,
+    AclOperation, ScramAlterResults, ScramCredential, ScramMechanism, SecurityError,
 };
 
 use super::{str_bytes, Ctx};
 use crate::errors::security_error;
 use crate::errors::{codes, meta_error_code};
 use crate::sasl::{ScramAlgorithm, StoredCredential};
-use crate::security::{Session, CLUSTER};
+use crate::security::Session;
 
 /// Why a user's alteration is refused: Kafka code and message.
 type Refusal = (i16, String);
@@ -64,12 +63,7 @@ pub async fn handle(
         .filter(|user| emitted.insert(user))
         .collect();
     let mut resp = AlterUserScramCredentialsResponse::default();
-    if !ctx.allowed(
-        session,
-        AclOperation::Alter,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Alter) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         resp.results = users
             .iter()

@@ -26,7 +26,7 @@ use super::describe_acls::{
 };
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, meta_error_code, security_error};
-use crate::security::{Session, CLUSTER};
+use crate::security::Session;
 
 pub async fn handle(
     req: CreateAclsRequest,
@@ -35,12 +35,7 @@ pub async fn handle(
     session: &Session,
 ) -> CreateAclsResponse {
     let mut resp = CreateAclsResponse::default();
-    if !ctx.allowed(
-        session,
-        AclOperation::Alter,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Alter) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         resp.results = req
             .creations

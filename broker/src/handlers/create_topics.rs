@@ -29,7 +29,7 @@ use super::{str_bytes, topic_uuid, valid_topic_name, with_deadline, Ctx};
 use crate::config::PARTITIONS_PER_TOPIC_MAX;
 use crate::errors::{codes, meta_error_code, shard_error_code};
 use crate::security::quota::MutationQuota;
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 /// Upper bound of the wait for the shards, whatever the request asks.
 const READY_WAIT_MS_MAX: u64 = 60_000;
@@ -51,12 +51,7 @@ pub async fn handle(
 ) -> CreateTopicsResponse {
     let wait_ms = ready_wait_ms(req.timeout_ms);
     let validate_only = req.validate_only;
-    let cluster_create = ctx.allowed(
-        session,
-        AclOperation::Create,
-        AclResourceType::Cluster,
-        CLUSTER,
-    );
+    let cluster_create = ctx.allowed_on_cluster(session, AclOperation::Create);
     // KIP-599: versions 6 and later refuse a topic over the quota.
     let mutations = MutationQuota::new(ctx, session, version >= 6);
     let mutations = &mutations;

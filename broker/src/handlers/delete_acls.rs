@@ -17,12 +17,12 @@ use kafka_protocol::messages::delete_acls_response::{
 };
 use kafka_protocol::messages::{DeleteAclsRequest, DeleteAclsResponse};
 use kafka_protocol::ResponseError;
-use sluice_raft::{AclBinding, AclFilter, AclOperation, AclResourceType};
+use sluice_raft::{AclBinding, AclFilter, AclOperation};
 
 use super::describe_acls::{filter_of, WireFilter};
 use super::{str_bytes, Ctx};
 use crate::errors::{codes, meta_error_code};
-use crate::security::{Session, CLUSTER};
+use crate::security::Session;
 
 /// What one filter of the request became.
 enum Checked {
@@ -40,12 +40,7 @@ pub async fn handle(
     session: &Session,
 ) -> DeleteAclsResponse {
     let mut resp = DeleteAclsResponse::default();
-    if !ctx.allowed(
-        session,
-        AclOperation::Alter,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Alter) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         resp.filter_results = req
             .filters

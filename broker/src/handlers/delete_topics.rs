@@ -18,7 +18,7 @@ use sluice_raft::MetaError;
 use super::{str_bytes, topic_name, topic_uuid, Ctx};
 use crate::errors::{codes, meta_error_code};
 use crate::security::quota::MutationQuota;
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 pub async fn handle(
     req: DeleteTopicsRequest,
@@ -34,12 +34,7 @@ pub async fn handle(
     } else {
         req.topic_names.into_iter().map(Target::Name).collect()
     };
-    let cluster_delete = ctx.allowed(
-        session,
-        AclOperation::Delete,
-        AclResourceType::Cluster,
-        CLUSTER,
-    );
+    let cluster_delete = ctx.allowed_on_cluster(session, AclOperation::Delete);
     // KIP-599: versions 5 and later refuse a topic over the quota.
     let mutations = MutationQuota::new(ctx, session, version >= 5);
     let access = Access {

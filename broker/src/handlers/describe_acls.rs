@@ -28,7 +28,7 @@ use sluice_raft::{
 
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
-use crate::security::{Session, CLUSTER};
+use crate::security::Session;
 
 /// The ANY code of every ACL enum on the wire.
 const ANY: i8 = 1;
@@ -40,12 +40,7 @@ pub fn handle(
     session: &Session,
 ) -> DescribeAclsResponse {
     let mut resp = DescribeAclsResponse::default();
-    if !ctx.allowed(
-        session,
-        AclOperation::Describe,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Describe) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         resp.error_code = denied.code();
         resp.error_message = Some(str_bytes(denied.to_string()));

@@ -22,14 +22,14 @@ use kafka_protocol::messages::describe_client_quotas_response::{EntityData, Entr
 use kafka_protocol::messages::{DescribeClientQuotasRequest, DescribeClientQuotasResponse};
 use kafka_protocol::ResponseError;
 use sluice_raft::{
-    AclOperation, AclResourceType, QuotaEntity, QuotaEntityType, QuotaFilter, QuotaFilterComponent,
-    QuotaMatch, QuotaName, QuotaValues,
+    AclOperation, QuotaEntity, QuotaEntityType, QuotaFilter, QuotaFilterComponent, QuotaMatch,
+    QuotaName, QuotaValues,
 };
 
 use super::{str_bytes, Ctx};
 use crate::errors::codes;
 use crate::errors::security_error;
-use crate::security::{Session, CLUSTER};
+use crate::security::Session;
 
 const MATCH_EXACT: i8 = 0;
 const MATCH_DEFAULT: i8 = 1;
@@ -41,12 +41,7 @@ pub fn handle(
     ctx: &Ctx,
     session: &Session,
 ) -> DescribeClientQuotasResponse {
-    if !ctx.allowed(
-        session,
-        AclOperation::DescribeConfigs,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::DescribeConfigs) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         return failed(denied.code(), denied.to_string());
     }

@@ -22,7 +22,7 @@ use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::shard_error_code;
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, Session};
 
 /// First version with a top-level error code.
 const ERROR_CODE_MIN_VERSION: i16 = 3;
@@ -45,12 +45,7 @@ pub async fn handle(
     session: &Session,
 ) -> DescribeLogDirsResponse {
     let mut resp = DescribeLogDirsResponse::default();
-    if !ctx.allowed(
-        session,
-        AclOperation::Describe,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Describe) {
         if version >= ERROR_CODE_MIN_VERSION {
             resp.error_code = ResponseError::ClusterAuthorizationFailed.code();
         }

@@ -17,10 +17,10 @@ use kafka_protocol::messages::{
     DescribeUserScramCredentialsRequest, DescribeUserScramCredentialsResponse,
 };
 use kafka_protocol::ResponseError;
-use sluice_raft::{AclOperation, AclResourceType, ScramUsers};
+use sluice_raft::{AclOperation, ScramUsers};
 
 use super::{str_bytes, Ctx};
-use crate::security::{Session, CLUSTER};
+use crate::security::Session;
 
 pub fn handle(
     req: DescribeUserScramCredentialsRequest,
@@ -35,12 +35,7 @@ pub fn handle(
         .flatten()
         .map(|u| u.name.as_str())
         .collect();
-    if !ctx.allowed(
-        session,
-        AclOperation::Describe,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Describe) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         resp.error_code = denied.code();
         resp.error_message = Some(str_bytes(denied.to_string()));

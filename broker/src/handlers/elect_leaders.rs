@@ -30,7 +30,7 @@ use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name, Ctx};
 use crate::errors::{codes, meta_error_code};
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, Session};
 
 /// Kafka's `ElectionType` codes.
 const PREFERRED: i8 = 0;
@@ -49,12 +49,7 @@ pub async fn handle(
     session: &Session,
 ) -> ElectLeadersResponse {
     let mut resp = ElectLeadersResponse::default();
-    if !ctx.allowed(
-        session,
-        AclOperation::Alter,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Alter) {
         let denied = ResponseError::ClusterAuthorizationFailed;
         return refused(
             &req,

@@ -34,7 +34,7 @@ use kafka_protocol::ResponseError;
 use super::Ctx;
 use crate::errors::{codes, is_busy, shard_error_code, BUSY_THROTTLE_MS};
 use crate::plane::{self, FetchPartitionResult, ResponseMemory};
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 /// Longest long poll served, whatever the client asks.
 const MAX_WAIT_MS_MAX: u32 = 60_000;
@@ -106,14 +106,8 @@ fn plan(req: &FetchRequest, ctx: &Ctx, session: &Session) -> (Slots, Vec<plane::
     let mut partitions = Vec::new();
     let mut slots = Vec::with_capacity(req.topics.len());
     // A follower's fetch: CLUSTER_ACTION, asked once.
-    let replica_allowed = (req.replica_id.0 >= 0).then(|| {
-        ctx.allowed(
-            session,
-            AclOperation::ClusterAction,
-            AclResourceType::Cluster,
-            CLUSTER,
-        )
-    });
+    let replica_allowed = (req.replica_id.0 >= 0)
+        .then(|| ctx.allowed_on_cluster(session, AclOperation::ClusterAction));
     for (ti, t) in req.topics.iter().enumerate() {
         let name = t.topic.0.as_str();
         let allowed = replica_allowed.unwrap_or_else(|| {

@@ -7,7 +7,7 @@ use kafka_protocol::messages::list_groups_response::ListedGroup;
 use kafka_protocol::messages::{GroupId, ListGroupsRequest, ListGroupsResponse};
 
 use super::{str_bytes, Ctx};
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 pub async fn handle(
     req: ListGroupsRequest,
@@ -18,7 +18,7 @@ pub async fn handle(
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_lowercase()).collect();
     let types: Vec<String> = req.types_filter.iter().map(|s| s.to_lowercase()).collect();
     let describe = AclOperation::Describe;
-    let every_group = ctx.allowed(session, describe, AclResourceType::Cluster, CLUSTER);
+    let every_group = ctx.allowed_on_cluster(session, describe);
     let groups = ctx.shard.list_groups().await;
     let view = (!every_group).then(|| ctx.view());
     let may_describe = |group_id: &str| {

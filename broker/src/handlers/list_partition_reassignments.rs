@@ -18,7 +18,7 @@ use sluice_raft::{MetadataView, Reassignment};
 use kafka_protocol::ResponseError;
 
 use super::{str_bytes, topic_name, wire_id, Ctx};
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, Session};
 
 pub fn handle(
     req: ListPartitionReassignmentsRequest,
@@ -26,12 +26,7 @@ pub fn handle(
     ctx: &Ctx,
     session: &Session,
 ) -> ListPartitionReassignmentsResponse {
-    if !ctx.allowed(
-        session,
-        AclOperation::Describe,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) {
+    if !ctx.allowed_on_cluster(session, AclOperation::Describe) {
         return refused(&req);
     }
     let view = ctx.view();

@@ -236,12 +236,8 @@ async fn lookup(
 
 /// CREATE on the cluster or on the topic.
 fn may_create(ctx: &Ctx, session: &Session, name: &str) -> bool {
-    ctx.allowed(
-        session,
-        AclOperation::Create,
-        AclResourceType::Cluster,
-        CLUSTER,
-    ) || ctx.allowed(session, AclOperation::Create, AclResourceType::Topic, name)
+    ctx.allowed_on_cluster(session, AclOperation::Create)
+        || ctx.allowed(session, AclOperation::Create, AclResourceType::Topic, name)
 }
 
 fn lookup_by_id(id: uuid::Uuid, ctx: &Ctx, session: &Session) -> MetadataResponseTopic {

@@ -229,6 +229,34 @@ impl Ctx {
             })
     }
 
+    /// Whether `session` may do `op` on the cluster resource.
+    pub fn allowed_on_cluster(&self, session: &Session, op: AclOperation) -> bool {
+        self.allowed(
+            session,
+            op,
+            AclResourceType::Cluster,
+            crate::security::CLUSTER,
+        )
+    }
+
+    /// An AddOffsetsToTxn or TxnOffsetCommit refused whole: WRITE on the
+    /// transactional id, then READ on the group.
+    pub fn txn_offsets_refusal(&self, session: &Session, id: &str, group: &str) -> Option<i16> {
+        use kafka_protocol::ResponseError;
+        if !self.allowed(
+            session,
+            AclOperation::Write,
+            AclResourceType::TransactionalId,
+            id,
+        ) {
+            return Some(ResponseError::TransactionalIdAuthorizationFailed.code());
+        }
+        if !self.allowed(session, AclOperation::Read, AclResourceType::Group, group) {
+            return Some(ResponseError::GroupAuthorizationFailed.code());
+        }
+        None
+    }
+
     /// This node's id as the metadata knows it.
     pub fn node_id(&self) -> u64 {
         u64::try_from(self.node.node_id).unwrap_or(0)

@@ -23,7 +23,7 @@ use kafka_protocol::ResponseError;
 use super::Ctx;
 use crate::errors::{codes, shard_error_code};
 use crate::plane;
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, AclResourceType, Session};
 
 pub async fn handle(
     req: OffsetForLeaderEpochRequest,
@@ -31,12 +31,7 @@ pub async fn handle(
     ctx: &Ctx,
     session: &Session,
 ) -> OffsetForLeaderEpochResponse {
-    let cluster_action = ctx.allowed(
-        session,
-        AclOperation::ClusterAction,
-        AclResourceType::Cluster,
-        CLUSTER,
-    );
+    let cluster_action = ctx.allowed_on_cluster(session, AclOperation::ClusterAction);
     let mut topics = Vec::with_capacity(req.topics.len());
     for t in req.topics {
         let name = t.topic.0.to_string();

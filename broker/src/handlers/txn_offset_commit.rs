@@ -77,18 +77,7 @@ pub async fn handle(
 /// the group.
 fn refusal(req: &TxnOffsetCommitRequest, ctx: &Ctx, session: &Session) -> Option<i16> {
     let (id, group) = (req.transactional_id.0.as_str(), req.group_id.0.as_str());
-    if !ctx.allowed(
-        session,
-        AclOperation::Write,
-        AclResourceType::TransactionalId,
-        id,
-    ) {
-        return Some(ResponseError::TransactionalIdAuthorizationFailed.code());
-    }
-    if !ctx.allowed(session, AclOperation::Read, AclResourceType::Group, group) {
-        return Some(ResponseError::GroupAuthorizationFailed.code());
-    }
-    None
+    ctx.txn_offsets_refusal(session, id, group)
 }
 
 /// Why a topic's offsets are not committed: TOPIC_AUTHORIZATION_FAILED

@@ -16,7 +16,7 @@ use kafka_protocol::ResponseError;
 use super::Ctx;
 use crate::errors::{codes, shard_error_code};
 use crate::plane::TxnMarker;
-use crate::security::{AclOperation, AclResourceType, Session, CLUSTER};
+use crate::security::{AclOperation, Session};
 
 pub async fn handle(
     req: WriteTxnMarkersRequest,
@@ -24,9 +24,8 @@ pub async fn handle(
     ctx: &Ctx,
     session: &Session,
 ) -> WriteTxnMarkersResponse {
-    let cluster = AclResourceType::Cluster;
-    let allowed = ctx.allowed(session, AclOperation::Alter, cluster, CLUSTER)
-        || ctx.allowed(session, AclOperation::ClusterAction, cluster, CLUSTER);
+    let allowed = ctx.allowed_on_cluster(session, AclOperation::Alter)
+        || ctx.allowed_on_cluster(session, AclOperation::ClusterAction);
     let mut writes = Vec::new();
     for (mi, m) in req.markers.iter().enumerate() {
         let marker = TxnMarker {

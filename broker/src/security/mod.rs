@@ -184,6 +184,18 @@ impl Session {
         }
     }
 
+    /// A quota throttle of `t`: the connection is not read until it ends
+    /// (KIP-219); returns it in ms for the response's `throttle_time_ms`.
+    pub fn throttle(&self, t: Duration) -> i32 {
+        if t.is_zero() {
+            return 0;
+        }
+        let until = Instant::now() + t;
+        let later = self.throttled_until.get().map_or(until, |u| u.max(until));
+        self.throttled_until.set(Some(later));
+        i32::try_from(t.as_millis()).unwrap_or(i32::MAX)
+    }
+
     pub fn replica(&self) -> bool {
         self.replica.get()
     }

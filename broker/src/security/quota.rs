@@ -279,19 +279,10 @@ impl<'a> MutationQuota<'a> {
     /// muted for it (a new one backs off by itself, as KIP-599 has it).
     pub fn throttle_ms(&self) -> i32 {
         let t = self.throttle.get();
-        if t.is_zero() {
-            return 0;
+        if self.strict {
+            return i32::try_from(t.as_millis()).unwrap_or(i32::MAX);
         }
-        if !self.strict {
-            let until = Instant::now() + t;
-            let later = self
-                .session
-                .throttled_until
-                .get()
-                .map_or(until, |u| u.max(until));
-            self.session.throttled_until.set(Some(later));
-        }
-        i32::try_from(t.as_millis()).unwrap_or(i32::MAX)
+        self.session.throttle(t)
     }
 }
 
