@@ -35,6 +35,11 @@ use crate::security::{self, Security, Session};
 
 /// Shortest time between two "connection limit" warnings of one shard.
 const REFUSAL_WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Connections refused for a `connection_creation_rate` quota that a shard
+/// holds at once until their delayed close (one file descriptor each).
+const DELAYED_CLOSES_MAX: usize = 512;
+/// The longest a refused connection is held before it is closed.
+const DELAYED_CLOSE_MAX: Duration = Duration::from_secs(10);
 
 /// A shard's Kafka connections: how many are open, how many were refused
 /// at accept for `--connections-per-shard-max`. Shard-local (one executor).
@@ -50,6 +55,8 @@ pub struct Connections {
     per_ip: std::cell::RefCell<std::collections::HashMap<std::net::IpAddr, u32>>,
     /// New connections per IP under a `connection_creation_rate` quota.
     creation_rates: crate::security::quota::ConnectionRates,
+    /// Refused connections held open until their delayed close.
+    closing: Cell<usize>,
     tls_warnings: WarnLimiter,
     /// Connections closed for bad input or a deadline, by reason.
     pub closes: connection::Closes,
@@ -64,6 +71,7 @@ impl Default for Connections {
             tls_failed: Cell::new(0),
             per_ip: Default::default(),
             creation_rates: Default::default(),
+            closing: Cell::new(0),
             tls_warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
             closes: connection::Closes::default(),
         }
@@ -128,9 +136,28 @@ impl Connections {
                 shard,
                 peer,
                 refused = earlier + 1,
-                "connection_creation_rate quota of the client's IP reached: closed a new connection at accept"
+                "connection_creation_rate quota of the client's IP reached: a new connection is closed after its throttle time"
             );
         }
+    }
+
+    /// Closes a connection refused for its IP's `connection_creation_rate`
+    /// once `delay` is over, as Kafka does, so that a client reconnecting
+    /// at once is paced by its quota instead of spinning. Nothing is read
+    /// from it. At most `DELAYED_CLOSES_MAX` are held per shard (each holds
+    /// a file descriptor); beyond that, and at shutdown, they close at once.
+    fn close_after(self: &Rc<Self>, stream: glommio::net::TcpStream, delay: Duration) {
+        if self.closing.get() >= DELAYED_CLOSES_MAX {
+            return;
+        }
+        self.closing.set(self.closing.get() + 1);
+        let conns = Rc::clone(self);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(delay.min(DELAYED_CLOSE_MAX)).await;
+            drop(stream);
+            conns.closing.set(conns.closing.get() - 1);
+        })
+        .detach();
     }
 
     /// Counts one refusal; warns at most once per `REFUSAL_WARN_INTERVAL`,
@@ -669,8 +696,9 @@ async fn accept_loop(
         }
         let ip = peer_addr.map(|a| a.ip());
         if let Some(ip) = ip {
-            if !conns.creation_rates.admit(&ctx.view().quotas, ip) {
+            if let Err(delay) = conns.creation_rates.admit(&ctx.view().quotas, ip) {
                 conns.refuse_rate(shard, &peer);
+                conns.close_after(stream, delay);
                 continue;
             }
             if !conns.admit_ip(ip, per_ip_max) {

@@ -187,14 +187,16 @@ pub struct ConnectionRates {
 }
 
 impl ConnectionRates {
-    /// Counts a new connection from `ip`; false when it takes the IP over
-    /// its `connection_creation_rate` (the connection is then refused).
-    pub fn admit(&self, quotas: &Quotas, ip: std::net::IpAddr) -> bool {
+    /// Counts a new connection from `ip`; `Err(throttle)` when it takes the
+    /// IP over its `connection_creation_rate`: the connection is refused,
+    /// closed once `throttle` is over (Kafka's delayed close), so a client
+    /// that reconnects at once is paced by the quota.
+    pub fn admit(&self, quotas: &Quotas, ip: std::net::IpAddr) -> Result<(), Duration> {
         if quotas.is_empty() {
-            return true;
+            return Ok(());
         }
         let Some(bound) = quotas.resolve_ip(ip, CONNECTION_CREATION_RATE) else {
-            return true;
+            return Ok(());
         };
         let now = Instant::now();
         let mut ips = self.ips.borrow_mut();
@@ -210,13 +212,14 @@ impl ConnectionRates {
         let (rate, seen) = ips.entry(ip).or_insert_with(|| (Rate::default(), now));
         *seen = now;
         rate.record(1.0, now);
-        if throttle(rate, bound, now).is_zero() {
-            return true;
+        let delay = throttle(rate, bound, now);
+        if delay.is_zero() {
+            return Ok(());
         }
         // Only accepted connections count (KIP-612): a client retrying
         // while refused is not locked out for longer.
         rate.record(-1.0, now);
-        false
+        Err(delay)
     }
 }
 
