@@ -838,9 +838,10 @@ fn statfs(dir: &Path) -> Result<FsStat, String> {
     })
 }
 
-/// Creates a file with O_DIRECT in `dir`, writes one aligned 4 KiB block
-/// (some file systems accept the flag at open and refuse the write) and
-/// removes it.
+/// Creates a file with O_DIRECT in `dir`, removes its name, then writes
+/// one aligned 4 KiB block through the open descriptor (some file systems
+/// accept the flag at open and refuse the write). The name is gone before
+/// the write, so a check killed mid-probe leaves nothing behind.
 fn probe_o_direct(dir: &Path) -> std::io::Result<()> {
     const BLOCK: usize = 4096;
     let path = dir.join(format!(".sluice-check-{}", std::process::id()));
@@ -850,13 +851,11 @@ fn probe_o_direct(dir: &Path) -> std::io::Result<()> {
         .mode(0o600)
         .custom_flags(libc::O_DIRECT)
         .open(&path)?;
+    std::fs::remove_file(&path)?;
     let buf = vec![0u8; 2 * BLOCK];
     let start = buf.as_ptr().align_offset(BLOCK);
     assert!(start < BLOCK, "a 2-block buffer holds an aligned block");
-    let written = (&file).write_all(&buf[start..start + BLOCK]);
-    drop(file);
-    let removed = std::fs::remove_file(&path);
-    written.and(removed)
+    (&file).write_all(&buf[start..start + BLOCK])
 }
 
 /// Bytes in binary units, for messages.
