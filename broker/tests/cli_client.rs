@@ -360,6 +360,45 @@ fn consume_with_a_group_commits_what_it_printed() {
     assert_eq!(described["offsets"][0]["lag"], 0, "{described}");
 }
 
+#[test]
+fn consume_with_a_group_that_assigns_it_nothing_ends_once_assigned() {
+    let (t, g) = ("cli-crowded", "cli-crowded-group");
+    ok(&["topic", "create", t, "--partitions", "1"], None);
+    ok(&["produce", t], Some(b"held\n"));
+    let member = group_member(g, t);
+    assert_eq!(poll_records(&member, 1), [(0, 0)]);
+    // The member keeps polling, so that it rejoins when the command's
+    // consumer joins. The range assignor orders members by id, which
+    // starts with the client id: "cli-member" keeps the one partition.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (out, took) = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let deadline = Instant::now() + COMMAND_LIMIT;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                if let Some(Err(e)) = member.poll(Duration::from_millis(100)) {
+                    panic!("member: {e}");
+                }
+            }
+        });
+        let started = Instant::now();
+        let out = sluice(
+            &["consume", t, "--group", g, "-X", "client.id=sluice-cli"],
+            None,
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (out, started.elapsed())
+    });
+    eprintln!("ended after {took:?}");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert_eq!(
+        stderr(&out),
+        format!("sluice: group \"{g}\" gave this consumer no partition of \"{t}\": its other members hold them all\n")
+    );
+    // Well before --timeout: it ended on the empty assignment.
+    assert!(took < Duration::from_secs(50), "took {took:?}");
+}
+
 /// A member of `group` subscribed to `topic`, through the harness's
 /// rdkafka configuration.
 fn group_member(group: &str, topic: &str) -> BaseConsumer {

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Map, Value};
 
@@ -155,6 +156,27 @@ fn parse_format(s: &str) -> Result<Output, String> {
     Ok(Output::Template(pieces))
 }
 
+/// The consumer of `sluice consume`.
+type Reader = BaseConsumer<Assignments>;
+
+/// Whether the group gave this consumer its assignment yet: an empty one
+/// (the group's other members hold every partition) ends a read without
+/// `--follow` at once, where "nothing assigned yet" waits.
+#[derive(Default)]
+struct Assignments {
+    received: AtomicBool,
+}
+
+impl ClientContext for Assignments {}
+
+impl ConsumerContext for Assignments {
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Revoked (eager rebalance): the next assignment is awaited.
+        let received = matches!(rebalance, Rebalance::Assign(_));
+        self.received.store(received, Ordering::Relaxed);
+    }
+}
+
 /// Which partitions are read to their captured end.
 struct Progress {
     /// Log end offset of each partition read, captured at start.
@@ -164,7 +186,7 @@ struct Progress {
 
 impl Progress {
     /// Whether every partition this consumer reads has reached its end.
-    fn finished(&self, consumer: &BaseConsumer, group: bool) -> bool {
+    fn finished(&self, consumer: &Reader, group: bool) -> bool {
         if !group {
             return self.done.len() >= self.ends.len();
         }
@@ -172,7 +194,10 @@ impl Progress {
             return false;
         };
         let assigned = assignment.elements();
-        !assigned.is_empty() && assigned.iter().all(|e| self.done.contains(&e.partition()))
+        if assigned.is_empty() {
+            return consumer.context().received.load(Ordering::Relaxed);
+        }
+        assigned.iter().all(|e| self.done.contains(&e.partition()))
     }
 
     fn saw(&mut self, partition: i32, offset: i64) {
@@ -228,6 +253,15 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     ctrlc::set_handler(move || on_signal.store(true, Ordering::Relaxed))
         .context("cannot install the Ctrl-C handler")?;
     let result = consume_loop(&args, &consumer, &mut progress, &stop).with_context(context);
+    if let Some(group) = &args.group {
+        let none = consumer.assignment().is_ok_and(|a| a.count() == 0);
+        if result.is_ok() && none && consumer.context().received.load(Ordering::Relaxed) {
+            eprintln!(
+                "sluice: group {group:?} gave this consumer no partition of {:?}: its other members hold them all",
+                args.topic
+            );
+        }
+    }
     if args.group.is_some() {
         match consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => {}
@@ -246,7 +280,7 @@ pub fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     result.map(|()| ExitCode::SUCCESS)
 }
 
-fn consumer(args: &ConsumeArgs) -> anyhow::Result<BaseConsumer> {
+fn consumer(args: &ConsumeArgs) -> anyhow::Result<Reader> {
     let eof = if args.follow { "false" } else { "true" };
     match &args.group {
         Some(group) => {
@@ -255,7 +289,7 @@ fn consumer(args: &ConsumeArgs) -> anyhow::Result<BaseConsumer> {
             } else {
                 "earliest"
             };
-            args.conn.consumer(
+            args.conn.consumer_with(
                 Some(group),
                 &[
                     ("enable.auto.commit", "true"),
@@ -265,16 +299,19 @@ fn consumer(args: &ConsumeArgs) -> anyhow::Result<BaseConsumer> {
                     ("auto.offset.reset", reset),
                     ("enable.partition.eof", eof),
                 ],
+                Assignments::default(),
             )
         }
-        None => args
-            .conn
-            .consumer(Some(ASSIGN_GROUP_ID), &[("enable.partition.eof", eof)]),
+        None => args.conn.consumer_with(
+            Some(ASSIGN_GROUP_ID),
+            &[("enable.partition.eof", eof)],
+            Assignments::default(),
+        ),
     }
 }
 
 /// The partitions read: `--partition`, or all of the topic's.
-fn partitions(args: &ConsumeArgs, consumer: &BaseConsumer) -> anyhow::Result<Vec<i32>> {
+fn partitions(args: &ConsumeArgs, consumer: &Reader) -> anyhow::Result<Vec<i32>> {
     let metadata = args.conn.metadata(consumer, Some(&args.topic))?;
     let topic = metadata
         .topics()
@@ -299,7 +336,7 @@ fn partitions(args: &ConsumeArgs, consumer: &BaseConsumer) -> anyhow::Result<Vec
 /// The offsets the assign mode starts at.
 fn start_offsets(
     args: &ConsumeArgs,
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     partitions: &[i32],
 ) -> anyhow::Result<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
@@ -339,7 +376,7 @@ fn start_position(start: Offset, (low, high): (i64, i64)) -> i64 {
 
 fn consume_loop(
     args: &ConsumeArgs,
-    consumer: &BaseConsumer,
+    consumer: &Reader,
     progress: &mut Progress,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {

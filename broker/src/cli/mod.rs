@@ -27,7 +27,7 @@ use clap::{Args, Subcommand};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, DefaultConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::metadata::Metadata;
 use rdkafka::types::RDKafkaErrorCode;
@@ -140,19 +140,29 @@ impl ConnArgs {
         group: Option<&str>,
         defaults: &[(&str, &str)],
     ) -> anyhow::Result<BaseConsumer> {
+        self.consumer_with(group, defaults, DefaultConsumerContext)
+    }
+
+    /// `consumer`, with its callbacks (`context`).
+    pub fn consumer_with<C: ConsumerContext>(
+        &self,
+        group: Option<&str>,
+        defaults: &[(&str, &str)],
+        context: C,
+    ) -> anyhow::Result<BaseConsumer<C>> {
         let mut settings = vec![("enable.auto.commit", "false")];
         settings.extend(group.map(|g| ("group.id", g)));
         settings.extend_from_slice(defaults);
         self.config(&settings)
-            .create()
+            .create_with_context(context)
             .map_err(|e| anyhow!(describe_error(&e)))
             .context("cannot create the client")
     }
 
     /// Cluster metadata (all topics, or one).
-    pub fn metadata(
+    pub fn metadata<C: ConsumerContext>(
         &self,
-        consumer: &BaseConsumer,
+        consumer: &BaseConsumer<C>,
         topic: Option<&str>,
     ) -> anyhow::Result<Metadata> {
         consumer
