@@ -412,6 +412,7 @@ pub fn node_info(settings: &Settings) -> NodeInfo {
         started: std::time::Instant::now(),
         broker_configs: settings.broker_configs(),
         security: Arc::new(Security::default()),
+        quota_board: Arc::new(security::quota::QuotaBoard::new(settings.shards)),
     }
 }
 

@@ -545,6 +545,56 @@ fn a_producer_over_its_byte_rate_is_throttled_to_it_and_others_are_not() {
 }
 
 #[test]
+fn a_client_ids_producers_on_both_shards_share_its_byte_rate() {
+    const QUOTA: f64 = 256.0 * 1024.0;
+    const RECORD: usize = 1000;
+    const PRODUCERS: usize = 6;
+    with_shared(|s| {
+        set_quota(
+            s,
+            "client-id",
+            "quota-fleet",
+            "producer_byte_rate",
+            Some(QUOTA),
+        );
+        let fleet = config(s.ports[0], &[("client.id", "quota-fleet")]);
+        let p: BaseProducer = config(s.ports[0], &[]).create().expect("producer");
+        p.send(BaseRecord::<(), [u8]>::to("quota-fleet").payload(b"x"))
+            .expect("create");
+        p.flush(Duration::from_secs(10)).expect("first record");
+        let value = vec![7u8; RECORD];
+        // Six producers of one client id: their connections land on both
+        // shards (SO_REUSEPORT), which must hold them to one quota between
+        // them, as a broker holds a client id's connections. Measured from
+        // the 6th to the 16th second.
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for _ in 0..PRODUCERS {
+                scope.spawn(|| {
+                    flood(
+                        &fleet,
+                        "quota-fleet",
+                        &value,
+                        start + Duration::from_secs(17),
+                    )
+                });
+            }
+            std::thread::sleep(Duration::from_secs(6));
+            let (a0, t0) = (end_offset(s, "quota-fleet"), Instant::now());
+            std::thread::sleep(Duration::from_secs(10));
+            let (a1, t1) = (end_offset(s, "quota-fleet"), Instant::now());
+            let rate = (a1 - a0) as f64 * RECORD as f64 / (t1 - t0).as_secs_f64();
+            eprintln!("{PRODUCERS} producers: {rate:.0} B/s (quota {QUOTA})");
+            let ratio = rate / QUOTA;
+            assert!(
+                (0.7..=1.3).contains(&ratio),
+                "the producers' rate {rate:.0} B/s is not within 30% of their quota {QUOTA}"
+            );
+        });
+    });
+}
+
+#[test]
 fn sasl_clients_reauthenticate_on_their_connection_before_it_expires() {
     with_shared(|s| {
         let succeeded = || {

@@ -165,6 +165,8 @@ pub struct NodeInfo {
     pub broker_configs: Vec<crate::config::BrokerConfig>,
     /// Listeners, TLS, SASL and authorizer settings.
     pub security: Arc<crate::security::Security>,
+    /// The shards' client quota rates, so that quotas hold per node.
+    pub quota_board: Arc<crate::security::quota::QuotaBoard>,
 }
 
 /// What a handler may use: this shard's data plane, the metadata service
@@ -193,12 +195,14 @@ pub struct BrokerAddr {
 
 impl Ctx {
     pub fn new(shard: Rc<Shard>, meta: Metadata, node: Arc<NodeInfo>) -> Ctx {
+        let quota_sensors =
+            crate::security::quota::QuotaSensors::new(Arc::clone(&node.quota_board), shard.id());
         Ctx {
             shard,
             meta,
             node,
             offsets_creating: Cell::new(false),
-            quota_sensors: Default::default(),
+            quota_sensors,
             replica_connections: Cell::new(0),
         }
     }

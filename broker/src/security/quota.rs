@@ -8,16 +8,24 @@
 //! back to the quota, and its connection is not read for that long (KIP-219:
 //! clients back off too).
 //!
-//! Quotas are per shard (Kafka's are per broker): a client's connections
-//! on several shards get the quota on each. Nothing is tracked while no
-//! quota is set (`Quotas::is_empty`); a client is tracked only once a quota
-//! applies to it, in at most `CLIENTS_MAX` entries per shard, idle ones
-//! dropped first.
+//! Quotas are per node, as Kafka's are per broker: each shard records its
+//! own connections' usage and, at most every `EXCHANGE_INTERVAL` while it
+//! records, publishes its rates on the node's `QuotaBoard` and reads the
+//! other shards' (one `ArcSwap` per shard: no lock, and nothing at all on a
+//! one-shard node). A client's rate is its samples on every shard, so its
+//! connections on several shards share one quota; what another shard
+//! recorded in the last interval is not seen yet. Nothing is tracked while
+//! no quota is set (`Quotas::is_empty`); a client is tracked only once a
+//! quota applies to it, in at most `CLIENTS_MAX` entries per shard, idle
+//! ones dropped first. `connection_creation_rate` is counted per shard.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use sluice_raft::{
     Quotas, CONNECTION_CREATION_RATE, CONSUMER_BYTE_RATE, CONTROLLER_MUTATION_RATE,
@@ -35,6 +43,10 @@ const WINDOW: Duration = Duration::from_secs(1);
 const THROTTLE_MAX: Duration = Duration::from_secs(SAMPLES as u64);
 /// Clients tracked per shard; over it, the longest idle is dropped.
 const CLIENTS_MAX: usize = 4096;
+/// How often a recording shard publishes its rates and reads the others'.
+const EXCHANGE_INTERVAL: Duration = Duration::from_millis(250);
+/// Kinds of rate a client has (`QuotaKind`).
+const KINDS: usize = 4;
 
 /// What a quota measures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,42 +99,120 @@ impl Rate {
         }
     }
 
-    /// Units per second over the live windows, and the window length used:
-    /// from the oldest live window's start, at least one window. (Kafka
-    /// counts at least `SAMPLES - 1` windows, which lets a new client send
-    /// ten windows' worth at once, and again each time that burst ages
-    /// out: a sawtooth around the quota instead of the quota.)
-    fn measure(&self, now: Instant) -> (f64, Duration) {
+    fn live(&self, now: Instant) -> impl Iterator<Item = &(Instant, f64)> {
         let horizon = WINDOW * SAMPLES as u32;
-        let live = self
-            .samples
+        self.samples
             .iter()
             .flatten()
-            .filter(|(start, _)| now.duration_since(*start) < horizon);
-        let (mut total, mut oldest) = (0.0, now);
-        for (start, v) in live {
-            total += v;
-            oldest = oldest.min(*start);
-        }
-        let span = now.duration_since(oldest).max(WINDOW);
-        (total / span.as_secs_f64(), span)
+            .filter(move |(start, _)| now.duration_since(*start) < horizon)
     }
 }
+
+/// Units per second over the live windows of `rates` (one client's rate of
+/// one kind, on this shard and others), and the window length used: from
+/// the oldest live window's start, at least one window. (Kafka counts at
+/// least `SAMPLES - 1` windows, which lets a new client send ten windows'
+/// worth at once, and again each time that burst ages out: a sawtooth
+/// around the quota instead of the quota.)
+fn measure<'a>(rates: impl Iterator<Item = &'a Rate>, now: Instant) -> (f64, Duration) {
+    let (mut total, mut oldest) = (0.0, now);
+    for (start, v) in rates.flat_map(|r| r.live(now)) {
+        total += v;
+        oldest = oldest.min(*start);
+    }
+    let span = now.duration_since(oldest).max(WINDOW);
+    (total / span.as_secs_f64(), span)
+}
+
+/// A client's key: (user, client id) of the quota's scope.
+type ClientKey = (Box<str>, Box<str>);
 
 /// One client's rates.
 #[derive(Debug, Default)]
 struct Client {
-    rates: [Rate; 4],
+    rates: [Rate; KINDS],
+    /// Its rates on the other shards, as they last published them.
+    elsewhere: Vec<[Rate; KINDS]>,
     last_seen: Option<Instant>,
 }
 
+/// Every shard's client rates as it last published them, shared by the
+/// node's shards: a client's quota holds across its connections on all
+/// shards.
+pub struct QuotaBoard {
+    shards: Box<[ArcSwap<HashMap<ClientKey, [Rate; KINDS]>>]>,
+}
+
+impl QuotaBoard {
+    pub fn new(shards: u32) -> QuotaBoard {
+        QuotaBoard {
+            shards: (0..shards.max(1)).map(|_| ArcSwap::default()).collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for QuotaBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaBoard")
+            .field("shards", &self.shards.len())
+            .finish()
+    }
+}
+
 /// A shard's quota state.
-#[derive(Default)]
 pub struct QuotaSensors {
-    clients: RefCell<HashMap<(Box<str>, Box<str>), Client>>,
+    clients: RefCell<HashMap<ClientKey, Client>>,
+    board: Arc<QuotaBoard>,
+    /// This shard's index on `board`.
+    shard: usize,
+    /// When this shard next publishes its rates and reads the others'.
+    next_exchange: Cell<Option<Instant>>,
+}
+
+impl Default for QuotaSensors {
+    /// Sensors of a one-shard node.
+    fn default() -> QuotaSensors {
+        QuotaSensors::new(Arc::new(QuotaBoard::new(1)), 0)
+    }
 }
 
 impl QuotaSensors {
+    pub fn new(board: Arc<QuotaBoard>, shard: u32) -> QuotaSensors {
+        QuotaSensors {
+            clients: Default::default(),
+            board,
+            shard: shard as usize,
+            next_exchange: Cell::new(None),
+        }
+    }
+
+    /// Publishes this shard's rates and takes the other shards' for the
+    /// clients it tracks, at most every `EXCHANGE_INTERVAL`.
+    fn exchange(&self, clients: &mut HashMap<ClientKey, Client>, now: Instant) {
+        let Some(published) = self.board.shards.get(self.shard) else {
+            return;
+        };
+        if self.board.shards.len() < 2 || self.next_exchange.get().is_some_and(|at| now < at) {
+            return;
+        }
+        self.next_exchange.set(Some(now + EXCHANGE_INTERVAL));
+        let mine: HashMap<ClientKey, [Rate; KINDS]> = clients
+            .iter()
+            .map(|(k, c)| (k.clone(), c.rates.clone()))
+            .collect();
+        published.store(Arc::new(mine));
+        let others: Vec<_> = (self.board.shards.iter().enumerate())
+            .filter(|(i, _)| *i != self.shard)
+            .map(|(_, published)| published.load_full())
+            .collect();
+        for (key, client) in clients.iter_mut() {
+            client.elsewhere.clear();
+            client
+                .elsewhere
+                .extend(others.iter().filter_map(|o| o.get(key)).cloned());
+        }
+    }
+
     /// Records the shard's CPU time `spent` on a client's requests against
     /// its `request_percentage` (as Kafka does: 1 s of one core is 100
     /// percent-seconds) and returns how long it must be throttled.
@@ -165,11 +255,15 @@ impl QuotaSensors {
         if !clients.contains_key(&key) && clients.len() >= CLIENTS_MAX {
             evict_idlest(&mut clients);
         }
-        let client = clients.entry(key).or_default();
+        clients.entry(key.clone()).or_default().rates[kind.index()].record(value, now);
+        self.exchange(&mut clients, now);
+        let Some(client) = clients.get_mut(&key) else {
+            return Duration::ZERO;
+        };
         client.last_seen = Some(now);
-        let rate = &mut client.rates[kind.index()];
-        rate.record(value, now);
-        throttle(rate, bound, now)
+        let k = kind.index();
+        let rates = std::iter::once(&client.rates[k]).chain(client.elsewhere.iter().map(|r| &r[k]));
+        throttle(rates, bound, now)
     }
 
     #[cfg(test)]
@@ -212,7 +306,7 @@ impl ConnectionRates {
         let (rate, seen) = ips.entry(ip).or_insert_with(|| (Rate::default(), now));
         *seen = now;
         rate.record(1.0, now);
-        let delay = throttle(rate, bound, now);
+        let delay = throttle(std::iter::once(&*rate), bound, now);
         if delay.is_zero() {
             return Ok(());
         }
@@ -301,11 +395,11 @@ fn evict_idlest(clients: &mut HashMap<(Box<str>, Box<str>), Client>) {
 
 /// Kafka's `QuotaUtils.throttleTime`: how long until the rate over the
 /// window is back at `bound`: (rate - bound) / bound x window.
-fn throttle(rate: &Rate, bound: f64, now: Instant) -> Duration {
+fn throttle<'a>(rates: impl Iterator<Item = &'a Rate>, bound: f64, now: Instant) -> Duration {
     if bound <= 0.0 {
         return THROTTLE_MAX;
     }
-    let (observed, span) = rate.measure(now);
+    let (observed, span) = measure(rates, now);
     if observed <= bound {
         return Duration::ZERO;
     }
@@ -323,10 +417,10 @@ mod tests {
         let t0 = Instant::now();
         // One window's worth at once: the rate is exactly the bound.
         r.record(100.0, t0);
-        assert_eq!(throttle(&r, 100.0, t0), Duration::ZERO);
+        assert_eq!(throttle(std::iter::once(&r), 100.0, t0), Duration::ZERO);
         // Another 50 units: 150 / 1 s, 50% over: 0.5 s.
         r.record(50.0, t0);
-        let t = throttle(&r, 100.0, t0);
+        let t = throttle(std::iter::once(&r), 100.0, t0);
         assert!((t.as_secs_f64() - 0.5).abs() < 0.01, "{t:?}");
         // Sent at the bound for 5 s: no throttle.
         let mut steady = Rate::default();
@@ -334,10 +428,49 @@ mod tests {
             steady.record(100.0, t0 + Duration::from_secs(s));
         }
         let at = t0 + Duration::from_secs(5);
-        assert_eq!(throttle(&steady, 100.0, at), Duration::ZERO);
+        assert_eq!(
+            throttle(std::iter::once(&steady), 100.0, at),
+            Duration::ZERO
+        );
         // Old windows age out: 12 s later the rate is 0.
         let later = t0 + Duration::from_secs(12);
-        assert_eq!(throttle(&r, 100.0, later), Duration::ZERO);
+        assert_eq!(throttle(std::iter::once(&r), 100.0, later), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_clients_connections_on_two_shards_share_its_quota() {
+        use sluice_raft::{QuotaEntity, QuotaName};
+        let board = Arc::new(QuotaBoard::new(2));
+        let (a, b) = (
+            QuotaSensors::new(Arc::clone(&board), 0),
+            QuotaSensors::new(Arc::clone(&board), 1),
+        );
+        let mut quotas = Quotas::default();
+        let flood = QuotaEntity {
+            user: None,
+            client_id: Some(QuotaName::Named("flood".into())),
+            ip: None,
+        };
+        let set = vec![(PRODUCER_BYTE_RATE.to_string(), Some(100.0))];
+        quotas.alter(&[(flood, set)]).remove(0).expect("quota set");
+        let p: Rc<str> = Rc::from("User:ANONYMOUS");
+        // Each shard alone is at the bound: 100 bytes in the first second.
+        assert_eq!(
+            a.record(&quotas, &p, "flood", QuotaKind::Produce, 100.0),
+            Duration::ZERO
+        );
+        let on_b = b.record(&quotas, &p, "flood", QuotaKind::Produce, 100.0);
+        // Shard 1 saw shard 0's 100 bytes: 200 / 1 s, 100% over: 1 s.
+        assert!((on_b.as_secs_f64() - 1.0).abs() < 0.05, "{on_b:?}");
+        // Shard 0 reads shard 1's rate at its next exchange.
+        a.next_exchange.set(None);
+        let on_a = a.record(&quotas, &p, "flood", QuotaKind::Produce, 0.0);
+        assert!((on_a.as_secs_f64() - 1.0).abs() < 0.05, "{on_a:?}");
+        // Another client id on the same shards is not held to it.
+        assert_eq!(
+            a.record(&quotas, &p, "other", QuotaKind::Produce, 1e6),
+            Duration::ZERO
+        );
     }
 
     #[test]

@@ -396,10 +396,7 @@ impl Quotas {
     /// order. An entity's keys change together or not at all; an entity
     /// named twice is refused the second time (as Kafka's); an entity left
     /// without keys is removed.
-    pub(crate) fn alter(
-        &mut self,
-        alterations: &[QuotaAlteration],
-    ) -> Vec<Result<(), SecurityError>> {
+    pub fn alter(&mut self, alterations: &[QuotaAlteration]) -> Vec<Result<(), SecurityError>> {
         let mut seen = BTreeSet::new();
         let results: Vec<Result<(), SecurityError>> = alterations
             .iter()
