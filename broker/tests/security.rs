@@ -473,6 +473,31 @@ fn flood(c: &ClientConfig, topic: &str, value: &[u8], stop: Instant) {
     let _ = producer.flush(Duration::from_secs(15));
 }
 
+/// Bytes a second that `producers` flooding `topic` (partition 0) with
+/// `value` records got acknowledged, measured over `measured` after 6 s of
+/// warm-up.
+fn flooded_rate(
+    s: &Shared,
+    c: &ClientConfig,
+    topic: &str,
+    producers: usize,
+    value: &[u8],
+    measured: Duration,
+) -> f64 {
+    let warmup = Duration::from_secs(6);
+    let stop = Instant::now() + warmup + measured + Duration::from_secs(1);
+    std::thread::scope(|scope| {
+        for _ in 0..producers {
+            scope.spawn(|| flood(c, topic, value, stop));
+        }
+        std::thread::sleep(warmup);
+        let (a0, t0) = (end_offset(s, topic), Instant::now());
+        std::thread::sleep(measured);
+        let (a1, t1) = (end_offset(s, topic), Instant::now());
+        (a1 - a0) as f64 * value.len() as f64 / (t1 - t0).as_secs_f64()
+    })
+}
+
 #[test]
 fn a_producer_over_its_byte_rate_is_throttled_to_it_and_others_are_not() {
     const QUOTA: f64 = 256.0 * 1024.0;
@@ -503,28 +528,13 @@ fn a_producer_over_its_byte_rate_is_throttled_to_it_and_others_are_not() {
         }
         let value = vec![7u8; RECORD];
         // Alice alone: her rate from the 6th to the 18th second.
-        let start = Instant::now();
-        std::thread::scope(|scope| {
-            scope.spawn(|| {
-                flood(
-                    &alice,
-                    "quota-alice",
-                    &value,
-                    start + Duration::from_secs(19),
-                )
-            });
-            std::thread::sleep(Duration::from_secs(6));
-            let (a0, t0) = (end_offset(s, "quota-alice"), Instant::now());
-            std::thread::sleep(Duration::from_secs(12));
-            let (a1, t1) = (end_offset(s, "quota-alice"), Instant::now());
-            let rate = (a1 - a0) as f64 * RECORD as f64 / (t1 - t0).as_secs_f64();
-            eprintln!("alice {rate:.0} B/s (quota {QUOTA})");
-            let ratio = rate / QUOTA;
-            assert!(
-                (0.9..=1.1).contains(&ratio),
-                "alice's rate {rate:.0} B/s is not within 10% of her quota {QUOTA}"
-            );
-        });
+        let rate = flooded_rate(s, &alice, "quota-alice", 1, &value, Duration::from_secs(12));
+        eprintln!("alice {rate:.0} B/s (quota {QUOTA})");
+        let ratio = rate / QUOTA;
+        assert!(
+            (0.9..=1.1).contains(&ratio),
+            "alice's rate {rate:.0} B/s is not within 10% of her quota {QUOTA}"
+        );
         // Admin, with no quota, is not held to hers.
         let start = Instant::now();
         let b0 = end_offset(s, "quota-admin");
@@ -567,30 +577,20 @@ fn a_client_ids_producers_on_both_shards_share_its_byte_rate() {
         // shards (SO_REUSEPORT), which must hold them to one quota between
         // them, as a broker holds a client id's connections. Measured from
         // the 6th to the 16th second.
-        let start = Instant::now();
-        std::thread::scope(|scope| {
-            for _ in 0..PRODUCERS {
-                scope.spawn(|| {
-                    flood(
-                        &fleet,
-                        "quota-fleet",
-                        &value,
-                        start + Duration::from_secs(17),
-                    )
-                });
-            }
-            std::thread::sleep(Duration::from_secs(6));
-            let (a0, t0) = (end_offset(s, "quota-fleet"), Instant::now());
-            std::thread::sleep(Duration::from_secs(10));
-            let (a1, t1) = (end_offset(s, "quota-fleet"), Instant::now());
-            let rate = (a1 - a0) as f64 * RECORD as f64 / (t1 - t0).as_secs_f64();
-            eprintln!("{PRODUCERS} producers: {rate:.0} B/s (quota {QUOTA})");
-            let ratio = rate / QUOTA;
-            assert!(
-                (0.7..=1.3).contains(&ratio),
-                "the producers' rate {rate:.0} B/s is not within 30% of their quota {QUOTA}"
-            );
-        });
+        let rate = flooded_rate(
+            s,
+            &fleet,
+            "quota-fleet",
+            PRODUCERS,
+            &value,
+            Duration::from_secs(10),
+        );
+        eprintln!("{PRODUCERS} producers: {rate:.0} B/s (quota {QUOTA})");
+        let ratio = rate / QUOTA;
+        assert!(
+            (0.7..=1.3).contains(&ratio),
+            "the producers' rate {rate:.0} B/s is not within 30% of their quota {QUOTA}"
+        );
     });
 }
 
