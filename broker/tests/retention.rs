@@ -129,8 +129,7 @@ fn retention_removes_segments_and_a_restart_keeps_offsets() {
     create_with(&b, "short", 2, &[("retention.ms", "1500")]);
     fill(&b, "short", 2, 20 << 20);
     let c = consumer(&b);
-    // The log start records of `short` land after its data (its entries in
-    // the active segment stay) ...
+    // The log start records of `short` land after its data ...
     wait_expired(&b, &c, "short", 2, false, 1);
     // ... and the segments holding them go too once more expires.
     create_with(&b, "short2", 1, &[("retention.ms", "1500")]);
@@ -191,4 +190,23 @@ fn retention_removes_segments_and_a_restart_keeps_offsets() {
         vec![(0, before[0][0].1), (1, before[0][1].1)],
         "produce after restart did not continue at the high watermark"
     );
+}
+
+/// Kafka deletes an expired active segment (rolling a new one first): the
+/// entries in a quiet shard's active WAL segment expire too, with no roll,
+/// and so does the next produce after everything had expired.
+#[test]
+fn entries_in_the_active_segment_expire_without_a_roll() {
+    let b = Broker::start_with(1, &[]);
+    create_with(&b, "quiet", 1, &[("retention.ms", "1000")]);
+    let first = fill(&b, "quiet", 1, 4 * RECORD_BYTES);
+    assert_eq!(first.last(), Some(&(0, 3)));
+    let c = consumer(&b);
+    wait_expired(&b, &c, "quiet", 1, true, 0);
+    let next = fill(&b, "quiet", 1, 2 * RECORD_BYTES);
+    assert_eq!(next, vec![(0, 4), (0, 5)]);
+    wait_expired(&b, &c, "quiet", 1, true, 0);
+    assert_eq!(watermarks(&c, "quiet", 1), vec![(6, 6)]);
+    assert_eq!(metric(&b, "sluice_shard_wal_segments_removed_total"), 0);
+    assert!(consume_all(&b, "quiet", 1, 1, Duration::from_secs(2)).is_empty());
 }

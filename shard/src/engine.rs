@@ -100,6 +100,9 @@ pub(crate) struct Engine {
     producer_ids: Cell<(i64, i64)>,
     /// Wakes the retention task (configs changed, topics deleted).
     pub retention_wake: Rc<WaitSlot>,
+    /// The last retention pass found partitions with time retention but no
+    /// entry to time: the next entry made durable wakes the task (once).
+    pub(crate) retention_unarmed: Cell<bool>,
     /// Replicated partitions this node leads (`replica::run_isr_shrink`).
     pub leading: RefCell<BTreeSet<PartitionKey>>,
     /// Replicated partitions this node does not lead (`Shard::followed`).
@@ -217,6 +220,7 @@ impl Engine {
             remote_markers: RefCell::new(None),
             producer_ids: Cell::new((0, 0)),
             retention_wake: WaitSlot::new(),
+            retention_unarmed: Cell::new(false),
             leading: RefCell::new(BTreeSet::new()),
             following: RefCell::new(BTreeSet::new()),
             followed_version: Cell::new(0),
@@ -726,6 +730,10 @@ impl Engine {
         if !gone.is_empty() || (created == 0 && applied.topics_changed > 0) {
             // Deleted partitions' entries are dead; configs may have changed.
             self.retention_wake.fire();
+        }
+        if created > 0 {
+            // New partitions: their first durable entry is timed by a pass.
+            self.retention_unarmed.set(true);
         }
         if applied.topics_changed > 0 || !applied.changed.is_empty() {
             // Compaction configs, or which partitions this node leads.

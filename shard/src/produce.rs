@@ -917,7 +917,13 @@ impl Engine {
         match moved {
             None => return Durable::Gone, // Deleted meanwhile.
             Some((false, _)) => return Durable::Truncated,
-            Some((true, true)) => self.waiters.notify(&key),
+            Some((true, true)) => {
+                self.waiters.notify(&key);
+                if self.retention_unarmed.replace(false) {
+                    // Retention has no deadline: this entry may give it one.
+                    self.retention_wake.fire();
+                }
+            }
             Some((true, false)) => {}
         }
         self.cache_tail(key, base_offset, bytes);

@@ -5,12 +5,16 @@
 //!
 //! 1. For each partition of a topic whose `cleanup.policy` includes
 //!    `delete` (but `__consumer_offsets`, whose log start only the group
-//!    coordinator moves), walks its oldest live entries that lie in sealed WAL
-//!    segments (an entry of the active segment always stays, as in Kafka)
+//!    coordinator moves), walks its oldest entries below the high watermark
 //!    and moves the log start past each whole entry that is older than
 //!    `retention.ms` (its largest timestamp) or that `retention.bytes`
-//!    allows to drop. The new log start is a durable `KIND_LOG_START` entry
-//!    (the DeleteRecords record), applied once durable; index entries and
+//!    allows to drop. Entries of the active WAL segment expire too, as
+//!    Kafka deletes an expired active segment (rolling a new one first): a
+//!    shard's WAL is shared, so its active segment may not roll for a long
+//!    time on a quiet shard, and the segment collector copies old entries
+//!    into it. Their bytes stay until the segment is sealed and removed.
+//!    The new log start is a durable `KIND_LOG_START` entry (the
+//!    DeleteRecords record), applied once durable; index entries and
 //!    tail-cache bytes below it are released.
 //! 2. Offsets partitions coordinated here whose old group records alone
 //!    keep sealed segments from being removed are carried forward: their
@@ -25,11 +29,13 @@
 //!    groups replayed from old `KIND_GROUP` entries are not yet written to
 //!    their offsets partition.
 //!
-//! The task sleeps until the oldest sealed, unexpired entry can expire (on
+//! The task sleeps until the oldest unexpired entry can expire (on
 //! the shard's one deadline structure), until the WAL rolls a segment (new
 //! sealed entries), or until a metadata view is applied (configs changed,
 //! topics deleted). With nothing to expire it has no deadline: idle costs
-//! nothing. Passes are at least `PASS_INTERVAL_MIN` apart.
+//! nothing; the first entry made durable after such a pass wakes it
+//! (`Engine::retention_unarmed`, one flag per shard). Passes are at least
+//! `PASS_INTERVAL_MIN` apart.
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -81,29 +87,17 @@ impl Retention {
 pub struct Expiry {
     /// The new log start (the current one when nothing expired).
     pub log_start: i64,
-    /// Wall-clock ms at which the first kept sealed entry expires, if any.
+    /// Wall-clock ms at which the first kept entry expires, if any.
     pub next_ms: Option<i64>,
 }
 
-/// Pure: walks `p`'s live durable entries below `sealed_end` (WAL position)
-/// oldest first and stops at the first one retention keeps.
-pub fn expire(
-    p: &crate::partition::Partition,
-    r: Retention,
-    now_ms: i64,
-    sealed_end: u64,
-) -> Expiry {
+/// Pure: walks `p`'s live entries below the high watermark oldest first and
+/// stops at the first one retention keeps.
+pub fn expire(p: &crate::partition::Partition, r: Retention, now_ms: i64) -> Expiry {
     let live = &p.durable()[p.locate(p.log_start_offset)..];
     let mut size: i64 = live.iter().map(|b| i64::from(b.bytes)).sum();
     let mut log_start = p.log_start_offset;
     for b in live {
-        let sealed = b.position.is_some_and(|pos| pos.0 < sealed_end);
-        if !sealed {
-            return Expiry {
-                log_start,
-                next_ms: None,
-            };
-        }
         let by_time = r.ms >= 0 && now_ms.saturating_sub(b.max_timestamp) > r.ms;
         let by_size = r.bytes >= 0 && size - i64::from(b.bytes) >= r.bytes;
         if !(by_time || by_size) {
@@ -125,8 +119,10 @@ impl Engine {
     /// One retention pass. Returns the wall-clock ms of the next expiry.
     pub(crate) async fn retention_pass(self: &Rc<Self>) -> Option<i64> {
         let now_ms = crate::produce::now_ms();
-        let sealed_end = self.wal.active_base().0;
-        let (moves, next_ms) = self.plan_log_starts(now_ms, sealed_end);
+        let (moves, next_ms, timed) = self.plan_log_starts(now_ms);
+        // Without a deadline, the next durable entry of a time-retained
+        // partition would wait for a segment roll to be timed.
+        self.retention_unarmed.set(timed && next_ms.is_none());
         if !moves.is_empty() {
             let appends: Vec<(PartitionKey, i64, Append)> = moves
                 .into_iter()
@@ -158,16 +154,14 @@ impl Engine {
         next_ms
     }
 
-    /// The log starts retention moves, and the next expiry.
-    fn plan_log_starts(
-        &self,
-        now_ms: i64,
-        sealed_end: u64,
-    ) -> (Vec<(PartitionKey, i64)>, Option<i64>) {
+    /// The log starts retention moves, the next expiry, and whether any
+    /// partition here has time retention.
+    fn plan_log_starts(&self, now_ms: i64) -> (Vec<(PartitionKey, i64)>, Option<i64>, bool) {
         let view = self.applied_view();
         let parts = self.parts.borrow();
         let mut moves = Vec::new();
         let mut next: Option<i64> = None;
+        let mut timed = false;
         let me = self.id();
         for topic in view.iter().flat_map(|v| v.topics.values()) {
             if topic.name == crate::group::OFFSETS_TOPIC {
@@ -180,7 +174,8 @@ impl Engine {
                 let Some(p) = parts.get(&key) else {
                     continue;
                 };
-                let e = expire(p, r, now_ms, sealed_end);
+                timed |= r.ms >= 0;
+                let e = expire(p, r, now_ms);
                 if e.log_start > p.log_start_offset {
                     moves.push((key, e.log_start));
                 }
@@ -189,7 +184,7 @@ impl Engine {
                 }
             }
         }
-        (moves, next)
+        (moves, next, timed)
     }
 
     /// Drops index entries (and their tail-cache bytes) wholly below each
@@ -396,28 +391,31 @@ mod tests {
     }
 
     #[test]
-    fn time_and_size_move_past_whole_sealed_entries() {
-        let p = part();
+    fn time_and_size_move_past_whole_entries() {
+        let mut p = part();
         let r = Retention { ms: 50, bytes: -1 };
-        // Only entries before position 1500 are sealed.
         assert_eq!(
-            expire(&p, r, 1000, 1500),
+            expire(&p, r, 1000),
             Expiry {
-                log_start: 20,
+                log_start: 30,
                 next_ms: None
             }
         );
         assert_eq!(
-            expire(&p, r, 220, 5000),
+            expire(&p, r, 220),
             Expiry {
                 log_start: 10,
                 next_ms: Some(251)
             }
         );
         let r = Retention { ms: -1, bytes: 10 };
-        assert_eq!(expire(&p, r, 0, 5000).log_start, 20);
+        assert_eq!(expire(&p, r, 0).log_start, 20);
         let r = Retention { ms: -1, bytes: 25 };
-        assert_eq!(expire(&p, r, 0, 5000).log_start, 0);
+        assert_eq!(expire(&p, r, 0).log_start, 0);
+        // Nothing at or above the high watermark expires.
+        p.assign(10, 0, Bytes::from_static(b"0123456789"));
+        let r = Retention { ms: 50, bytes: -1 };
+        assert_eq!(expire(&p, r, 1000).log_start, 30);
     }
 
     #[test]

@@ -111,7 +111,8 @@ async fn create(shard: &Shard, meta: &Metadata, name: &str) -> Arc<TopicMeta> {
     let spec = TopicSpec {
         name: name.to_string(),
         partitions: 1,
-        configs: BTreeMap::new(),
+        // Kept forever: the test's batches carry timestamps of 1970.
+        configs: [("retention.ms".to_string(), "-1".to_string())].into(),
         replication_factor: 1,
         assignment: Vec::new(),
     };
