@@ -34,7 +34,7 @@ fn batch(values: &[Vec<u8>]) -> Bytes {
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
             sequence: -1,
-            timestamp: 1_700_000_000_000,
+            timestamp: now_ms(),
             key: None,
             value: Some(Bytes::from(v.clone())),
             headers: Default::default(),

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cluster::{p50_p99, raw_call, Cluster, ClusterOptions};
-use common::{encode_batch, produce_all, Consumed};
+use common::{encode_batch, now_ms, produce_all, Consumed};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -479,7 +479,7 @@ fn record(offset: i64, value: &str) -> Record {
         timestamp_type: TimestampType::Creation,
         offset,
         sequence: -1,
-        timestamp: 1_700_000_000_000,
+        timestamp: now_ms(),
         key: Some(Bytes::from_static(b"key")),
         value: Some(Bytes::from(value.to_string())),
         headers: Default::default(),

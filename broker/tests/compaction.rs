@@ -515,7 +515,7 @@ fn raw_batch(keys: &[Option<&str>]) -> Bytes {
             // changes: equal steps keep the records in one batch (the
             // sequence is not looked at without a producer id).
             sequence: i as i32,
-            timestamp: 1_700_000_000_000,
+            timestamp: now_ms(),
             key: k.map(|k| Bytes::from(k.to_string())),
             value: Some(Bytes::from(format!("raw-{i}"))),
             headers: Default::default(),

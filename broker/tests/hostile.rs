@@ -337,7 +337,7 @@ fn record(i: usize, value: &str) -> Record {
         // offset - sequence the same for every record keeps them in one
         // batch; its base sequence is -1 (not idempotent).
         sequence: i as i32 - 1,
-        timestamp: 1_700_000_000_000,
+        timestamp: now_ms(),
         key: Some(Bytes::from(format!("k{i}"))),
         value: Some(Bytes::from(value.to_string())),
         headers: Default::default(),

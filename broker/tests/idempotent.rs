@@ -43,7 +43,7 @@ fn batch(id: i64, epoch: i16, seq: i32, count: i32) -> Bytes {
             timestamp_type: TimestampType::Creation,
             offset: i64::from(i),
             sequence: seq + i,
-            timestamp: 1_700_000_000_000,
+            timestamp: now_ms(),
             key: None,
             value: Some(Bytes::from(format!("seq-{}", seq + i))),
             headers: Default::default(),

@@ -805,3 +805,11 @@ impl Broker {
         Duration::from_millis(ticks * 1000 / hz)
     }
 }
+
+/// Now, in Unix ms: the timestamp of hand-built records, which retention
+/// (7 days by default) would expire at once if it were long past.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
