@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cluster::{p50_p99, raw_call, Cluster, ClusterOptions};
-use common::{encode_batch, now_ms, produce_all, Consumed};
+use common::{encode_batch, now_ms, produce_all, run_bounded, Consumed};
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -615,6 +615,41 @@ fn describe_topic_config(c: &Cluster, id: u64, topic: &str, key: &str) -> Option
         .and_then(|e| e.value.as_ref().map(|v| v.to_string()))
 }
 
+/// `sluice cluster health --format json` against node `id`: its exit
+/// code and its report.
+fn health(c: &Cluster, id: u64) -> (Option<i32>, serde_json::Value) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(["cluster", "health", "--format", "json", "--timeout", "10"])
+        .args(["--brokers", &c.bootstrap_of(&[id])])
+        .env_remove("SLUICE_BROKERS");
+    let o = run_bounded(&mut cmd, None, Duration::from_secs(60));
+    let report = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "cluster health printed no JSON ({e}): {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code(), report)
+}
+
+/// Polls `sluice cluster health` on node `id` (bounded by `SETTLE`) until
+/// its exit code is `code`; returns the report.
+fn health_until(c: &Cluster, id: u64, code: i32) -> serde_json::Value {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let (got, report) = health(c, id);
+        if got == Some(code) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cluster health never exited {code}: {got:?} {report}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 #[test]
 fn topics_created_deleted_and_altered_while_a_node_is_down_reach_it_after_restart() {
     let _serial = serial();
@@ -649,6 +684,17 @@ fn topics_created_deleted_and_altered_while_a_node_is_down_reach_it_after_restar
         assert!(Instant::now() < deadline, "node {down} never fenced");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `sluice cluster health` fails while partitions lack a replica.
+    let report = health_until(&c, 1, 1);
+    assert_eq!(report["healthy"], serde_json::json!(false), "{report}");
+    let problems = report["problems"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !problems.is_empty()
+            && problems.iter().all(|p| p
+                .as_str()
+                .is_some_and(|p| p.ends_with("is under-replicated"))),
+        "{report}"
+    );
 
     let admin = c.admin();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -701,6 +747,12 @@ fn topics_created_deleted_and_altered_while_a_node_is_down_reach_it_after_restar
         "the config altered while node {down} was down"
     );
     c.wait_all_in_sync(&["keep", "born"], SETTLE);
+    let report = health_until(&c, down, 0);
+    assert_eq!(
+        (&report["healthy"], &report["problems"]),
+        (&serde_json::json!(true), &serde_json::json!([])),
+        "{report}"
+    );
 
     // Led by the restarted node, the partition holds everything written
     // while it was down, and takes writes.
