@@ -197,6 +197,21 @@ fn topic_lifecycle() {
         fails(&["topic", "alter-config", t, "--delete", "retention.ms"], 1)
             .contains("config \"retention.ms\" is not set")
     );
+    // The broker's refusal of a value, with its message.
+    let refused = fails(
+        &["topic", "alter-config", t, "--set", "retention.ms=lots"],
+        1,
+    );
+    assert!(
+        refused.starts_with(&format!(
+            "sluice: topic \"cli-life\" on {addr}: INVALID_CONFIG ("
+        )) && refused.contains("retention.ms"),
+        "{refused}"
+    );
+    assert_eq!(
+        dynamic(&ok_json(&["topic", "describe", t, "--format", "json"])).len(),
+        1
+    );
 
     assert_eq!(
         ok(&["topic", "add-partitions", t, "--count", "3"], None),

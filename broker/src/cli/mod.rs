@@ -15,6 +15,7 @@
 mod cluster;
 mod consume;
 mod group;
+mod incremental;
 mod output;
 mod produce;
 mod topic;

@@ -1,5 +1,5 @@
 //! `sluice topic`: CreateTopics, Metadata, ListOffsets, DescribeConfigs,
-//! DeleteTopics, AlterConfigs and CreatePartitions through librdkafka's
+//! DeleteTopics, IncrementalAlterConfigs and CreatePartitions through librdkafka's
 //! admin client.
 
 use std::collections::BTreeMap;
@@ -8,13 +8,13 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
 use rdkafka::admin::{
-    AlterConfig, ConfigEntry, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier,
-    TopicReplication,
+    ConfigEntry, ConfigSource, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
+use super::incremental::{alter_topic_configs, ConfigOp};
 use super::output::{id_list, OutputArgs, Report, Table};
 use super::{describe_code, describe_error, parse_key_value, ConnArgs};
 
@@ -320,11 +320,10 @@ fn source_name(source: &ConfigSource) -> &'static str {
     }
 }
 
-/// AlterConfigs replaces a topic's whole set of dynamic configs (librdkafka
-/// has no incremental variant in `rdkafka`), so the current dynamic ones
-/// are read first and sent back with the changes; a concurrent change by
-/// someone else between the two calls is lost, as with Kafka's own tool
-/// before KIP-339.
+/// IncrementalAlterConfigs (`incremental.rs`): each key set or deleted on
+/// its own, so a concurrent change of another key is kept. The dynamic
+/// configs are read first, to refuse deleting a key that is not set (as
+/// Kafka's `kafka-configs.sh` does) and to show what they are now.
 fn alter_config(
     conn: &ConnArgs,
     name: &str,
@@ -337,26 +336,26 @@ fn alter_config(
         .filter(|c| c.source == ConfigSource::DynamicTopic)
         .filter_map(|c| Some((c.name, c.value?)))
         .collect();
+    let mut ops = Vec::with_capacity(set.len() + delete.len());
     for key in delete {
         if dynamic.remove(key).is_none() {
             bail!("{}: config {key:?} is not set on the topic", context());
         }
+        ops.push(ConfigOp::Delete(key));
     }
     for (key, value) in set {
         dynamic.insert(key.clone(), value.clone());
-    }
-    let mut alter = AlterConfig::new(ResourceSpecifier::Topic(name));
-    for (key, value) in &dynamic {
-        alter = alter.set(key, value);
+        ops.push(ConfigOp::Set(key, value));
     }
     let admin = conn.admin()?;
-    let results = futures::executor::block_on(admin.alter_configs([&alter], &conn.admin_options()))
-        .map_err(|e| anyhow!(describe_error(&e)))
-        .with_context(context)?;
-    for result in results {
-        if let Err((_, code)) = result {
-            return Err(anyhow!(describe_code(code))).with_context(context);
-        }
+    if let Err(e) = alter_topic_configs(&admin, name, &ops, conn.timeout()) {
+        let reason = describe_code(e.code);
+        return Err(if e.message.is_empty() {
+            anyhow!(reason)
+        } else {
+            anyhow!("{reason}: {}", e.message)
+        })
+        .with_context(context);
     }
     let mut table = Table::new(&["CONFIG", "VALUE"]);
     for (key, value) in &dynamic {
