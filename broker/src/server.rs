@@ -21,6 +21,7 @@ use futures::future::{select, Either};
 use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 use sluice_raft::{ClusterConfig, MetaConfig, Metadata};
+use sluice_shard::RecoveryProgress;
 use tokio::sync::watch;
 
 use crate::admin::AdminState;
@@ -334,6 +335,9 @@ fn serve(
     ));
     let (probes, probe_servers) = probe::channels(settings.shards);
     let search = sluice_shard::SearchHandles::new(settings.shards);
+    let progress: Vec<Arc<RecoveryProgress>> = (0..settings.shards)
+        .map(|_| Arc::new(RecoveryProgress::default()))
+        .collect();
     let (shards, spawned) = spawn_shards(
         settings,
         meta,
@@ -342,8 +346,9 @@ fn serve(
         ready_tx,
         probe_servers,
         &search,
+        &progress,
     );
-    let started = spawned.and_then(|()| wait_ready(&ready_rx, settings.shards));
+    let started = spawned.and_then(|()| wait_ready(&ready_rx, &progress));
     let state = AdminState {
         probes,
         meta: meta.clone(),
@@ -446,11 +451,12 @@ fn spawn_shards(
     ready: std_mpsc::Sender<Result<u32, String>>,
     probes: Vec<ProbeServer>,
     search: &Arc<sluice_shard::SearchHandles>,
+    progress: &[Arc<RecoveryProgress>],
 ) -> (Vec<glommio::ExecutorJoinHandle<()>>, anyhow::Result<()>) {
     let mesh = plane::new_mesh(settings.shards);
     let drained = Arc::new(AtomicU32::new(0));
     let mut shards = Vec::with_capacity(settings.shards as usize);
-    for (id, probe) in (0..settings.shards).zip(probes) {
+    for ((id, probe), progress) in (0..settings.shards).zip(probes).zip(progress) {
         let args = ShardArgs {
             probe,
             id,
@@ -461,6 +467,7 @@ fn spawn_shards(
             stop: stop.clone(),
             ready: ready.clone(),
             search: Arc::clone(search),
+            progress: Arc::clone(progress),
             drained: Arc::clone(&drained),
         };
         match spawn_shard(args) {
@@ -471,17 +478,56 @@ fn spawn_shards(
     (shards, Ok(()))
 }
 
-fn wait_ready(ready: &std_mpsc::Receiver<Result<u32, String>>, shards: u32) -> anyhow::Result<()> {
-    for done in 1..=shards {
-        match ready.recv() {
-            Ok(Ok(_)) => crate::systemd::status(&format!(
-                "starting: {done} of {shards} shards recovered (WAL replay)"
-            )),
+/// How often the start-up status reports the WAL replay's progress.
+const RECOVERY_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Waits for every shard to be ready; meanwhile the systemd status line
+/// tells how much of the WAL has been replayed, every
+/// `RECOVERY_STATUS_INTERVAL`, and each shard that is done.
+fn wait_ready(
+    ready: &std_mpsc::Receiver<Result<u32, String>>,
+    progress: &[Arc<RecoveryProgress>],
+) -> anyhow::Result<()> {
+    let shards = progress.len();
+    let mut done = 0;
+    while done < shards {
+        let replayed = || {
+            progress
+                .iter()
+                .map(|p| p.bytes())
+                .fold((0, 0), |(r, t), (pr, pt)| (r + pr, t + pt))
+        };
+        match ready.recv_timeout(RECOVERY_STATUS_INTERVAL) {
+            Ok(Ok(_)) => {
+                done += 1;
+                crate::systemd::status(&recovery_status(done, shards, replayed()));
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                crate::systemd::status(&recovery_status(done, shards, replayed()));
+            }
             Ok(Err(e)) => bail!("{e}"),
-            Err(_) => bail!("a shard thread exited during start-up"),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                bail!("a shard thread exited during start-up")
+            }
         }
     }
     Ok(())
+}
+
+/// The start-up status line: shards done, and the WAL replayed of all
+/// shards (bytes `(replayed, total)`).
+fn recovery_status(done: usize, shards: usize, (replayed, total): (u64, u64)) -> String {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let percent = if total == 0 {
+        100
+    } else {
+        replayed.saturating_mul(100) / total
+    };
+    format!(
+        "starting: {done} of {shards} shards recovered (WAL replay {percent}%: {:.1} of {:.1} MiB)",
+        mib(replayed),
+        mib(total)
+    )
 }
 
 fn wait_stop(mut stop: watch::Receiver<bool>) {
@@ -515,6 +561,8 @@ struct ShardArgs {
     probe: ProbeServer,
     /// Where the shard publishes its search index.
     search: Arc<sluice_shard::SearchHandles>,
+    /// Where the shard reports its WAL replay at start.
+    progress: Arc<RecoveryProgress>,
     /// Shards done draining their client connections (see `drain`).
     drained: Arc<AtomicU32>,
 }
@@ -560,10 +608,12 @@ async fn shard_main(args: ShardArgs) {
         ready,
         probe,
         search,
+        progress,
         drained,
     } = args;
     let mut cfg = plane::shard_config(&settings, id);
     cfg.search_handles = Some(search);
+    cfg.recovery_progress = Some(progress);
     let shard = match Shard::start(cfg, mesh, meta.clone()).await {
         Ok(shard) => shard,
         Err(e) => {
@@ -773,4 +823,21 @@ async fn tls_accept(
         None => tracing::debug!(peer, error = %failure, "TLS handshake failed"),
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recovery_status_tells_shards_and_bytes() {
+        assert_eq!(
+            recovery_status(0, 2, (3 << 20, 12 << 20)),
+            "starting: 0 of 2 shards recovered (WAL replay 25%: 3.0 of 12.0 MiB)"
+        );
+        assert_eq!(
+            recovery_status(1, 1, (0, 0)),
+            "starting: 1 of 1 shards recovered (WAL replay 100%: 0.0 of 0.0 MiB)"
+        );
+    }
 }

@@ -77,7 +77,7 @@ fn readiness_watchdog_and_stopping_reach_the_notify_socket() {
     );
     for status in [
         "STATUS=starting: recovering 1 shards",
-        "STATUS=starting: 1 of 1 shards recovered",
+        "STATUS=starting: 1 of 1 shards recovered (WAL replay 100%: ",
     ] {
         assert!(
             start.iter().any(|n| n.starts_with(status)),

@@ -271,6 +271,12 @@ impl Engine {
     /// Rebuilds every partition's index from the WAL, from its start.
     async fn recover(&self) -> Result<(), ShardError> {
         let started = Instant::now();
+        let (wal_start, wal_end) = (self.wal.start().0, self.wal.durable_end().0);
+        let total = wal_end.saturating_sub(wal_start);
+        let progress = self.cfg.recovery_progress.clone();
+        if let Some(p) = &progress {
+            p.set(0, total);
+        }
         let mut reader = self.wal.reader(self.wal.start());
         let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
         let mut log_starts: HashMap<PartitionKey, i64> = HashMap::new();
@@ -287,6 +293,9 @@ impl Engine {
         }
         while let Some(next) = reader.next().await {
             let e = next.map_err(|e| ShardError::Storage(format!("recovering the WAL: {e}")))?;
+            if let Some(p) = &progress {
+                p.set(e.position.0.saturating_sub(wal_start), total);
+            }
             if e.kind == crate::group::KIND_GROUP {
                 if let Err(reason) = self.recover_group_entry(&e.payload) {
                     damaged += 1;
@@ -425,6 +434,9 @@ impl Engine {
         }
         self.release_below_log_start();
         self.check_partitions();
+        if let Some(p) = &progress {
+            p.set(total, total);
+        }
         let mut c = self.counters.borrow_mut();
         c.recovered_entries = entries;
         c.recovery_skipped_entries = skipped + damaged;

@@ -214,6 +214,32 @@ pub struct ShardConfig {
     pub search: SearchTuning,
     /// Where the shard publishes its open search index for searches.
     pub search_handles: Option<std::sync::Arc<SearchHandles>>,
+    /// Where the shard reports how far its WAL replay at start has come.
+    pub recovery_progress: Option<Arc<RecoveryProgress>>,
+}
+
+/// How far a shard's replay of its WAL at start has come, in bytes of the
+/// WAL: written by the shard as it replays, read by the node's start-up
+/// status on another thread (relaxed atomics: a progress report, nothing
+/// is ordered by it).
+#[derive(Debug, Default)]
+pub struct RecoveryProgress {
+    replayed: std::sync::atomic::AtomicU64,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl RecoveryProgress {
+    /// (replayed, total) bytes; the total is known once the WAL is open.
+    pub fn bytes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.replayed.load(Relaxed), self.total.load(Relaxed))
+    }
+
+    pub(crate) fn set(&self, replayed: u64, total: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total.store(total, Relaxed);
+        self.replayed.store(replayed.min(total), Relaxed);
+    }
 }
 
 impl ShardConfig {
@@ -249,6 +275,7 @@ impl ShardConfig {
             replica_lag_time_max_ms: Self::REPLICA_LAG_TIME_MAX_MS_DEFAULT,
             search: SearchTuning::default(),
             search_handles: None,
+            recovery_progress: None,
         }
     }
 }

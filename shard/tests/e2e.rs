@@ -16,8 +16,8 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 use sluice_raft::{Metadata, TopicMeta, TopicSpec};
 use sluice_shard::{
-    new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition, Shard,
-    ShardConfig, ShardError, ShardMesh, WalTuning,
+    new_mesh, FetchPartition, FetchRequest, ListOffsetsPartition, ProducePartition,
+    RecoveryProgress, Shard, ShardConfig, ShardError, ShardMesh, WalTuning,
 };
 
 // ---- helpers ---------------------------------------------------------------
@@ -203,9 +203,15 @@ fn produce_fetch_list_offsets_then_recover() {
     // Reopen: the index is rebuilt from the WAL, offsets continue.
     let (d, m) = (dir.path().to_path_buf(), meta.clone());
     on_executor(move || async move {
-        let shard = Shard::start(shard_config(&d, 0, 1), new_mesh(1), m.clone())
+        let progress = Arc::new(RecoveryProgress::default());
+        let mut cfg = shard_config(&d, 0, 1);
+        cfg.recovery_progress = Some(Arc::clone(&progress));
+        let shard = Shard::start(cfg, new_mesh(1), m.clone())
             .await
             .expect("restart");
+        // The replay reported its progress to the end of the WAL.
+        let (replayed, total) = progress.bytes();
+        assert!(total > 0 && replayed == total, "{replayed} of {total}");
         let stats = shard.stats();
         assert_eq!(stats.counters.recovered_entries, 4);
         assert_eq!(stats.partitions, 2);
