@@ -335,10 +335,7 @@ fn serve(
     ));
     let (probes, probe_servers) = probe::channels(settings.shards);
     let search = sluice_shard::SearchHandles::new(settings.shards);
-    let progress: Vec<Arc<RecoveryProgress>> = (0..settings.shards)
-        .map(|_| Arc::new(RecoveryProgress::default()))
-        .collect();
-    let (shards, spawned) = spawn_shards(
+    let (shards, progress, spawned) = spawn_shards(
         settings,
         meta,
         &node,
@@ -346,7 +343,6 @@ fn serve(
         ready_tx,
         probe_servers,
         &search,
-        &progress,
     );
     let started = spawned.and_then(|()| wait_ready(&ready_rx, &progress));
     let state = AdminState {
@@ -451,12 +447,18 @@ fn spawn_shards(
     ready: std_mpsc::Sender<Result<u32, String>>,
     probes: Vec<ProbeServer>,
     search: &Arc<sluice_shard::SearchHandles>,
-    progress: &[Arc<RecoveryProgress>],
-) -> (Vec<glommio::ExecutorJoinHandle<()>>, anyhow::Result<()>) {
+) -> (
+    Vec<glommio::ExecutorJoinHandle<()>>,
+    Vec<Arc<RecoveryProgress>>,
+    anyhow::Result<()>,
+) {
+    let progress: Vec<Arc<RecoveryProgress>> = (0..settings.shards)
+        .map(|_| Arc::new(RecoveryProgress::default()))
+        .collect();
     let mesh = plane::new_mesh(settings.shards);
     let drained = Arc::new(AtomicU32::new(0));
     let mut shards = Vec::with_capacity(settings.shards as usize);
-    for ((id, probe), progress) in (0..settings.shards).zip(probes).zip(progress) {
+    for ((id, probe), replay) in (0..settings.shards).zip(probes).zip(&progress) {
         let args = ShardArgs {
             probe,
             id,
@@ -467,15 +469,15 @@ fn spawn_shards(
             stop: stop.clone(),
             ready: ready.clone(),
             search: Arc::clone(search),
-            progress: Arc::clone(progress),
+            progress: Arc::clone(replay),
             drained: Arc::clone(&drained),
         };
         match spawn_shard(args) {
             Ok(handle) => shards.push(handle),
-            Err(e) => return (shards, Err(e)),
+            Err(e) => return (shards, progress, Err(e)),
         }
     }
-    (shards, Ok(()))
+    (shards, progress, Ok(()))
 }
 
 /// How often the start-up status reports the WAL replay's progress.
@@ -518,11 +520,10 @@ fn wait_ready(
 /// shards (bytes `(replayed, total)`).
 fn recovery_status(done: usize, shards: usize, (replayed, total): (u64, u64)) -> String {
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let percent = if total == 0 {
-        100
-    } else {
-        replayed.saturating_mul(100) / total
-    };
+    let percent = replayed
+        .saturating_mul(100)
+        .checked_div(total)
+        .unwrap_or(100);
     format!(
         "starting: {done} of {shards} shards recovered (WAL replay {percent}%: {:.1} of {:.1} MiB)",
         mib(replayed),
