@@ -491,14 +491,14 @@ fn wait_ready(
     progress: &[Arc<RecoveryProgress>],
 ) -> anyhow::Result<()> {
     let shards = progress.len();
+    let replayed = || {
+        progress
+            .iter()
+            .map(|p| p.bytes())
+            .fold((0, 0), |(r, t), (pr, pt)| (r + pr, t + pt))
+    };
     let mut done = 0;
     while done < shards {
-        let replayed = || {
-            progress
-                .iter()
-                .map(|p| p.bytes())
-                .fold((0, 0), |(r, t), (pr, pt)| (r + pr, t + pt))
-        };
         match ready.recv_timeout(RECOVERY_STATUS_INTERVAL) {
             Ok(Ok(_)) => {
                 done += 1;

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::*;
 use kafka_protocol::messages::incremental_alter_configs_request::{
@@ -66,13 +66,6 @@ fn ports() -> MutexGuard<'static, ()> {
 fn start(shards: u32, extra: &[&str]) -> Broker {
     let _ports = ports();
     Broker::start_with(shards, extra)
-}
-
-fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_millis() as i64
 }
 
 // ---------------------------------------------------------------- Kafka side
@@ -449,7 +442,7 @@ fn es_clients() {
     create(&b, "logs-web", 2, &[SEARCH]);
     create(&b, "plain", 1, &[]);
 
-    let base_ms = (unix_ms() - 3 * 3600 * 1000) / 60_000 * 60_000;
+    let base_ms = (now_ms() - 3 * 3600 * 1000) / 60_000 * 60_000;
     let mut app: Vec<Rec> = (0..1_200)
         .map(|i| rec("logs-app", 3, i, base_ms, json_value(i)))
         .collect();
@@ -752,7 +745,7 @@ fn deletion_and_retention_remove_index_data() {
     create(&b, "expiring", 1, &[SEARCH]);
     create(&b, "keeper", 1, &[SEARCH]);
     create(&b, "trimmed", 1, &[SEARCH]);
-    let now = unix_ms();
+    let now = now_ms();
     let p = producer(&b, &[("acks", "all"), ("linger.ms", "5")]);
     let json_recs = |n: usize, partitions: i32, ts: Option<i64>| -> Vec<_> {
         (0..n)

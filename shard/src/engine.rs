@@ -100,9 +100,6 @@ pub(crate) struct Engine {
     producer_ids: Cell<(i64, i64)>,
     /// Wakes the retention task (configs changed, topics deleted).
     pub retention_wake: Rc<WaitSlot>,
-    /// The last retention pass found partitions with time retention but no
-    /// entry to time: the next entry made durable wakes the task (once).
-    pub(crate) retention_unarmed: Cell<bool>,
     /// Replicated partitions this node leads (`replica::run_isr_shrink`).
     pub leading: RefCell<BTreeSet<PartitionKey>>,
     /// Replicated partitions this node does not lead (`Shard::followed`).
@@ -220,7 +217,6 @@ impl Engine {
             remote_markers: RefCell::new(None),
             producer_ids: Cell::new((0, 0)),
             retention_wake: WaitSlot::new(),
-            retention_unarmed: Cell::new(false),
             leading: RefCell::new(BTreeSet::new()),
             following: RefCell::new(BTreeSet::new()),
             followed_version: Cell::new(0),
@@ -275,7 +271,7 @@ impl Engine {
         let total = wal_end.saturating_sub(wal_start);
         let progress = self.cfg.recovery_progress.clone();
         if let Some(p) = &progress {
-            p.set(0, total);
+            p.begin(total);
         }
         let mut reader = self.wal.reader(self.wal.start());
         let (mut entries, mut skipped, mut damaged) = (0u64, 0u64, 0u64);
@@ -294,7 +290,7 @@ impl Engine {
         while let Some(next) = reader.next().await {
             let e = next.map_err(|e| ShardError::Storage(format!("recovering the WAL: {e}")))?;
             if let Some(p) = &progress {
-                p.set(e.position.0.saturating_sub(wal_start), total);
+                p.replayed(e.position.0.saturating_sub(wal_start));
             }
             if e.kind == crate::group::KIND_GROUP {
                 if let Err(reason) = self.recover_group_entry(&e.payload) {
@@ -435,7 +431,7 @@ impl Engine {
         self.release_below_log_start();
         self.check_partitions();
         if let Some(p) = &progress {
-            p.set(total, total);
+            p.replayed(total);
         }
         let mut c = self.counters.borrow_mut();
         c.recovered_entries = entries;
@@ -698,8 +694,9 @@ impl Engine {
             followed_changed |= was_following != (replicated && !leads)
                 || (replicated && !leads && change.leadership);
             drop((leading, following));
-            // acks=-1 produces re-check the role and the ISR; fetches the HW.
-            self.waiters.notify(k);
+            // acks=-1 produces re-check the role and the ISR; fetches and
+            // retention the HW.
+            self.hw_moved(k);
         }
         for k in &applied.reassigned {
             // This node no longer replicates the partition: should it come
@@ -742,10 +739,6 @@ impl Engine {
         if !gone.is_empty() || (created == 0 && applied.topics_changed > 0) {
             // Deleted partitions' entries are dead; configs may have changed.
             self.retention_wake.fire();
-        }
-        if created > 0 {
-            // New partitions: their first durable entry is timed by a pass.
-            self.retention_unarmed.set(true);
         }
         if applied.topics_changed > 0 || !applied.changed.is_empty() {
             // Compaction configs, or which partitions this node leads.

@@ -232,13 +232,18 @@ impl RecoveryProgress {
     /// (replayed, total) bytes; the total is known once the WAL is open.
     pub fn bytes(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.replayed.load(Relaxed), self.total.load(Relaxed))
+        let total = self.total.load(Relaxed);
+        (self.replayed.load(Relaxed).min(total), total)
     }
 
-    pub(crate) fn set(&self, replayed: u64, total: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.total.store(total, Relaxed);
-        self.replayed.store(replayed.min(total), Relaxed);
+    pub(crate) fn begin(&self, total: u64) {
+        self.total
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn replayed(&self, bytes: u64) {
+        self.replayed
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

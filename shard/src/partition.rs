@@ -75,6 +75,11 @@ pub struct Partition {
     /// Transaction state; `None` while the partition tracks no transaction
     /// (it never saw one, or all it saw are settled and pruned).
     pub txns: Option<Box<Txns>>,
+    /// Retention's last pass had no expiry of this partition to wait for
+    /// (it had no entry below the HW, or they all expired): its next HW
+    /// move wakes the retention task (`Engine::hw_moved`). True until a
+    /// first pass saw it.
+    pub retention_untimed: bool,
 }
 
 /// The replication state of a partition with more than one replica.
@@ -222,6 +227,7 @@ impl Partition {
             producers: ProducerStates::default(),
             repl: None,
             txns: None,
+            retention_untimed: true,
         }
     }
 

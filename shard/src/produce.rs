@@ -917,17 +917,27 @@ impl Engine {
         match moved {
             None => return Durable::Gone, // Deleted meanwhile.
             Some((false, _)) => return Durable::Truncated,
-            Some((true, true)) => {
-                self.waiters.notify(&key);
-                if self.retention_unarmed.replace(false) {
-                    // Retention has no deadline: this entry may give it one.
-                    self.retention_wake.fire();
-                }
-            }
+            Some((true, true)) => self.hw_moved(&key),
             Some((true, false)) => {}
         }
         self.cache_tail(key, base_offset, bytes);
         Durable::Kept
+    }
+
+    /// Partition `key`'s durable end or high watermark moved: wakes the
+    /// fetches and produces waiting on it, and the retention task when
+    /// retention is not timing the partition (its entries below the HW are
+    /// what retention expires). Called with no borrow of `parts` held.
+    pub(crate) fn hw_moved(&self, key: &PartitionKey) {
+        self.waiters.notify(key);
+        let untimed = self
+            .parts
+            .borrow_mut()
+            .get_mut(key)
+            .is_some_and(|p| std::mem::take(&mut p.retention_untimed));
+        if untimed {
+            self.retention_wake.fire();
+        }
     }
 
     /// acks=-1 on a replicated partition, after local durability: waits

@@ -398,7 +398,7 @@ impl Engine {
             (p.refresh(), p.next_offset)
         };
         if moved {
-            self.waiters.notify(key);
+            self.hw_moved(key);
         }
         Ok(end)
     }
@@ -611,7 +611,7 @@ impl Engine {
             }
         }
         for key in &moved {
-            self.waiters.notify(key);
+            self.hw_moved(key);
         }
         for (key, epoch, isr) in proposals {
             self.propose_isr(key, epoch, isr);

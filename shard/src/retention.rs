@@ -33,9 +33,10 @@
 //! the shard's one deadline structure), until the WAL rolls a segment (new
 //! sealed entries), or until a metadata view is applied (configs changed,
 //! topics deleted). With nothing to expire it has no deadline: idle costs
-//! nothing; the first entry made durable after such a pass wakes it
-//! (`Engine::retention_unarmed`, one flag per shard). Passes are at least
-//! `PASS_INTERVAL_MIN` apart.
+//! nothing. A partition whose entries retention is not timing (none below
+//! the HW, or all expired) is marked, and its next HW move wakes the task
+//! (`Engine::hw_moved`); an idle partition wakes nothing. Passes are at
+//! least `PASS_INTERVAL_MIN` apart.
 
 use std::collections::HashMap;
 use std::pin::pin;
@@ -119,10 +120,7 @@ impl Engine {
     /// One retention pass. Returns the wall-clock ms of the next expiry.
     pub(crate) async fn retention_pass(self: &Rc<Self>) -> Option<i64> {
         let now_ms = crate::produce::now_ms();
-        let (moves, next_ms, timed) = self.plan_log_starts(now_ms);
-        // Without a deadline, the next durable entry of a time-retained
-        // partition would wait for a segment roll to be timed.
-        self.retention_unarmed.set(timed && next_ms.is_none());
+        let (moves, next_ms) = self.plan_log_starts(now_ms);
         if !moves.is_empty() {
             let appends: Vec<(PartitionKey, i64, Append)> = moves
                 .into_iter()
@@ -154,28 +152,29 @@ impl Engine {
         next_ms
     }
 
-    /// The log starts retention moves, the next expiry, and whether any
-    /// partition here has time retention.
-    fn plan_log_starts(&self, now_ms: i64) -> (Vec<(PartitionKey, i64)>, Option<i64>, bool) {
+    /// The log starts retention moves, and the next expiry. Marks the
+    /// partitions whose next entry below the HW must wake the task
+    /// (`Partition::retention_untimed`): time-retained ones with nothing
+    /// left to expire later.
+    fn plan_log_starts(&self, now_ms: i64) -> (Vec<(PartitionKey, i64)>, Option<i64>) {
         let view = self.applied_view();
-        let parts = self.parts.borrow();
+        let mut parts = self.parts.borrow_mut();
         let mut moves = Vec::new();
         let mut next: Option<i64> = None;
-        let mut timed = false;
         let me = self.id();
         for topic in view.iter().flat_map(|v| v.topics.values()) {
-            if topic.name == crate::group::OFFSETS_TOPIC {
-                continue;
-            }
-            let Some(r) = Retention::of(&topic.configs) else {
-                continue;
-            };
+            let retention =
+                Retention::of(&topic.configs).filter(|_| topic.name != crate::group::OFFSETS_TOPIC);
             for key in crate::view::keys_on(topic, me) {
-                let Some(p) = parts.get(&key) else {
+                let Some(p) = parts.get_mut(&key) else {
                     continue;
                 };
-                timed |= r.ms >= 0;
+                let Some(r) = retention else {
+                    p.retention_untimed = false;
+                    continue;
+                };
                 let e = expire(p, r, now_ms);
+                p.retention_untimed = r.ms >= 0 && e.next_ms.is_none();
                 if e.log_start > p.log_start_offset {
                     moves.push((key, e.log_start));
                 }
@@ -184,7 +183,7 @@ impl Engine {
                 }
             }
         }
-        (moves, next, timed)
+        (moves, next)
     }
 
     /// Drops index entries (and their tail-cache bytes) wholly below each

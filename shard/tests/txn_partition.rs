@@ -6,7 +6,6 @@
 mod common;
 use common::*;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 

@@ -336,17 +336,17 @@ fn alter_config(
         .filter(|c| c.source == ConfigSource::DynamicTopic)
         .filter_map(|c| Some((c.name, c.value?)))
         .collect();
-    let mut ops = Vec::with_capacity(set.len() + delete.len());
     for key in delete {
         if dynamic.remove(key).is_none() {
             bail!("{}: config {key:?} is not set on the topic", context());
         }
-        ops.push(ConfigOp::Delete(key));
     }
     for (key, value) in set {
         dynamic.insert(key.clone(), value.clone());
-        ops.push(ConfigOp::Set(key, value));
     }
+    let ops: Vec<ConfigOp> = (delete.iter().map(|k| ConfigOp::Delete(k)))
+        .chain(set.iter().map(|(k, v)| ConfigOp::Set(k, v)))
+        .collect();
     let admin = conn.admin()?;
     if let Err(e) = alter_topic_configs(&admin, name, &ops, conn.timeout()) {
         let reason = describe_code(e.code);
