@@ -222,6 +222,13 @@ impl Closes {
 /// replies for this long is disconnected (its reply's memory is released).
 pub const REPLY_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a connection refused by SASL stays open after its refusal is
+/// written, unless the client closes it first (it is read no further:
+/// another request ends it). A client then reads the refusal apart from
+/// the end of the stream; kafka-python drops an answer read together with
+/// the close, and reports "socket disconnected" instead.
+pub const AUTH_REFUSAL_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// What to do after one request.
 enum Outcome {
     /// The encoded reply, and memory its bytes hold until written.
@@ -440,6 +447,13 @@ async fn write_side<W: AsyncWrite + Unpin>(
             }
             Outcome::ReplyThenClose(reply, close) => {
                 write_bounded(writer, &reply, ctx).await?;
+                if matches!(close, Close::AuthenticationFailed) {
+                    // Until the client closes (the read side ends and
+                    // drops the queue) or sends anything more, bounded.
+                    let grace = Instant::now() + AUTH_REFUSAL_CLOSE_GRACE;
+                    let grace = pin!(ctx.shard.sleep_until(grace));
+                    let _ = select(grace, pin!(replies.recv())).await;
+                }
                 return Err(close);
             }
             Outcome::Silent => {}
