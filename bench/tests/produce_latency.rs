@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::run_bench;
+use common::{free_port, run_bench};
 use serde_json::Value;
 
 /// Delay the proxy adds to every byte from the broker.
@@ -244,11 +244,6 @@ fn write_when_due(
         }
     }
     let _ = to.shutdown(Shutdown::Write);
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
 }
 
 /// Runs `produce` at `rate` through the proxy and returns its JSON line.

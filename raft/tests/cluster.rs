@@ -30,10 +30,9 @@ fn init_logs() {
         .try_init();
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
+#[path = "../../broker/tests/common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 struct Cluster {
     _dir: tempfile::TempDir,

@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Once;
@@ -62,11 +62,9 @@ pub fn sluice_bin() -> PathBuf {
     path
 }
 
-fn free_port() -> (TcpListener, u16) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    let port = listener.local_addr().expect("local addr").port();
-    (listener, port)
-}
+#[path = "../../../broker/tests/common/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A running broker; killed when dropped.
 pub struct Broker {
@@ -77,9 +75,7 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> Broker {
-        let (kafka_listener, kafka_port) = free_port();
-        drop(kafka_listener);
-        Broker::start_on(kafka_port, &[])
+        Broker::start_on(free_port(), &[])
     }
 
     /// A broker listening on `kafka_port`, with `extra` flags.
@@ -87,8 +83,7 @@ impl Broker {
     pub fn start_on(kafka_port: u16, extra: &[&str]) -> Broker {
         let bin = sluice_bin();
         let data_dir = tempfile::tempdir().expect("tempdir");
-        let (admin_listener, admin_port) = free_port();
-        drop(admin_listener);
+        let admin_port = free_port();
         let log = File::create(data_dir.path().join("broker.log")).expect("broker log");
         let child = Command::new(&bin)
             .arg("start")

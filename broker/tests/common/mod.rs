@@ -6,12 +6,13 @@
 
 mod corpus;
 pub mod pki;
+mod ports;
 
 #[allow(unused_imports)]
 pub use corpus::{corpus_dir, corpus_frames, split_request_frames};
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -27,11 +28,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A free loopback port (bound then released; the broker binds it next).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr").port()
-}
+pub use ports::free_port;
 
 /// A running broker process.
 pub struct Broker {

@@ -70,6 +70,7 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from ports import free_port
 from security_pki import CAROL_PRINCIPAL, Pki
 
 START_TIMEOUT_S = 60
@@ -86,12 +87,6 @@ ADMIN_PASSWORD = "admin-secret"
 BOB = "bob"
 BOB_PASSWORD = "bob-secret"
 BOB_PRINCIPAL = "User:bob"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class SecureBroker:
