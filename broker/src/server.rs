@@ -63,23 +63,21 @@ pub struct Connections {
     pub closes: connection::Closes,
 }
 
-impl Default for Connections {
-    fn default() -> Connections {
+impl Connections {
+    fn new(creation_rates: crate::security::quota::ConnectionRates) -> Connections {
         Connections {
             open: Cell::new(0),
             refused: Cell::new(0),
             warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
             tls_failed: Cell::new(0),
             per_ip: Default::default(),
-            creation_rates: Default::default(),
+            creation_rates,
             closing: Cell::new(0),
             tls_warnings: WarnLimiter::new(REFUSAL_WARN_INTERVAL),
             closes: connection::Closes::default(),
         }
     }
-}
 
-impl Connections {
     pub fn open(&self) -> u64 {
         self.open.get() as u64
     }
@@ -648,7 +646,9 @@ async fn shard_main(args: ShardArgs) {
         frame_read_timeout: Duration::from_millis(settings.frame_read_timeout_ms),
         stop: stop.clone(),
     });
-    let conns = Rc::new(Connections::default());
+    let creation_rates =
+        security::quota::ConnectionRates::new(Arc::clone(&ctx.node.quota_board), id);
+    let conns = Rc::new(Connections::new(creation_rates));
     glommio::spawn_local(probe.run(Rc::clone(&shard), Rc::clone(&conns))).detach();
     let limit = settings.connections_per_shard_max as usize;
     let accepts = listeners.into_iter().enumerate().map(|(index, listener)| {

@@ -755,9 +755,10 @@ fn an_ip_over_its_connection_creation_rate_is_closed_after_its_throttle_time() {
             held >= Duration::from_millis(150),
             "refused connections were closed after {held:?}"
         );
-        // Two shards, each allowing the IP 5 a second: at most 10 a second
-        // over the loop's time, plus the first window's burst.
-        let allowed = 10.0 * (spent.as_secs_f64() + 1.0);
+        // 5 a second for the node, on both shards together: over the loop's
+        // time plus the first window's burst, and a few that a shard takes
+        // before it reads the other's last ones (one exchange interval).
+        let allowed = 5.0 * (spent.as_secs_f64() + 1.0) + 3.0;
         assert!(
             served >= 5 && f64::from(served) <= allowed,
             "served {served} of 40 in {spent:?}"

@@ -17,10 +17,13 @@
 //! recorded in the last interval is not seen yet. Nothing is tracked while
 //! no quota is set (`Quotas::is_empty`); a client is tracked only once a
 //! quota applies to it, in at most `CLIENTS_MAX` entries per shard, idle
-//! ones dropped first. `connection_creation_rate` is counted per shard.
+//! ones dropped first. `connection_creation_rate` is shared the same way:
+//! an IP's new connections on every shard count against one rate.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,17 +139,19 @@ struct Client {
     last_seen: Option<Instant>,
 }
 
-/// Every shard's client rates as it last published them, shared by the
-/// node's shards: a client's quota holds across its connections on all
-/// shards.
+/// Every shard's rates as it last published them, shared by the node's
+/// shards: a client's quota holds across its connections on all shards, an
+/// IP's connection rate across its connections to all shards.
 pub struct QuotaBoard {
-    shards: Box<[ArcSwap<HashMap<ClientKey, [Rate; KINDS]>>]>,
+    clients: Published<ClientKey, [Rate; KINDS]>,
+    ips: Published<IpAddr, Rate>,
 }
 
 impl QuotaBoard {
     pub fn new(shards: u32) -> QuotaBoard {
         QuotaBoard {
-            shards: (0..shards.max(1)).map(|_| ArcSwap::default()).collect(),
+            clients: Published::new(shards),
+            ips: Published::new(shards),
         }
     }
 }
@@ -154,8 +159,67 @@ impl QuotaBoard {
 impl std::fmt::Debug for QuotaBoard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QuotaBoard")
-            .field("shards", &self.shards.len())
+            .field("shards", &self.clients.shards.len())
             .finish()
+    }
+}
+
+/// One kind of rate as each shard last published it (one `ArcSwap` per
+/// shard: a shard swaps in its own and reads the others', no lock).
+struct Published<K, V> {
+    shards: Box<[ArcSwap<HashMap<K, V>>]>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> Published<K, V> {
+    fn new(shards: u32) -> Published<K, V> {
+        Published {
+            shards: (0..shards.max(1)).map(|_| ArcSwap::default()).collect(),
+        }
+    }
+
+    /// When `clock` says it is time (never on a one-shard node): publishes
+    /// `mine` of each of shard `shard`'s entries, and puts into each entry's
+    /// `elsewhere` the rates the other shards published under its key.
+    fn exchange<E>(
+        &self,
+        (shard, clock, now): (usize, &ExchangeClock, Instant),
+        entries: &mut HashMap<K, E>,
+        mine: impl Fn(&E) -> V,
+        elsewhere: impl Fn(&mut E) -> &mut Vec<V>,
+    ) {
+        let Some(slot) = self.shards.get(shard) else {
+            return;
+        };
+        if self.shards.len() < 2 || !clock.due(now) {
+            return;
+        }
+        slot.store(Arc::new(
+            entries.iter().map(|(k, e)| (k.clone(), mine(e))).collect(),
+        ));
+        let others: Vec<_> = (self.shards.iter().enumerate())
+            .filter(|(i, _)| *i != shard)
+            .map(|(_, published)| published.load_full())
+            .collect();
+        for (key, entry) in entries.iter_mut() {
+            let rates = elsewhere(entry);
+            rates.clear();
+            rates.extend(others.iter().filter_map(|o| o.get(key)).cloned());
+        }
+    }
+}
+
+/// Paces a shard's exchanges on the board: at most one per
+/// `EXCHANGE_INTERVAL`.
+#[derive(Debug, Default)]
+struct ExchangeClock(Cell<Option<Instant>>);
+
+impl ExchangeClock {
+    fn due(&self, now: Instant) -> bool {
+        if self.0.get().is_some_and(|at| now < at) {
+            return false;
+        }
+        self.0.set(Some(now + EXCHANGE_INTERVAL));
+        true
     }
 }
 
@@ -165,8 +229,7 @@ pub struct QuotaSensors {
     board: Arc<QuotaBoard>,
     /// This shard's index on `board`.
     shard: usize,
-    /// When this shard next publishes its rates and reads the others'.
-    next_exchange: Cell<Option<Instant>>,
+    clock: ExchangeClock,
 }
 
 impl Default for QuotaSensors {
@@ -182,34 +245,7 @@ impl QuotaSensors {
             clients: Default::default(),
             board,
             shard: shard as usize,
-            next_exchange: Cell::new(None),
-        }
-    }
-
-    /// Publishes this shard's rates and takes the other shards' for the
-    /// clients it tracks, at most every `EXCHANGE_INTERVAL`.
-    fn exchange(&self, clients: &mut HashMap<ClientKey, Client>, now: Instant) {
-        let Some(published) = self.board.shards.get(self.shard) else {
-            return;
-        };
-        if self.board.shards.len() < 2 || self.next_exchange.get().is_some_and(|at| now < at) {
-            return;
-        }
-        self.next_exchange.set(Some(now + EXCHANGE_INTERVAL));
-        let mine: HashMap<ClientKey, [Rate; KINDS]> = clients
-            .iter()
-            .map(|(k, c)| (k.clone(), c.rates.clone()))
-            .collect();
-        published.store(Arc::new(mine));
-        let others: Vec<_> = (self.board.shards.iter().enumerate())
-            .filter(|(i, _)| *i != self.shard)
-            .map(|(_, published)| published.load_full())
-            .collect();
-        for (key, client) in clients.iter_mut() {
-            client.elsewhere.clear();
-            client
-                .elsewhere
-                .extend(others.iter().filter_map(|o| o.get(key)).cloned());
+            clock: ExchangeClock::default(),
         }
     }
 
@@ -256,7 +292,12 @@ impl QuotaSensors {
             evict_idlest(&mut clients);
         }
         clients.entry(key.clone()).or_default().rates[kind.index()].record(value, now);
-        self.exchange(&mut clients, now);
+        self.board.clients.exchange(
+            (self.shard, &self.clock, now),
+            &mut clients,
+            |c| c.rates.clone(),
+            |c| &mut c.elsewhere,
+        );
         let Some(client) = clients.get_mut(&key) else {
             return Duration::ZERO;
         };
@@ -274,18 +315,42 @@ impl QuotaSensors {
 
 /// A shard's rates of new connections per client IP, for the
 /// `connection_creation_rate` quota of IP entities (Kafka's KIP-612):
-/// tracked only for IPs a quota applies to, at most `CLIENTS_MAX`.
-#[derive(Debug, Default)]
+/// tracked only for IPs a quota applies to, at most `CLIENTS_MAX`. An IP's
+/// rate is its new connections on every shard (exchanged on the
+/// `QuotaBoard` as client rates are), so the quota holds per node.
+#[derive(Debug)]
 pub struct ConnectionRates {
-    ips: RefCell<HashMap<std::net::IpAddr, (Rate, Instant)>>,
+    ips: RefCell<HashMap<IpAddr, IpRate>>,
+    board: Arc<QuotaBoard>,
+    /// This shard's index on `board`.
+    shard: usize,
+    clock: ExchangeClock,
+}
+
+/// One IP's new connections.
+#[derive(Debug)]
+struct IpRate {
+    rate: Rate,
+    /// Its rates on the other shards, as they last published them.
+    elsewhere: Vec<Rate>,
+    last_seen: Instant,
 }
 
 impl ConnectionRates {
+    pub fn new(board: Arc<QuotaBoard>, shard: u32) -> ConnectionRates {
+        ConnectionRates {
+            ips: Default::default(),
+            board,
+            shard: shard as usize,
+            clock: ExchangeClock::default(),
+        }
+    }
+
     /// Counts a new connection from `ip`; `Err(throttle)` when it takes the
     /// IP over its `connection_creation_rate`: the connection is refused,
     /// closed once `throttle` is over (Kafka's delayed close), so a client
     /// that reconnects at once is paced by the quota.
-    pub fn admit(&self, quotas: &Quotas, ip: std::net::IpAddr) -> Result<(), Duration> {
+    pub fn admit(&self, quotas: &Quotas, ip: IpAddr) -> Result<(), Duration> {
         if quotas.is_empty() {
             return Ok(());
         }
@@ -295,24 +360,40 @@ impl ConnectionRates {
         let now = Instant::now();
         let mut ips = self.ips.borrow_mut();
         if !ips.contains_key(&ip) && ips.len() >= CLIENTS_MAX {
-            let idlest = ips
-                .iter()
-                .min_by_key(|(_, (_, seen))| *seen)
-                .map(|(k, _)| *k);
+            let idlest = ips.iter().min_by_key(|(_, r)| r.last_seen).map(|(k, _)| *k);
             if let Some(k) = idlest {
                 ips.remove(&k);
             }
         }
-        let (rate, seen) = ips.entry(ip).or_insert_with(|| (Rate::default(), now));
-        *seen = now;
-        rate.record(1.0, now);
-        let delay = throttle(std::iter::once(&*rate), bound, now);
+        ips.entry(ip).or_insert_with(|| IpRate {
+            rate: Rate::default(),
+            elsewhere: Vec::new(),
+            last_seen: now,
+        });
+        // Exchanged before this connection is counted: a refused one is
+        // never published.
+        self.board.ips.exchange(
+            (self.shard, &self.clock, now),
+            &mut ips,
+            |r| r.rate.clone(),
+            |r| &mut r.elsewhere,
+        );
+        let Some(entry) = ips.get_mut(&ip) else {
+            return Ok(());
+        };
+        entry.last_seen = now;
+        entry.rate.record(1.0, now);
+        let delay = throttle(
+            std::iter::once(&entry.rate).chain(&entry.elsewhere),
+            bound,
+            now,
+        );
         if delay.is_zero() {
             return Ok(());
         }
         // Only accepted connections count (KIP-612): a client retrying
         // while refused is not locked out for longer.
-        rate.record(-1.0, now);
+        entry.rate.record(-1.0, now);
         Err(delay)
     }
 }
@@ -463,7 +544,7 @@ mod tests {
         // Shard 1 saw shard 0's 100 bytes: 200 / 1 s, 100% over: 1 s.
         assert!((on_b.as_secs_f64() - 1.0).abs() < 0.05, "{on_b:?}");
         // Shard 0 reads shard 1's rate at its next exchange.
-        a.next_exchange.set(None);
+        a.clock.0.set(None);
         let on_a = a.record(&quotas, &p, "flood", QuotaKind::Produce, 0.0);
         assert!((on_a.as_secs_f64() - 1.0).abs() < 0.05, "{on_a:?}");
         // Another client id on the same shards is not held to it.
@@ -471,6 +552,41 @@ mod tests {
             a.record(&quotas, &p, "other", QuotaKind::Produce, 1e6),
             Duration::ZERO
         );
+    }
+
+    #[test]
+    fn an_ips_new_connections_on_two_shards_share_its_rate() {
+        use sluice_raft::QuotaEntity;
+        let board = Arc::new(QuotaBoard::new(2));
+        let (a, b) = (
+            ConnectionRates::new(Arc::clone(&board), 0),
+            ConnectionRates::new(Arc::clone(&board), 1),
+        );
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mut quotas = Quotas::default();
+        let entity = QuotaEntity {
+            user: None,
+            client_id: None,
+            ip: Some(sluice_raft::QuotaName::Named("127.0.0.1".into())),
+        };
+        let set = vec![(CONNECTION_CREATION_RATE.to_string(), Some(4.0))];
+        quotas.alter(&[(entity, set)]).remove(0).expect("quota set");
+        // Shard 0 takes 3 connections, then publishes them as it takes
+        // a 4th (a shard publishes what it had before the connection).
+        for _ in 0..3 {
+            assert_eq!(a.admit(&quotas, ip), Ok(()));
+        }
+        a.clock.0.set(None);
+        assert_eq!(a.admit(&quotas, ip), Ok(()));
+        // Shard 1 reads shard 0's 3: its first connection is the 4th the
+        // node counts, its second one over the quota of 4 a second (on
+        // its own, shard 1 would be at 2).
+        assert_eq!(b.admit(&quotas, ip), Ok(()));
+        let refused = b.admit(&quotas, ip).expect_err("over the node's quota");
+        assert!((refused.as_secs_f64() - 0.25).abs() < 0.05, "{refused:?}");
+        // Another IP is not held to it.
+        let other: IpAddr = "127.0.0.2".parse().expect("ip");
+        assert_eq!(a.admit(&quotas, other), Ok(()));
     }
 
     #[test]
