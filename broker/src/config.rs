@@ -385,9 +385,30 @@ pub struct StartArgs {
     )]
     pub listener_security_protocol_map: Option<String>,
 
-    /// The listener other nodes reach this one on (replication, transaction markers); registered in the metadata. Default: the first of --listeners. Must be PLAINTEXT in a cluster.
+    /// The listener other nodes reach this one on (replication, transaction markers); registered in the metadata. Default: the first of --listeners. In a cluster: PLAINTEXT (a private network), SSL (mutual TLS), or SASL_PLAINTEXT / SASL_SSL with --inter-broker-sasl-username.
     #[arg(long, env = "SLUICE_INTER_BROKER_LISTENER_NAME", value_name = "NAME")]
     pub inter_broker_listener_name: Option<String>,
+
+    /// SASL mechanism nodes authenticate to each other's SASL inter-broker listener with: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (Kafka's sasl.mechanism.inter.broker.protocol).
+    #[arg(
+        long,
+        env = "SLUICE_INTER_BROKER_SASL_MECHANISM",
+        value_name = "MECHANISM",
+        default_value = "SCRAM-SHA-512"
+    )]
+    pub inter_broker_sasl_mechanism: String,
+
+    /// The user this node authenticates as on the other nodes' SASL inter-broker listener (a super user under --authorizer).
+    #[arg(long, env = "SLUICE_INTER_BROKER_SASL_USERNAME", value_name = "NAME")]
+    pub inter_broker_sasl_username: Option<String>,
+
+    /// File holding the password of --inter-broker-sasl-username (one line; read at start, never logged).
+    #[arg(
+        long,
+        env = "SLUICE_INTER_BROKER_SASL_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub inter_broker_sasl_password_file: Option<PathBuf>,
 
     /// PEM file with the TLS certificate chain of SSL and SASL_SSL listeners (reloaded on SIGHUP).
     #[arg(long, env = "SLUICE_TLS_CERT_FILE", value_name = "FILE")]
@@ -514,6 +535,9 @@ struct FileConfig {
     advertised_listeners: Option<String>,
     listener_security_protocol_map: Option<String>,
     inter_broker_listener_name: Option<String>,
+    inter_broker_sasl_mechanism: Option<String>,
+    inter_broker_sasl_username: Option<String>,
+    inter_broker_sasl_password_file: Option<PathBuf>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     tls_client_ca_file: Option<PathBuf>,
@@ -600,8 +624,12 @@ pub struct Settings {
     pub admin_token_file: Option<PathBuf>,
     /// The admin port serves HTTPS with `tls_files`' certificate.
     pub admin_tls: bool,
-    /// Nodes connect to each other's `SSL` inter-broker listener.
+    /// Nodes connect to each other's `SSL` or `SASL_SSL` inter-broker
+    /// listener over TLS.
     pub inter_broker_tls: bool,
+    /// Nodes authenticate to each other's `SASL_*` inter-broker listener
+    /// with these.
+    pub inter_broker_sasl: Option<crate::sasl::client::ClientCredentials>,
     pub max_connections_per_ip: u32,
     pub advertised_host: String,
     pub advertised_port: u16,
@@ -739,6 +767,9 @@ impl StartArgs {
         fill!(opt advertised_listeners);
         fill!(opt listener_security_protocol_map);
         fill!(opt inter_broker_listener_name);
+        fill!(inter_broker_sasl_mechanism);
+        fill!(opt inter_broker_sasl_username);
+        fill!(opt inter_broker_sasl_password_file);
         fill!(opt tls_cert_file);
         fill!(opt tls_key_file);
         fill!(opt tls_client_ca_file);
@@ -884,25 +915,22 @@ impl Settings {
                 l.addr
             );
         }
-        let inter_broker_tls = inter_broker.protocol == SecurityProtocol::Ssl;
-        if cluster.is_some()
-            && !matches!(
-                inter_broker.protocol,
-                SecurityProtocol::Plaintext | SecurityProtocol::Ssl
-            )
-        {
-            bail!(
-                "--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): listener {} is {}; other nodes replicate over a PLAINTEXT listener (bind it to a private network) or an SSL one (mTLS)",
-                inter_broker.name,
-                inter_broker.protocol
-            );
-        }
+        let inter_broker_tls = inter_broker.protocol.tls();
+        let inter_broker_sasl = match cluster {
+            Some(_) if inter_broker.protocol.sasl() => Some(resolve_inter_broker_sasl(
+                &args,
+                inter_broker,
+                &sasl_mechanisms,
+            )?),
+            _ => None,
+        };
         if cluster.is_some()
             && inter_broker_tls
             && tls_files.as_ref().is_none_or(|t| t.client_ca.is_none())
         {
             bail!(
-                "--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): the SSL listener {} needs --tls-client-ca-file, the CA the nodes' certificates chain to (each node connects to the others with its --tls-cert-file)",
+                "--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): the {} listener {} needs --tls-client-ca-file, the CA the nodes' certificates chain to (each node checks the others' against it, and connects with its --tls-cert-file)",
+                inter_broker.protocol,
                 inter_broker.name
             );
         }
@@ -919,6 +947,7 @@ impl Settings {
             admin_token_file: args.admin_token_file,
             admin_tls: args.admin_tls,
             inter_broker_tls: inter_broker_tls && cluster.is_some(),
+            inter_broker_sasl,
             max_connections_per_ip: args.max_connections_per_ip,
             advertised_host,
             advertised_port,
@@ -970,6 +999,7 @@ impl Settings {
             authorizer: self.authorizer.clone(),
             connections_per_ip_max: self.max_connections_per_ip,
             inter_broker_tls: self.inter_broker_tls,
+            inter_broker_sasl: self.inter_broker_sasl.clone().map(std::sync::Arc::new),
         })
     }
 
@@ -1468,6 +1498,50 @@ fn inter_broker_listener<'l>(
         .ok_or_else(|| anyhow::anyhow!("--inter-broker-listener-name (SLUICE_INTER_BROKER_LISTENER_NAME, inter_broker_listener_name): '{name}' is not one of the listeners"))
 }
 
+/// The credentials this node authenticates with on the other nodes'
+/// `SASL_*` inter-broker listener.
+fn resolve_inter_broker_sasl(
+    args: &StartArgs,
+    inter_broker: &Listener,
+    enabled: &[&'static str],
+) -> anyhow::Result<crate::sasl::client::ClientCredentials> {
+    let name = &args.inter_broker_sasl_mechanism;
+    let mechanism = crate::sasl::Mechanism::from_name(name)
+        .filter(|m| enabled.contains(&m.name()))
+        .ok_or_else(|| anyhow::anyhow!(
+            "--inter-broker-sasl-mechanism (SLUICE_INTER_BROKER_SASL_MECHANISM, inter_broker_sasl_mechanism): '{name}' is not one of --sasl-enabled-mechanisms ({})",
+            enabled.join(",")
+        ))?;
+    let (Some(username), Some(file)) = (
+        &args.inter_broker_sasl_username,
+        &args.inter_broker_sasl_password_file,
+    ) else {
+        bail!(
+            "--inter-broker-sasl-username and --inter-broker-sasl-password-file (SLUICE_INTER_BROKER_SASL_USERNAME, SLUICE_INTER_BROKER_SASL_PASSWORD_FILE): required by the {} inter-broker listener {}",
+            inter_broker.protocol,
+            inter_broker.name
+        );
+    };
+    let text = std::fs::read_to_string(file).with_context(|| {
+        format!(
+            "--inter-broker-sasl-password-file (SLUICE_INTER_BROKER_SASL_PASSWORD_FILE, inter_broker_sasl_password_file): cannot read {}",
+            file.display()
+        )
+    })?;
+    let password = text.lines().next().unwrap_or("");
+    if username.is_empty() || password.is_empty() {
+        bail!(
+            "--inter-broker-sasl-username / --inter-broker-sasl-password-file (SLUICE_INTER_BROKER_SASL_USERNAME, SLUICE_INTER_BROKER_SASL_PASSWORD_FILE): the user name and the password may not be empty ({})",
+            file.display()
+        );
+    }
+    Ok(crate::sasl::client::ClientCredentials::new(
+        mechanism,
+        username.clone(),
+        password.to_string(),
+    ))
+}
+
 fn resolve_tls(args: &StartArgs, listeners: &[Listener]) -> anyhow::Result<Option<TlsFiles>> {
     let tls_listener = listeners.iter().find(|l| l.protocol.tls());
     let auth = match args.tls_client_auth.as_deref() {
@@ -1741,6 +1815,64 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(two.default_replication_factor, 2, "min(3, 2 voters)");
+    }
+
+    #[test]
+    fn a_sasl_inter_broker_listener_needs_credentials() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("password");
+        std::fs::write(&file, "secret\nignored\n").expect("password file");
+        let file = file.to_str().expect("utf-8 path");
+        let listeners = [
+            "--listeners",
+            "PLAINTEXT://127.0.0.1:9092,INTERNAL://127.0.0.1:9094",
+            "--listener-security-protocol-map",
+            "PLAINTEXT:PLAINTEXT,INTERNAL:SASL_PLAINTEXT",
+            "--inter-broker-listener-name",
+            "INTERNAL",
+        ];
+        let with = |extra: &[&str]| {
+            let mut argv = listeners.to_vec();
+            argv.extend_from_slice(extra);
+            cluster("1", &argv)
+        };
+        let e = with(&[]).unwrap_err().to_string();
+        assert!(e.contains("--inter-broker-sasl-username"), "{e}");
+        let creds = [
+            "--inter-broker-sasl-username",
+            "node",
+            "--inter-broker-sasl-password-file",
+            file,
+        ];
+        let s = with(&creds).expect("settings");
+        let sasl = s.inter_broker_sasl.expect("credentials");
+        assert_eq!(sasl.mechanism.name(), "SCRAM-SHA-512");
+        assert_eq!(sasl.username, "node");
+        assert_eq!(
+            sasl,
+            crate::sasl::client::ClientCredentials::new(
+                crate::sasl::Mechanism::ScramSha512,
+                "node".into(),
+                "secret".into()
+            ),
+            "the password is the file's first line"
+        );
+        assert!(!format!("{sasl:?}").contains("secret"), "never printed");
+        assert!(!s.inter_broker_tls);
+        // A mechanism the listeners do not offer is refused.
+        let mut plain_only = creds.to_vec();
+        plain_only.extend(["--sasl-enabled-mechanisms", "PLAIN"]);
+        let e = with(&plain_only).unwrap_err().to_string();
+        assert!(e.contains("--inter-broker-sasl-mechanism"), "{e}");
+        plain_only.extend(["--inter-broker-sasl-mechanism", "PLAIN"]);
+        assert!(with(&plain_only).is_ok());
+        // A single node connects to no other: nothing is needed.
+        let mut single = vec!["sluice", "start"];
+        single.extend_from_slice(&listeners);
+        assert!(parse(&single)
+            .expect("single node")
+            .inter_broker_sasl
+            .is_none());
     }
 
     #[test]

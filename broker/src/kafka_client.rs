@@ -6,7 +6,12 @@
 //! A `Conn` is one TCP connection to one node, used by one task at a time:
 //! one request, then its response, never pipelined. It runs on the shard
 //! that opened it (glommio `TcpStream`), over TLS with this node's
-//! certificate when the inter-broker listener is `SSL`.
+//! certificate when the inter-broker listener is `SSL` or `SASL_SSL`. On a
+//! `SASL_*` listener it authenticates first (SaslHandshake, then
+//! SaslAuthenticate with `sasl::client`'s tokens), and again on the same
+//! connection before the session the other node granted ends (KIP-368).
+//! The client's PBKDF2 runs on the shard's blocking thread, as the
+//! server's does.
 //!
 //! Memory: a response frame is read into one buffer charged to the shard's
 //! `request_buffers` pool, held by the caller until it is done with the
@@ -14,16 +19,21 @@
 //! `response_bytes_max` before anything is read.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
-use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::handlers::{with_deadline, Ctx};
 use crate::plane::{RequestBuffer, Shard};
+use crate::sasl::client::{ClientCredentials, SaslClient};
 
 /// Why a request to another node failed as a whole.
 #[derive(Debug)]
@@ -61,11 +71,22 @@ trait Stream: AsyncRead + AsyncWrite + Unpin {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Stream for S {}
 
+/// Steps of one SASL exchange at most (SCRAM takes two).
+const SASL_STEPS_MAX: usize = 4;
+/// Share of the session lifetime after which the connection
+/// re-authenticates (Kafka's clients pick 85% to 95%).
+const REAUTH_AT: f64 = 0.85;
+
 /// One connection to one node's Kafka listener.
 pub struct Conn {
     stream: Box<dyn Stream>,
     correlation_id: i32,
     profile: Profile,
+    /// The node it is connected to (for messages).
+    node: u64,
+    /// Set on a SASL listener: the credentials, and when to authenticate
+    /// again (`None`: the session does not end).
+    sasl: Option<(Arc<ClientCredentials>, Option<Instant>)>,
 }
 
 impl Conn {
@@ -88,17 +109,107 @@ impl Conn {
             Box::new(stream)
         };
         tracing::debug!(node, %addr, client = profile.client_id, "connected to a node");
-        Ok(Conn {
+        let mut conn = Conn {
             stream,
             correlation_id: 0,
             profile,
-        })
+            node,
+            sasl: None,
+        };
+        if let Some(creds) = &ctx.node.security.inter_broker_sasl {
+            conn.sasl = Some((Arc::clone(creds), None));
+            conn.authenticate(&ctx.shard).await?;
+        }
+        Ok(conn)
+    }
+
+    /// SaslHandshake then SaslAuthenticate until the exchange is done; sets
+    /// when to do it again from the session lifetime the node answers.
+    async fn authenticate(&mut self, shard: &Shard) -> Result<(), Failure> {
+        let Some((creds, _)) = self.sasl.clone() else {
+            return Ok(());
+        };
+        let (limit, node) = (self.profile.connect_timeout, self.node);
+        let refused = |what: String| {
+            Failure::Protocol(format!(
+                "SASL {} as '{}' on node {}: {what} (--inter-broker-sasl-mechanism, --inter-broker-sasl-username, --inter-broker-sasl-password-file; the user must exist on the cluster)",
+                creds.mechanism.name(),
+                creds.username,
+                node
+            ))
+        };
+        let mut handshake = SaslHandshakeRequest::default();
+        handshake.mechanism = StrBytes::from_static_str(creds.mechanism.name());
+        let (resp, _): (SaslHandshakeResponse, _) = self
+            .exchange(shard, ApiKey::SaslHandshake, 1, &handshake, limit)
+            .await?;
+        if resp.error_code != 0 {
+            let offered: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(refused(format!(
+                "handshake error {}; the node offers {}",
+                resp.error_code,
+                offered.join(",")
+            )));
+        }
+        let (client, mut token) = SaslClient::start(&creds, &ring::rand::SystemRandom::new())
+            .map_err(|e| refused(e.message))?;
+        let mut client = Some(client);
+        for _ in 0..SASL_STEPS_MAX {
+            let mut req = SaslAuthenticateRequest::default();
+            req.auth_bytes = Bytes::from(std::mem::take(&mut token));
+            let started = Instant::now();
+            let (resp, _): (SaslAuthenticateResponse, _) = self
+                .exchange(shard, ApiKey::SaslAuthenticate, 2, &req, limit)
+                .await?;
+            if resp.error_code != 0 {
+                let message = resp.error_message.as_deref().unwrap_or("");
+                return Err(refused(format!("refused ({}): {message}", resp.error_code)));
+            }
+            let Some(mut stepping) = client.take() else {
+                return Err(refused("no client state".into()));
+            };
+            let server_msg = resp.auth_bytes;
+            let (returned, step) = glommio::executor()
+                .spawn_blocking(move || {
+                    let step = stepping.step(&server_msg);
+                    (stepping, step)
+                })
+                .await;
+            client = Some(returned);
+            match step.map_err(|e| refused(e.message))? {
+                Some(next) => token = next,
+                None => {
+                    let lifetime = u64::try_from(resp.session_lifetime_ms).unwrap_or(0);
+                    let again = (lifetime > 0)
+                        .then(|| started + Duration::from_millis(lifetime).mul_f64(REAUTH_AT));
+                    self.sasl = Some((creds, again));
+                    return Ok(());
+                }
+            }
+        }
+        Err(refused(format!("no end after {SASL_STEPS_MAX} steps")))
     }
 
     /// Sends one request and reads its response within `limit`; the
     /// response's frame stays charged to `shard`'s `request_buffers` pool
     /// while the returned buffer is held.
     pub async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        shard: &Shard,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+        limit: Duration,
+    ) -> Result<(Resp, RequestBuffer), Failure> {
+        let reauth_due = matches!(&self.sasl, Some((_, Some(at))) if Instant::now() >= *at);
+        if reauth_due {
+            self.authenticate(shard).await?;
+        }
+        self.exchange(shard, key, version, req, limit).await
+    }
+
+    /// One request and its response, as `call` without re-authentication.
+    async fn exchange<Req: Encodable, Resp: Decodable>(
         &mut self,
         shard: &Shard,
         key: ApiKey,

@@ -1,14 +1,17 @@
-//! A cluster whose nodes replicate over mutual TLS, with the authorizer
-//! on: each node connects to the others' `SSL` inter-broker listener with
-//! its own certificate, and is authorized as that certificate's principal
-//! (a super user); clients keep a PLAINTEXT listener, and are given every
-//! node's address on it.
+//! Clusters whose nodes replicate over a secured listener, with the
+//! authorizer on: over mutual TLS, each node connecting to the others'
+//! `SSL` inter-broker listener with its own certificate and authorized as
+//! that certificate's principal (a super user); or over `SASL_SSL`, each
+//! node authenticating with SCRAM as a super user, and re-authenticating
+//! on its open connections (KIP-368). Clients keep a PLAINTEXT listener,
+//! and are given every node's address on it.
 
 #[path = "common/cluster.rs"]
 mod cluster;
 mod common;
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use cluster::{raw_call, Cluster, ClusterOptions};
 use common::pki::NODE_PRINCIPAL;
@@ -100,4 +103,123 @@ fn nodes_replicate_over_mutual_tls_as_their_certificate_principal() {
             ("127.0.0.1", i32::from(c.node(id).advertised_port))
         );
     }
+}
+
+/// SCRAM-SHA-512 authentications that succeeded on a node (every shard).
+fn sasl_successes(admin_port: u16) -> u64 {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", admin_port)).expect("admin port");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    text.lines()
+        .filter(|l| l.starts_with("sluice_shard_sasl_authentications_total{"))
+        .filter(|l| l.contains("result=\"succeeded\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn nodes_replicate_over_sasl_ssl_as_a_scram_super_user_and_reauthenticate() {
+    const REAUTH_MS: u64 = 3000;
+    let pki = common::pki::generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let users = dir.path().join("users");
+    std::fs::write(&users, "broker:broker-secret\n").expect("users file");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "broker-secret\n").expect("password file");
+    let mut opts = ClusterOptions::new(3, 1);
+    opts.internal_ssl = Some((pki.node.cert.clone(), pki.node.key.clone(), pki.ca.clone()));
+    opts.internal_protocol = "SASL_SSL";
+    opts.args = vec![
+        "--authorizer".into(),
+        "true".into(),
+        "--super-users".into(),
+        "User:broker".into(),
+        "--allow-everyone-if-no-acl-found".into(),
+        "true".into(),
+        "--min-insync-replicas".into(),
+        "3".into(),
+        "--bootstrap-users-file".into(),
+        users.display().to_string(),
+        "--inter-broker-sasl-mechanism".into(),
+        "SCRAM-SHA-512".into(),
+        "--inter-broker-sasl-username".into(),
+        "broker".into(),
+        "--inter-broker-sasl-password-file".into(),
+        password.display().to_string(),
+        "--connections-max-reauth-ms".into(),
+        REAUTH_MS.to_string(),
+    ];
+    let c = Cluster::start_with(opts);
+    c.create_topic("sasl-replicated", 1, 3, &[])
+        .expect("create a replicated topic");
+    c.wait_leader("sasl-replicated", 0, None, TIMEOUT);
+    let p = c.producer(&[("acks", "all"), ("message.timeout.ms", "30000")]);
+    let send = |i: u32| {
+        let value = format!("v{i}");
+        let record = FutureRecord::<(), _>::to("sasl-replicated")
+            .payload(&value)
+            .partition(0);
+        futures::executor::block_on(p.send(record, TIMEOUT))
+            .unwrap_or_else(|(e, _)| panic!("acks=all over SASL_SSL: {e}"));
+    };
+    for i in 0..20 {
+        send(i);
+    }
+    assert_eq!(
+        c.wait_isr("sasl-replicated", 0, &[1, 2, 3], TIMEOUT)
+            .isr
+            .len(),
+        3
+    );
+
+    // Past two session lifetimes, the followers still fetch on the
+    // connections they opened, authenticating again on them: acks=all
+    // keeps succeeding, and no fetcher lost its leader.
+    let logs_from: Vec<usize> = c
+        .ids()
+        .iter()
+        .map(|id| c.node(*id).log_text().len())
+        .collect();
+    let before: u64 = c
+        .ids()
+        .iter()
+        .map(|id| sasl_successes(c.node(*id).admin_port))
+        .sum();
+    let until = Instant::now() + Duration::from_millis(2 * REAUTH_MS + 500);
+    let mut i = 20;
+    while Instant::now() < until {
+        send(i);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after: u64 = c
+        .ids()
+        .iter()
+        .map(|id| sasl_successes(c.node(*id).admin_port))
+        .sum();
+    assert!(
+        after >= before + 2,
+        "no re-authentication seen: {before} -> {after} SCRAM successes"
+    );
+    for (id, from) in c.ids().into_iter().zip(logs_from) {
+        let log = c.node(id).log_text();
+        for refusal in ["cannot reach a partition leader", "Unauthenticated("] {
+            assert!(
+                !log[from..].contains(refusal),
+                "node {id} logged '{refusal}' while re-authenticating:\n{}",
+                &log[from..]
+            );
+        }
+    }
+    assert_eq!(
+        c.wait_isr("sasl-replicated", 0, &[1, 2, 3], TIMEOUT)
+            .isr
+            .len(),
+        3
+    );
 }

@@ -25,6 +25,7 @@
 //!   `scram::SCRAM_ITERATIONS_MIN..=SCRAM_ITERATIONS_MAX`.
 //! - After `Step::Done` or an `Err`, every further `step` is an `Err`.
 
+pub mod client;
 pub mod plain;
 pub mod scram;
 

@@ -71,14 +71,14 @@ impl ScramAlgorithm {
         self.digest().output_len()
     }
 
-    fn digest(self) -> &'static digest::Algorithm {
+    pub(super) fn digest(self) -> &'static digest::Algorithm {
         match self {
             ScramAlgorithm::Sha256 => &digest::SHA256,
             ScramAlgorithm::Sha512 => &digest::SHA512,
         }
     }
 
-    fn hmac(self) -> hmac::Algorithm {
+    pub(super) fn hmac(self) -> hmac::Algorithm {
         match self {
             ScramAlgorithm::Sha256 => hmac::HMAC_SHA256,
             ScramAlgorithm::Sha512 => hmac::HMAC_SHA512,

@@ -13,6 +13,7 @@ pub mod tls;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use listeners::{Listener, SecurityProtocol};
@@ -53,9 +54,13 @@ pub struct Security {
     /// Open connections one peer IP may have on a shard
     /// (`--max-connections-per-ip`).
     pub connections_per_ip_max: u32,
-    /// The inter-broker listener is `SSL`: this node connects to the
-    /// others over TLS with its certificate (`tls::Tls::connector`).
+    /// The inter-broker listener is `SSL` or `SASL_SSL`: this node
+    /// connects to the others over TLS with its certificate
+    /// (`tls::Tls::connector`).
     pub inter_broker_tls: bool,
+    /// The inter-broker listener is `SASL_*`: this node authenticates to
+    /// the others with these (`kafka_client`).
+    pub inter_broker_sasl: Option<Arc<crate::sasl::client::ClientCredentials>>,
 }
 
 impl Default for Security {
@@ -77,6 +82,7 @@ impl Default for Security {
             authorizer: None,
             connections_per_ip_max: u32::MAX,
             inter_broker_tls: false,
+            inter_broker_sasl: None,
         }
     }
 }

@@ -125,8 +125,9 @@ impl Tls {
         Arc::clone(&self.current.load().sasl_ssl)
     }
 
-    /// A connector to the other nodes' `SSL` inter-broker listener, with
-    /// this node's certificate; `None` without `--tls-client-ca-file`.
+    /// A connector to the other nodes' `SSL` or `SASL_SSL` inter-broker
+    /// listener, with this node's certificate; `None` without
+    /// `--tls-client-ca-file`.
     pub fn connector(&self) -> Option<TlsConnector> {
         let current = self.current.load();
         current

@@ -88,10 +88,13 @@ pub struct ClusterOptions {
     pub start_order: Vec<u64>,
     /// Pause between two launches.
     pub start_gap: Duration,
-    /// Nodes replicate over an `SSL` listener named INTERNAL on a port of
-    /// its own (mutual TLS with these files: certificate, key, CA); clients
-    /// keep the PLAINTEXT one. Links are not proxied there.
+    /// Nodes replicate over a listener named INTERNAL on a port of its
+    /// own, of `internal_protocol`, with these TLS files (certificate, key,
+    /// CA); clients keep the PLAINTEXT one. Links are not proxied there.
     pub internal_ssl: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// `SSL` (mutual TLS, the default) or `SASL_SSL` (give the SASL
+    /// settings in `args`).
+    pub internal_protocol: &'static str,
 }
 
 impl ClusterOptions {
@@ -104,6 +107,7 @@ impl ClusterOptions {
             start_order: (1..=nodes as u64).collect(),
             start_gap: Duration::ZERO,
             internal_ssl: None,
+            internal_protocol: "SSL",
         }
     }
 }
@@ -264,7 +268,7 @@ impl Cluster {
                             advertised[i], p.internal
                         ),
                         "--listener-security-protocol-map".into(),
-                        "PLAINTEXT:PLAINTEXT,INTERNAL:SSL".into(),
+                        format!("PLAINTEXT:PLAINTEXT,INTERNAL:{}", opts.internal_protocol),
                         "--inter-broker-listener-name".into(),
                         "INTERNAL".into(),
                         "--tls-cert-file".into(),
