@@ -232,7 +232,15 @@ fn preferred_unclean_and_topic_config_elections() {
     assert_eq!(r[0].2, ELECTION_NOT_NEEDED, "{r:?}");
     assert_eq!(r[1].2, 3, "unknown topic: {r:?}");
     // Every partition (null): only those that move are answered, and
-    // every one of them moves (offsets partitions node 1 led before).
+    // every one of them moves (offsets partitions node 1 led before), once
+    // node 1 is back in the ISR of every partition, internal ones too.
+    let every: Vec<String> = c
+        .metadata(None)
+        .expect("metadata")
+        .topics
+        .into_keys()
+        .collect();
+    c.wait_all_in_sync(&every.iter().map(String::as_str).collect::<Vec<_>>(), WAIT);
     for (t, p, code) in elect(&c, 1, 0, None) {
         assert_eq!(code, 0, "{t}/{p}");
     }

@@ -39,8 +39,10 @@ const WARM: Duration = Duration::from_secs(20);
 /// More acknowledgements after the last restart (or `TAIL` elapsed).
 const TAIL_ACKS: usize = 300;
 const TAIL: Duration = Duration::from_secs(20);
-/// Bounds handed to the script's write loop.
-const SCRIPT_WRITE_SECONDS: u64 = 150;
+/// Bounds handed to the script's write loop: the driver's `STOP` ends it,
+/// these only if the driver is gone (its phases may take minutes on a
+/// loaded machine: up to a minute each to settle, restart and resume).
+const SCRIPT_WRITE_SECONDS: u64 = 900;
 const SCRIPT_MAX_RECORDS: u64 = 200_000;
 /// The script's flush and read-back after `STOP`.
 const SCRIPT_FINISH: Duration = Duration::from_secs(150);

@@ -516,9 +516,10 @@ fn pipelined_produces_keep_order_and_share_wal_commits() {
     println!("WAL commits for {REQUESTS} pipelined produces: {commits}");
     assert!(commits >= 1);
     // Unshared, each produce is its own commit (48). Shared, 5-10 on a
-    // quiet machine, up to 13 seen on a loaded 2-core one.
+    // quiet machine, up to 13 seen on a loaded 2-core one; half is the
+    // bound, which sharing meets with room on any machine.
     assert!(
-        commits <= (REQUESTS / 3) as u64,
+        commits <= (REQUESTS / 2) as u64,
         "{commits} WAL commits for {REQUESTS} produces on one connection: not shared"
     );
 

@@ -498,7 +498,7 @@ fn a_second_producer_with_the_same_id_fences_the_first() {
 // ---------------------------------------------------------------- c: timeout
 
 /// `transaction.timeout.ms` of the vanishing producer.
-const TXN_TIMEOUT: Duration = Duration::from_millis(3000);
+const TXN_TIMEOUT: Duration = Duration::from_millis(6000);
 /// How much earlier than its timeout the coordinator may seem to abort
 /// (the timeout starts with AddPartitionsToTxn, after the clock here).
 const EARLY_MARGIN: Duration = Duration::from_millis(500);

@@ -338,8 +338,13 @@ fn isr_changes_are_proposed_by_the_leader() {
         shard.fetch(fetch_req(&t, 0, Some(3), 0)).await;
         assert_eq!(shard.stats().counters.isr_proposals, 1);
         // Follower 2 stops fetching: after the lag it is proposed out (the
-        // single-node metadata refuses both changes; the shard proposes again).
-        sleep_ms(450).await;
+        // single-node metadata refuses both changes; the shard proposes again),
+        // within 10 s on however loaded a machine.
+        let mut waited = 0;
+        while shard.stats().counters.isr_proposals < 2 && waited < 10_000 {
+            sleep_ms(50).await;
+            waited += 50;
+        }
         assert!(shard.stats().counters.isr_proposals >= 2);
         shard.close().await;
     });

@@ -80,7 +80,7 @@ WAIT_MS = WAIT_S * 1000
 # A refused client's bootstrap: kafka-python retries a failed bootstrap
 # connection until this runs out (the broker answers a failed SASL exchange
 # after --failed-authentication-delay-ms, 100 ms by default).
-REFUSAL_WAIT_MS = 1000
+REFUSAL_WAIT_MS = 3000
 REFUSED_CLIENTS_MAX = 5
 LISTENERS = ("PLAINTEXT", "SASL_SSL", "SASL_PLAINTEXT", "SSL")
 ADMIN_PASSWORD = "admin-secret"
