@@ -490,10 +490,17 @@ fn flooded_rate(
         for _ in 0..producers {
             scope.spawn(|| flood(c, topic, value, stop));
         }
+        // The end offset, timed at the middle of the call that read it (a
+        // call slowed by a loaded machine does not skew the window).
+        let sample = || {
+            let before = Instant::now();
+            let offset = end_offset(s, topic);
+            (offset, before + before.elapsed() / 2)
+        };
         std::thread::sleep(warmup);
-        let (a0, t0) = (end_offset(s, topic), Instant::now());
+        let (a0, t0) = sample();
         std::thread::sleep(measured);
-        let (a1, t1) = (end_offset(s, topic), Instant::now());
+        let (a1, t1) = sample();
         (a1 - a0) as f64 * value.len() as f64 / (t1 - t0).as_secs_f64()
     })
 }
