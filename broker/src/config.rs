@@ -271,6 +271,10 @@ pub struct StartArgs {
     #[arg(long, env = "SLUICE_CLUSTER_VOTERS", value_name = "ID@HOST:PORT,...")]
     pub cluster_voters: Option<String>,
 
+    /// Mutual TLS on the node-to-node (metadata) links, with --tls-cert-file and --tls-key-file, each node checking the others' certificates against --tls-client-ca-file (and, with --authorizer, that their principal is one of --super-users). Without it, anything that reaches --cluster-listen can write metadata: keep it on a private network.
+    #[arg(long, env = "SLUICE_CLUSTER_TLS", value_name = "BOOL", default_value = "false", action = clap::ArgAction::Set)]
+    pub cluster_tls: bool,
+
     /// Replicas of auto-created topics and of CreateTopics with replication_factor = -1. Default: 1 on a single node, min(3, voters) in a cluster.
     #[arg(long, env = "SLUICE_DEFAULT_REPLICATION_FACTOR", value_name = "N")]
     pub default_replication_factor: Option<u16>,
@@ -551,6 +555,7 @@ struct FileConfig {
     allow_everyone_if_no_acl_found: Option<bool>,
     admin_token_file: Option<PathBuf>,
     admin_tls: Option<bool>,
+    cluster_tls: Option<bool>,
     max_connections_per_ip: Option<u32>,
 }
 
@@ -624,6 +629,8 @@ pub struct Settings {
     pub admin_token_file: Option<PathBuf>,
     /// The admin port serves HTTPS with `tls_files`' certificate.
     pub admin_tls: bool,
+    /// Mutual TLS on the cluster (Raft) links.
+    pub cluster_tls: bool,
     /// Nodes connect to each other's `SSL` or `SASL_SSL` inter-broker
     /// listener over TLS.
     pub inter_broker_tls: bool,
@@ -783,6 +790,7 @@ impl StartArgs {
         fill!(allow_everyone_if_no_acl_found);
         fill!(opt admin_token_file);
         fill!(admin_tls);
+        fill!(cluster_tls);
         fill!(max_connections_per_ip);
         Ok(self)
     }
@@ -806,6 +814,9 @@ impl Settings {
             inter_broker.advertised_host.clone(),
             inter_broker.advertised_port,
         );
+        if args.cluster_tls && args.cluster_voters.is_none() {
+            bail!("--cluster-tls (SLUICE_CLUSTER_TLS, cluster_tls): only in a cluster (--cluster-voters)");
+        }
         let tls_files = resolve_tls(&args, &listeners)?;
         let sasl_mechanisms = resolve_mechanisms(&args.sasl_enabled_mechanisms)?;
         let authorizer = args.authorizer.then(|| Authorizer {
@@ -924,6 +935,9 @@ impl Settings {
             )?),
             _ => None,
         };
+        if args.cluster_tls && !tls_files.as_ref().is_some_and(|t| t.client_ca.is_some()) {
+            bail!("--cluster-tls (SLUICE_CLUSTER_TLS, cluster_tls): needs --tls-cert-file, --tls-key-file and --tls-client-ca-file, the CA the nodes' certificates chain to");
+        }
         if cluster.is_some()
             && inter_broker_tls
             && tls_files.as_ref().is_none_or(|t| t.client_ca.is_none())
@@ -946,6 +960,7 @@ impl Settings {
             authorizer,
             admin_token_file: args.admin_token_file,
             admin_tls: args.admin_tls,
+            cluster_tls: args.cluster_tls,
             inter_broker_tls: inter_broker_tls && cluster.is_some(),
             inter_broker_sasl,
             max_connections_per_ip: args.max_connections_per_ip,
@@ -1556,11 +1571,12 @@ fn resolve_tls(args: &StartArgs, listeners: &[Listener]) -> anyhow::Result<Optio
     }
     let needed_by = match tls_listener {
         Some(l) => Some(format!("listener {}", l.name)),
-        None => args.admin_tls.then(|| "--admin-tls".to_string()),
+        None => (args.admin_tls.then(|| "--admin-tls".to_string()))
+            .or_else(|| args.cluster_tls.then(|| "--cluster-tls".to_string())),
     };
     match (needed_by, &args.tls_cert_file, &args.tls_key_file) {
         (None, None, None) if args.tls_client_ca_file.is_none() => Ok(None),
-        (None, ..) => bail!("--tls-cert-file (SLUICE_TLS_CERT_FILE, tls_cert_file): TLS settings given but no SSL or SASL_SSL listener and no --admin-tls"),
+        (None, ..) => bail!("--tls-cert-file (SLUICE_TLS_CERT_FILE, tls_cert_file): TLS settings given but no SSL or SASL_SSL listener, no --admin-tls and no --cluster-tls"),
         (Some(by), None, _) | (Some(by), _, None) => bail!(
             "--tls-cert-file and --tls-key-file (SLUICE_TLS_CERT_FILE, SLUICE_TLS_KEY_FILE): required by {by}"
         ),
@@ -1866,6 +1882,16 @@ mod tests {
         assert!(e.contains("--inter-broker-sasl-mechanism"), "{e}");
         plain_only.extend(["--inter-broker-sasl-mechanism", "PLAIN"]);
         assert!(with(&plain_only).is_ok());
+        // Mutual TLS of the metadata links needs the certificate files and
+        // the CA, and a cluster.
+        let e = with(&[&creds[..], &["--cluster-tls", "true"]].concat())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--cluster-tls"), "{e}");
+        let e = parse(&["sluice", "start", "--cluster-tls", "true"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("only in a cluster"), "{e}");
         // A single node connects to no other: nothing is needed.
         let mut single = vec!["sluice", "start"];
         single.extend_from_slice(&listeners);

@@ -204,11 +204,13 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
             node_id = settings.node_id,
             cluster_listen = %cluster.listen,
             voters = cluster.voters.len(),
+            cluster_tls = settings.cluster_tls,
             "waiting for a metadata quorum"
         );
     }
     crate::systemd::status("starting: reading the metadata log");
-    let meta = Metadata::start(meta_config(&settings)).context("starting the metadata service")?;
+    let meta = Metadata::start(meta_config(&settings, &security))
+        .context("starting the metadata service")?;
     let result = crate::users::bootstrap(&settings, &meta).and_then(|()| {
         serve(
             &settings,
@@ -254,7 +256,7 @@ fn handle_signals(stop: watch::Sender<bool>, security: Arc<Security>) -> anyhow:
 
 /// The metadata service's settings: a one-voter group of this node, or a
 /// member of the cluster's voters.
-fn meta_config(settings: &Settings) -> MetaConfig {
+fn meta_config(settings: &Settings, security: &Arc<Security>) -> MetaConfig {
     MetaConfig {
         data_dir: settings.data_dir.clone(),
         node_id: u64::try_from(settings.node_id).unwrap_or(0),
@@ -277,6 +279,10 @@ fn meta_config(settings: &Settings) -> MetaConfig {
             heartbeat_ms: settings.broker_heartbeat_ms,
             lease_ms: settings.broker_lease_ms,
             heartbeat_when_serving: true,
+            tls: settings.cluster_tls.then(|| {
+                let links = crate::security::ClusterLinks(Arc::clone(security));
+                Arc::new(links) as Arc<dyn sluice_raft::ClusterTls>
+            }),
         }),
     }
 }

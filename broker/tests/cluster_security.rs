@@ -1,7 +1,10 @@
 //! Clusters whose nodes replicate over a secured listener, with the
 //! authorizer on: over mutual TLS, each node connecting to the others'
 //! `SSL` inter-broker listener with its own certificate and authorized as
-//! that certificate's principal (a super user); or over `SASL_SSL`, each
+//! that certificate's principal (a super user), their metadata (Raft)
+//! links over mutual TLS too (`--cluster-tls`), refusing a plain
+//! connection, a certificate of another CA and one whose principal is not
+//! a super user; or over `SASL_SSL`, each
 //! node authenticating with SCRAM as a super user, and re-authenticating
 //! on its open connections (KIP-368). Clients keep a PLAINTEXT listener,
 //! and are given every node's address on it.
@@ -11,10 +14,13 @@ mod cluster;
 mod common;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::{raw_call, Cluster, ClusterOptions};
-use common::pki::NODE_PRINCIPAL;
+use common::pki::{Pem, NODE_PRINCIPAL};
 use kafka_protocol::messages::create_acls_request::AclCreation;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::{
@@ -41,6 +47,8 @@ fn nodes_replicate_over_mutual_tls_as_their_certificate_principal() {
         "true",
         "--min-insync-replicas",
         "3",
+        "--cluster-tls",
+        "true",
     ]
     .map(String::from)
     .to_vec();
@@ -103,6 +111,7 @@ fn nodes_replicate_over_mutual_tls_as_their_certificate_principal() {
             ("127.0.0.1", i32::from(c.node(id).advertised_port))
         );
     }
+    cluster_port_refuses_all_but_nodes(&c, &pki);
 }
 
 /// SCRAM-SHA-512 authentications that succeeded on a node (every shard).
@@ -222,4 +231,97 @@ fn nodes_replicate_over_sasl_ssl_as_a_scram_super_user_and_reauthenticate() {
             .len(),
         3
     );
+}
+
+/// A stale vote request (term 0, from a node that does not exist) as the
+/// metadata links frame it: harmless, and answered by any node that reads
+/// it.
+fn stale_vote_frame() -> Vec<u8> {
+    let body = br#"{"from":9,"to":1,"body":{"Vote":{"vote":{"leader_id":{"term":0,"node_id":9},"committed":false},"last_log_id":null}}}"#;
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(body);
+    frame
+}
+
+/// Sends `stale_vote_frame` to a cluster port and returns the answer's
+/// body, `None` when the connection ends without one (within 10 s).
+fn vote_answer(stream: &mut dyn ReadWrite) -> Option<String> {
+    stream.write_all(&stale_vote_frame()).ok()?;
+    stream.flush().ok()?;
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(size).min(1 << 20) as usize];
+    stream.read_exact(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A TLS connection to a cluster port that trusts `ca` and presents `as_`.
+fn tls_to(port: u16, ca: &Path, as_: &Pem) -> Box<dyn ReadWrite> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(cert.expect("ca cert")).expect("root");
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&as_.cert)
+        .expect("cert")
+        .map(|c| c.expect("cert"))
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&as_.key).expect("key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client config");
+    let name = ServerName::try_from("127.0.0.1").expect("name");
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let tcp = raw_tcp(port);
+    Box::new(rustls::StreamOwned::new(conn, tcp))
+}
+
+fn raw_tcp(port: u16) -> TcpStream {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    tcp
+}
+
+/// The metadata links of a `--cluster-tls` cluster answer a node's
+/// certificate only.
+fn cluster_port_refuses_all_but_nodes(c: &Cluster, pki: &common::pki::Pki) {
+    let port = c.node(1).cluster_port;
+    let mut plain = raw_tcp(port);
+    assert_eq!(
+        vote_answer(&mut plain),
+        None,
+        "a plain connection is answered"
+    );
+    let mut other_ca = tls_to(port, &pki.ca, &pki.untrusted);
+    assert_eq!(
+        vote_answer(&mut *other_ca),
+        None,
+        "another CA's certificate is answered"
+    );
+    let mut not_super = tls_to(port, &pki.ca, &pki.client);
+    assert_eq!(
+        vote_answer(&mut *not_super),
+        None,
+        "a client's certificate is answered"
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !c.node(1).log_text().contains("failed mutual TLS") {
+        assert!(Instant::now() < deadline, "no refusal logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The same frame with a node's certificate is read and answered (the
+    // vote refused): the refusals above are the checks, not the frame.
+    let mut node = tls_to(port, &pki.ca, &pki.node);
+    let answer = vote_answer(&mut *node).expect("a node's certificate is answered");
+    assert!(answer.contains("\"Vote\""), "{answer}");
+    assert!(answer.contains("\"vote_granted\":false"), "{answer}");
 }

@@ -400,6 +400,7 @@ async fn boot_cluster(
         node_id: cfg.node_id,
         voters: Arc::new(cluster.voters.clone()),
         reachability: Arc::clone(&reachability),
+        tls: cluster.tls.clone(),
     };
     let raft = Raft::new(cfg.node_id, raft_config(tuning, true)?, network, log, sm)
         .await
@@ -423,7 +424,12 @@ async fn boot_cluster(
     let service: Arc<dyn Service> = Arc::new(PeerService {
         node: Arc::clone(&node),
     });
-    tokio::spawn(network::serve(listener, cfg.node_id, service));
+    tokio::spawn(network::serve(
+        listener,
+        cfg.node_id,
+        service,
+        cluster.tls.clone(),
+    ));
     tracing::info!(node_id = cfg.node_id, listen = %cluster.listen, voters = ?cluster.voters, "metadata: cluster listener up");
     let voters: BTreeMap<u64, BasicNode> = cluster
         .voters
@@ -667,7 +673,7 @@ async fn forward(
         idle.retain(|l| l.to() == leader);
         idle.pop()
     }
-    .unwrap_or_else(|| Link::new(node.node_id, leader, addr));
+    .unwrap_or_else(|| Link::new(node.node_id, leader, addr, cluster.cfg.tls.clone()));
     let ttl = deadline.saturating_duration_since(Instant::now());
     let answer = link.call(Request::ClientWrite(request.clone()), ttl).await;
     let result = match answer {
@@ -760,7 +766,12 @@ async fn heartbeat_loop(node: Arc<Node>) {
             continue;
         };
         if link.as_ref().map(Link::to) != Some(leader) {
-            link = Some(Link::new(node.node_id, leader, addr.clone()));
+            link = Some(Link::new(
+                node.node_id,
+                leader,
+                addr.clone(),
+                cluster.cfg.tls.clone(),
+            ));
         }
         let Some(link) = link.as_mut() else {
             continue;

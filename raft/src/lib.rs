@@ -119,6 +119,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{Command, ControlArgs, Tuning};
 pub use crate::control::{REQUESTS_MAX, WRITES_INFLIGHT_MAX};
+pub use crate::network::ClusterTls;
 pub use crate::security::acl::{
     AclBinding, AclDecision, AclEntry, AclFilter, AclOperation, AclPatternType, AclPermission,
     AclResourceType, Acls, PatternFilter, CLUSTER_RESOURCE, WILDCARD_HOST, WILDCARD_PRINCIPAL,

@@ -30,6 +30,18 @@
 //! `Service`. A frame that does not decode, or is addressed to another
 //! node, closes the connection.
 //!
+//! # Mutual TLS
+//!
+//! With `ClusterConfig::tls`, every link is TLS: the connecting node checks
+//! the listener's certificate against the cluster's CA and the host it
+//! dialled, the listener asks for the connecting node's certificate and
+//! checks it against the same CA, and each side then asks `ClusterTls::admit`
+//! whether the other's certificate may speak for a node (the broker: its
+//! principal is a super user, under the authorizer). A peer that fails is
+//! closed before any frame is read, with a rate-limited warning. Without
+//! it, anything that reaches the cluster port can write metadata: the
+//! port then belongs on a private network.
+//!
 //! Without cluster settings there is nothing to talk to: `NoNetworkFactory`
 //! hands openraft clients that fail every RPC as unreachable (a one-voter
 //! group never asks for one).
@@ -49,7 +61,9 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{RaftNetwork, RaftNetworkFactory};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
@@ -62,6 +76,25 @@ pub(crate) const FRAME_MAX: usize = 64 << 20;
 pub(crate) const INBOUND_CONNECTIONS_MAX: usize = 64;
 /// Bound of a connection attempt, ms.
 pub(crate) const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Bound of an inbound TLS handshake.
+const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval between two warnings about refused inbound peers.
+const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Mutual TLS of the links between nodes, given by the node's owner (which
+/// holds the certificates and may reload them: each new link takes the
+/// configurations in use then).
+pub trait ClusterTls: Send + Sync + std::fmt::Debug {
+    /// The listening side: presents this node's certificate and requires
+    /// the connecting node's (an error fails the connection).
+    fn server_config(&self) -> io::Result<Arc<rustls::ServerConfig>>;
+    /// The connecting side: presents this node's certificate and checks
+    /// the listener's (an error fails the connection).
+    fn client_config(&self) -> io::Result<Arc<rustls::ClientConfig>>;
+    /// Whether the peer whose verified chain this is (its own certificate
+    /// first) may speak for a node; `Err` says why not.
+    fn admit(&self, chain: &[CertificateDer<'_>]) -> Result<(), String>;
+}
 
 /// What travels in one frame.
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,7 +150,12 @@ pub(crate) enum CallError {
     NoAnswer { to: NodeId, source: io::Error },
 }
 
-type Conn = Framed<TcpStream, LengthDelimitedCodec>;
+/// A link's byte stream: plain TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for S {}
+
+type Conn = Framed<Box<dyn Stream>, LengthDelimitedCodec>;
 
 fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -131,17 +169,34 @@ fn invalid(msg: impl Into<String>) -> io::Error {
 
 /// One connection to one peer, (re)connected on demand, one request at a
 /// time.
-#[derive(Debug)]
 pub(crate) struct Link {
     from: NodeId,
     to: NodeId,
     /// `None`: this link would connect the node to itself; it never does.
     addr: Option<String>,
+    tls: Option<Arc<dyn ClusterTls>>,
     conn: Option<Conn>,
 }
 
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("addr", &self.addr)
+            .field("tls", &self.tls.is_some())
+            .field("connected", &self.conn.is_some())
+            .finish()
+    }
+}
+
 impl Link {
-    pub(crate) fn new(from: NodeId, to: NodeId, addr: String) -> Link {
+    pub(crate) fn new(
+        from: NodeId,
+        to: NodeId,
+        addr: String,
+        tls: Option<Arc<dyn ClusterTls>>,
+    ) -> Link {
         let addr = if from == to {
             tracing::error!(
                 node_id = from,
@@ -155,6 +210,7 @@ impl Link {
             from,
             to,
             addr,
+            tls,
             conn: None,
         }
     }
@@ -196,6 +252,17 @@ impl Link {
                     .map_err(|_| not_sent(io::ErrorKind::TimedOut.into()))?
                     .map_err(not_sent)?;
                 stream.set_nodelay(true).map_err(not_sent)?;
+                let stream: Box<dyn Stream> = match &self.tls {
+                    None => Box::new(stream),
+                    Some(tls) => {
+                        let handshake = tls_connect(tls.as_ref(), addr, stream);
+                        let stream = tokio::time::timeout_at(connect_by, handshake)
+                            .await
+                            .map_err(|_| not_sent(io::ErrorKind::TimedOut.into()))?
+                            .map_err(not_sent)?;
+                        Box::new(stream)
+                    }
+                };
                 Framed::new(stream, codec())
             }
         };
@@ -221,6 +288,71 @@ impl Link {
             .map_err(no_answer)?;
         self.conn = Some(conn);
         Ok(answer)
+    }
+}
+
+/// The TLS handshake with the node at `addr` (`host:port`): its
+/// certificate must be valid for `host`, chain to the cluster's CA and be
+/// admitted.
+async fn tls_connect(
+    tls: &dyn ClusterTls,
+    addr: &str,
+    stream: TcpStream,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| invalid(format!("{host}: not a TLS server name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config()?);
+    let stream = connector.connect(name, stream).await?;
+    let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    tls.admit(chain).map_err(|why| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("the node at {addr} is not admitted: {why}"),
+        )
+    })?;
+    Ok(stream)
+}
+
+/// The TLS handshake of an inbound link, within `ACCEPT_HANDSHAKE_TIMEOUT`:
+/// the peer's certificate must chain to the cluster's CA and be admitted.
+async fn tls_accept(tls: &dyn ClusterTls, stream: TcpStream) -> io::Result<Box<dyn Stream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config()?);
+    let stream = tokio::time::timeout(ACCEPT_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+    tls.admit(chain)
+        .map_err(|why| io::Error::new(io::ErrorKind::PermissionDenied, why))?;
+    Ok(Box::new(stream))
+}
+
+/// Rate-limited warnings about inbound peers refused by TLS.
+#[derive(Debug, Default)]
+struct Refusals {
+    /// (refusals since the last warning, when it was).
+    state: Mutex<(u64, Option<std::time::Instant>)>,
+}
+
+impl Refusals {
+    fn note(&self, peer: std::net::SocketAddr, error: &io::Error) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        if state
+            .1
+            .is_some_and(|at| at.elapsed() < REFUSED_WARN_INTERVAL)
+        {
+            tracing::debug!(%peer, %error, "cluster listener: peer refused");
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            %error,
+            refused = state.0,
+            "cluster listener: a connection failed mutual TLS and was closed (it needs a certificate of the cluster's CA, admitted as a node)"
+        );
+        *state = (0, Some(std::time::Instant::now()));
     }
 }
 
@@ -320,6 +452,7 @@ pub(crate) struct ClusterNetwork {
     /// Every voter's cluster address (used when a membership node has none).
     pub(crate) voters: Arc<BTreeMap<NodeId, String>>,
     pub(crate) reachability: Arc<Reachability>,
+    pub(crate) tls: Option<Arc<dyn ClusterTls>>,
 }
 
 /// openraft's client for one peer.
@@ -339,7 +472,7 @@ impl RaftNetworkFactory<TypeConfig> for ClusterNetwork {
             node.addr.clone()
         };
         ClusterClient {
-            link: Link::new(self.node_id, target, addr),
+            link: Link::new(self.node_id, target, addr, self.tls.clone()),
             reachability: Arc::clone(&self.reachability),
         }
     }
@@ -414,9 +547,16 @@ pub(crate) trait Service: Send + Sync + 'static {
     fn handle(&self, from: NodeId, request: Request) -> BoxFuture<'static, Response>;
 }
 
-/// Accepts peers on `listener` until the runtime stops.
-pub(crate) async fn serve(listener: TcpListener, node_id: NodeId, service: Arc<dyn Service>) {
+/// Accepts peers on `listener` until the runtime stops, over mutual TLS
+/// with `tls`.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    node_id: NodeId,
+    service: Arc<dyn Service>,
+    tls: Option<Arc<dyn ClusterTls>>,
+) {
     let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
+    let refusals = Arc::new(Refusals::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -432,7 +572,22 @@ pub(crate) async fn serve(listener: TcpListener, node_id: NodeId, service: Arc<d
             continue;
         };
         let service = Arc::clone(&service);
+        let (tls, refusals) = (tls.clone(), Arc::clone(&refusals));
         tokio::spawn(async move {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "cluster connection closed");
+                return;
+            }
+            let stream: Box<dyn Stream> = match &tls {
+                None => Box::new(stream),
+                Some(tls) => match tls_accept(tls.as_ref(), stream).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        refusals.note(peer, &e);
+                        return;
+                    }
+                },
+            };
             if let Err(e) = serve_connection(stream, node_id, service).await {
                 tracing::debug!(%peer, error = %e, "cluster connection closed");
             }
@@ -442,11 +597,10 @@ pub(crate) async fn serve(listener: TcpListener, node_id: NodeId, service: Arc<d
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     node_id: NodeId,
     service: Arc<dyn Service>,
 ) -> io::Result<()> {
-    stream.set_nodelay(true)?;
     let mut conn = Framed::new(stream, codec());
     while let Some(frame) = conn.next().await {
         let frame = frame?;
@@ -583,9 +737,9 @@ mod tests {
         rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr").to_string();
-            let server = tokio::spawn(serve(listener, 2, Arc::new(Echo)));
+            let server = tokio::spawn(serve(listener, 2, Arc::new(Echo), None));
             let ttl = Duration::from_secs(5);
-            let mut link = Link::new(1, 2, addr.clone());
+            let mut link = Link::new(1, 2, addr.clone(), None);
             assert!(matches!(
                 link.call(heartbeat(1), ttl).await,
                 Ok(Response::HeartbeatOk)
@@ -606,10 +760,10 @@ mod tests {
                 Ok(Response::HeartbeatOk)
             ));
             // Addressed to another node: the server closes the connection.
-            let mut wrong = Link::new(1, 5, addr.clone());
+            let mut wrong = Link::new(1, 5, addr.clone(), None);
             assert!(wrong.call(heartbeat(1), ttl).await.is_err());
             // Never to itself.
-            let mut me = Link::new(2, 2, addr);
+            let mut me = Link::new(2, 2, addr, None);
             assert!(matches!(
                 me.call(heartbeat(2), ttl).await,
                 Err(CallError::NotSent { .. })
@@ -617,7 +771,7 @@ mod tests {
             server.abort();
             // Nobody listens any more: not sent.
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut gone = Link::new(1, 2, "127.0.0.1:1".into());
+            let mut gone = Link::new(1, 2, "127.0.0.1:1".into(), None);
             assert!(matches!(
                 gone.call(heartbeat(1), ttl).await,
                 Err(CallError::NotSent { .. })

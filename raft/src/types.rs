@@ -53,6 +53,8 @@ pub struct ClusterConfig {
     /// listeners accept connections, so that a restarting node is not
     /// listed as live while it still recovers its logs.
     pub heartbeat_when_serving: bool,
+    /// Mutual TLS on every link between nodes; `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<dyn crate::network::ClusterTls>>,
 }
 
 /// What a client asks for when creating a topic.

@@ -64,6 +64,7 @@ impl Cluster {
                         port: 9100 + id as u16,
                     }],
                     cluster: Some(ClusterConfig {
+                        tls: None,
                         listen: format!("127.0.0.1:{port}").parse().expect("addr"),
                         voters: voters.clone(),
                         heartbeat_ms: HEARTBEAT_MS,

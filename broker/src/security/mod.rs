@@ -87,6 +87,48 @@ impl Default for Security {
     }
 }
 
+/// Mutual TLS of the cluster (Raft) links, for the metadata service
+/// (`--cluster-tls`): the listeners' certificate and `--tls-client-ca-file`
+/// as in use now (a SIGHUP reload reaches new links). A peer is admitted
+/// when its certificate's principal is one of `--super-users` under the
+/// authorizer; without it, any certificate of the CA is.
+#[derive(Debug)]
+pub struct ClusterLinks(pub Arc<Security>);
+
+impl ClusterLinks {
+    fn configs(&self) -> std::io::Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>)> {
+        (self.0.tls.as_ref())
+            .and_then(tls::Tls::cluster_configs)
+            .ok_or_else(|| std::io::Error::other("cluster TLS needs --tls-client-ca-file"))
+    }
+}
+
+impl sluice_raft::ClusterTls for ClusterLinks {
+    fn server_config(&self) -> std::io::Result<Arc<rustls::ServerConfig>> {
+        self.configs().map(|(server, _)| server)
+    }
+
+    fn client_config(&self) -> std::io::Result<Arc<rustls::ClientConfig>> {
+        self.configs().map(|(_, client)| client)
+    }
+
+    fn admit(&self, chain: &[rustls::pki_types::CertificateDer<'_>]) -> Result<(), String> {
+        let Some(authorizer) = &self.0.authorizer else {
+            return Ok(());
+        };
+        let cert = chain.first().ok_or("no certificate")?;
+        let principal =
+            tls::principal_of(cert).ok_or("the certificate's subject cannot be read")?;
+        if authorizer.super_users.contains(&principal) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{principal} is not one of --super-users (nodes speak for the cluster)"
+            ))
+        }
+    }
+}
+
 /// The authorizer's settings (Kafka's `StandardAuthorizer`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Authorizer {

@@ -75,11 +75,22 @@ struct Configs {
     sasl_ssl: Arc<ServerConfig>,
     /// Connections to the other nodes (with a client CA only).
     inter_broker: Option<Arc<ClientConfig>>,
+    /// The cluster listener's side of mutual TLS: a certificate of the
+    /// client CA required whatever `--tls-client-auth` says (with a client
+    /// CA only).
+    cluster: Option<Arc<ServerConfig>>,
 }
 
 fn configs(files: &TlsFiles) -> anyhow::Result<Configs> {
     let inter_broker = match &files.client_ca {
         Some(ca) => Some(Arc::new(client_config(files, ca)?)),
+        None => None,
+    };
+    let cluster = match &files.client_ca {
+        Some(_) => Some(Arc::new(server_config(&TlsFiles {
+            client_auth: ClientAuth::Required,
+            ..files.clone()
+        })?)),
         None => None,
     };
     let ssl = Arc::new(server_config(files)?);
@@ -96,6 +107,7 @@ fn configs(files: &TlsFiles) -> anyhow::Result<Configs> {
         ssl,
         sasl_ssl,
         inter_broker,
+        cluster,
     })
 }
 
@@ -134,6 +146,17 @@ impl Tls {
             .inter_broker
             .as_ref()
             .map(|c| TlsConnector::from(Arc::clone(c)))
+    }
+
+    /// The configurations in use for mutual TLS between the nodes' cluster
+    /// (Raft) links: (listening side, connecting side); `None` without
+    /// `--tls-client-ca-file`.
+    pub fn cluster_configs(&self) -> Option<(Arc<ServerConfig>, Arc<ClientConfig>)> {
+        let current = self.current.load();
+        Some((
+            Arc::clone(current.cluster.as_ref()?),
+            Arc::clone(current.inter_broker.as_ref()?),
+        ))
     }
 
     /// An acceptor with the configuration in use for a listener of
