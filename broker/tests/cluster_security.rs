@@ -112,6 +112,7 @@ fn nodes_replicate_over_mutual_tls_as_their_certificate_principal() {
         );
     }
     cluster_port_refuses_all_but_nodes(&c, &pki);
+    stalled_handshakes_are_bounded(&c, &pki);
 }
 
 /// SCRAM-SHA-512 authentications that succeeded on a node (every shard).
@@ -324,4 +325,40 @@ fn cluster_port_refuses_all_but_nodes(c: &Cluster, pki: &common::pki::Pki) {
     let answer = vote_answer(&mut *node).expect("a node's certificate is answered");
     assert!(answer.contains("\"Vote\""), "{answer}");
     assert!(answer.contains("\"vote_granted\":false"), "{answer}");
+}
+
+/// Connections that never finish their TLS handshake hold a handshake
+/// slot (at most 4 per IP), not one of the nodes' inbound slots, and only
+/// for the handshake's 3 s bound.
+fn stalled_handshakes_are_bounded(c: &Cluster, pki: &common::pki::Pki) {
+    let port = c.node(1).cluster_port;
+    let stalled: Vec<TcpStream> = (0..4).map(|_| raw_tcp(port)).collect();
+    // Accepted in order: the fifth from the same IP is closed at once.
+    let mut fifth = raw_tcp(port);
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    match fifth.read(&mut [0u8; 16]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a fifth stalled handshake from one IP was held: {other:?}"),
+    }
+    // The stalled ones are closed once the handshake's bound is over.
+    let began = Instant::now();
+    for mut s in stalled {
+        match s.read(&mut [0u8; 16]) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a stalled handshake was not closed: {other:?}"),
+        }
+    }
+    let held = began.elapsed();
+    assert!(
+        held < Duration::from_secs(6),
+        "stalled handshakes held {held:?}"
+    );
+    // And the nodes' certificate is answered again.
+    let mut node = tls_to(port, &pki.ca, &pki.node);
+    let answer = vote_answer(&mut *node).expect("a node's certificate is answered");
+    assert!(answer.contains("\"Vote\""), "{answer}");
 }

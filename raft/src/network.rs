@@ -26,8 +26,12 @@
 //!
 //! `serve` accepts on `ClusterConfig::listen`, on the control thread's
 //! runtime: at most `INBOUND_CONNECTIONS_MAX` connections at once (more are
-//! closed at once), each answering its requests in order through a
-//! `Service`. A frame that does not decode, or is addressed to another
+//! closed at once, with a rate-limited warning), each answering its
+//! requests in order through a `Service`. Under TLS a connection takes one
+//! of those slots only once its peer is admitted: before, it holds one of
+//! `HANDSHAKES_MAX` handshake slots (at most `HANDSHAKES_PER_IP_MAX` per
+//! address) for at most `ACCEPT_HANDSHAKE_TIMEOUT`, so peers without a
+//! certificate cannot hold the slots the nodes' links need. A frame that does not decode, or is addressed to another
 //! node, closes the connection.
 //!
 //! # Mutual TLS
@@ -46,8 +50,9 @@
 //! hands openraft clients that fail every RPC as unreachable (a one-voter
 //! group never asks for one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -76,8 +81,12 @@ pub(crate) const FRAME_MAX: usize = 64 << 20;
 pub(crate) const INBOUND_CONNECTIONS_MAX: usize = 64;
 /// Bound of a connection attempt, ms.
 pub(crate) const CONNECT_TIMEOUT_MS: u64 = 1_000;
-/// Bound of an inbound TLS handshake.
-const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound of an inbound TLS handshake (a node's completes in milliseconds).
+const ACCEPT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Inbound TLS handshakes in progress at once; more are closed.
+const HANDSHAKES_MAX: usize = 32;
+/// Inbound TLS handshakes in progress from one IP address at once.
+const HANDSHAKES_PER_IP_MAX: u32 = 4;
 /// Interval between two warnings about refused inbound peers.
 const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -328,7 +337,8 @@ async fn tls_accept(tls: &dyn ClusterTls, stream: TcpStream) -> io::Result<Box<d
     Ok(Box::new(stream))
 }
 
-/// Rate-limited warnings about inbound peers refused by TLS.
+/// Rate-limited warnings about inbound peers refused (by TLS, or over the
+/// inbound limits).
 #[derive(Debug, Default)]
 struct Refusals {
     /// (refusals since the last warning, when it was).
@@ -336,22 +346,30 @@ struct Refusals {
 }
 
 impl Refusals {
-    fn note(&self, peer: std::net::SocketAddr, error: &io::Error) {
+    fn note(&self, peer: std::net::SocketAddr, refusal: &Refusal) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.0 += 1;
         if state
             .1
             .is_some_and(|at| at.elapsed() < REFUSED_WARN_INTERVAL)
         {
-            tracing::debug!(%peer, %error, "cluster listener: peer refused");
+            tracing::debug!(%peer, ?refusal, "cluster listener: peer refused");
             return;
         }
-        tracing::warn!(
-            %peer,
-            %error,
-            refused = state.0,
-            "cluster listener: a connection failed mutual TLS and was closed (it needs a certificate of the cluster's CA, admitted as a node)"
-        );
+        match refusal {
+            Refusal::TooMany { limit, what } => tracing::warn!(
+                %peer,
+                limit,
+                refused = state.0,
+                "cluster listener: too many {what}; a connection was closed"
+            ),
+            Refusal::Tls(error) => tracing::warn!(
+                %peer,
+                %error,
+                refused = state.0,
+                "cluster listener: a connection failed mutual TLS and was closed (it needs a certificate of the cluster's CA, admitted as a node)"
+            ),
+        }
         *state = (0, Some(std::time::Instant::now()));
     }
 }
@@ -556,6 +574,7 @@ pub(crate) async fn serve(
     tls: Option<Arc<dyn ClusterTls>>,
 ) {
     let slots = Arc::new(Semaphore::new(INBOUND_CONNECTIONS_MAX));
+    let handshakes = Arc::new(Handshakes::default());
     let refusals = Arc::new(Refusals::default());
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -567,32 +586,118 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::warn!(%peer, limit = INBOUND_CONNECTIONS_MAX, "cluster listener: too many connections; closed");
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cluster connection closed");
+            continue;
+        }
+        let service = Arc::clone(&service);
+        let refusals = Arc::clone(&refusals);
+        let Some(tls) = tls.clone() else {
+            let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                refusals.note(
+                    peer,
+                    &Refusal::too_many(INBOUND_CONNECTIONS_MAX, "connections"),
+                );
+                continue;
+            };
+            tokio::spawn(async move {
+                serve_peer(Box::new(stream), peer, node_id, service).await;
+                drop(slot);
+            });
             continue;
         };
-        let service = Arc::clone(&service);
-        let (tls, refusals) = (tls.clone(), Arc::clone(&refusals));
+        let Some(handshake) = Handshakes::enter(&handshakes, peer.ip()) else {
+            refusals.note(peer, &Refusal::too_many(HANDSHAKES_MAX, "TLS handshakes"));
+            continue;
+        };
+        let slots = Arc::clone(&slots);
         tokio::spawn(async move {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(%peer, error = %e, "cluster connection closed");
-                return;
-            }
-            let stream: Box<dyn Stream> = match &tls {
-                None => Box::new(stream),
-                Some(tls) => match tls_accept(tls.as_ref(), stream).await {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        refusals.note(peer, &e);
-                        return;
-                    }
-                },
+            let stream = tls_accept(tls.as_ref(), stream).await;
+            drop(handshake);
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => return refusals.note(peer, &Refusal::Tls(e)),
             };
-            if let Err(e) = serve_connection(stream, node_id, service).await {
-                tracing::debug!(%peer, error = %e, "cluster connection closed");
-            }
+            let Ok(slot) = slots.try_acquire_owned() else {
+                return refusals.note(
+                    peer,
+                    &Refusal::too_many(INBOUND_CONNECTIONS_MAX, "connections"),
+                );
+            };
+            serve_peer(stream, peer, node_id, service).await;
             drop(slot);
         });
+    }
+}
+
+/// Why an inbound peer was closed.
+#[derive(Debug)]
+enum Refusal {
+    /// Over one of the inbound limits.
+    TooMany { limit: usize, what: &'static str },
+    /// Its TLS handshake failed or it was not admitted.
+    Tls(io::Error),
+}
+
+impl Refusal {
+    fn too_many(limit: usize, what: &'static str) -> Refusal {
+        Refusal::TooMany { limit, what }
+    }
+}
+
+async fn serve_peer(
+    stream: Box<dyn Stream>,
+    peer: std::net::SocketAddr,
+    node_id: NodeId,
+    service: Arc<dyn Service>,
+) {
+    if let Err(e) = serve_connection(stream, node_id, service).await {
+        tracing::debug!(%peer, error = %e, "cluster connection closed");
+    }
+}
+
+/// Inbound TLS handshakes in progress: how many in all and from each IP.
+#[derive(Debug, Default)]
+struct Handshakes {
+    by_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One handshake in progress, counted until dropped.
+struct Handshake {
+    of: Arc<Handshakes>,
+    ip: IpAddr,
+}
+
+impl Handshakes {
+    /// A handshake slot for `ip`, or `None` over `HANDSHAKES_MAX` in all or
+    /// `HANDSHAKES_PER_IP_MAX` for `ip`.
+    fn enter(of: &Arc<Handshakes>, ip: IpAddr) -> Option<Handshake> {
+        let mut by_ip = of.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let total: u32 = by_ip.values().sum();
+        let count = by_ip.entry(ip).or_insert(0);
+        if *count >= HANDSHAKES_PER_IP_MAX || total as usize >= HANDSHAKES_MAX {
+            if *count == 0 {
+                by_ip.remove(&ip);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(Handshake {
+            of: Arc::clone(of),
+            ip,
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut by_ip = self.of.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = by_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                by_ip.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -726,6 +831,31 @@ mod tests {
             port: 1,
             endpoints: Vec::new(),
         }
+    }
+
+    #[test]
+    fn handshakes_are_bounded_per_ip_and_in_all_and_released_on_drop() {
+        let of = Arc::new(Handshakes::default());
+        let ip = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let from_one: Vec<Handshake> = (0..HANDSHAKES_PER_IP_MAX)
+            .map(|_| Handshakes::enter(&of, ip(1)).expect("under the per-IP bound"))
+            .collect();
+        assert!(
+            Handshakes::enter(&of, ip(1)).is_none(),
+            "a fifth from one IP"
+        );
+        drop(from_one);
+        assert!(Handshakes::enter(&of, ip(1)).is_some(), "released on drop");
+        let mut all = Vec::new();
+        for last in 0..=u8::MAX {
+            match Handshakes::enter(&of, ip(last)) {
+                Some(h) => all.push(h),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), HANDSHAKES_MAX);
+        drop(all);
+        assert!(of.by_ip.lock().expect("lock").is_empty(), "nothing left");
     }
 
     #[test]
