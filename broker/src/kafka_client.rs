@@ -33,7 +33,7 @@ use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use crate::handlers::{with_deadline, Ctx};
 use crate::plane::{RequestBuffer, Shard};
-use crate::sasl::client::{ClientCredentials, SaslClient};
+use crate::sasl::client::{ClientCredentials, SaltedPassword, SaslClient};
 
 /// Why a request to another node failed as a whole.
 #[derive(Debug)]
@@ -73,6 +73,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for S {}
 
 /// Steps of one SASL exchange at most (SCRAM takes two).
 const SASL_STEPS_MAX: usize = 4;
+/// Bound of one whole SASL authentication, in connect timeouts: the
+/// handshake, the steps, and a PBKDF2 that may queue on the shard's
+/// blocking thread behind clients' PLAIN checks.
+const SASL_TIMEOUTS_MAX: u32 = 4;
 /// Share of the session lifetime after which the connection
 /// re-authenticates (Kafka's clients pick 85% to 95%).
 const REAUTH_AT: f64 = 0.85;
@@ -87,6 +91,9 @@ pub struct Conn {
     /// Set on a SASL listener: the credentials, and when to authenticate
     /// again (`None`: the session does not end).
     sasl: Option<(Arc<ClientCredentials>, Option<Instant>)>,
+    /// The SCRAM salted password of the last authentication: the next one
+    /// with the same salt and iterations runs no PBKDF2.
+    salted: Option<SaltedPassword>,
 }
 
 impl Conn {
@@ -115,6 +122,7 @@ impl Conn {
             profile,
             node,
             sasl: None,
+            salted: None,
         };
         if let Some(creds) = &ctx.node.security.inter_broker_sasl {
             conn.sasl = Some((Arc::clone(creds), None));
@@ -123,9 +131,18 @@ impl Conn {
         Ok(conn)
     }
 
-    /// SaslHandshake then SaslAuthenticate until the exchange is done; sets
-    /// when to do it again from the session lifetime the node answers.
+    /// SaslHandshake then SaslAuthenticate until the exchange is done,
+    /// within `SASL_TIMEOUTS_MAX` connect timeouts; sets when to do it
+    /// again from the session lifetime the node answers.
     async fn authenticate(&mut self, shard: &Shard) -> Result<(), Failure> {
+        let limit = self.profile.connect_timeout * SASL_TIMEOUTS_MAX;
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        with_deadline(ms, self.authenticate_unbounded(shard))
+            .await
+            .ok_or(Failure::TimedOut)?
+    }
+
+    async fn authenticate_unbounded(&mut self, shard: &Shard) -> Result<(), Failure> {
         let Some((creds, _)) = self.sasl.clone() else {
             return Ok(());
         };
@@ -151,8 +168,9 @@ impl Conn {
                 offered.join(",")
             )));
         }
-        let (client, mut token) = SaslClient::start(&creds, &ring::rand::SystemRandom::new())
-            .map_err(|e| refused(e.message))?;
+        let (client, mut token) =
+            SaslClient::start(&creds, &ring::rand::SystemRandom::new(), self.salted.take())
+                .map_err(|e| refused(e.message))?;
         let mut client = Some(client);
         for _ in 0..SASL_STEPS_MAX {
             let mut req = SaslAuthenticateRequest::default();
@@ -169,19 +187,33 @@ impl Conn {
                 return Err(refused("no client state".into()));
             };
             let server_msg = resp.auth_bytes;
-            let (returned, step) = glommio::executor()
-                .spawn_blocking(move || {
-                    let step = stepping.step(&server_msg);
-                    (stepping, step)
-                })
-                .await;
-            client = Some(returned);
+            let step = if stepping.costly_step(&server_msg) {
+                // PBKDF2: off the shard's executor.
+                let (returned, step) = glommio::executor()
+                    .spawn_blocking(move || {
+                        let step = stepping.step(&server_msg);
+                        (stepping, step)
+                    })
+                    .await;
+                stepping = returned;
+                step
+            } else {
+                stepping.step(&server_msg)
+            };
             match step.map_err(|e| refused(e.message))? {
-                Some(next) => token = next,
+                Some(next) => {
+                    token = next;
+                    client = Some(stepping);
+                }
                 None => {
+                    self.salted = stepping.into_salted();
                     let lifetime = u64::try_from(resp.session_lifetime_ms).unwrap_or(0);
+                    // A lifetime past what the clock can add is no end.
                     let again = (lifetime > 0)
-                        .then(|| started + Duration::from_millis(lifetime).mul_f64(REAUTH_AT));
+                        .then(|| {
+                            started.checked_add(Duration::from_millis(lifetime).mul_f64(REAUTH_AT))
+                        })
+                        .flatten();
                     self.sasl = Some((creds, again));
                     return Ok(());
                 }

@@ -200,6 +200,20 @@ pub fn run(settings: Settings) -> anyhow::Result<()> {
     let (stop_tx, _stop_rx) = watch::channel(false);
     handle_signals(stop_tx.clone(), Arc::clone(&security))?;
     if let Some(cluster) = &settings.cluster {
+        if settings.authorizer.is_some() && !settings.cluster_tls {
+            tracing::warn!(
+                cluster_listen = %cluster.listen,
+                "--authorizer is on but --cluster-tls is off: whatever reaches --cluster-listen can write metadata (users, ACLs); keep that port on a private network or turn --cluster-tls on"
+            );
+        }
+        let plain_password = settings.inter_broker_sasl.as_ref().is_some_and(|creds| {
+            creds.mechanism == crate::sasl::Mechanism::Plain && !settings.inter_broker_tls
+        });
+        if plain_password {
+            tracing::warn!(
+                "--inter-broker-sasl-mechanism PLAIN on a SASL_PLAINTEXT inter-broker listener sends the inter-broker user's password in clear to whatever answers at the other nodes' addresses: use SCRAM or SASL_SSL"
+            );
+        }
         tracing::info!(
             node_id = settings.node_id,
             cluster_listen = %cluster.listen,

@@ -53,9 +53,32 @@ impl fmt::Debug for ClientCredentials {
     }
 }
 
+/// A SCRAM salted password (RFC 5802's SaltedPassword), kept by a
+/// connection so that authenticating again with the same salt and
+/// iteration count costs no PBKDF2.
+#[derive(Clone)]
+pub struct SaltedPassword {
+    alg: ScramAlgorithm,
+    salt: Vec<u8>,
+    iterations: NonZeroU32,
+    salted: Vec<u8>,
+}
+
+impl fmt::Debug for SaltedPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SaltedPassword")
+            .field("alg", &self.alg)
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One authentication, from the client's side.
 pub struct SaslClient {
     state: State,
+    /// The salted password of an earlier authentication, reused when the
+    /// server asks for the same salt and iteration count.
+    salted: Option<SaltedPassword>,
 }
 
 enum State {
@@ -78,9 +101,12 @@ enum State {
 
 impl SaslClient {
     /// Starts an authentication: the client and its first token.
+    /// `salted` is what an earlier one on the connection left
+    /// (`into_salted`).
     pub fn start(
         creds: &ClientCredentials,
         rng: &dyn SecureRandom,
+        salted: Option<SaltedPassword>,
     ) -> Result<(SaslClient, Vec<u8>), SaslFailure> {
         let Some(alg) = creds.mechanism.scram_algorithm() else {
             // RFC 4616: authzid NUL authcid NUL passwd, no authzid.
@@ -91,6 +117,7 @@ impl SaslClient {
             token.extend_from_slice(creds.password.as_bytes());
             let client = SaslClient {
                 state: State::PlainSent,
+                salted,
             };
             return Ok((client, token));
         };
@@ -106,7 +133,28 @@ impl SaslClient {
             client_first_bare,
             nonce,
         };
-        Ok((SaslClient { state }, token))
+        Ok((SaslClient { state, salted }, token))
+    }
+
+    /// Whether `step(server_msg)` runs PBKDF2 (a server-first message
+    /// whose salt and iteration count this client has not salted the
+    /// password with): worth a blocking thread.
+    pub fn costly_step(&self, server_msg: &[u8]) -> bool {
+        let State::ScramFirstSent { alg, nonce, .. } = &self.state else {
+            return false;
+        };
+        match ServerFirst::parse(server_msg, nonce) {
+            Ok(first) => !self
+                .salted
+                .as_ref()
+                .is_some_and(|s| first.salted_by(*alg, s)),
+            Err(_) => false,
+        }
+    }
+
+    /// The salted password this authentication used, for the next one.
+    pub fn into_salted(self) -> Option<SaltedPassword> {
+        self.salted
     }
 
     /// Feeds the server's token: `Some(token)` to send next, `None` once
@@ -127,8 +175,24 @@ impl SaslClient {
                 client_first_bare,
                 nonce,
             } => {
+                let first = ServerFirst::parse(server_msg, &nonce)?;
+                let salted = match self.salted.take() {
+                    Some(known) if first.salted_by(alg, &known) => known,
+                    _ => SaltedPassword {
+                        alg,
+                        salted: salted_password(
+                            alg,
+                            password.as_bytes(),
+                            &first.salt,
+                            first.iterations,
+                        ),
+                        salt: first.salt.clone(),
+                        iterations: first.iterations,
+                    },
+                };
                 let (final_msg, server_signature) =
-                    client_final(alg, &password, &client_first_bare, &nonce, server_msg)?;
+                    client_final(&salted, &client_first_bare, &first);
+                self.salted = Some(salted);
                 self.state = State::ScramFinalSent { server_signature };
                 Ok(Some(final_msg))
             }
@@ -154,55 +218,80 @@ impl SaslClient {
     }
 }
 
-/// The client-final message answering `server_first`, and the signature
-/// the server-final message must carry (RFC 5802 section 3).
-fn client_final(
-    alg: ScramAlgorithm,
-    password: &str,
-    client_first_bare: &str,
-    nonce: &str,
-    server_first: &[u8],
-) -> Result<(Vec<u8>, Vec<u8>), SaslFailure> {
-    let text = std::str::from_utf8(server_first)
-        .map_err(|_| SaslFailure::new("server-first message is not UTF-8"))?;
-    let (mut combined, mut salt, mut iterations) = (None, None, None);
-    for attr in text.split(',') {
-        match attr.split_once('=') {
-            Some(("r", v)) => combined = Some(v),
-            Some(("s", v)) => salt = Some(v),
-            Some(("i", v)) => iterations = Some(v),
-            Some(("m", _)) => return Err(SaslFailure::new("server-first asks for an extension")),
-            _ => {}
+/// A server-first message, checked: its nonce extends the client's, its
+/// salt and iteration count are within the bounds the server side keeps.
+struct ServerFirst<'a> {
+    text: &'a str,
+    combined: &'a str,
+    salt: Vec<u8>,
+    iterations: NonZeroU32,
+}
+
+impl<'a> ServerFirst<'a> {
+    fn parse(server_first: &'a [u8], nonce: &str) -> Result<ServerFirst<'a>, SaslFailure> {
+        let text = std::str::from_utf8(server_first)
+            .map_err(|_| SaslFailure::new("server-first message is not UTF-8"))?;
+        let (mut combined, mut salt, mut iterations) = (None, None, None);
+        for attr in text.split(',') {
+            match attr.split_once('=') {
+                Some(("r", v)) => combined = Some(v),
+                Some(("s", v)) => salt = Some(v),
+                Some(("i", v)) => iterations = Some(v),
+                Some(("m", _)) => {
+                    return Err(SaslFailure::new("server-first asks for an extension"))
+                }
+                _ => {}
+            }
         }
+        let missing = |what: &str| SaslFailure::new(format!("server-first message has no {what}"));
+        let combined = combined.ok_or_else(|| missing("nonce"))?;
+        if combined.len() <= nonce.len() || !combined.starts_with(nonce) {
+            return Err(SaslFailure::new(
+                "server-first nonce does not extend the client's",
+            ));
+        }
+        let salt = salt
+            .and_then(|s| BASE64.decode(s).ok())
+            .filter(|s| !s.is_empty() && s.len() <= SCRAM_SALT_BYTES_MAX)
+            .ok_or_else(|| missing("usable salt"))?;
+        let iterations = iterations
+            .and_then(|i| i.parse::<u32>().ok())
+            .filter(|i| (SCRAM_ITERATIONS_MIN..=SCRAM_ITERATIONS_MAX).contains(i))
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| {
+                SaslFailure::new(format!(
+                    "server-first iteration count is not in {SCRAM_ITERATIONS_MIN}..={SCRAM_ITERATIONS_MAX}"
+                ))
+            })?;
+        Ok(ServerFirst {
+            text,
+            combined,
+            salt,
+            iterations,
+        })
     }
-    let missing = |what: &str| SaslFailure::new(format!("server-first message has no {what}"));
-    let combined = combined.ok_or_else(|| missing("nonce"))?;
-    if combined.len() <= nonce.len() || !combined.starts_with(nonce) {
-        return Err(SaslFailure::new(
-            "server-first nonce does not extend the client's",
-        ));
+
+    /// Whether `salted` is the password salted as this message asks.
+    fn salted_by(&self, alg: ScramAlgorithm, salted: &SaltedPassword) -> bool {
+        salted.alg == alg && salted.iterations == self.iterations && salted.salt == self.salt
     }
-    let salt = salt
-        .and_then(|s| BASE64.decode(s).ok())
-        .filter(|s| !s.is_empty() && s.len() <= SCRAM_SALT_BYTES_MAX)
-        .ok_or_else(|| missing("usable salt"))?;
-    let iterations = iterations
-        .and_then(|i| i.parse::<u32>().ok())
-        .filter(|i| (SCRAM_ITERATIONS_MIN..=SCRAM_ITERATIONS_MAX).contains(i))
-        .and_then(NonZeroU32::new)
-        .ok_or_else(|| {
-            SaslFailure::new(format!(
-                "server-first iteration count is not in {SCRAM_ITERATIONS_MIN}..={SCRAM_ITERATIONS_MAX}"
-            ))
-        })?;
-    let salted = salted_password(alg, password.as_bytes(), &salt, iterations);
-    let key = hmac::Key::new(alg.hmac(), &salted);
+}
+
+/// The client-final message answering `first`, and the signature the
+/// server-final message must carry (RFC 5802 section 3).
+fn client_final(
+    salted: &SaltedPassword,
+    client_first_bare: &str,
+    first: &ServerFirst<'_>,
+) -> (Vec<u8>, Vec<u8>) {
+    let alg = salted.alg;
+    let key = hmac::Key::new(alg.hmac(), &salted.salted);
     let client_key = hmac::sign(&key, b"Client Key");
     let stored_key = digest::digest(alg.digest(), client_key.as_ref());
     let server_key = hmac::sign(&key, b"Server Key");
     // "biws": base64 of the GS2 header "n,," (no channel binding).
-    let without_proof = format!("c=biws,r={combined}");
-    let auth_message = format!("{client_first_bare},{text},{without_proof}");
+    let without_proof = format!("c=biws,r={}", first.combined);
+    let auth_message = format!("{client_first_bare},{},{without_proof}", first.text);
     let client_signature = hmac::sign(
         &hmac::Key::new(alg.hmac(), stored_key.as_ref()),
         auth_message.as_bytes(),
@@ -216,7 +305,7 @@ fn client_final(
         auth_message.as_bytes(),
     );
     let token = format!("{without_proof},p={}", BASE64.encode(proof)).into_bytes();
-    Ok((token, server_signature.as_ref().to_vec()))
+    (token, server_signature.as_ref().to_vec())
 }
 
 /// RFC 5802's saslname: '=' and ',' escaped.
@@ -247,21 +336,58 @@ mod tests {
 
     /// Runs a client against the broker's own server side.
     fn run(creds: &ClientCredentials, server_store: &OneUser) -> Result<String, SaslFailure> {
+        run_salted(creds, server_store, None).map(|(user, _, _)| user)
+    }
+
+    /// `run` starting from `salted`: the user, whether a step was costly,
+    /// and the salted password left for the next run.
+    fn run_salted(
+        creds: &ClientCredentials,
+        server_store: &OneUser,
+        salted: Option<SaltedPassword>,
+    ) -> Result<(String, bool, Option<SaltedPassword>), SaslFailure> {
         let rng = SystemRandom::new();
-        let (mut client, mut token) = SaslClient::start(creds, &rng)?;
+        let (mut client, mut token) = SaslClient::start(creds, &rng, salted)?;
         let mut server = Exchange::new(creds.mechanism);
+        let mut costly = false;
         for _ in 0..4 {
             match server.step(&token, server_store)? {
                 Step::Challenge(reply) => {
+                    costly |= client.costly_step(&reply);
                     token = client.step(&reply)?.expect("a token answers a challenge");
                 }
                 Step::Done { reply, user } => {
+                    costly |= client.costly_step(&reply);
                     assert_eq!(client.step(&reply)?, None, "the client is done too");
-                    return Ok(user);
+                    return Ok((user, costly, client.into_salted()));
                 }
             }
         }
         panic!("no end after 4 steps");
+    }
+
+    #[test]
+    fn authenticating_again_reuses_the_salted_password_of_the_same_salt() {
+        let alg = ScramAlgorithm::Sha512;
+        let mechanism = Mechanism::from_name(alg.name()).expect("mechanism");
+        let creds = ClientCredentials::new(mechanism, "node".into(), "pencil".into());
+        let server = store("node", alg, "pencil");
+        let (_, costly, salted) = run_salted(&creds, &server, None).expect("first");
+        assert!(costly, "the first authentication salts the password");
+        let (user, costly, salted) = run_salted(&creds, &server, salted).expect("again");
+        assert_eq!(user, "node");
+        assert!(!costly, "the same salt and iterations: no PBKDF2");
+        // A changed credential (another salt) is salted again, and a wrong
+        // kept password does not pass for the right one.
+        let other_salt = {
+            let cred = StoredCredential::from_password(alg, b"pencil", b"another salt", 8192)
+                .expect("credential");
+            OneUser("node".into(), alg, cred)
+        };
+        let (_, costly, _) = run_salted(&creds, &other_salt, salted.clone()).expect("re-salted");
+        assert!(costly, "another salt and iteration count");
+        let changed = store("node", alg, "new pencil");
+        assert!(run_salted(&creds, &changed, salted).is_err());
     }
 
     #[test]
@@ -276,6 +402,7 @@ mod tests {
                 client_first_bare: format!("n=user,r={nonce}"),
                 nonce,
             },
+            salted: None,
         };
         let server_first =
             b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
@@ -314,7 +441,7 @@ mod tests {
     #[test]
     fn a_server_without_the_credential_or_with_hostile_parameters_is_refused() {
         let creds = ClientCredentials::new(Mechanism::ScramSha512, "node".into(), "pencil".into());
-        let start = || SaslClient::start(&creds, &SystemRandom::new()).expect("start");
+        let start = || SaslClient::start(&creds, &SystemRandom::new(), None).expect("start");
         let (_, first) = start();
         let first = String::from_utf8(first).expect("utf-8");
         let nonce = first.rsplit("r=").next().expect("nonce").to_string();
