@@ -88,9 +88,15 @@ pub struct Conn {
     profile: Profile,
     /// The node it is connected to (for messages).
     node: u64,
-    /// Set on a SASL listener: the credentials, and when to authenticate
-    /// again (`None`: the session does not end).
-    sasl: Option<(Arc<ClientCredentials>, Option<Instant>)>,
+    /// Set on a SASL listener.
+    sasl: Option<SaslSession>,
+}
+
+/// A connection's SASL authentication.
+struct SaslSession {
+    creds: Arc<ClientCredentials>,
+    /// When to authenticate again (`None`: the session does not end).
+    again: Option<Instant>,
     /// The SCRAM salted password of the last authentication: the next one
     /// with the same salt and iterations runs no PBKDF2.
     salted: Option<SaltedPassword>,
@@ -122,10 +128,13 @@ impl Conn {
             profile,
             node,
             sasl: None,
-            salted: None,
         };
         if let Some(creds) = &ctx.node.security.inter_broker_sasl {
-            conn.sasl = Some((Arc::clone(creds), None));
+            conn.sasl = Some(SaslSession {
+                creds: Arc::clone(creds),
+                again: None,
+                salted: None,
+            });
             conn.authenticate(&ctx.shard).await?;
         }
         Ok(conn)
@@ -137,15 +146,16 @@ impl Conn {
     async fn authenticate(&mut self, shard: &Shard) -> Result<(), Failure> {
         let limit = self.profile.connect_timeout * SASL_TIMEOUTS_MAX;
         let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-        with_deadline(ms, self.authenticate_unbounded(shard))
+        with_deadline(ms, self.authenticate_steps(shard))
             .await
             .ok_or(Failure::TimedOut)?
     }
 
-    async fn authenticate_unbounded(&mut self, shard: &Shard) -> Result<(), Failure> {
-        let Some((creds, _)) = self.sasl.clone() else {
+    async fn authenticate_steps(&mut self, shard: &Shard) -> Result<(), Failure> {
+        let Some(sasl) = &mut self.sasl else {
             return Ok(());
         };
+        let (creds, salted) = (Arc::clone(&sasl.creds), sasl.salted.take());
         let (limit, node) = (self.profile.connect_timeout, self.node);
         let refused = |what: String| {
             Failure::Protocol(format!(
@@ -168,10 +178,9 @@ impl Conn {
                 offered.join(",")
             )));
         }
-        let (client, mut token) =
-            SaslClient::start(&creds, &ring::rand::SystemRandom::new(), self.salted.take())
+        let (mut client, mut token) =
+            SaslClient::start(&creds, &ring::rand::SystemRandom::new(), salted)
                 .map_err(|e| refused(e.message))?;
-        let mut client = Some(client);
         for _ in 0..SASL_STEPS_MAX {
             let mut req = SaslAuthenticateRequest::default();
             req.auth_bytes = Bytes::from(std::mem::take(&mut token));
@@ -183,41 +192,36 @@ impl Conn {
                 let message = resp.error_message.as_deref().unwrap_or("");
                 return Err(refused(format!("refused ({}): {message}", resp.error_code)));
             }
-            let Some(mut stepping) = client.take() else {
-                return Err(refused("no client state".into()));
-            };
             let server_msg = resp.auth_bytes;
-            let step = if stepping.costly_step(&server_msg) {
+            let step = if client.costly_step(&server_msg) {
                 // PBKDF2: off the shard's executor.
                 let (returned, step) = glommio::executor()
                     .spawn_blocking(move || {
-                        let step = stepping.step(&server_msg);
-                        (stepping, step)
+                        let step = client.step(&server_msg);
+                        (client, step)
                     })
                     .await;
-                stepping = returned;
+                client = returned;
                 step
             } else {
-                stepping.step(&server_msg)
+                client.step(&server_msg)
             };
-            match step.map_err(|e| refused(e.message))? {
-                Some(next) => {
-                    token = next;
-                    client = Some(stepping);
-                }
-                None => {
-                    self.salted = stepping.into_salted();
-                    let lifetime = u64::try_from(resp.session_lifetime_ms).unwrap_or(0);
-                    // A lifetime past what the clock can add is no end.
-                    let again = (lifetime > 0)
-                        .then(|| {
-                            started.checked_add(Duration::from_millis(lifetime).mul_f64(REAUTH_AT))
-                        })
-                        .flatten();
-                    self.sasl = Some((creds, again));
-                    return Ok(());
-                }
-            }
+            let Some(next) = step.map_err(|e| refused(e.message))? else {
+                let lifetime = u64::try_from(resp.session_lifetime_ms).unwrap_or(0);
+                // A lifetime past what the clock can add is no end.
+                let again = (lifetime > 0)
+                    .then(|| {
+                        started.checked_add(Duration::from_millis(lifetime).mul_f64(REAUTH_AT))
+                    })
+                    .flatten();
+                self.sasl = Some(SaslSession {
+                    creds,
+                    again,
+                    salted: client.into_salted(),
+                });
+                return Ok(());
+            };
+            token = next;
         }
         Err(refused(format!("no end after {SASL_STEPS_MAX} steps")))
     }
@@ -233,7 +237,9 @@ impl Conn {
         req: &Req,
         limit: Duration,
     ) -> Result<(Resp, RequestBuffer), Failure> {
-        let reauth_due = matches!(&self.sasl, Some((_, Some(at))) if Instant::now() >= *at);
+        let reauth_due = (self.sasl.as_ref())
+            .and_then(|sasl| sasl.again)
+            .is_some_and(|at| Instant::now() >= at);
         if reauth_due {
             self.authenticate(shard).await?;
         }

@@ -596,7 +596,10 @@ pub(crate) async fn serve(
             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                 refusals.note(
                     peer,
-                    &Refusal::too_many(INBOUND_CONNECTIONS_MAX, "connections"),
+                    &Refusal::TooMany {
+                        limit: INBOUND_CONNECTIONS_MAX,
+                        what: "connections",
+                    },
                 );
                 continue;
             };
@@ -607,7 +610,13 @@ pub(crate) async fn serve(
             continue;
         };
         let Some(handshake) = Handshakes::enter(&handshakes, peer.ip()) else {
-            refusals.note(peer, &Refusal::too_many(HANDSHAKES_MAX, "TLS handshakes"));
+            refusals.note(
+                peer,
+                &Refusal::TooMany {
+                    limit: HANDSHAKES_MAX,
+                    what: "TLS handshakes",
+                },
+            );
             continue;
         };
         let slots = Arc::clone(&slots);
@@ -621,7 +630,10 @@ pub(crate) async fn serve(
             let Ok(slot) = slots.try_acquire_owned() else {
                 return refusals.note(
                     peer,
-                    &Refusal::too_many(INBOUND_CONNECTIONS_MAX, "connections"),
+                    &Refusal::TooMany {
+                        limit: INBOUND_CONNECTIONS_MAX,
+                        what: "connections",
+                    },
                 );
             };
             serve_peer(stream, peer, node_id, service).await;
@@ -637,12 +649,6 @@ enum Refusal {
     TooMany { limit: usize, what: &'static str },
     /// Its TLS handshake failed or it was not admitted.
     Tls(io::Error),
-}
-
-impl Refusal {
-    fn too_many(limit: usize, what: &'static str) -> Refusal {
-        Refusal::TooMany { limit, what }
-    }
 }
 
 async fn serve_peer(

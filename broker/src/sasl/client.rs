@@ -110,11 +110,13 @@ impl SaslClient {
     ) -> Result<(SaslClient, Vec<u8>), SaslFailure> {
         let Some(alg) = creds.mechanism.scram_algorithm() else {
             // RFC 4616: authzid NUL authcid NUL passwd, no authzid.
-            let mut token = Vec::with_capacity(creds.username.len() + creds.password.len() + 2);
-            token.push(0);
-            token.extend_from_slice(creds.username.as_bytes());
-            token.push(0);
-            token.extend_from_slice(creds.password.as_bytes());
+            let token = [
+                &[0][..],
+                creds.username.as_bytes(),
+                &[0],
+                creds.password.as_bytes(),
+            ]
+            .concat();
             let client = SaslClient {
                 state: State::PlainSent,
                 salted,

@@ -119,7 +119,7 @@ impl sluice_raft::ClusterTls for ClusterLinks {
         let cert = chain.first().ok_or("no certificate")?;
         let principal =
             tls::principal_of(cert).ok_or("the certificate's subject cannot be read")?;
-        if authorizer.super_users.contains(&principal) {
+        if authorizer.is_super_user(&principal) {
             Ok(())
         } else {
             Err(format!(
@@ -136,6 +136,13 @@ pub struct Authorizer {
     pub super_users: Vec<String>,
     /// `allow.everyone.if.no.acl.found`.
     pub allow_if_no_acl: bool,
+}
+
+impl Authorizer {
+    /// Whether `principal` (`User:...`) is one of `super.users`.
+    pub fn is_super_user(&self, principal: &str) -> bool {
+        self.super_users.iter().any(|s| s == principal)
+    }
 }
 
 /// Where a connection's SASL authentication stands.
@@ -308,7 +315,7 @@ impl Security {
             return true;
         };
         let principal = session.principal.borrow();
-        if authorizer.super_users.iter().any(|s| **s == **principal) {
+        if authorizer.is_super_user(&principal) {
             return true;
         }
         match view

@@ -86,14 +86,15 @@ fn configs(files: &TlsFiles) -> anyhow::Result<Configs> {
         Some(ca) => Some(Arc::new(client_config(files, ca)?)),
         None => None,
     };
+    let ssl = Arc::new(server_config(files)?);
     let cluster = match &files.client_ca {
+        None => None,
+        Some(_) if files.client_auth == ClientAuth::Required => Some(Arc::clone(&ssl)),
         Some(_) => Some(Arc::new(server_config(&TlsFiles {
             client_auth: ClientAuth::Required,
             ..files.clone()
         })?)),
-        None => None,
     };
-    let ssl = Arc::new(server_config(files)?);
     let sasl_ssl = if files.client_auth == ClientAuth::None {
         Arc::clone(&ssl)
     } else {
